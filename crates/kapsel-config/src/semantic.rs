@@ -1,0 +1,289 @@
+//! Checks that need the whole configuration: names, references between
+//! blocks, and what instances may change.
+
+use crate::diag::did_you_mean;
+use crate::model::{BootDevice, Config, DEFAULT_VM_CPUS, DEFAULT_VM_MEMORY};
+use crate::parser::{Ctx, Loc};
+use std::collections::HashMap;
+
+pub(crate) fn check(ctx: &mut Ctx) {
+    duplicate_names(ctx);
+    switch_references(ctx);
+    instances(ctx);
+    boot_devices(ctx);
+    duplicate_disks(ctx);
+}
+
+/// Fills in the defaults of VMs that are not instances, so that
+/// `--print` shows them (instances inherit instead).
+pub(crate) fn apply_defaults(config: &mut Config) {
+    for vm in config.vms.iter_mut().filter(|v| v.instance_of.is_none()) {
+        vm.memory.get_or_insert(DEFAULT_VM_MEMORY);
+        vm.cpus.get_or_insert(DEFAULT_VM_CPUS);
+    }
+}
+
+fn duplicate_names(ctx: &mut Ctx) {
+    let mut errors = Vec::new();
+    let mut seen: HashMap<String, Loc> = HashMap::new();
+    let guests = ctx
+        .config
+        .vms
+        .iter()
+        .map(|v| ("vm", &v.name))
+        .zip(ctx.vm_notes.iter())
+        .chain(
+            ctx.config
+                .containers
+                .iter()
+                .map(|c| ("container", &c.name))
+                .zip(ctx.container_notes.iter()),
+        );
+    for ((kind, name), notes) in guests {
+        match seen.get(name) {
+            Some(first) => errors.push((
+                notes.header.clone(),
+                format!("{kind} \"{name}\" is declared twice"),
+                Some(format!(
+                    "VMs and containers share one namespace; \"{name}\" is first declared at {}:{}; rename one of them",
+                    first.file.display(),
+                    first.pos.line
+                )),
+            )),
+            None => {
+                seen.insert(name.clone(), notes.header.clone());
+            }
+        }
+    }
+    let mut seen: HashMap<String, Loc> = HashMap::new();
+    for (sw, loc) in ctx.config.switches.iter().zip(ctx.switch_notes.iter()) {
+        match seen.get(&sw.name) {
+            Some(first) => errors.push((
+                loc.clone(),
+                format!("switch \"{}\" is declared twice", sw.name),
+                Some(format!(
+                    "it is first declared at {}:{}; merge the two blocks or rename one",
+                    first.file.display(),
+                    first.pos.line
+                )),
+            )),
+            None => {
+                seen.insert(sw.name.clone(), loc.clone());
+            }
+        }
+    }
+    for (loc, msg, help) in errors {
+        ctx.error(&loc, msg, help);
+    }
+}
+
+fn switch_references(ctx: &mut Ctx) {
+    let switches: Vec<&str> = ctx.config.switches.iter().map(|s| s.name.as_str()).collect();
+    let mut errors = Vec::new();
+    let guests = ctx
+        .config
+        .vms
+        .iter()
+        .map(|v| (format!("vm \"{}\"", v.name), &v.interfaces))
+        .zip(ctx.vm_notes.iter())
+        .chain(
+            ctx.config
+                .containers
+                .iter()
+                .map(|c| (format!("container \"{}\"", c.name), &c.interfaces))
+                .zip(ctx.container_notes.iter()),
+        );
+    for ((desc, interfaces), notes) in guests {
+        for (index, loc) in &notes.switch_refs {
+            let Some(name) = interfaces.get(*index).and_then(|i| i.switch.as_deref()) else {
+                continue;
+            };
+            if switches.contains(&name) {
+                continue;
+            }
+            let message = match did_you_mean(name, switches.iter().copied()) {
+                Some(s) => format!("interface of {desc} is on unknown switch \"{name}\"; did you mean \"{s}\"?"),
+                None => format!("interface of {desc} is on unknown switch \"{name}\""),
+            };
+            errors.push((
+                loc.clone(),
+                message,
+                Some(format!("declare it: switch \"{name}\" {{ interface bridge0 }}")),
+            ));
+        }
+    }
+    for (loc, msg, help) in errors {
+        ctx.error(&loc, msg, help);
+    }
+}
+
+fn instances(ctx: &mut Ctx) {
+    let config = &ctx.config;
+    let names: Vec<&str> = config.vms.iter().map(|v| v.name.as_str()).collect();
+    let mut errors = Vec::new();
+    for (vm, notes) in config.vms.iter().zip(ctx.vm_notes.iter()) {
+        let Some(parent_name) = vm.instance_of.as_deref() else {
+            continue;
+        };
+        let at = notes.parent.clone().unwrap_or_else(|| notes.header.clone());
+        if parent_name == vm.name {
+            errors.push((at, format!("vm \"{}\" is an instance of itself", vm.name), None));
+            continue;
+        }
+        let Some(parent) = config.vm(parent_name) else {
+            let message = match did_you_mean(parent_name, names.iter().copied()) {
+                Some(s) => format!(
+                    "instance \"{}\" of unknown vm \"{parent_name}\"; did you mean \"{s}\"?",
+                    vm.name
+                ),
+                None => format!("instance \"{}\" of unknown vm \"{parent_name}\"", vm.name),
+            };
+            errors.push((
+                at,
+                message,
+                Some(format!("declare vm \"{parent_name}\" {{ ... }} as the template")),
+            ));
+            continue;
+        };
+        // Walk up the parents; a cycle never reaches a VM without a parent.
+        let mut cur = parent;
+        let mut steps = 0;
+        let mut cyclic = false;
+        while let Some(p) = cur.instance_of.as_deref() {
+            steps += 1;
+            match config.vm(p) {
+                Some(next) if steps <= config.vms.len() => cur = next,
+                Some(_) => {
+                    cyclic = true;
+                    break;
+                }
+                None => break,
+            }
+        }
+        if cyclic {
+            errors.push((
+                at,
+                format!("vm \"{}\" is an instance in a cycle of instances", vm.name),
+                Some("one VM of the chain must be a template, not an instance".into()),
+            ));
+            continue;
+        }
+        let Some(parent_eff) = config.effective_vm(parent_name) else {
+            continue; // the parent's own problem is reported on it
+        };
+        let allow = parent_eff.allow_instance.clone().unwrap_or_default();
+        let fix = |what: &str| {
+            Some(format!(
+                "add \"{what}\" to the allow instance {{ }} block of vm \"{}\"",
+                if parent.instance_of.is_some() {
+                    parent_eff
+                        .instance_of
+                        .as_deref()
+                        .unwrap_or(parent_name)
+                } else {
+                    parent_name
+                }
+            ))
+        };
+        if parent.instance_of.is_some() && !allow.instance {
+            errors.push((
+                at.clone(),
+                format!(
+                    "vm \"{parent_name}\" is itself an instance and does not allow instances of its own"
+                ),
+                fix("instance"),
+            ));
+        }
+        let rules: [(&str, &str, bool); 11] = [
+            ("memory", "memory", allow.memory),
+            ("cpus", "cpus", allow.cpus),
+            ("boot", "boot", allow.boot),
+            ("boot device", "boot", allow.boot),
+            ("initrd", "boot", allow.boot),
+            ("cmdline", "boot", allow.boot),
+            ("cdrom", "cdrom", allow.cdrom),
+            ("disk", "disk", allow.disk),
+            ("interface", "interface", allow.interface),
+            ("interfaces", "interface", allow.interface),
+            ("allow instance", "instance", allow.instance),
+        ];
+        for (stmt, flag, allowed) in rules {
+            if allowed {
+                continue;
+            }
+            if let Some(loc) = notes.stmt(stmt) {
+                errors.push((
+                    loc.clone(),
+                    format!(
+                        "instance \"{}\" may not set \"{stmt}\": vm \"{parent_name}\" does not allow it",
+                        vm.name
+                    ),
+                    fix(flag),
+                ));
+            }
+        }
+        for (disk, loc) in vm.disks.iter().zip(notes.disks.iter()) {
+            if parent_eff.disks.iter().any(|d| d.path == disk.path)
+                || config.vm(parent_name).is_some_and(|p| p.disks.iter().any(|d| d.path == disk.path))
+            {
+                errors.push((
+                    loc.clone(),
+                    format!(
+                        "disk {} of instance \"{}\" is also a disk of vm \"{parent_name}\"",
+                        disk.path.display(),
+                        vm.name
+                    ),
+                    Some("an instance cannot share its parent's disks; give it an image of its own".into()),
+                ));
+            }
+        }
+    }
+    for (loc, msg, help) in errors {
+        ctx.error(&loc, msg, help);
+    }
+}
+
+fn boot_devices(ctx: &mut Ctx) {
+    let mut errors = Vec::new();
+    for (vm, notes) in ctx.config.vms.iter().zip(ctx.vm_notes.iter()) {
+        let Some(eff) = ctx.config.effective_vm(&vm.name) else {
+            continue;
+        };
+        // Reported where `boot device` is written, not on every instance.
+        let Some(loc) = notes.stmt("boot device").cloned() else {
+            continue;
+        };
+        if eff.boot_device == Some(BootDevice::Cdrom) && eff.cdrom.is_none() {
+            errors.push((
+                loc,
+                format!("vm \"{}\" boots from a cdrom but has none", vm.name),
+                Some("add the image: cdrom \"/path/to/install.iso\"".to_string()),
+            ));
+        }
+    }
+    for (loc, msg, help) in errors {
+        ctx.error(&loc, msg, help);
+    }
+}
+
+fn duplicate_disks(ctx: &mut Ctx) {
+    let mut errors = Vec::new();
+    for (vm, notes) in ctx.config.vms.iter().zip(ctx.vm_notes.iter()) {
+        for (i, (disk, loc)) in vm.disks.iter().zip(notes.disks.iter()).enumerate() {
+            if vm.disks[..i].iter().any(|d| d.path == disk.path) {
+                errors.push((
+                    loc.clone(),
+                    format!(
+                        "disk {} is given twice in vm \"{}\"",
+                        disk.path.display(),
+                        vm.name
+                    ),
+                    Some("remove one of them".to_string()),
+                ));
+            }
+        }
+    }
+    for (loc, msg, help) in errors {
+        ctx.error(&loc, msg, help);
+    }
+}

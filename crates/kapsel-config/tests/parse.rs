@@ -1,0 +1,399 @@
+//! One test per vm.conf construct.
+
+use kapsel_config::*;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+fn parse(text: &str) -> Config {
+    parse_with(text, &[])
+}
+
+fn parse_with(text: &str, defines: &[(&str, &str)]) -> Config {
+    let opts = LoadOptions {
+        defines: defines.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        ..LoadOptions::default()
+    };
+    match parse_str("vm.conf", text, &opts) {
+        Ok((c, _)) => c,
+        Err(d) => panic!("{}", d.iter().map(|d| d.render()).collect::<String>()),
+    }
+}
+
+/// The rendered diagnostics of a file that must not load.
+fn errors(text: &str) -> String {
+    match parse_str("vm.conf", text, &LoadOptions::default()) {
+        Ok(_) => panic!("loaded:\n{text}"),
+        Err(d) => d.iter().map(|d| d.render()).collect(),
+    }
+}
+
+fn warnings(text: &str) -> String {
+    match parse_str("vm.conf", text, &LoadOptions::default()) {
+        Ok((_, w)) => w.iter().map(|d| d.render()).collect(),
+        Err(d) => panic!("{}", d.iter().map(|d| d.render()).collect::<String>()),
+    }
+}
+
+#[test]
+fn empty_file_and_comments() {
+    let c = parse("# nothing\n\n   # more\n");
+    assert!(c.vms.is_empty());
+    assert_eq!(c.globals.local_prefix, Ipv4Prefix::default());
+}
+
+#[test]
+fn line_continuation() {
+    let c = parse("vm \"a\" {\n\tdisk \"/x.img\" \\\n\t\tformat raw\n}\n");
+    assert_eq!(c.vms[0].disks[0].format, Some(DiskFormat::Raw));
+}
+
+#[test]
+fn quoted_and_bare_strings_concatenate() {
+    let c = parse("vms=\"/home/vm/\"\nvm \"a\" {\n\tdisk $vms \"a/disk1.img\"\n\tboot /bsd 'rd'\n}\n");
+    assert_eq!(c.vms[0].disks[0].path, PathBuf::from("/home/vm/a/disk1.img"));
+    assert_eq!(c.vms[0].boot, Some(PathBuf::from("/bsdrd")));
+}
+
+#[test]
+fn macros_with_and_without_spaces() {
+    let c = parse("a = \"1G\"\nb=\"2\"\nvm \"x\" {\n\tmemory $a\n\tcpus $b\n}\n");
+    assert_eq!(c.vms[0].memory, Some(ByteSize(GIB)));
+    assert_eq!(c.vms[0].cpus, Some(2));
+}
+
+#[test]
+fn macro_holding_several_tokens() {
+    let c = parse("opts=\"memory 2G\"\nvm \"x\" {\n\t$opts\n}\n");
+    assert_eq!(c.vms[0].memory, Some(ByteSize(2 * GIB)));
+}
+
+#[test]
+fn command_line_macros_override_the_file() {
+    let c = parse_with("mem=\"1G\"\nvm \"x\" {\n\tmemory $mem\n}\n", &[("mem", "4G")]);
+    assert_eq!(c.vms[0].memory, Some(ByteSize(4 * GIB)));
+}
+
+#[test]
+fn undefined_macro_is_an_error() {
+    let e = errors("vm \"x\" {\n\tmemory $mem\n}\n");
+    assert!(e.contains("vm.conf:2:9: macro \"mem\" is not defined"), "{e}");
+}
+
+#[test]
+fn macros_are_not_expanded_in_quotes() {
+    let c = parse("x=\"y\"\nvm \"a\" {\n\tcmdline \"console=$x\"\n}\n");
+    assert_eq!(c.vms[0].cmdline.as_deref(), Some("console=$x"));
+}
+
+#[test]
+fn include_relative_to_including_file() {
+    let loader = MemoryLoader::default()
+        .with("/etc/kapsel/vm.conf", "include \"vms/web.conf\"\nvm \"b\" { memory $m }\n")
+        .with("/etc/kapsel/vms/web.conf", "m=\"1G\"\nvm \"a\" {\n}\n");
+    let opts = LoadOptions {
+        loader: &loader,
+        ..LoadOptions::default()
+    };
+    let (c, _) = load("/etc/kapsel/vm.conf", &opts).unwrap();
+    assert_eq!(c.vms.len(), 2);
+    assert_eq!(c.vms[0].span.file, PathBuf::from("/etc/kapsel/vms/web.conf"));
+    assert_eq!(c.vms[1].memory, Some(ByteSize(GIB)));
+}
+
+#[test]
+fn include_cycle_is_detected() {
+    let loader = MemoryLoader::default()
+        .with("/a.conf", "include \"b.conf\"\n")
+        .with("/b.conf", "include \"./a.conf\"\n");
+    let opts = LoadOptions {
+        loader: &loader,
+        ..LoadOptions::default()
+    };
+    let d = load("/a.conf", &opts).unwrap_err();
+    assert_eq!(d.len(), 1);
+    assert!(d[0].message.contains("include cycle: /a.conf -> /b.conf -> /a.conf"), "{}", d[0]);
+    assert_eq!(d[0].file, PathBuf::from("/b.conf"));
+}
+
+#[test]
+fn missing_include() {
+    let e = errors("include \"nope.conf\"\n");
+    assert!(e.contains("vm.conf:1:9: cannot read nope.conf"), "{e}");
+}
+
+#[test]
+fn global_options() {
+    let c = parse(
+        "local prefix 10.0.0.0/8\nlocal inet6\nsocket owner _vmd:wheel\nstaggered start parallel 4 delay 10\n",
+    );
+    let g = &c.globals;
+    assert_eq!(g.local_prefix.addr, Ipv4Addr::new(10, 0, 0, 0));
+    assert_eq!(g.local_prefix.len, 8);
+    assert_eq!(g.local_inet6, Some(Ipv6Prefix::default()));
+    assert_eq!(
+        g.socket_owner,
+        Some(Owner {
+            user: Some("_vmd".into()),
+            group: Some("wheel".into())
+        })
+    );
+    assert_eq!(
+        g.staggered_start,
+        Some(StaggeredStart {
+            parallel: 4,
+            delay_secs: 10
+        })
+    );
+    let c = parse("local inet6 prefix fd12:3456::/48\nsocket owner :operator\n");
+    assert_eq!(c.globals.local_inet6.unwrap().to_string(), "fd12:3456::/48");
+    assert_eq!(c.globals.socket_owner.unwrap().to_string(), ":operator");
+}
+
+#[test]
+fn agentx_is_parsed_and_warned_about() {
+    let w = warnings("agentx context \"vmd\" path \"/var/agentx/master\"\n");
+    assert!(w.contains("agentx is not supported on Linux"), "{w}");
+    let c = parse("agentx\n");
+    assert_eq!(c.globals.agentx, Some(AgentX::default()));
+}
+
+#[test]
+fn switch_block() {
+    let c = parse(
+        "switch \"up\" {\n\tinterface bridge0\n\tadd em0\n\tlocked lladdr\n\tdown\n\tdisable\n}\nswitch \"b\" {\n}\n",
+    );
+    let s = &c.switches[0];
+    assert_eq!(s.interface.as_deref(), Some("bridge0"));
+    assert_eq!(s.members, vec!["em0".to_string()]);
+    assert!(s.locked_lladdr && !s.up && !s.enabled);
+    assert!(c.switches[1].up && c.switches[1].enabled);
+    let w = warnings("switch \"s\" {\n\tgroup g\n\trdomain 1\n\tenable\n\tup\n}\n");
+    assert!(w.contains("rdomain") && w.contains("group"), "{w}");
+}
+
+#[test]
+fn vm_block_with_every_keyword() {
+    let c = parse(
+        r#"switch "sw" { }
+vm "full" {
+	disable
+	owner alice:staff
+	memory 2G
+	cpus 4
+	boot "/boot/vmlinuz"
+	boot device disk
+	initrd "/boot/initrd.img"
+	cmdline "console=ttyS0 root=/dev/vda"
+	cdrom "/iso/install.iso"
+	disk "/vm/a.qcow2" format qcow2
+	disk "/vm/b.img" format raw
+	disk "/vm/c.img"
+	interfaces 3
+	local interface
+	interface "tap7" { switch "sw"; locked lladdr fe:e1:ba:d0:00:01; down }
+	interface {
+		switch "sw"
+		lladdr
+	}
+	allow instance { boot, memory
+		owner bob
+	}
+}
+"#,
+    );
+    let v = &c.vms[0];
+    assert!(!v.enabled);
+    assert_eq!(v.owner.as_ref().unwrap().to_string(), "alice:staff");
+    assert_eq!(v.memory, Some(ByteSize(2 * GIB)));
+    assert_eq!(v.cpus, Some(4));
+    assert_eq!(v.boot_device, Some(BootDevice::Disk));
+    assert_eq!(v.initrd, Some(PathBuf::from("/boot/initrd.img")));
+    assert_eq!(v.cmdline.as_deref(), Some("console=ttyS0 root=/dev/vda"));
+    assert_eq!(v.cdrom, Some(PathBuf::from("/iso/install.iso")));
+    assert_eq!(
+        v.disks.iter().map(|d| d.format).collect::<Vec<_>>(),
+        vec![Some(DiskFormat::Qcow2), Some(DiskFormat::Raw), None]
+    );
+    assert_eq!(v.interface_count, Some(3));
+    assert_eq!(v.interfaces.len(), 3);
+    assert!(v.interfaces[0].local);
+    let tap = &v.interfaces[1];
+    assert_eq!(tap.name.as_deref(), Some("tap7"));
+    assert!(tap.locked && !tap.up);
+    assert_eq!(tap.lladdr.unwrap().to_string(), "fe:e1:ba:d0:00:01");
+    assert_eq!(v.interfaces[2].lladdr, None);
+    let a = v.allow_instance.as_ref().unwrap();
+    assert!(a.boot && a.memory && !a.disk);
+    assert_eq!(a.owner.as_ref().unwrap().user.as_deref(), Some("bob"));
+}
+
+#[test]
+fn defaults_are_filled_in() {
+    let c = parse("vm \"a\" {\n}\n");
+    assert_eq!(c.vms[0].memory, Some(DEFAULT_VM_MEMORY));
+    assert_eq!(c.vms[0].cpus, Some(1));
+    assert!(c.vms[0].enabled);
+}
+
+#[test]
+fn sev_is_parsed_with_a_warning() {
+    let w = warnings("vm \"a\" {\n\tsev\n\tseves\n}\n");
+    assert_eq!(w.matches("not supported by Kapsel").count(), 2, "{w}");
+}
+
+#[test]
+fn instances_inherit() {
+    let c = parse(
+        r#"switch "sw" { }
+vm "tmpl" {
+	memory 1G
+	owner alice
+	boot "/bsd"
+	disk "/vm/tmpl.img"
+	interface "tap0" { switch "sw"; lladdr fe:00:00:00:00:01 }
+	allow instance { memory; disk; instance }
+}
+vm "tmpl" instance "one" {
+	memory 2G
+	disk "/vm/one.img"
+}
+vm "one" instance "two" {
+}
+"#,
+    );
+    assert_eq!(c.vm("one").unwrap().memory, Some(ByteSize(2 * GIB)));
+    assert_eq!(c.vm("two").unwrap().memory, None);
+    let one = c.effective_vm("one").unwrap();
+    assert_eq!(one.owner.unwrap().user.as_deref(), Some("alice"));
+    assert_eq!(one.boot, Some(PathBuf::from("/bsd")));
+    assert_eq!(one.disks.len(), 1);
+    assert_eq!(one.disks[0].path, PathBuf::from("/vm/one.img"));
+    assert_eq!(one.interfaces.len(), 1);
+    assert_eq!(one.interfaces[0].switch.as_deref(), Some("sw"));
+    assert_eq!(one.interfaces[0].name, None);
+    assert_eq!(one.interfaces[0].lladdr, None);
+    let two = c.effective_vm("two").unwrap();
+    assert_eq!(two.memory, Some(ByteSize(2 * GIB)));
+    assert!(two.disks.is_empty());
+    assert_eq!(c.effective_vm("nope"), None);
+}
+
+#[test]
+fn instance_restrictions() {
+    let e = errors("vm \"t\" {\n\tallow instance { memory }\n}\nvm \"t\" instance \"i\" {\n\tcdrom \"/x.iso\"\n\tmemory 1G\n}\n");
+    assert!(e.contains("vm.conf:5:2: instance \"i\" may not set \"cdrom\""), "{e}");
+    assert!(!e.contains("\"memory\""), "{e}");
+    let e = errors("vm \"t\" {\n}\nvm \"t\" instance \"i\" {\n}\nvm \"i\" instance \"j\" {\n}\n");
+    assert!(e.contains("vm \"i\" is itself an instance"), "{e}");
+    let e = errors("vm \"tmpl\" {\n}\nvm \"tmlp\" instance \"i\" {\n}\n");
+    assert!(e.contains("of unknown vm \"tmlp\"; did you mean \"tmpl\"?"), "{e}");
+    let e = errors("vm \"a\" instance \"a\" {\n}\n");
+    assert!(e.contains("instance of itself"), "{e}");
+    let e = errors("vm \"t\" {\n\tdisk \"/d\"\n\tallow instance { disk }\n}\nvm \"t\" instance \"i\" {\n\tdisk \"/d\"\n}\n");
+    assert!(e.contains("cannot share its parent's disks"), "{e}");
+    let e = errors("vm \"a\" instance \"b\" {\n}\nvm \"b\" instance \"a\" {\n}\n");
+    assert!(e.contains("cycle of instances"), "{e}");
+}
+
+#[test]
+fn semantic_errors() {
+    let e = errors("vm \"a\" {\n}\nvm \"a\" {\n}\n");
+    assert!(e.contains("vm.conf:3:1: vm \"a\" is declared twice"), "{e}");
+    let e = errors("vm \"a\" {\n}\ncontainer \"a\" {\n}\n");
+    assert!(e.contains("container \"a\" is declared twice"), "{e}");
+    let e = errors("switch \"s\" {\n}\nswitch \"s\" {\n}\n");
+    assert!(e.contains("switch \"s\" is declared twice"), "{e}");
+    let e = errors("vm \"a\" {\n\tinterface { switch \"nope\" }\n}\n");
+    assert!(e.contains("vm.conf:2:21: interface of vm \"a\" is on unknown switch \"nope\""), "{e}");
+    let e = errors("vm \"a\" {\n\tmemory 1K\n}\n");
+    assert!(e.contains("below the minimum of 1M"), "{e}");
+    let e = errors("vm \"a\" {\n\tboot device cdrom\n}\n");
+    assert!(e.contains("boots from a cdrom but has none"), "{e}");
+    let e = errors("vm \"a\" {\n\tdisk \"/x\"\n\tdisk \"/x\"\n}\n");
+    assert!(e.contains("vm.conf:3:2: disk /x is given twice"), "{e}");
+    let e = errors("vm \"a\" {\n\tmemory 1G\n\tmemory 2G\n}\n");
+    assert!(e.contains("vm.conf:3:2: \"memory\" is given more than once"), "{e}");
+}
+
+struct FakeAccounts;
+impl Accounts for FakeAccounts {
+    fn user_exists(&self, name: &str) -> bool {
+        name == "alice"
+    }
+    fn group_exists(&self, name: &str) -> bool {
+        name == "staff"
+    }
+}
+
+#[test]
+fn owners_are_checked_against_the_host() {
+    let text = "vm \"a\" {\n\towner bob:staff\n}\nsocket owner :nogroup\nvm \"b\" {\n\towner alice:staff\n}\n";
+    let mut opts = LoadOptions {
+        accounts: Some(&FakeAccounts),
+        ..LoadOptions::default()
+    };
+    let d = parse_str("vm.conf", text, &opts).unwrap_err();
+    assert_eq!(d.len(), 2);
+    assert!(d[0].message.contains("user \"bob\" does not exist"));
+    assert!(d[1].message.contains("group \"nogroup\" does not exist"));
+    opts.foreign_host = true;
+    let (_, w) = parse_str("vm.conf", text, &opts).unwrap();
+    assert_eq!(w.len(), 2);
+    assert!(w.iter().all(|w| w.severity == Severity::Warning));
+    // Numeric ids are not looked up.
+    opts.foreign_host = false;
+    assert!(parse_str("vm.conf", "socket owner 1000:1000\n", &opts).is_ok());
+}
+
+#[test]
+fn container_block() {
+    let c = parse("switch \"s\" { }\ncontainer \"web\" {\n\tmemory 256M\n\tcpus 2\n\towner alice\n\tinterface { switch \"s\" }\n\tdisable\n}\n");
+    let ct = &c.containers[0];
+    assert_eq!(ct.memory, Some(ByteSize(256 * MIB)));
+    assert_eq!(ct.cpus, Some(2));
+    assert!(!ct.enabled);
+    assert_eq!(ct.interfaces.len(), 1);
+    let e = errors("container \"c\" {\n\tdisk \"/x\"\n}\n");
+    assert!(e.contains("\"disk\" is not supported in a container block"), "{e}");
+}
+
+#[test]
+fn all_errors_are_reported() {
+    let e = errors("vm \"a\" {\n\tmemroy 1G\n\tcpuz 2\n\tdsk \"/x\"\n}\nfoo bar\n");
+    assert_eq!(e.matches("unknown keyword").count(), 4, "{e}");
+    assert!(e.contains("did you mean \"memory\"?"));
+    assert!(e.contains("did you mean \"cpus\"?"));
+    assert!(e.contains("did you mean \"disk\"?"));
+}
+
+#[test]
+fn names_are_validated() {
+    let e = errors("vm \"bad name\" {\n}\n");
+    assert!(e.contains("invalid vm name"), "{e}");
+    let e = errors("vm \"a\" {\n\tinterface \"averyveryverylongname\"\n}\n");
+    assert!(e.contains("invalid network interface name"), "{e}");
+}
+
+#[test]
+fn bad_values() {
+    for (text, want) in [
+        ("vm \"a\" {\n\tmemory lots\n}\n", "invalid size \"lots\""),
+        ("vm \"a\" {\n\tboot device floppy\n}\n", "expected a boot device"),
+        ("vm \"a\" {\n\tdisk \"/x\" format vmdk\n}\n", "expected a disk format"),
+        ("vm \"a\" {\n\tinterface { lladdr 01:00:00:00:00:00 }\n}\n", "multicast"),
+        ("vm \"a\" {\n\tinterface { lladdr zz }\n}\n", "not a MAC address"),
+        ("vm \"a\" {\n\tinterfaces 100\n}\n", "interfaces must be between 0 and 32"),
+        ("vm \"a\" {\n\towner :\n}\n", "names neither a user nor a group"),
+        ("local prefix fd00::/8\n", "local inet6 prefix"),
+        ("staggered start parallel 0 delay 1\n", "parallel must be between"),
+        ("vm \"a\" {\n\tmemory 1G 2G\n}\n", "expected the end of the line after \"memory\""),
+        ("vm \"a\" {\n", "vm \"a\" is not closed"),
+        ("}\n", "unmatched \"}\""),
+        ("\"vm\" \"a\" {\n}\n", "keywords and macro names are not quoted"),
+        ("vms \"/x\"\n", "to define a macro, write vms = \"value\""),
+        ("vm \"a\" {\n\tadd em0\n}\n", "\"add\" is valid in a switch block"),
+    ] {
+        let e = errors(text);
+        assert!(e.contains(want), "{text:?} gave:\n{e}");
+    }
+}

@@ -1,0 +1,197 @@
+//! Small bare-metal x86_64 guest programs for Kapsel's KVM tests and
+//! benchmarks.
+//!
+//! Every guest is a static ELF linked at [`LOAD_ADDRESS`] that carries a PVH
+//! entry note (`XEN_ELFNOTE_PHYS32_ENTRY`), so it boots through
+//! linux-loader's PVH path and, unchanged, under
+//! `qemu-system-x86_64 -enable-kvm -M microvm -kernel <guest>.elf`.
+//! The guests are freestanding C and assembly in `guest/`, built by
+//! `build.rs` with GCC; the constants here are the absolute paths of the
+//! built files.
+//!
+//! # What a guest does
+//!
+//! A shared runtime enters long mode (4 GiB identity map, 2 MiB pages, all
+//! user-accessible), installs a GDT, a 64-bit TSS and an IDT, initialises
+//! COM1 and calls the guest. Every line a guest prints on COM1 starts with
+//! [`PREFIX`]. When it is done the guest powers off through ACPI (S5); a
+//! CPU exception prints `kapsel-testguest: EXCEPTION vector=N rip=0x.. err=0x..`
+//! and fails (see [`debug_exit`]).
+//!
+//! # What the VMM must provide
+//!
+//! - PVH boot: `hvm_start_info` in `%ebx` with `rsdp_paddr` (or an RSDP in
+//!   0xE0000–0xFFFFF), `cmdline_paddr` for [`CMDLINE`].
+//! - A 16550 UART at I/O port 0x3F8 (COM1); the guest polls LSR bit 5.
+//! - ACPI: RSDP, XSDT (or RSDT), FADT and a DSDT containing
+//!   `Name(_S5_, Package() { n, ... })`. With FADT flag `HW_REDUCED_ACPI`
+//!   the guest writes `(n << 2) | (1 << 5)` as a byte to `SLEEP_CONTROL_REG`
+//!   (I/O or memory), else `(n << 10) | (1 << 13)` as 16 bits to
+//!   PM1a_CNT (and PM1b_CNT when present). Checksums must be right.
+//! - [`SMP`]: a MADT with one enabled Local APIC entry per vCPU and an
+//!   xAPIC at the MADT's address (0xFEE00000); guest RAM at
+//!   [`AP_TRAMPOLINE`] for the real-mode start-up code.
+//! - [`RTC`]: a CMOS RTC at ports 0x70/0x71 (century in register 0x32 or the
+//!   one FADT.CENTURY names).
+//! - [`RESET`]: an i8042 command port at 0x64 that resets on 0xFE.
+//! - Reads of port 0x80 (I/O delay) and writes to port 0xF4 (QEMU's
+//!   isa-debug-exit) must be harmless if no device is there.
+
+/// Guest physical address every guest is linked and loaded at (1 MiB).
+pub const LOAD_ADDRESS: u64 = 0x10_0000;
+
+/// Guest physical address where [`SMP`] copies its real-mode AP start-up
+/// code (SIPI vector 0x08). It overwrites 4 KiB there after reading ACPI.
+pub const AP_TRAMPOLINE: u64 = 0x8000;
+
+/// The prefix of every line a guest prints on the serial console.
+pub const PREFIX: &str = "kapsel-testguest: ";
+
+/// Prints `kapsel-testguest: hello from PVH guest` and powers off.
+///
+/// The boot benchmark guest: all at CPL 0 with as few instructions as
+/// possible.
+pub const HELLO: &str = concat!(env!("OUT_DIR"), "/hello.elf");
+
+/// Drops to CPL 3 with IOPL 3, runs a 64M-iteration arithmetic loop there,
+/// prints from CPL 3 through port I/O, returns to CPL 0 and powers off.
+///
+/// Prints `user cpl=3`, `cpl3 loop ok sum=0x<USER_LOOP_SUM>` and
+/// `back at cpl=0`.
+pub const USER: &str = concat!(env!("OUT_DIR"), "/user.elf");
+
+/// Starts every CPU listed in the MADT with INIT–SIPI–SIPI; each prints
+/// `cpu apic_id=N online`, then the BSP prints `smp cpus=N` and powers off.
+pub const SMP: &str = concat!(env!("OUT_DIR"), "/smp.elf");
+
+/// Reads the CMOS RTC and prints `rtc YYYY-MM-DDTHH:MM:SS` and
+/// `rtc epoch=N` (Unix seconds), then powers off.
+pub const RTC: &str = concat!(env!("OUT_DIR"), "/rtc.elf");
+
+/// Prints `resetting`, then writes 0xFE to the i8042 command port 0x64.
+/// If the machine survives it prints `reset failed` and stops
+/// ([`debug_exit::RESET_FAILED`]).
+pub const RESET: &str = concat!(env!("OUT_DIR"), "/reset.elf");
+
+/// Prints `triple fault next`, loads an empty IDT and executes `int3`:
+/// the vCPU triple-faults (a shutdown the VMM must report).
+pub const TRIPLEFAULT: &str = concat!(env!("OUT_DIR"), "/triplefault.elf");
+
+/// Runs a tight 2,000,000-iteration loop at CPL 0, prints `cpl0 loop done`
+/// and powers off: about a millisecond under hardware virtualization,
+/// seconds where the host emulates guest CPL 0.
+pub const CPL0LOOP: &str = concat!(env!("OUT_DIR"), "/cpl0loop.elf");
+
+/// Prints `cmdline=<string at start_info.cmdline_paddr>` and powers off.
+pub const CMDLINE: &str = concat!(env!("OUT_DIR"), "/cmdline.elf");
+
+/// Every guest as (name, path of its ELF file).
+pub const ALL: &[(&str, &str)] = &[
+    ("hello", HELLO),
+    ("user", USER),
+    ("smp", SMP),
+    ("rtc", RTC),
+    ("reset", RESET),
+    ("triplefault", TRIPLEFAULT),
+    ("cpl0loop", CPL0LOOP),
+    ("cmdline", CMDLINE),
+];
+
+/// The sum [`USER`]'s CPL 3 loop computes and prints (`%016x`):
+/// `sum = sum * 6364136223846793005 + i` (wrapping) for `i` in `0..64 Mi`.
+pub const USER_LOOP_SUM: u64 = 0x8a09_2d22_fe00_0000;
+
+/// Exact lines (without [`PREFIX`]'s variations) the guests print.
+pub mod expect {
+    /// [`HELLO`](crate::HELLO)'s only line.
+    pub const HELLO: &str = "kapsel-testguest: hello from PVH guest";
+    /// [`USER`](crate::USER): the CPL observed in user mode.
+    pub const USER_CPL: &str = "kapsel-testguest: user cpl=3";
+    /// [`USER`](crate::USER): back in the kernel after the CPL 3 part.
+    pub const USER_BACK: &str = "kapsel-testguest: back at cpl=0";
+    /// [`RESET`](crate::RESET): printed just before the reset request.
+    pub const RESETTING: &str = "kapsel-testguest: resetting";
+    /// [`RESET`](crate::RESET): printed if the machine survived the reset.
+    pub const RESET_FAILED: &str = "kapsel-testguest: reset failed";
+    /// [`TRIPLEFAULT`](crate::TRIPLEFAULT): printed just before the fault.
+    pub const TRIPLE_FAULT_NEXT: &str = "kapsel-testguest: triple fault next";
+    /// [`CPL0LOOP`](crate::CPL0LOOP)'s only line.
+    pub const CPL0_LOOP_DONE: &str = "kapsel-testguest: cpl0 loop done";
+    /// Printed by any guest whose ACPI power-off did not stop the machine.
+    pub const POWEROFF_FAILED: &str = "kapsel-testguest: poweroff failed";
+    /// Start of the line a CPU exception prints.
+    pub const EXCEPTION: &str = "kapsel-testguest: EXCEPTION ";
+
+    /// [`USER`](crate::USER)'s loop result line.
+    pub fn user_loop() -> String {
+        format!(
+            "kapsel-testguest: cpl3 loop ok sum=0x{:016x}",
+            crate::USER_LOOP_SUM
+        )
+    }
+
+    /// [`SMP`](crate::SMP)'s summary line for `cpus` CPUs.
+    pub fn smp_cpus(cpus: u32) -> String {
+        format!("kapsel-testguest: smp cpus={cpus}")
+    }
+
+    /// [`SMP`](crate::SMP)'s line for the CPU with APIC ID `apic_id`.
+    pub fn cpu_online(apic_id: u32) -> String {
+        format!("kapsel-testguest: cpu apic_id={apic_id} online")
+    }
+
+    /// [`CMDLINE`](crate::CMDLINE)'s line for the command line `cmdline`.
+    pub fn cmdline(cmdline: &str) -> String {
+        format!("kapsel-testguest: cmdline={cmdline}")
+    }
+}
+
+/// Values the guests write to port 0xF4, QEMU's `isa-debug-exit` device,
+/// when they fail; QEMU then exits with status `(value << 1) | 1`. Under a
+/// VMM without that device the write is ignored and the guest powers off
+/// (after printing why), or halts if power-off fails too.
+pub mod debug_exit {
+    /// The I/O port.
+    pub const PORT: u16 = 0xf4;
+    /// A CPU exception reached the runtime's handler.
+    pub const EXCEPTION: u8 = 0x20;
+    /// ACPI power-off did not stop the machine.
+    pub const POWEROFF_FAILED: u8 = 0x31;
+    /// The i8042 reset did not reset the machine.
+    pub const RESET_FAILED: u8 = 0x32;
+    /// A guest's own check failed (wrong CPL, missing MADT, invalid RTC, ...).
+    pub const GUEST_FAILED: u8 = 0x33;
+
+    /// The exit status of QEMU after the guest wrote `value`.
+    pub const fn qemu_status(value: u8) -> i32 {
+        ((value as i32) << 1) | 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_guest_was_built() {
+        for (name, path) in ALL {
+            let meta = std::fs::metadata(path).unwrap_or_else(|e| panic!("{name}: {path}: {e}"));
+            assert!(meta.len() > 0, "{name}: {path} is empty");
+        }
+    }
+
+    #[test]
+    fn user_loop_sum_matches_the_guest_loop() {
+        let mut sum = 0u64;
+        for i in 0..64u64 << 20 {
+            sum = sum.wrapping_mul(6364136223846793005).wrapping_add(i);
+        }
+        assert_eq!(sum, USER_LOOP_SUM, "USER_LOOP_SUM should be 0x{sum:016x}");
+    }
+
+    #[test]
+    fn qemu_status_encoding() {
+        assert_eq!(debug_exit::qemu_status(debug_exit::POWEROFF_FAILED), 99);
+        assert_eq!(debug_exit::qemu_status(debug_exit::EXCEPTION), 65);
+    }
+}

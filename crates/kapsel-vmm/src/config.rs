@@ -1,0 +1,70 @@
+//! What a VM is made of, as the VMM needs it (already validated paths and
+//! numbers; parsing user syntax is the caller's job).
+
+use std::path::PathBuf;
+
+/// Where the guest's serial console (COM1) goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConsoleSpec {
+    /// The VMM's stdin and stdout; stdin is put in raw mode when it is a terminal.
+    Stdio,
+    /// Output discarded, no input.
+    None,
+    /// Output appended to a file, no input.
+    File(PathBuf),
+}
+
+/// What a guest reset (reboot) does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnReboot {
+    /// The VMM exits with status 0.
+    #[default]
+    Exit,
+    /// The VM is rebuilt and boots again.
+    Restart,
+}
+
+/// A complete description of one VM.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// Kernel image: a Linux bzImage, or an ELF with a PVH entry note.
+    pub kernel: PathBuf,
+    /// Optional initial ramdisk.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// Guest memory in bytes.
+    pub memory: u64,
+    /// Number of vCPUs.
+    pub cpus: u8,
+    /// Serial console wiring.
+    pub console: ConsoleSpec,
+    /// Behaviour on guest reset.
+    pub on_reboot: OnReboot,
+    /// CPUID features to hide from the guest (names from
+    /// [`crate::arch::x86_64::cpuid::HIDEABLE_FEATURES`]).
+    pub hide_cpuid: Vec<String>,
+}
+
+impl VmConfig {
+    /// A VM with the given kernel and Kapsel's defaults (512 MiB, 1 vCPU,
+    /// console on stdio, exit on reboot).
+    pub fn new(kernel: impl Into<PathBuf>) -> Self {
+        VmConfig {
+            kernel: kernel.into(),
+            initrd: None,
+            cmdline: DEFAULT_CMDLINE.to_string(),
+            memory: 512 << 20,
+            cpus: 1,
+            console: ConsoleSpec::Stdio,
+            on_reboot: OnReboot::Exit,
+            hide_cpuid: Vec::new(),
+        }
+    }
+}
+
+/// The command line used when none is given.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
+
+/// Smallest guest memory Kapsel accepts.
+pub const MIN_MEMORY: u64 = 32 << 20;

@@ -1,0 +1,66 @@
+//! Guest memory: anonymous mappings registered with KVM.
+
+use crate::arch::x86_64::layout;
+use crate::error::{Error, Result};
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::VmFd;
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+/// The guest memory type used throughout the VMM.
+pub type GuestMem = GuestMemoryMmap<()>;
+
+/// Allocates `memory` bytes of guest RAM laid out around the MMIO hole.
+/// Pages are mapped lazily: untouched guest memory costs the host nothing.
+pub fn create(memory: u64) -> Result<GuestMem> {
+    let ranges: Vec<(GuestAddress, usize)> = layout::ram_ranges(memory)
+        .into_iter()
+        .map(|(start, len)| {
+            usize::try_from(len)
+                .map(|len| (GuestAddress(start), len))
+                .map_err(|_| Error::Memory(format!("{len} bytes do not fit this host")))
+        })
+        .collect::<Result<_>>()?;
+    GuestMemoryMmap::from_ranges(&ranges).map_err(|e| {
+        Error::Memory(format!(
+            "cannot map {memory} bytes: {e}; lower --memory or free host memory"
+        ))
+    })
+}
+
+/// Registers every region of `mem` with the VM as a KVM memory slot.
+pub fn register(vm: &VmFd, mem: &GuestMem) -> Result<()> {
+    for (slot, region) in mem.iter().enumerate() {
+        let host = region
+            .get_host_address(vm_memory::MemoryRegionAddress(0))
+            .map_err(|e| Error::Memory(format!("region without host address: {e}")))?;
+        let desc = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+        };
+        // SAFETY: the region's host mapping is owned by `mem`, which the VM
+        // keeps alive for as long as the VM fd exists, and the slots do not
+        // overlap because the regions of a GuestMemoryMmap never do.
+        unsafe { vm.set_user_memory_region(desc) }
+            .map_err(|e| Error::kvm("KVM_SET_USER_MEMORY_REGION", e))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::Bytes;
+
+    #[test]
+    fn memory_is_readable_and_writable_on_both_sides_of_the_hole() {
+        let mem = create(3 << 30 | 2 << 20).unwrap();
+        assert_eq!(mem.num_regions(), 2);
+        mem.write_obj(0xdead_beefu32, GuestAddress(0x1000)).unwrap();
+        assert_eq!(mem.read_obj::<u32>(GuestAddress(0x1000)).unwrap(), 0xdead_beef);
+        mem.write_obj(7u8, GuestAddress(layout::MMIO_HOLE_END + 0x1000)).unwrap();
+        assert!(mem.read_obj::<u8>(GuestAddress(layout::MMIO_HOLE_START)).is_err());
+    }
+}

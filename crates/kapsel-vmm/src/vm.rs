@@ -1,0 +1,352 @@
+//! Building a VM from a [`VmConfig`] and running it to its end.
+
+use crate::arch::x86_64::boot::{self, BootSpec};
+use crate::arch::x86_64::{acpi, cpuid, layout};
+use crate::bus::{Bus, SharedDevice};
+use crate::config::{OnReboot, VmConfig, MIN_MEMORY};
+use crate::console::{Console, EscapeState};
+use crate::devices::legacy::acpi_pm::{AcpiPm, ACPI_PM_BASE, ACPI_PM_PORT_COUNT};
+use crate::devices::legacy::cmos::{Cmos, CMOS_PORT_COUNT};
+use crate::devices::legacy::i8042::{I8042, I8042_PORT_COUNT};
+use crate::devices::legacy::pvpanic::PvPanic;
+use crate::devices::legacy::serial::{SerialDevice, SERIAL_PORT_COUNT};
+use crate::devices::legacy::IrqTrigger;
+use crate::error::{Error, Result};
+use crate::exit::{ExitSignal, VmExit};
+use crate::memory;
+use crate::vcpu::{self, Vcpu, VcpuContext};
+use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::signal::Killable;
+
+/// KVM's private pages for the TSS and the real-mode identity map, just
+/// below the BIOS area at the top of the 32-bit space (in the MMIO hole).
+const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
+
+/// Opens /dev/kvm with an error that says how to fix the usual problems.
+pub fn open_kvm() -> Result<Kvm> {
+    Kvm::new().map_err(|e| {
+        let source = std::io::Error::from_raw_os_error(e.errno());
+        let hint = match e.errno() {
+            libc::ENOENT | libc::ENODEV | libc::ENXIO => {
+                "load the KVM module (modprobe kvm_intel or modprobe kvm_amd) and enable \
+                 virtualization in the firmware"
+            }
+            libc::EACCES | libc::EPERM => {
+                "add your user to the kvm group (sudo usermod -aG kvm $USER, then log in again) \
+                 or run as root"
+            }
+            _ => "check that KVM works on this host (dmesg | grep -i kvm)",
+        };
+        Error::KvmUnavailable { source, hint }
+    })
+}
+
+/// Bytes of RAM the host has (MemTotal).
+pub fn host_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// The most vCPUs Kapsel gives a VM on this host: KVM's limit, capped so
+/// that every APIC ID fits the xAPIC's 8 bits (0xff is the broadcast ID).
+pub fn max_vcpus(kvm: &Kvm) -> u8 {
+    let kvm_max = kvm.check_extension_int(Cap::MaxVcpus).max(1);
+    kvm_max.min(254) as u8
+}
+
+/// Checks a configuration against this host before anything is built.
+pub fn validate(cfg: &VmConfig, kvm: &Kvm) -> Result<()> {
+    if cfg.memory < MIN_MEMORY {
+        return Err(Error::InvalidConfig(format!(
+            "--memory {}: a VM needs at least {} MiB",
+            cfg.memory,
+            MIN_MEMORY >> 20
+        )));
+    }
+    if let Some(host) = host_memory() {
+        if cfg.memory > host {
+            return Err(Error::InvalidConfig(format!(
+                "--memory {} MiB is more than this host has ({} MiB); give less",
+                cfg.memory >> 20,
+                host >> 20
+            )));
+        }
+    }
+    let max = max_vcpus(kvm);
+    if cfg.cpus == 0 || cfg.cpus > max {
+        return Err(Error::InvalidConfig(format!(
+            "--cpus {}: this host's KVM allows 1 to {max} vCPUs",
+            cfg.cpus
+        )));
+    }
+    cpuid::validate_hidden(&cfg.hide_cpuid)?;
+    for cap in [Cap::Irqchip, Cap::Pit2, Cap::Irqfd, Cap::UserMemory] {
+        if !kvm.check_extension(cap) {
+            return Err(Error::KvmUnsupported(format!("missing capability {cap:?}")));
+        }
+    }
+    Ok(())
+}
+
+/// Boots the VM described by `cfg` and runs it until it powers off, fails,
+/// or resets (a reset boots it again under [`OnReboot::Restart`]).
+pub fn run(cfg: &VmConfig) -> Result<VmExit> {
+    let kvm = open_kvm()?;
+    validate(cfg, &kvm)?;
+    let console = Console::open(&cfg.console)?;
+    vcpu::install_kick_handler()?;
+    let mut escape = EscapeState::default();
+    loop {
+        let exit = boot_once(&kvm, cfg, &console, &mut escape)?;
+        if exit == VmExit::Reset && cfg.on_reboot == OnReboot::Restart {
+            tracing::info!("guest reset; booting it again (--on-reboot restart)");
+            continue;
+        }
+        return Ok(exit);
+    }
+}
+
+/// One running instance of the machine, from power-on to its exit.
+struct Machine {
+    _vm: VmFd,
+    _mem: memory::GuestMem,
+    serial: Arc<Mutex<SerialDevice>>,
+    exit: Arc<ExitSignal>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+fn boot_once(
+    kvm: &Kvm,
+    cfg: &VmConfig,
+    console: &Console,
+    escape: &mut EscapeState,
+) -> Result<VmExit> {
+    let mut machine = build(kvm, cfg, console)?;
+    let result = event_loop(&machine, console, escape);
+    machine.shut_down();
+    result
+}
+
+fn build(kvm: &Kvm, cfg: &VmConfig, console: &Console) -> Result<Machine> {
+    let vm = kvm.create_vm().map_err(|e| Error::kvm("KVM_CREATE_VM", e))?;
+    vm.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
+        .map_err(|e| Error::kvm("KVM_SET_IDENTITY_MAP_ADDR", e))?;
+    vm.set_tss_address(KVM_TSS_ADDRESS)
+        .map_err(|e| Error::kvm("KVM_SET_TSS_ADDR", e))?;
+    vm.create_irq_chip()
+        .map_err(|e| Error::kvm("KVM_CREATE_IRQCHIP", e))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit)
+        .map_err(|e| Error::kvm("KVM_CREATE_PIT2", e))?;
+
+    let mem = memory::create(cfg.memory)?;
+    memory::register(&vm, &mem)?;
+    let rsdp = acpi::write_tables(&mem, cfg.cpus)?;
+    let entry = boot::load(
+        &mem,
+        &BootSpec {
+            kernel: &cfg.kernel,
+            initrd: cfg.initrd.as_deref(),
+            cmdline: &cfg.cmdline,
+            memory: cfg.memory,
+            rsdp,
+        },
+    )?;
+
+    let exit = Arc::new(ExitSignal::new().map_err(|e| Error::io("creating an eventfd", e))?);
+    let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(|e| Error::io("creating an eventfd", e))?;
+    vm.register_irqfd(&serial_irq, layout::COM1_IRQ)
+        .map_err(|e| Error::kvm("KVM_IRQFD", e))?;
+    let serial = Arc::new(Mutex::new(SerialDevice::new(
+        IrqTrigger(serial_irq),
+        console.output()?,
+    )));
+
+    let mut pio = Bus::new();
+    let devices: [(u16, u64, SharedDevice); 5] = [
+        (layout::COM1_PORT, SERIAL_PORT_COUNT, serial.clone()),
+        (
+            layout::I8042_DATA_PORT,
+            I8042_PORT_COUNT,
+            Arc::new(Mutex::new(I8042::new(exit.clone()))),
+        ),
+        (
+            layout::CMOS_PORT,
+            CMOS_PORT_COUNT,
+            Arc::new(Mutex::new(Cmos::new())),
+        ),
+        (
+            ACPI_PM_BASE,
+            ACPI_PM_PORT_COUNT,
+            Arc::new(Mutex::new(AcpiPm::new(exit.clone()))),
+        ),
+        (
+            layout::PVPANIC_PORT,
+            1,
+            Arc::new(Mutex::new(PvPanic::new(exit.clone()))),
+        ),
+    ];
+    for (port, count, dev) in devices {
+        pio.insert(u64::from(port), count, dev)
+            .map_err(|e| Error::Memory(format!("port map: {e}")))?;
+    }
+
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|e| Error::kvm("KVM_GET_SUPPORTED_CPUID", e))?;
+    let mut vcpus = Vec::with_capacity(cfg.cpus.into());
+    for id in 0..cfg.cpus {
+        let vcpu = Vcpu::new(&vm, id)?;
+        let boot = (id == 0).then_some((&mem, entry));
+        vcpu.configure(&supported, cfg.cpus, &cfg.hide_cpuid, boot)?;
+        vcpus.push(vcpu);
+    }
+
+    let ctx = VcpuContext {
+        pio: Arc::new(pio),
+        mmio: Arc::new(Bus::new()),
+        exit: exit.clone(),
+        stop: Arc::new(AtomicBool::new(false)),
+    };
+    let stop = ctx.stop.clone();
+    let mut machine = Machine {
+        _vm: vm,
+        _mem: mem,
+        serial,
+        exit,
+        stop,
+        threads: Vec::new(),
+    };
+    for vcpu in vcpus {
+        let ctx = ctx.clone();
+        let name = format!("vcpu{}", machine.threads.len());
+        match std::thread::Builder::new()
+            .name(name)
+            .spawn(move || vcpu.run(ctx))
+        {
+            Ok(handle) => machine.threads.push(handle),
+            Err(e) => {
+                machine.shut_down();
+                return Err(Error::io("starting a vCPU thread", e));
+            }
+        }
+    }
+    Ok(machine)
+}
+
+impl Machine {
+    /// Stops every vCPU thread and waits for it.
+    fn shut_down(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        for handle in self.threads.drain(..) {
+            // KVM_RUN may be entered just after a kick: keep kicking until
+            // the thread has seen the stop flag.
+            while !handle.is_finished() {
+                let _ = handle.kill(vcpu::kick_signal());
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            if handle.join().is_err() {
+                tracing::error!("a vCPU thread panicked");
+            }
+        }
+    }
+}
+
+fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> std::io::Result<()> {
+    // SAFETY: `fds` is a valid, initialised slice of pollfd for its length.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    if n < 0 {
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+fn read_fd(fd: RawFd, buf: &mut [u8]) -> std::io::Result<usize> {
+    // SAFETY: reading into a valid, writable buffer of the given length.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Waits for the VM's end while feeding console input to the serial port.
+fn event_loop(m: &Machine, console: &Console, escape: &mut EscapeState) -> Result<VmExit> {
+    let exit_fd = m.exit.event().as_raw_fd();
+    let mut input = console.input_fd();
+    let mut pending: Vec<u8> = Vec::new();
+    loop {
+        if let Some(reason) = m.exit.reason() {
+            return Ok(reason);
+        }
+        let mut fds = vec![libc::pollfd {
+            fd: exit_fd,
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        // Read more input only when the guest took what we had.
+        if let (Some(fd), true) = (input, pending.is_empty()) {
+            fds.push(libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        let timeout = if pending.is_empty() { -1 } else { 10 };
+        poll(&mut fds, timeout).map_err(|e| Error::io("waiting for events", e))?;
+        if fds.len() > 1 && fds[1].revents != 0 {
+            let mut buf = [0u8; 256];
+            match read_fd(fds[1].fd, &mut buf) {
+                Ok(0) | Err(_) => input = None, // end of input: stop reading
+                Ok(n) => {
+                    let (bytes, quit) = if console.is_terminal() {
+                        escape.filter(&buf[..n])
+                    } else {
+                        (buf[..n].to_vec(), false)
+                    };
+                    pending.extend_from_slice(&bytes);
+                    if quit {
+                        eprintln!("\r\nkapsel: console escape (Ctrl-A x): stopping the VM\r");
+                        return Ok(VmExit::PowerOff);
+                    }
+                }
+            }
+        }
+        if !pending.is_empty() {
+            let taken = m
+                .serial
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .enqueue_input(&pending);
+            pending.drain(..taken);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_memory_is_read() {
+        assert!(host_memory().unwrap() > 64 << 20);
+    }
+}
