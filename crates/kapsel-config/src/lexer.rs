@@ -380,7 +380,8 @@ impl<'a> Lexer<'a> {
                 None
             }
             None => {
-                let suggestion = crate::diag::did_you_mean(&name, macros.keys().map(|k| k.as_str()));
+                let suggestion =
+                    crate::diag::did_you_mean(&name, macros.keys().map(|k| k.as_str()));
                 let message = match suggestion {
                     Some(s) => format!("macro \"{name}\" is not defined; did you mean \"${s}\"?"),
                     None => format!("macro \"{name}\" is not defined"),
@@ -457,7 +458,13 @@ mod tests {
         let (toks, _) = lex("a # comment \\\nb\\\n c 'x\\'y'", &[]);
         assert_eq!(
             toks,
-            vec![w("a"), Tok::Newline, w("b"), w("c"), Tok::Quoted("x'y".into())]
+            vec![
+                w("a"),
+                Tok::Newline,
+                w("b"),
+                w("c"),
+                Tok::Quoted("x'y".into())
+            ]
         );
         let (toks, _) = lex("mem\\\nory", &[]);
         assert_eq!(toks, vec![w("memory")]);
@@ -465,7 +472,10 @@ mod tests {
 
     #[test]
     fn macros_expand_and_glue() {
-        let (toks, errs) = lex("disk $vms\"a.img\" $vms/b $opt", &[("vms", "/v/"), ("opt", "memory 1G")]);
+        let (toks, errs) = lex(
+            "disk $vms\"a.img\" $vms/b $opt",
+            &[("vms", "/v/"), ("opt", "memory 1G")],
+        );
         assert_eq!(errs, 0);
         assert_eq!(
             toks,
@@ -489,7 +499,13 @@ mod tests {
         assert_eq!(errs, 3);
         assert_eq!(
             toks,
-            vec![Tok::Invalid, Tok::Invalid, Tok::Invalid, Tok::Newline, w("next")]
+            vec![
+                Tok::Invalid,
+                Tok::Invalid,
+                Tok::Invalid,
+                Tok::Newline,
+                w("next")
+            ]
         );
     }
 }

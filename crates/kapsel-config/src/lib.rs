@@ -67,7 +67,10 @@ impl Loader for FsLoader {
         let file = std::fs::File::open(path)?;
         let meta = file.metadata()?;
         if !meta.is_file() {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
         }
         if meta.len() > MAX_FILE_SIZE {
             return Err(io::Error::new(

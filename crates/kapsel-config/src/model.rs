@@ -174,11 +174,8 @@ impl FromStr for Owner {
                 && n.chars().all(|c| !c.is_whitespace() && !c.is_control())
         };
         let user = (!user.is_empty()).then(|| user.to_string());
-        let group = match group {
-            Some(g) => Some(g.to_string()),
-            None => None,
-        };
-        if user.is_none() && group.is_none() {
+        let group = group.map(str::to_string);
+        if user.is_none() && group.as_deref().is_none_or(str::is_empty) {
             return Err(format!("\"{s}\" names neither a user nor a group"));
         }
         for n in user.iter().chain(group.iter()) {
@@ -317,7 +314,8 @@ pub struct MacAddr(pub [u8; 6]);
 impl FromStr for MacAddr {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let err = || format!("\"{s}\" is not a MAC address; write six hex bytes, e.g. fe:e1:ba:d0:00:01");
+        let err =
+            || format!("\"{s}\" is not a MAC address; write six hex bytes, e.g. fe:e1:ba:d0:00:01");
         let mut out = [0u8; 6];
         let mut parts = s.split(':');
         for byte in out.iter_mut() {

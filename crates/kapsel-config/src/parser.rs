@@ -49,7 +49,9 @@ const SWITCH_KEYWORDS: &[&str] = &[
     "rdomain",
     "up",
 ];
-const IFACE_KEYWORDS: &[&str] = &["down", "group", "lladdr", "locked", "rdomain", "switch", "up"];
+const IFACE_KEYWORDS: &[&str] = &[
+    "down", "group", "lladdr", "locked", "rdomain", "switch", "up",
+];
 const ALLOW_KEYWORDS: &[&str] = &[
     "boot",
     "cdrom",
@@ -122,8 +124,10 @@ pub(crate) struct Ctx<'o> {
     pub vm_notes: Vec<VmNotes>,
     pub container_notes: Vec<VmNotes>,
     pub switch_notes: Vec<Loc>,
-    include_stack: Vec<PathBuf>,
-    sources: HashMap<PathBuf, Rc<str>>,
+    /// The files being read: identity (for cycles) and name (for messages).
+    include_stack: Vec<(PathBuf, PathBuf)>,
+    /// File texts and where their lines start, for the caret display.
+    sources: HashMap<PathBuf, (Rc<str>, Vec<usize>)>,
 }
 
 impl<'o> Ctx<'o> {
@@ -162,10 +166,10 @@ impl<'o> Ctx<'o> {
         message: impl Into<String>,
         help: Option<String>,
     ) {
-        let source_line = self.sources.get(&loc.file).and_then(|text| {
-            text.split('\n')
-                .nth(loc.pos.line.saturating_sub(1) as usize)
-                .map(|l| l.strip_suffix('\r').unwrap_or(l).to_string())
+        let source_line = self.sources.get(&loc.file).and_then(|(text, starts)| {
+            let start = *starts.get(loc.pos.line.checked_sub(1)? as usize)?;
+            let line = text.get(start..)?.split('\n').next()?;
+            Some(line.strip_suffix('\r').unwrap_or(line).to_string())
         });
         self.diags.push(Diagnostic {
             severity,
@@ -202,12 +206,16 @@ impl<'o> Ctx<'o> {
             return;
         }
         let identity = self.opts.loader.identity(path);
-        if let Some(first) = self.include_stack.iter().position(|p| *p == identity) {
+        if let Some(first) = self
+            .include_stack
+            .iter()
+            .position(|(id, _)| *id == identity)
+        {
             let mut cycle: Vec<String> = self.include_stack[first..]
                 .iter()
-                .map(|p| p.display().to_string())
+                .map(|(_, name)| name.display().to_string())
                 .collect();
-            cycle.push(identity.display().to_string());
+            cycle.push(path.display().to_string());
             self.error(
                 &at,
                 format!("include cycle: {}", cycle.join(" -> ")),
@@ -219,7 +227,9 @@ impl<'o> Ctx<'o> {
             Ok(text) => text,
             Err(e) => {
                 let help = match from {
-                    Some(_) => "relative include paths start from the directory of the including file",
+                    Some(_) => {
+                        "relative include paths start from the directory of the including file"
+                    }
                     None => "choose another file with -f",
                 };
                 self.error(
@@ -231,8 +241,12 @@ impl<'o> Ctx<'o> {
             }
         };
         let text: Rc<str> = Rc::from(text);
-        self.sources.insert(path.to_path_buf(), text.clone());
-        self.include_stack.push(identity);
+        let starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        self.sources
+            .insert(path.to_path_buf(), (text.clone(), starts));
+        self.include_stack.push((identity, path.to_path_buf()));
         let mut parser = Parser {
             lex: Lexer::new(&text),
             peeked: None,
@@ -345,7 +359,11 @@ impl Parser<'_, '_, '_> {
         if tok == Tok::Invalid {
             return Reported; // the lexer said why
         }
-        self.error(pos, format!("expected {expected}, found {}", tok.describe()), help)
+        self.error(
+            pos,
+            format!("expected {expected}, found {}", tok.describe()),
+            help,
+        )
     }
 
     /// Skips the rest of a statement: to the next newline or `;`
@@ -417,7 +435,10 @@ impl Parser<'_, '_, '_> {
         let valid_chars = name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_');
-        let starts_ok = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+        let starts_ok = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric());
         if name.is_empty() || name.len() > MAX_NAME_LEN {
             return Err(self.error(
                 pos,
@@ -432,7 +453,11 @@ impl Parser<'_, '_, '_> {
                 Some("names start with a letter or digit and contain only letters, digits, '.', '-' and '_'".into()),
             ));
         }
-        if !strict && name.chars().any(|c| c.is_whitespace() || c.is_control() || c == '/') {
+        if !strict
+            && name
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == '/')
+        {
             return Err(self.error(
                 pos,
                 format!("invalid {what} name \"{name}\""),
@@ -473,7 +498,11 @@ impl Parser<'_, '_, '_> {
     fn owner(&mut self, stops: &[&str]) -> PResult<Owner> {
         let (s, pos) = self.string("an owner: user, user:group or :group", stops)?;
         let owner: Owner = s.parse().map_err(|e: String| {
-            self.error(pos, e, Some("write owner user, owner user:group or owner :group".into()))
+            self.error(
+                pos,
+                e,
+                Some("write owner user, owner user:group or owner :group".into()),
+            )
         })?;
         self.check_owner(&owner, pos);
         Ok(owner)
@@ -519,8 +548,13 @@ impl Parser<'_, '_, '_> {
             _ => return Err(self.unexpected(&format!("a size for {what}, e.g. 512M or 2G"), None)),
         };
         self.next();
-        let size = parse_size(&word)
-            .map_err(|e| self.error(pos, e.to_string(), Some("sizes are a number with K, M, G or T: 512M, 2G".into())))?;
+        let size = parse_size(&word).map_err(|e| {
+            self.error(
+                pos,
+                e.to_string(),
+                Some("sizes are a number with K, M, G or T: 512M, 2G".into()),
+            )
+        })?;
         if size.0 < MIB {
             let help = if word.bytes().all(|b| b.is_ascii_digit()) {
                 format!("a number without unit is in bytes; did you mean {word}M?")
@@ -616,7 +650,11 @@ impl Parser<'_, '_, '_> {
                 }
                 Tok::RBrace => {
                     self.next();
-                    let _ = self.error(pos, "unmatched \"}\"", Some("remove it, or add the block it should close".into()));
+                    let _ = self.error(
+                        pos,
+                        "unmatched \"}\"",
+                        Some("remove it, or add the block it should close".into()),
+                    );
                 }
                 Tok::Invalid => self.recover(true),
                 other => {
@@ -634,10 +672,16 @@ impl Parser<'_, '_, '_> {
     }
 
     fn unknown_top(&mut self, w: &str, pos: Pos) -> Reported {
-        if matches!(self.peek(), Tok::Quoted(_)) && did_you_mean(w, TOP_KEYWORDS.iter().copied()).is_none() {
+        if matches!(self.peek(), Tok::Quoted(_)) {
+            let message = match did_you_mean(w, TOP_KEYWORDS.iter().copied()) {
+                Some(s) => {
+                    format!("unknown keyword \"{w}\" at the top level; did you mean \"{s}\"?")
+                }
+                None => format!("unknown keyword \"{w}\" at the top level"),
+            };
             return self.error(
                 pos,
-                format!("unknown keyword \"{w}\""),
+                message,
                 Some(format!("to define a macro, write {w} = \"value\"")),
             );
         }
@@ -724,7 +768,11 @@ impl Parser<'_, '_, '_> {
             if self.eat_word("prefix") {
                 let (s, pos) = self.string("an IPv6 prefix, e.g. fd00::/8", &[])?;
                 prefix = s.parse().map_err(|e: String| {
-                    self.error(pos, e, Some("write it as ADDRESS/LENGTH, e.g. fd00::/8".into()))
+                    self.error(
+                        pos,
+                        e,
+                        Some("write it as ADDRESS/LENGTH, e.g. fd00::/8".into()),
+                    )
                 })?;
             }
             self.ctx.config.globals.local_inet6 = Some(prefix);
@@ -880,14 +928,20 @@ impl Parser<'_, '_, '_> {
             "disable" => sw.enabled = false,
             "up" => sw.up = true,
             "down" => sw.up = false,
-            "interface" => sw.interface = Some(self.ifname("the bridge interface, e.g. bridge0", &[])?),
+            "interface" => {
+                sw.interface = Some(self.ifname("the bridge interface, e.g. bridge0", &[])?)
+            }
             "add" => {
                 let member = self.ifname("a host interface to add, e.g. eth0", &[])?;
                 sw.members.push(member);
             }
             "group" => {
                 sw.group = Some(self.string("an interface group name", &[])?.0);
-                self.warning(pos, "interface groups are not supported on Linux; \"group\" is ignored", None);
+                self.warning(
+                    pos,
+                    "interface groups are not supported on Linux; \"group\" is ignored",
+                    None,
+                );
             }
             "locked" => {
                 if !self.eat_word("lladdr") {
@@ -897,7 +951,11 @@ impl Parser<'_, '_, '_> {
             }
             "rdomain" => {
                 sw.rdomain = Some(self.number("rdomain", 0, 255)?.0);
-                self.warning(pos, "routing domains are not supported on Linux; \"rdomain\" is ignored", None);
+                self.warning(
+                    pos,
+                    "routing domains are not supported on Linux; \"rdomain\" is ignored",
+                    None,
+                );
             }
             _ => {
                 let desc = format!("in switch \"{}\"", sw.name);
@@ -973,7 +1031,10 @@ impl Parser<'_, '_, '_> {
                 return Err(self.error(
                     pos,
                     format!("\"{kw}\" is not supported in a container block"),
-                    Some(format!("containers take: {}", CONTAINER_KEYWORDS.join(", "))),
+                    Some(format!(
+                        "containers take: {}",
+                        CONTAINER_KEYWORDS.join(", ")
+                    )),
                 ));
             }
             let desc = format!("in {}", st.desc);
@@ -1002,12 +1063,7 @@ impl Parser<'_, '_, '_> {
                         Some("cdrom") => BootDevice::Cdrom,
                         Some("disk") => BootDevice::Disk,
                         Some("net") => BootDevice::Net,
-                        _ => {
-                            return Err(self.unexpected(
-                                "a boot device: cdrom, disk or net",
-                                None,
-                            ))
-                        }
+                        _ => return Err(self.unexpected("a boot device: cdrom, disk or net", None)),
                     };
                     let _ = dpos;
                     self.next();
@@ -1016,6 +1072,16 @@ impl Parser<'_, '_, '_> {
                     self.once(st, "boot", pos)?;
                     st.vm.boot = Some(self.path("the kernel or BIOS image to boot", &[])?.0);
                 }
+            }
+            "kernel" if !st.container => {
+                // OpenBSD before 6.7 called `boot` `kernel`.
+                self.once(st, "boot", pos)?;
+                st.vm.boot = Some(self.path("the kernel to boot", &[])?.0);
+                self.warning(
+                    pos,
+                    "\"kernel\" is the old name of \"boot\"",
+                    Some("write: boot PATH".into()),
+                );
             }
             "initrd" => {
                 self.once(st, "initrd", pos)?;
@@ -1073,11 +1139,19 @@ impl Parser<'_, '_, '_> {
                 self.once(st, "allow instance", pos)?;
                 let mut allow = AllowInstance::default();
                 if *self.peek() == Tok::LBrace {
-                    self.block(&mut allow, "allow instance", pos, false, Self::allow_statement)?;
+                    self.block(
+                        &mut allow,
+                        "allow instance",
+                        pos,
+                        false,
+                        Self::allow_statement,
+                    )?;
                 } else {
                     let fpos = self.peek_pos();
                     let Some(flag) = self.peek_word().map(str::to_string) else {
-                        return Err(self.unexpected("\"{\" or an option after \"allow instance\"", None));
+                        return Err(
+                            self.unexpected("\"{\" or an option after \"allow instance\"", None)
+                        );
                     };
                     self.next();
                     self.allow_statement(&mut allow, &flag, fpos)?;
@@ -1130,20 +1204,30 @@ impl Parser<'_, '_, '_> {
             seen: Vec::new(),
         };
         let stops = IFACE_KEYWORDS;
-        if matches!(self.peek(), Tok::Word(w) if !stops.contains(&w.as_str())) || matches!(self.peek(), Tok::Quoted(_)) {
+        if matches!(self.peek(), Tok::Word(w) if !stops.contains(&w.as_str()))
+            || matches!(self.peek(), Tok::Quoted(_))
+        {
             st.iface.name = Some(self.ifname("the interface name, e.g. tap0", stops)?);
         }
         if let Some(w) = self.peek_word().map(str::to_string) {
             if IFACE_KEYWORDS.contains(&w.as_str()) {
                 return Err(self.unexpected(
                     "\"{\" or the end of the line",
-                    Some(format!("interface options go in braces: interface {{ {w} ... }}")),
+                    Some(format!(
+                        "interface options go in braces: interface {{ {w} ... }}"
+                    )),
                 ));
             }
         }
         if *self.peek() == Tok::LBrace {
             let pos = self.peek_pos();
-            self.block(&mut st, "the interface block", pos, false, Self::iface_statement)?;
+            self.block(
+                &mut st,
+                "the interface block",
+                pos,
+                false,
+                Self::iface_statement,
+            )?;
         }
         Ok((st.iface, st.switch_ref))
     }
@@ -1189,7 +1273,10 @@ impl Parser<'_, '_, '_> {
                         return Err(self.error(
                             mpos,
                             format!("{mac} is a multicast address"),
-                            Some("the first byte of a unicast MAC is even, e.g. fe:e1:ba:d0:00:01".into()),
+                            Some(
+                                "the first byte of a unicast MAC is even, e.g. fe:e1:ba:d0:00:01"
+                                    .into(),
+                            ),
                         ));
                     }
                     st.iface.lladdr = Some(mac);
@@ -1198,16 +1285,26 @@ impl Parser<'_, '_, '_> {
             "group" => {
                 self.iface_once(st, "group", pos)?;
                 st.iface.group = Some(self.string("an interface group name", IFACE_KEYWORDS)?.0);
-                self.warning(pos, "interface groups are not supported on Linux; \"group\" is ignored", None);
+                self.warning(
+                    pos,
+                    "interface groups are not supported on Linux; \"group\" is ignored",
+                    None,
+                );
             }
             "rdomain" => {
                 self.iface_once(st, "rdomain", pos)?;
                 st.iface.rdomain = Some(self.number("rdomain", 0, 255)?.0);
-                self.warning(pos, "routing domains are not supported on Linux; \"rdomain\" is ignored", None);
+                self.warning(
+                    pos,
+                    "routing domains are not supported on Linux; \"rdomain\" is ignored",
+                    None,
+                );
             }
             "up" => st.iface.up = true,
             "down" => st.iface.up = false,
-            _ => return Err(self.unknown_keyword(kw, pos, IFACE_KEYWORDS, "in an interface block")),
+            _ => {
+                return Err(self.unknown_keyword(kw, pos, IFACE_KEYWORDS, "in an interface block"))
+            }
         }
         Ok(())
     }

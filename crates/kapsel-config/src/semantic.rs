@@ -78,7 +78,12 @@ fn duplicate_names(ctx: &mut Ctx) {
 }
 
 fn switch_references(ctx: &mut Ctx) {
-    let switches: Vec<&str> = ctx.config.switches.iter().map(|s| s.name.as_str()).collect();
+    let switches: Vec<&str> = ctx
+        .config
+        .switches
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
     let mut errors = Vec::new();
     let guests = ctx
         .config
@@ -102,13 +107,17 @@ fn switch_references(ctx: &mut Ctx) {
                 continue;
             }
             let message = match did_you_mean(name, switches.iter().copied()) {
-                Some(s) => format!("interface of {desc} is on unknown switch \"{name}\"; did you mean \"{s}\"?"),
+                Some(s) => format!(
+                    "interface of {desc} is on unknown switch \"{name}\"; did you mean \"{s}\"?"
+                ),
                 None => format!("interface of {desc} is on unknown switch \"{name}\""),
             };
             errors.push((
                 loc.clone(),
                 message,
-                Some(format!("declare it: switch \"{name}\" {{ interface bridge0 }}")),
+                Some(format!(
+                    "declare it: switch \"{name}\" {{ interface bridge0 }}"
+                )),
             ));
         }
     }
@@ -127,7 +136,11 @@ fn instances(ctx: &mut Ctx) {
         };
         let at = notes.parent.clone().unwrap_or_else(|| notes.header.clone());
         if parent_name == vm.name {
-            errors.push((at, format!("vm \"{}\" is an instance of itself", vm.name), None));
+            errors.push((
+                at,
+                format!("vm \"{}\" is an instance of itself", vm.name),
+                None,
+            ));
             continue;
         }
         let Some(parent) = config.vm(parent_name) else {
@@ -141,7 +154,9 @@ fn instances(ctx: &mut Ctx) {
             errors.push((
                 at,
                 message,
-                Some(format!("declare vm \"{parent_name}\" {{ ... }} as the template")),
+                Some(format!(
+                    "declare vm \"{parent_name}\" {{ ... }} as the template"
+                )),
             ));
             continue;
         };
@@ -176,10 +191,7 @@ fn instances(ctx: &mut Ctx) {
             Some(format!(
                 "add \"{what}\" to the allow instance {{ }} block of vm \"{}\"",
                 if parent.instance_of.is_some() {
-                    parent_eff
-                        .instance_of
-                        .as_deref()
-                        .unwrap_or(parent_name)
+                    parent_eff.instance_of.as_deref().unwrap_or(parent_name)
                 } else {
                     parent_name
                 }
@@ -224,7 +236,9 @@ fn instances(ctx: &mut Ctx) {
         }
         for (disk, loc) in vm.disks.iter().zip(notes.disks.iter()) {
             if parent_eff.disks.iter().any(|d| d.path == disk.path)
-                || config.vm(parent_name).is_some_and(|p| p.disks.iter().any(|d| d.path == disk.path))
+                || config
+                    .vm(parent_name)
+                    .is_some_and(|p| p.disks.iter().any(|d| d.path == disk.path))
             {
                 errors.push((
                     loc.clone(),
@@ -233,7 +247,10 @@ fn instances(ctx: &mut Ctx) {
                         disk.path.display(),
                         vm.name
                     ),
-                    Some("an instance cannot share its parent's disks; give it an image of its own".into()),
+                    Some(
+                        "an instance cannot share its parent's disks; give it an image of its own"
+                            .into(),
+                    ),
                 ));
             }
         }

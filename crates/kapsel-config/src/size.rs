@@ -91,7 +91,9 @@ pub fn parse_size(text: &str) -> Result<ByteSize, SizeError> {
         Some((i, f)) => (i, f),
         None => (number, ""),
     };
-    if int_part.is_empty() || frac_part.contains('.') || (number.contains('.') && frac_part.is_empty())
+    if int_part.is_empty()
+        || frac_part.contains('.')
+        || (number.contains('.') && frac_part.is_empty())
     {
         return Err(invalid());
     }
@@ -120,7 +122,7 @@ impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0;
         for (unit, suffix) in [(TIB, "T"), (GIB, "G"), (MIB, "M"), (KIB, "K")] {
-            if n != 0 && n % unit == 0 {
+            if n != 0 && n.checked_rem(unit) == Some(0) {
                 return write!(f, "{}{}", n / unit, suffix);
             }
         }
@@ -146,14 +148,19 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for bad in ["", "G", "1.", ".5G", "1..2", "1X", "-1", "1 G G", "1.2.3M", "M1"] {
+        for bad in [
+            "", "G", "1.", ".5G", "1..2", "1X", "-1", "1 G G", "1.2.3M", "M1",
+        ] {
             assert!(parse_size(bad).is_err(), "{bad:?} parsed");
         }
         assert!(matches!(
             parse_size("99999999999999999999999T"),
             Err(SizeError::TooLarge(_))
         ));
-        assert!(matches!(parse_size("20000000T"), Err(SizeError::TooLarge(_))));
+        assert!(matches!(
+            parse_size("20000000T"),
+            Err(SizeError::TooLarge(_))
+        ));
     }
 
     #[test]

@@ -10,7 +10,10 @@ fn parse(text: &str) -> Config {
 
 fn parse_with(text: &str, defines: &[(&str, &str)]) -> Config {
     let opts = LoadOptions {
-        defines: defines.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        defines: defines
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
         ..LoadOptions::default()
     };
     match parse_str("vm.conf", text, &opts) {
@@ -49,8 +52,12 @@ fn line_continuation() {
 
 #[test]
 fn quoted_and_bare_strings_concatenate() {
-    let c = parse("vms=\"/home/vm/\"\nvm \"a\" {\n\tdisk $vms \"a/disk1.img\"\n\tboot /bsd 'rd'\n}\n");
-    assert_eq!(c.vms[0].disks[0].path, PathBuf::from("/home/vm/a/disk1.img"));
+    let c =
+        parse("vms=\"/home/vm/\"\nvm \"a\" {\n\tdisk $vms \"a/disk1.img\"\n\tboot /bsd 'rd'\n}\n");
+    assert_eq!(
+        c.vms[0].disks[0].path,
+        PathBuf::from("/home/vm/a/disk1.img")
+    );
     assert_eq!(c.vms[0].boot, Some(PathBuf::from("/bsdrd")));
 }
 
@@ -69,14 +76,20 @@ fn macro_holding_several_tokens() {
 
 #[test]
 fn command_line_macros_override_the_file() {
-    let c = parse_with("mem=\"1G\"\nvm \"x\" {\n\tmemory $mem\n}\n", &[("mem", "4G")]);
+    let c = parse_with(
+        "mem=\"1G\"\nvm \"x\" {\n\tmemory $mem\n}\n",
+        &[("mem", "4G")],
+    );
     assert_eq!(c.vms[0].memory, Some(ByteSize(4 * GIB)));
 }
 
 #[test]
 fn undefined_macro_is_an_error() {
     let e = errors("vm \"x\" {\n\tmemory $mem\n}\n");
-    assert!(e.contains("vm.conf:2:9: macro \"mem\" is not defined"), "{e}");
+    assert!(
+        e.contains("vm.conf:2:9: macro \"mem\" is not defined"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -88,7 +101,10 @@ fn macros_are_not_expanded_in_quotes() {
 #[test]
 fn include_relative_to_including_file() {
     let loader = MemoryLoader::default()
-        .with("/etc/kapsel/vm.conf", "include \"vms/web.conf\"\nvm \"b\" { memory $m }\n")
+        .with(
+            "/etc/kapsel/vm.conf",
+            "include \"vms/web.conf\"\nvm \"b\" { memory $m }\n",
+        )
         .with("/etc/kapsel/vms/web.conf", "m=\"1G\"\nvm \"a\" {\n}\n");
     let opts = LoadOptions {
         loader: &loader,
@@ -96,7 +112,10 @@ fn include_relative_to_including_file() {
     };
     let (c, _) = load("/etc/kapsel/vm.conf", &opts).unwrap();
     assert_eq!(c.vms.len(), 2);
-    assert_eq!(c.vms[0].span.file, PathBuf::from("/etc/kapsel/vms/web.conf"));
+    assert_eq!(
+        c.vms[0].span.file,
+        PathBuf::from("/etc/kapsel/vms/web.conf")
+    );
     assert_eq!(c.vms[1].memory, Some(ByteSize(GIB)));
 }
 
@@ -111,7 +130,12 @@ fn include_cycle_is_detected() {
     };
     let d = load("/a.conf", &opts).unwrap_err();
     assert_eq!(d.len(), 1);
-    assert!(d[0].message.contains("include cycle: /a.conf -> /b.conf -> /a.conf"), "{}", d[0]);
+    assert!(
+        d[0].message
+            .contains("include cycle: /a.conf -> /b.conf -> /a.conf"),
+        "{}",
+        d[0]
+    );
     assert_eq!(d[0].file, PathBuf::from("/b.conf"));
 }
 
@@ -281,12 +305,18 @@ vm "one" instance "two" {
 #[test]
 fn instance_restrictions() {
     let e = errors("vm \"t\" {\n\tallow instance { memory }\n}\nvm \"t\" instance \"i\" {\n\tcdrom \"/x.iso\"\n\tmemory 1G\n}\n");
-    assert!(e.contains("vm.conf:5:2: instance \"i\" may not set \"cdrom\""), "{e}");
+    assert!(
+        e.contains("vm.conf:5:2: instance \"i\" may not set \"cdrom\""),
+        "{e}"
+    );
     assert!(!e.contains("\"memory\""), "{e}");
     let e = errors("vm \"t\" {\n}\nvm \"t\" instance \"i\" {\n}\nvm \"i\" instance \"j\" {\n}\n");
     assert!(e.contains("vm \"i\" is itself an instance"), "{e}");
     let e = errors("vm \"tmpl\" {\n}\nvm \"tmlp\" instance \"i\" {\n}\n");
-    assert!(e.contains("of unknown vm \"tmlp\"; did you mean \"tmpl\"?"), "{e}");
+    assert!(
+        e.contains("of unknown vm \"tmlp\"; did you mean \"tmpl\"?"),
+        "{e}"
+    );
     let e = errors("vm \"a\" instance \"a\" {\n}\n");
     assert!(e.contains("instance of itself"), "{e}");
     let e = errors("vm \"t\" {\n\tdisk \"/d\"\n\tallow instance { disk }\n}\nvm \"t\" instance \"i\" {\n\tdisk \"/d\"\n}\n");
@@ -304,7 +334,10 @@ fn semantic_errors() {
     let e = errors("switch \"s\" {\n}\nswitch \"s\" {\n}\n");
     assert!(e.contains("switch \"s\" is declared twice"), "{e}");
     let e = errors("vm \"a\" {\n\tinterface { switch \"nope\" }\n}\n");
-    assert!(e.contains("vm.conf:2:21: interface of vm \"a\" is on unknown switch \"nope\""), "{e}");
+    assert!(
+        e.contains("vm.conf:2:21: interface of vm \"a\" is on unknown switch \"nope\""),
+        "{e}"
+    );
     let e = errors("vm \"a\" {\n\tmemory 1K\n}\n");
     assert!(e.contains("below the minimum of 1M"), "{e}");
     let e = errors("vm \"a\" {\n\tboot device cdrom\n}\n");
@@ -312,7 +345,10 @@ fn semantic_errors() {
     let e = errors("vm \"a\" {\n\tdisk \"/x\"\n\tdisk \"/x\"\n}\n");
     assert!(e.contains("vm.conf:3:2: disk /x is given twice"), "{e}");
     let e = errors("vm \"a\" {\n\tmemory 1G\n\tmemory 2G\n}\n");
-    assert!(e.contains("vm.conf:3:2: \"memory\" is given more than once"), "{e}");
+    assert!(
+        e.contains("vm.conf:3:2: \"memory\" is given more than once"),
+        "{e}"
+    );
 }
 
 struct FakeAccounts;
@@ -354,7 +390,10 @@ fn container_block() {
     assert!(!ct.enabled);
     assert_eq!(ct.interfaces.len(), 1);
     let e = errors("container \"c\" {\n\tdisk \"/x\"\n}\n");
-    assert!(e.contains("\"disk\" is not supported in a container block"), "{e}");
+    assert!(
+        e.contains("\"disk\" is not supported in a container block"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -378,20 +417,50 @@ fn names_are_validated() {
 fn bad_values() {
     for (text, want) in [
         ("vm \"a\" {\n\tmemory lots\n}\n", "invalid size \"lots\""),
-        ("vm \"a\" {\n\tboot device floppy\n}\n", "expected a boot device"),
-        ("vm \"a\" {\n\tdisk \"/x\" format vmdk\n}\n", "expected a disk format"),
-        ("vm \"a\" {\n\tinterface { lladdr 01:00:00:00:00:00 }\n}\n", "multicast"),
-        ("vm \"a\" {\n\tinterface { lladdr zz }\n}\n", "not a MAC address"),
-        ("vm \"a\" {\n\tinterfaces 100\n}\n", "interfaces must be between 0 and 32"),
-        ("vm \"a\" {\n\towner :\n}\n", "names neither a user nor a group"),
+        (
+            "vm \"a\" {\n\tboot device floppy\n}\n",
+            "expected a boot device",
+        ),
+        (
+            "vm \"a\" {\n\tdisk \"/x\" format vmdk\n}\n",
+            "expected a disk format",
+        ),
+        (
+            "vm \"a\" {\n\tinterface { lladdr 01:00:00:00:00:00 }\n}\n",
+            "multicast",
+        ),
+        (
+            "vm \"a\" {\n\tinterface { lladdr zz }\n}\n",
+            "not a MAC address",
+        ),
+        (
+            "vm \"a\" {\n\tinterfaces 100\n}\n",
+            "interfaces must be between 0 and 32",
+        ),
+        (
+            "vm \"a\" {\n\towner :\n}\n",
+            "names neither a user nor a group",
+        ),
         ("local prefix fd00::/8\n", "local inet6 prefix"),
-        ("staggered start parallel 0 delay 1\n", "parallel must be between"),
-        ("vm \"a\" {\n\tmemory 1G 2G\n}\n", "expected the end of the line after \"memory\""),
+        (
+            "staggered start parallel 0 delay 1\n",
+            "parallel must be between",
+        ),
+        (
+            "vm \"a\" {\n\tmemory 1G 2G\n}\n",
+            "expected the end of the line after \"memory\"",
+        ),
         ("vm \"a\" {\n", "vm \"a\" is not closed"),
         ("}\n", "unmatched \"}\""),
-        ("\"vm\" \"a\" {\n}\n", "keywords and macro names are not quoted"),
+        (
+            "\"vm\" \"a\" {\n}\n",
+            "keywords and macro names are not quoted",
+        ),
         ("vms \"/x\"\n", "to define a macro, write vms = \"value\""),
-        ("vm \"a\" {\n\tadd em0\n}\n", "\"add\" is valid in a switch block"),
+        (
+            "vm \"a\" {\n\tadd em0\n}\n",
+            "\"add\" is valid in a switch block",
+        ),
     ] {
         let e = errors(text);
         assert!(e.contains(want), "{text:?} gave:\n{e}");

@@ -119,7 +119,7 @@ pub fn run(cfg: &VmConfig) -> Result<VmExit> {
 /// One running instance of the machine, from power-on to its exit.
 struct Machine {
     _vm: VmFd,
-    _mem: memory::GuestMem,
+    mem: memory::GuestMem,
     serial: Arc<Mutex<SerialDevice>>,
     exit: Arc<ExitSignal>,
     stop: Arc<AtomicBool>,
@@ -135,6 +135,10 @@ fn boot_once(
     let mut machine = build(kvm, cfg, console)?;
     let result = event_loop(&machine, console, escape);
     machine.shut_down();
+    tracing::info!(
+        "guest memory resident at exit: {} KiB",
+        memory::resident_bytes(&machine.mem) >> 10
+    );
     result
 }
 
@@ -225,7 +229,7 @@ fn build(kvm: &Kvm, cfg: &VmConfig, console: &Console) -> Result<Machine> {
     let stop = ctx.stop.clone();
     let mut machine = Machine {
         _vm: vm,
-        _mem: mem,
+        mem,
         serial,
         exit,
         stop,

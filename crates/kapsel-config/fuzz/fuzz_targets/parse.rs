@@ -9,8 +9,10 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     // An include target, so `include "inc.conf"` and cycles get exercised.
-    let loader = MemoryLoader::default()
-        .with("inc.conf", "m=\"1G\"\nswitch \"sw\" { interface br0 }\ninclude \"vm.conf\"\n");
+    let loader = MemoryLoader::default().with(
+        "inc.conf",
+        "m=\"1G\"\nswitch \"sw\" { interface br0 }\ninclude \"vm.conf\"\n",
+    );
     let opts = LoadOptions {
         defines: vec![("d".into(), "memory 2G".into())],
         loader: &loader,
@@ -22,7 +24,10 @@ fuzz_target!(|data: &[u8]| {
                 let _ = w.render();
             }
             let printed = config.to_vm_conf();
-            let plain = LoadOptions { loader: &loader, ..LoadOptions::default() };
+            let plain = LoadOptions {
+                loader: &loader,
+                ..LoadOptions::default()
+            };
             let (mut again, _) = parse_str("printed.conf", &printed, &plain)
                 .unwrap_or_else(|d| panic!("printed config does not parse:\n{printed}\n{d:?}"));
             config.clear_spans();
