@@ -44,8 +44,15 @@ reboot)
     ;;
 shell)
     echo "busybox shell on the console; 'poweroff' or exit to leave"
-    setsid cttyhack sh -l
-    poweroff -f
+    # busybox poweroff/reboot/halt signal PID 1 (USR2/TERM/USR1); this
+    # script is PID 1, so it acts on them. The shell runs in the background
+    # so that `wait` returns for a signal; cttyhack gives it the console.
+    trap 'poweroff -f' USR2
+    trap 'reboot -f' TERM
+    trap 'poweroff -f' USR1
+    export PS1='kapsel-guest:\w# ' HOME=/root
+    setsid cttyhack sh &
+    wait $!
     ;;
 panic)
     echo 1 >/proc/sys/kernel/sysrq

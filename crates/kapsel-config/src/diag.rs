@@ -102,7 +102,9 @@ pub(crate) fn did_you_mean<'a>(
         .into_iter()
         .map(|c| (edit_distance(&lower, &c.to_lowercase()), c))
         .filter(|(d, _)| *d <= limit)
-        .min_by_key(|(d, _)| *d)
+        // Ties go to the alphabetically first, so output does not depend
+        // on hash order.
+        .min_by_key(|(d, c)| (*d, *c))
         .map(|(_, c)| c)
         .filter(|c| *c != word)
 }

@@ -311,6 +311,10 @@ impl<'a> Lexer<'a> {
                         Some('\n') => {
                             self.bump();
                         }
+                        Some('\r') if self.peek2() == Some('\n') => {
+                            self.bump();
+                            self.bump();
+                        }
                         Some(c) if c == quote || c == '\\' => {
                             self.bump();
                             text.push(c);

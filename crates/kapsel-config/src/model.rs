@@ -14,6 +14,8 @@ pub const DEFAULT_VM_CPUS: u32 = 1;
 pub const MAX_VM_CPUS: u32 = 255;
 /// The most network interfaces `interfaces N` may ask for.
 pub const MAX_VM_INTERFACES: u32 = 32;
+/// The longest chain of instances of instances.
+pub const MAX_INSTANCE_DEPTH: usize = 16;
 /// The longest VM, container or switch name (vmd's `VMM_MAX_NAME_LEN` less its NUL).
 pub const MAX_NAME_LEN: usize = 63;
 /// The longest Linux network interface name (`IFNAMSIZ` less its NUL).
@@ -108,7 +110,9 @@ fn split_prefix(s: &str) -> Result<(&str, u8), String> {
         .ok_or_else(|| format!("\"{s}\" has no prefix length; write it as ADDRESS/LENGTH"))?;
     let len = len
         .parse::<u8>()
-        .map_err(|_| format!("invalid prefix length \"{len}\""))?;
+        .ok()
+        .filter(|_| len.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or_else(|| format!("invalid prefix length \"{len}\""))?;
     Ok((addr, len))
 }
 
@@ -320,7 +324,7 @@ impl FromStr for MacAddr {
         let mut parts = s.split(':');
         for byte in out.iter_mut() {
             let p = parts.next().ok_or_else(err)?;
-            if p.is_empty() || p.len() > 2 {
+            if p.is_empty() || p.len() > 2 || !p.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(err());
             }
             *byte = u8::from_str_radix(p, 16).map_err(|_| err())?;
@@ -534,12 +538,21 @@ impl Config {
     /// addresses (fresh ones). `memory` and `cpus` are always `Some`.
     /// `None` if there is no such VM or its parents do not resolve.
     pub fn effective_vm(&self, name: &str) -> Option<VmSpec> {
-        let mut chain = vec![self.vm(name)?];
+        self.effective_with(name, |n| self.vm(n))
+    }
+
+    /// [`Config::effective_vm`] with a faster way to find VMs by name.
+    pub(crate) fn effective_with<'a>(
+        &'a self,
+        name: &str,
+        lookup: impl Fn(&str) -> Option<&'a VmSpec>,
+    ) -> Option<VmSpec> {
+        let mut chain = vec![lookup(name)?];
         while let Some(parent) = chain.last().and_then(|v| v.instance_of.as_deref()) {
-            if chain.len() > self.vms.len() {
-                return None; // a cycle; check reports it
+            if chain.len() > MAX_INSTANCE_DEPTH {
+                return None; // too deep or a cycle; the checks report it
             }
-            chain.push(self.vm(parent)?);
+            chain.push(lookup(parent)?);
         }
         let mut iter = chain.into_iter().rev();
         let mut eff = iter.next()?.clone();

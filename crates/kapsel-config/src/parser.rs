@@ -74,6 +74,11 @@ const CONTAINER_KEYWORDS: &[&str] = &[
 
 /// The deepest `include` nesting we follow.
 const MAX_INCLUDE_DEPTH: usize = 16;
+/// Lines longer than this are not shown under a diagnostic.
+const MAX_SHOWN_LINE: usize = 1000;
+/// Diagnostics beyond this many are dropped (a file with that many
+/// problems is not a configuration).
+const MAX_DIAGNOSTICS: usize = 1000;
 /// No string may grow beyond this by concatenation.
 const MAX_STRING: usize = 64 * 1024;
 
@@ -169,8 +174,26 @@ impl<'o> Ctx<'o> {
         let source_line = self.sources.get(&loc.file).and_then(|(text, starts)| {
             let start = *starts.get(loc.pos.line.checked_sub(1)? as usize)?;
             let line = text.get(start..)?.split('\n').next()?;
-            Some(line.strip_suffix('\r').unwrap_or(line).to_string())
+            let line = line.strip_suffix('\r').unwrap_or(line);
+            // A caret under column 20000 helps nobody, and copying huge
+            // lines into many diagnostics costs memory.
+            (line.len() <= MAX_SHOWN_LINE).then(|| line.to_string())
         });
+        if self.diags.len() >= MAX_DIAGNOSTICS {
+            if self.diags.len() == MAX_DIAGNOSTICS {
+                self.diags.push(Diagnostic {
+                    severity: Severity::Error,
+                    file: loc.file.clone(),
+                    line: 0,
+                    col: 0,
+                    len: 0,
+                    message: format!("more than {MAX_DIAGNOSTICS} problems; stopping here"),
+                    help: None,
+                    source_line: None,
+                });
+            }
+            return;
+        }
         self.diags.push(Diagnostic {
             severity,
             file: loc.file.clone(),
@@ -732,6 +755,11 @@ impl Parser<'_, '_, '_> {
                 .map(|d| d.join(path))
                 .unwrap_or_else(|| path.to_path_buf())
         };
+        // `./x` reads better as `x` in messages; `..` stays (symlinks).
+        let path: PathBuf = path
+            .components()
+            .filter(|c| *c != std::path::Component::CurDir)
+            .collect();
         // The statement must end before the included file is read, so the
         // included file sees the macros defined so far and no more.
         if !matches!(self.peek(), Tok::Newline | Tok::Semi | Tok::Eof) {

@@ -2,9 +2,11 @@
 //! blocks, and what instances may change.
 
 use crate::diag::did_you_mean;
-use crate::model::{BootDevice, Config, DEFAULT_VM_CPUS, DEFAULT_VM_MEMORY};
+use crate::model::{
+    BootDevice, Config, VmSpec, DEFAULT_VM_CPUS, DEFAULT_VM_MEMORY, MAX_INSTANCE_DEPTH,
+};
 use crate::parser::{Ctx, Loc};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 pub(crate) fn check(ctx: &mut Ctx) {
     duplicate_names(ctx);
@@ -126,9 +128,20 @@ fn switch_references(ctx: &mut Ctx) {
     }
 }
 
+/// VMs by name (the first of duplicates, like [`Config::vm`]).
+fn vm_index(config: &Config) -> HashMap<&str, &VmSpec> {
+    let mut index = HashMap::new();
+    for vm in &config.vms {
+        index.entry(vm.name.as_str()).or_insert(vm);
+    }
+    index
+}
+
 fn instances(ctx: &mut Ctx) {
     let config = &ctx.config;
-    let names: Vec<&str> = config.vms.iter().map(|v| v.name.as_str()).collect();
+    let index = vm_index(config);
+    let lookup = |n: &str| index.get(n).copied();
+    let names: Vec<&str> = index.keys().copied().collect();
     let mut errors = Vec::new();
     for (vm, notes) in config.vms.iter().zip(ctx.vm_notes.iter()) {
         let Some(parent_name) = vm.instance_of.as_deref() else {
@@ -143,7 +156,7 @@ fn instances(ctx: &mut Ctx) {
             ));
             continue;
         }
-        let Some(parent) = config.vm(parent_name) else {
+        let Some(parent) = lookup(parent_name) else {
             let message = match did_you_mean(parent_name, names.iter().copied()) {
                 Some(s) => format!(
                     "instance \"{}\" of unknown vm \"{parent_name}\"; did you mean \"{s}\"?",
@@ -161,29 +174,41 @@ fn instances(ctx: &mut Ctx) {
             continue;
         };
         // Walk up the parents; a cycle never reaches a VM without a parent.
+        let mut chain = vec![vm.name.as_str()];
         let mut cur = parent;
-        let mut steps = 0;
-        let mut cyclic = false;
-        while let Some(p) = cur.instance_of.as_deref() {
-            steps += 1;
-            match config.vm(p) {
-                Some(next) if steps <= config.vms.len() => cur = next,
-                Some(_) => {
-                    cyclic = true;
-                    break;
-                }
+        let mut too_deep = false;
+        loop {
+            if chain.contains(&cur.name.as_str()) {
+                errors.push((
+                    at.clone(),
+                    format!("vm \"{}\" is an instance in a cycle of instances", vm.name),
+                    Some("one VM of the chain must be a template, not an instance".into()),
+                ));
+                too_deep = true;
+                break;
+            }
+            if chain.len() > MAX_INSTANCE_DEPTH {
+                errors.push((
+                    at.clone(),
+                    format!(
+                        "vm \"{}\" is more than {MAX_INSTANCE_DEPTH} instances away from its template",
+                        vm.name
+                    ),
+                    Some("make it an instance of a VM nearer the template".into()),
+                ));
+                too_deep = true;
+                break;
+            }
+            chain.push(cur.name.as_str());
+            match cur.instance_of.as_deref().and_then(lookup) {
+                Some(next) => cur = next,
                 None => break,
             }
         }
-        if cyclic {
-            errors.push((
-                at,
-                format!("vm \"{}\" is an instance in a cycle of instances", vm.name),
-                Some("one VM of the chain must be a template, not an instance".into()),
-            ));
+        if too_deep {
             continue;
         }
-        let Some(parent_eff) = config.effective_vm(parent_name) else {
+        let Some(parent_eff) = config.effective_with(parent_name, lookup) else {
             continue; // the parent's own problem is reported on it
         };
         let allow = parent_eff.allow_instance.clone().unwrap_or_default();
@@ -262,12 +287,16 @@ fn instances(ctx: &mut Ctx) {
 
 fn boot_devices(ctx: &mut Ctx) {
     let mut errors = Vec::new();
+    let index = vm_index(&ctx.config);
     for (vm, notes) in ctx.config.vms.iter().zip(ctx.vm_notes.iter()) {
-        let Some(eff) = ctx.config.effective_vm(&vm.name) else {
-            continue;
-        };
         // Reported where `boot device` is written, not on every instance.
         let Some(loc) = notes.stmt("boot device").cloned() else {
+            continue;
+        };
+        let Some(eff) = ctx
+            .config
+            .effective_with(&vm.name, |n| index.get(n).copied())
+        else {
             continue;
         };
         if eff.boot_device == Some(BootDevice::Cdrom) && eff.cdrom.is_none() {
@@ -286,8 +315,9 @@ fn boot_devices(ctx: &mut Ctx) {
 fn duplicate_disks(ctx: &mut Ctx) {
     let mut errors = Vec::new();
     for (vm, notes) in ctx.config.vms.iter().zip(ctx.vm_notes.iter()) {
-        for (i, (disk, loc)) in vm.disks.iter().zip(notes.disks.iter()).enumerate() {
-            if vm.disks[..i].iter().any(|d| d.path == disk.path) {
+        let mut seen = HashSet::new();
+        for (disk, loc) in vm.disks.iter().zip(notes.disks.iter()) {
+            if !seen.insert(&disk.path) {
                 errors.push((
                     loc.clone(),
                     format!(

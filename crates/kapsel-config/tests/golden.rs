@@ -23,6 +23,17 @@ fn check(path: &Path) -> String {
     };
     match load(path, &opts) {
         Ok((config, warnings)) => {
+            // The printed form reads back to the same configuration.
+            let printed = config.to_vm_conf();
+            let plain = LoadOptions::default();
+            let (mut again, _) = kapsel_config::parse_str("printed.conf", &printed, &plain)
+                .unwrap_or_else(|d| {
+                    panic!("{}: printed form does not load: {d:?}", path.display())
+                });
+            let mut original = config.clone();
+            original.clear_spans();
+            again.clear_spans();
+            assert_eq!(original, again, "{}", path.display());
             let mut out: String = warnings.iter().map(|w| w.render()).collect();
             out.push_str("configuration OK\n--- print ---\n");
             out.push_str(&config.to_vm_conf());

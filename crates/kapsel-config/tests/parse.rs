@@ -466,3 +466,118 @@ fn bad_values() {
         assert!(e.contains(want), "{text:?} gave:\n{e}");
     }
 }
+
+#[test]
+fn old_kernel_keyword() {
+    let w = warnings("vm \"a\" {\n\tkernel \"/bsd\"\n}\n");
+    assert!(w.contains("\"kernel\" is the old name of \"boot\""), "{w}");
+    assert_eq!(
+        parse("vm \"a\" {\n\tkernel \"/bsd\"\n}\n").vms[0].boot,
+        Some(PathBuf::from("/bsd"))
+    );
+}
+
+#[test]
+fn crlf_files() {
+    let c = parse(
+        "m=\"1G\"\r\nvm \"a\" {\r\n\tmemory $m\r\n\tdisk \"/x\" \\\r\n\t\tformat raw\r\n}\r\n",
+    );
+    assert_eq!(c.vms[0].memory, Some(ByteSize(GIB)));
+    assert_eq!(c.vms[0].disks[0].format, Some(DiskFormat::Raw));
+    let c = parse("vm \"a\" {\r\n\tcmdline \"a \\\r\nb\"\r\n}\r\n");
+    assert_eq!(c.vms[0].cmdline.as_deref(), Some("a b"));
+}
+
+#[test]
+fn errors_point_into_macros_at_the_reference() {
+    let e = errors("m=\"lots\"\nvm \"a\" {\n\tmemory $m\n}\n");
+    assert!(e.contains("vm.conf:3:9: invalid size \"lots\""), "{e}");
+    assert!(e.contains("\tmemory $m\n\t       ^^\n"), "{e}");
+}
+
+#[test]
+fn semicolons_and_one_line_blocks() {
+    let c = parse("switch \"s\" { interface br0; up }\nvm \"a\" { memory 1G; interface { switch \"s\" lladdr fe:00:00:00:00:01 up } }\n");
+    assert_eq!(c.switches[0].interface.as_deref(), Some("br0"));
+    assert_eq!(
+        c.vms[0].interfaces[0].lladdr.unwrap().to_string(),
+        "fe:00:00:00:00:01"
+    );
+}
+
+#[test]
+fn brace_on_the_next_line() {
+    let c = parse("vm \"a\"\n{\n\tmemory 1G\n}\n");
+    assert_eq!(c.vms[0].memory, Some(ByteSize(GIB)));
+}
+
+#[test]
+fn default_path_is_documented() {
+    assert_eq!(DEFAULT_CONFIG_PATH, "/etc/kapsel/vm.conf");
+}
+
+#[test]
+fn parse_define_arguments() {
+    assert_eq!(parse_define("a=b=c"), Ok(("a".into(), "b=c".into())));
+    assert_eq!(parse_define("x="), Ok(("x".into(), String::new())));
+    assert!(parse_define("novalue").is_err());
+    assert!(parse_define("bad name=1").is_err());
+}
+
+#[test]
+fn unreadable_file() {
+    let d = load("/nonexistent/vm.conf", &LoadOptions::default()).unwrap_err();
+    assert_eq!(
+        d[0].render(),
+        "/nonexistent/vm.conf: cannot read /nonexistent/vm.conf: No such file or directory (os error 2)\nhelp: choose another file with -f\n"
+    );
+}
+
+#[test]
+fn instance_chains_are_bounded() {
+    let mut text = String::from("vm \"v0\" {\n\tallow instance { instance }\n}\n");
+    for i in 1..=20 {
+        text += &format!("vm \"v{}\" instance \"v{i}\" {{\n}}\n", i - 1);
+    }
+    let e = errors(&text);
+    assert!(
+        e.contains("more than 16 instances away from its template"),
+        "{e}"
+    );
+    let ok: String = text
+        .lines()
+        .take(3 + 2 * 16)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(
+        parse(&ok).effective_vm("v16").unwrap().memory,
+        Some(DEFAULT_VM_MEMORY)
+    );
+}
+
+#[test]
+fn hostile_input_is_bounded() {
+    let d = parse_str("vm.conf", &"(".repeat(5000), &LoadOptions::default()).unwrap_err();
+    assert_eq!(d.len(), 1001);
+    assert!(d[1000].message.contains("stopping here"));
+    assert!(d[0].source_line.is_none()); // a 5000-character line is not copied
+    let deep = "{".repeat(100_000);
+    assert!(parse_str("vm.conf", &deep, &LoadOptions::default()).is_err());
+}
+
+#[test]
+fn value_types_are_strict() {
+    assert!("+f:0:0:0:0:1".parse::<MacAddr>().is_err());
+    assert!("fe:0:0:0:0".parse::<MacAddr>().is_err());
+    assert!("fe:0:0:0:0:1:2".parse::<MacAddr>().is_err());
+    assert_eq!(
+        "FE:0:0:0:0:A".parse::<MacAddr>().unwrap().to_string(),
+        "fe:00:00:00:00:0a"
+    );
+    assert!("10.0.0.0/+8".parse::<Ipv4Prefix>().is_err());
+    assert!("10.0.0.0".parse::<Ipv4Prefix>().is_err());
+    assert!("fd00::/129".parse::<Ipv6Prefix>().is_err());
+    assert!("user:".parse::<Owner>().is_err());
+    assert!("a b".parse::<Owner>().is_err());
+    assert_eq!(":g".parse::<Owner>().unwrap().user, None);
+}

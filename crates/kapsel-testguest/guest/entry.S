@@ -47,12 +47,13 @@ pvh_start32:
 start64:
     /* 32-bit moves zero-extend: the upper halves are undefined after the switch. */
     movl $(boot_stack + STACK_SIZE), %esp
-    /* Zero .bss (small: the stacks live in .stack). */
+    /* Zero .bss (small: the stacks live in .stack; 16-byte aligned ends). */
     movl $__bss_start, %edi
     movl $__bss_end, %ecx
     subl %edi, %ecx
+    shrl $3, %ecx
     xorl %eax, %eax
-    rep stosb
+    rep stosq
     movl %ebx, %edi
     call rt_main
     ud2
@@ -79,7 +80,7 @@ exception_common:
     /* Stack: vector, error code, RIP, CS, RFLAGS, RSP, SS. */
     cmpq $6, 0(%rsp)
     jne 1f
-    cmpq $user_exit_trap, 16(%rsp)   /* %rax is fn's return value: keep it */
+    cmpq $user_exit, 16(%rsp)   /* %rax is fn's return value: keep it */
     jne 1f
     testq $3, 24(%rsp)
     jnz user_return
@@ -93,7 +94,7 @@ exception_common:
     call rt_exception
     ud2
 
-/* #UD at user_exit_trap from CPL 3: back to enter_user's caller. */
+/* #UD at user_exit from CPL 3: back to enter_user's caller. */
 user_return:
     movl $KERNEL_DS, %ecx       /* the CPL change left SS null */
     movl %ecx, %ss
@@ -136,8 +137,6 @@ enter_user:
  * exceptions are delivered properly everywhere.)
  */
 user_exit:
-    .globl user_exit_trap
-user_exit_trap:
     ud2
 
 /* ---------------------------------------------------------------------- */

@@ -1,4 +1,5 @@
 /* The C half of the runtime: start-up, descriptor tables, console, libc bits. */
+#define TG_DEFINE_LIBC
 #include "tg.h"
 
 const struct hvm_start_info *tg_start_info;
@@ -41,7 +42,8 @@ extern char exception_stubs[];
 extern char interrupt_stack[];
 
 static struct idt_gate idt[IDT_ENTRIES];
-static struct tss64 tss;
+/* In .data, not .bss: the 8 KiB I/O bitmap then costs no zeroing at boot. */
+static struct tss64 tss __attribute__((section(".data.tss")));
 /* Set while handling an exception, so a fault in the power-off path does not recurse. */
 static volatile int in_exception;
 

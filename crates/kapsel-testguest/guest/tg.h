@@ -166,4 +166,16 @@ void *memset(void *dst, int c, usize n);
 void *memmove(void *dst, const void *src, usize n);
 int memcmp(const void *a, const void *b, usize n);
 
+/*
+ * -ffreestanding turns the compiler's knowledge of these off; turn it back
+ * on so fixed-size copies become plain loads (every instruction counts where
+ * CPL 0 is emulated). rt.c, which defines them, opts out.
+ */
+#ifndef TG_DEFINE_LIBC
+#define memcpy(d, s, n) __builtin_memcpy(d, s, n)
+#define memset(d, c, n) __builtin_memset(d, c, n)
+#define memmove(d, s, n) __builtin_memmove(d, s, n)
+#define memcmp(a, b, n) __builtin_memcmp(a, b, n)
+#endif
+
 #endif

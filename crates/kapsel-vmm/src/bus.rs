@@ -139,7 +139,8 @@ mod tests {
     #[test]
     fn routes_by_range_and_offset() {
         let mut bus = Bus::new();
-        bus.insert(0x3f8, 8, Arc::new(Mutex::new(Reg(0x10)))).unwrap();
+        bus.insert(0x3f8, 8, Arc::new(Mutex::new(Reg(0x10))))
+            .unwrap();
         let mut b = [0u8; 1];
         assert!(bus.read(0x3fa, &mut b));
         assert_eq!(b[0], 0x12);
@@ -175,6 +176,8 @@ mod tests {
             bus.insert(0x70, 0, Arc::new(Mutex::new(Reg(0)))),
             Err(BusError::BadRange { base: 0x70, len: 0 })
         );
-        assert!(bus.insert(u64::MAX, 2, Arc::new(Mutex::new(Reg(0)))).is_err());
+        assert!(bus
+            .insert(u64::MAX, 2, Arc::new(Mutex::new(Reg(0))))
+            .is_err());
     }
 }

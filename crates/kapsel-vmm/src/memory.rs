@@ -81,9 +81,15 @@ mod tests {
         let mem = create(3 << 30 | 2 << 20).unwrap();
         assert_eq!(mem.num_regions(), 2);
         mem.write_obj(0xdead_beefu32, GuestAddress(0x1000)).unwrap();
-        assert_eq!(mem.read_obj::<u32>(GuestAddress(0x1000)).unwrap(), 0xdead_beef);
-        mem.write_obj(7u8, GuestAddress(layout::MMIO_HOLE_END + 0x1000)).unwrap();
-        assert!(mem.read_obj::<u8>(GuestAddress(layout::MMIO_HOLE_START)).is_err());
+        assert_eq!(
+            mem.read_obj::<u32>(GuestAddress(0x1000)).unwrap(),
+            0xdead_beef
+        );
+        mem.write_obj(7u8, GuestAddress(layout::MMIO_HOLE_END + 0x1000))
+            .unwrap();
+        assert!(mem
+            .read_obj::<u8>(GuestAddress(layout::MMIO_HOLE_START))
+            .is_err());
     }
 
     #[test]
@@ -91,7 +97,8 @@ mod tests {
         let mem = create(64 << 20).unwrap();
         let before = resident_bytes(&mem);
         for i in 0..16u64 {
-            mem.write_obj(1u8, GuestAddress(0x10_0000 + i * 0x1000)).unwrap();
+            mem.write_obj(1u8, GuestAddress(0x10_0000 + i * 0x1000))
+                .unwrap();
         }
         let after = resident_bytes(&mem);
         assert!(after >= before + 16 * 4096, "{before} -> {after}");

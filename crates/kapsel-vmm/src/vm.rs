@@ -143,7 +143,9 @@ fn boot_once(
 }
 
 fn build(kvm: &Kvm, cfg: &VmConfig, console: &Console) -> Result<Machine> {
-    let vm = kvm.create_vm().map_err(|e| Error::kvm("KVM_CREATE_VM", e))?;
+    let vm = kvm
+        .create_vm()
+        .map_err(|e| Error::kvm("KVM_CREATE_VM", e))?;
     vm.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
         .map_err(|e| Error::kvm("KVM_SET_IDENTITY_MAP_ADDR", e))?;
     vm.set_tss_address(KVM_TSS_ADDRESS)

@@ -23,8 +23,8 @@ pub struct CheckArgs {
     pub other_host: bool,
 }
 
-/// The users and groups of this host, from /etc/passwd and /etc/group.
-/// A database that cannot be read accepts every name.
+/// The users and groups of this host, from /etc/passwd and /etc/group,
+/// then NSS. A database that cannot be read accepts every name.
 struct HostAccounts {
     users: Option<HashSet<String>>,
     groups: Option<HashSet<String>>,
@@ -49,12 +49,23 @@ impl HostAccounts {
     }
 }
 
+/// Asks NSS (LDAP, sssd, systemd-homed...) through getent(1) for a name
+/// the local files do not have. Without getent the name is taken as unknown.
+fn getent(database: &str, name: &str) -> bool {
+    std::process::Command::new("getent")
+        .args([database, name])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 impl Accounts for HostAccounts {
     fn user_exists(&self, name: &str) -> bool {
-        self.users.as_ref().is_none_or(|u| u.contains(name))
+        self.users.as_ref().is_none_or(|u| u.contains(name)) || getent("passwd", name)
     }
     fn group_exists(&self, name: &str) -> bool {
-        self.groups.as_ref().is_none_or(|g| g.contains(name))
+        self.groups.as_ref().is_none_or(|g| g.contains(name)) || getent("group", name)
     }
 }
 

@@ -48,7 +48,10 @@ fn hello_guest_prints_and_powers_off() {
     }
     let (code, out, err) = boot(kapsel_testguest::HELLO, &[]);
     assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
-    assert!(out.contains("kapsel-testguest: hello from PVH guest"), "{out}");
+    assert!(
+        out.contains("kapsel-testguest: hello from PVH guest"),
+        "{out}"
+    );
     assert!(err.is_empty(), "a clean power-off says nothing: {err}");
 }
 
@@ -86,7 +89,10 @@ fn rtc_shows_the_host_time() {
         .trim()
         .parse()
         .unwrap();
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
     assert!((now - epoch).abs() <= 5, "guest {epoch} vs host {now}");
 }
 
@@ -100,7 +106,10 @@ fn command_line_reaches_the_guest() {
         &["--cmdline", "console=ttyS0 kapsel.marker=42"],
     );
     assert_eq!(code, 0);
-    assert!(out.contains("cmdline=console=ttyS0 kapsel.marker=42"), "{out}");
+    assert!(
+        out.contains("cmdline=console=ttyS0 kapsel.marker=42"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -135,7 +144,13 @@ fn reset_restarts_the_guest_under_on_reboot_restart() {
     let log = dir.join("console.log");
     let console = format!("file:{}", log.display());
     let mut child = Command::new(KAPSEL)
-        .args(["run", "--kernel", kapsel_testguest::RESET, "--memory", "64M"])
+        .args([
+            "run",
+            "--kernel",
+            kapsel_testguest::RESET,
+            "--memory",
+            "64M",
+        ])
         .args(["--on-reboot", "restart", "--console", &console])
         .stdin(Stdio::null())
         .spawn()
@@ -194,7 +209,10 @@ fn assert_usage_error(args: &[&str], needle: &str) {
     let out = run(args);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
-    assert!(err.contains(needle), "{args:?}: expected {needle:?} in: {err}");
+    assert!(
+        err.contains(needle),
+        "{args:?}: expected {needle:?} in: {err}"
+    );
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 }
 
@@ -204,21 +222,37 @@ fn bad_input_gets_exit_code_2_and_a_fix() {
         return;
     }
     let hello = kapsel_testguest::HELLO;
-    assert_usage_error(&["--kernel", "/nonexistent/vmlinuz"], "/nonexistent/vmlinuz");
+    assert_usage_error(
+        &["--kernel", "/nonexistent/vmlinuz"],
+        "/nonexistent/vmlinuz",
+    );
     let dir = tempdir("badinput");
     let not_kernel = dir.join("notes.txt");
     std::fs::write(&not_kernel, "just text").unwrap();
     let nk = not_kernel.to_str().unwrap();
     assert_usage_error(&["--kernel", nk], "not a bootable kernel");
     assert_usage_error(&["--kernel", hello, "--memory", "0"], "at least 32 MiB");
-    assert_usage_error(&["--kernel", hello, "--memory", "64T"], "more than this host has");
+    assert_usage_error(
+        &["--kernel", hello, "--memory", "64T"],
+        "more than this host has",
+    );
     assert_usage_error(&["--kernel", hello, "--cpus", "0"], "allows 1 to");
-    assert_usage_error(&["--kernel", hello, "--hide-cpuid", "xsav"], "known features");
+    assert_usage_error(
+        &["--kernel", hello, "--hide-cpuid", "xsav"],
+        "known features",
+    );
     let big = dir.join("big.initrd");
     let f = std::fs::File::create(&big).unwrap();
     f.set_len(80 << 20).unwrap();
     assert_usage_error(
-        &["--kernel", hello, "--memory", "64M", "--initrd", big.to_str().unwrap()],
+        &[
+            "--kernel",
+            hello,
+            "--memory",
+            "64M",
+            "--initrd",
+            big.to_str().unwrap(),
+        ],
         "does not fit",
     );
     assert!(Path::new(hello).exists());

@@ -117,7 +117,12 @@ pub fn load(mem: &GuestMem, spec: &BootSpec) -> Result<BootEntry> {
         KernelFormat::Elf => Elf::load(mem, None, &mut file, highmem),
         KernelFormat::BzImage => BzImage::load(mem, None, &mut file, highmem),
     }
-    .map_err(|e| bad(format!("{e}; or it does not fit in {} bytes of guest memory", spec.memory)))?;
+    .map_err(|e| {
+        bad(format!(
+            "{e}; or it does not fit in {} bytes of guest memory",
+            spec.memory
+        ))
+    })?;
 
     match format {
         KernelFormat::Elf => {
@@ -246,11 +251,7 @@ fn write_zero_page(
         .map_err(|e| Error::Memory(format!("zero page: {e}")))
 }
 
-fn write_pvh_info(
-    mem: &GuestMem,
-    spec: &BootSpec,
-    initrd: Option<(u64, u64)>,
-) -> Result<()> {
+fn write_pvh_info(mem: &GuestMem, spec: &BootSpec, initrd: Option<(u64, u64)>) -> Result<()> {
     let map = layout::e820_map(spec.memory);
     let mut info = hvm_start_info {
         magic: PVH_MAGIC,
@@ -362,9 +363,11 @@ mod tests {
         assert_eq!(placed.1, 10_000);
         assert_eq!(placed.0 % PAGE_SIZE, 0);
         assert!(placed.0 + placed.1 <= 64 << 20);
-        assert_eq!(mem.read_obj::<u8>(GuestAddress(placed.0 + 9_999)).unwrap(), 0x5a);
-        let err = load_initrd(&mem, &spec(k, Some(&rd)), (64 << 20) - 4096, 64 << 20)
-            .unwrap_err();
+        assert_eq!(
+            mem.read_obj::<u8>(GuestAddress(placed.0 + 9_999)).unwrap(),
+            0x5a
+        );
+        let err = load_initrd(&mem, &spec(k, Some(&rd)), (64 << 20) - 4096, 64 << 20).unwrap_err();
         assert!(matches!(err, Error::InitrdTooLarge { .. }), "{err}");
         assert!(err.to_string().contains("--memory"));
     }
@@ -384,6 +387,9 @@ mod tests {
         let last: hvm_memmap_table_entry = mem
             .read_obj(GuestAddress(PVH_MEMMAP_START + 2 * 24))
             .unwrap();
-        assert_eq!((last.addr, last.addr + last.size, last.type_), (HIMEM_START, 64 << 20, 1));
+        assert_eq!(
+            (last.addr, last.addr + last.size, last.type_),
+            (HIMEM_START, 64 << 20, 1)
+        );
     }
 }

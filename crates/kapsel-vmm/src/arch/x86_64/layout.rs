@@ -153,10 +153,7 @@ mod tests {
     #[test]
     fn large_memory_skips_the_mmio_hole() {
         let mem = 6u64 << 30;
-        assert_eq!(
-            ram_ranges(mem),
-            vec![(0, 3 << 30), (4 << 30, 3 << 30)]
-        );
+        assert_eq!(ram_ranges(mem), vec![(0, 3 << 30), (4 << 30, 3 << 30)]);
         let map = e820_map(mem);
         let ram: u64 = map
             .iter()
@@ -188,9 +185,17 @@ mod tests {
         ];
         areas.sort();
         for w in areas.windows(2) {
-            assert!(w[0].0 + w[0].1 <= w[1].0, "{:x?} overlaps {:x?}", w[0], w[1]);
+            assert!(
+                w[0].0 + w[0].1 <= w[1].0,
+                "{:x?} overlaps {:x?}",
+                w[0],
+                w[1]
+            );
         }
-        assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
-        assert!(BOOT_STACK_POINTER < PML4_START && BOOT_STACK_POINTER > ZERO_PAGE_START + 0x1000);
+        const {
+            assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
+            assert!(BOOT_STACK_POINTER < PML4_START);
+            assert!(BOOT_STACK_POINTER > ZERO_PAGE_START + 0x1000);
+        }
     }
 }

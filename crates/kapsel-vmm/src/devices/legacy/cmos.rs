@@ -172,7 +172,11 @@ impl Cmos {
         if self.status_b() & STATUS_B_24H != 0 {
             return self.encode(hour);
         }
-        let h12 = if hour % 12 == 0 { 12 } else { hour % 12 };
+        let h12 = if hour.is_multiple_of(12) {
+            12
+        } else {
+            hour % 12
+        };
         self.encode(h12) | if hour >= 12 { HOURS_PM } else { 0 }
     }
 

@@ -1,0 +1,57 @@
+#!/bin/sh
+# Runs inside the nested testbed's L1 (busybox sh): boots the L2 Linux guest
+# under `kapsel run` in several scenarios. For each scenario NAME it leaves
+# in $KAPSEL_OUT: NAME.log (guest console), NAME.err (kapsel's stderr),
+# NAME.exit (kapsel's exit status), NAME.seen (L1's `date +%s` when the
+# guest printed its clock), NAME.secs (wall time of the run).
+# Cheap knobs for the test only: `quiet mitigations=off` keep the L2 kernel
+# from spending its time on console output and Spectre work under TCG.
+OUT=$KAPSEL_OUT
+BASE="console=ttyS0 quiet mitigations=off"
+BOOT_TIMEOUT=${BOOT_TIMEOUT:-240}
+
+# boot NAME STOP_AFTER_UPS KAPSEL_ARGS...
+boot() {
+    name=$1 stop_after=$2
+    shift 2
+    log=$OUT/$name.log
+    : >"$log"
+    start=$(date +%s)
+    "$KAPSEL" run --console "file:$log" "$@" </dev/null 2>"$OUT/$name.err" &
+    pid=$!
+    while kill -0 "$pid" 2>/dev/null; do
+        if [ ! -e "$OUT/$name.seen" ] && grep -q KAPSEL-EPOCH "$log"; then
+            date +%s >"$OUT/$name.seen"
+        fi
+        ups=$(grep -c KAPSEL-GUEST-UP "$log")
+        if [ "$stop_after" -gt 0 ] && [ "$ups" -ge "$stop_after" ]; then
+            kill "$pid"
+        fi
+        if [ $(($(date +%s) - start)) -gt "$BOOT_TIMEOUT" ]; then
+            echo "TIMEOUT after ${BOOT_TIMEOUT}s" >>"$OUT/$name.err"
+            kill -9 "$pid"
+        fi
+        sleep 0.2
+    done
+    wait "$pid"
+    echo $? >"$OUT/$name.exit"
+    echo $(($(date +%s) - start)) >"$OUT/$name.secs"
+    echo "scenario $name: exit $(cat "$OUT/$name.exit") in $(cat "$OUT/$name.secs")s, $(grep -c KAPSEL-GUEST-UP "$log") boot(s)"
+}
+
+K="--kernel $KAPSEL_L2_KERNEL --initrd $KAPSEL_L2_INITRD"
+for scenario in ${KAPSEL_SCENARIOS:-cpus1 cpus2 cpus4 reboot restart panic vmlinux}; do
+    case $scenario in
+    cpus1) boot cpus1 0 $K --cpus 1 --memory 256M --cmdline "$BASE" ;;
+    cpus2) boot cpus2 0 $K --cpus 2 --memory 512M --cmdline "$BASE" ;;
+    cpus4) boot cpus4 0 $K --cpus 4 --memory 384M --cmdline "$BASE" ;;
+    reboot) boot reboot 0 $K --on-reboot exit --cmdline "$BASE kapsel.test=reboot" ;;
+    restart) boot restart 2 $K --on-reboot restart --cmdline "$BASE kapsel.test=reboot" ;;
+    panic) boot panic 0 $K --cmdline "$BASE panic=-1 kapsel.test=badinit" ;;
+    vmlinux)
+        # The generic kernel's ELF vmlinux boots through its PVH entry note.
+        boot vmlinux 0 --kernel "$KAPSEL_SHARE/files/vmlinux" --initrd "$KAPSEL_L2_INITRD" \
+            --memory 256M --cmdline "$BASE"
+        ;;
+    esac
+done

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# scripts/setup.sh — install what building and testing Kapsel needs on a
+# fresh Debian/Ubuntu machine (idempotent; needs root or sudo).
+#   Rust toolchain: cargo (rustup or Debian's), used as found.
+#   Debian packages: gcc (test guests), qemu-system-x86 (peer in benchmarks,
+#   outer VM of the nested testbed), busybox-static, kmod, cpio, xz-utils
+#   (testbed images), iproute2.
+set -euo pipefail
+
+PACKAGES=(gcc libc6-dev make qemu-system-x86 busybox-static kmod cpio xz-utils zstd lz4
+          iproute2 ca-certificates)
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+    SUDO=sudo
+fi
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing ${missing[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+    if [ -x "$HOME/.cargo/bin/cargo" ]; then
+        export PATH="$HOME/.cargo/bin:$PATH"
+    else
+        echo "setup: installing Rust from Debian (cargo, rustc)"
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq cargo rustc >/dev/null
+    fi
+fi
+echo "setup: ready ($(cargo --version))"
