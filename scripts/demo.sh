@@ -52,9 +52,13 @@ die() {
     exit 1
 }
 
+say "installing what the demo needs (scripts/setup.sh)"
+bash "$REPO/scripts/setup.sh" >&2 || die "scripts/setup.sh failed"
+[ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
 if [ -z "$KAPSEL" ]; then
-    say "building kapsel (cargo build --release -p kapsel)"
-    (cd "$REPO" && cargo build --release -p kapsel) || die "cargo build --release -p kapsel failed"
+    say "building kapsel and its probe guest (cargo build --release -p kapsel -p kapsel-testguest)"
+    (cd "$REPO" && cargo build --release -p kapsel -p kapsel-testguest) ||
+        die "cargo build --release failed"
     KAPSEL=$TARGET/release/kapsel
 fi
 [ -x "$KAPSEL" ] || die "no kapsel binary at $KAPSEL"
@@ -136,7 +140,9 @@ echo "demo: kapsel boots the guest; busybox shell on its console, 'poweroff' lea
 exec kapsel run --kernel "\$KAPSEL_L2_KERNEL" --initrd "\$KAPSEL_L2_INITRD" \\
     --cmdline '$CMDLINE' --memory 256M --cpus 2 --console stdio
 EOF
-    exec "$REPO/scripts/testbed/run.sh" --kapsel "$KAPSEL" --interactive -- "$job"
+    status=0
+    "$REPO/scripts/testbed/run.sh" --kapsel "$KAPSEL" --interactive -- "$job" || status=$?
+    exit "$status"
 fi
 cat >"$job" <<EOF
 #!/bin/sh

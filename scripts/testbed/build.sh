@@ -58,12 +58,15 @@ die() {
     exit 1
 }
 
-for tool in apt-get apt-cache dpkg-deb depmod modprobe cpio python3 gcc; do
+for tool in apt-get apt-cache dpkg-deb depmod modprobe cpio python3 gcc flock; do
     command -v "$tool" >/dev/null ||
         die "'$tool' not found; on Debian: apt-get install apt dpkg kmod cpio python3 gcc libc6-dev"
 done
 
 mkdir -p "$TB/debs" "$TB/pkg"
+# One build at a time per cache (parallel run.sh calls share it).
+exec 9>"$TB/.build.lock"
+flock 9
 
 # --- package names --------------------------------------------------------
 

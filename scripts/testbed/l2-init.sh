@@ -9,7 +9,7 @@
 #   KAPSEL-EPOCH=<s>              date +%s (the clock comes from the CMOS RTC)
 #   KAPSEL-MODULE-FAILED=<name>   only if a module could not be loaded
 #   KAPSEL-TEST=<action>          the action taken next
-# Kernel command line: kapsel.test=poweroff (default) | reboot | shell | panic
+# Kernel command line: kapsel.test=poweroff (default) | reboot | shell | panic | badinit
 # (The kernel hands parameters with a dot to no one but /proc/cmdline.)
 
 export PATH=/sbin:/bin:/usr/sbin:/usr/bin
@@ -58,9 +58,13 @@ panic)
     echo 1 >/proc/sys/kernel/sysrq
     echo c >/proc/sysrq-trigger
     ;;
+badinit)
+    # PID 1 exits: the kernel panics ("Attempted to kill init!").
+    exit 1
+    ;;
 poweroff) ;;
 *)
-    echo "KAPSEL-TEST-UNKNOWN=$action (known: poweroff reboot shell panic)"
+    echo "KAPSEL-TEST-UNKNOWN=$action (known: poweroff reboot shell panic badinit)"
     ;;
 esac
 poweroff -f

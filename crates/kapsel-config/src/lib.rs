@@ -220,7 +220,16 @@ impl Loader for Overlay<'_> {
 
 fn finish(mut ctx: parser::Ctx) -> LoadResult {
     semantic::check(&mut ctx);
-    let diags = std::mem::take(&mut ctx.diags);
+    let mut diags = std::mem::take(&mut ctx.diags);
+    // In file order, so a reader can walk down the file; problems without
+    // a line (an unreadable file, "too many problems") stay last.
+    let file_rank = |d: &Diagnostic| {
+        ctx.files
+            .iter()
+            .position(|f| *f == d.file)
+            .unwrap_or(usize::MAX)
+    };
+    diags.sort_by_key(|d| (d.line == 0, file_rank(d), d.line, d.col));
     if diags.iter().any(Diagnostic::is_error) {
         return Err(diags);
     }

@@ -131,6 +131,8 @@ pub(crate) struct Ctx<'o> {
     pub switch_notes: Vec<Loc>,
     /// The files being read: identity (for cycles) and name (for messages).
     include_stack: Vec<(PathBuf, PathBuf)>,
+    /// Every file read, in the order they were first opened.
+    pub files: Vec<PathBuf>,
     /// File texts and where their lines start, for the caret display.
     sources: HashMap<PathBuf, (Rc<str>, Vec<usize>)>,
 }
@@ -159,6 +161,7 @@ impl<'o> Ctx<'o> {
             container_notes: Vec::new(),
             switch_notes: Vec::new(),
             include_stack: Vec::new(),
+            files: Vec::new(),
             sources: HashMap::new(),
         }
     }
@@ -264,6 +267,9 @@ impl<'o> Ctx<'o> {
             }
         };
         let text: Rc<str> = Rc::from(text);
+        if !self.files.iter().any(|f| f == path) {
+            self.files.push(path.to_path_buf());
+        }
         let starts = std::iter::once(0)
             .chain(text.match_indices('\n').map(|(i, _)| i + 1))
             .collect();

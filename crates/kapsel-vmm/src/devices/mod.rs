@@ -1,3 +1,5 @@
 //! Emulated devices.
 
 pub mod legacy;
+pub mod pci;
+pub mod virtio;

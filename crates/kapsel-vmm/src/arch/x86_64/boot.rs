@@ -84,6 +84,32 @@ fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(filled)
 }
 
+/// The firmware's reset vector code (16-bit real mode): write the ACPI
+/// reset value to the reset register, then halt.
+///   mov dx, ACPI_RESET_PORT; mov al, ACPI_RESET_VALUE; out dx, al; cli; hlt; jmp $-2
+pub fn reset_stub() -> [u8; 11] {
+    let [port_lo, port_hi] = ACPI_RESET_PORT.to_le_bytes();
+    [
+        0xba,
+        port_lo,
+        port_hi, // mov dx, imm16
+        0xb0,
+        ACPI_RESET_VALUE, // mov al, imm8
+        0xee,             // out dx, al
+        0xfa,             // cli
+        0xf4,             // hlt
+        0xeb,
+        0xfd, // jmp to the hlt
+        0x90,
+    ]
+}
+
+/// Writes [`reset_stub`] at the reset vector.
+pub fn write_reset_stub(mem: &GuestMem) -> Result<()> {
+    mem.write_slice(&reset_stub(), GuestAddress(RESET_VECTOR))
+        .map_err(|e| Error::Memory(format!("reset vector: {e}")))
+}
+
 /// Everything the boot step needs to know about the VM.
 pub struct BootSpec<'a> {
     /// The kernel image.
@@ -108,6 +134,7 @@ pub fn load(mem: &GuestMem, spec: &BootSpec) -> Result<BootEntry> {
         source,
     })?;
     let format = detect_format(&mut file, kernel_path)?;
+    write_reset_stub(mem)?;
     let bad = |detail: String| Error::BadKernel {
         path: kernel_path.to_path_buf(),
         detail,
@@ -337,6 +364,20 @@ mod tests {
         let p = temp("bz", &img);
         let err = load(&mem, &spec(&p, None)).unwrap_err();
         assert_eq!(err.exit_code(), 2, "{err}");
+    }
+
+    #[test]
+    fn reset_stub_writes_the_acpi_reset_register() {
+        let mem = memory::create(64 << 20).unwrap();
+        write_reset_stub(&mem).unwrap();
+        let mut code = [0u8; 11];
+        mem.read_slice(&mut code, GuestAddress(RESET_VECTOR))
+            .unwrap();
+        assert_eq!(code[0], 0xba);
+        assert_eq!(u16::from_le_bytes([code[1], code[2]]), ACPI_RESET_PORT);
+        assert_eq!(&code[3..6], &[0xb0, ACPI_RESET_VALUE, 0xee]);
+        // The stub ends inside the 1 MiB real-mode space.
+        assert!(RESET_VECTOR + code.len() as u64 <= HIMEM_START);
     }
 
     #[test]

@@ -32,8 +32,12 @@ pub const CMDLINE_MAX_SIZE: usize = 0x10000;
 pub const EBDA_START: u64 = 0x9fc00;
 /// Area for the ACPI tables (the old BIOS area, reserved in the e820 map).
 pub const ACPI_START: u64 = 0xe0000;
-/// End of the ACPI area.
-pub const ACPI_END: u64 = 0x100000;
+/// End of the ACPI area: the firmware reset stub follows it.
+pub const ACPI_END: u64 = RESET_VECTOR;
+/// The real-mode reset vector F000:FFF0. Linux jumps here to reboot
+/// through "the BIOS" (its fallback when ACPI is hardware-reduced and there
+/// is no EFI); Kapsel places a stub there that resets through ACPI.
+pub const RESET_VECTOR: u64 = 0xffff0;
 /// Where kernels load: the start of high memory.
 pub const HIMEM_START: u64 = 0x100000;
 /// Start of the MMIO hole below 4 GiB.
@@ -110,7 +114,7 @@ pub fn e820_map(memory: u64) -> Vec<E820Entry> {
         },
         E820Entry {
             addr: EBDA_START,
-            size: ACPI_END - EBDA_START,
+            size: HIMEM_START - EBDA_START,
             kind: E820Type::Reserved,
         },
     ];

@@ -1,0 +1,168 @@
+//! Virtio devices (virtio 1.x, split virtqueues from the `virtio-queue`
+//! crate) and their PCI transport.
+//!
+//! A device implements [`VirtioDevice`]; [`VirtioPciDevice`] wraps it into a
+//! PCI function with the modern virtio-pci capabilities and MSI-X, ready to
+//! be added to a [`PciBus`](crate::devices::pci::PciBus).
+
+pub mod rng;
+pub mod transport;
+
+pub use rng::VirtioRng;
+pub use transport::VirtioPciDevice;
+
+use crate::memory::GuestMem;
+use std::io;
+use std::sync::Arc;
+use virtio_queue::{Queue, QueueT};
+
+/// Device status: the guest noticed the device.
+pub const STATUS_ACKNOWLEDGE: u8 = 1;
+/// Device status: the guest has a driver for it.
+pub const STATUS_DRIVER: u8 = 2;
+/// Device status: the driver is set up and the device is live.
+pub const STATUS_DRIVER_OK: u8 = 4;
+/// Device status: feature negotiation is complete.
+pub const STATUS_FEATURES_OK: u8 = 8;
+/// Device status: the device hit an error and needs a reset.
+pub const STATUS_NEEDS_RESET: u8 = 0x40;
+/// Device status: the driver gave up on the device.
+pub const STATUS_FAILED: u8 = 0x80;
+
+/// Feature bit: virtio 1.0 or later (the only mode Kapsel implements).
+pub const VIRTIO_F_VERSION_1: u32 = 32;
+/// Feature bit: indirect descriptor tables.
+pub const VIRTIO_RING_F_INDIRECT_DESC: u32 = 28;
+/// Feature bit: used_event / avail_event notification suppression.
+pub const VIRTIO_RING_F_EVENT_IDX: u32 = 29;
+
+/// Device type: block device.
+pub const TYPE_BLOCK: u32 = 2;
+/// Device type: entropy source.
+pub const TYPE_RNG: u32 = 4;
+
+/// Longest queue the split ring allows.
+pub const MAX_QUEUE_SIZE: u16 = 32768;
+
+/// The mask of feature bit `bit`.
+pub const fn feature(bit: u32) -> u64 {
+    1 << bit
+}
+
+/// How a device tells the guest that it used buffers or changed its
+/// configuration. The transport implements it (MSI-X for virtio-pci).
+pub trait VirtioInterrupt: Send + Sync {
+    /// Buffers were added to the used ring of queue `queue_index`.
+    fn signal_used_queue(&self, queue_index: u16) -> io::Result<()>;
+    /// The device configuration space (or NEEDS_RESET) changed.
+    fn signal_config_change(&self) -> io::Result<()>;
+}
+
+/// Why a device could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    /// The driver enabled fewer queues than the device needs.
+    #[error("the driver did not enable the queues the device needs")]
+    MissingQueue,
+    /// A host resource (file, eventfd, ...) failed.
+    #[error("device activation failed: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Why a device stopped processing a queue; the transport sets
+/// DEVICE_NEEDS_RESET, as the virtio specification asks for an
+/// unrecoverable error caused by the driver.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// The ring itself is corrupt (available index, ring addresses).
+    #[error("virtqueue is corrupt: {0}")]
+    Queue(#[from] virtio_queue::Error),
+    /// Delivering an interrupt failed.
+    #[error("cannot signal the guest: {0}")]
+    Interrupt(#[source] io::Error),
+}
+
+/// A virtio device behind some transport.
+pub trait VirtioDevice: Send {
+    /// The virtio device type (e.g. [`TYPE_BLOCK`]).
+    fn device_type(&self) -> u32;
+
+    /// Maximum size of each queue, a power of two; its length is the number
+    /// of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+
+    /// Device-specific feature bits. The transport adds VERSION_1,
+    /// INDIRECT_DESC and EVENT_IDX.
+    fn features(&self) -> u64;
+
+    /// Reads device configuration space at `offset`; bytes past its end
+    /// read as zero.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+
+    /// Writes device configuration space; fields that are not writable
+    /// ignore the write.
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+
+    /// Starts the device after DRIVER_OK: `queues` holds every queue in
+    /// index order (ready or not), `acked_features` the negotiated features.
+    fn activate(
+        &mut self,
+        mem: GuestMem,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        queues: Vec<Queue>,
+        acked_features: u64,
+    ) -> Result<(), ActivateError>;
+
+    /// Returns the device to its state before activation.
+    fn reset(&mut self);
+
+    /// The driver notified queue `queue_index` (bounded work: a device
+    /// processes at most what the ring holds, then returns).
+    fn queue_notify(&mut self, queue_index: u16) -> Result<(), DeviceError>;
+}
+
+/// Most chains a device takes from one queue per notification, in rounds of
+/// the queue size, so that a guest that keeps refilling its ring on another
+/// vCPU cannot keep a device busy forever.
+pub(crate) const MAX_ROUNDS_PER_NOTIFY: usize = 4;
+
+/// Takes chains from `queue` and hands each to `handle`, which returns how
+/// many bytes it wrote into the chain; puts them on the used ring. Returns
+/// whether the driver wants an interrupt. Work is bounded: at most
+/// [`MAX_ROUNDS_PER_NOTIFY`] times the queue size chains per call.
+pub(crate) fn process_queue<F>(
+    queue: &mut Queue,
+    mem: &GuestMem,
+    mut handle: F,
+) -> Result<bool, DeviceError>
+where
+    F: FnMut(virtio_queue::DescriptorChain<&GuestMem>) -> u32,
+{
+    use virtio_queue::QueueOwnedT;
+    let budget = usize::from(queue.size());
+    for _ in 0..MAX_ROUNDS_PER_NOTIFY {
+        queue.disable_notification(mem)?;
+        let mut chains = Vec::new();
+        {
+            let mut iter = queue.iter(mem)?;
+            for _ in 0..budget {
+                match iter.next() {
+                    Some(chain) => chains.push(chain),
+                    None => break,
+                }
+            }
+        }
+        for chain in chains {
+            let head = chain.head_index();
+            let used = handle(chain);
+            queue.add_used(mem, head, used)?;
+        }
+        if !queue.enable_notification(mem)? {
+            break;
+        }
+    }
+    Ok(queue.needs_notification(mem)?)
+}
+
+#[cfg(test)]
+pub(crate) mod testing;
