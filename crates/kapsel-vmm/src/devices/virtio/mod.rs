@@ -5,9 +5,11 @@
 //! PCI function with the modern virtio-pci capabilities and MSI-X, ready to
 //! be added to a [`PciBus`](crate::devices::pci::PciBus).
 
+pub mod block;
 pub mod rng;
 pub mod transport;
 
+pub use block::VirtioBlock;
 pub use rng::VirtioRng;
 pub use transport::VirtioPciDevice;
 

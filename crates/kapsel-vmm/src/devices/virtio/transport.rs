@@ -555,12 +555,8 @@ impl VirtioPciDevice {
                     }
                 }
             }
-            (QUEUE_ENABLE, 2) if self.queue_writable() => {
-                // Writing 0 is forbidden to the driver (virtio 4.1.4.3.2).
-                if value == 1 {
-                    self.enable_queue();
-                }
-            }
+            // Writing 0 is forbidden to the driver (virtio 4.1.4.3.2).
+            (QUEUE_ENABLE, 2) if value == 1 && self.queue_writable() => self.enable_queue(),
             (
                 QUEUE_DESC_LO | QUEUE_DESC_HI | QUEUE_AVAIL_LO | QUEUE_AVAIL_HI | QUEUE_USED_LO
                 | QUEUE_USED_HI,
@@ -796,7 +792,8 @@ mod tests {
         d.set_status(STATUS_NEEDS_RESET);
         assert_eq!(d.status(), STATUS_ACKNOWLEDGE | STATUS_DRIVER);
         assert_eq!(d.negotiate(GOOD), ALL);
-        let vq = MockSplitQueue::create(&d.mem, GuestAddress(QUEUE_BASE), 16);
+        let mem = d.mem.clone();
+        let vq = MockSplitQueue::create(&mem, GuestAddress(QUEUE_BASE), 16);
         d.setup_queue(0, &vq, 16);
         assert_eq!(d.read(COMMON + 0x1c, 2), 1);
         d.set_status(0);
@@ -853,7 +850,8 @@ mod tests {
         let mut d = rng();
         d.negotiate(GOOD);
         d.write(COMMON + 0x18, 2, 100);
-        let vq = MockSplitQueue::create(&d.mem, GuestAddress(QUEUE_BASE), 16);
+        let mem = d.mem.clone();
+        let vq = MockSplitQueue::create(&mem, GuestAddress(QUEUE_BASE), 16);
         d.write(COMMON + 0x20, 8, vq.desc_table_addr().0);
         d.write(COMMON + 0x28, 8, vq.avail_addr().0);
         d.write(COMMON + 0x30, 8, vq.used_addr().0);
@@ -897,7 +895,8 @@ mod tests {
     fn rng_fills_buffers_and_interrupts() {
         let mut d = rng();
         assert_eq!(d.negotiate(GOOD), ALL);
-        let vq = MockSplitQueue::create(&d.mem, GuestAddress(QUEUE_BASE), 16);
+        let mem = d.mem.clone();
+        let vq = MockSplitQueue::create(&mem, GuestAddress(QUEUE_BASE), 16);
         d.setup_queue(0, &vq, 16);
         d.enable_msix(2);
         d.driver_ok();
@@ -939,7 +938,8 @@ mod tests {
     fn rng_caps_large_requests() {
         let mut d = rng();
         d.negotiate(GOOD);
-        let vq = MockSplitQueue::create(&d.mem, GuestAddress(QUEUE_BASE), 16);
+        let mem = d.mem.clone();
+        let vq = MockSplitQueue::create(&mem, GuestAddress(QUEUE_BASE), 16);
         d.setup_queue(0, &vq, 16);
         d.driver_ok();
         add_chain(&vq, 0, &[(DATA_BASE, 1 << 20, DESC_F_WRITE)]);
@@ -954,7 +954,8 @@ mod tests {
     fn corrupt_avail_index_sets_needs_reset_and_signals_config() {
         let mut d = rng();
         d.negotiate(GOOD);
-        let vq = MockSplitQueue::create(&d.mem, GuestAddress(QUEUE_BASE), 16);
+        let mem = d.mem.clone();
+        let vq = MockSplitQueue::create(&mem, GuestAddress(QUEUE_BASE), 16);
         d.setup_queue(0, &vq, 16);
         d.enable_msix(2);
         d.driver_ok();
@@ -975,7 +976,8 @@ mod tests {
     fn masked_queue_vector_is_delivered_on_unmask() {
         let mut d = rng();
         d.negotiate(GOOD);
-        let vq = MockSplitQueue::create(&d.mem, GuestAddress(QUEUE_BASE), 16);
+        let mem = d.mem.clone();
+        let vq = MockSplitQueue::create(&mem, GuestAddress(QUEUE_BASE), 16);
         d.setup_queue(0, &vq, 16);
         d.enable_msix(2);
         d.driver_ok();
