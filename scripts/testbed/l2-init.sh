@@ -62,9 +62,34 @@ badinit)
     # PID 1 exits: the kernel panics ("Attempted to kill init!").
     exit 1
     ;;
+virtio)
+    # Report the virtio disks and entropy source; write 1 MiB to vdb at
+    # offset 1 MiB for the host to check; try to write the read-only vdc.
+    for d in /sys/block/vd*; do
+        [ -e "$d" ] || continue
+        echo "KAPSEL-DISK=${d##*/} size=$(cat "$d/size") ro=$(cat "$d/ro") serial=$(cat "$d/serial" 2>/dev/null)"
+    done
+    [ -b /dev/vda ] && echo "KAPSEL-VDA-MD5=$(md5sum </dev/vda | cut -d' ' -f1)"
+    if [ -b /dev/vdb ]; then
+        dd if=/dev/urandom of=/tmp/blob bs=64k count=16 2>/dev/null
+        dd if=/tmp/blob of=/dev/vdb bs=64k seek=16 conv=fsync 2>/dev/null
+        echo "KAPSEL-VDB-WROTE-MD5=$(md5sum </tmp/blob | cut -d' ' -f1)"
+        echo 3 >/proc/sys/vm/drop_caches
+        echo "KAPSEL-VDB-READBACK-MD5=$(dd if=/dev/vdb bs=64k skip=16 count=16 2>/dev/null | md5sum | cut -d' ' -f1)"
+    fi
+    if [ -b /dev/vdc ]; then
+        if dd if=/dev/zero of=/dev/vdc bs=512 count=1 conv=fsync 2>/dev/null; then
+            echo "KAPSEL-RO-WRITE=allowed"
+        else
+            echo "KAPSEL-RO-WRITE=refused"
+        fi
+    fi
+    echo "KAPSEL-RNG=$(cat /sys/class/misc/hw_random/rng_current 2>/dev/null)"
+    echo "KAPSEL-RNG-BYTES=$(dd if=/dev/hwrng bs=32 count=1 2>/dev/null | wc -c)"
+    ;;
 poweroff) ;;
 *)
-    echo "KAPSEL-TEST-UNKNOWN=$action (known: poweroff reboot shell panic badinit)"
+    echo "KAPSEL-TEST-UNKNOWN=$action (known: poweroff reboot shell panic badinit virtio)"
     ;;
 esac
 poweroff -f

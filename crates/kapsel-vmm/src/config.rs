@@ -24,6 +24,17 @@ pub enum OnReboot {
     Restart,
 }
 
+/// A disk the guest sees as a virtio-blk device (vda, vdb, ... in order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// Raw image file or block device.
+    pub path: PathBuf,
+    /// The guest may not write.
+    pub read_only: bool,
+    /// Serial the guest reads (/dev/disk/by-id/virtio-SERIAL), up to 20 bytes.
+    pub serial: Option<String>,
+}
+
 /// A complete description of one VM.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
@@ -44,6 +55,10 @@ pub struct VmConfig {
     /// CPUID features to hide from the guest (names from
     /// [`crate::arch::x86_64::cpuid::HIDEABLE_FEATURES`]).
     pub hide_cpuid: Vec<String>,
+    /// virtio-blk disks.
+    pub disks: Vec<DiskConfig>,
+    /// Whether the guest gets a virtio-rng device.
+    pub rng: bool,
 }
 
 impl VmConfig {
@@ -59,6 +74,8 @@ impl VmConfig {
             console: ConsoleSpec::Stdio,
             on_reboot: OnReboot::Exit,
             hide_cpuid: Vec::new(),
+            disks: Vec::new(),
+            rng: false,
         }
     }
 }

@@ -11,11 +11,20 @@ use crate::devices::legacy::i8042::{I8042, I8042_PORT_COUNT};
 use crate::devices::legacy::pvpanic::PvPanic;
 use crate::devices::legacy::serial::{SerialDevice, SERIAL_PORT_COUNT};
 use crate::devices::legacy::IrqTrigger;
+use crate::devices::pci::bus::{
+    PciBus, PciConfigIo, PciConfigMmio, PciMmioWindow, PciWindow, PCI_CONFIG_IO_PORT,
+    PCI_CONFIG_IO_PORT_COUNT,
+};
+use crate::devices::pci::msix::InterruptSink;
+use crate::devices::virtio::block::{BlockOptions, VirtioBlock};
+use crate::devices::virtio::rng::VirtioRng;
+use crate::devices::virtio::transport::VirtioPciDevice;
+use crate::devices::virtio::VirtioDevice;
 use crate::error::{Error, Result};
 use crate::exit::{ExitSignal, VmExit};
 use crate::memory;
 use crate::vcpu::{self, Vcpu, VcpuContext};
-use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{kvm_msi, kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -116,9 +125,107 @@ pub fn run(cfg: &VmConfig) -> Result<VmExit> {
     }
 }
 
+/// Delivers MSI-X messages of PCI devices through KVM_SIGNAL_MSI.
+struct KvmMsi(Arc<VmFd>);
+
+impl InterruptSink for KvmMsi {
+    fn signal_msi(&self, address: u64, data: u32) -> std::io::Result<()> {
+        let msi = kvm_msi {
+            address_lo: address as u32,
+            address_hi: (address >> 32) as u32,
+            data,
+            ..Default::default()
+        };
+        self.0
+            .signal_msi(msi)
+            .map(|_| ())
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+    }
+}
+
+fn open_disk(disk: &crate::config::DiskConfig) -> Result<VirtioBlock> {
+    let file_err = |source| Error::File {
+        what: "disk",
+        path: disk.path.clone(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(!disk.read_only)
+        .open(&disk.path)
+        .map_err(file_err)?;
+    // Serving a qcow2 file as raw would hand the guest its metadata and let
+    // it overwrite them.
+    let mut magic = [0u8; 4];
+    if std::io::Read::read(&mut file, &mut magic).map_err(file_err)? == 4 && magic == *b"QFI\xfb" {
+        return Err(Error::InvalidConfig(format!(
+            "disk {}: a qcow2 image, and Kapsel reads raw images only for now; convert it \
+             (qemu-img convert -O raw {} disk.raw)",
+            disk.path.display(),
+            disk.path.display()
+        )));
+    }
+    let options = BlockOptions {
+        read_only: disk.read_only,
+        serial: disk.serial.clone().unwrap_or_default(),
+    };
+    VirtioBlock::new(file, options).map_err(file_err)
+}
+
+/// The PCI host bridge with the virtio devices of `cfg`, reachable through
+/// the configuration ports, ECAM and the 32-bit BAR window.
+fn add_pci(
+    cfg: &VmConfig,
+    vm: &Arc<VmFd>,
+    mem: &memory::GuestMem,
+    pio: &mut Bus,
+    mmio: &mut Bus,
+) -> Result<()> {
+    let window = PciWindow {
+        base: layout::PCI_MMIO32_START,
+        size: layout::PCI_MMIO32_SIZE,
+    };
+    let pci_err = |e: &dyn std::fmt::Display| Error::InvalidConfig(format!("PCI: {e}"));
+    let mut pci = PciBus::new(window, None).map_err(|e| pci_err(&e))?;
+    let sink: Arc<dyn InterruptSink> = Arc::new(KvmMsi(vm.clone()));
+    let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    for disk in &cfg.disks {
+        devices.push(Box::new(open_disk(disk)?));
+    }
+    if cfg.rng {
+        devices.push(Box::new(VirtioRng::new()));
+    }
+    for device in devices {
+        let pci_dev =
+            VirtioPciDevice::new(device, mem.clone(), sink.clone()).map_err(|e| pci_err(&e))?;
+        pci.add_device(Arc::new(Mutex::new(pci_dev)))
+            .map_err(|e| pci_err(&e))?;
+    }
+    let pci = Arc::new(pci);
+    let bus_err = |e: crate::bus::BusError| Error::Memory(format!("PCI address map: {e}"));
+    pio.insert(
+        u64::from(PCI_CONFIG_IO_PORT),
+        PCI_CONFIG_IO_PORT_COUNT,
+        Arc::new(Mutex::new(PciConfigIo::new(pci.clone()))),
+    )
+    .map_err(bus_err)?;
+    mmio.insert(
+        layout::PCI_ECAM_START,
+        layout::PCI_ECAM_SIZE,
+        Arc::new(Mutex::new(PciConfigMmio::new(pci.clone()))),
+    )
+    .map_err(bus_err)?;
+    mmio.insert(
+        window.base,
+        window.size,
+        Arc::new(Mutex::new(PciMmioWindow::new(pci, window.base))),
+    )
+    .map_err(bus_err)
+}
+
 /// One running instance of the machine, from power-on to its exit.
 struct Machine {
-    _vm: VmFd,
+    _vm: Arc<VmFd>,
     mem: memory::GuestMem,
     serial: Arc<Mutex<SerialDevice>>,
     exit: Arc<ExitSignal>,
@@ -143,9 +250,10 @@ fn boot_once(
 }
 
 fn build(kvm: &Kvm, cfg: &VmConfig, console: &Console) -> Result<Machine> {
-    let vm = kvm
-        .create_vm()
-        .map_err(|e| Error::kvm("KVM_CREATE_VM", e))?;
+    let vm = Arc::new(
+        kvm.create_vm()
+            .map_err(|e| Error::kvm("KVM_CREATE_VM", e))?,
+    );
     vm.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
         .map_err(|e| Error::kvm("KVM_SET_IDENTITY_MAP_ADDR", e))?;
     vm.set_tss_address(KVM_TSS_ADDRESS)
@@ -210,6 +318,8 @@ fn build(kvm: &Kvm, cfg: &VmConfig, console: &Console) -> Result<Machine> {
         pio.insert(u64::from(port), count, dev)
             .map_err(|e| Error::Memory(format!("port map: {e}")))?;
     }
+    let mut mmio = Bus::new();
+    add_pci(cfg, &vm, &mem, &mut pio, &mut mmio)?;
 
     let supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -224,7 +334,7 @@ fn build(kvm: &Kvm, cfg: &VmConfig, console: &Console) -> Result<Machine> {
 
     let ctx = VcpuContext {
         pio: Arc::new(pio),
-        mmio: Arc::new(Bus::new()),
+        mmio: Arc::new(mmio),
         exit: exit.clone(),
         stop: Arc::new(AtomicBool::new(false)),
     };

@@ -1,6 +1,7 @@
 //! `kapsel run`: boot one VM in the foreground.
 
 use clap::{Args, ValueEnum};
+use kapsel_vmm::config::DiskConfig;
 use kapsel_vmm::{ConsoleSpec, OnReboot, VmConfig, VmExit};
 use std::path::PathBuf;
 
@@ -31,6 +32,12 @@ pub struct RunArgs {
     /// CPU features to hide from the guest, comma-separated (e.g. xsave,avx).
     #[arg(long, value_name = "FEATURES", value_delimiter = ',')]
     pub hide_cpuid: Vec<String>,
+    /// A virtio-blk disk (repeatable: vda, vdb, ...): PATH[,ro][,format=raw][,serial=ID].
+    #[arg(long = "disk", value_name = "SPEC", value_parser = parse_disk)]
+    pub disks: Vec<DiskConfig>,
+    /// Give the guest a virtio-rng entropy device.
+    #[arg(long)]
+    pub rng: bool,
 }
 
 /// `--on-reboot` values.
@@ -59,6 +66,41 @@ fn parse_console(text: &str) -> Result<ConsoleSpec, String> {
     }
 }
 
+fn parse_disk(text: &str) -> Result<DiskConfig, String> {
+    let mut parts = text.split(',');
+    let path = parts
+        .next()
+        .filter(|p| !p.is_empty())
+        .ok_or("give a path: PATH[,ro][,serial=ID]")?;
+    let mut disk = DiskConfig {
+        path: path.into(),
+        read_only: false,
+        serial: None,
+    };
+    for opt in parts {
+        match opt.split_once('=') {
+            None if opt == "ro" => disk.read_only = true,
+            Some(("format", "raw")) => {}
+            Some(("format", "qcow2")) => {
+                return Err(format!(
+                    "{path}: qcow2 images are not supported yet; convert it: \
+                     qemu-img convert -O raw {path} disk.raw"
+                ))
+            }
+            Some(("serial", id)) if !id.is_empty() && id.len() <= 20 => {
+                disk.serial = Some(id.to_string())
+            }
+            Some(("serial", _)) => return Err("serial=ID takes 1 to 20 characters".into()),
+            _ => {
+                return Err(format!(
+                    "unknown disk option \"{opt}\"; use ro, format=raw, serial=ID"
+                ))
+            }
+        }
+    }
+    Ok(disk)
+}
+
 /// Runs `kapsel run`; returns the process exit code.
 pub fn main(args: RunArgs) -> u8 {
     let cfg = VmConfig {
@@ -73,6 +115,8 @@ pub fn main(args: RunArgs) -> u8 {
             RebootArg::Restart => OnReboot::Restart,
         },
         hide_cpuid: args.hide_cpuid,
+        disks: args.disks,
+        rng: args.rng,
     };
     match kapsel_vmm::run(&cfg) {
         Ok(exit) => {
@@ -106,6 +150,23 @@ mod tests {
         );
         assert!(parse_console("file:").is_err());
         assert!(parse_console("tty").is_err());
+    }
+
+    #[test]
+    fn disk_specs() {
+        let d = parse_disk("/srv/a.img,ro,serial=web-root").unwrap();
+        assert_eq!(d.path, PathBuf::from("/srv/a.img"));
+        assert!(d.read_only);
+        assert_eq!(d.serial.as_deref(), Some("web-root"));
+        assert!(!parse_disk("b.img,format=raw").unwrap().read_only);
+        assert!(parse_disk("c.qcow2,format=qcow2")
+            .unwrap_err()
+            .contains("qemu-img convert"));
+        assert!(parse_disk("d.img,rw")
+            .unwrap_err()
+            .contains("unknown disk option"));
+        assert!(parse_disk(",ro").is_err());
+        assert!(parse_disk("e.img,serial=123456789012345678901").is_err());
     }
 
     #[test]

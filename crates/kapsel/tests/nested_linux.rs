@@ -21,7 +21,12 @@ struct Scenario {
     seen: Option<i64>,
 }
 
-type Results = Result<HashMap<String, Scenario>, String>;
+struct Batch {
+    out: PathBuf,
+    scenarios: HashMap<String, Scenario>,
+}
+
+type Results = Result<Batch, String>;
 
 fn read(dir: &Path, name: &str, ext: &str) -> String {
     std::fs::read_to_string(dir.join(format!("{name}.{ext}"))).unwrap_or_default()
@@ -69,7 +74,10 @@ fn run_testbed() -> Results {
             },
         );
     }
-    Ok(results)
+    Ok(Batch {
+        out,
+        scenarios: results,
+    })
 }
 
 /// Runs the testbed once per test process; None when it should not run.
@@ -82,12 +90,15 @@ fn results() -> Option<&'static Results> {
     Some(RESULTS.get_or_init(run_testbed))
 }
 
-fn scenario(name: &str) -> Option<&'static Scenario> {
-    let results = results()?;
-    match results {
-        Ok(map) => Some(&map[name]),
+fn batch() -> Option<&'static Batch> {
+    match results()? {
+        Ok(batch) => Some(batch),
         Err(e) => panic!("{e}"),
     }
+}
+
+fn scenario(name: &str) -> Option<&'static Scenario> {
+    Some(&batch()?.scenarios[name])
 }
 
 fn marker<'a>(log: &'a str, key: &str) -> Option<&'a str> {
@@ -170,4 +181,62 @@ fn linux_kernel_panic_is_a_failure() {
     assert_ne!(s.exit, 0, "{}", s.log);
     assert!(s.err.contains("panicked"), "stderr: {}", s.err);
     assert!(s.log.contains("KAPSEL-TEST=badinit"), "{}", s.log);
+}
+
+fn md5_of(path: &Path, skip: u64, len: u64) -> String {
+    let bytes = std::fs::read(path).unwrap();
+    let end = (skip + len).min(bytes.len() as u64) as usize;
+    let mut child = Command::new("md5sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&bytes[skip as usize..end])
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn linux_sees_virtio_disks_and_writes_reach_the_host() {
+    let Some(s) = scenario("virtio") else { return };
+    let out = &batch().unwrap().out;
+    assert_eq!(s.exit, 0, "{}\n{}", s.err, s.log);
+    let disks: Vec<&str> = s
+        .log
+        .lines()
+        .filter_map(|l| l.trim_end().strip_prefix("KAPSEL-DISK="))
+        .collect();
+    assert_eq!(
+        disks,
+        [
+            "vda size=8192 ro=0 serial=kapsel-vda",
+            "vdb size=8192 ro=0 serial=",
+            "vdc size=2048 ro=1 serial=ro-disk"
+        ],
+        "{}",
+        s.log
+    );
+    // The guest read vda exactly as the host wrote it.
+    let vda = md5_of(&out.join("vda.img"), 0, 4 << 20);
+    assert_eq!(marker(&s.log, "KAPSEL-VDA-MD5="), Some(vda.as_str()));
+    // What the guest wrote to vdb is in the host's file, byte for byte.
+    let wrote = marker(&s.log, "KAPSEL-VDB-WROTE-MD5=").expect("vdb written");
+    assert_eq!(md5_of(&out.join("vdb.img"), 1 << 20, 1 << 20), wrote);
+    assert_eq!(marker(&s.log, "KAPSEL-VDB-READBACK-MD5="), Some(wrote));
+    assert_eq!(std::fs::metadata(out.join("vdb.img")).unwrap().len(), 4 << 20);
+    // The read-only disk refused the write and is unchanged.
+    assert_eq!(marker(&s.log, "KAPSEL-RO-WRITE="), Some("refused"));
+    assert!(std::fs::read(out.join("vdc.img")).unwrap().iter().all(|b| *b == 0));
+    assert_eq!(marker(&s.log, "KAPSEL-RNG="), Some("virtio_rng.0"));
+    assert_eq!(marker(&s.log, "KAPSEL-RNG-BYTES="), Some("32"));
 }

@@ -40,7 +40,7 @@ boot() {
 }
 
 K="--kernel $KAPSEL_L2_KERNEL --initrd $KAPSEL_L2_INITRD"
-for scenario in ${KAPSEL_SCENARIOS:-cpus1 cpus2 cpus4 reboot restart panic vmlinux}; do
+for scenario in ${KAPSEL_SCENARIOS:-cpus1 cpus2 cpus4 reboot restart panic vmlinux virtio}; do
     case $scenario in
     cpus1) boot cpus1 0 $K --cpus 1 --memory 256M --cmdline "$BASE" ;;
     cpus2) boot cpus2 0 $K --cpus 2 --memory 512M --cmdline "$BASE" ;;
@@ -52,6 +52,17 @@ for scenario in ${KAPSEL_SCENARIOS:-cpus1 cpus2 cpus4 reboot restart panic vmlin
         # The generic kernel's ELF vmlinux boots through its PVH entry note.
         boot vmlinux 0 --kernel "$KAPSEL_SHARE/files/vmlinux" --initrd "$KAPSEL_L2_INITRD" \
             --memory 256M --cmdline "$BASE"
+        ;;
+    virtio)
+        # Disks live in $OUT so that the host can check them afterwards:
+        # vda holds the initrd (known content), vdb is written by the guest,
+        # vdc is read-only.
+        cp "$KAPSEL_L2_INITRD" "$OUT/vda.img" && truncate -s 4M "$OUT/vda.img"
+        dd if=/dev/zero of="$OUT/vdb.img" bs=1M count=4 2>/dev/null
+        dd if=/dev/zero of="$OUT/vdc.img" bs=1M count=1 2>/dev/null
+        boot virtio 0 $K --memory 256M --rng --cmdline "$BASE kapsel.test=virtio" \
+            --disk "$OUT/vda.img,serial=kapsel-vda" --disk "$OUT/vdb.img" \
+            --disk "$OUT/vdc.img,ro,serial=ro-disk"
         ;;
     esac
 done

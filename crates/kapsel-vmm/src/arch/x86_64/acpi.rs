@@ -54,6 +54,38 @@ fn device_aml(path: &str, hid: &dyn Aml, resources: Vec<&dyn Aml>, out: &mut Vec
     aml::Device::new(path.into(), vec![&hid, &crs]).to_aml_bytes(out);
 }
 
+/// PCI host bridge 0 (PCI Express, ECAM from the MCFG table): bus 0, the
+/// configuration ports, all other I/O ports, and the 32-bit BAR window.
+fn pci_host_bridge_aml(out: &mut Vec<u8>) {
+    let bus = aml::AddressSpace::<u16>::new_bus_number(0, 0);
+    let cfg_ports = aml::IO::new(0xcf8, 0xcf8, 1, 8);
+    let io_low = aml::AddressSpace::<u16>::new_io(0, 0xcf7, None);
+    let io_high = aml::AddressSpace::<u16>::new_io(0xd00, 0xffff, None);
+    let mmio32 = aml::AddressSpace::<u32>::new_memory(
+        aml::AddressSpaceCacheable::NotCacheable,
+        true,
+        PCI_MMIO32_START as u32,
+        (PCI_MMIO32_START + PCI_MMIO32_SIZE - 1) as u32,
+        None,
+    );
+    let crs = aml::ResourceTemplate::new(vec![&bus, &cfg_ports, &io_low, &io_high, &mmio32]);
+    let hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0A08"));
+    let cid = aml::Name::new("_CID".into(), &aml::EISAName::new("PNP0A03"));
+    let seg = aml::Name::new("_SEG".into(), &aml::ZERO);
+    let bbn = aml::Name::new("_BBN".into(), &aml::ZERO);
+    let uid = aml::Name::new("_UID".into(), &aml::ZERO);
+    let crs = aml::Name::new("_CRS".into(), &crs);
+    aml::Device::new("_SB_.PCI0".into(), vec![&hid, &cid, &seg, &bbn, &uid, &crs])
+        .to_aml_bytes(out);
+}
+
+/// The MCFG table: ECAM for segment 0, bus 0.
+fn mcfg() -> Vec<u8> {
+    let mut mcfg = acpi_tables::mcfg::MCFG::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    mcfg.add_ecam(PCI_ECAM_START, 0, 0, 0);
+    bytes_of(&mcfg)
+}
+
 /// The DSDT's AML body.
 pub fn dsdt_aml() -> Vec<u8> {
     let mut body = Vec::new();
@@ -81,6 +113,7 @@ pub fn dsdt_aml() -> Vec<u8> {
         vec![&aml::IO::new(PVPANIC_PORT, PVPANIC_PORT, 1, 1)],
         &mut body,
     );
+    pci_host_bridge_aml(&mut body);
     let s5_type = S5_SLEEP_TYPE;
     let s5_package = aml::Package::new(vec![&s5_type, &s5_type]);
     aml::Name::new("_S5_".into(), &s5_package).to_aml_bytes(&mut body);
@@ -132,21 +165,24 @@ fn align16(addr: u64) -> u64 {
 pub fn write_tables(mem: &GuestMem, cpus: u8) -> Result<u64> {
     let rsdp_addr = ACPI_START;
     let xsdt_addr = align16(rsdp_addr + Rsdp::len() as u64);
-    // The XSDT lists two tables: header plus two 8-byte pointers.
-    let fadt_addr = align16(xsdt_addr + 36 + 16);
+    // The XSDT lists three tables: header plus three 8-byte pointers.
+    let fadt_addr = align16(xsdt_addr + 36 + 24);
     let dsdt_addr = align16(fadt_addr + acpi_tables::fadt::FADT::len() as u64);
     let dsdt = dsdt();
     let madt_addr = align16(dsdt_addr + dsdt.len() as u64);
     let madt = madt(cpus);
+    let mcfg_addr = align16(madt_addr + madt.len() as u64);
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     xsdt.add_entry(fadt_addr);
     xsdt.add_entry(madt_addr);
+    xsdt.add_entry(mcfg_addr);
     let tables = [
         (rsdp_addr, bytes_of(&Rsdp::new(OEM_ID, xsdt_addr))),
         (xsdt_addr, bytes_of(&xsdt)),
         (fadt_addr, fadt(dsdt_addr)),
         (dsdt_addr, dsdt),
         (madt_addr, madt),
+        (mcfg_addr, mcfg()),
     ];
     for (addr, bytes) in &tables {
         if addr + bytes.len() as u64 > ACPI_END {
@@ -199,7 +235,14 @@ mod tests {
             .step_by(8)
             .map(|o| u64_at(&xsdt, o))
             .collect();
-        assert_eq!(entries.len(), 2);
+        assert_eq!(entries.len(), 3);
+        let mcfg = table(&mem, entries[2]);
+        assert_eq!(&mcfg[0..4], b"MCFG");
+        assert!(checksum_ok(&mcfg));
+        // One allocation: base, segment, start bus, end bus.
+        assert_eq!(mcfg.len(), 44 + 16);
+        assert_eq!(u64_at(&mcfg, 44), PCI_ECAM_START);
+        assert_eq!((mcfg[54], mcfg[55]), (0, 0));
 
         let fadt = table(&mem, entries[0]);
         assert_eq!(&fadt[0..4], b"FACP");
@@ -221,6 +264,7 @@ mod tests {
         let s5 = dsdt.windows(4).position(|w| w == b"_S5_").expect("_S5_");
         assert_eq!(dsdt[s5 + 4], 0x12, "a Package follows _S5_");
         assert!(dsdt.windows(8).any(|w| w == b"QEMU0001"), "pvpanic");
+        assert!(dsdt.windows(4).any(|w| w == b"PCI0"), "host bridge");
 
         let madt = table(&mem, entries[1]);
         assert_eq!(&madt[0..4], b"APIC");

@@ -422,7 +422,7 @@ mod tests {
         assert_eq!(info.magic, PVH_MAGIC);
         assert_eq!(info.nr_modules, 1);
         assert_eq!(info.rsdp_paddr, ACPI_START);
-        assert_eq!(info.memmap_entries, 3);
+        assert_eq!(info.memmap_entries, 4);
         let m: hvm_modlist_entry = mem.read_obj(GuestAddress(info.modlist_paddr)).unwrap();
         assert_eq!((m.paddr, m.size), (0x300000, 0x1234));
         let last: hvm_memmap_table_entry = mem

@@ -44,6 +44,14 @@ pub const HIMEM_START: u64 = 0x100000;
 pub const MMIO_HOLE_START: u64 = 0xc000_0000;
 /// First address above the MMIO hole.
 pub const MMIO_HOLE_END: u64 = 0x1_0000_0000;
+/// The 32-bit PCI memory window (BARs), at the start of the MMIO hole.
+pub const PCI_MMIO32_START: u64 = MMIO_HOLE_START;
+/// Size of the 32-bit PCI memory window.
+pub const PCI_MMIO32_SIZE: u64 = 0x2000_0000;
+/// PCI Express enhanced configuration space (ECAM) of bus 0.
+pub const PCI_ECAM_START: u64 = 0xe000_0000;
+/// ECAM size: one bus (1 MiB).
+pub const PCI_ECAM_SIZE: u64 = 1 << 20;
 /// IOAPIC registers.
 pub const IOAPIC_START: u64 = 0xfec0_0000;
 /// Local APIC registers.
@@ -118,6 +126,11 @@ pub fn e820_map(memory: u64) -> Vec<E820Entry> {
             kind: E820Type::Reserved,
         },
     ];
+    map.push(E820Entry {
+        addr: PCI_ECAM_START,
+        size: PCI_ECAM_SIZE,
+        kind: E820Type::Reserved,
+    });
     for (start, len) in ram_ranges(memory) {
         let (start, len) = if start == 0 {
             (HIMEM_START, len - HIMEM_START)
@@ -130,6 +143,7 @@ pub fn e820_map(memory: u64) -> Vec<E820Entry> {
             kind: E820Type::Ram,
         });
     }
+    map.sort_by_key(|e| e.addr);
     map
 }
 
@@ -146,12 +160,17 @@ mod tests {
     fn small_memory_is_one_range() {
         assert_eq!(ram_ranges(512 << 20), vec![(0, 512 << 20)]);
         let map = e820_map(512 << 20);
-        assert_eq!(map.len(), 3);
+        assert_eq!(map.len(), 4);
         assert_eq!(map[0].addr, 0);
         assert_eq!(map[0].size, 0x9fc00);
         assert_eq!(map[1].kind, E820Type::Reserved);
         assert_eq!(map[2].addr, 0x100000);
         assert_eq!(map[2].addr + map[2].size, 512 << 20);
+        assert_eq!(
+            (map[3].addr, map[3].kind),
+            (PCI_ECAM_START, E820Type::Reserved)
+        );
+        assert!(map.windows(2).all(|w| w[0].addr + w[0].size <= w[1].addr));
     }
 
     #[test]
@@ -168,6 +187,7 @@ mod tests {
         assert_eq!(ram, mem - (HIMEM_START - EBDA_START));
         assert!(map
             .iter()
+            .filter(|e| e.kind == E820Type::Ram)
             .all(|e| e.addr + e.size <= MMIO_HOLE_START || e.addr >= MMIO_HOLE_END));
         assert_eq!(low_ram_end(mem), MMIO_HOLE_START);
     }
