@@ -233,10 +233,16 @@ fn linux_sees_virtio_disks_and_writes_reach_the_host() {
     let wrote = marker(&s.log, "KAPSEL-VDB-WROTE-MD5=").expect("vdb written");
     assert_eq!(md5_of(&out.join("vdb.img"), 1 << 20, 1 << 20), wrote);
     assert_eq!(marker(&s.log, "KAPSEL-VDB-READBACK-MD5="), Some(wrote));
-    assert_eq!(std::fs::metadata(out.join("vdb.img")).unwrap().len(), 4 << 20);
+    assert_eq!(
+        std::fs::metadata(out.join("vdb.img")).unwrap().len(),
+        4 << 20
+    );
     // The read-only disk refused the write and is unchanged.
     assert_eq!(marker(&s.log, "KAPSEL-RO-WRITE="), Some("refused"));
-    assert!(std::fs::read(out.join("vdc.img")).unwrap().iter().all(|b| *b == 0));
+    assert!(std::fs::read(out.join("vdc.img"))
+        .unwrap()
+        .iter()
+        .all(|b| *b == 0));
     assert_eq!(marker(&s.log, "KAPSEL-RNG="), Some("virtio_rng.0"));
     assert_eq!(marker(&s.log, "KAPSEL-RNG-BYTES="), Some("32"));
 }
