@@ -22,6 +22,7 @@ use crate::devices::virtio::transport::VirtioPciDevice;
 use crate::devices::virtio::VirtioDevice;
 use crate::error::{Error, Result};
 use crate::exit::{ExitSignal, VmExit};
+use crate::io_thread::{IoDevice, IoThread, QueueDoorbells};
 use crate::memory;
 use crate::vcpu::{self, Vcpu, VcpuContext};
 use kvm_bindings::{kvm_msi, kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
@@ -173,14 +174,15 @@ fn open_disk(disk: &crate::config::DiskConfig) -> Result<VirtioBlock> {
 }
 
 /// The PCI host bridge with the virtio devices of `cfg`, reachable through
-/// the configuration ports, ECAM and the 32-bit BAR window.
+/// the configuration ports, ECAM and the 32-bit BAR window; returns the
+/// devices for the I/O thread.
 fn add_pci(
     cfg: &VmConfig,
     vm: &Arc<VmFd>,
     mem: &memory::GuestMem,
     pio: &mut Bus,
     mmio: &mut Bus,
-) -> Result<()> {
+) -> Result<Vec<IoDevice>> {
     let window = PciWindow {
         base: layout::PCI_MMIO32_START,
         size: layout::PCI_MMIO32_SIZE,
@@ -195,11 +197,18 @@ fn add_pci(
     if cfg.rng {
         devices.push(Box::new(VirtioRng::new()));
     }
+    let mut io_devices = Vec::new();
     for device in devices {
-        let pci_dev =
+        let mut pci_dev =
             VirtioPciDevice::new(device, mem.clone(), sink.clone()).map_err(|e| pci_err(&e))?;
-        pci.add_device(Arc::new(Mutex::new(pci_dev)))
-            .map_err(|e| pci_err(&e))?;
+        let doorbells = Arc::new(QueueDoorbells::new(vm.clone(), pci_dev.queue_count())?);
+        pci_dev.set_notify_registrar(doorbells.clone());
+        let pci_dev = Arc::new(Mutex::new(pci_dev));
+        pci.add_device(pci_dev.clone()).map_err(|e| pci_err(&e))?;
+        io_devices.push(IoDevice {
+            device: pci_dev,
+            doorbells,
+        });
     }
     let pci = Arc::new(pci);
     let bus_err = |e: crate::bus::BusError| Error::Memory(format!("PCI address map: {e}"));
@@ -220,7 +229,8 @@ fn add_pci(
         window.size,
         Arc::new(Mutex::new(PciMmioWindow::new(pci, window.base))),
     )
-    .map_err(bus_err)
+    .map_err(bus_err)?;
+    Ok(io_devices)
 }
 
 /// One running instance of the machine, from power-on to its exit.
@@ -231,6 +241,7 @@ struct Machine {
     exit: Arc<ExitSignal>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
+    io_thread: IoThread,
 }
 
 fn boot_once(
@@ -319,7 +330,8 @@ fn build(kvm: &Kvm, cfg: &VmConfig, console: &Console) -> Result<Machine> {
             .map_err(|e| Error::Memory(format!("port map: {e}")))?;
     }
     let mut mmio = Bus::new();
-    add_pci(cfg, &vm, &mem, &mut pio, &mut mmio)?;
+    let io_devices = add_pci(cfg, &vm, &mem, &mut pio, &mut mmio)?;
+    let io_thread = IoThread::start(io_devices)?;
 
     let supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -346,6 +358,7 @@ fn build(kvm: &Kvm, cfg: &VmConfig, console: &Console) -> Result<Machine> {
         exit,
         stop,
         threads: Vec::new(),
+        io_thread,
     };
     for vcpu in vcpus {
         let ctx = ctx.clone();
@@ -379,6 +392,7 @@ impl Machine {
                 tracing::error!("a vCPU thread panicked");
             }
         }
+        self.io_thread.stop();
     }
 }
 

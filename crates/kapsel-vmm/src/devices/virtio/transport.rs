@@ -154,6 +154,15 @@ impl VirtioInterrupt for PciInterrupt {
     }
 }
 
+/// Where the VMM routes queue doorbells so that a notification does not
+/// need a trapped MMIO write (KVM ioeventfd).
+pub trait NotifyRegistrar: Send + Sync {
+    /// From now on, a driver write to `addr` notifies queue `index`.
+    fn attach(&self, index: u16, addr: u64) -> io::Result<()>;
+    /// Stops routing every queue's doorbell.
+    fn detach_all(&self);
+}
+
 /// Driver-side set-up of one queue.
 struct QueueSlot {
     queue: Queue,
@@ -176,6 +185,7 @@ pub struct VirtioPciDevice {
     status: u8,
     config_generation: u8,
     queue_select: u16,
+    registrar: Option<Arc<dyn NotifyRegistrar>>,
 }
 
 fn le_value(data: &[u8]) -> u64 {
@@ -311,7 +321,40 @@ impl VirtioPciDevice {
             status: 0,
             config_generation: 0,
             queue_select: 0,
+            registrar: None,
         })
+    }
+
+    /// Routes queue doorbells through `registrar` once the driver is ready.
+    pub fn set_notify_registrar(&mut self, registrar: Arc<dyn NotifyRegistrar>) {
+        self.registrar = Some(registrar);
+    }
+
+    /// Number of virtqueues the device has.
+    pub fn queue_count(&self) -> usize {
+        self.queues.len()
+    }
+
+    /// Guest-physical address of queue `index`'s doorbell, while BAR0 is set.
+    fn doorbell(&self, index: u16) -> Option<u64> {
+        self.config
+            .bar_address(0)?
+            .checked_add(NOTIFY_CFG_OFFSET + u64::from(index) * u64::from(NOTIFY_OFF_MULTIPLIER))
+    }
+
+    fn attach_doorbells(&self) {
+        let Some(registrar) = &self.registrar else {
+            return;
+        };
+        for (i, slot) in self.queues.iter().enumerate() {
+            let index = i as u16;
+            if let (true, Some(addr)) = (slot.queue.ready(), self.doorbell(index)) {
+                if let Err(e) = registrar.attach(index, addr) {
+                    // Trapped MMIO writes still reach notify(): slower, correct.
+                    tracing::warn!("queue {index}: no ioeventfd at {addr:#x}: {e}");
+                }
+            }
+        }
     }
 
     /// The device status register.
@@ -328,6 +371,9 @@ impl VirtioPciDevice {
     }
 
     fn reset(&mut self) {
+        if let Some(registrar) = &self.registrar {
+            registrar.detach_all();
+        }
         self.device.reset();
         for q in &mut self.queues {
             q.queue.reset();
@@ -412,7 +458,9 @@ impl VirtioPciDevice {
                 .activate(self.mem.clone(), interrupt, queues, self.driver_features)
         {
             self.needs_reset(&format!("activation failed: {e}"));
+            return;
         }
+        self.attach_doorbells();
     }
 
     fn selected_queue(&mut self) -> Option<&mut QueueSlot> {
@@ -582,18 +630,25 @@ impl VirtioPciDevice {
     }
 
     fn notify(&mut self, offset: u64) {
+        if let Ok(index) = u16::try_from(offset / u64::from(NOTIFY_OFF_MULTIPLIER)) {
+            self.notify_queue(index);
+        }
+    }
+
+    /// The driver notified queue `index` (through a trapped doorbell write
+    /// or an ioeventfd): process what it made available.
+    pub fn notify_queue(&mut self, index: u16) {
         if self.status & STATUS_DRIVER_OK == 0 || self.status & STATUS_NEEDS_RESET != 0 {
             return;
         }
-        let index = offset / u64::from(NOTIFY_OFF_MULTIPLIER);
-        let ready = usize::try_from(index)
-            .ok()
-            .and_then(|i| self.queues.get(i))
+        let ready = self
+            .queues
+            .get(usize::from(index))
             .is_some_and(|q| q.queue.ready());
         if !ready {
             return;
         }
-        if let Err(e) = self.device.queue_notify(index as u16) {
+        if let Err(e) = self.device.queue_notify(index) {
             self.needs_reset(&format!("queue {index}: {e}"));
         }
     }
@@ -932,6 +987,45 @@ mod tests {
         d.notify(3);
         d.write(NOTIFY + 0xffc, 4, 0);
         assert_eq!(d.status(), ALL | STATUS_DRIVER_OK);
+    }
+
+    #[derive(Default)]
+    struct Doorbells(std::sync::Mutex<Vec<(u16, u64)>>);
+
+    impl NotifyRegistrar for Doorbells {
+        fn attach(&self, index: u16, addr: u64) -> io::Result<()> {
+            self.0.lock().unwrap().push((index, addr));
+            Ok(())
+        }
+        fn detach_all(&self) {
+            self.0.lock().unwrap().clear();
+        }
+    }
+
+    #[test]
+    fn doorbells_attach_at_driver_ok_and_detach_on_reset() {
+        let mut d = rng();
+        d.dev.config.set_bar_address(0, 0xc000_0000).unwrap();
+        let doorbells = Arc::new(Doorbells::default());
+        d.dev.set_notify_registrar(doorbells.clone());
+        assert_eq!(d.dev.queue_count(), 1);
+        d.negotiate(GOOD);
+        let mem = d.mem.clone();
+        let vq = MockSplitQueue::create(&mem, GuestAddress(QUEUE_BASE), 16);
+        d.setup_queue(0, &vq, 16);
+        assert!(doorbells.0.lock().unwrap().is_empty());
+        d.driver_ok();
+        assert_eq!(
+            *doorbells.0.lock().unwrap(),
+            vec![(0, 0xc000_0000 + NOTIFY_CFG_OFFSET)]
+        );
+        // A notification through the doorbell path is served like a trapped write.
+        add_chain(&vq, 0, &[(DATA_BASE, 16, DESC_F_WRITE)]);
+        d.dev.notify_queue(0);
+        assert_eq!(used_entry(&d.mem, &vq, 0), (0, 16));
+        d.dev.notify_queue(7); // no such queue: ignored
+        d.set_status(0);
+        assert!(doorbells.0.lock().unwrap().is_empty());
     }
 
     #[test]

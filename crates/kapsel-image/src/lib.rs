@@ -1,0 +1,294 @@
+//! Disk image formats for Kapsel: raw files or block devices, and qcow2
+//! (through the `imago` crate, with backing chains), behind one
+//! [`BlockBackend`] trait.
+//!
+//! This crate knows nothing about virtio or guests: a device model checks a
+//! request against [`BlockBackend::size`] and then calls the backend with
+//! byte offsets. Backends still check bounds themselves, since a wrong
+//! offset must never reach a qcow2 allocator.
+//!
+//! [`open`] detects the format from the file's magic when none is given, and
+//! refuses a `format=` that does not match the file. An image opened as raw
+//! by probing refuses writes that would give it a qcow2 magic, so a guest
+//! cannot turn its raw disk into a qcow2 header that names a host file as
+//! its backing file on the next start (QEMU guards probed raw images the
+//! same way).
+
+mod qcow2;
+mod raw;
+
+pub use qcow2::Qcow2Backend;
+pub use raw::RawBackend;
+
+use std::fmt;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// The first four bytes of every qcow2 image.
+pub const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
+
+/// Most backing files in one chain, the image itself not counted.
+pub const MAX_BACKING_DEPTH: usize = 32;
+
+/// A virtual disk: a flat array of bytes the guest reads and writes.
+///
+/// Offsets and lengths are in bytes. Every method fails (never panics) on a
+/// range past [`size`](BlockBackend::size). Methods that change mappings
+/// (discard, write zeroes) take `&mut self`.
+pub trait BlockBackend: Send {
+    /// Size of the virtual disk in bytes.
+    fn size(&self) -> u64;
+
+    /// Fills `buf` with the disk's bytes at `offset`.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+
+    /// Writes all of `buf` at `offset`.
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+
+    /// Makes every completed write durable (metadata included).
+    fn flush(&self) -> io::Result<()>;
+
+    /// Hints that `len` bytes at `offset` are no longer needed. Reads of the
+    /// range afterwards return unspecified data (old data, zeroes, or the
+    /// backing file's data). A backend that cannot discard succeeds.
+    fn discard(&mut self, offset: u64, len: u64) -> io::Result<()>;
+
+    /// Makes `len` bytes at `offset` read as zeroes; with `may_unmap` the
+    /// backend may deallocate them.
+    fn write_zeroes(&mut self, offset: u64, len: u64, may_unmap: bool) -> io::Result<()>;
+
+    /// Whether writes, discards and write-zeroes fail.
+    fn read_only(&self) -> bool;
+}
+
+/// A disk image format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Format {
+    /// The disk's bytes as they are, in a file or block device.
+    Raw,
+    /// QEMU copy-on-write v2/v3.
+    Qcow2,
+}
+
+impl Format {
+    /// The name used in `format=` options and by `qemu-img`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Raw => "raw",
+            Format::Qcow2 => "qcow2",
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "raw" => Ok(Format::Raw),
+            "qcow2" => Ok(Format::Qcow2),
+            _ => Err(format!(
+                "unknown disk image format \"{s}\"; use raw or qcow2"
+            )),
+        }
+    }
+}
+
+/// Why an image cannot be opened or created. Every message names the file
+/// and says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// The file cannot be opened or read.
+    #[error("disk image {}: {source}; check the path and its permissions", path.display())]
+    Open {
+        /// The image.
+        path: PathBuf,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// `format=` names a format the file does not have.
+    #[error(
+        "disk image {}: format={given} was given, but the file is a {found} image; \
+         use format={found}, or convert it (qemu-img convert -O {given} {} NEW)",
+        path.display(), path.display()
+    )]
+    FormatMismatch {
+        /// The image.
+        path: PathBuf,
+        /// The format asked for.
+        given: Format,
+        /// The format found in the file.
+        found: Format,
+    },
+    /// A qcow2 image names a backing file that cannot be opened.
+    #[error(
+        "disk image {}: its backing file {} cannot be opened ({source}); restore that file, \
+         or point the image at another one (qemu-img rebase -u -b NEW-BACKING {})",
+        image.display(), backing.display(), image.display()
+    )]
+    MissingBacking {
+        /// The image whose header names the backing file.
+        image: PathBuf,
+        /// The backing file, resolved against the image's directory.
+        backing: PathBuf,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// The backing chain is longer than [`MAX_BACKING_DEPTH`] or loops.
+    #[error(
+        "disk image {}: its backing chain {reason}; check it with qemu-img info --backing-chain {}",
+        path.display(), path.display()
+    )]
+    BackingChain {
+        /// The top image.
+        path: PathBuf,
+        /// What is wrong with the chain.
+        reason: String,
+    },
+    /// The file is not a valid qcow2 image, or uses a feature Kapsel does
+    /// not support.
+    #[error(
+        "disk image {}: {source}; check it with qemu-img check {}",
+        path.display(), path.display()
+    )]
+    Qcow2 {
+        /// The image.
+        path: PathBuf,
+        /// What imago said.
+        source: io::Error,
+    },
+    /// An image cannot be created.
+    #[error("cannot create disk image {}: {reason}", path.display())]
+    Create {
+        /// The image to create.
+        path: PathBuf,
+        /// Why, and what to do.
+        reason: String,
+    },
+}
+
+/// Reads the format from the file's first bytes: qcow2 if it starts with
+/// [`QCOW2_MAGIC`], raw otherwise.
+pub fn detect(path: &Path) -> Result<Format, ImageError> {
+    let file = std::fs::File::open(path).map_err(|source| ImageError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
+    detect_file(&file).map_err(|source| ImageError::Open {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// [`detect`] on an open file (read with `pread`, the file offset is not
+/// moved).
+pub fn detect_file(file: &std::fs::File) -> io::Result<Format> {
+    let mut magic = [0u8; 4];
+    let mut n = 0;
+    // A file shorter than the magic is raw.
+    while n < magic.len() {
+        let got = file.read_at(&mut magic[n..], n as u64)?;
+        if got == 0 {
+            break;
+        }
+        n += got;
+    }
+    Ok(if n == magic.len() && magic == QCOW2_MAGIC {
+        Format::Qcow2
+    } else {
+        Format::Raw
+    })
+}
+
+/// Opens the image at `path`. With `format` `None` the format is detected
+/// from the magic; a given `format` must match the file. A qcow2 image's
+/// backing chain is opened read-only, each file resolved against the
+/// directory of the image naming it.
+pub fn open(
+    path: &Path,
+    format: Option<Format>,
+    read_only: bool,
+) -> Result<Box<dyn BlockBackend>, ImageError> {
+    let open_err = |source| ImageError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(!read_only)
+        .open(path)
+        .map_err(open_err)?;
+    let found = detect_file(&file).map_err(open_err)?;
+    if let Some(given) = format.filter(|&g| g != found) {
+        return Err(ImageError::FormatMismatch {
+            path: path.to_owned(),
+            given,
+            found,
+        });
+    }
+    match found {
+        Format::Raw => {
+            let mut raw = RawBackend::from_file(file, read_only).map_err(open_err)?;
+            raw.set_guard_magic(format.is_none());
+            Ok(Box::new(raw))
+        }
+        Format::Qcow2 => Ok(Box::new(Qcow2Backend::open_file(path, file, read_only)?)),
+    }
+}
+
+/// Creates a new image at `path` (which must not exist). `size` is the
+/// virtual size in bytes; `None` takes the backing file's size. A backing
+/// file (qcow2 only) is recorded as given, relative to the new image's
+/// directory when relative, with its detected format.
+pub fn create(
+    path: &Path,
+    format: Format,
+    size: Option<u64>,
+    backing: Option<&Path>,
+) -> Result<(), ImageError> {
+    let create_err = |reason: String| ImageError::Create {
+        path: path.to_owned(),
+        reason,
+    };
+    match format {
+        Format::Raw => {
+            if backing.is_some() {
+                return Err(create_err(
+                    "a raw image cannot have a backing file; use format qcow2".into(),
+                ));
+            }
+            let size = size.ok_or_else(|| create_err("no size given".into()))?;
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+                .map_err(|e| create_err(format!("{e}; choose a path that does not exist")))?;
+            file.set_len(size)
+                .map_err(|e| create_err(format!("cannot set the size to {size} bytes: {e}")))
+        }
+        Format::Qcow2 => qcow2::create(path, size, backing),
+    }
+}
+
+/// Checks that `len` bytes at `offset` lie within a disk of `size` bytes.
+pub(crate) fn check_bounds(size: u64, offset: u64, len: u64) -> io::Result<()> {
+    match offset.checked_add(len) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("range {offset}+{len} past the end of the disk ({size} bytes)"),
+        )),
+    }
+}
+
+/// The error of a write-like request to a read-only backend.
+pub(crate) fn read_only_error() -> io::Error {
+    io::Error::new(io::ErrorKind::PermissionDenied, "disk image is read-only")
+}
