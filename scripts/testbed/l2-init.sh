@@ -62,6 +62,22 @@ badinit)
     # PID 1 exits: the kernel panics ("Attempted to kill init!").
     exit 1
     ;;
+net)
+    # eth0 gets 192.0.2.2/24 (TEST-NET-1: the outer VM has no other network);
+    # the host end of the tap is 192.0.2.1 and serves net.bin over HTTP.
+    ip link set lo up
+    ip addr add 192.0.2.2/24 dev eth0
+    ip link set eth0 up
+    echo "KAPSEL-NET-MAC=$(cat /sys/class/net/eth0/address)"
+    if ping -c 3 -W 5 192.0.2.1 >/dev/null 2>&1; then
+        echo "KAPSEL-PING=ok"
+    else
+        echo "KAPSEL-PING=failed"
+    fi
+    wget -q -O /tmp/net.bin http://192.0.2.1:8080/net.bin
+    echo "KAPSEL-NET-RX-BYTES=$(wc -c </tmp/net.bin)"
+    echo "KAPSEL-NET-RX-MD5=$(md5sum </tmp/net.bin | cut -d' ' -f1)"
+    ;;
 virtio)
     # Report the virtio disks and entropy source; write 1 MiB to vdb at
     # offset 1 MiB for the host to check; try to write the read-only vdc.
@@ -89,7 +105,7 @@ virtio)
     ;;
 poweroff) ;;
 *)
-    echo "KAPSEL-TEST-UNKNOWN=$action (known: poweroff reboot shell panic badinit virtio)"
+    echo "KAPSEL-TEST-UNKNOWN=$action (known: poweroff reboot shell panic badinit virtio net)"
     ;;
 esac
 poweroff -f

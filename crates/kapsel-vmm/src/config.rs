@@ -35,6 +35,15 @@ pub struct DiskConfig {
     pub serial: Option<String>,
 }
 
+/// A network card the guest sees as a virtio-net device (eth0, eth1, ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    /// The host tap interface; created when it does not exist.
+    pub tap: String,
+    /// The guest's MAC address; a random locally administered one if None.
+    pub mac: Option<[u8; 6]>,
+}
+
 /// A complete description of one VM.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
@@ -59,6 +68,8 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// Whether the guest gets a virtio-rng device.
     pub rng: bool,
+    /// virtio-net cards.
+    pub nets: Vec<NetConfig>,
 }
 
 impl VmConfig {
@@ -76,6 +87,7 @@ impl VmConfig {
             hide_cpuid: Vec::new(),
             disks: Vec::new(),
             rng: false,
+            nets: Vec::new(),
         }
     }
 }

@@ -90,6 +90,8 @@ pub struct IoThread {
 }
 
 const STOP_TOKEN: u64 = u64::MAX;
+/// Marks a host descriptor (not a queue doorbell) in a token.
+const HOST_EVENT: u64 = 1 << 15;
 
 fn token(device: usize, queue: usize) -> u64 {
     ((device as u64) << 16) | queue as u64
@@ -113,6 +115,25 @@ impl IoThread {
         for (d, dev) in devices.iter().enumerate() {
             for (q, evt) in dev.doorbells.events.iter().enumerate() {
                 add(evt.as_raw_fd(), token(d, q))?;
+            }
+            let host_fds = dev
+                .device
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .host_event_fds();
+            for (i, fd) in host_fds.into_iter().enumerate() {
+                // Edge-triggered: a device that cannot take more (no receive
+                // buffers) leaves data waiting without the thread spinning.
+                epoll
+                    .ctl(
+                        ControlOperation::Add,
+                        fd,
+                        EpollEvent::new(
+                            EventSet::IN | EventSet::EDGE_TRIGGERED,
+                            token(d, i) | HOST_EVENT,
+                        ),
+                    )
+                    .map_err(|e| Error::io("adding to the I/O epoll", e))?;
             }
         }
         let thread_stop = stop
@@ -162,8 +183,15 @@ fn serve(epoll: Epoll, stop: EventFd, devices: Vec<IoDevice>) {
                 let _ = stop.read();
                 return;
             }
-            let (d, q) = ((data >> 16) as usize, (data & 0xffff) as usize);
+            let (d, q) = ((data >> 16) as usize, (data & 0x7fff) as usize);
             let Some(dev) = devices.get(d) else { continue };
+            if data & HOST_EVENT != 0 {
+                dev.device
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .handle_host_event(q);
+                continue;
+            }
             if let Some(evt) = dev.doorbells.events.get(q) {
                 // Reset the counter; several doorbell writes are one notification.
                 let _ = evt.read();

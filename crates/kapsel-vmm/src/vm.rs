@@ -17,6 +17,8 @@ use crate::devices::pci::bus::{
 };
 use crate::devices::pci::msix::InterruptSink;
 use crate::devices::virtio::block::{BlockOptions, VirtioBlock};
+use crate::devices::virtio::net::tap::Tap;
+use crate::devices::virtio::net::{VirtioNet, VNET_HDR_LEN};
 use crate::devices::virtio::rng::VirtioRng;
 use crate::devices::virtio::transport::VirtioPciDevice;
 use crate::devices::virtio::VirtioDevice;
@@ -173,6 +175,35 @@ fn open_disk(disk: &crate::config::DiskConfig) -> Result<VirtioBlock> {
     VirtioBlock::new(file, options).map_err(file_err)
 }
 
+fn open_net(net: &crate::config::NetConfig) -> Result<VirtioNet> {
+    let tap = Tap::open(&net.tap, VNET_HDR_LEN as i32).map_err(|e| {
+        Error::InvalidConfig(format!(
+            "--net tap={}: cannot open the tap: {e}; Kapsel needs CAP_NET_ADMIN (run as root) \
+             and /dev/net/tun (modprobe tun)",
+            net.tap
+        ))
+    })?;
+    let mac = match net.mac {
+        Some(mac) => mac,
+        None => {
+            // A random, locally administered, unicast address.
+            let mut mac = [0x52, 0x54, 0, 0, 0, 0];
+            getrandom::fill(&mut mac[3..])
+                .map_err(|e| Error::io("choosing a MAC address", std::io::Error::other(e)))?;
+            mac
+        }
+    };
+    tracing::info!(
+        "virtio-net on tap {} with MAC {}",
+        tap.name(),
+        mac.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    );
+    Ok(VirtioNet::new(Box::new(tap), mac))
+}
+
 /// The PCI host bridge with the virtio devices of `cfg`, reachable through
 /// the configuration ports, ECAM and the 32-bit BAR window; returns the
 /// devices for the I/O thread.
@@ -193,6 +224,9 @@ fn add_pci(
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
     for disk in &cfg.disks {
         devices.push(Box::new(open_disk(disk)?));
+    }
+    for net in &cfg.nets {
+        devices.push(Box::new(open_net(net)?));
     }
     if cfg.rng {
         devices.push(Box::new(VirtioRng::new()));

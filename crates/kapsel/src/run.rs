@@ -1,7 +1,7 @@
 //! `kapsel run`: boot one VM in the foreground.
 
 use clap::{Args, ValueEnum};
-use kapsel_vmm::config::DiskConfig;
+use kapsel_vmm::config::{DiskConfig, NetConfig};
 use kapsel_vmm::{ConsoleSpec, OnReboot, VmConfig, VmExit};
 use std::path::PathBuf;
 
@@ -38,6 +38,9 @@ pub struct RunArgs {
     /// Give the guest a virtio-rng entropy device.
     #[arg(long)]
     pub rng: bool,
+    /// A virtio-net card on a host tap (repeatable): tap=NAME[,mac=52:54:00:12:34:56].
+    #[arg(long = "net", value_name = "SPEC", value_parser = parse_net)]
+    pub nets: Vec<NetConfig>,
 }
 
 /// `--on-reboot` values.
@@ -101,6 +104,50 @@ fn parse_disk(text: &str) -> Result<DiskConfig, String> {
     Ok(disk)
 }
 
+fn parse_mac(text: &str) -> Result<[u8; 6], String> {
+    let bad = || format!("\"{text}\" is not a MAC address; write it like 52:54:00:12:34:56");
+    let parts: Vec<&str> = text.split(':').collect();
+    if parts.len() != 6 {
+        return Err(bad());
+    }
+    let mut mac = [0u8; 6];
+    for (b, p) in mac.iter_mut().zip(&parts) {
+        if p.len() != 2 {
+            return Err(bad());
+        }
+        *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    }
+    if mac[0] & 1 != 0 {
+        return Err(format!(
+            "{text} is a multicast address; the first byte must be even"
+        ));
+    }
+    Ok(mac)
+}
+
+fn parse_net(text: &str) -> Result<NetConfig, String> {
+    let mut net = NetConfig {
+        tap: String::new(),
+        mac: None,
+    };
+    for opt in text.split(',') {
+        match opt.split_once('=') {
+            Some(("tap", name)) if !name.is_empty() && name.len() <= 15 => net.tap = name.into(),
+            Some(("tap", _)) => return Err("tap=NAME takes 1 to 15 characters".into()),
+            Some(("mac", mac)) => net.mac = Some(parse_mac(mac)?),
+            _ => {
+                return Err(format!(
+                    "unknown network option \"{opt}\"; use tap=NAME[,mac=MAC]"
+                ))
+            }
+        }
+    }
+    if net.tap.is_empty() {
+        return Err("give the host interface: tap=NAME".into());
+    }
+    Ok(net)
+}
+
 /// Runs `kapsel run`; returns the process exit code.
 pub fn main(args: RunArgs) -> u8 {
     let cfg = VmConfig {
@@ -117,6 +164,7 @@ pub fn main(args: RunArgs) -> u8 {
         hide_cpuid: args.hide_cpuid,
         disks: args.disks,
         rng: args.rng,
+        nets: args.nets,
     };
     match kapsel_vmm::run(&cfg) {
         Ok(exit) => {
@@ -167,6 +215,25 @@ mod tests {
             .contains("unknown disk option"));
         assert!(parse_disk(",ro").is_err());
         assert!(parse_disk("e.img,serial=123456789012345678901").is_err());
+    }
+
+    #[test]
+    fn net_specs() {
+        let n = parse_net("tap=kt0,mac=52:54:00:12:34:56").unwrap();
+        assert_eq!(n.tap, "kt0");
+        assert_eq!(n.mac, Some([0x52, 0x54, 0, 0x12, 0x34, 0x56]));
+        assert_eq!(parse_net("tap=kt1").unwrap().mac, None);
+        assert!(parse_net("mac=52:54:00:12:34:56")
+            .unwrap_err()
+            .contains("tap=NAME"));
+        assert!(parse_net("tap=kt0,mac=53:54:00:12:34:56")
+            .unwrap_err()
+            .contains("multicast"));
+        assert!(parse_net("tap=kt0,mac=52:54:00:12:34").is_err());
+        assert!(parse_net("tap=kt0,vhost=on")
+            .unwrap_err()
+            .contains("unknown network option"));
+        assert!(parse_net("tap=a-very-long-tap-name").is_err());
     }
 
     #[test]

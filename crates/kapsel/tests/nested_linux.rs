@@ -246,3 +246,20 @@ fn linux_sees_virtio_disks_and_writes_reach_the_host() {
     assert_eq!(marker(&s.log, "KAPSEL-RNG="), Some("virtio_rng.0"));
     assert_eq!(marker(&s.log, "KAPSEL-RNG-BYTES="), Some("32"));
 }
+
+#[test]
+fn linux_talks_to_the_host_over_virtio_net_on_a_tap() {
+    let Some(s) = scenario("net") else { return };
+    let out = &batch().unwrap().out;
+    assert_eq!(s.exit, 0, "{}\n{}", s.err, s.log);
+    assert_eq!(marker(&s.log, "KAPSEL-NET-MAC="), Some("52:54:00:12:34:56"));
+    assert_eq!(marker(&s.log, "KAPSEL-PING="), Some("ok"), "{}", s.log);
+    assert_eq!(marker(&s.log, "KAPSEL-NET-RX-BYTES="), Some("4194304"));
+    let sent = md5_of(&out.join("net.bin"), 0, 4 << 20);
+    assert_eq!(
+        marker(&s.log, "KAPSEL-NET-RX-MD5="),
+        Some(sent.as_str()),
+        "{}",
+        s.log
+    );
+}

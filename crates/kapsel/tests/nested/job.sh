@@ -40,7 +40,7 @@ boot() {
 }
 
 K="--kernel $KAPSEL_L2_KERNEL --initrd $KAPSEL_L2_INITRD"
-for scenario in ${KAPSEL_SCENARIOS:-cpus1 cpus2 cpus4 reboot restart panic vmlinux virtio}; do
+for scenario in ${KAPSEL_SCENARIOS:-cpus1 cpus2 cpus4 reboot restart panic vmlinux virtio net}; do
     case $scenario in
     cpus1) boot cpus1 0 $K --cpus 1 --memory 256M --cmdline "$BASE" ;;
     cpus2) boot cpus2 0 $K --cpus 2 --memory 512M --cmdline "$BASE" ;;
@@ -63,6 +63,26 @@ for scenario in ${KAPSEL_SCENARIOS:-cpus1 cpus2 cpus4 reboot restart panic vmlin
         boot virtio 0 $K --memory 256M --rng --cmdline "$BASE kapsel.test=virtio" \
             --disk "$OUT/vda.img,serial=kapsel-vda" --disk "$OUT/vdb.img" \
             --disk "$OUT/vdc.img,ro,serial=ro-disk"
+        ;;
+    net)
+        # kapsel creates the tap kt0; once it exists, L1 addresses it and
+        # serves 4 MiB of random data over HTTP for the guest to fetch.
+        modprobe tun 2>/dev/null
+        dd if=/dev/urandom of="$OUT/net.bin" bs=64k count=64 2>/dev/null
+        (
+            i=0
+            while ! ip link show kt0 >/dev/null 2>&1 && [ $i -lt 600 ]; do
+                sleep 0.1
+                i=$((i + 1))
+            done
+            ip addr add 192.0.2.1/24 dev kt0
+            ip link set kt0 up
+            exec httpd -f -p 192.0.2.1:8080 -h "$OUT"
+        ) &
+        server=$!
+        boot net 0 $K --memory 256M --net tap=kt0,mac=52:54:00:12:34:56 \
+            --cmdline "$BASE kapsel.test=net"
+        kill $server 2>/dev/null || true
         ;;
     esac
 done

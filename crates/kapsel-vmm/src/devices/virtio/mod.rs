@@ -6,6 +6,7 @@
 //! be added to a [`PciBus`](crate::devices::pci::PciBus).
 
 pub mod block;
+pub mod net;
 pub mod rng;
 pub mod transport;
 
@@ -42,6 +43,8 @@ pub const VIRTIO_RING_F_EVENT_IDX: u32 = 29;
 pub const TYPE_BLOCK: u32 = 2;
 /// Device type: entropy source.
 pub const TYPE_RNG: u32 = 4;
+/// Device type: network card.
+pub const TYPE_NET: u32 = 1;
 
 /// Longest queue the split ring allows.
 pub const MAX_QUEUE_SIZE: u16 = 32768;
@@ -121,6 +124,19 @@ pub trait VirtioDevice: Send {
     /// The driver notified queue `queue_index` (bounded work: a device
     /// processes at most what the ring holds, then returns).
     fn queue_notify(&mut self, queue_index: u16) -> Result<(), DeviceError>;
+
+    /// Host descriptors the device wants to hear about (a tap's fd), polled
+    /// edge-triggered by the I/O thread: the device must consume until the
+    /// source runs dry or it cannot take more, and resume on its own
+    /// (e.g. when the driver adds receive buffers).
+    fn host_event_fds(&self) -> Vec<std::os::fd::RawFd> {
+        Vec::new()
+    }
+
+    /// Host descriptor `index` of [`VirtioDevice::host_event_fds`] is ready.
+    fn host_event(&mut self, _index: usize) -> Result<(), DeviceError> {
+        Ok(())
+    }
 }
 
 /// Most chains a device takes from one queue per notification, in rounds of

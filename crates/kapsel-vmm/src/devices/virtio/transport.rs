@@ -635,6 +635,22 @@ impl VirtioPciDevice {
         }
     }
 
+    /// Host descriptors the device wants the I/O thread to poll
+    /// (edge-triggered; see [`VirtioDevice::host_event_fds`]).
+    pub fn host_event_fds(&self) -> Vec<std::os::fd::RawFd> {
+        self.device.host_event_fds()
+    }
+
+    /// Host descriptor `index` of [`Self::host_event_fds`] is ready.
+    pub fn handle_host_event(&mut self, index: usize) {
+        if self.status & STATUS_DRIVER_OK == 0 || self.status & STATUS_NEEDS_RESET != 0 {
+            return;
+        }
+        if let Err(e) = self.device.host_event(index) {
+            self.needs_reset(&format!("host event {index}: {e}"));
+        }
+    }
+
     /// The driver notified queue `index` (through a trapped doorbell write
     /// or an ioeventfd): process what it made available.
     pub fn notify_queue(&mut self, index: u16) {

@@ -1,4 +1,6 @@
-//! virtio-blk (virtio 5.2) over a raw image in a host file.
+//! virtio-blk (virtio 5.2) over a disk image: any
+//! [`BlockBackend`](kapsel_image::BlockBackend) (raw file or block device,
+//! qcow2 with its backing chain).
 //!
 //! Requests run synchronously in the notifying vCPU thread (no worker
 //! thread or ioeventfd yet); every request is checked by
@@ -11,15 +13,14 @@ use super::{
     feature, process_queue, ActivateError, DeviceError, VirtioDevice, VirtioInterrupt, TYPE_BLOCK,
 };
 use crate::memory::GuestMem;
+use kapsel_image::{BlockBackend, RawBackend};
 use request::{
     parse_request, DiskLimits, Request, RequestError, RequestKind, SectorRange, ID_BYTES,
     MAX_DISCARD_SECTORS, MAX_DISCARD_SEGMENTS, MAX_WRITE_ZEROES_SEGMENTS, SECTOR_SHIFT,
     SECTOR_SIZE, SEG_MAX, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
 };
 use std::fs::File;
-use std::io::{self, Seek, SeekFrom};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
+use std::io;
 use std::sync::Arc;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
@@ -73,9 +74,9 @@ struct Active {
     limits: DiskLimits,
 }
 
-/// A virtio block device backed by a raw image.
+/// A virtio block device backed by a disk image.
 pub struct VirtioBlock {
-    disk: File,
+    disk: Box<dyn BlockBackend>,
     capacity_sectors: u64,
     read_only: bool,
     id: [u8; ID_BYTES],
@@ -85,11 +86,20 @@ pub struct VirtioBlock {
 }
 
 impl VirtioBlock {
-    /// A device over `disk`, whose size (rounded down to whole sectors) is
-    /// the capacity. `disk` must be open for writing unless read-only.
+    /// A device over the raw image `disk`, whose size (rounded down to
+    /// whole sectors) is the capacity. `disk` must be open for writing
+    /// unless read-only.
     pub fn new(disk: File, options: BlockOptions) -> io::Result<Self> {
-        let size = (&disk).seek(SeekFrom::End(0))?;
-        let capacity_sectors = size >> SECTOR_SHIFT;
+        let backend = RawBackend::from_file(disk, options.read_only)?;
+        Ok(Self::with_backend(Box::new(backend), options))
+    }
+
+    /// A device over `disk`, whose size (rounded down to whole sectors) is
+    /// the capacity. The device is read-only if `options` or the backend
+    /// says so.
+    pub fn with_backend(disk: Box<dyn BlockBackend>, options: BlockOptions) -> Self {
+        let capacity_sectors = disk.size() >> SECTOR_SHIFT;
+        let read_only = options.read_only || disk.read_only();
         let mut id = [0u8; ID_BYTES];
         let serial = options.serial.as_bytes();
         let n = serial.len().min(ID_BYTES);
@@ -114,15 +124,15 @@ impl VirtioBlock {
             &MAX_WRITE_ZEROES_SEGMENTS.to_le_bytes(),
         );
         put(CFG_WRITE_ZEROES_MAY_UNMAP, &[1]);
-        Ok(VirtioBlock {
+        VirtioBlock {
             disk,
             capacity_sectors,
-            read_only: options.read_only,
+            read_only,
             id,
             config,
             queue_sizes: [BLOCK_QUEUE_SIZE],
             active: None,
-        })
+        }
     }
 
     /// Disk size in 512-byte sectors.
@@ -133,11 +143,16 @@ impl VirtioBlock {
 
 /// Runs a checked request; returns the status and how many bytes were
 /// written into the guest's data buffers.
-pub fn execute(req: &Request, mem: &GuestMem, disk: &File, id: &[u8; ID_BYTES]) -> (u8, u32) {
+pub fn execute(
+    req: &Request,
+    mem: &GuestMem,
+    disk: &mut dyn BlockBackend,
+    id: &[u8; ID_BYTES],
+) -> (u8, u32) {
     let result = match req.kind {
         RequestKind::Read => read(req, mem, disk).map(|()| req.data_len as u32),
         RequestKind::Write => write(req, mem, disk).map(|()| 0),
-        RequestKind::Flush => disk.sync_data().map(|()| 0),
+        RequestKind::Flush => disk.flush().map(|()| 0),
         RequestKind::GetId => get_id(req, mem, id),
         RequestKind::Discard | RequestKind::WriteZeroes => req
             .ranges
@@ -182,20 +197,20 @@ fn for_each_chunk(
     Ok(())
 }
 
-fn read(req: &Request, mem: &GuestMem, disk: &File) -> io::Result<()> {
+fn read(req: &Request, mem: &GuestMem, disk: &dyn BlockBackend) -> io::Result<()> {
     let mut buf = vec![0u8; BOUNCE_SIZE];
     for_each_chunk(req, |addr, offset, n| {
-        disk.read_exact_at(&mut buf[..n], offset)?;
+        disk.read_at(&mut buf[..n], offset)?;
         mem.write_slice(&buf[..n], addr).map_err(|_| bad_address())
     })
 }
 
-fn write(req: &Request, mem: &GuestMem, disk: &File) -> io::Result<()> {
+fn write(req: &Request, mem: &GuestMem, disk: &dyn BlockBackend) -> io::Result<()> {
     let mut buf = vec![0u8; BOUNCE_SIZE];
     for_each_chunk(req, |addr, offset, n| {
         mem.read_slice(&mut buf[..n], addr)
             .map_err(|_| bad_address())?;
-        disk.write_all_at(&buf[..n], offset)
+        disk.write_at(&buf[..n], offset)
     })
 }
 
@@ -213,52 +228,14 @@ fn get_id(req: &Request, mem: &GuestMem, id: &[u8; ID_BYTES]) -> io::Result<u32>
     Ok(written as u32)
 }
 
-fn fallocate(disk: &File, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
-    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
-        return Err(io::Error::from(io::ErrorKind::InvalidInput));
-    };
-    // SAFETY: fallocate only acts on the open file descriptor `disk` owns;
-    // it touches no memory of this process.
-    let rc = unsafe { libc::fallocate(disk.as_raw_fd(), mode, offset, len) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// Discards (punch hole) or zeroes (zero range, or punch hole when unmap is
-/// allowed) a range; falls back to writing zeroes where the file system
-/// cannot. A discard the file system cannot do is a successful no-op
-/// (discard is a hint).
-fn zero_range(disk: &File, r: &SectorRange, discard: bool) -> io::Result<()> {
-    if r.num_sectors == 0 {
-        return Ok(());
-    }
+/// Discards a range, or zeroes it (deallocating it when the driver allows).
+fn zero_range(disk: &mut dyn BlockBackend, r: &SectorRange, discard: bool) -> io::Result<()> {
     let offset = r.sector << SECTOR_SHIFT;
     let len = u64::from(r.num_sectors) << SECTOR_SHIFT;
-    let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
-    let mode = if discard || r.unmap {
-        punch
+    if discard {
+        disk.discard(offset, len)
     } else {
-        libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE
-    };
-    match fallocate(disk, mode, offset, len) {
-        Ok(()) => Ok(()),
-        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
-            if discard {
-                return Ok(());
-            }
-            let zeroes = vec![0u8; BOUNCE_SIZE];
-            let mut done = 0u64;
-            while done < len {
-                let n = (len - done).min(BOUNCE_SIZE as u64);
-                disk.write_all_at(&zeroes[..n as usize], offset + done)?;
-                done += n;
-            }
-            Ok(())
-        }
-        Err(e) => Err(e),
+        disk.write_zeroes(offset, len, r.unmap)
     }
 }
 
@@ -267,7 +244,7 @@ fn handle_chain(
     chain: DescriptorChain<&GuestMem>,
     mem: &GuestMem,
     limits: &DiskLimits,
-    disk: &File,
+    disk: &mut dyn BlockBackend,
     id: &[u8; ID_BYTES],
 ) -> u32 {
     let parsed = parse_request(mem, chain, limits);
@@ -360,7 +337,7 @@ impl VirtioDevice for VirtioBlock {
         let Some(a) = self.active.as_mut().filter(|_| queue_index == 0) else {
             return Ok(());
         };
-        let (disk, id, limits) = (&self.disk, &self.id, a.limits);
+        let (disk, id, limits) = (self.disk.as_mut(), &self.id, a.limits);
         let mem = a.mem.clone();
         if process_queue(&mut a.queue, &a.mem, |chain| {
             handle_chain(chain, &mem, &limits, disk, id)
@@ -384,6 +361,7 @@ mod tests {
         STATUS_NEEDS_RESET, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
     };
     use std::io::Write;
+    use std::os::unix::fs::FileExt;
     use virtio_queue::desc::{split::Descriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
 
@@ -422,7 +400,15 @@ mod tests {
         } else {
             file.reopen().unwrap()
         };
-        let mut d = Driver::new(Box::new(VirtioBlock::new(f, options).unwrap()));
+        start(VirtioBlock::new(f, options).unwrap(), file)
+    }
+
+    /// Negotiates every offered feature and readies queue 0.
+    fn start(
+        dev: VirtioBlock,
+        file: tempfile::NamedTempFile,
+    ) -> (Blk, MockSplitQueue<'static, GuestMem>) {
+        let mut d = Driver::new(Box::new(dev));
         let features = d.device_features();
         assert_eq!(
             d.negotiate(features),
@@ -546,6 +532,66 @@ mod tests {
         let mut c = [0u8; 1];
         ro.d.dev.read_config(0, &mut c);
         assert_eq!(c, [0xf4]);
+    }
+
+    #[test]
+    fn qcow2_backend_through_the_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.qcow2");
+        kapsel_image::create(
+            &path,
+            kapsel_image::Format::Qcow2,
+            Some(SECTORS * 512),
+            None,
+        )
+        .unwrap();
+        let backend = kapsel_image::open(&path, None, false).unwrap();
+        let dev = VirtioBlock::with_backend(backend, BlockOptions::default());
+        assert_eq!(dev.capacity_sectors(), SECTORS);
+        let (mut b, vq) = start(dev, disk());
+        let data: Vec<u8> = (0..70 * 1024).map(|i| (i * 13 + 1) as u8).collect();
+        b.d.mem.write_slice(&data, GuestAddress(BUF)).unwrap();
+        let len = data.len() as u32;
+        assert_eq!(
+            b.request(&vq, VIRTIO_BLK_T_OUT, 100, &[(BUF, len, 0)]),
+            (VIRTIO_BLK_S_OK, 1)
+        );
+        b.d.mem
+            .write_slice(&range(110, 8, 0), GuestAddress(BUF))
+            .unwrap();
+        assert_eq!(
+            b.request(&vq, VIRTIO_BLK_T_WRITE_ZEROES, 0, &[(BUF, 16, 0)])
+                .0,
+            VIRTIO_BLK_S_OK
+        );
+        assert_eq!(
+            b.request(&vq, VIRTIO_BLK_T_FLUSH, 0, &[]),
+            (VIRTIO_BLK_S_OK, 1)
+        );
+        let out = BUF + 0x2_0000;
+        assert_eq!(
+            b.request(&vq, VIRTIO_BLK_T_IN, 100, &[(out, len, DESC_F_WRITE)]),
+            (VIRTIO_BLK_S_OK, len + 1)
+        );
+        let mut expected = data.clone();
+        expected[10 * 512..18 * 512].fill(0);
+        assert_eq!(b.guest(out, data.len()), expected);
+        // Unwritten sectors read as zeroes.
+        assert_eq!(
+            b.request(&vq, VIRTIO_BLK_T_IN, 0, &[(out, 512, DESC_F_WRITE)])
+                .0,
+            VIRTIO_BLK_S_OK
+        );
+        assert_eq!(b.guest(out, 512), vec![0; 512]);
+        drop(b);
+        // The image holds the data after the device is gone.
+        let img = kapsel_image::open(&path, None, true).unwrap();
+        let mut back = vec![0u8; data.len()];
+        img.read_at(&mut back, 100 * 512).unwrap();
+        assert_eq!(back, expected);
+        // A read-only backend makes a read-only device.
+        let ro = VirtioBlock::with_backend(img, BlockOptions::default());
+        assert_ne!(ro.features() & feature(VIRTIO_BLK_F_RO), 0);
     }
 
     #[test]

@@ -1,0 +1,381 @@
+//! kapsel-image against QEMU's own tools: images made by `qemu-img` are read
+//! and written through the backends, and what the backends wrote is checked
+//! with `qemu-img check` and read back with `qemu-img convert -O raw`.
+//! Every test prints a `SKIP:` line and passes when qemu-img is missing.
+
+use kapsel_image::{open, BlockBackend, Format, ImageError};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const MIB: u64 = 1 << 20;
+
+fn have_qemu_img() -> bool {
+    let ok = Command::new("qemu-img")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        println!("SKIP: qemu-img not installed (apt-get install qemu-utils)");
+    }
+    ok
+}
+
+fn qemu_img(args: &[&str]) -> String {
+    let out = Command::new("qemu-img").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "qemu-img {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// `qemu-img check` finds no errors and no leaks.
+fn assert_clean(img: &Path) {
+    let out = qemu_img(&["check", s(img)]);
+    assert!(out.contains("No errors were found"), "{out}");
+}
+
+/// The image's content as QEMU reads it.
+fn qemu_read(img: &Path, dir: &Path) -> Vec<u8> {
+    let raw = dir.join("converted.raw");
+    let _ = std::fs::remove_file(&raw);
+    qemu_img(&["convert", "-O", "raw", s(img), s(&raw)]);
+    std::fs::read(raw).unwrap()
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(seed | 1) ^ (i >> 9) as u8 ^ seed)
+        .collect()
+}
+
+/// Writes `data` at `offset` through the backend and into `model`.
+fn write(b: &dyn BlockBackend, model: &mut [u8], offset: u64, data: &[u8]) {
+    b.write_at(data, offset).unwrap();
+    model[offset as usize..offset as usize + data.len()].copy_from_slice(data);
+}
+
+fn read_all(b: &dyn BlockBackend) -> Vec<u8> {
+    let mut v = vec![0u8; b.size() as usize];
+    // In pieces that do not line up with clusters.
+    for (i, chunk) in v.chunks_mut(96 * 1024 + 512).enumerate() {
+        b.read_at(chunk, i as u64 * (96 * 1024 + 512)).unwrap();
+    }
+    v
+}
+
+/// Writes, zeroes and discards at awkward places; returns the expected disk.
+fn exercise(b: &mut dyn BlockBackend, size: u64) -> Vec<u8> {
+    let mut model = vec![0u8; size as usize];
+    let mut init = vec![0u8; size as usize];
+    b.read_at(&mut init, 0).unwrap();
+    model.copy_from_slice(&init);
+    write(b, &mut model, 0, &pattern(512, 1));
+    // Across a 64 KiB cluster boundary.
+    write(b, &mut model, 65536 - 1024, &pattern(4096, 2));
+    // Several clusters at once, not cluster-aligned.
+    write(b, &mut model, 3 * MIB + 512, &pattern(300 * 1024, 3));
+    // The last sector.
+    write(b, &mut model, size - 512, &pattern(512, 4));
+    // Overwrite inside an allocated cluster.
+    write(b, &mut model, 3 * MIB + 4096, &pattern(1024, 5));
+    b.write_zeroes(3 * MIB + 8192, 128 * 1024, false).unwrap();
+    model[(3 * MIB + 8192) as usize..(3 * MIB + 8192 + 128 * 1024) as usize].fill(0);
+    b.write_zeroes(MIB, 2 * 65536, true).unwrap();
+    model[MIB as usize..(MIB + 2 * 65536) as usize].fill(0);
+    // Discard leaves unspecified data: discard a range, then rewrite it so
+    // the expected content is known again.
+    b.discard(5 * MIB, MIB).unwrap();
+    write(b, &mut model, 5 * MIB, &pattern(MIB as usize, 6));
+    b.flush().unwrap();
+    model
+}
+
+#[test]
+fn raw_round_trip() {
+    if !have_qemu_img() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("disk.raw");
+    qemu_img(&["create", "-f", "raw", s(&img), "8M"]);
+    let mut b = open(&img, None, false).unwrap();
+    assert_eq!(b.size(), 8 * MIB);
+    let model = exercise(b.as_mut(), 8 * MIB);
+    assert_eq!(read_all(b.as_ref()), model);
+    drop(b);
+    assert_eq!(std::fs::read(&img).unwrap(), model);
+    assert_eq!(qemu_read(&img, dir.path()), model);
+}
+
+#[test]
+fn qcow2_written_by_kapsel_reads_back_in_qemu() {
+    if !have_qemu_img() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("disk.qcow2");
+    qemu_img(&["create", "-f", "qcow2", s(&img), "8M"]);
+    let mut b = open(&img, None, false).unwrap();
+    assert_eq!(b.size(), 8 * MIB);
+    let model = exercise(b.as_mut(), 8 * MIB);
+    assert_eq!(read_all(b.as_ref()), model);
+    drop(b);
+    assert_clean(&img);
+    assert_eq!(qemu_read(&img, dir.path()), model);
+    // Reopened, Kapsel reads what it wrote.
+    let b = open(&img, Some(Format::Qcow2), true).unwrap();
+    assert_eq!(read_all(b.as_ref()), model);
+}
+
+#[test]
+fn qcow2_written_by_qemu_reads_in_kapsel() {
+    if !have_qemu_img() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("src.raw");
+    let mut data = pattern(6 * MIB as usize, 9);
+    data[2 * MIB as usize..3 * MIB as usize].fill(0);
+    std::fs::write(&raw, &data).unwrap();
+    for (name, extra) in [("plain.qcow2", None), ("compressed.qcow2", Some("-c"))] {
+        let img = dir.path().join(name);
+        let mut args = vec!["convert", "-O", "qcow2"];
+        args.extend(extra);
+        args.extend([s(&raw), s(&img)]);
+        qemu_img(&args);
+        let b = open(&img, None, true).unwrap();
+        assert_eq!(b.size(), 6 * MIB);
+        assert_eq!(read_all(b.as_ref()), data, "{name}");
+        assert!(b.read_only());
+        assert!(b.write_at(&[1], 0).is_err());
+    }
+}
+
+#[test]
+fn qcow2_backing_chain() {
+    if !have_qemu_img() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.raw");
+    let base_data = pattern(8 * MIB as usize, 11);
+    std::fs::write(&base, &base_data).unwrap();
+    let mid = dir.path().join("mid.qcow2");
+    let top = dir.path().join("top.qcow2");
+    // Relative backing names, resolved against the image's directory.
+    qemu_img(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-b",
+        "base.raw",
+        "-F",
+        "raw",
+        s(&mid),
+    ]);
+    qemu_img(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-b",
+        "mid.qcow2",
+        "-F",
+        "qcow2",
+        s(&top),
+    ]);
+
+    let mut expected = base_data.clone();
+    {
+        let m = open(&mid, None, false).unwrap();
+        write(
+            m.as_ref(),
+            &mut expected,
+            2 * MIB,
+            &pattern(70000 - 70000 % 512, 12),
+        );
+    }
+    let mid_after = qemu_read(&mid, dir.path());
+    assert_eq!(mid_after, expected);
+
+    let mut t = open(&top, None, false).unwrap();
+    assert_eq!(t.size(), 8 * MIB);
+    assert_eq!(read_all(t.as_ref()), expected);
+    write(t.as_ref(), &mut expected, 2 * MIB + 4096, &pattern(512, 13));
+    write(t.as_ref(), &mut expected, 7 * MIB, &pattern(65536, 14));
+    // Zeroes must hide the backing data, with and without unmapping.
+    t.write_zeroes(4 * MIB, 65536 + 1024, false).unwrap();
+    expected[4 * MIB as usize..(4 * MIB + 65536 + 1024) as usize].fill(0);
+    t.write_zeroes(5 * MIB + 512, 3 * 65536, true).unwrap();
+    expected[(5 * MIB + 512) as usize..(5 * MIB + 512 + 3 * 65536) as usize].fill(0);
+    t.flush().unwrap();
+    assert_eq!(read_all(t.as_ref()), expected);
+    drop(t);
+
+    assert_clean(&top);
+    assert_clean(&mid);
+    assert_eq!(qemu_read(&top, dir.path()), expected);
+    // The lower layers are untouched.
+    assert_eq!(std::fs::read(&base).unwrap(), base_data);
+    assert_eq!(qemu_read(&mid, dir.path()), mid_after);
+}
+
+#[test]
+fn missing_backing_file_is_named() {
+    if !have_qemu_img() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.qcow2");
+    let top = dir.path().join("top.qcow2");
+    qemu_img(&["create", "-f", "qcow2", s(&base), "1M"]);
+    qemu_img(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-b",
+        "base.qcow2",
+        "-F",
+        "qcow2",
+        s(&top),
+    ]);
+    std::fs::remove_file(&base).unwrap();
+    let err = open(&top, None, true).err().unwrap();
+    match &err {
+        ImageError::MissingBacking { image, backing, .. } => {
+            assert_eq!(image, &top);
+            assert_eq!(backing, &base);
+        }
+        e => panic!("wrong error {e:?}"),
+    }
+    let msg = err.to_string();
+    assert!(
+        msg.contains(s(&base)) && msg.contains("qemu-img rebase"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn backing_loop_is_refused() {
+    if !have_qemu_img() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.qcow2");
+    let b = dir.path().join("b.qcow2");
+    qemu_img(&["create", "-f", "qcow2", s(&a), "1M"]);
+    qemu_img(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-b",
+        "a.qcow2",
+        "-F",
+        "qcow2",
+        s(&b),
+    ]);
+    qemu_img(&[
+        "rebase",
+        "-u",
+        "-f",
+        "qcow2",
+        "-b",
+        "b.qcow2",
+        "-F",
+        "qcow2",
+        s(&a),
+    ]);
+    let err = open(&b, None, true).err().unwrap();
+    assert!(matches!(err, ImageError::BackingChain { .. }), "{err}");
+}
+
+#[test]
+fn format_mismatch_is_refused() {
+    if !have_qemu_img() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let q = dir.path().join("disk.qcow2");
+    let r = dir.path().join("disk.raw");
+    qemu_img(&["create", "-f", "qcow2", s(&q), "1M"]);
+    qemu_img(&["create", "-f", "raw", s(&r), "1M"]);
+    let err = open(&q, Some(Format::Raw), false).err().unwrap();
+    assert!(matches!(
+        err,
+        ImageError::FormatMismatch {
+            given: Format::Raw,
+            found: Format::Qcow2,
+            ..
+        }
+    ));
+    let msg = err.to_string();
+    assert!(msg.contains(s(&q)) && msg.contains("format=qcow2"), "{msg}");
+    let err = open(&r, Some(Format::Qcow2), false).err().unwrap();
+    assert!(matches!(
+        err,
+        ImageError::FormatMismatch {
+            given: Format::Qcow2,
+            found: Format::Raw,
+            ..
+        }
+    ));
+    assert!(open(&q, Some(Format::Qcow2), false).is_ok());
+    assert!(open(&r, Some(Format::Raw), false).is_ok());
+}
+
+#[test]
+fn unopenable_file_is_named() {
+    let missing = PathBuf::from("/nonexistent/kapsel/disk.img");
+    let err = open(&missing, None, true).err().unwrap();
+    assert!(matches!(err, ImageError::Open { .. }));
+    assert!(err.to_string().contains("/nonexistent/kapsel/disk.img"));
+}
+
+#[test]
+fn created_images_pass_qemu_img_check() {
+    if !have_qemu_img() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("new.raw");
+    kapsel_image::create(&raw, Format::Raw, Some(3 * MIB), None).unwrap();
+    assert_eq!(std::fs::metadata(&raw).unwrap().len(), 3 * MIB);
+    let base = dir.path().join("base.qcow2");
+    kapsel_image::create(&base, Format::Qcow2, Some(16 * MIB), None).unwrap();
+    assert_clean(&base);
+    let info = qemu_img(&["info", s(&base)]);
+    assert!(info.contains("virtual size: 16 MiB"), "{info}");
+    assert!(info.contains("compat: 1.1"), "{info}");
+    {
+        let mut b = open(&base, None, false).unwrap();
+        let model = exercise(b.as_mut(), 16 * MIB);
+        drop(b);
+        assert_clean(&base);
+        assert_eq!(qemu_read(&base, dir.path()), model);
+    }
+    let top = dir.path().join("top.qcow2");
+    kapsel_image::create(&top, Format::Qcow2, None, Some(Path::new("base.qcow2"))).unwrap();
+    let info = qemu_img(&["info", s(&top)]);
+    assert!(info.contains("backing file: base.qcow2"), "{info}");
+    assert!(info.contains("backing file format: qcow2"), "{info}");
+    assert_clean(&top);
+    assert!(
+        kapsel_image::create(&dir.path().join("x.raw"), Format::Raw, None, Some(&base)).is_err()
+    );
+    let err = kapsel_image::create(
+        &dir.path().join("y.qcow2"),
+        Format::Qcow2,
+        None,
+        Some(Path::new("nope.qcow2")),
+    )
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains("nope.qcow2"), "{err}");
+    assert!(!dir.path().join("y.qcow2").exists());
+}

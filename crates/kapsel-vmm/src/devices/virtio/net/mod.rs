@@ -1,0 +1,438 @@
+//! virtio-net (virtio 5.1): a network card whose frames go to and come from
+//! a host tap interface. One receive and one transmit queue; the MAC address
+//! and link status in configuration space. Frames carry the 12-byte
+//! virtio-net header, which the tap understands (IFF_VNET_HDR), so the
+//! device copies them through unchanged.
+
+pub mod tap;
+
+use super::{feature, ActivateError, DeviceError, VirtioDevice, VirtioInterrupt, TYPE_NET};
+use crate::memory::GuestMem;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use virtio_queue::{DescriptorChain, Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress};
+
+/// Size of each queue.
+pub const NET_QUEUE_SIZE: u16 = 256;
+/// The virtio-net header in front of each frame (virtio_net_hdr_v1).
+pub const VNET_HDR_LEN: usize = 12;
+/// Largest frame with its header the device moves (64 KiB frame + header).
+pub const MAX_FRAME: usize = 65_536 + VNET_HDR_LEN;
+
+const RX_QUEUE: u16 = 0;
+const TX_QUEUE: u16 = 1;
+const VIRTIO_NET_F_MAC: u32 = 5;
+const VIRTIO_NET_F_STATUS: u32 = 16;
+const VIRTIO_NET_S_LINK_UP: u16 = 1;
+/// Configuration space: mac[6], then status (le16).
+const CONFIG_LEN: usize = 8;
+
+/// Where frames go: a tap, or in tests one end of a SOCK_SEQPACKET pair
+/// (both move one frame per read or write and never block).
+pub trait FrameIo: AsRawFd + Send {
+    /// Reads one frame; `WouldBlock` when none is waiting.
+    fn read_frame(&self, buf: &mut [u8]) -> io::Result<usize>;
+    /// Writes one frame.
+    fn write_frame(&self, frame: &[u8]) -> io::Result<usize>;
+}
+
+impl FrameIo for tap::Tap {
+    fn read_frame(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.read(buf)
+    }
+    fn write_frame(&self, frame: &[u8]) -> io::Result<usize> {
+        self.write(frame)
+    }
+}
+
+struct Active {
+    mem: GuestMem,
+    interrupt: Arc<dyn VirtioInterrupt>,
+    rx: Queue,
+    tx: Queue,
+}
+
+/// Counters of frames the device could not move.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct NetDrops {
+    /// Transmit chains that were malformed or larger than [`MAX_FRAME`].
+    pub tx_malformed: u64,
+    /// Frames the host side refused (tap queue full, interface down).
+    pub tx_host: u64,
+    /// Received frames larger than the receive buffer offered for them.
+    pub rx_too_large: u64,
+}
+
+/// The network device.
+pub struct VirtioNet {
+    io: Box<dyn FrameIo>,
+    config: [u8; CONFIG_LEN],
+    queue_sizes: [u16; 2],
+    active: Option<Active>,
+    /// A frame read from the host while the guest had no receive buffer.
+    pending: Option<Vec<u8>>,
+    buf: Vec<u8>,
+    drops: NetDrops,
+}
+
+impl VirtioNet {
+    /// A card with address `mac` whose frames travel through `io`.
+    pub fn new(io: Box<dyn FrameIo>, mac: [u8; 6]) -> Self {
+        let mut config = [0u8; CONFIG_LEN];
+        config[..6].copy_from_slice(&mac);
+        config[6..8].copy_from_slice(&VIRTIO_NET_S_LINK_UP.to_le_bytes());
+        VirtioNet {
+            io,
+            config,
+            queue_sizes: [NET_QUEUE_SIZE; 2],
+            active: None,
+            pending: None,
+            buf: vec![0; MAX_FRAME],
+            drops: NetDrops::default(),
+        }
+    }
+
+    /// What was dropped so far.
+    pub fn drops(&self) -> NetDrops {
+        self.drops
+    }
+
+    fn transmit(&mut self) -> Result<(), DeviceError> {
+        let Some(a) = self.active.as_mut() else {
+            return Ok(());
+        };
+        let (io, drops, frame) = (&self.io, &mut self.drops, &mut self.buf);
+        let mem = a.mem.clone();
+        let notify = super::process_queue(&mut a.tx, &a.mem, |chain| {
+            match gather(&mem, chain, frame) {
+                Some(len) => {
+                    if io.write_frame(&frame[..len]).is_err() {
+                        drops.tx_host += 1;
+                    }
+                }
+                None => drops.tx_malformed += 1,
+            }
+            0
+        })?;
+        if notify {
+            a.interrupt
+                .signal_used_queue(TX_QUEUE)
+                .map_err(DeviceError::Interrupt)?;
+        }
+        Ok(())
+    }
+
+    fn receive(&mut self) -> Result<(), DeviceError> {
+        let Some(a) = self.active.as_mut() else {
+            return Ok(());
+        };
+        let mut used = false;
+        loop {
+            let frame = match self.pending.take() {
+                Some(f) => f,
+                None => match self.io.read_frame(&mut self.buf) {
+                    Ok(n) => self.buf[..n].to_vec(),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        tracing::warn!("virtio-net: reading from the host: {e}");
+                        break;
+                    }
+                },
+            };
+            let Some(chain) = a.rx.pop_descriptor_chain(&a.mem) else {
+                // No buffer: keep the frame, ask the driver to tell us when
+                // it adds buffers, and retry if it did so meanwhile.
+                self.pending = Some(frame);
+                if a.rx.enable_notification(&a.mem)? {
+                    continue;
+                }
+                break;
+            };
+            let head = chain.head_index();
+            let written = match scatter(&a.mem, chain, &frame) {
+                Some(n) => n,
+                None => {
+                    self.drops.rx_too_large += 1;
+                    0
+                }
+            };
+            a.rx.add_used(&a.mem, head, written)?;
+            used = true;
+        }
+        if used && a.rx.needs_notification(&a.mem)? {
+            a.interrupt
+                .signal_used_queue(RX_QUEUE)
+                .map_err(DeviceError::Interrupt)?;
+        }
+        Ok(())
+    }
+}
+
+/// Copies the device-readable part of a transmit chain into `frame`;
+/// None when it is larger than [`MAX_FRAME`], shorter than the header, or
+/// reaches outside guest memory.
+fn gather(mem: &GuestMem, chain: DescriptorChain<&GuestMem>, frame: &mut [u8]) -> Option<usize> {
+    let mut len = 0usize;
+    for desc in chain.readable() {
+        let n = desc.len() as usize;
+        let end = len.checked_add(n).filter(|&e| e <= frame.len())?;
+        mem.read_slice(&mut frame[len..end], desc.addr()).ok()?;
+        len = end;
+    }
+    (len >= VNET_HDR_LEN).then_some(len)
+}
+
+/// Copies `frame` into the device-writable buffers of a receive chain;
+/// returns the bytes written, or None when the buffers are too small or
+/// outside guest memory (the frame is dropped).
+fn scatter(mem: &GuestMem, chain: DescriptorChain<&GuestMem>, frame: &[u8]) -> Option<u32> {
+    let mut done = 0usize;
+    for desc in chain.writable() {
+        if done == frame.len() {
+            break;
+        }
+        let n = (desc.len() as usize).min(frame.len() - done);
+        mem.write_slice(&frame[done..done + n], GuestAddress(desc.addr().0))
+            .ok()?;
+        done += n;
+    }
+    (done == frame.len()).then_some(done as u32)
+}
+
+impl VirtioDevice for VirtioNet {
+    fn device_type(&self) -> u32 {
+        TYPE_NET
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn features(&self) -> u64 {
+        feature(VIRTIO_NET_F_MAC) | feature(VIRTIO_NET_F_STATUS)
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = usize::try_from(offset)
+                .ok()
+                .and_then(|o| o.checked_add(i))
+                .and_then(|o| self.config.get(o))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {
+        // The MAC is read-only without VIRTIO_NET_F_CTRL_MAC_ADDR.
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMem,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        queues: Vec<Queue>,
+        _acked_features: u64,
+    ) -> Result<(), ActivateError> {
+        let mut queues = queues.into_iter();
+        let (Some(rx), Some(tx)) = (queues.next(), queues.next()) else {
+            return Err(ActivateError::MissingQueue);
+        };
+        if !rx.ready() || !tx.ready() {
+            return Err(ActivateError::MissingQueue);
+        }
+        self.active = Some(Active {
+            mem,
+            interrupt,
+            rx,
+            tx,
+        });
+        // Frames may have queued on the host before the driver was ready.
+        self.receive()
+            .map_err(|e| ActivateError::Io(io::Error::other(e.to_string())))
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+        self.pending = None;
+    }
+
+    fn queue_notify(&mut self, queue_index: u16) -> Result<(), DeviceError> {
+        match queue_index {
+            RX_QUEUE => self.receive(),
+            TX_QUEUE => self.transmit(),
+            _ => Ok(()),
+        }
+    }
+
+    fn host_event_fds(&self) -> Vec<RawFd> {
+        vec![self.io.as_raw_fd()]
+    }
+
+    fn host_event(&mut self, _index: usize) -> Result<(), DeviceError> {
+        self.receive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio::testing::*;
+    use crate::devices::virtio::VIRTIO_F_VERSION_1;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use virtio_queue::mock::MockSplitQueue;
+
+    /// One end of a SOCK_SEQPACKET pair: frame boundaries like a tap.
+    struct Seqpacket(OwnedFd);
+
+    impl AsRawFd for Seqpacket {
+        fn as_raw_fd(&self) -> RawFd {
+            self.0.as_raw_fd()
+        }
+    }
+
+    impl FrameIo for Seqpacket {
+        fn read_frame(&self, buf: &mut [u8]) -> io::Result<usize> {
+            // SAFETY: reading into a valid buffer of the given length.
+            let n = unsafe {
+                libc::recv(
+                    self.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(n as usize)
+            }
+        }
+        fn write_frame(&self, frame: &[u8]) -> io::Result<usize> {
+            // SAFETY: sending from a valid buffer of the given length.
+            let n = unsafe {
+                libc::send(
+                    self.as_raw_fd(),
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(n as usize)
+            }
+        }
+    }
+
+    fn pair() -> (Seqpacket, Seqpacket) {
+        let mut fds = [0; 2];
+        // SAFETY: socketpair writes two new descriptors into `fds`.
+        let rc =
+            unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET, 0, fds.as_mut_ptr()) };
+        assert_eq!(rc, 0);
+        // SAFETY: both descriptors were just created and are owned here.
+        unsafe {
+            (
+                Seqpacket(OwnedFd::from_raw_fd(fds[0])),
+                Seqpacket(OwnedFd::from_raw_fd(fds[1])),
+            )
+        }
+    }
+
+    const MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+    const RXQ: u64 = 0x10_0000;
+    const TXQ: u64 = 0x20_0000;
+
+    fn up() -> (
+        Driver,
+        Seqpacket,
+        MockSplitQueue<'static, GuestMem>,
+        MockSplitQueue<'static, GuestMem>,
+    ) {
+        let (dev_end, host_end) = pair();
+        let mut d = Driver::new(Box::new(VirtioNet::new(Box::new(dev_end), MAC)));
+        d.negotiate(feature(VIRTIO_F_VERSION_1) | feature(VIRTIO_NET_F_MAC));
+        let mem: &'static GuestMem = Box::leak(Box::new(d.mem.clone()));
+        let rx = MockSplitQueue::create(mem, GuestAddress(RXQ), 16);
+        let tx = MockSplitQueue::create(mem, GuestAddress(TXQ), 16);
+        d.setup_queue(0, &rx, 16);
+        d.setup_queue(1, &tx, 16);
+        d.driver_ok();
+        (d, host_end, rx, tx)
+    }
+
+    #[test]
+    fn config_space_holds_mac_and_link_up() {
+        let (dev_end, _host) = pair();
+        let net = VirtioNet::new(Box::new(dev_end), MAC);
+        let mut b = [0u8; 8];
+        net.read_config(0, &mut b);
+        assert_eq!(&b[..6], &MAC);
+        assert_eq!(u16::from_le_bytes([b[6], b[7]]), VIRTIO_NET_S_LINK_UP);
+        let mut far = [0xffu8; 4];
+        net.read_config(u64::MAX - 1, &mut far);
+        assert_eq!(far, [0; 4]);
+        assert_ne!(net.features() & feature(VIRTIO_NET_F_MAC), 0);
+    }
+
+    #[test]
+    fn frames_flow_both_ways() {
+        let (mut d, host, rx, tx) = up();
+        // Guest -> host: header and frame split over two descriptors.
+        let frame: Vec<u8> = (0..200u8).collect();
+        d.mem
+            .write_slice(&frame[..VNET_HDR_LEN], GuestAddress(DATA_BASE))
+            .unwrap();
+        d.mem
+            .write_slice(&frame[VNET_HDR_LEN..], GuestAddress(DATA_BASE + 0x1000))
+            .unwrap();
+        add_chain(
+            &tx,
+            0,
+            &[
+                (DATA_BASE, VNET_HDR_LEN as u32, 0),
+                (DATA_BASE + 0x1000, 188, 0),
+            ],
+        );
+        d.notify(1);
+        let mut got = [0u8; 512];
+        assert_eq!(host.read_frame(&mut got).unwrap(), 200);
+        assert_eq!(&got[..200], &frame[..]);
+        // Host -> guest: a frame waits until the guest posts a buffer.
+        host.write_frame(&[7u8; 100]).unwrap();
+        d.dev.handle_host_event(0);
+        add_chain(&rx, 0, &[(DATA_BASE + 0x4000, 1526, DESC_F_WRITE)]);
+        d.notify(0);
+        assert_eq!(used_entry(&d.mem, &rx, 0), (0, 100));
+        let mut b = [0u8; 100];
+        d.mem
+            .read_slice(&mut b, GuestAddress(DATA_BASE + 0x4000))
+            .unwrap();
+        assert_eq!(b, [7u8; 100]);
+    }
+
+    #[test]
+    fn malformed_chains_are_dropped_and_counted() {
+        let (mut d, host, rx, tx) = up();
+        // Shorter than the header; outside memory; too large.
+        add_chain(&tx, 0, &[(DATA_BASE, 4, 0)]);
+        add_chain(&tx, 1, &[(MEM_SIZE as u64 - 8, 64, 0)]);
+        add_chain(&tx, 2, &[(DATA_BASE, 0x20000, 0), (DATA_BASE, 0x20000, 0)]);
+        d.notify(1);
+        let mut got = [0u8; 64];
+        assert!(
+            host.read_frame(&mut got).is_err(),
+            "nothing reached the host"
+        );
+        // A receive buffer too small for the frame: dropped, used length 0.
+        host.write_frame(&[1u8; 300]).unwrap();
+        add_chain(&rx, 0, &[(DATA_BASE, 100, DESC_F_WRITE)]);
+        d.notify(0);
+        assert_eq!(used_entry(&d.mem, &rx, 0), (0, 0));
+        assert_eq!(d.status() & crate::devices::virtio::STATUS_NEEDS_RESET, 0);
+    }
+}
