@@ -12,6 +12,11 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 const KAPSEL: &str = env!("CARGO_BIN_EXE_kapsel");
+
+/// The scenarios tests/nested/job.sh runs, in order; each test checks one.
+const SCENARIOS: &[&str] = &[
+    "cpus1", "cpus2", "cpus4", "reboot", "restart", "panic", "vmlinux", "virtio", "net",
+];
 const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 
 struct Scenario {
@@ -48,6 +53,8 @@ fn run_testbed() -> Results {
         .arg(KAPSEL)
         .arg("--add")
         .arg(format!("{}:files/vmlinux", vmlinux.display()))
+        .arg("--env")
+        .arg(format!("KAPSEL_SCENARIOS={}", SCENARIOS.join(" ")))
         .arg("--out")
         .arg(&out)
         .arg("--timeout")
@@ -60,9 +67,7 @@ fn run_testbed() -> Results {
         return Err(format!("the nested testbed failed: {status}"));
     }
     let mut results = HashMap::new();
-    for name in [
-        "cpus1", "cpus2", "cpus4", "reboot", "restart", "panic", "vmlinux",
-    ] {
+    for &name in SCENARIOS {
         let exit = read(&out, name, "exit").trim().parse().unwrap_or(-1);
         results.insert(
             name.to_string(),
@@ -98,7 +103,11 @@ fn batch() -> Option<&'static Batch> {
 }
 
 fn scenario(name: &str) -> Option<&'static Scenario> {
-    Some(&batch()?.scenarios[name])
+    let batch = batch()?;
+    match batch.scenarios.get(name) {
+        Some(s) => Some(s),
+        None => panic!("scenario {name} is not in SCENARIOS"),
+    }
 }
 
 fn marker<'a>(log: &'a str, key: &str) -> Option<&'a str> {
