@@ -155,7 +155,17 @@ fn qcow2_written_by_qemu_reads_in_kapsel() {
         assert_eq!(read_all(b.as_ref()), data, "{name}");
         assert!(b.read_only());
         assert!(b.write_at(&[1], 0).is_err());
+        b.flush().unwrap();
+        drop(b);
+        // Opening read-only changed nothing, not even the dirty bit.
+        assert_clean(&img);
     }
+    let before = std::fs::read(dir.path().join("plain.qcow2")).unwrap();
+    drop(open(&dir.path().join("plain.qcow2"), None, true).unwrap());
+    assert_eq!(
+        std::fs::read(dir.path().join("plain.qcow2")).unwrap(),
+        before
+    );
 }
 
 #[test]

@@ -12,6 +12,7 @@ pub mod console;
 pub mod devices;
 pub mod error;
 pub mod exit;
+pub mod interrupts;
 pub mod io_thread;
 pub mod memory;
 pub mod vcpu;

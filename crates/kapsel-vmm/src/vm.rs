@@ -24,10 +24,11 @@ use crate::devices::virtio::transport::VirtioPciDevice;
 use crate::devices::virtio::VirtioDevice;
 use crate::error::{Error, Result};
 use crate::exit::{ExitSignal, VmExit};
+use crate::interrupts::MsiRouter;
 use crate::io_thread::{IoDevice, IoThread, QueueDoorbells};
 use crate::memory;
 use crate::vcpu::{self, Vcpu, VcpuContext};
-use kvm_bindings::{kvm_msi, kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -128,24 +129,6 @@ pub fn run(cfg: &VmConfig) -> Result<VmExit> {
     }
 }
 
-/// Delivers MSI-X messages of PCI devices through KVM_SIGNAL_MSI.
-struct KvmMsi(Arc<VmFd>);
-
-impl InterruptSink for KvmMsi {
-    fn signal_msi(&self, address: u64, data: u32) -> std::io::Result<()> {
-        let msi = kvm_msi {
-            address_lo: address as u32,
-            address_hi: (address >> 32) as u32,
-            data,
-            ..Default::default()
-        };
-        self.0
-            .signal_msi(msi)
-            .map(|_| ())
-            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
-    }
-}
-
 fn open_disk(disk: &crate::config::DiskConfig) -> Result<VirtioBlock> {
     let file_err = |source| Error::File {
         what: "disk",
@@ -220,7 +203,7 @@ fn add_pci(
     };
     let pci_err = |e: &dyn std::fmt::Display| Error::InvalidConfig(format!("PCI: {e}"));
     let mut pci = PciBus::new(window, None).map_err(|e| pci_err(&e))?;
-    let sink: Arc<dyn InterruptSink> = Arc::new(KvmMsi(vm.clone()));
+    let sink: Arc<dyn InterruptSink> = Arc::new(MsiRouter::new(vm.clone()));
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
     for disk in &cfg.disks {
         devices.push(Box::new(open_disk(disk)?));
