@@ -74,9 +74,10 @@ net)
     else
         echo "KAPSEL-PING=failed"
     fi
-    wget -q -O /tmp/net.bin http://192.0.2.1:8080/net.bin
-    echo "KAPSEL-NET-RX-BYTES=$(wc -c </tmp/net.bin)"
-    echo "KAPSEL-NET-RX-MD5=$(md5sum </tmp/net.bin | cut -d' ' -f1)"
+    start=$(date +%s)
+    sum=$(wget -q -O - http://192.0.2.1:8080/net.bin | md5sum | cut -d' ' -f1)
+    echo "KAPSEL-NET-RX-MD5=$sum"
+    echo "KAPSEL-NET-RX-SECONDS=$(($(date +%s) - start))"
     ;;
 virtio)
     # Report the virtio disks and entropy source; write 1 MiB to vdb at

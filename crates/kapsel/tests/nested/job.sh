@@ -67,9 +67,11 @@ for scenario in ${KAPSEL_SCENARIOS:-cpus1 cpus2 cpus4 reboot restart panic vmlin
         ;;
     net)
         # kapsel creates the tap kt0; once it exists, L1 addresses it and
-        # serves 4 MiB of random data over HTTP for the guest to fetch.
+        # serves 100 MiB of random data over HTTP for the guest to fetch.
         modprobe tun 2>/dev/null
-        dd if=/dev/urandom of="$OUT/net.bin" bs=64k count=64 2>/dev/null
+        mkdir -p /tmp/www
+        dd if=/dev/urandom of=/tmp/www/net.bin bs=1M count=100 2>/dev/null
+        md5sum </tmp/www/net.bin | cut -d' ' -f1 >"$OUT/net.md5"
         (
             i=0
             while ! ip link show kt0 >/dev/null 2>&1 && [ $i -lt 600 ]; do
@@ -78,12 +80,13 @@ for scenario in ${KAPSEL_SCENARIOS:-cpus1 cpus2 cpus4 reboot restart panic vmlin
             done
             ip addr add 192.0.2.1/24 dev kt0
             ip link set kt0 up
-            exec httpd -f -p 192.0.2.1:8080 -h "$OUT"
+            exec httpd -f -p 192.0.2.1:8080 -h /tmp/www
         ) &
         server=$!
         boot net 0 $K --memory 256M --net tap=kt0,mac=52:54:00:12:34:56 \
             --cmdline "$BASE kapsel.test=net"
         kill $server 2>/dev/null || true
+        rm -rf /tmp/www
         ;;
     esac
 done

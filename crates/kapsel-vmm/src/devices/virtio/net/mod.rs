@@ -18,13 +18,37 @@ use vm_memory::{Bytes, GuestAddress};
 pub const NET_QUEUE_SIZE: u16 = 256;
 /// The virtio-net header in front of each frame (virtio_net_hdr_v1).
 pub const VNET_HDR_LEN: usize = 12;
-/// Largest frame with its header the device moves (64 KiB frame + header).
-pub const MAX_FRAME: usize = 65_536 + VNET_HDR_LEN;
+/// Largest frame with its header the device moves: a 64 KiB segmentation
+/// offload packet, its Ethernet header and the virtio-net header.
+pub const MAX_FRAME: usize = 65_536 + 14 + VNET_HDR_LEN;
 
 const RX_QUEUE: u16 = 0;
 const TX_QUEUE: u16 = 1;
+const VIRTIO_NET_F_CSUM: u32 = 0;
+const VIRTIO_NET_F_GUEST_CSUM: u32 = 1;
 const VIRTIO_NET_F_MAC: u32 = 5;
+const VIRTIO_NET_F_GUEST_TSO4: u32 = 7;
+const VIRTIO_NET_F_GUEST_TSO6: u32 = 8;
+const VIRTIO_NET_F_HOST_TSO4: u32 = 11;
+const VIRTIO_NET_F_HOST_TSO6: u32 = 12;
 const VIRTIO_NET_F_STATUS: u32 = 16;
+
+/// What the host side may hand the guest, from the features the guest
+/// accepted: partial checksums with GUEST_CSUM, TSO frames with GUEST_TSO*.
+pub fn host_offloads(acked: u64) -> u32 {
+    let has = |bit| acked & feature(bit) != 0;
+    if !has(VIRTIO_NET_F_GUEST_CSUM) {
+        return 0;
+    }
+    let mut flags = tap::TUN_F_CSUM;
+    if has(VIRTIO_NET_F_GUEST_TSO4) {
+        flags |= tap::TUN_F_TSO4;
+    }
+    if has(VIRTIO_NET_F_GUEST_TSO6) {
+        flags |= tap::TUN_F_TSO6;
+    }
+    flags
+}
 const VIRTIO_NET_S_LINK_UP: u16 = 1;
 /// Configuration space: mac[6], then status (le16).
 const CONFIG_LEN: usize = 8;
@@ -36,6 +60,10 @@ pub trait FrameIo: AsRawFd + Send {
     fn read_frame(&self, buf: &mut [u8]) -> io::Result<usize>;
     /// Writes one frame.
     fn write_frame(&self, frame: &[u8]) -> io::Result<usize>;
+    /// Which offloaded frames (tap `TUN_F_*` flags) the host may deliver.
+    fn set_offload(&self, _flags: u32) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 impl FrameIo for tap::Tap {
@@ -44,6 +72,9 @@ impl FrameIo for tap::Tap {
     }
     fn write_frame(&self, frame: &[u8]) -> io::Result<usize> {
         self.write(frame)
+    }
+    fn set_offload(&self, flags: u32) -> io::Result<()> {
+        tap::Tap::set_offload(self, flags)
     }
 }
 
@@ -211,7 +242,20 @@ impl VirtioDevice for VirtioNet {
     }
 
     fn features(&self) -> u64 {
-        feature(VIRTIO_NET_F_MAC) | feature(VIRTIO_NET_F_STATUS)
+        // The tap takes and gives frames with the virtio-net header as is,
+        // so checksum and segmentation offloads pass straight through.
+        [
+            VIRTIO_NET_F_CSUM,
+            VIRTIO_NET_F_GUEST_CSUM,
+            VIRTIO_NET_F_MAC,
+            VIRTIO_NET_F_GUEST_TSO4,
+            VIRTIO_NET_F_GUEST_TSO6,
+            VIRTIO_NET_F_HOST_TSO4,
+            VIRTIO_NET_F_HOST_TSO6,
+            VIRTIO_NET_F_STATUS,
+        ]
+        .iter()
+        .fold(0, |f, &bit| f | feature(bit))
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -234,8 +278,9 @@ impl VirtioDevice for VirtioNet {
         mem: GuestMem,
         interrupt: Arc<dyn VirtioInterrupt>,
         queues: Vec<Queue>,
-        _acked_features: u64,
+        acked_features: u64,
     ) -> Result<(), ActivateError> {
+        self.io.set_offload(host_offloads(acked_features))?;
         let mut queues = queues.into_iter();
         let (Some(rx), Some(tx)) = (queues.next(), queues.next()) else {
             return Err(ActivateError::MissingQueue);
@@ -377,6 +422,24 @@ mod tests {
         net.read_config(u64::MAX - 1, &mut far);
         assert_eq!(far, [0; 4]);
         assert_ne!(net.features() & feature(VIRTIO_NET_F_MAC), 0);
+    }
+
+    #[test]
+    fn offloads_follow_what_the_guest_accepted() {
+        assert_eq!(host_offloads(0), 0);
+        // TSO without checksum offload is not possible.
+        assert_eq!(host_offloads(feature(VIRTIO_NET_F_GUEST_TSO4)), 0);
+        assert_eq!(
+            host_offloads(feature(VIRTIO_NET_F_GUEST_CSUM)),
+            tap::TUN_F_CSUM
+        );
+        let all = feature(VIRTIO_NET_F_GUEST_CSUM)
+            | feature(VIRTIO_NET_F_GUEST_TSO4)
+            | feature(VIRTIO_NET_F_GUEST_TSO6);
+        assert_eq!(
+            host_offloads(all),
+            tap::TUN_F_CSUM | tap::TUN_F_TSO4 | tap::TUN_F_TSO6
+        );
     }
 
     #[test]

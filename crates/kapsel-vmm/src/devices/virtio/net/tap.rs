@@ -8,6 +8,13 @@ use std::os::unix::fs::OpenOptionsExt;
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+/// TUNSETOFFLOAD: the reader takes frames with a partial checksum.
+pub const TUN_F_CSUM: u32 = 0x01;
+/// TUNSETOFFLOAD: the reader takes TCP/IPv4 segmentation-offload frames.
+pub const TUN_F_TSO4: u32 = 0x02;
+/// TUNSETOFFLOAD: the reader takes TCP/IPv6 segmentation-offload frames.
+pub const TUN_F_TSO6: u32 = 0x04;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
@@ -69,6 +76,22 @@ impl Tap {
     /// The interface's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Tells the kernel which offloaded frames the reader (the guest) takes.
+    pub fn set_offload(&self, flags: u32) -> io::Result<()> {
+        // SAFETY: TUNSETOFFLOAD takes its argument by value.
+        if unsafe {
+            libc::ioctl(
+                self.file.as_raw_fd(),
+                TUNSETOFFLOAD as _,
+                flags as libc::c_ulong,
+            )
+        } < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// Reads one frame (with its header); `WouldBlock` when none is queued.
