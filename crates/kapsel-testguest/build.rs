@@ -24,6 +24,7 @@ const GUESTS: &[(&str, &[&str])] = &[
     ("triplefault", &["triplefault.c"]),
     ("cpl0loop", &["cpl0loop.c"]),
     ("cmdline", &["cmdline.c"]),
+    ("virtio", &["virtio.c"]),
 ];
 
 /// Headers and the linker script: a change to any of them rebuilds everything.

@@ -103,6 +103,13 @@ virtio)
     fi
     echo "KAPSEL-RNG=$(cat /sys/class/misc/hw_random/rng_current 2>/dev/null)"
     echo "KAPSEL-RNG-BYTES=$(dd if=/dev/hwrng bs=32 count=1 2>/dev/null | wc -c)"
+    if [ -c /dev/hvc0 ]; then
+        # The virtio console: say hello there, and read a line typed on it.
+        echo "KAPSEL-HVC-HELLO" >/dev/hvc0
+        if read -r -t 20 line </dev/hvc0; then
+            echo "KAPSEL-HVC-IN=$line"
+        fi
+    fi
     ;;
 poweroff) ;;
 *)

@@ -85,6 +85,12 @@ pub const CPL0LOOP: &str = concat!(env!("OUT_DIR"), "/cpl0loop.elf");
 /// Prints `cmdline=<string at start_info.cmdline_paddr>` and powers off.
 pub const CMDLINE: &str = concat!(env!("OUT_DIR"), "/cmdline.elf");
 
+/// A polled virtio 1.x driver (modern PCI) that runs at CPL 3: enumerates
+/// PCI bus 0 through ports 0xCF8/0xCFC, walks the virtio capabilities and
+/// tests the devices the command line names (see [`virtio`] for the
+/// protocol and the lines it prints).
+pub const VIRTIO: &str = concat!(env!("OUT_DIR"), "/virtio.elf");
+
 /// Every guest as (name, path of its ELF file).
 pub const ALL: &[(&str, &str)] = &[
     ("hello", HELLO),
@@ -95,6 +101,7 @@ pub const ALL: &[(&str, &str)] = &[
     ("triplefault", TRIPLEFAULT),
     ("cpl0loop", CPL0LOOP),
     ("cmdline", CMDLINE),
+    ("virtio", VIRTIO),
 ];
 
 /// The sum [`USER`]'s CPL 3 loop computes and prints (`%016x`):
@@ -143,6 +150,144 @@ pub mod expect {
     /// [`CMDLINE`](crate::CMDLINE)'s line for the command line `cmdline`.
     pub fn cmdline(cmdline: &str) -> String {
         format!("kapsel-testguest: cmdline={cmdline}")
+    }
+}
+
+/// What [`VIRTIO`] does, and what the tests compute the same way.
+///
+/// The command line is a list of words separated by spaces (others are
+/// ignored):
+///
+/// - `blk`: every virtio-blk disk is tested. A writable one (blocks of
+///   4 KiB, at most `blk-mib=N` MiB, default 64) gets three passes of
+///   4 KiB requests, up to 64 in flight, some with the data split over two
+///   descriptors: write generation 0 everywhere; write generation 1 to
+///   every fourth block while reading and checking the others; read and
+///   check everything. Then FLUSH, GET_ID, a read at `capacity` and one
+///   across the end (both must fail with IOERR) and a read that must still
+///   work. Prints [`blk_ok`](virtio::blk_ok). A read-only disk (it must
+///   offer `VIRTIO_BLK_F_RO`; its size a multiple of 4 KiB up to 64 MiB) is
+///   read whole and hashed ([`hash`](virtio::hash)); a write must fail
+///   with IOERR and change nothing. Prints [`blk_ro_ok`](virtio::blk_ro_ok).
+/// - `blk-ro`: as `blk`, but every disk must be read-only.
+/// - `net`: the frame exchange of [`net`](virtio::net) on the first
+///   virtio-net card; `net-tx=N` frames from the guest (default 1000).
+///
+/// Every line starts with [`PREFIX`]; `virtio ok` ends a run in which every
+/// check passed, `FAIL <what>` a failed one (the guest then writes
+/// [`debug_exit::GUEST_FAILED`] and powers off).
+pub mod virtio {
+    /// Printed when every requested test passed.
+    pub const OK: &str = "kapsel-testguest: virtio ok";
+    /// Start of the line a failed check prints.
+    pub const FAIL: &str = "kapsel-testguest: FAIL ";
+
+    /// The generation-`gen` pattern word for the 64-bit word number `word`
+    /// of a disk (byte offset `8 * word`, stored little-endian).
+    pub const fn pattern(word: u64, gen: u64) -> u64 {
+        let mut z = word ^ (gen << 56) ^ 0x6b61_7073_656c_0000;
+        z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Size of the blocks the guest moves.
+    pub const BLOCK: u64 = 4096;
+
+    /// The generation 4 KiB block `block` holds after the `blk` test.
+    pub const fn final_gen(block: u64) -> u64 {
+        if block.is_multiple_of(4) {
+            1
+        } else {
+            0
+        }
+    }
+
+    /// What a writable disk of `len` bytes holds after the `blk` test
+    /// (every whole 4 KiB block; a partial last block is not touched and
+    /// is left out here).
+    pub fn disk_image(len: u64) -> Vec<u8> {
+        let blocks = len / BLOCK;
+        let mut out = Vec::with_capacity((blocks * BLOCK) as usize);
+        for word in 0..blocks * BLOCK / 8 {
+            let gen = final_gen(word * 8 / BLOCK);
+            out.extend_from_slice(&pattern(word, gen).to_le_bytes());
+        }
+        out
+    }
+
+    /// The hash a read-only disk's line shows: FNV-1a's constants over
+    /// little-endian 64-bit words (`h = (h ^ w) * prime`).
+    pub fn hash(data: &[u8]) -> u64 {
+        data.chunks_exact(8).fold(0xcbf2_9ce4_8422_2325, |h, w| {
+            (h ^ u64::from_le_bytes(w.try_into().unwrap())).wrapping_mul(0x0100_0000_01b3)
+        })
+    }
+
+    /// Start of the line a writable disk that passed prints; it goes on with
+    /// `requests=N serial=S sectors=C blocks=B kicks=K`.
+    pub const BLK_OK: &str = "kapsel-testguest: blk ok ";
+
+    /// The beginning of a passed writable disk's line, through its serial.
+    pub fn blk_ok(requests: u64, serial: &str) -> String {
+        format!("{BLK_OK}requests={requests} serial={serial} ")
+    }
+
+    /// The line a read-only disk of `sectors` sectors that passed prints.
+    pub fn blk_ro_ok(sectors: u64, hash: u64, serial: &str) -> String {
+        format!("kapsel-testguest: blk-ro ok sectors={sectors} hash=0x{hash:016x} serial={serial}")
+    }
+
+    /// Requests the `blk` test makes on a writable disk of `blocks` blocks:
+    /// three passes, FLUSH, GET_ID, three single reads.
+    pub const fn blk_requests(blocks: u64) -> u64 {
+        3 * blocks + 5
+    }
+
+    /// The `net` frame exchange. Frames have ethertype [`ETHERTYPE`] and a
+    /// [`PAYLOAD`]-byte payload: `KTG1`, a kind byte, three zero bytes, the
+    /// sequence number and a count (both little-endian u32), then bytes
+    /// `(seq + i) & 0xff` for `i` in 16..64 ([`payload`]).
+    ///
+    /// 1. The guest posts receive buffers and prints [`READY`].
+    /// 2. The host sends [`GO`] (count = how many DATA frames it will send
+    ///    later), repeating it until guest frames arrive.
+    /// 3. The guest sends `net-tx=N` [`DATA`] frames, seq 0..N, to the
+    ///    broadcast address, then one [`DONE`] frame (count N).
+    /// 4. The host sends its DATA frames, seq 0..count, to the guest's MAC.
+    /// 5. The guest prints [`tx_rx`] once it has every one of them.
+    pub mod net {
+        /// The ethertype (IEEE local experimental 2).
+        pub const ETHERTYPE: u16 = 0x88b5;
+        /// Payload length.
+        pub const PAYLOAD: usize = 64;
+        /// Frame kinds.
+        pub const GO: u8 = 1;
+        /// See [`GO`].
+        pub const DATA: u8 = 2;
+        /// See [`GO`].
+        pub const DONE: u8 = 3;
+        /// The line the guest prints once its receive buffers are posted.
+        pub const READY: &str = "kapsel-testguest: net ready mac=";
+
+        /// The payload of a frame.
+        pub fn payload(kind: u8, seq: u32, count: u32) -> [u8; PAYLOAD] {
+            let mut p = [0u8; PAYLOAD];
+            p[..4].copy_from_slice(b"KTG1");
+            p[4] = kind;
+            p[8..12].copy_from_slice(&seq.to_le_bytes());
+            p[12..16].copy_from_slice(&count.to_le_bytes());
+            for (i, b) in p.iter_mut().enumerate().skip(16) {
+                *b = (seq as usize + i) as u8;
+            }
+            p
+        }
+
+        /// The result line after `tx` frames sent and `rx` received.
+        pub fn tx_rx(tx: u32, rx: u32) -> String {
+            format!("kapsel-testguest: net tx={tx} rx={rx}")
+        }
     }
 }
 

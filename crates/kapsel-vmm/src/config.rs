@@ -70,6 +70,8 @@ pub struct VmConfig {
     pub rng: bool,
     /// virtio-net cards.
     pub nets: Vec<NetConfig>,
+    /// A virtio console (hvc0) and where it goes.
+    pub virtio_console: Option<ConsoleSpec>,
 }
 
 impl VmConfig {
@@ -88,6 +90,7 @@ impl VmConfig {
             disks: Vec::new(),
             rng: false,
             nets: Vec::new(),
+            virtio_console: None,
         }
     }
 }

@@ -4,7 +4,7 @@ use crate::arch::x86_64::boot::{self, BootSpec};
 use crate::arch::x86_64::{acpi, cpuid, layout};
 use crate::bus::{Bus, SharedDevice};
 use crate::config::{OnReboot, VmConfig, MIN_MEMORY};
-use crate::console::{Console, EscapeState};
+use crate::console::{Console, EscapeState, InputTarget};
 use crate::devices::legacy::acpi_pm::{AcpiPm, ACPI_PM_BASE, ACPI_PM_PORT_COUNT};
 use crate::devices::legacy::cmos::{Cmos, CMOS_PORT_COUNT};
 use crate::devices::legacy::i8042::{I8042, I8042_PORT_COUNT};
@@ -17,6 +17,7 @@ use crate::devices::pci::bus::{
 };
 use crate::devices::pci::msix::InterruptSink;
 use crate::devices::virtio::block::{BlockOptions, VirtioBlock};
+use crate::devices::virtio::console::{ConsoleInput, VirtioConsole};
 use crate::devices::virtio::net::tap::Tap;
 use crate::devices::virtio::net::{VirtioNet, VNET_HDR_LEN};
 use crate::devices::virtio::rng::VirtioRng;
@@ -116,7 +117,7 @@ pub fn validate(cfg: &VmConfig, kvm: &Kvm) -> Result<()> {
 pub fn run(cfg: &VmConfig) -> Result<VmExit> {
     let kvm = open_kvm()?;
     validate(cfg, &kvm)?;
-    let console = Console::open(&cfg.console)?;
+    let console = Console::open(&cfg.console, cfg.virtio_console.as_ref())?;
     vcpu::install_kick_handler()?;
     let mut escape = EscapeState::default();
     loop {
@@ -192,11 +193,12 @@ fn open_net(net: &crate::config::NetConfig) -> Result<VirtioNet> {
 /// devices for the I/O thread.
 fn add_pci(
     cfg: &VmConfig,
+    console: &Console,
     vm: &Arc<VmFd>,
     mem: &memory::GuestMem,
     pio: &mut Bus,
     mmio: &mut Bus,
-) -> Result<Vec<IoDevice>> {
+) -> Result<(Vec<IoDevice>, Option<ConsoleInput>)> {
     let window = PciWindow {
         base: layout::PCI_MMIO32_START,
         size: layout::PCI_MMIO32_SIZE,
@@ -213,6 +215,13 @@ fn add_pci(
     }
     if cfg.rng {
         devices.push(Box::new(VirtioRng::new()));
+    }
+    let mut hvc_input = None;
+    if let Some(out) = console.virtio_output()? {
+        let hvc =
+            VirtioConsole::new(out).map_err(|e| Error::io("creating the virtio console", e))?;
+        hvc_input = Some(hvc.input());
+        devices.push(Box::new(hvc));
     }
     let mut io_devices = Vec::new();
     for device in devices {
@@ -247,7 +256,7 @@ fn add_pci(
         Arc::new(Mutex::new(PciMmioWindow::new(pci, window.base))),
     )
     .map_err(bus_err)?;
-    Ok(io_devices)
+    Ok((io_devices, hvc_input))
 }
 
 /// One running instance of the machine, from power-on to its exit.
@@ -255,6 +264,7 @@ struct Machine {
     _vm: Arc<VmFd>,
     mem: memory::GuestMem,
     serial: Arc<Mutex<SerialDevice>>,
+    hvc_input: Option<ConsoleInput>,
     exit: Arc<ExitSignal>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
@@ -347,7 +357,7 @@ fn build(kvm: &Kvm, cfg: &VmConfig, console: &Console) -> Result<Machine> {
             .map_err(|e| Error::Memory(format!("port map: {e}")))?;
     }
     let mut mmio = Bus::new();
-    let io_devices = add_pci(cfg, &vm, &mem, &mut pio, &mut mmio)?;
+    let (io_devices, hvc_input) = add_pci(cfg, console, &vm, &mem, &mut pio, &mut mmio)?;
     let io_thread = IoThread::start(io_devices)?;
 
     let supported = kvm
@@ -372,6 +382,7 @@ fn build(kvm: &Kvm, cfg: &VmConfig, console: &Console) -> Result<Machine> {
         _vm: vm,
         mem,
         serial,
+        hvc_input,
         exit,
         stop,
         threads: Vec::new(),
@@ -478,11 +489,14 @@ fn event_loop(m: &Machine, console: &Console, escape: &mut EscapeState) -> Resul
             }
         }
         if !pending.is_empty() {
-            let taken = m
-                .serial
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .enqueue_input(&pending);
+            let taken = match (console.input_target(), &m.hvc_input) {
+                (Some(InputTarget::Virtio), Some(hvc)) => hvc.enqueue(&pending),
+                _ => m
+                    .serial
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .enqueue_input(&pending),
+            };
             pending.drain(..taken);
         }
     }

@@ -38,6 +38,10 @@ pub struct RunArgs {
     /// Give the guest a virtio-rng entropy device.
     #[arg(long)]
     pub rng: bool,
+    /// A virtio console (hvc0 in Linux): stdio, none, or file:PATH. On stdio
+    /// it gets the keyboard; the serial console keeps its own --console.
+    #[arg(long, value_name = "WHERE", value_parser = parse_console)]
+    pub virtio_console: Option<ConsoleSpec>,
     /// A virtio-net card on a host tap (repeatable): tap=NAME[,mac=52:54:00:12:34:56].
     #[arg(long = "net", value_name = "SPEC", value_parser = parse_net)]
     pub nets: Vec<NetConfig>,
@@ -165,6 +169,7 @@ pub fn main(args: RunArgs) -> u8 {
         disks: args.disks,
         rng: args.rng,
         nets: args.nets,
+        virtio_console: args.virtio_console,
     };
     match kapsel_vmm::run(&cfg) {
         Ok(exit) => {

@@ -254,6 +254,15 @@ fn linux_sees_virtio_disks_and_writes_reach_the_host() {
         .all(|b| *b == 0));
     assert_eq!(marker(&s.log, "KAPSEL-RNG="), Some("virtio_rng.0"));
     assert_eq!(marker(&s.log, "KAPSEL-RNG-BYTES="), Some("32"));
+    // hvc0: the guest's output reached kapsel's stdout, the typed line the guest.
+    let hvc = std::fs::read_to_string(out.join("virtio.hvc")).unwrap_or_default();
+    assert!(hvc.contains("KAPSEL-HVC-HELLO"), "hvc0 output: {hvc:?}");
+    assert_eq!(
+        marker(&s.log, "KAPSEL-HVC-IN="),
+        Some("typed-on-hvc0"),
+        "{}",
+        s.log
+    );
 }
 
 #[test]

@@ -17,7 +17,8 @@ boot() {
     log=$OUT/$name.log
     : >"$log"
     start=$(date +%s)
-    "$KAPSEL" run --console "file:$log" "$@" </dev/null 2>"$OUT/$name.err" &
+    "$KAPSEL" run --console "file:$log" "$@" <"${BOOT_STDIN:-/dev/null}" \
+        >"${BOOT_STDOUT:-/dev/stdout}" 2>"$OUT/$name.err" &
     pid=$!
     while kill -0 "$pid" 2>/dev/null; do
         if [ ! -e "$OUT/$name.seen" ] && grep -q KAPSEL-EPOCH "$log"; then
@@ -61,9 +62,17 @@ for scenario in ${KAPSEL_SCENARIOS:-cpus1 cpus2 cpus4 reboot restart panic vmlin
         cp "$KAPSEL_L2_INITRD" "$OUT/vda.img" && truncate -s 4M "$OUT/vda.img"
         dd if=/dev/zero of="$OUT/vdb.img" bs=1M count=4 2>/dev/null
         dd if=/dev/zero of="$OUT/vdc.img" bs=1M count=1 2>/dev/null
-        boot virtio 0 $K --memory 256M --rng --cmdline "$BASE kapsel.test=virtio" \
+        # The virtio console is on stdio: its output goes to virtio.hvc, and a
+        # line is typed once a second (Linux holds input that arrives before
+        # hvc0 is opened until the next interrupt, as a real keyboard would).
+        rm -f /tmp/hvc-in && mkfifo /tmp/hvc-in
+        (for i in $(seq 60); do echo typed-on-hvc0; sleep 1; done) >/tmp/hvc-in 2>/dev/null &
+        typist=$!
+        BOOT_STDIN=/tmp/hvc-in BOOT_STDOUT="$OUT/virtio.hvc" \
+            boot virtio 0 $K --memory 256M --rng --cmdline "$BASE kapsel.test=virtio" \
             --disk "$OUT/vda.img,serial=kapsel-vda" --disk "$OUT/vdb.img" \
-            --disk "$OUT/vdc.img,ro,serial=ro-disk"
+            --disk "$OUT/vdc.img,ro,serial=ro-disk" --virtio-console stdio
+        kill $typist 2>/dev/null || true
         ;;
     net)
         # kapsel creates the tap kt0; once it exists, L1 addresses it and

@@ -6,6 +6,7 @@
 //! be added to a [`PciBus`](crate::devices::pci::PciBus).
 
 pub mod block;
+pub mod console;
 pub mod net;
 pub mod rng;
 pub mod transport;
@@ -45,6 +46,8 @@ pub const TYPE_BLOCK: u32 = 2;
 pub const TYPE_RNG: u32 = 4;
 /// Device type: network card.
 pub const TYPE_NET: u32 = 1;
+/// Device type: console.
+pub const TYPE_CONSOLE: u32 = 3;
 
 /// Longest queue the split ring allows.
 pub const MAX_QUEUE_SIZE: u16 = 32768;
