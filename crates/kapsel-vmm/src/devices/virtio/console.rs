@@ -302,7 +302,7 @@ mod tests {
         );
         // Emergency write, and a transmit chain outside memory is harmless.
         let mut dev = VirtioConsole::new(Box::new(cap.clone())).unwrap();
-        dev.write_config(EMERG_WR_OFFSET, &[b'!']);
+        dev.write_config(EMERG_WR_OFFSET, b"!");
         assert_eq!(cap.0.lock().unwrap().last(), Some(&b'!'));
         add_chain(&tx, 1, &[(MEM_SIZE as u64 - 4, 64, 0)]);
         d.notify(1);
