@@ -2,12 +2,12 @@
 # scripts/setup.sh — install what building and testing Kapsel needs on a
 # fresh Debian/Ubuntu machine (idempotent; needs root or sudo).
 #   Rust toolchain: cargo (rustup or Debian's), used as found.
-#   Debian packages: gcc (test guests), qemu-system-x86 (peer in benchmarks,
+#   Debian packages: gcc (test guests), qemu-utils (qcow2 checks), qemu-system-x86 (peer in benchmarks,
 #   outer VM of the nested testbed), busybox-static, kmod, cpio, xz-utils
 #   (testbed images), iproute2.
 set -euo pipefail
 
-PACKAGES=(gcc libc6-dev make qemu-system-x86 busybox-static kmod cpio xz-utils zstd lz4
+PACKAGES=(gcc libc6-dev make qemu-system-x86 qemu-utils busybox-static kmod cpio xz-utils zstd lz4
           iproute2 ca-certificates)
 
 SUDO=""

@@ -62,6 +62,22 @@ badinit)
     # PID 1 exits: the kernel panics ("Attempted to kill init!").
     exit 1
     ;;
+button)
+    # The ACPI power button: Linux's button driver turns the press into a
+    # KEY_POWER input event; wait for one, then power off as a distribution
+    # (systemd-logind, acpid) would.
+    modprobe -q button 2>/dev/null
+    dev=$(awk '/^N: Name="Power Button"/ { found = 1 } found && /^H: Handlers=/ {
+        for (i = 1; i <= NF; i++) if ($i ~ /^event/) { print $i; exit } }' /proc/bus/input/devices)
+    if [ -n "$dev" ] && [ -c "/dev/input/$dev" ]; then
+        echo "KAPSEL-BUTTON-READY=$dev"
+        dd if="/dev/input/$dev" of=/dev/null bs=24 count=1 2>/dev/null
+        echo "KAPSEL-POWER-BUTTON"
+    else
+        echo "KAPSEL-BUTTON-MISSING"
+        cat /proc/bus/input/devices
+    fi
+    ;;
 net)
     # eth0 gets 192.0.2.2/24 (TEST-NET-1: the outer VM has no other network);
     # the host end of the tap is 192.0.2.1 and serves net.bin over HTTP.
@@ -94,6 +110,13 @@ virtio)
         echo 3 >/proc/sys/vm/drop_caches
         echo "KAPSEL-VDB-READBACK-MD5=$(dd if=/dev/vdb bs=64k skip=16 count=16 2>/dev/null | md5sum | cut -d' ' -f1)"
     fi
+    if [ -b /dev/vdd ]; then
+        # A qcow2 overlay on a raw base: read the base through it, write 1 MiB.
+        echo "KAPSEL-VDD-MD5=$(md5sum </dev/vdd | cut -d' ' -f1)"
+        dd if=/dev/urandom of=/tmp/blob2 bs=64k count=16 2>/dev/null
+        dd if=/tmp/blob2 of=/dev/vdd bs=64k seek=32 conv=fsync 2>/dev/null
+        echo "KAPSEL-VDD-WROTE-MD5=$(md5sum </tmp/blob2 | cut -d' ' -f1)"
+    fi
     if [ -b /dev/vdc ]; then
         if dd if=/dev/zero of=/dev/vdc bs=512 count=1 conv=fsync 2>/dev/null; then
             echo "KAPSEL-RO-WRITE=allowed"
@@ -113,7 +136,7 @@ virtio)
     ;;
 poweroff) ;;
 *)
-    echo "KAPSEL-TEST-UNKNOWN=$action (known: poweroff reboot shell panic badinit virtio net)"
+    echo "KAPSEL-TEST-UNKNOWN=$action (known: poweroff reboot shell panic badinit virtio net button)"
     ;;
 esac
 poweroff -f

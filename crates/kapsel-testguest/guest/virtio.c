@@ -18,6 +18,8 @@
  *                requests, FLUSH, GET_ID, out-of-range reads), a read-only
  *                one (VIRTIO_BLK_F_RO) the read-only test.
  *   blk-ro       like blk, but every disk must be read-only.
+ *   blk-layout   with blk: also requests in other valid descriptor layouts
+ *                (header split, header+data, data+status in one descriptor).
  *   blk-mib=N    test at most the first N MiB of a writable disk (default 64).
  *   net          the frame exchange with the host described below.
  *   net-tx=N     number of frames to send (default 1000, at most 65536).
@@ -756,6 +758,95 @@ static void blk_pass(struct blk *b, u64 blocks, int mode)
     }
 }
 
+/*
+ * A request in an unusual but valid descriptor layout (virtio 1.x, 2.6.4:
+ * the device must not assume any particular arrangement): `n` descriptors
+ * from `parts`, status byte at `status`. Returns the status and the used
+ * length.
+ */
+static u8 blk_raw(struct blk *b, const struct desc *parts, unsigned n, volatile u8 *status,
+                  u32 *used_len)
+{
+    struct desc *dt = b->q->desc;
+    CHECK(n >= 1 && n <= 4, "blk_raw: %u descriptors", n);
+    for (unsigned i = 0; i < n; i++) {
+        dt[i] = parts[i];
+        dt[i].flags = (u16)(parts[i].flags | (i + 1 < n ? DESC_F_NEXT : 0));
+        dt[i].next = (u16)(i + 1 < n ? i + 1 : 0);
+    }
+    *status = 0xff;
+    vq_push(b->q, 0);
+    blk_run(b, 1);
+    *used_len = b->used_len[0];
+    return *status;
+}
+
+/*
+ * blk-layout: the same requests as the pattern test in other layouts:
+ * the header split over two descriptors, header and data in one
+ * descriptor, data and status in one descriptor. Blocks 0 to 2 are
+ * rewritten with what they hold already.
+ */
+static void blk_test_layouts(struct blk *b)
+{
+    struct vdev *d = b->d;
+    /* 8 KiB of contiguous buffer: slots 2 and 3. */
+    u8 *buf = slot_data(b, 2);
+    struct blk_hdr *h = slot_hdr(b, 0);
+    volatile u8 *st = slot_status(b, 0);
+    u32 len_split_w, len_split_r, len_hd, len_ds;
+
+    /* 1. Write block 0, header as 8 + 8 bytes; read it back, header 4 + 12. */
+    fill_pattern(buf, 0, final_gen(0));
+    *h = (struct blk_hdr){ BLK_T_OUT, 0, 0 };
+    struct desc w1[] = { { (u64)h, 8, 0, 0 }, { (u64)h + 8, 8, 0, 0 },
+                         { (u64)buf, BLOCK, 0, 0 }, { (u64)st, 1, DESC_F_WRITE, 0 } };
+    u8 s_split_w = blk_raw(b, w1, 4, st, &len_split_w);
+    for (u64 i = 0; i < BLOCK / 8; i++)
+        ((u64 *)buf)[i] = 0;
+    *h = (struct blk_hdr){ BLK_T_IN, 0, 0 };
+    struct desc r1[] = { { (u64)h, 4, 0, 0 }, { (u64)h + 4, 12, 0, 0 },
+                         { (u64)buf, BLOCK, DESC_F_WRITE, 0 }, { (u64)st, 1, DESC_F_WRITE, 0 } };
+    u8 s_split_r = blk_raw(b, r1, 4, st, &len_split_r);
+    int ok_split_r = s_split_r == BLK_S_OK;
+    for (u64 i = 0; ok_split_r && i < BLOCK / 8; i++)
+        ok_split_r = ((u64 *)buf)[i] == tg_pattern(i, final_gen(0));
+
+    /* 2. Write block 1 with header and data in one descriptor. */
+    struct blk_hdr *hd = (struct blk_hdr *)buf;
+    *hd = (struct blk_hdr){ BLK_T_OUT, 0, 1 * BLOCK_SECTORS };
+    fill_pattern(buf + 16, 1, final_gen(1));
+    struct desc w2[] = { { (u64)buf, 16 + BLOCK, 0, 0 }, { (u64)st, 1, DESC_F_WRITE, 0 } };
+    u8 s_hd = blk_raw(b, w2, 2, st, &len_hd);
+
+    /* 3. Read block 2 with data and status in one descriptor. */
+    for (u64 i = 0; i < (BLOCK + 8) / 8; i++)
+        ((u64 *)buf)[i] = 0;
+    *h = (struct blk_hdr){ BLK_T_IN, 0, 2 * BLOCK_SECTORS };
+    buf[BLOCK] = 0xff;
+    struct desc r3[] = { { (u64)h, 16, 0, 0 }, { (u64)buf, BLOCK + 1, DESC_F_WRITE, 0 } };
+    u8 s_ds = blk_raw(b, r3, 2, buf + BLOCK, &len_ds);
+    int ok_ds = s_ds == BLK_S_OK;
+    for (u64 i = 0; ok_ds && i < BLOCK / 8; i++)
+        ok_ds = ((u64 *)buf)[i] == tg_pattern(2 * (BLOCK / 8) + i, final_gen(2));
+
+    tg_printf(TG "blk layout split-header-write=%u/%u split-header-read=%u/%u/%s "
+                 "header+data=%u/%u data+status=%u/%u/%s\n",
+              s_split_w, len_split_w, s_split_r, len_split_r, ok_split_r ? "ok" : "bad", s_hd,
+              len_hd, s_ds, len_ds, ok_ds ? "ok" : "bad");
+    /* Block 1 must hold its pattern whatever happened above. */
+    u8 s = blk_one(b, BLK_T_IN, 1 * BLOCK_SECTORS, slot_data(b, 0), BLOCK);
+    CHECK(s == BLK_S_OK, "blk %02x.%u: read of block 1: status %u", d->dev, d->fn, s);
+    int ok_b1 = 1;
+    for (u64 i = 0; ok_b1 && i < BLOCK / 8; i++)
+        ok_b1 = ((u64 *)slot_data(b, 0))[i] == tg_pattern(BLOCK / 8 + i, final_gen(1));
+    vq_check_device(d);
+    CHECK(s_split_w == BLK_S_OK && len_split_w == 1 && ok_split_r && len_split_r == BLOCK + 1 &&
+              s_hd == BLK_S_OK && len_hd == 1 && ok_b1 && ok_ds && len_ds == BLOCK + 1,
+          "blk %02x.%u: a valid descriptor layout was refused or mishandled", d->dev, d->fn);
+    tg_printf(TG "blk layout ok\n");
+}
+
 static void blk_test_rw(struct blk *b)
 {
     struct vdev *d = b->d;
@@ -789,6 +880,8 @@ static void blk_test_rw(struct blk *b)
     CHECK(st == BLK_S_OK, "blk %02x.%u: read after the errors: status %u", d->dev, d->fn, st);
     check_pattern(b, slot_data(b, 0), blocks - 1, final_gen(blocks - 1));
     vq_check_device(d);
+    if (has_word("blk-layout"))
+        blk_test_layouts(b);
 
     tg_printf(TG "blk ok requests=%lu serial=%s sectors=%lu blocks=%lu kicks=%lu\n", b->requests,
               serial, b->capacity, blocks, b->q->kicks);
@@ -873,7 +966,8 @@ static void blk_tests(int ro_only)
 #define FRAME (14 + PAYLOAD)
 #define MAX_SEQ 65536
 
-static u8 rx_seen[MAX_SEQ / 8];
+/* One bit per DATA seq received; dma_alloc'ed (zeroed at CPL 3, not in .bss). */
+static u8 *rx_seen;
 
 struct net {
     struct vdev *d;
@@ -883,6 +977,7 @@ struct net {
     u8 *txbufs;
     u64 go, go_count;
     u64 data, dups, other, bad;
+    u8 hdr[VNET_HDR];             /* the header of the first DATA frame */
     u16 tx_inflight;
 };
 
@@ -905,7 +1000,7 @@ static void net_rx_post(struct net *n, u16 id)
     vq_push(n->rx, id);
 }
 
-static void net_frame(struct net *n, const u8 *f, u32 len)
+static void net_frame(struct net *n, const u8 *hdr, const u8 *f, u32 len)
 {
     if (len < 14 + 16 || f[12] != (ETHERTYPE >> 8) || f[13] != (ETHERTYPE & 0xff) ||
         f[14] != 'K' || f[15] != 'T' || f[16] != 'G' || f[17] != '1') {
@@ -925,7 +1020,9 @@ static void net_frame(struct net *n, const u8 *f, u32 len)
         n->other++;
         return;
     }
-    int ok = len >= FRAME && seq < MAX_SEQ;
+    if (!n->data && !n->bad && !n->dups)
+        memcpy(n->hdr, hdr, VNET_HDR);
+    int ok = len == FRAME && seq < MAX_SEQ;
     for (unsigned i = 16; ok && i < PAYLOAD; i++)
         ok = p[i] == (u8)(seq + i);
     if (!ok) {
@@ -953,7 +1050,8 @@ static unsigned net_rx_poll(struct net *n)
         if (len < VNET_HDR)
             n->bad++;
         else
-            net_frame(n, n->rxbufs + (u64)RXBUF * id + VNET_HDR, len - VNET_HDR);
+            net_frame(n, n->rxbufs + (u64)RXBUF * id, n->rxbufs + (u64)RXBUF * id + VNET_HDR,
+                      len - VNET_HDR);
         q->used_idx++;
         net_rx_post(n, (u16)id);
     }
@@ -1046,6 +1144,7 @@ static void net_test(void)
     n.tx = &d->q[1];
     n.rxbufs = dma_alloc((u64)RXBUF * n.rx->size);
     n.txbufs = dma_alloc((u64)RXBUF * n.tx->size);
+    rx_seen = dma_alloc(MAX_SEQ / 8);
     for (unsigned i = 0; i < 6; i++)
         n.mac[i] = rd8(d->devcfg + i);
     for (u16 i = 0; i < n.rx->size; i++)
@@ -1081,8 +1180,11 @@ static void net_test(void)
     CHECK(n.bad == 0, "net: %lu malformed frames", n.bad);
     vq_check_device(d);
     tg_printf(TG "net tx=%u rx=%lu\n", ntx, n.data);
-    tg_printf(TG "net other=%lu dups=%lu go=%lu kicks=%lu/%lu\n", n.other, n.dups, n.go,
+    tg_printf(TG "net other=%lu dups=%lu go=%lu kicks=%lu/%lu rx-hdr=", n.other, n.dups, n.go,
               n.rx->kicks, n.tx->kicks);
+    for (unsigned i = 0; i < VNET_HDR; i++)
+        tg_printf("%02x", n.hdr[i]);
+    tg_printf("\n");
     wr8(d->common + C_STATUS, 0);
 }
 

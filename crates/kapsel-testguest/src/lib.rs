@@ -169,6 +169,12 @@ pub mod expect {
 ///   offer `VIRTIO_BLK_F_RO`; its size a multiple of 4 KiB up to 64 MiB) is
 ///   read whole and hashed ([`hash`](virtio::hash)); a write must fail
 ///   with IOERR and change nothing. Prints [`blk_ro_ok`](virtio::blk_ro_ok).
+/// - `blk-layout`: with `blk`, a writable disk also gets requests in other
+///   valid descriptor layouts (virtio 1.x 2.6.4: the header split over two
+///   descriptors, header and data in one, data and status in one), which
+///   rewrite blocks 0 to 2 with what they hold. Prints
+///   [`BLK_LAYOUT_OK`](virtio::BLK_LAYOUT_OK) after a `blk layout ...`
+///   line with each request's status and used length.
 /// - `blk-ro`: as `blk`, but every disk must be read-only.
 /// - `net`: the frame exchange of [`net`](virtio::net) on the first
 ///   virtio-net card; `net-tx=N` frames from the guest (default 1000).
@@ -239,24 +245,29 @@ pub mod virtio {
         format!("kapsel-testguest: blk-ro ok sectors={sectors} hash=0x{hash:016x} serial={serial}")
     }
 
+    /// Printed when every `blk-layout` request worked.
+    pub const BLK_LAYOUT_OK: &str = "kapsel-testguest: blk layout ok";
+    /// Requests `blk-layout` adds to [`blk_requests`].
+    pub const BLK_LAYOUT_REQUESTS: u64 = 5;
+
     /// Requests the `blk` test makes on a writable disk of `blocks` blocks:
     /// three passes, FLUSH, GET_ID, three single reads.
     pub const fn blk_requests(blocks: u64) -> u64 {
         3 * blocks + 5
     }
 
-    /// The `net` frame exchange. Frames have ethertype [`ETHERTYPE`] and a
-    /// [`PAYLOAD`]-byte payload: `KTG1`, a kind byte, three zero bytes, the
+    /// The `net` frame exchange. Frames have ethertype [`ETHERTYPE`](net::ETHERTYPE) and a
+    /// [`PAYLOAD`](net::PAYLOAD)-byte payload: `KTG1`, a kind byte, three zero bytes, the
     /// sequence number and a count (both little-endian u32), then bytes
-    /// `(seq + i) & 0xff` for `i` in 16..64 ([`payload`]).
+    /// `(seq + i) & 0xff` for `i` in 16..64 ([`payload`](net::payload)).
     ///
-    /// 1. The guest posts receive buffers and prints [`READY`].
-    /// 2. The host sends [`GO`] (count = how many DATA frames it will send
+    /// 1. The guest posts receive buffers and prints [`READY`](net::READY).
+    /// 2. The host sends [`GO`](net::GO) (count = how many DATA frames it will send
     ///    later), repeating it until guest frames arrive.
-    /// 3. The guest sends `net-tx=N` [`DATA`] frames, seq 0..N, to the
-    ///    broadcast address, then one [`DONE`] frame (count N).
+    /// 3. The guest sends `net-tx=N` [`DATA`](net::DATA) frames, seq 0..N, to the
+    ///    broadcast address, then one [`DONE`](net::DONE) frame (count N).
     /// 4. The host sends its DATA frames, seq 0..count, to the guest's MAC.
-    /// 5. The guest prints [`tx_rx`] once it has every one of them.
+    /// 5. The guest prints [`tx_rx`](net::tx_rx) once it has every one of them.
     pub mod net {
         /// The ethertype (IEEE local experimental 2).
         pub const ETHERTYPE: u16 = 0x88b5;

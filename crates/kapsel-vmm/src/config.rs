@@ -33,6 +33,8 @@ pub struct DiskConfig {
     pub read_only: bool,
     /// Serial the guest reads (/dev/disk/by-id/virtio-SERIAL), up to 20 bytes.
     pub serial: Option<String>,
+    /// Image format; detected from the file when None.
+    pub format: Option<kapsel_image::Format>,
 }
 
 /// A network card the guest sees as a virtio-net device (eth0, eth1, ...).
@@ -72,6 +74,9 @@ pub struct VmConfig {
     pub nets: Vec<NetConfig>,
     /// A virtio console (hvc0) and where it goes.
     pub virtio_console: Option<ConsoleSpec>,
+    /// How long the guest has to power off after the ACPI power button is
+    /// pressed (on SIGTERM, SIGINT or SIGHUP) before it is stopped.
+    pub shutdown_timeout: std::time::Duration,
 }
 
 impl VmConfig {
@@ -91,12 +96,16 @@ impl VmConfig {
             rng: false,
             nets: Vec::new(),
             virtio_console: None,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
         }
     }
 }
 
 /// The command line used when none is given.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
+
+/// Time a guest gets to shut down after the power button, as vmd gives.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Smallest guest memory Kapsel accepts.
 pub const MIN_MEMORY: u64 = 32 << 20;

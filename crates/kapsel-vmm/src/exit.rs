@@ -18,6 +18,12 @@ pub enum VmExit {
         /// The vCPU that faulted.
         cpu: u8,
     },
+    /// The host stopped the VM without the guest's consent: a second
+    /// signal, or the guest ignored the power button for too long.
+    ForcedStop {
+        /// What happened.
+        reason: String,
+    },
     /// KVM could not run the guest (internal error, failed entry, an exit
     /// the VMM does not handle).
     KvmFailure {
@@ -43,6 +49,7 @@ impl std::fmt::Display for VmExit {
             VmExit::GuestPanic => write!(f, "guest kernel panicked (reported through pvpanic)"),
             VmExit::TripleFault { cpu } => write!(f, "guest triple fault on vCPU {cpu}"),
             VmExit::KvmFailure { cpu, reason } => write!(f, "KVM failure on vCPU {cpu}: {reason}"),
+            VmExit::ForcedStop { reason } => write!(f, "VM stopped: {reason}"),
         }
     }
 }

@@ -112,6 +112,60 @@ pub fn validate(cfg: &VmConfig, kvm: &Kvm) -> Result<()> {
     Ok(())
 }
 
+/// SIGTERM, SIGINT and SIGHUP, delivered to the event loop through a
+/// signalfd while a VM runs, and unblocked again afterwards.
+struct StopSignals {
+    fd: std::os::fd::OwnedFd,
+    old_mask: libc::sigset_t,
+}
+
+impl StopSignals {
+    fn block() -> Result<StopSignals> {
+        // SAFETY: sigset_t is plain data, filled by sigemptyset/sigaddset.
+        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: as above; `old_mask` receives the previous mask.
+        let mut old_mask: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: valid pointers to local sigsets; this thread's mask is
+        // inherited by the vCPU and I/O threads spawned later.
+        let fd = unsafe {
+            libc::sigemptyset(&mut set);
+            for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+                libc::sigaddset(&mut set, sig);
+            }
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old_mask);
+            libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC)
+        };
+        if fd < 0 {
+            return Err(Error::io(
+                "creating a signalfd",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        // SAFETY: signalfd returned a new descriptor that nothing else owns.
+        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        Ok(StopSignals { fd, old_mask })
+    }
+
+    /// Consumes pending signals; returns how many arrived.
+    fn take(&self) -> usize {
+        let mut n = 0;
+        let mut info = [0u8; 128];
+        // SAFETY: reading whole signalfd_siginfo records into a buffer of
+        // exactly one record's size.
+        while unsafe { libc::read(self.fd.as_raw_fd(), info.as_mut_ptr().cast(), info.len()) } > 0 {
+            n += 1;
+        }
+        n
+    }
+}
+
+impl Drop for StopSignals {
+    fn drop(&mut self) {
+        // SAFETY: restores the mask saved in block().
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.old_mask, std::ptr::null_mut()) };
+    }
+}
+
 /// Boots the VM described by `cfg` and runs it until it powers off, fails,
 /// or resets (a reset boots it again under [`OnReboot::Restart`]).
 pub fn run(cfg: &VmConfig) -> Result<VmExit> {
@@ -119,9 +173,10 @@ pub fn run(cfg: &VmConfig) -> Result<VmExit> {
     validate(cfg, &kvm)?;
     let console = Console::open(&cfg.console, cfg.virtio_console.as_ref())?;
     vcpu::install_kick_handler()?;
+    let signals = StopSignals::block()?;
     let mut escape = EscapeState::default();
     loop {
-        let exit = boot_once(&kvm, cfg, &console, &mut escape)?;
+        let exit = boot_once(&kvm, cfg, &console, &signals, &mut escape)?;
         if exit == VmExit::Reset && cfg.on_reboot == OnReboot::Restart {
             tracing::info!("guest reset; booting it again (--on-reboot restart)");
             continue;
@@ -131,32 +186,15 @@ pub fn run(cfg: &VmConfig) -> Result<VmExit> {
 }
 
 fn open_disk(disk: &crate::config::DiskConfig) -> Result<VirtioBlock> {
-    let file_err = |source| Error::File {
-        what: "disk",
-        path: disk.path.clone(),
-        source,
-    };
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(!disk.read_only)
-        .open(&disk.path)
-        .map_err(file_err)?;
-    // Serving a qcow2 file as raw would hand the guest its metadata and let
-    // it overwrite them.
-    let mut magic = [0u8; 4];
-    if std::io::Read::read(&mut file, &mut magic).map_err(file_err)? == 4 && magic == *b"QFI\xfb" {
-        return Err(Error::InvalidConfig(format!(
-            "disk {}: a qcow2 image, and Kapsel reads raw images only for now; convert it \
-             (qemu-img convert -O raw {} disk.raw)",
-            disk.path.display(),
-            disk.path.display()
-        )));
-    }
+    // The message names the image and the fix (format mismatch, missing
+    // backing file, unreadable file).
+    let backend = kapsel_image::open(&disk.path, disk.format, disk.read_only)
+        .map_err(|e| Error::InvalidConfig(format!("--disk: {e}")))?;
     let options = BlockOptions {
         read_only: disk.read_only,
         serial: disk.serial.clone().unwrap_or_default(),
     };
-    VirtioBlock::new(file, options).map_err(file_err)
+    Ok(VirtioBlock::with_backend(backend, options))
 }
 
 fn open_net(net: &crate::config::NetConfig) -> Result<VirtioNet> {
@@ -265,6 +303,7 @@ struct Machine {
     mem: memory::GuestMem,
     serial: Arc<Mutex<SerialDevice>>,
     hvc_input: Option<ConsoleInput>,
+    power_button: EventFd,
     exit: Arc<ExitSignal>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
@@ -275,10 +314,11 @@ fn boot_once(
     kvm: &Kvm,
     cfg: &VmConfig,
     console: &Console,
+    signals: &StopSignals,
     escape: &mut EscapeState,
 ) -> Result<VmExit> {
     let mut machine = build(kvm, cfg, console)?;
-    let result = event_loop(&machine, console, escape);
+    let result = event_loop(&machine, cfg, console, signals, escape);
     machine.shut_down();
     tracing::info!(
         "guest memory resident at exit: {} KiB",
@@ -358,6 +398,10 @@ fn build(kvm: &Kvm, cfg: &VmConfig, console: &Console) -> Result<Machine> {
     }
     let mut mmio = Bus::new();
     let (io_devices, hvc_input) = add_pci(cfg, console, &vm, &mem, &mut pio, &mut mmio)?;
+    let power_button =
+        EventFd::new(EFD_NONBLOCK).map_err(|e| Error::io("creating an eventfd", e))?;
+    vm.register_irqfd(&power_button, layout::GED_GSI)
+        .map_err(|e| Error::kvm("KVM_IRQFD", e))?;
     let io_thread = IoThread::start(io_devices)?;
 
     let supported = kvm
@@ -383,6 +427,7 @@ fn build(kvm: &Kvm, cfg: &VmConfig, console: &Console) -> Result<Machine> {
         mem,
         serial,
         hvc_input,
+        power_button,
         exit,
         stop,
         threads: Vec::new(),
@@ -446,20 +491,44 @@ fn read_fd(fd: RawFd, buf: &mut [u8]) -> std::io::Result<usize> {
     }
 }
 
-/// Waits for the VM's end while feeding console input to the serial port.
-fn event_loop(m: &Machine, console: &Console, escape: &mut EscapeState) -> Result<VmExit> {
+/// Waits for the VM's end while feeding console input to the guest. The
+/// first stop signal presses the ACPI power button; a second one, or the
+/// guest not powering off within the shutdown timeout, stops the VM.
+fn event_loop(
+    m: &Machine,
+    cfg: &VmConfig,
+    console: &Console,
+    signals: &StopSignals,
+    escape: &mut EscapeState,
+) -> Result<VmExit> {
     let exit_fd = m.exit.event().as_raw_fd();
     let mut input = console.input_fd();
     let mut pending: Vec<u8> = Vec::new();
+    let mut deadline: Option<std::time::Instant> = None;
     loop {
         if let Some(reason) = m.exit.reason() {
             return Ok(reason);
         }
-        let mut fds = vec![libc::pollfd {
-            fd: exit_fd,
-            events: libc::POLLIN,
-            revents: 0,
-        }];
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            return Ok(VmExit::ForcedStop {
+                reason: format!(
+                    "the guest did not power off within {} s of the ACPI power button",
+                    cfg.shutdown_timeout.as_secs()
+                ),
+            });
+        }
+        let mut fds = vec![
+            libc::pollfd {
+                fd: exit_fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: signals.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
         // Read more input only when the guest took what we had.
         if let (Some(fd), true) = (input, pending.is_empty()) {
             fds.push(libc::pollfd {
@@ -468,11 +537,34 @@ fn event_loop(m: &Machine, console: &Console, escape: &mut EscapeState) -> Resul
                 revents: 0,
             });
         }
-        let timeout = if pending.is_empty() { -1 } else { 10 };
+        let mut timeout = if pending.is_empty() { -1 } else { 10 };
+        if let Some(d) = deadline {
+            let left = d.saturating_duration_since(std::time::Instant::now());
+            let left_ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX).max(1);
+            timeout = if timeout < 0 {
+                left_ms
+            } else {
+                timeout.min(left_ms)
+            };
+        }
         poll(&mut fds, timeout).map_err(|e| Error::io("waiting for events", e))?;
-        if fds.len() > 1 && fds[1].revents != 0 {
+        if fds[1].revents != 0 && signals.take() > 0 {
+            if deadline.is_some() {
+                return Ok(VmExit::ForcedStop {
+                    reason: "stopped by a second signal".into(),
+                });
+            }
+            eprintln!(
+                "\r\nkapsel: pressing the guest's ACPI power button; it has {} s to power \
+                 off (signal again to stop it now)\r",
+                cfg.shutdown_timeout.as_secs()
+            );
+            let _ = m.power_button.write(1);
+            deadline = Some(std::time::Instant::now() + cfg.shutdown_timeout);
+        }
+        if fds.len() > 2 && fds[2].revents != 0 {
             let mut buf = [0u8; 256];
-            match read_fd(fds[1].fd, &mut buf) {
+            match read_fd(fds[2].fd, &mut buf) {
                 Ok(0) | Err(_) => input = None, // end of input: stop reading
                 Ok(n) => {
                     let (bytes, quit) = if console.is_terminal() {

@@ -32,7 +32,7 @@ pub struct RunArgs {
     /// CPU features to hide from the guest, comma-separated (e.g. xsave,avx).
     #[arg(long, value_name = "FEATURES", value_delimiter = ',')]
     pub hide_cpuid: Vec<String>,
-    /// A virtio-blk disk (repeatable: vda, vdb, ...): PATH[,ro][,format=raw][,serial=ID].
+    /// A virtio-blk disk (repeatable: vda, vdb, ...): PATH[,ro][,format=raw|qcow2][,serial=ID].
     #[arg(long = "disk", value_name = "SPEC", value_parser = parse_disk)]
     pub disks: Vec<DiskConfig>,
     /// Give the guest a virtio-rng entropy device.
@@ -42,6 +42,10 @@ pub struct RunArgs {
     /// it gets the keyboard; the serial console keeps its own --console.
     #[arg(long, value_name = "WHERE", value_parser = parse_console)]
     pub virtio_console: Option<ConsoleSpec>,
+    /// Seconds the guest gets to power off after SIGTERM/SIGINT/SIGHUP
+    /// press its ACPI power button; then (or on a second signal) it is stopped.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub shutdown_timeout: u64,
     /// A virtio-net card on a host tap (repeatable): tap=NAME[,mac=52:54:00:12:34:56].
     #[arg(long = "net", value_name = "SPEC", value_parser = parse_net)]
     pub nets: Vec<NetConfig>,
@@ -83,16 +87,16 @@ fn parse_disk(text: &str) -> Result<DiskConfig, String> {
         path: path.into(),
         read_only: false,
         serial: None,
+        format: None,
     };
     for opt in parts {
         match opt.split_once('=') {
             None if opt == "ro" => disk.read_only = true,
-            Some(("format", "raw")) => {}
-            Some(("format", "qcow2")) => {
-                return Err(format!(
-                    "{path}: qcow2 images are not supported yet; convert it: \
-                     qemu-img convert -O raw {path} disk.raw"
-                ))
+            Some(("format", f)) => {
+                disk.format = Some(
+                    f.parse::<kapsel_image::Format>()
+                        .map_err(|e| format!("{e} (use format=raw or format=qcow2)"))?,
+                )
             }
             Some(("serial", id)) if !id.is_empty() && id.len() <= 20 => {
                 disk.serial = Some(id.to_string())
@@ -170,6 +174,7 @@ pub fn main(args: RunArgs) -> u8 {
         rng: args.rng,
         nets: args.nets,
         virtio_console: args.virtio_console,
+        shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout),
     };
     match kapsel_vmm::run(&cfg) {
         Ok(exit) => {
@@ -212,9 +217,13 @@ mod tests {
         assert!(d.read_only);
         assert_eq!(d.serial.as_deref(), Some("web-root"));
         assert!(!parse_disk("b.img,format=raw").unwrap().read_only);
-        assert!(parse_disk("c.qcow2,format=qcow2")
+        assert_eq!(
+            parse_disk("c.qcow2,format=qcow2").unwrap().format,
+            Some(kapsel_image::Format::Qcow2)
+        );
+        assert!(parse_disk("c.img,format=vmdk")
             .unwrap_err()
-            .contains("qemu-img convert"));
+            .contains("format=qcow2"));
         assert!(parse_disk("d.img,rw")
             .unwrap_err()
             .contains("unknown disk option"));

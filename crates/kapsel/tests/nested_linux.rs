@@ -15,7 +15,7 @@ const KAPSEL: &str = env!("CARGO_BIN_EXE_kapsel");
 
 /// The scenarios tests/nested/job.sh runs, in order; each test checks one.
 const SCENARIOS: &[&str] = &[
-    "cpus1", "cpus2", "cpus4", "reboot", "restart", "panic", "vmlinux", "virtio", "net",
+    "cpus1", "cpus2", "cpus4", "reboot", "restart", "panic", "vmlinux", "virtio", "net", "button",
 ];
 const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 
@@ -42,6 +42,7 @@ fn run_testbed() -> Results {
     let out = std::env::temp_dir().join(format!("kapsel-nested-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
     let vmlinux = repo.join(".testbed/l1-vmlinux");
+    let images = make_qcow2_images(&out)?;
     let build = Command::new(repo.join("scripts/testbed/build.sh"))
         .status()
         .map_err(|e| format!("scripts/testbed/build.sh: {e}"))?;
@@ -53,6 +54,16 @@ fn run_testbed() -> Results {
         .arg(KAPSEL)
         .arg("--add")
         .arg(format!("{}:files/vmlinux", vmlinux.display()))
+        .arg("--add")
+        .arg(format!(
+            "{}:files/base.raw",
+            images.join("base.raw").display()
+        ))
+        .arg("--add")
+        .arg(format!(
+            "{}:files/overlay.qcow2",
+            images.join("overlay.qcow2").display()
+        ))
         .arg("--env")
         .arg(format!("KAPSEL_SCENARIOS={}", SCENARIOS.join(" ")))
         .arg("--out")
@@ -83,6 +94,39 @@ fn run_testbed() -> Results {
         out,
         scenarios: results,
     })
+}
+
+/// The raw base image's content: 4 MiB of a simple pattern.
+fn base_pattern() -> Vec<u8> {
+    (0..4u32 << 20).map(|i| (i % 251) as u8).collect()
+}
+
+/// A raw base and a qcow2 overlay on it (relative backing name), made with
+/// qemu-img beside (not in) the output directory.
+fn make_qcow2_images(out: &Path) -> Result<PathBuf, String> {
+    let dir = out.with_extension("images");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("base.raw"), base_pattern()).map_err(|e| e.to_string())?;
+    let status = Command::new("qemu-img")
+        .args([
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "raw",
+            "-b",
+            "base.raw",
+            "overlay.qcow2",
+        ])
+        .current_dir(&dir)
+        .status()
+        .map_err(|e| format!("qemu-img (Debian: qemu-utils): {e}"))?;
+    if !status.success() {
+        return Err(format!("qemu-img create failed: {status}"));
+    }
+    Ok(dir)
 }
 
 /// Runs the testbed once per test process; None when it should not run.
@@ -230,7 +274,8 @@ fn linux_sees_virtio_disks_and_writes_reach_the_host() {
         [
             "vda size=8192 ro=0 serial=kapsel-vda",
             "vdb size=8192 ro=0 serial=",
-            "vdc size=2048 ro=1 serial=ro-disk"
+            "vdc size=2048 ro=1 serial=ro-disk",
+            "vdd size=8192 ro=0 serial="
         ],
         "{}",
         s.log
@@ -279,5 +324,66 @@ fn linux_talks_to_the_host_over_virtio_net_on_a_tap() {
         Some(sent.as_str()),
         "{}",
         s.log
+    );
+}
+
+#[test]
+fn linux_writes_a_qcow2_overlay_that_qemu_img_accepts() {
+    let Some(s) = scenario("virtio") else { return };
+    let out = &batch().unwrap().out;
+    assert_eq!(s.exit, 0, "{}\n{}", s.err, s.log);
+    // The guest read the raw base through the overlay.
+    let base = out.join("base.raw");
+    assert_eq!(
+        marker(&s.log, "KAPSEL-VDD-MD5="),
+        Some(md5_of(&base, 0, 4 << 20).as_str()),
+        "{}",
+        s.log
+    );
+    // The base is untouched; the overlay is a clean qcow2 holding the write.
+    assert_eq!(std::fs::read(&base).unwrap(), base_pattern());
+    let overlay = out.join("overlay.qcow2");
+    let check = Command::new("qemu-img")
+        .args(["check", "-q"])
+        .arg(&overlay)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "qemu-img check: {}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    let flat = out.join("overlay.raw");
+    let convert = Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(&overlay)
+        .arg(&flat)
+        .status()
+        .unwrap();
+    assert!(convert.success());
+    let wrote = marker(&s.log, "KAPSEL-VDD-WROTE-MD5=").expect("vdd written");
+    assert_eq!(md5_of(&flat, 2 << 20, 1 << 20), wrote);
+    assert_eq!(md5_of(&flat, 0, 2 << 20), md5_of(&base, 0, 2 << 20));
+}
+
+#[test]
+fn sigterm_presses_the_acpi_power_button_and_linux_powers_off() {
+    let Some(s) = scenario("button") else { return };
+    assert!(s.log.contains("KAPSEL-BUTTON-READY"), "{}", s.log);
+    assert!(
+        s.log.contains("KAPSEL-POWER-BUTTON"),
+        "{}\n{}",
+        s.err,
+        s.log
+    );
+    assert!(
+        s.err.contains("pressing the guest's ACPI power button"),
+        "{}",
+        s.err
+    );
+    assert_eq!(
+        s.exit, 0,
+        "a guest that powers off on the button exits 0: {}",
+        s.err
     );
 }

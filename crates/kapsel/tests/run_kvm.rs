@@ -257,3 +257,66 @@ fn bad_input_gets_exit_code_2_and_a_fix() {
     );
     assert!(Path::new(hello).exists());
 }
+
+/// Starts `kapsel run` on the CPL-0 loop guest (busy for seconds here,
+/// deaf to the power button) and waits until its vCPU runs.
+fn start_busy_guest(extra: &[&str]) -> std::process::Child {
+    let child = Command::new(KAPSEL)
+        .args([
+            "run",
+            "--kernel",
+            kapsel_testguest::CPL0LOOP,
+            "--memory",
+            "64M",
+        ])
+        .args(["--console", "none"])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    child
+}
+
+fn signal(child: &std::process::Child, sig: i32) {
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+}
+
+#[test]
+fn a_second_signal_stops_a_guest_that_ignores_the_power_button() {
+    if !kvm_usable() {
+        return;
+    }
+    let child = start_busy_guest(&[]);
+    signal(&child, libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(200));
+    signal(&child, libc::SIGTERM);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("pressing the guest's ACPI power button"),
+        "{err}"
+    );
+    assert!(
+        err.contains("VM stopped: stopped by a second signal"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_shutdown_timeout_stops_a_guest_that_ignores_the_power_button() {
+    if !kvm_usable() {
+        return;
+    }
+    let child = start_busy_guest(&["--shutdown-timeout", "1"]);
+    let start = Instant::now();
+    signal(&child, libc::SIGINT);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("did not power off within 1 s"), "{err}");
+    assert!(start.elapsed() >= Duration::from_millis(900));
+}

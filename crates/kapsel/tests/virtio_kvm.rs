@@ -215,7 +215,7 @@ impl Finished {
     }
 
     /// Every check passed: no FAIL, no exception, `virtio ok`, and the VMM
-    /// exited with `status`.
+    /// (Kapsel or QEMU) exited with `status` (0 after an ACPI power-off).
     fn assert_passed(&self, status: i32) {
         for l in &self.lines {
             assert!(
@@ -265,11 +265,16 @@ fn make_disks(name: &str) -> Disks {
 }
 
 /// What the guest must print and leave behind on `disks`.
-fn check_blk_run(run: &Finished, disks: &Disks, ok_status: i32) {
-    run.assert_passed(ok_status);
+fn check_blk_run(run: &Finished, disks: &Disks, layouts: bool) {
+    run.assert_passed(0);
     let blocks = DISK_BYTES / virtio::BLOCK;
     let line = run.line_starting(virtio::BLK_OK);
-    let want = virtio::blk_ok(virtio::blk_requests(blocks), SERIAL);
+    let mut requests = virtio::blk_requests(blocks);
+    if layouts {
+        run.assert_line(virtio::BLK_LAYOUT_OK);
+        requests += virtio::BLK_LAYOUT_REQUESTS;
+    }
+    let want = virtio::blk_ok(requests, SERIAL);
     assert!(line.starts_with(&want), "{line:?} vs {want:?}");
     assert!(
         line.contains(&format!(" sectors={} ", DISK_BYTES / 512)),
@@ -304,6 +309,17 @@ fn virtio_blk_pattern_flush_get_id_errors_and_read_only() {
         return;
     }
     let disks = make_disks("blk");
+    let run = kapsel_blk(&disks, "blk");
+    check_blk_run(&run, &disks, false);
+    println!(
+        "kapsel: {} in {:?}",
+        run.line_starting(virtio::BLK_OK),
+        run.elapsed
+    );
+}
+
+/// `kapsel run` with the writable disk and the read-only one.
+fn kapsel_blk(disks: &Disks, cmdline: &str) -> Finished {
     let mut cmd = Command::new(KAPSEL);
     cmd.args([
         "run",
@@ -316,15 +332,24 @@ fn virtio_blk_pattern_flush_get_id_errors_and_read_only() {
     .arg(format!("{},serial={SERIAL}", disks.rw.display()))
     .arg("--disk")
     .arg(format!("{},ro", disks.ro.display()))
-    .args(["--cmdline", "blk"]);
-    let started = Instant::now();
-    let run = Vm::spawn(cmd).finish(started, RUN_TIMEOUT);
-    check_blk_run(&run, &disks, 0);
-    println!(
-        "kapsel: {} in {:?}",
-        run.line_starting(virtio::BLK_OK),
-        run.elapsed
-    );
+    .args(["--cmdline", cmdline]);
+    Vm::spawn(cmd).finish(Instant::now(), RUN_TIMEOUT)
+}
+
+/// Virtio 1.x devices must accept any descriptor layout (2.6.4); Kapsel's
+/// virtio-blk wants the header alone in one 16-byte descriptor and the
+/// status byte alone in the last one, and fails the other layouts with
+/// IOERR (QEMU accepts them: `virtio_blk_guest_under_qemu_q35`).
+#[test]
+#[ignore = "kapsel-vmm: virtio-blk refuses valid descriptor layouts (IOERR)"]
+fn virtio_blk_any_descriptor_layout() {
+    if let Some(reason) = kvm_usable() {
+        println!("SKIP: {reason}");
+        return;
+    }
+    let disks = make_disks("blklayout");
+    let run = kapsel_blk(&disks, "blk blk-layout");
+    check_blk_run(&run, &disks, true);
 }
 
 #[test]
@@ -384,7 +409,7 @@ fn virtio_blk_guest_under_qemu_q35() {
     }
     let disks = make_disks("qemublk");
     let mut cmd = qemu_command();
-    cmd.args(["-append", "blk"])
+    cmd.args(["-append", "blk blk-layout"])
         .arg("-drive")
         .arg(format!(
             "if=none,id=d0,file={},format=raw,cache=unsafe",
@@ -402,7 +427,7 @@ fn virtio_blk_guest_under_qemu_q35() {
         .args(["-device", "virtio-blk-pci,disable-legacy=on,drive=d1"]);
     let started = Instant::now();
     let run = Vm::spawn(cmd).finish(started, RUN_TIMEOUT);
-    check_blk_run(&run, &disks, 0);
+    check_blk_run(&run, &disks, true);
     println!("qemu: blk test in {:?}", run.elapsed);
 }
 
@@ -604,7 +629,7 @@ fn net_exchange(launch: impl FnOnce(&Netns) -> Command) -> Option<(Finished, Str
     Some((run, summary))
 }
 
-fn check_net_run(run: &Finished, summary: &str, ok_status: i32) {
+fn check_net_run(run: &Finished, summary: &str) {
     let want =
         format!("host rx={NET_TX} missing=0 extra=0 dups=0 bad=0 done={NET_TX} sent={NET_RX} ");
     assert!(
@@ -612,7 +637,7 @@ fn check_net_run(run: &Finished, summary: &str, ok_status: i32) {
         "host side: {summary}\nwant {want}\n{}",
         run.describe()
     );
-    run.assert_passed(ok_status);
+    run.assert_passed(0);
     run.assert_line(&net::tx_rx(NET_TX, NET_RX));
     let mac = run.line_starting(net::READY)[net::READY.len()..].to_string();
     assert!(
@@ -638,7 +663,7 @@ fn virtio_net_frames_both_ways_through_a_tap_in_a_netns() {
     }) else {
         return;
     };
-    check_net_run(&run, &summary, 0);
+    check_net_run(&run, &summary);
     println!("kapsel: {summary} in {:?}", run.elapsed);
 }
 
@@ -662,6 +687,6 @@ fn virtio_net_guest_under_qemu_q35() {
     }) else {
         return;
     };
-    check_net_run(&run, &summary, 0);
+    check_net_run(&run, &summary);
     println!("qemu: {summary} in {:?}", run.elapsed);
 }

@@ -11,6 +11,7 @@ BASE="console=ttyS0 quiet mitigations=off"
 BOOT_TIMEOUT=${BOOT_TIMEOUT:-240}
 
 # boot NAME STOP_AFTER_UPS KAPSEL_ARGS...
+# With BOOT_SIGNAL_ON=MARKER, kapsel gets SIGTERM once the console shows MARKER.
 boot() {
     name=$1 stop_after=$2
     shift 2
@@ -23,6 +24,10 @@ boot() {
     while kill -0 "$pid" 2>/dev/null; do
         if [ ! -e "$OUT/$name.seen" ] && grep -q KAPSEL-EPOCH "$log"; then
             date +%s >"$OUT/$name.seen"
+        fi
+        if [ -n "${BOOT_SIGNAL_ON:-}" ] && [ ! -e "$OUT/$name.signalled" ] &&
+            grep -q "$BOOT_SIGNAL_ON" "$log"; then
+            kill -TERM "$pid" && touch "$OUT/$name.signalled"
         fi
         ups=$(grep -c KAPSEL-GUEST-UP "$log")
         if [ "$stop_after" -gt 0 ] && [ "$ups" -ge "$stop_after" ]; then
@@ -42,7 +47,7 @@ boot() {
 
 K="--kernel $KAPSEL_L2_KERNEL --initrd $KAPSEL_L2_INITRD"
 # The list comes from SCENARIOS in nested_linux.rs; the default runs all.
-for scenario in ${KAPSEL_SCENARIOS:-cpus1 cpus2 cpus4 reboot restart panic vmlinux virtio net}; do
+for scenario in ${KAPSEL_SCENARIOS:-cpus1 cpus2 cpus4 reboot restart panic vmlinux virtio net button}; do
     case $scenario in
     cpus1) boot cpus1 0 $K --cpus 1 --memory 256M --cmdline "$BASE" ;;
     cpus2) boot cpus2 0 $K --cpus 2 --memory 512M --cmdline "$BASE" ;;
@@ -60,6 +65,8 @@ for scenario in ${KAPSEL_SCENARIOS:-cpus1 cpus2 cpus4 reboot restart panic vmlin
         # vda holds the initrd (known content), vdb is written by the guest,
         # vdc is read-only.
         cp "$KAPSEL_L2_INITRD" "$OUT/vda.img" && truncate -s 4M "$OUT/vda.img"
+        # vdd: a qcow2 overlay (made on the host with qemu-img) on a raw base.
+        cp "$KAPSEL_SHARE/files/base.raw" "$KAPSEL_SHARE/files/overlay.qcow2" "$OUT/"
         dd if=/dev/zero of="$OUT/vdb.img" bs=1M count=4 2>/dev/null
         dd if=/dev/zero of="$OUT/vdc.img" bs=1M count=1 2>/dev/null
         # The virtio console is on stdio: its output goes to virtio.hvc, and a
@@ -71,8 +78,14 @@ for scenario in ${KAPSEL_SCENARIOS:-cpus1 cpus2 cpus4 reboot restart panic vmlin
         BOOT_STDIN=/tmp/hvc-in BOOT_STDOUT="$OUT/virtio.hvc" \
             boot virtio 0 $K --memory 256M --rng --cmdline "$BASE kapsel.test=virtio" \
             --disk "$OUT/vda.img,serial=kapsel-vda" --disk "$OUT/vdb.img" \
-            --disk "$OUT/vdc.img,ro,serial=ro-disk" --virtio-console stdio
+            --disk "$OUT/vdc.img,ro,serial=ro-disk" --disk "$OUT/overlay.qcow2" \
+            --virtio-console stdio
         kill $typist 2>/dev/null || true
+        ;;
+    button)
+        # SIGTERM to kapsel presses the ACPI power button; the guest powers off.
+        BOOT_SIGNAL_ON=KAPSEL-BUTTON-READY \
+            boot button 0 $K --memory 256M --cmdline "$BASE kapsel.test=button"
         ;;
     net)
         # kapsel creates the tap kt0; once it exists, L1 addresses it and

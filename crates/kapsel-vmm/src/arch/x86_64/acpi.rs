@@ -79,6 +79,26 @@ fn pci_host_bridge_aml(out: &mut Vec<u8>) {
         .to_aml_bytes(out);
 }
 
+/// The power button (PNP0C0C) and the hardware-reduced ACPI Generic Event
+/// Device (ACPI0013) that announces it: an edge on GSI [`GED_GSI`] makes
+/// the OS run `_EVT`, which notifies the button (0x80: "pressed").
+fn power_button_aml(out: &mut Vec<u8>) {
+    let hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0C0C"));
+    let uid = aml::Name::new("_UID".into(), &aml::ZERO);
+    aml::Device::new("_SB_.PWRB".into(), vec![&hid, &uid]).to_aml_bytes(out);
+
+    let irq = aml::Interrupt::new(true, true, false, false, GED_GSI);
+    let crs = aml::ResourceTemplate::new(vec![&irq]);
+    let pressed: u8 = 0x80;
+    let button = aml::Path::new("\\_SB_.PWRB");
+    let notify = aml::Notify::new(&button, &pressed);
+    let evt = aml::Method::new("_EVT".into(), 1, true, vec![&notify]);
+    let hid = aml::Name::new("_HID".into(), &"ACPI0013");
+    let uid = aml::Name::new("_UID".into(), &aml::ZERO);
+    let crs = aml::Name::new("_CRS".into(), &crs);
+    aml::Device::new("_SB_.GED0".into(), vec![&hid, &uid, &crs, &evt]).to_aml_bytes(out);
+}
+
 /// The MCFG table: ECAM for segment 0, bus 0.
 fn mcfg() -> Vec<u8> {
     let mut mcfg = acpi_tables::mcfg::MCFG::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
@@ -114,6 +134,7 @@ pub fn dsdt_aml() -> Vec<u8> {
         &mut body,
     );
     pci_host_bridge_aml(&mut body);
+    power_button_aml(&mut body);
     let s5_type = S5_SLEEP_TYPE;
     let s5_package = aml::Package::new(vec![&s5_type, &s5_type]);
     aml::Name::new("_S5_".into(), &s5_package).to_aml_bytes(&mut body);
@@ -265,6 +286,12 @@ mod tests {
         assert_eq!(dsdt[s5 + 4], 0x12, "a Package follows _S5_");
         assert!(dsdt.windows(8).any(|w| w == b"QEMU0001"), "pvpanic");
         assert!(dsdt.windows(4).any(|w| w == b"PCI0"), "host bridge");
+        assert!(
+            dsdt.windows(8).any(|w| w == b"ACPI0013"),
+            "generic event device"
+        );
+        assert!(dsdt.windows(4).any(|w| w == b"_EVT"), "GED event method");
+        assert!(dsdt.windows(4).any(|w| w == b"PWRB"), "power button");
 
         let madt = table(&mem, entries[1]);
         assert_eq!(&madt[0..4], b"APIC");

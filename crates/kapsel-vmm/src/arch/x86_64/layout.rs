@@ -77,6 +77,8 @@ pub const ACPI_SLEEP_STATUS_PORT: u16 = 0x3c1;
 pub const ACPI_RESET_PORT: u16 = 0x3c4;
 /// Value the guest writes to the reset register.
 pub const ACPI_RESET_VALUE: u8 = 0xa5;
+/// The interrupt of the ACPI Generic Event Device (the power button).
+pub const GED_GSI: u32 = 9;
 /// pvpanic device (QEMU's ISA pvpanic, ACPI HID QEMU0001).
 pub const PVPANIC_PORT: u16 = 0x505;
 
