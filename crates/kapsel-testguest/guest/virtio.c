@@ -37,13 +37,24 @@
  * DATA frames (seq 0..N-1, broadcast) and a DONE frame (count N), then
  * waits until it has received every DATA frame 0..count-1 from the host.
  *
+ * Memory BARs the firmware left unassigned (qboot does) are assigned from
+ * 0xC0000000 up, above the BARs already there.
+ *
  * Output lines (all start with "kapsel-testguest: "):
- *   virtio dev=BB:DD.F type=T bar=0x..          per virtio device found
- *   blk ok requests=N serial=S sectors=C        writable disk passed
+ *   pci 00:DD.F BARi assigned 0x.. (size 0x..)  only for unassigned BARs
+ *   virtio dev=00:DD.F type=T common=0x.. notify=0x.. mult=M   per device
+ *   blk dev=00:DD.F capacity=C features=0x.. queue=Q            per disk
+ *   blk layout split-header-write=S/L split-header-read=S/L/ok
+ *              header+data=S/L data+status=S/L/ok   (blk-layout; S status,
+ *              L used length)
+ *   blk layout ok
+ *   blk ok requests=N serial=S sectors=C blocks=B kicks=K   writable disk
  *   blk-ro ok sectors=C hash=0x.. serial=S      read-only disk passed
  *   net ready mac=xx:xx:xx:xx:xx:xx
  *   net tx=N rx=M                               net passed
- *   net other=K                                 frames that were not ours
+ *   net other=K dups=D go=G kicks=R/T rx-hdr=.. (frames not ours, the
+ *                                               virtio-net header of the
+ *                                               first DATA frame received)
  *   virtio ok                                   everything asked for passed
  *   FAIL <what>                                 a check failed (then fail())
  */
@@ -329,20 +340,105 @@ struct vdev {
 static struct vdev devs[MAX_DEVS];
 static unsigned ndevs;
 
-static void pci_bars(struct vdev *d)
+static void pci_write32(u8 dev, u8 fn, u8 off, u32 v)
+{
+    outl(PCI_ADDR, pci_addr(dev, fn, off));
+    outl(PCI_DATA, v);
+}
+
+/*
+ * Memory BARs the firmware left unassigned (QEMU with qboot leaves 64-bit
+ * ones at 0; Kapsel and SeaBIOS assign everything) are placed from here,
+ * above every BAR already assigned in [BAR_WINDOW, BAR_WINDOW_END).
+ */
+#define BAR_WINDOW 0xc0000000ul
+#define BAR_WINDOW_END 0xfec00000ul
+static u64 bar_cursor;
+
+/* Size of memory BAR `i` (64-bit if `wide`), probed with decoding off. */
+static u64 pci_bar_size(u8 dev, u8 fn, unsigned i, int wide)
+{
+    u8 off = (u8)(0x10 + 4 * i);
+    u16 cmd = pci_read16(dev, fn, 0x04);
+    pci_write16(dev, fn, 0x04, cmd & ~0x3);
+    u32 lo = pci_read32(dev, fn, off), hi = wide ? pci_read32(dev, fn, (u8)(off + 4)) : 0;
+    pci_write32(dev, fn, off, 0xffffffffu);
+    if (wide)
+        pci_write32(dev, fn, (u8)(off + 4), 0xffffffffu);
+    u64 mask = pci_read32(dev, fn, off) & ~0xful;
+    if (wide)
+        mask |= (u64)pci_read32(dev, fn, (u8)(off + 4)) << 32;
+    else if (mask)
+        mask |= 0xffffffff00000000ul;
+    pci_write32(dev, fn, off, lo);
+    if (wide)
+        pci_write32(dev, fn, (u8)(off + 4), hi);
+    pci_write16(dev, fn, 0x04, cmd);
+    return mask ? ~mask + 1 : 0;
+}
+
+/* The memory BARs of a function (0 for I/O or absent), unassigned ones assigned. */
+static void pci_bars_of(u8 dev, u8 fn, u64 *bars)
 {
     for (unsigned i = 0; i < 6; i++) {
-        u32 v = pci_read32(d->dev, d->fn, (u8)(0x10 + 4 * i));
+        u32 v = pci_read32(dev, fn, (u8)(0x10 + 4 * i));
+        bars[i] = 0;
         if (v & 1)
             continue; /* I/O BAR */
+        int wide = ((v >> 1) & 3) == 2 && i < 5;
         u64 a = v & ~0xful;
-        if (((v >> 1) & 3) == 2 && i < 5) {
-            a |= (u64)pci_read32(d->dev, d->fn, (u8)(0x14 + 4 * i)) << 32;
-            d->bar[i] = a;
-            i++;
-            continue;
+        if (wide)
+            a |= (u64)pci_read32(dev, fn, (u8)(0x14 + 4 * i)) << 32;
+        u64 size = pci_bar_size(dev, fn, i, wide);
+        if (size && !a) {
+            u64 at = (bar_cursor + size - 1) & ~(size - 1);
+            CHECK(at + size <= BAR_WINDOW_END, "no room for a BAR of 0x%lx", size);
+            pci_write32(dev, fn, (u8)(0x10 + 4 * i), (u32)at);
+            if (wide)
+                pci_write32(dev, fn, (u8)(0x14 + 4 * i), (u32)(at >> 32));
+            tg_printf(TG "pci 00:%02x.%u BAR%u assigned 0x%lx (size 0x%lx)\n", dev, fn, i, at,
+                      size);
+            a = at;
+            bar_cursor = at + size;
         }
-        d->bar[i] = a;
+        bars[i] = a;
+        if (wide)
+            i++;
+    }
+}
+
+/* Starts the BAR cursor above every memory BAR assigned in the window. */
+static void pci_bar_window(void)
+{
+    bar_cursor = BAR_WINDOW;
+    for (u8 dev = 0; dev < 32; dev++) {
+        u8 nfn = 1;
+        for (u8 fn = 0; fn < nfn; fn++) {
+            u32 id = pci_read32(dev, fn, 0);
+            if ((id & 0xffff) == 0xffff)
+                continue;
+            u8 htype = pci_read8(dev, fn, 0x0e);
+            if (fn == 0 && (htype & 0x80))
+                nfn = 8;
+            if ((htype & 0x7f) != 0)
+                continue;
+            for (unsigned i = 0; i < 6; i++) {
+                u32 v = pci_read32(dev, fn, (u8)(0x10 + 4 * i));
+                if (v & 1)
+                    continue;
+                int wide = ((v >> 1) & 3) == 2 && i < 5;
+                u64 a = v & ~0xful;
+                if (wide)
+                    a |= (u64)pci_read32(dev, fn, (u8)(0x14 + 4 * i)) << 32;
+                if (a >= BAR_WINDOW && a < BAR_WINDOW_END) {
+                    u64 end = a + pci_bar_size(dev, fn, i, wide);
+                    if (end > bar_cursor)
+                        bar_cursor = end;
+                }
+                if (wide)
+                    i++;
+            }
+        }
     }
 }
 
@@ -390,6 +486,7 @@ static void pci_caps(struct vdev *d)
 
 static void pci_scan(void)
 {
+    pci_bar_window();
     for (u8 dev = 0; dev < 32; dev++) {
         u8 nfn = 1;
         for (u8 fn = 0; fn < nfn; fn++) {
@@ -407,7 +504,7 @@ static void pci_scan(void)
             d->dev = dev;
             d->fn = fn;
             d->type = (u16)(device - VIRTIO_DEVICE_BASE);
-            pci_bars(d);
+            pci_bars_of(dev, fn, d->bar);
             /* Memory space and bus mastering on (QEMU needs the latter for DMA). */
             u16 cmd = pci_read16(dev, fn, 0x04);
             pci_write16(dev, fn, 0x04, cmd | 0x6);
