@@ -9,7 +9,9 @@
  * structures (in whichever BARs they are), and runs the virtio 1.x
  * initialisation. No interrupts: MSI-X stays disabled, every vector is
  * NO_VECTOR, completion is found by polling the used rings with a bounded
- * (TSC) wait.
+ * (TSC) wait. Features accepted: VERSION_1, plus FLUSH for virtio-blk and
+ * MAC for virtio-net (no EVENT_IDX, no indirect descriptors), so the driver
+ * notifies after every batch it makes available.
  *
  * The kernel command line says what to test (words separated by spaces;
  * unknown words are ignored):

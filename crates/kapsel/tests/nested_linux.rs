@@ -317,11 +317,11 @@ fn linux_talks_to_the_host_over_virtio_net_on_a_tap() {
     assert_eq!(s.exit, 0, "{}\n{}", s.err, s.log);
     assert_eq!(marker(&s.log, "KAPSEL-NET-MAC="), Some("52:54:00:12:34:56"));
     assert_eq!(marker(&s.log, "KAPSEL-PING="), Some("ok"), "{}", s.log);
-    assert_eq!(marker(&s.log, "KAPSEL-NET-RX-BYTES="), Some("4194304"));
-    let sent = md5_of(&out.join("net.bin"), 0, 4 << 20);
+    // 100 MiB over HTTP, checksummed on both ends.
+    let sent = std::fs::read_to_string(out.join("net.md5")).unwrap();
     assert_eq!(
         marker(&s.log, "KAPSEL-NET-RX-MD5="),
-        Some(sent.as_str()),
+        Some(sent.trim()),
         "{}",
         s.log
     );
