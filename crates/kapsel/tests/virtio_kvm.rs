@@ -341,7 +341,6 @@ fn kapsel_blk(disks: &Disks, cmdline: &str) -> Finished {
 /// status byte alone in the last one, and fails the other layouts with
 /// IOERR (QEMU accepts them: `virtio_blk_guest_under_qemu_q35`).
 #[test]
-#[ignore = "kapsel-vmm: virtio-blk refuses valid descriptor layouts (IOERR)"]
 fn virtio_blk_any_descriptor_layout() {
     if let Some(reason) = kvm_usable() {
         println!("SKIP: {reason}");

@@ -894,6 +894,67 @@ mod tests {
     }
 
     #[test]
+    fn any_descriptor_layout_is_one_byte_stream() {
+        let mem = guest_memory();
+        mem.write_obj(VIRTIO_BLK_T_OUT, GuestAddress(HDR)).unwrap();
+        mem.write_obj(3u64, GuestAddress(HDR + 8)).unwrap();
+        // Header split over two descriptors, then data, then status.
+        let split = [
+            Descriptor::new(HDR, 5, 0, 0),
+            Descriptor::new(HDR + 5, 11, 0, 0),
+            Descriptor::new(BUF, 512, 0, 0),
+            Descriptor::new(STATUS, 1, DESC_F_WRITE, 0),
+        ];
+        let r = parse_request(&mem, split, &limits()).request.unwrap();
+        assert_eq!((r.kind, r.sector, r.data_len), (RequestKind::Write, 3, 512));
+        assert_eq!(r.data[0].addr, GuestAddress(BUF));
+        // Header and data in one descriptor (the data follows the header).
+        let joined = [
+            Descriptor::new(HDR, 16 + 512, 0, 0),
+            Descriptor::new(STATUS, 1, DESC_F_WRITE, 0),
+        ];
+        let r = parse_request(&mem, joined, &limits()).request.unwrap();
+        assert_eq!(r.data_len, 512);
+        assert_eq!(r.data[0].addr, GuestAddress(HDR + 16));
+        // A read whose data and status share the last descriptor.
+        mem.write_obj(VIRTIO_BLK_T_IN, GuestAddress(HDR)).unwrap();
+        let shared = [
+            Descriptor::new(HDR, 16, 0, 0),
+            Descriptor::new(BUF, 513, DESC_F_WRITE, 0),
+        ];
+        let p = parse_request(&mem, shared, &limits());
+        assert_eq!(p.status, Some(GuestAddress(BUF + 512)));
+        let r = p.request.unwrap();
+        assert_eq!((r.kind, r.data_len), (RequestKind::Read, 512));
+        // Readable after writable, and write data on a read, are refused.
+        let mixed = [
+            Descriptor::new(HDR, 16, 0, 0),
+            Descriptor::new(BUF, 512, DESC_F_WRITE, 0),
+            Descriptor::new(BUF, 512, 0, 0),
+            Descriptor::new(STATUS, 1, DESC_F_WRITE, 0),
+        ];
+        let p = parse_request(&mem, mixed, &limits());
+        assert_eq!(p.request, Err(RequestError::WrongDirection));
+        let extra = [
+            Descriptor::new(HDR, 16 + 512, 0, 0),
+            Descriptor::new(BUF, 513, DESC_F_WRITE, 0),
+        ];
+        assert_eq!(
+            parse_request(&mem, extra, &limits()).request,
+            Err(RequestError::WrongDirection)
+        );
+        // A header shorter than 16 bytes in all.
+        let short = [
+            Descriptor::new(HDR, 8, 0, 0),
+            Descriptor::new(STATUS, 1, DESC_F_WRITE, 0),
+        ];
+        assert_eq!(
+            parse_request(&mem, short, &limits()).request,
+            Err(RequestError::BadHeader)
+        );
+    }
+
+    #[test]
     fn parser_bounds_chain_length() {
         let mem = guest_memory();
         let header = Descriptor::new(HDR, 16, 0, 0);
@@ -920,10 +981,11 @@ mod tests {
         );
         // Status at the last byte of a longer descriptor, even at the top of
         // the address space.
+        // Its other 9 bytes are read data, outside memory.
         let big = Descriptor::new(u64::MAX - 9, 10, DESC_F_WRITE, 0);
         let p = parse_request(&mem, [header, big], &limits());
         assert_eq!(p.status, Some(GuestAddress(u64::MAX)));
-        assert_eq!(p.request, Err(RequestError::BadLength));
+        assert_eq!(p.request, Err(RequestError::BadAddress));
         // Header outside memory.
         let far = Descriptor::new(u64::MAX - 7, 16, 0, 0);
         assert_eq!(

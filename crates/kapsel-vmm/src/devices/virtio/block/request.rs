@@ -206,28 +206,81 @@ pub fn parse_request<M: GuestMemory>(
     } else if count < 2 {
         Err(RequestError::BadHeader)
     } else {
-        parse_checked(mem, &descs[..count - 1], limits)
+        parse_checked(mem, &descs[..count], limits)
     };
     ParsedRequest { status, request }
 }
 
-/// Parses header + data descriptors (status already split off).
+/// Splits `spans` after `n` bytes: (the first n bytes, the rest). None when
+/// they hold fewer than n bytes.
+fn split_spans(spans: &[Segment], n: u64) -> Option<(Vec<Segment>, Vec<Segment>)> {
+    let (mut front, mut back) = (Vec::new(), Vec::new());
+    let mut left = n;
+    for s in spans {
+        let take = u64::from(s.len).min(left);
+        if take > 0 {
+            front.push(Segment {
+                addr: s.addr,
+                len: take as u32,
+            });
+        }
+        if take < u64::from(s.len) {
+            back.push(Segment {
+                addr: GuestAddress(s.addr.0.checked_add(take)?),
+                len: s.len - take as u32,
+            });
+        }
+        left -= take;
+    }
+    (left == 0).then_some((front, back))
+}
+
+fn span_len(spans: &[Segment]) -> u64 {
+    spans.iter().map(|s| u64::from(s.len)).sum()
+}
+
+/// Parses a whole chain as virtio 1.x frames it (any descriptor layout):
+/// device-readable bytes (the 16-byte header, then data to write) come
+/// before device-writable ones (data read, then the status byte, last).
 fn parse_checked<M: GuestMemory>(
     mem: &M,
     descs: &[Descriptor],
     limits: &DiskLimits,
 ) -> Result<Request, RequestError> {
-    let (header, data) = descs.split_first().ok_or(RequestError::BadHeader)?;
-    if header.is_write_only() || header.len() != REQUEST_HEADER_SIZE {
-        return Err(RequestError::BadHeader);
+    let to_span = |d: &Descriptor| Segment {
+        addr: d.addr(),
+        len: d.len(),
+    };
+    let readable_count = descs.iter().take_while(|d| !d.is_write_only()).count();
+    let (readable, writable) = descs.split_at(readable_count);
+    if writable.iter().any(|d| !d.is_write_only()) {
+        // A device-readable buffer after a device-writable one.
+        return Err(RequestError::WrongDirection);
     }
-    let request_type: u32 = read_le(mem, header.addr())?;
-    let sector_addr = header
-        .addr()
-        .0
-        .checked_add(8)
-        .ok_or(RequestError::BadAddress)?;
-    let sector: u64 = read_le(mem, GuestAddress(sector_addr))?;
+    let readable: Vec<Segment> = readable.iter().map(to_span).collect();
+    let writable: Vec<Segment> = writable.iter().map(to_span).collect();
+    let (header, out_data) =
+        split_spans(&readable, REQUEST_HEADER_SIZE.into()).ok_or(RequestError::BadHeader)?;
+    // The status byte is the last writable byte; parse_request checked it.
+    let in_len = span_len(&writable)
+        .checked_sub(1)
+        .ok_or(RequestError::BadHeader)?;
+    let (in_data, _status) = split_spans(&writable, in_len).ok_or(RequestError::BadHeader)?;
+    for s in &header {
+        if !mem.check_range(s.addr, s.len as usize, Permissions::Read) {
+            return Err(RequestError::BadAddress);
+        }
+    }
+    let mut raw_header = [0u8; REQUEST_HEADER_SIZE as usize];
+    let mut at = 0usize;
+    for s in &header {
+        let end = at + s.len as usize;
+        mem.read_slice(&mut raw_header[at..end], s.addr)
+            .map_err(|_| RequestError::BadAddress)?;
+        at = end;
+    }
+    let request_type = u32::from_le_bytes(raw_header[0..4].try_into().unwrap_or_default());
+    let sector = u64::from_le_bytes(raw_header[8..16].try_into().unwrap_or_default());
 
     let (kind, writable) = match request_type {
         VIRTIO_BLK_T_IN => (RequestKind::Read, true),
@@ -247,29 +300,33 @@ fn parse_checked<M: GuestMemory>(
         return Err(RequestError::ReadOnly);
     }
 
+    // Data flows one way: the other direction may hold nothing but the
+    // header (readable) or the status (writable).
+    let (data, unused) = if writable {
+        (in_data, out_data)
+    } else {
+        (out_data, in_data)
+    };
+    if !unused.is_empty() {
+        return Err(RequestError::WrongDirection);
+    }
+    let access = if writable {
+        Permissions::Write
+    } else {
+        Permissions::Read
+    };
     let mut segments = Vec::with_capacity(data.len());
     let mut data_len: u64 = 0;
     for d in data {
-        if d.is_write_only() != writable {
-            return Err(RequestError::WrongDirection);
-        }
-        let access = if writable {
-            Permissions::Write
-        } else {
-            Permissions::Read
-        };
-        let len = usize::try_from(d.len()).map_err(|_| RequestError::BadLength)?;
-        if !mem.check_range(d.addr(), len, access) {
+        let len = usize::try_from(d.len).map_err(|_| RequestError::BadLength)?;
+        if !mem.check_range(d.addr, len, access) {
             return Err(RequestError::BadAddress);
         }
-        // At most 126 segments of < 4 GiB: cannot overflow, checked anyway.
+        // At most 128 segments of < 4 GiB: cannot overflow, checked anyway.
         data_len = data_len
-            .checked_add(u64::from(d.len()))
+            .checked_add(u64::from(d.len))
             .ok_or(RequestError::BadLength)?;
-        segments.push(Segment {
-            addr: d.addr(),
-            len: d.len(),
-        });
+        segments.push(d);
     }
 
     let mut ranges = Vec::new();
@@ -347,12 +404,4 @@ fn check_range(sector: u64, num_sectors: u64, limits: &DiskLimits) -> Result<(),
         Some(end) if end <= limits.capacity_sectors => Ok(()),
         _ => Err(RequestError::OutOfRange),
     }
-}
-
-fn read_le<M: GuestMemory, T: vm_memory::ByteValued>(
-    mem: &M,
-    addr: GuestAddress,
-) -> Result<T, RequestError> {
-    // The guest writes little-endian; x86_64 is little-endian.
-    mem.read_obj(addr).map_err(|_| RequestError::BadAddress)
 }

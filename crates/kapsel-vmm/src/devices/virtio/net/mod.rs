@@ -22,6 +22,8 @@ pub const VNET_HDR_LEN: usize = 12;
 /// offload packet, its Ethernet header and the virtio-net header.
 pub const MAX_FRAME: usize = 65_536 + 14 + VNET_HDR_LEN;
 
+/// Offset of `num_buffers` (le16) in virtio_net_hdr_v1.
+const NUM_BUFFERS_OFFSET: usize = 10;
 const RX_QUEUE: u16 = 0;
 const TX_QUEUE: u16 = 1;
 const VIRTIO_NET_F_CSUM: u32 = 0;
@@ -182,6 +184,12 @@ impl VirtioNet {
                 break;
             };
             let head = chain.head_index();
+            let mut frame = frame;
+            if let Some(n) = frame.get_mut(NUM_BUFFERS_OFFSET..VNET_HDR_LEN) {
+                // One buffer per frame (no VIRTIO_NET_F_MRG_RXBUF): the
+                // device must say so (virtio 5.1.6.4.1); the tap leaves it 0.
+                n.copy_from_slice(&1u16.to_le_bytes());
+            }
             let written = match scatter(&a.mem, chain, &frame) {
                 Some(n) => n,
                 None => {
@@ -475,7 +483,10 @@ mod tests {
         d.mem
             .read_slice(&mut b, GuestAddress(DATA_BASE + 0x4000))
             .unwrap();
-        assert_eq!(b, [7u8; 100]);
+        // The header says "one buffer"; the rest is the frame as sent.
+        assert_eq!(&b[10..12], &[1, 0]);
+        assert_eq!(&b[..10], &[7u8; 10]);
+        assert_eq!(&b[12..], &[7u8; 88]);
     }
 
     #[test]
