@@ -33,7 +33,7 @@ L1_EXTRA_MODULES="tun veth bridge vhost_net? vhost_vsock?"
 L2_BOOT_MODULES="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev
     virtio_pci virtio_mmio virtio_blk failover net_failover virtio_net
     virtio_console virtio_rng pvpanic? pvpanic-mmio? pvpanic-pci?"
-L2_EXTRA_MODULES="vmw_vsock_virtio_transport? button?"
+L2_EXTRA_MODULES="vmw_vsock_virtio_transport? button? evdev?"
 
 refresh=0
 quiet=0

@@ -67,6 +67,7 @@ button)
     # KEY_POWER input event; wait for one, then power off as a distribution
     # (systemd-logind, acpid) would.
     modprobe -q button 2>/dev/null
+    modprobe -q evdev 2>/dev/null
     dev=$(awk '/^N: Name="Power Button"/ { found = 1 } found && /^H: Handlers=/ {
         for (i = 1; i <= NF; i++) if ($i ~ /^event/) { print $i; exit } }' /proc/bus/input/devices)
     if [ -n "$dev" ] && [ -c "/dev/input/$dev" ]; then
