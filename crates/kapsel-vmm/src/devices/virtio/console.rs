@@ -5,7 +5,8 @@
 //! the driver has set up its queues.
 
 use super::{
-    feature, process_queue, ActivateError, DeviceError, VirtioDevice, VirtioInterrupt, TYPE_CONSOLE,
+    feature, process_queue, ready_queues, signal_if, ActivateError, DeviceError, VirtioDevice,
+    VirtioInterrupt, TYPE_CONSOLE,
 };
 use crate::memory::GuestMem;
 use std::collections::VecDeque;
@@ -114,11 +115,7 @@ impl VirtioConsole {
             let _ = out.flush();
             0
         })?;
-        if notify {
-            a.interrupt
-                .signal_used_queue(TX_QUEUE)
-                .map_err(DeviceError::Interrupt)?;
-        }
+        signal_if(a.interrupt.as_ref(), TX_QUEUE, notify)?;
         Ok(())
     }
 
@@ -154,11 +151,11 @@ impl VirtioConsole {
             used = true;
         }
         drop(buf);
-        if used && a.rx.needs_notification(&a.mem)? {
-            a.interrupt
-                .signal_used_queue(RX_QUEUE)
-                .map_err(DeviceError::Interrupt)?;
-        }
+        signal_if(
+            a.interrupt.as_ref(),
+            RX_QUEUE,
+            used && a.rx.needs_notification(&a.mem)?,
+        )?;
         Ok(())
     }
 }
@@ -205,13 +202,7 @@ impl VirtioDevice for VirtioConsole {
         queues: Vec<Queue>,
         _acked_features: u64,
     ) -> Result<(), ActivateError> {
-        let mut queues = queues.into_iter();
-        let (Some(rx), Some(tx)) = (queues.next(), queues.next()) else {
-            return Err(ActivateError::MissingQueue);
-        };
-        if !rx.ready() || !tx.ready() {
-            return Err(ActivateError::MissingQueue);
-        }
+        let [rx, tx] = ready_queues::<2>(queues)?;
         self.active = Some(Active {
             mem,
             interrupt,

@@ -142,6 +142,32 @@ pub trait VirtioDevice: Send {
     }
 }
 
+/// Signals queue `index`'s used ring when `needed` (the driver asked for
+/// it, as the event index or the no-interrupt flag says).
+pub(crate) fn signal_if(
+    interrupt: &dyn VirtioInterrupt,
+    index: u16,
+    needed: bool,
+) -> Result<(), DeviceError> {
+    if needed {
+        interrupt
+            .signal_used_queue(index)
+            .map_err(DeviceError::Interrupt)?;
+    }
+    Ok(())
+}
+
+/// The first `N` queues, all of which the driver must have enabled.
+pub(crate) fn ready_queues<const N: usize>(
+    queues: Vec<Queue>,
+) -> Result<[Queue; N], ActivateError> {
+    let taken: Vec<Queue> = queues.into_iter().take(N).collect();
+    if taken.iter().any(|q| !q.ready()) {
+        return Err(ActivateError::MissingQueue);
+    }
+    taken.try_into().map_err(|_| ActivateError::MissingQueue)
+}
+
 /// Most chains a device takes from one queue per notification, in rounds of
 /// the queue size, so that a guest that keeps refilling its ring on another
 /// vCPU cannot keep a device busy forever.

@@ -1,10 +1,13 @@
 //! virtio-rng (virtio 5.4): one queue whose device-writable buffers the
 //! device fills with bytes from the host's getrandom(2).
 
-use super::{process_queue, ActivateError, DeviceError, VirtioDevice, VirtioInterrupt, TYPE_RNG};
+use super::{
+    process_queue, ready_queues, signal_if, ActivateError, DeviceError, VirtioDevice,
+    VirtioInterrupt, TYPE_RNG,
+};
 use crate::memory::GuestMem;
 use std::sync::Arc;
-use virtio_queue::{DescriptorChain, Queue, QueueT};
+use virtio_queue::{DescriptorChain, Queue};
 use vm_memory::{Bytes, GuestAddress};
 
 /// Size of the request queue.
@@ -102,11 +105,7 @@ impl VirtioDevice for VirtioRng {
         queues: Vec<Queue>,
         _acked_features: u64,
     ) -> Result<(), ActivateError> {
-        let queue = queues
-            .into_iter()
-            .next()
-            .filter(|q| q.ready())
-            .ok_or(ActivateError::MissingQueue)?;
+        let [queue] = ready_queues::<1>(queues)?;
         self.active = Some(Active {
             mem,
             interrupt,
@@ -124,11 +123,7 @@ impl VirtioDevice for VirtioRng {
             return Ok(());
         };
         let mem = a.mem.clone();
-        if process_queue(&mut a.queue, &a.mem, |chain| fill_chain(&mem, chain))? {
-            a.interrupt
-                .signal_used_queue(0)
-                .map_err(DeviceError::Interrupt)?;
-        }
-        Ok(())
+        let needed = process_queue(&mut a.queue, &a.mem, |chain| fill_chain(&mem, chain))?;
+        signal_if(a.interrupt.as_ref(), 0, needed)
     }
 }

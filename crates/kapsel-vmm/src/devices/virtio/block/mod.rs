@@ -10,7 +10,8 @@
 pub mod request;
 
 use super::{
-    feature, process_queue, ActivateError, DeviceError, VirtioDevice, VirtioInterrupt, TYPE_BLOCK,
+    feature, process_queue, ready_queues, signal_if, ActivateError, DeviceError, VirtioDevice,
+    VirtioInterrupt, TYPE_BLOCK,
 };
 use crate::memory::GuestMem;
 use kapsel_image::{BlockBackend, RawBackend};
@@ -22,7 +23,7 @@ use request::{
 use std::fs::File;
 use std::io;
 use std::sync::Arc;
-use virtio_queue::{DescriptorChain, Queue, QueueT};
+use virtio_queue::{DescriptorChain, Queue};
 use vm_memory::{Bytes, GuestAddress};
 
 /// Size of the request queue.
@@ -309,11 +310,7 @@ impl VirtioDevice for VirtioBlock {
         queues: Vec<Queue>,
         acked_features: u64,
     ) -> Result<(), ActivateError> {
-        let queue = queues
-            .into_iter()
-            .next()
-            .filter(|q| q.ready())
-            .ok_or(ActivateError::MissingQueue)?;
+        let [queue] = ready_queues::<1>(queues)?;
         let limits = DiskLimits {
             capacity_sectors: self.capacity_sectors,
             read_only: self.read_only,
@@ -339,14 +336,10 @@ impl VirtioDevice for VirtioBlock {
         };
         let (disk, id, limits) = (self.disk.as_mut(), &self.id, a.limits);
         let mem = a.mem.clone();
-        if process_queue(&mut a.queue, &a.mem, |chain| {
+        let needed = process_queue(&mut a.queue, &a.mem, |chain| {
             handle_chain(chain, &mem, &limits, disk, id)
-        })? {
-            a.interrupt
-                .signal_used_queue(0)
-                .map_err(DeviceError::Interrupt)?;
-        }
-        Ok(())
+        })?;
+        signal_if(a.interrupt.as_ref(), 0, needed)
     }
 }
 

@@ -6,7 +6,10 @@
 
 pub mod tap;
 
-use super::{feature, ActivateError, DeviceError, VirtioDevice, VirtioInterrupt, TYPE_NET};
+use super::{
+    feature, ready_queues, signal_if, ActivateError, DeviceError, VirtioDevice, VirtioInterrupt,
+    TYPE_NET,
+};
 use crate::memory::GuestMem;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -149,11 +152,7 @@ impl VirtioNet {
             }
             0
         })?;
-        if notify {
-            a.interrupt
-                .signal_used_queue(TX_QUEUE)
-                .map_err(DeviceError::Interrupt)?;
-        }
+        signal_if(a.interrupt.as_ref(), TX_QUEUE, notify)?;
         Ok(())
     }
 
@@ -200,11 +199,11 @@ impl VirtioNet {
             a.rx.add_used(&a.mem, head, written)?;
             used = true;
         }
-        if used && a.rx.needs_notification(&a.mem)? {
-            a.interrupt
-                .signal_used_queue(RX_QUEUE)
-                .map_err(DeviceError::Interrupt)?;
-        }
+        signal_if(
+            a.interrupt.as_ref(),
+            RX_QUEUE,
+            used && a.rx.needs_notification(&a.mem)?,
+        )?;
         Ok(())
     }
 }
@@ -289,13 +288,7 @@ impl VirtioDevice for VirtioNet {
         acked_features: u64,
     ) -> Result<(), ActivateError> {
         self.io.set_offload(host_offloads(acked_features))?;
-        let mut queues = queues.into_iter();
-        let (Some(rx), Some(tx)) = (queues.next(), queues.next()) else {
-            return Err(ActivateError::MissingQueue);
-        };
-        if !rx.ready() || !tx.ready() {
-            return Err(ActivateError::MissingQueue);
-        }
+        let [rx, tx] = ready_queues::<2>(queues)?;
         self.active = Some(Active {
             mem,
             interrupt,
