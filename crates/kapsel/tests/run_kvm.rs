@@ -258,6 +258,59 @@ fn bad_input_gets_exit_code_2_and_a_fix() {
     assert!(Path::new(hello).exists());
 }
 
+#[test]
+fn bad_disks_get_exit_code_2_and_a_fix() {
+    if !kvm_usable() {
+        return;
+    }
+    let hello = kapsel_testguest::HELLO;
+    let dir = tempdir("baddisk");
+    assert_usage_error(
+        &["--kernel", hello, "--disk", "/nonexistent/disk.img"],
+        "/nonexistent/disk.img",
+    );
+    // A qcow2 image declared raw, and a raw one declared qcow2.
+    let qcow2 = dir.join("a.qcow2");
+    let raw = dir.join("b.raw");
+    std::fs::File::create(&raw)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let made = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&qcow2)
+        .arg("1M")
+        .status();
+    if !made.is_ok_and(|s| s.success()) {
+        println!("SKIP: qemu-img (qemu-utils) not available for the qcow2 cases");
+        return;
+    }
+    let spec = |p: &Path, f: &str| format!("{},format={f}", p.display());
+    assert_usage_error(
+        &["--kernel", hello, "--disk", &spec(&qcow2, "raw")],
+        "a.qcow2",
+    );
+    assert_usage_error(
+        &["--kernel", hello, "--disk", &spec(&raw, "qcow2")],
+        "b.raw",
+    );
+    // An overlay whose backing file is gone: the message names it.
+    let overlay = dir.join("c.qcow2");
+    let made = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(&raw)
+        .arg(&overlay)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    std::fs::remove_file(&raw).unwrap();
+    assert_usage_error(
+        &["--kernel", hello, "--disk", overlay.to_str().unwrap()],
+        "b.raw",
+    );
+    assert_usage_error(&["--kernel", hello, "--net", "tap=bad/name"], "tap");
+}
+
 /// Starts `kapsel run` on the CPL-0 loop guest (busy for seconds here,
 /// deaf to the power button) and waits until its vCPU runs.
 fn start_busy_guest(extra: &[&str]) -> std::process::Child {
