@@ -199,9 +199,13 @@ fn open_disk(disk: &crate::config::DiskConfig) -> Result<VirtioBlock> {
 
 fn open_net(net: &crate::config::NetConfig) -> Result<VirtioNet> {
     let tap = Tap::open(&net.tap, VNET_HDR_LEN as i32).map_err(|e| {
+        let fix = if e.kind() == std::io::ErrorKind::InvalidInput {
+            "choose another name"
+        } else {
+            "Kapsel needs CAP_NET_ADMIN (run as root) and /dev/net/tun (modprobe tun)"
+        };
         Error::InvalidConfig(format!(
-            "--net tap={}: cannot open the tap: {e}; Kapsel needs CAP_NET_ADMIN (run as root) \
-             and /dev/net/tun (modprobe tun)",
+            "--net tap={}: cannot open the tap: {e}; {fix}",
             net.tap
         ))
     })?;
