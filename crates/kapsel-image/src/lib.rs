@@ -277,6 +277,42 @@ pub fn create(
     }
 }
 
+/// Copies the disk seen through `input` (any format, backing files
+/// followed) into a new image at `output` in `format`, leaving the output
+/// sparse where the input reads as zeroes. Returns the bytes written. A
+/// failed copy removes the partial output.
+pub fn convert(input: &Path, output: &Path, format: Format) -> Result<u64, ImageError> {
+    const CHUNK: usize = 1 << 20;
+    let src = open(input, None, true)?;
+    let size = src.size();
+    create(output, format, Some(size), None)?;
+    let copy = || -> Result<u64, ImageError> {
+        let dst = open(output, Some(format), false)?;
+        let io_err = |path: &Path, what: &str, e: io::Error| ImageError::Create {
+            path: path.to_owned(),
+            reason: format!("{what}: {e}"),
+        };
+        let mut buf = vec![0u8; CHUNK];
+        let (mut offset, mut written) = (0u64, 0u64);
+        while offset < size {
+            let n = (size - offset).min(CHUNK as u64) as usize;
+            src.read_at(&mut buf[..n], offset)
+                .map_err(|e| io_err(input, "reading", e))?;
+            if buf[..n].iter().any(|b| *b != 0) {
+                dst.write_at(&buf[..n], offset)
+                    .map_err(|e| io_err(output, "writing", e))?;
+                written += n as u64;
+            }
+            offset += n as u64;
+        }
+        dst.flush().map_err(|e| io_err(output, "flushing", e))?;
+        Ok(written)
+    };
+    copy().inspect_err(|_| {
+        let _ = std::fs::remove_file(output);
+    })
+}
+
 /// Checks that `len` bytes at `offset` lie within a disk of `size` bytes.
 pub(crate) fn check_bounds(size: u64, offset: u64, len: u64) -> io::Result<()> {
     match offset.checked_add(len) {

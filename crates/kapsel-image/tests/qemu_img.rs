@@ -389,3 +389,37 @@ fn created_images_pass_qemu_img_check() {
     assert!(err.to_string().contains("nope.qcow2"), "{err}");
     assert!(!dir.path().join("y.qcow2").exists());
 }
+
+#[test]
+fn convert_copies_through_backing_chains_and_stays_sparse() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.raw");
+    let mut data = vec![0u8; 8 << 20];
+    data[..1 << 20].copy_from_slice(&pattern(1 << 20, 7));
+    std::fs::write(&base, &data).unwrap();
+    let overlay = dir.path().join("top.qcow2");
+    kapsel_image::create(&overlay, Format::Qcow2, None, Some(&base)).unwrap();
+    {
+        let top = kapsel_image::open(&overlay, None, false).unwrap();
+        top.write_at(&pattern(4096, 9), 5 << 20).unwrap();
+        top.flush().unwrap();
+    }
+    data[5 << 20..(5 << 20) + 4096].copy_from_slice(&pattern(4096, 9));
+    // qcow2 chain -> raw, and back to a standalone qcow2.
+    let flat = dir.path().join("flat.raw");
+    let written = kapsel_image::convert(&overlay, &flat, Format::Raw).unwrap();
+    assert_eq!(written, 2 << 20, "only the two non-zero MiB are written");
+    assert_eq!(std::fs::read(&flat).unwrap(), data);
+    let standalone = dir.path().join("standalone.qcow2");
+    kapsel_image::convert(&flat, &standalone, Format::Qcow2).unwrap();
+    let back = kapsel_image::open(&standalone, None, true).unwrap();
+    assert_eq!(read_all(back.as_ref()), data);
+    if have_qemu_img() {
+        assert_clean(&standalone);
+    }
+    // The output must not exist; a failed convert leaves nothing behind.
+    assert!(kapsel_image::convert(&overlay, &flat, Format::Raw).is_err());
+    let missing = dir.path().join("nope.raw");
+    assert!(kapsel_image::convert(&missing, &dir.path().join("x.raw"), Format::Raw).is_err());
+    assert!(!dir.path().join("x.raw").exists());
+}

@@ -26,6 +26,23 @@
  *   net          the frame exchange with the host described below.
  *   net-tx=N     number of frames to send (default 1000, at most 65536).
  *
+ * Benchmark modes (bench/io.py), on the first virtio-blk disk / virtio-net
+ * card; each prints one "bench" line with the TSC cycles it took and the
+ * TSC rate measured against PIT channel 2 (see tsc_khz):
+ *   blk-bench-rand=N      N reads of 4 KiB at random 4 KiB-aligned offsets
+ *                         of the whole disk, qd=Q in flight (default 32,
+ *                         at most 64).
+ *   blk-bench-seqread=M   M requests of 1 MiB (one 1 MiB data descriptor
+ *                         each) from offset 0 on, qd=Q in flight (default 4,
+ *                         at most 8); wraps at the end of the disk.
+ *   blk-bench-seqwrite=M  the same as writes, then a FLUSH, inside the time.
+ *   net-bench-tx=N        after the host's GO: N frames of 1514 bytes
+ *                         (broadcast, ethertype 0x88b5, "KTG1", kind 4, seq,
+ *                         count N), the tx ring kept full; then DONE.
+ *   bench-no-notify       honour VRING_USED_F_NO_NOTIFY (skip the doorbell
+ *                         while the device says it is busy with the queue).
+ * Status and used length of every request are checked, the data is not.
+ *
  * The pattern (mirrored by the Rust tests): the 64-bit little-endian word
  * at byte offset `off` of a writable disk holds tg_pattern(off / 8, gen),
  * where gen is 1 for 4 KiB blocks whose index is a multiple of 4 and 0 for
@@ -57,6 +74,9 @@
  *   net other=K dups=D go=G kicks=R/T rx-hdr=.. (frames not ours, the
  *                                               virtio-net header of the
  *                                               first DATA frame received)
+ *   bench W requests=N qd=Q bytes=B cycles=C tsc-khz=K us=U per-s=R
+ *         bytes-per-us=T kicks=D   W is blk-rand, blk-seqread, blk-seqwrite
+ *                                  or net-tx; U = C / K ms; D doorbells
  *   virtio ok                                   everything asked for passed
  *   FAIL <what>                                 a check failed (then fail())
  */
@@ -1226,40 +1246,52 @@ static void net_send(struct net *n, u8 kind, u32 total, u32 count_field)
     }
 }
 
-static void net_test(void)
+/* Finds the first virtio-net card, starts it, posts every receive buffer. */
+static void net_open(struct net *n)
 {
     struct vdev *d = NULL;
     for (unsigned i = 0; i < ndevs && !d; i++)
         if (devs[i].type == TYPE_NET)
             d = &devs[i];
     CHECK(d, "no virtio-net device");
-    struct net n = { 0 };
-    n.d = d;
+    n->d = d;
     virtio_begin(d, NET_F_MAC);
     CHECK(d->accepted & NET_F_MAC, "net: MAC not offered (0x%lx)", d->offered);
     virtio_queue(d, 0);
     virtio_queue(d, 1);
-    n.rx = &d->q[0];
-    n.tx = &d->q[1];
-    n.rxbufs = dma_alloc((u64)RXBUF * n.rx->size);
-    n.txbufs = dma_alloc((u64)RXBUF * n.tx->size);
+    n->rx = &d->q[0];
+    n->tx = &d->q[1];
+    n->rxbufs = dma_alloc((u64)RXBUF * n->rx->size);
+    n->txbufs = dma_alloc((u64)RXBUF * n->tx->size);
     rx_seen = dma_alloc(MAX_SEQ / 8);
     for (unsigned i = 0; i < 6; i++)
-        n.mac[i] = rd8(d->devcfg + i);
-    for (u16 i = 0; i < n.rx->size; i++)
-        net_rx_post(&n, i);
+        n->mac[i] = rd8(d->devcfg + i);
+    for (u16 i = 0; i < n->rx->size; i++)
+        net_rx_post(n, i);
     virtio_driver_ok(d);
-    vq_kick(n.rx);
-    tg_printf(TG "net ready mac=%02x:%02x:%02x:%02x:%02x:%02x\n", n.mac[0], n.mac[1], n.mac[2],
-              n.mac[3], n.mac[4], n.mac[5]);
+    vq_kick(n->rx);
+    tg_printf(TG "net ready mac=%02x:%02x:%02x:%02x:%02x:%02x\n", n->mac[0], n->mac[1],
+              n->mac[2], n->mac[3], n->mac[4], n->mac[5]);
+}
 
+/* Waits (30 s at most) for the host's GO frame. */
+static void net_wait_go(struct net *n)
+{
     u64 end = deadline(30);
-    while (!n.go) {
-        if (!net_rx_poll(&n)) {
+    while (!n->go) {
+        if (!net_rx_poll(n)) {
             cpu_relax();
-            CHECK(rdtsc() < end, "net: no GO frame from the host (other=%lu)", n.other);
+            CHECK(rdtsc() < end, "net: no GO frame from the host (other=%lu)", n->other);
         }
     }
+}
+
+static void net_test(void)
+{
+    struct net n = { 0 };
+    net_open(&n);
+    struct vdev *d = n.d;
+    net_wait_go(&n);
     u64 want_rx = n.go_count;
     CHECK(want_rx <= MAX_SEQ, "net: host wants to send %lu frames", want_rx);
     u32 ntx = (u32)word_value("net-tx", 1000);
@@ -1268,7 +1300,7 @@ static void net_test(void)
     net_send(&n, KIND_DATA, ntx, ntx);
     net_send(&n, KIND_DONE, 1, ntx);
 
-    end = deadline(30);
+    u64 end = deadline(30);
     while (n.data < want_rx) {
         if (!net_rx_poll(&n)) {
             cpu_relax();
@@ -1285,6 +1317,268 @@ static void net_test(void)
         tg_printf("%02x", n.hdr[i]);
     tg_printf("\n");
     wr8(d->common + C_STATUS, 0);
+}
+
+/* --- benchmarks ------------------------------------------------------------------------ */
+
+/*
+ * The bench modes measure their own elapsed time with the TSC, calibrated
+ * against PIT channel 2 (1.193182 MHz): mode 0 with a count of 0xFFFF (about
+ * 54.9 ms), gate on through port 0x61, polling OUT2 (port 0x61 bit 5). Each
+ * poll is a VM exit, so an edge is seen up to one exit late: a few tens of
+ * µs in 55 ms here, more when the host preempts the vCPU: the shortest of
+ * five rounds is taken.
+ */
+#define PIT_HZ 1193182ul
+#define PIT_COUNT 0xfffful
+
+static u64 pit_round(void)
+{
+    outb(0x61, (u8)((inb(0x61) & ~0x02) | 0x01));
+    outb(0x43, 0xb0); /* channel 2, lobyte/hibyte, mode 0, binary */
+    outb(0x42, (u8)PIT_COUNT);
+    outb(0x42, (u8)(PIT_COUNT >> 8));
+    u64 t0 = rdtsc(), end = deadline(2);
+    while (!(inb(0x61) & 0x20))
+        CHECK(rdtsc() < end, "bench: PIT channel 2 never reached its count (port 0x61)");
+    return rdtsc() - t0;
+}
+
+/* TSC ticks per millisecond. */
+static u64 tsc_khz(void)
+{
+    u64 best = ~0ul;
+    for (unsigned i = 0; i < 5; i++) {
+        u64 r = pit_round();
+        if (r < best)
+            best = r;
+    }
+    return best * PIT_HZ / PIT_COUNT / 1000;
+}
+
+static void bench_line(const char *what, u64 requests, unsigned qd, u64 bytes, u64 cycles,
+                       u64 khz, u64 kicks)
+{
+    u64 us = khz ? cycles * 1000 / khz : 0;
+    tg_printf(TG "bench %s requests=%lu qd=%u bytes=%lu cycles=%lu tsc-khz=%lu us=%lu "
+                 "per-s=%lu bytes-per-us=%lu kicks=%lu\n",
+              what, requests, qd, bytes, cycles, khz, us, us ? requests * 1000000 / us : 0,
+              us ? bytes / us : 0, kicks);
+}
+
+/*
+ * Rings the doorbell after a batch. With `bench-no-notify` the driver
+ * honours VRING_USED_F_NO_NOTIFY (skips the doorbell while the device says
+ * it is processing the queue anyway), as Linux does without EVENT_IDX;
+ * without it, every batch is notified, as in the tests above.
+ */
+static int bench_no_notify;
+
+static void vq_kick_if_needed(struct vq *q)
+{
+    if (!bench_no_notify) {
+        vq_kick(q);
+        return;
+    }
+    mb();
+    q->avail[1] = q->avail_idx;
+    mb();
+    if (!(q->used[0] & 1)) {
+        wr16(q->notify, q->index);
+        q->kicks++;
+    }
+}
+
+static u64 bench_rng = 0x2545f4914f6cdd1dul;
+
+static u64 xorshift(void)
+{
+    u64 x = bench_rng;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return bench_rng = x;
+}
+
+#define MIB (1ul << 20)
+#define BENCH_RAND 0
+#define BENCH_SEQREAD 1
+#define BENCH_SEQWRITE 2
+
+/*
+ * `total` requests of `len` bytes (one data descriptor each), up to `qd` in
+ * flight: a finished request is replaced at once, the doorbell rung once
+ * per batch of replacements. Random 4 KiB-aligned offsets over the whole
+ * disk for BENCH_RAND, else consecutive ones (wrapping at the end); a
+ * sequential write ends with a FLUSH, inside the measured time.
+ */
+static void blk_bench_io(struct blk *b, int kind, u64 total, unsigned qd, u64 khz)
+{
+    static const char *const names[] = { "blk-rand", "blk-seqread", "blk-seqwrite" };
+    struct vdev *d = b->d;
+    struct vq *q = b->q;
+    u32 len = kind == BENCH_RAND ? (u32)BLOCK : (u32)MIB;
+    u32 type = kind == BENCH_SEQWRITE ? BLK_T_OUT : BLK_T_IN;
+    u64 units = b->capacity / (len / 512);
+    CHECK(units >= 1, "bench: disk of %lu sectors is too small", b->capacity);
+    CHECK(kind != BENCH_SEQWRITE || !(d->offered & BLK_F_RO), "bench: the disk is read-only");
+    if (qd > b->nslots)
+        qd = (unsigned)b->nslots;
+    if (kind != BENCH_RAND && qd > 8)
+        qd = 8; /* 1 MiB buffers in the 12 MiB of DMA memory */
+    if (qd < 1)
+        qd = 1;
+    u8 *big = NULL;
+    if (kind != BENCH_RAND) {
+        big = dma_alloc((u64)qd * MIB);
+        for (u64 i = 0; i < (u64)qd * MIB / 8; i++)
+            ((u64 *)big)[i] = tg_pattern(i, 0x42);
+    }
+    u64 kicks0 = q->kicks, submitted = 0, done = 0;
+    u64 t0 = rdtsc();
+    for (unsigned s = 0; s < qd && submitted < total; s++, submitted++) {
+        u64 unit = kind == BENCH_RAND ? xorshift() % units : submitted % units;
+        blk_prepare(b, s, type, unit * (len / 512), big ? big + (u64)s * MIB : slot_data(b, s),
+                    len, 0);
+    }
+    if (submitted)
+        vq_kick(q);
+    u64 end = deadline(10);
+    while (done < total) {
+        u16 pending = vq_pending(q);
+        if (!pending) {
+            cpu_relax();
+            if (rdtsc() > end) {
+                vq_check_device(d);
+                FAIL("bench: %s: no completion (%lu of %lu done)", names[kind], done, total);
+            }
+            continue;
+        }
+        unsigned pushed = 0;
+        for (u16 i = 0; i < pending; i++) {
+            volatile struct used_elem *e = &q->used_ring[q->used_idx & (q->size - 1)];
+            u32 id = e->id, ulen = e->len;
+            unsigned s = id / 4;
+            CHECK(id % 4 == 0 && s < qd, "bench: used id %u not a request head", id);
+            u8 st = *slot_status(b, s);
+            CHECK(st == BLK_S_OK, "bench: %s request: status %u", names[kind], st);
+            CHECK(ulen == (type == BLK_T_IN ? len + 1 : 1), "bench: %s request: used len %u",
+                  names[kind], ulen);
+            q->used_idx++;
+            done++;
+            if (submitted < total) {
+                u64 unit = kind == BENCH_RAND ? xorshift() % units : submitted % units;
+                blk_prepare(b, s, type, unit * (len / 512),
+                            big ? big + (u64)s * MIB : slot_data(b, s), len, 0);
+                submitted++;
+                pushed++;
+            }
+        }
+        if (pushed)
+            vq_kick_if_needed(q);
+        end = deadline(10);
+    }
+    if (kind == BENCH_SEQWRITE && total) {
+        u8 st = blk_one(b, BLK_T_FLUSH, 0, NULL, 0);
+        CHECK(st == BLK_S_OK, "bench: FLUSH status %u", st);
+    }
+    u64 cycles = rdtsc() - t0;
+    vq_check_device(d);
+    bench_line(names[kind], total, qd, total * len, cycles, khz, q->kicks - kicks0);
+}
+
+static void blk_bench(u64 khz)
+{
+    struct vdev *d = NULL;
+    for (unsigned i = 0; i < ndevs && !d; i++)
+        if (devs[i].type == TYPE_BLOCK)
+            d = &devs[i];
+    CHECK(d, "no virtio-blk device");
+    struct blk b;
+    blk_setup(&b, d);
+    tg_printf(TG "blk dev=00:%02x.%u capacity=%lu features=0x%lx queue=%u\n", d->dev, d->fn,
+              b.capacity, d->offered, b.q->size);
+    if (has_word("blk-bench-rand"))
+        blk_bench_io(&b, BENCH_RAND, word_value("blk-bench-rand", 0),
+                     (unsigned)word_value("qd", 32), khz);
+    if (has_word("blk-bench-seqread"))
+        blk_bench_io(&b, BENCH_SEQREAD, word_value("blk-bench-seqread", 0),
+                     (unsigned)word_value("qd", 4), khz);
+    if (has_word("blk-bench-seqwrite"))
+        blk_bench_io(&b, BENCH_SEQWRITE, word_value("blk-bench-seqwrite", 0),
+                     (unsigned)word_value("qd", 4), khz);
+    wr8(d->common + C_STATUS, 0);
+}
+
+#define KIND_BULK 4
+#define BULK_FRAME 1514
+
+/*
+ * net-bench-tx=N: after the host's GO, N frames of BULK_FRAME bytes
+ * (broadcast, ethertype 0x88b5, "KTG1", kind 4, seq), the tx ring kept as
+ * full as it goes, then one DONE frame (count N), outside the measured time.
+ */
+static void net_bench(u64 khz)
+{
+    struct net n = { 0 };
+    net_open(&n);
+    net_wait_go(&n);
+    u32 total = (u32)word_value("net-bench-tx", 0);
+    struct vq *q = n.tx;
+    for (u16 id = 0; id < q->size; id++) {
+        u8 *f = n.txbufs + (u64)RXBUF * id + VNET_HDR;
+        for (unsigned i = 0; i < 6; i++) {
+            f[i] = 0xff;
+            f[6 + i] = n.mac[i];
+        }
+        f[12] = ETHERTYPE >> 8;
+        f[13] = ETHERTYPE & 0xff;
+        u8 *p = f + 14;
+        p[0] = 'K';
+        p[1] = 'T';
+        p[2] = 'G';
+        p[3] = '1';
+        p[4] = KIND_BULK;
+        p[5] = p[6] = p[7] = 0;
+        for (unsigned i = 16; i < BULK_FRAME - 14; i++)
+            p[i] = (u8)i;
+    }
+    u64 kicks0 = q->kicks;
+    u32 sent = 0;
+    u64 t0 = rdtsc(), end = deadline(10);
+    while (sent < total || n.tx_inflight) {
+        u16 before = n.tx_inflight;
+        net_tx_reap(&n);
+        unsigned pushed = 0;
+        while (sent < total && n.tx_inflight < q->size) {
+            u16 id = q->avail_idx & (q->size - 1);
+            u8 *b = n.txbufs + (u64)RXBUF * id;
+            put32(b + VNET_HDR + 14 + 8, sent);
+            put32(b + VNET_HDR + 14 + 12, total);
+            q->desc[id] = (struct desc){ (u64)b, VNET_HDR + BULK_FRAME, 0, 0 };
+            vq_push(q, id);
+            n.tx_inflight++;
+            sent++;
+            pushed++;
+        }
+        if (pushed)
+            vq_kick_if_needed(q);
+        if (pushed || n.tx_inflight != before) {
+            end = deadline(10);
+        } else {
+            cpu_relax();
+            if (rdtsc() > end) {
+                vq_check_device(n.d);
+                FAIL("bench: net: %u frames not completed by tx", n.tx_inflight);
+            }
+        }
+    }
+    u64 cycles = rdtsc() - t0;
+    net_send(&n, KIND_DONE, 1, total);
+    vq_check_device(n.d);
+    bench_line("net-tx", total, q->size, (u64)total * BULK_FRAME, cycles, khz,
+               q->kicks - kicks0 - 1);
+    wr8(n.d->common + C_STATUS, 0);
 }
 
 /* --- main ------------------------------------------------------------------------------ */
@@ -1306,7 +1600,18 @@ static u64 user_main(void)
         blk_tests(blk_ro && !blk);
     if (net)
         net_test();
-    if (!blk && !blk_ro && !net)
+    int blk_bench_mode = has_word("blk-bench-rand") || has_word("blk-bench-seqread") ||
+                         has_word("blk-bench-seqwrite");
+    int net_bench_mode = has_word("net-bench-tx");
+    if (blk_bench_mode || net_bench_mode) {
+        bench_no_notify = has_word("bench-no-notify");
+        u64 khz = tsc_khz();
+        if (blk_bench_mode)
+            blk_bench(khz);
+        if (net_bench_mode)
+            net_bench(khz);
+    }
+    if (!blk && !blk_ro && !net && !blk_bench_mode && !net_bench_mode)
         tg_printf(TG "virtio nothing to test (cmdline: blk, blk-ro, net)\n");
     tg_printf(TG "virtio ok\n");
     return 0;

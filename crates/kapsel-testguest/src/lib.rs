@@ -179,6 +179,24 @@ pub mod expect {
 /// - `net`: the frame exchange of [`net`](virtio::net) on the first
 ///   virtio-net card; `net-tx=N` frames from the guest (default 1000).
 ///
+/// Benchmark modes (`bench/io.py`), each printing one line that starts
+/// with [`BENCH`](virtio::BENCH):
+///
+/// - `blk-bench-rand=N`: N reads of 4 KiB at random 4 KiB-aligned offsets
+///   of the first virtio-blk disk, `qd=Q` in flight (default 32).
+/// - `blk-bench-seqread=M` / `blk-bench-seqwrite=M`: M requests of 1 MiB
+///   (one data descriptor each) from offset 0 on, `qd=Q` in flight
+///   (default 4); the writes end with a FLUSH inside the measured time.
+/// - `net-bench-tx=N`: after the host's GO frame (as in `net`), N frames
+///   of 1514 bytes (ethertype 0x88b5, payload `KTG1`, kind 4, seq, count),
+///   the transmit ring kept full, then one DONE frame.
+/// - `bench-no-notify`: the bench modes skip the doorbell while the device
+///   sets `VRING_USED_F_NO_NOTIFY`.
+///
+/// The guest times the work with the TSC, whose rate it measures against
+/// PIT channel 2 (port 0x61): `bench W requests=N qd=Q bytes=B cycles=C
+/// tsc-khz=K us=U per-s=R bytes-per-us=T kicks=D`.
+///
 /// Every line starts with [`PREFIX`]; `virtio ok` ends a run in which every
 /// check passed, `FAIL <what>` a failed one (the guest then writes
 /// [`debug_exit::GUEST_FAILED`] and powers off).
@@ -187,6 +205,8 @@ pub mod virtio {
     pub const OK: &str = "kapsel-testguest: virtio ok";
     /// Start of the line a failed check prints.
     pub const FAIL: &str = "kapsel-testguest: FAIL ";
+    /// Start of the line a benchmark mode prints.
+    pub const BENCH: &str = "kapsel-testguest: bench ";
 
     /// The generation-`gen` pattern word for the 64-bit word number `word`
     /// of a disk (byte offset `8 * word`, stored little-endian).

@@ -1,6 +1,7 @@
 //! `kapsel`: one binary for running VMs and containers.
 
 mod check;
+mod create;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -20,6 +21,8 @@ enum Command {
     Run(run::RunArgs),
     /// Check a vm.conf file and report every problem (like `vmd -n`).
     Check(check::CheckArgs),
+    /// Create a disk image: raw or qcow2, empty, an overlay (-b) or a copy (-i).
+    Create(create::CreateArgs),
 }
 
 fn main() -> ExitCode {
@@ -28,6 +31,7 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::Run(args) => run::main(args),
         Command::Check(args) => check::main(args),
+        Command::Create(args) => create::main(args),
     };
     ExitCode::from(code)
 }
