@@ -65,6 +65,12 @@ impl NotifyRegistrar for QueueDoorbells {
         Ok(())
     }
 
+    fn kick(&self, index: u16) {
+        if let Some(evt) = self.events.get(usize::from(index)) {
+            let _ = evt.write(1);
+        }
+    }
+
     fn detach_all(&self) {
         let mut attached = self.attached.lock().unwrap_or_else(|e| e.into_inner());
         for (i, slot) in attached.iter_mut().enumerate() {

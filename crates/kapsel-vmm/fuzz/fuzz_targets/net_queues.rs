@@ -17,7 +17,7 @@
 //!   chain, dropped when shorter than the virtio-net header, larger than
 //!   [`MAX_FRAME`] or reaching outside guest memory;
 //! - DEVICE_NEEDS_RESET is set exactly when the model's ring handling failed;
-//! - no panic, and no step runs longer than [`STEP_LIMIT`] (a watchdog thread
+//! - no panic, and no step runs longer than [`step_limit`] (a watchdog thread
 //!   aborts the process: a hang is a crash, not a libFuzzer timeout).
 //!
 //! Environment:
@@ -28,6 +28,7 @@
 //!   range, loops longer than the queue, bad or nested indirect tables,
 //!   writable before readable descriptors, descriptors outside memory) to be
 //!   dropped instead of used as far as they go.
+//! - `NET_QUEUES_STEP_LIMIT_MS` sets the watchdog (default 10 s).
 //! - `NET_QUEUES_DEBUG=1` prints what each device step did.
 //!
 //! Input: `[cfg] [rx log2 size] [tx log2 size]`, then operations, each an
@@ -106,9 +107,18 @@ const NOTIFY_MULTIPLIER: u64 = 4;
 /// Most operations taken from one input.
 const MAX_OPS: usize = 512;
 /// Longest a single device step may take before the watchdog calls it a
-/// hang. The worst bounded step (256 chains, each a 65535-entry indirect
-/// loop) takes well under a second here.
-const STEP_LIMIT: Duration = Duration::from_secs(10);
+/// hang (`NET_QUEUES_STEP_LIMIT_MS` overrides it, e.g. to minimise a hang
+/// quickly). The worst bounded step (256 chains, each a 65535-entry
+/// indirect loop) takes well under a second here.
+fn step_limit() -> Duration {
+    static LIMIT: OnceLock<Duration> = OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        std::env::var("NET_QUEUES_STEP_LIMIT_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(Duration::from_secs(10), Duration::from_millis)
+    })
+}
 
 // ---------------------------------------------------------------- watchdog
 
@@ -131,7 +141,8 @@ fn start_watchdog() {
             if deadline != 0 && now > deadline {
                 let step = STEP.lock().map(|s| s.clone()).unwrap_or_default();
                 eprintln!(
-                    "net_queues: HANG: device step did not return within {STEP_LIMIT:?}: {step}"
+                    "net_queues: HANG: device step did not return within {:?}: {step}",
+                    step_limit()
                 );
                 std::process::abort();
             }
@@ -144,7 +155,7 @@ fn guarded<T>(what: impl FnOnce() -> String, f: impl FnOnce() -> T) -> T {
     if let Ok(mut s) = STEP.lock() {
         *s = what();
     }
-    let deadline = epoch().elapsed() + STEP_LIMIT;
+    let deadline = epoch().elapsed() + step_limit();
     DEADLINE_MS.store(deadline.as_millis() as u64, Ordering::Release);
     let r = f();
     DEADLINE_MS.store(0, Ordering::Release);
@@ -305,7 +316,11 @@ impl Driver {
             self.write(QUEUE_USED, 8, USED[q]);
             self.write(QUEUE_ENABLE, 2, 1);
         }
-        assert_eq!(self.status() & STATUS_NEEDS_RESET, 0, "queue set-up refused");
+        assert_eq!(
+            self.status() & STATUS_NEEDS_RESET,
+            0,
+            "queue set-up refused"
+        );
     }
 
     fn driver_ok(&mut self) {
@@ -314,7 +329,11 @@ impl Driver {
     }
 
     fn notify(&mut self, queue: u16) {
-        self.write(NOTIFY + u64::from(queue) * NOTIFY_MULTIPLIER, 2, u64::from(queue));
+        self.write(
+            NOTIFY + u64::from(queue) * NOTIFY_MULTIPLIER,
+            2,
+            u64::from(queue),
+        );
     }
 }
 
@@ -382,7 +401,12 @@ fn spec_walk(mem: &GuestMem, table: u64, size: u16, head: u16) -> Option<Vec<Des
         if total > u64::from(u32::MAX) {
             return None;
         }
-        if !GuestMemory::check_range(mem, d.addr(), d.len() as usize, vm_memory::Permissions::Read) {
+        if !GuestMemory::check_range(
+            mem,
+            d.addr(),
+            d.len() as usize,
+            vm_memory::Permissions::Read,
+        ) {
             return None;
         }
         out.push(d);
@@ -607,7 +631,11 @@ fn region(mem: &GuestMem) -> &[u8] {
 fn area(addr: usize) -> String {
     let a = addr as u64;
     for (q, name) in [(RX, "rx"), (TX, "tx")] {
-        for (base, what) in [(DESC[q], "descriptor table"), (AVAIL[q], "avail ring"), (USED[q], "used ring")] {
+        for (base, what) in [
+            (DESC[q], "descriptor table"),
+            (AVAIL[q], "avail ring"),
+            (USED[q], "used ring"),
+        ] {
             if (base..base + 0x1000).contains(&a) {
                 return format!("{name} {what} + {:#x}", a - base);
             }

@@ -92,7 +92,8 @@ impl VirtioConsole {
             return Ok(());
         };
         let (mem, out) = (a.mem.clone(), &mut self.out);
-        let notify = process_queue(&mut a.tx, &a.mem, |chain| {
+        let interrupt = a.interrupt.clone();
+        process_queue(&mut a.tx, TX_QUEUE, &a.mem, interrupt.as_ref(), |chain| {
             let mut taken = 0usize;
             let mut chunk = [0u8; 4096];
             for desc in chain.readable() {
@@ -114,9 +115,7 @@ impl VirtioConsole {
             }
             let _ = out.flush();
             0
-        })?;
-        signal_if(a.interrupt.as_ref(), TX_QUEUE, notify)?;
-        Ok(())
+        })
     }
 
     fn receive(&mut self) -> Result<(), DeviceError> {

@@ -64,6 +64,10 @@ pub trait VirtioInterrupt: Send + Sync {
     fn signal_used_queue(&self, queue_index: u16) -> io::Result<()>;
     /// The device configuration space (or NEEDS_RESET) changed.
     fn signal_config_change(&self) -> io::Result<()>;
+    /// The device stopped with work left on queue `queue_index` (its
+    /// per-notification budget ran out): have it notified again soon, as
+    /// the driver, which saw notifications off, will not.
+    fn requeue(&self, queue_index: u16);
 }
 
 /// Why a device could not start.
@@ -173,20 +177,24 @@ pub(crate) fn ready_queues<const N: usize>(
 /// vCPU cannot keep a device busy forever.
 pub(crate) const MAX_ROUNDS_PER_NOTIFY: usize = 4;
 
-/// Takes chains from `queue` and hands each to `handle`, which returns how
-/// many bytes it wrote into the chain; puts them on the used ring. Returns
-/// whether the driver wants an interrupt. Work is bounded: at most
-/// [`MAX_ROUNDS_PER_NOTIFY`] times the queue size chains per call.
+/// Takes chains from queue `index` and hands each to `handle`, which
+/// returns how many bytes it wrote into the chain; puts them on the used
+/// ring and interrupts the driver if it wants that. Work is bounded: at
+/// most [`MAX_ROUNDS_PER_NOTIFY`] times the queue size chains per call;
+/// work left over is requeued through `interrupt`.
 pub(crate) fn process_queue<F>(
     queue: &mut Queue,
+    index: u16,
     mem: &GuestMem,
+    interrupt: &dyn VirtioInterrupt,
     mut handle: F,
-) -> Result<bool, DeviceError>
+) -> Result<(), DeviceError>
 where
     F: FnMut(virtio_queue::DescriptorChain<&GuestMem>) -> u32,
 {
     use virtio_queue::QueueOwnedT;
     let budget = usize::from(queue.size());
+    let mut more = false;
     for _ in 0..MAX_ROUNDS_PER_NOTIFY {
         queue.disable_notification(mem)?;
         let mut chains = Vec::new();
@@ -204,12 +212,69 @@ where
             let used = handle(chain);
             queue.add_used(mem, head, used)?;
         }
-        if !queue.enable_notification(mem)? {
+        more = queue.enable_notification(mem)?;
+        if !more {
             break;
         }
     }
-    Ok(queue.needs_notification(mem)?)
+    if more {
+        interrupt.requeue(index);
+    }
+    signal_if(interrupt, index, queue.needs_notification(mem)?)
 }
 
 #[cfg(test)]
 pub(crate) mod testing;
+
+#[cfg(test)]
+mod tests {
+    use super::testing::*;
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::GuestAddress;
+
+    #[derive(Default)]
+    struct Recorder {
+        interrupts: AtomicUsize,
+        requeued: Mutex<Vec<u16>>,
+    }
+
+    impl VirtioInterrupt for Recorder {
+        fn signal_used_queue(&self, _queue_index: u16) -> io::Result<()> {
+            self.interrupts.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        fn signal_config_change(&self) -> io::Result<()> {
+            Ok(())
+        }
+        fn requeue(&self, queue_index: u16) {
+            self.requeued.lock().unwrap().push(queue_index);
+        }
+    }
+
+    #[test]
+    fn leftover_work_is_requeued_not_stranded() {
+        let mem = guest_memory();
+        let vq = MockSplitQueue::create(&mem, GuestAddress(QUEUE_BASE), 16);
+        let mut queue: Queue = vq.create_queue().unwrap();
+        add_chain(&vq, 0, &[(DATA_BASE, 16, DESC_F_WRITE)]);
+        let irq = Recorder::default();
+        // A driver that adds a new request for every one it sees completed.
+        let mut handled = 0u16;
+        process_queue(&mut queue, 3, &mem, &irq, |_chain| {
+            handled += 1;
+            add_chain(&vq, handled % 16, &[(DATA_BASE, 16, DESC_F_WRITE)]);
+            0
+        })
+        .unwrap();
+        assert_eq!(usize::from(handled), MAX_ROUNDS_PER_NOTIFY);
+        assert_eq!(*irq.requeued.lock().unwrap(), vec![3]);
+        // A driver that stops adding: everything is done, nothing requeued.
+        let mut queue2: Queue = vq.create_queue().unwrap();
+        let irq2 = Recorder::default();
+        let _ = process_queue(&mut queue2, 0, &mem, &irq2, |_chain| 0);
+        assert!(irq2.requeued.lock().unwrap().is_empty());
+    }
+}

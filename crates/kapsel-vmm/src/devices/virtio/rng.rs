@@ -2,8 +2,8 @@
 //! device fills with bytes from the host's getrandom(2).
 
 use super::{
-    process_queue, ready_queues, signal_if, ActivateError, DeviceError, VirtioDevice,
-    VirtioInterrupt, TYPE_RNG,
+    process_queue, ready_queues, ActivateError, DeviceError, VirtioDevice, VirtioInterrupt,
+    TYPE_RNG,
 };
 use crate::memory::GuestMem;
 use std::sync::Arc;
@@ -123,7 +123,8 @@ impl VirtioDevice for VirtioRng {
             return Ok(());
         };
         let mem = a.mem.clone();
-        let needed = process_queue(&mut a.queue, &a.mem, |chain| fill_chain(&mem, chain))?;
-        signal_if(a.interrupt.as_ref(), 0, needed)
+        process_queue(&mut a.queue, 0, &a.mem, a.interrupt.as_ref(), |chain| {
+            fill_chain(&mem, chain)
+        })
     }
 }

@@ -124,6 +124,8 @@ struct PciInterrupt {
     isr: AtomicU8,
     config_vector: AtomicU16,
     queue_vectors: Vec<AtomicU16>,
+    /// Where a device's leftover work is requeued (the queue doorbells).
+    doorbells: Mutex<Option<Arc<dyn NotifyRegistrar>>>,
 }
 
 impl PciInterrupt {
@@ -152,6 +154,12 @@ impl VirtioInterrupt for PciInterrupt {
         self.isr.fetch_or(ISR_CONFIG, Ordering::SeqCst);
         self.trigger(self.config_vector.load(Ordering::Acquire))
     }
+
+    fn requeue(&self, queue_index: u16) {
+        if let Some(doorbells) = &*self.doorbells.lock().unwrap_or_else(|e| e.into_inner()) {
+            doorbells.kick(queue_index);
+        }
+    }
 }
 
 /// Where the VMM routes queue doorbells so that a notification does not
@@ -161,6 +169,9 @@ pub trait NotifyRegistrar: Send + Sync {
     fn attach(&self, index: u16, addr: u64) -> io::Result<()>;
     /// Stops routing every queue's doorbell.
     fn detach_all(&self);
+    /// Rings queue `index`'s doorbell from the host side, so that its
+    /// leftover work is done on the next turn.
+    fn kick(&self, index: u16);
 }
 
 /// Driver-side set-up of one queue.
@@ -307,6 +318,7 @@ impl VirtioPciDevice {
             queue_vectors: (0..queues.len())
                 .map(|_| AtomicU16::new(VIRTIO_MSI_NO_VECTOR))
                 .collect(),
+            doorbells: Mutex::new(None),
         });
         Ok(VirtioPciDevice {
             config,
@@ -327,6 +339,11 @@ impl VirtioPciDevice {
 
     /// Routes queue doorbells through `registrar` once the driver is ready.
     pub fn set_notify_registrar(&mut self, registrar: Arc<dyn NotifyRegistrar>) {
+        *self
+            .interrupt
+            .doorbells
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(registrar.clone());
         self.registrar = Some(registrar);
     }
 
@@ -1016,6 +1033,7 @@ mod tests {
         fn detach_all(&self) {
             self.0.lock().unwrap().clear();
         }
+        fn kick(&self, _index: u16) {}
     }
 
     #[test]

@@ -10,7 +10,7 @@
 pub mod request;
 
 use super::{
-    feature, process_queue, ready_queues, signal_if, ActivateError, DeviceError, VirtioDevice,
+    feature, process_queue, ready_queues, ActivateError, DeviceError, VirtioDevice,
     VirtioInterrupt, TYPE_BLOCK,
 };
 use crate::memory::GuestMem;
@@ -336,10 +336,9 @@ impl VirtioDevice for VirtioBlock {
         };
         let (disk, id, limits) = (self.disk.as_mut(), &self.id, a.limits);
         let mem = a.mem.clone();
-        let needed = process_queue(&mut a.queue, &a.mem, |chain| {
+        process_queue(&mut a.queue, 0, &a.mem, a.interrupt.as_ref(), |chain| {
             handle_chain(chain, &mem, &limits, disk, id)
-        })?;
-        signal_if(a.interrupt.as_ref(), 0, needed)
+        })
     }
 }
 

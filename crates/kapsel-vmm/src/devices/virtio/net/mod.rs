@@ -141,7 +141,8 @@ impl VirtioNet {
         };
         let (io, drops, frame) = (&self.io, &mut self.drops, &mut self.buf);
         let mem = a.mem.clone();
-        let notify = super::process_queue(&mut a.tx, &a.mem, |chain| {
+        let interrupt = a.interrupt.clone();
+        super::process_queue(&mut a.tx, TX_QUEUE, &a.mem, interrupt.as_ref(), |chain| {
             match gather(&mem, chain, frame) {
                 Some(len) => {
                     if io.write_frame(&frame[..len]).is_err() {
@@ -151,9 +152,7 @@ impl VirtioNet {
                 None => drops.tx_malformed += 1,
             }
             0
-        })?;
-        signal_if(a.interrupt.as_ref(), TX_QUEUE, notify)?;
-        Ok(())
+        })
     }
 
     fn receive(&mut self) -> Result<(), DeviceError> {
