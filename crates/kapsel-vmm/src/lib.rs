@@ -15,6 +15,8 @@ pub mod exit;
 pub mod interrupts;
 pub mod io_thread;
 pub mod memory;
+#[cfg(test)]
+mod test_util;
 pub mod vcpu;
 pub mod vm;
 

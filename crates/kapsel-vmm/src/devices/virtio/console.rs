@@ -240,19 +240,8 @@ mod tests {
     use super::*;
     use crate::devices::virtio::testing::*;
     use crate::devices::virtio::VIRTIO_F_VERSION_1;
+    use crate::test_util::Capture;
     use virtio_queue::mock::MockSplitQueue;
-
-    #[derive(Clone, Default)]
-    struct Capture(Arc<Mutex<Vec<u8>>>);
-    impl Write for Capture {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
 
     #[test]
     fn output_input_and_emergency_write() {
