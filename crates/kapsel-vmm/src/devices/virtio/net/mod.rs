@@ -160,6 +160,7 @@ impl VirtioNet {
             return Ok(());
         };
         let mut used = false;
+        let mut rechecked = false;
         loop {
             let frame = match self.pending.take() {
                 Some(f) => f,
@@ -174,13 +175,21 @@ impl VirtioNet {
             };
             let Some(chain) = a.rx.pop_descriptor_chain(&a.mem) else {
                 // No buffer: keep the frame, ask the driver to tell us when
-                // it adds buffers, and retry if it did so meanwhile.
+                // it adds buffers, and retry if it did so meanwhile. Still
+                // none after the ring said "more": its index is invalid.
                 self.pending = Some(frame);
+                if rechecked {
+                    return Err(DeviceError::Queue(
+                        virtio_queue::Error::InvalidAvailRingIndex,
+                    ));
+                }
                 if a.rx.enable_notification(&a.mem)? {
+                    rechecked = true;
                     continue;
                 }
                 break;
             };
+            rechecked = false;
             let head = chain.head_index();
             let mut frame = frame;
             if let Some(n) = frame.get_mut(NUM_BUFFERS_OFFSET..VNET_HDR_LEN) {
@@ -479,6 +488,18 @@ mod tests {
         assert_eq!(&b[10..12], &[1, 0]);
         assert_eq!(&b[..10], &[7u8; 10]);
         assert_eq!(&b[12..], &[7u8; 88]);
+    }
+
+    #[test]
+    fn an_invalid_rx_avail_index_breaks_the_device_instead_of_spinning() {
+        let (mut d, host, rx, _tx) = up();
+        // The avail index runs 100 ahead of a 16-entry ring.
+        d.mem
+            .write_obj(100u16, GuestAddress(rx.avail_addr().0 + 2))
+            .unwrap();
+        host.write_frame(&[1u8; 64]).unwrap();
+        d.dev.handle_host_event(0);
+        assert_ne!(d.status() & crate::devices::virtio::STATUS_NEEDS_RESET, 0);
     }
 
     #[test]
