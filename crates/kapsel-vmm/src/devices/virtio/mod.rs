@@ -146,6 +146,19 @@ pub trait VirtioDevice: Send {
     }
 }
 
+/// Copies device configuration space `config` from `offset` into `data`;
+/// bytes past its end (or an offset beyond any) read as zero.
+pub(crate) fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = offset
+            .checked_add(i as u64)
+            .and_then(|at| usize::try_from(at).ok())
+            .and_then(|at| config.get(at))
+            .copied()
+            .unwrap_or(0);
+    }
+}
+
 /// Signals queue `index`'s used ring when `needed` (the driver asked for
 /// it, as the event index or the no-interrupt flag says).
 pub(crate) fn signal_if(
