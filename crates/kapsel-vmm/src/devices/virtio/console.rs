@@ -5,8 +5,8 @@
 //! the driver has set up its queues.
 
 use super::{
-    feature, process_queue, ready_queues, signal_if, ActivateError, DeviceError, VirtioDevice,
-    VirtioInterrupt, TYPE_CONSOLE,
+    feature, pop_or_arm, process_queue, ready_queues, signal_if, ActivateError, DeviceError,
+    VirtioDevice, VirtioInterrupt, TYPE_CONSOLE,
 };
 use crate::memory::GuestMem;
 use std::collections::VecDeque;
@@ -125,22 +125,10 @@ impl VirtioConsole {
         };
         let mut buf = self.input.buffer.lock().unwrap_or_else(|e| e.into_inner());
         let mut used = false;
-        let mut rechecked = false;
         while !buf.is_empty() {
-            let Some(chain) = a.rx.pop_descriptor_chain(&a.mem) else {
-                // Still no buffer after the ring said "more": its index is invalid.
-                if rechecked {
-                    return Err(DeviceError::Queue(
-                        virtio_queue::Error::InvalidAvailRingIndex,
-                    ));
-                }
-                if a.rx.enable_notification(&a.mem)? {
-                    rechecked = true;
-                    continue;
-                }
+            let Some(chain) = pop_or_arm(&mut a.rx, &a.mem)? else {
                 break;
             };
-            rechecked = false;
             let head = chain.head_index();
             let mut written = 0u32;
             for desc in chain.writable() {

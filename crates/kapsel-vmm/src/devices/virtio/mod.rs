@@ -159,6 +159,28 @@ pub(crate) fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
     }
 }
 
+/// The next chain the driver made available on a receive-type queue, or
+/// None when there is none; then notifications are armed, so that the
+/// driver says when it adds one. A ring that reports new buffers but yields
+/// none has an invalid available index: an error, never a retry loop.
+pub(crate) fn pop_or_arm<'m>(
+    queue: &mut Queue,
+    mem: &'m GuestMem,
+) -> Result<Option<virtio_queue::DescriptorChain<&'m GuestMem>>, DeviceError> {
+    if let Some(chain) = queue.pop_descriptor_chain(mem) {
+        return Ok(Some(chain));
+    }
+    if !queue.enable_notification(mem)? {
+        return Ok(None);
+    }
+    queue
+        .pop_descriptor_chain(mem)
+        .map(Some)
+        .ok_or(DeviceError::Queue(
+            virtio_queue::Error::InvalidAvailRingIndex,
+        ))
+}
+
 /// Signals queue `index`'s used ring when `needed` (the driver asked for
 /// it, as the event index or the no-interrupt flag says).
 pub(crate) fn signal_if(

@@ -7,8 +7,8 @@
 pub mod tap;
 
 use super::{
-    feature, ready_queues, signal_if, ActivateError, DeviceError, VirtioDevice, VirtioInterrupt,
-    TYPE_NET,
+    feature, pop_or_arm, ready_queues, signal_if, ActivateError, DeviceError, VirtioDevice,
+    VirtioInterrupt, TYPE_NET,
 };
 use crate::memory::GuestMem;
 use std::io;
@@ -107,9 +107,11 @@ pub struct VirtioNet {
     config: [u8; CONFIG_LEN],
     queue_sizes: [u16; 2],
     active: Option<Active>,
-    /// A frame read from the host while the guest had no receive buffer.
-    pending: Option<Vec<u8>>,
-    buf: Vec<u8>,
+    /// Length of a frame in `rx_buf` read from the host while the guest had
+    /// no receive buffer.
+    pending: Option<usize>,
+    rx_buf: Vec<u8>,
+    tx_buf: Vec<u8>,
     drops: NetDrops,
 }
 
@@ -125,7 +127,8 @@ impl VirtioNet {
             queue_sizes: [NET_QUEUE_SIZE; 2],
             active: None,
             pending: None,
-            buf: vec![0; MAX_FRAME],
+            rx_buf: vec![0; MAX_FRAME],
+            tx_buf: vec![0; MAX_FRAME],
             drops: NetDrops::default(),
         }
     }
@@ -139,7 +142,7 @@ impl VirtioNet {
         let Some(a) = self.active.as_mut() else {
             return Ok(());
         };
-        let (io, drops, frame) = (&self.io, &mut self.drops, &mut self.buf);
+        let (io, drops, frame) = (&self.io, &mut self.drops, &mut self.tx_buf);
         let mem = a.mem.clone();
         let interrupt = a.interrupt.clone();
         super::process_queue(&mut a.tx, TX_QUEUE, &a.mem, interrupt.as_ref(), |chain| {
@@ -160,12 +163,11 @@ impl VirtioNet {
             return Ok(());
         };
         let mut used = false;
-        let mut rechecked = false;
         loop {
-            let frame = match self.pending.take() {
-                Some(f) => f,
-                None => match self.io.read_frame(&mut self.buf) {
-                    Ok(n) => self.buf[..n].to_vec(),
+            let len = match self.pending.take() {
+                Some(len) => len,
+                None => match self.io.read_frame(&mut self.rx_buf) {
+                    Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) => {
                         tracing::warn!("virtio-net: reading from the host: {e}");
@@ -173,31 +175,26 @@ impl VirtioNet {
                     }
                 },
             };
-            let Some(chain) = a.rx.pop_descriptor_chain(&a.mem) else {
-                // No buffer: keep the frame, ask the driver to tell us when
-                // it adds buffers, and retry if it did so meanwhile. Still
-                // none after the ring said "more": its index is invalid.
-                self.pending = Some(frame);
-                if rechecked {
-                    return Err(DeviceError::Queue(
-                        virtio_queue::Error::InvalidAvailRingIndex,
-                    ));
+            // No buffer: the frame waits in rx_buf until the driver adds one.
+            let chain = match pop_or_arm(&mut a.rx, &a.mem) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => {
+                    self.pending = Some(len);
+                    break;
                 }
-                if a.rx.enable_notification(&a.mem)? {
-                    rechecked = true;
-                    continue;
+                Err(e) => {
+                    self.pending = Some(len);
+                    return Err(e);
                 }
-                break;
             };
-            rechecked = false;
             let head = chain.head_index();
-            let mut frame = frame;
+            let frame = &mut self.rx_buf[..len];
             if let Some(n) = frame.get_mut(NUM_BUFFERS_OFFSET..VNET_HDR_LEN) {
                 // One buffer per frame (no VIRTIO_NET_F_MRG_RXBUF): the
                 // device must say so (virtio 5.1.6.4.1); the tap leaves it 0.
                 n.copy_from_slice(&1u16.to_le_bytes());
             }
-            let written = match scatter(&a.mem, chain, &frame) {
+            let written = match scatter(&a.mem, chain, frame) {
                 Some(n) => n,
                 None => {
                     self.drops.rx_too_large += 1;
