@@ -14,18 +14,12 @@ pub struct CreateArgs {
     #[arg(short = 'i', value_name = "INPUT")]
     pub input: Option<PathBuf>,
     /// Size, written like vm.conf sizes (10G); defaults to the base's or input's.
-    #[arg(short = 's', value_name = "SIZE", value_parser = parse_size)]
+    #[arg(short = 's', value_name = "SIZE", value_parser = crate::run::parse_size)]
     pub size: Option<u64>,
     /// The new image: PATH (qcow2 when it ends in .qcow2, else raw), or
     /// raw:PATH / qcow2:PATH.
     #[arg(value_name = "PATH")]
     pub path: String,
-}
-
-fn parse_size(text: &str) -> Result<u64, String> {
-    kapsel_config::parse_size(text)
-        .map(|s| s.bytes())
-        .map_err(|e| format!("{e} (write sizes like 10G or 512M)"))
 }
 
 /// The format and path of `spec`: a `raw:`/`qcow2:` prefix, else the extension.

@@ -18,7 +18,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "STRING", default_value = kapsel_vmm::config::DEFAULT_CMDLINE)]
     pub cmdline: String,
     /// Guest memory, written like vm.conf sizes (512M, 2G).
-    #[arg(long, short = 'm', value_name = "SIZE", default_value = "512M", value_parser = parse_memory)]
+    #[arg(long, short = 'm', value_name = "SIZE", default_value = "512M", value_parser = parse_size)]
     pub memory: u64,
     /// Number of vCPUs.
     #[arg(long, short = 'c', value_name = "N", default_value_t = 1)]
@@ -60,7 +60,8 @@ pub enum RebootArg {
     Restart,
 }
 
-fn parse_memory(text: &str) -> Result<u64, String> {
+/// A size argument, written like vm.conf sizes (shared by the commands).
+pub fn parse_size(text: &str) -> Result<u64, String> {
     kapsel_config::parse_size(text)
         .map(|s| s.bytes())
         .map_err(|e| format!("{e} (write sizes like 512M or 2G)"))
@@ -252,8 +253,8 @@ mod tests {
 
     #[test]
     fn memory_sizes() {
-        assert_eq!(parse_memory("512M"), Ok(512 << 20));
-        assert_eq!(parse_memory("2G"), Ok(2 << 30));
-        assert!(parse_memory("lots").unwrap_err().contains("512M"));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert!(parse_size("lots").unwrap_err().contains("512M"));
     }
 }

@@ -336,10 +336,9 @@ fn kapsel_blk(disks: &Disks, cmdline: &str) -> Finished {
     Vm::spawn(cmd).finish(Instant::now(), RUN_TIMEOUT)
 }
 
-/// Virtio 1.x devices must accept any descriptor layout (2.6.4); Kapsel's
-/// virtio-blk wants the header alone in one 16-byte descriptor and the
-/// status byte alone in the last one, and fails the other layouts with
-/// IOERR (QEMU accepts them: `virtio_blk_guest_under_qemu_q35`).
+/// Virtio 1.x devices must accept any descriptor layout (2.6.4): a header
+/// split over descriptors, header and data in one, data and status in one
+/// (QEMU accepts them too: `virtio_blk_guest_under_qemu_q35`).
 #[test]
 fn virtio_blk_any_descriptor_layout() {
     if let Some(reason) = kvm_usable() {
