@@ -25,6 +25,7 @@ const GUESTS: &[(&str, &[&str])] = &[
     ("cpl0loop", &["cpl0loop.c"]),
     ("cmdline", &["cmdline.c"]),
     ("virtio", &["virtio.c"]),
+    ("idle", &["idle.c"]),
 ];
 
 /// Headers and the linker script: a change to any of them rebuilds everything.

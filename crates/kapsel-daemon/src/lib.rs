@@ -2,8 +2,16 @@
 //!
 //! It reads vm.conf, creates the switches, starts the enabled guests (each
 //! VM in its own sandboxed `kapsel run` process), and answers the command
-//! line over a Unix control socket.
+//! line over a Unix control socket ([`proto`]; [`client`] is the command
+//! line's side).
 
 #![deny(missing_docs)]
 
+pub mod accounts;
+pub mod client;
+pub mod console;
+pub mod daemon;
 pub mod net;
+pub mod proto;
+pub mod server;
+pub mod vmproc;

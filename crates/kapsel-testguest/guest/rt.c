@@ -33,7 +33,9 @@ struct dt_ptr {
     u64 base;
 } PACKED;
 
-#define IDT_ENTRIES 32
+/* Exceptions use the first 32 gates; guests may add interrupts up to 63. */
+#define IDT_ENTRIES 64
+#define EXCEPTION_GATES 32
 #define GATE_INTERRUPT 0x8e
 #define TSS_IOMAP_OFFSET 104
 
@@ -59,6 +61,12 @@ static void set_gate(unsigned vec, u64 handler)
     g->reserved = 0;
 }
 
+void idt_set_interrupt(unsigned vec, void (*stub)(void))
+{
+    if (vec >= EXCEPTION_GATES && vec < IDT_ENTRIES)
+        set_gate(vec, (u64)stub);
+}
+
 void idt_load(void)
 {
     struct dt_ptr p = { sizeof(idt) - 1, (u64)idt };
@@ -67,7 +75,7 @@ void idt_load(void)
 
 static void idt_init(void)
 {
-    for (unsigned v = 0; v < IDT_ENTRIES; v++)
+    for (unsigned v = 0; v < EXCEPTION_GATES; v++)
         set_gate(v, (u64)exception_stubs + 16 * v);
     idt_load();
 }

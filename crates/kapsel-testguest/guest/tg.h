@@ -114,6 +114,9 @@ void tg_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* Loads the runtime's IDT on this CPU (application processors call it). */
 void idt_load(void);
+/* Points interrupt vector vec (32..63) at stub, an assembly routine that
+ * ends in iretq. */
+void idt_set_interrupt(unsigned vec, void (*stub)(void));
 
 /* --- privilege levels -------------------------------------------------- */
 

@@ -91,6 +91,13 @@ pub const CMDLINE: &str = concat!(env!("OUT_DIR"), "/cmdline.elf");
 /// protocol and the lines it prints).
 pub const VIRTIO: &str = concat!(env!("OUT_DIR"), "/virtio.elf");
 
+/// Waits like an idle OS (`hlt` with interrupts on) after printing
+/// `idle ready`: serial input is echoed and each line is printed back as
+/// `line TEXT`; the line `poweroff` or the ACPI power button (the GED's
+/// GSI 9, which prints `power button`) powers the machine off. Uses no CPU
+/// while nothing happens: the daemon's tests and benchmarks run many.
+pub const IDLE: &str = concat!(env!("OUT_DIR"), "/idle.elf");
+
 /// Every guest as (name, path of its ELF file).
 pub const ALL: &[(&str, &str)] = &[
     ("hello", HELLO),
@@ -102,6 +109,7 @@ pub const ALL: &[(&str, &str)] = &[
     ("cpl0loop", CPL0LOOP),
     ("cmdline", CMDLINE),
     ("virtio", VIRTIO),
+    ("idle", IDLE),
 ];
 
 /// The sum [`USER`]'s CPL 3 loop computes and prints (`%016x`):

@@ -32,14 +32,15 @@ impl Write for FdWriter {
     }
 }
 
-/// Restores the terminal's settings when dropped.
-struct RawMode {
+/// A terminal in raw mode; its settings are restored when dropped.
+pub struct RawMode {
     fd: RawFd,
     saved: libc::termios,
 }
 
 impl RawMode {
-    fn enter(fd: RawFd) -> Option<RawMode> {
+    /// Puts `fd` in raw mode; None if it is not a terminal.
+    pub fn enter(fd: RawFd) -> Option<RawMode> {
         // SAFETY: isatty only inspects the descriptor.
         if unsafe { libc::isatty(fd) } != 1 {
             return None;

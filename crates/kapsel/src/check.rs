@@ -1,8 +1,8 @@
 //! `kapsel check`: validate a vm.conf and report every problem (like `vmd -n`).
 
 use clap::Args;
-use kapsel_config::{Accounts, Diagnostic, LoadOptions, DEFAULT_CONFIG_PATH};
-use std::collections::HashSet;
+use kapsel_config::{Diagnostic, LoadOptions, DEFAULT_CONFIG_PATH};
+use kapsel_daemon::accounts::HostAccounts;
 use std::path::PathBuf;
 
 /// Arguments of `kapsel check`.
@@ -21,52 +21,6 @@ pub struct CheckArgs {
     /// The file is meant for another host: owners unknown here are warnings.
     #[arg(long)]
     pub other_host: bool,
-}
-
-/// The users and groups of this host, from /etc/passwd and /etc/group,
-/// then NSS. A database that cannot be read accepts every name.
-struct HostAccounts {
-    users: Option<HashSet<String>>,
-    groups: Option<HashSet<String>>,
-}
-
-impl HostAccounts {
-    fn read() -> Self {
-        let names = |path: &str| {
-            std::fs::read_to_string(path).ok().map(|text| {
-                text.lines()
-                    .filter(|l| !l.starts_with('#'))
-                    .filter_map(|l| l.split(':').next())
-                    .filter(|n| !n.is_empty())
-                    .map(str::to_string)
-                    .collect()
-            })
-        };
-        HostAccounts {
-            users: names("/etc/passwd"),
-            groups: names("/etc/group"),
-        }
-    }
-}
-
-/// Asks NSS (LDAP, sssd, systemd-homed...) through getent(1) for a name
-/// the local files do not have. Without getent the name is taken as unknown.
-fn getent(database: &str, name: &str) -> bool {
-    std::process::Command::new("getent")
-        .args([database, name])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-impl Accounts for HostAccounts {
-    fn user_exists(&self, name: &str) -> bool {
-        self.users.as_ref().is_none_or(|u| u.contains(name)) || getent("passwd", name)
-    }
-    fn group_exists(&self, name: &str) -> bool {
-        self.groups.as_ref().is_none_or(|g| g.contains(name)) || getent("group", name)
-    }
 }
 
 fn report(diags: &[Diagnostic]) {

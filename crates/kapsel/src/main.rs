@@ -2,15 +2,20 @@
 
 mod check;
 mod create;
+mod ctl;
+mod daemon;
 mod run;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
+use tracing_subscriber::{layer::SubscriberExt, reload, util::SubscriberInitExt, EnvFilter};
 
 /// Run virtual machines and system containers on Linux.
 #[derive(Parser)]
 #[command(name = "kapsel", version, about)]
 struct Cli {
+    #[command(flatten)]
+    socket: ctl::SocketArg,
     #[command(subcommand)]
     command: Command,
 }
@@ -23,26 +28,53 @@ enum Command {
     Check(check::CheckArgs),
     /// Create a disk image: raw or qcow2, empty, an overlay (-b) or a copy (-i).
     Create(create::CreateArgs),
+    /// Run kapseld, the daemon that starts the VMs of vm.conf and serves the
+    /// commands below, in the foreground.
+    Daemon(daemon::DaemonArgs),
+    #[command(flatten)]
+    Verb(ctl::Verb),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    let logging = init_logging();
     let code = match cli.command {
         Command::Run(args) => run::main(args),
         Command::Check(args) => check::main(args),
         Command::Create(args) => create::main(args),
+        Command::Daemon(args) => daemon::main(args, cli.socket.socket, logging),
+        Command::Verb(verb) => ctl::main(cli.socket, verb),
     };
     ExitCode::from(code)
 }
 
+/// The log filter, changeable while running (`kapsel log`).
+pub struct Logging {
+    handle: reload::Handle<EnvFilter, tracing_subscriber::Registry>,
+    from_env: bool,
+}
+
+impl Logging {
+    /// Sets the filter (`info`, `debug`, ...) unless KAPSEL_LOG chose one.
+    pub fn set(&self, filter: &str) {
+        if !self.from_env {
+            let _ = self.handle.modify(|f| *f = EnvFilter::new(filter));
+        }
+    }
+}
+
 /// Logs go to stderr; `KAPSEL_LOG` sets the filter (e.g. `debug`), default `warn`.
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KAPSEL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+fn init_logging() -> Logging {
+    let env = EnvFilter::try_from_env("KAPSEL_LOG").ok();
+    let from_env = env.is_some();
+    let (filter, handle) = reload::Layer::new(env.unwrap_or_else(|| EnvFilter::new("warn")));
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
         .try_init();
+    Logging { handle, from_env }
 }

@@ -1,0 +1,857 @@
+//! The daemon's state: the configuration, every known VM, and what the
+//! control requests do to them.
+
+use crate::accounts::{HostAccounts, Peer};
+use crate::console::Console;
+use crate::proto::{LogLevel, Request, ResetWhat, Response, StartRequest, VmState, VmStatus};
+use crate::vmproc::{self, ExitReport, VmProcess};
+use kapsel_config::{Config, Diagnostic, LoadOptions, Owner, VmSpec};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// How the daemon is set up.
+pub struct Options {
+    /// The vm.conf to read.
+    pub config: PathBuf,
+    /// `-D name=value` macro overrides.
+    pub defines: Vec<(String, String)>,
+    /// Where the control socket goes.
+    pub socket: PathBuf,
+    /// Where state (VM logs) is kept.
+    pub state_dir: PathBuf,
+    /// The `kapsel` binary that runs each VM (`kapsel run`).
+    pub kapsel: PathBuf,
+    /// How long a guest has to power off after the power button.
+    pub shutdown_timeout: Duration,
+    /// Called by `kapsel log brief|verbose`.
+    pub set_log_level: Option<Box<dyn Fn(LogLevel) + Send + Sync>>,
+}
+
+/// Why the daemon could not start or reload.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The configuration has errors (rendered, with file:line).
+    #[error("{0}")]
+    Config(String),
+    /// The socket or state directory.
+    #[error("{0}")]
+    Setup(String),
+}
+
+pub(crate) struct Vm {
+    pub id: u32,
+    pub spec: VmSpec,
+    /// Declared in a configuration file (else started ad hoc).
+    pub configured: bool,
+    pub state: VmState,
+    pub process: Option<VmProcess>,
+    pub last_exit: Option<String>,
+    pub console: Console,
+    /// Counts the runs, so a late exit report of an old run is ignored.
+    pub generation: u64,
+}
+
+pub(crate) struct Inner {
+    pub config: Config,
+    /// Files added with `kapsel load`, read again on reload.
+    pub loaded: Vec<PathBuf>,
+    pub vms: Vec<Vm>,
+    pub next_id: u32,
+    pub shutting_down: bool,
+}
+
+/// The daemon: shared by the connection threads.
+pub struct Daemon {
+    pub(crate) opts: Options,
+    inner: Mutex<Inner>,
+    changed: Condvar,
+}
+
+fn render(diags: &[Diagnostic]) -> String {
+    diags.iter().map(|d| d.render()).collect::<String>()
+}
+
+/// Reads a configuration file the way the daemon does.
+pub fn load_config(path: &std::path::Path, defines: &[(String, String)]) -> Result<Config, String> {
+    let accounts = HostAccounts::read();
+    let opts = LoadOptions {
+        defines: defines.to_vec(),
+        accounts: Some(&accounts),
+        ..LoadOptions::default()
+    };
+    match kapsel_config::load(path, &opts) {
+        Ok((config, warnings)) => {
+            for w in &warnings {
+                tracing::warn!("{}", w.render().trim_end());
+            }
+            Ok(config)
+        }
+        Err(diags) => Err(render(&diags)),
+    }
+}
+
+/// `local`: the owner that a non-root peer gets for instances it creates.
+fn owner_of(peer: &Peer) -> Owner {
+    Owner {
+        user: Some(peer.name.clone().unwrap_or_else(|| peer.uid.to_string())),
+        group: None,
+    }
+}
+
+fn describe_owner(owner: Option<&Owner>) -> String {
+    owner.map_or_else(|| "root".to_string(), |o| o.to_string())
+}
+
+impl Daemon {
+    /// Reads the configuration; nothing is started yet.
+    pub fn new(opts: Options) -> Result<Arc<Daemon>, DaemonError> {
+        let config = load_config(&opts.config, &opts.defines).map_err(DaemonError::Config)?;
+        std::fs::create_dir_all(opts.state_dir.join("vms")).map_err(|e| {
+            DaemonError::Setup(format!(
+                "state directory {}: {e}; give a writable one with --state-dir",
+                opts.state_dir.display()
+            ))
+        })?;
+        let daemon = Arc::new(Daemon {
+            opts,
+            inner: Mutex::new(Inner {
+                config: Config::default(),
+                loaded: Vec::new(),
+                vms: Vec::new(),
+                next_id: 1,
+                shutting_down: false,
+            }),
+            changed: Condvar::new(),
+        });
+        daemon.apply_config(config);
+        Ok(daemon)
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes `config` the configuration: new VMs are added, changed ones
+    /// take effect at their next start, removed ones that are stopped
+    /// disappear. Returns the names of enabled VMs that are new.
+    fn apply_config(&self, config: Config) -> Vec<String> {
+        let mut inner = self.lock();
+        let mut added = Vec::new();
+        let names: Vec<String> = config.vms.iter().map(|v| v.name.clone()).collect();
+        for name in &names {
+            let Some(spec) = config.effective_vm(name) else {
+                continue;
+            };
+            match inner.vms.iter_mut().find(|v| &v.spec.name == name) {
+                Some(vm) => {
+                    vm.spec = spec;
+                    vm.configured = true;
+                }
+                None => {
+                    if spec.enabled {
+                        added.push(name.clone());
+                    }
+                    let id = inner.next_id;
+                    inner.next_id += 1;
+                    inner.vms.push(Vm {
+                        id,
+                        spec,
+                        configured: true,
+                        state: VmState::Stopped,
+                        process: None,
+                        last_exit: None,
+                        console: Console::new(),
+                        generation: 0,
+                    });
+                }
+            }
+        }
+        inner
+            .vms
+            .retain(|v| names.contains(&v.spec.name) || v.state != VmState::Stopped);
+        for vm in inner.vms.iter_mut() {
+            if !names.contains(&vm.spec.name) {
+                vm.configured = false;
+            }
+        }
+        inner.config = config;
+        added
+    }
+
+    /// Starts the enabled VMs, `staggered start parallel N delay S` at a
+    /// time (all at once without it). Runs in its own thread.
+    pub fn start_enabled(self: &Arc<Self>, names: Vec<String>) {
+        let staggered = self.lock().config.globals.staggered_start;
+        let daemon = self.clone();
+        let _ = std::thread::Builder::new()
+            .name("autostart".into())
+            .spawn(move || {
+                let (parallel, delay) = match staggered {
+                    Some(s) => (
+                        s.parallel.max(1) as usize,
+                        Duration::from_secs(s.delay_secs.into()),
+                    ),
+                    None => (usize::MAX, Duration::ZERO),
+                };
+                for (i, batch) in names.chunks(parallel.min(names.len().max(1))).enumerate() {
+                    if i > 0 {
+                        std::thread::sleep(delay);
+                    }
+                    for name in batch {
+                        if daemon.lock().shutting_down {
+                            return;
+                        }
+                        if let Err(e) = daemon.start_vm(name) {
+                            tracing::error!("vm {name}: {e}");
+                        }
+                    }
+                }
+            });
+    }
+
+    /// The names of the configured VMs that are enabled.
+    pub fn enabled_vms(&self) -> Vec<String> {
+        let inner = self.lock();
+        inner
+            .vms
+            .iter()
+            .filter(|v| v.configured && v.spec.enabled)
+            .map(|v| v.spec.name.clone())
+            .collect()
+    }
+
+    fn find<'a>(inner: &'a mut Inner, target: &str) -> Result<&'a mut Vm, String> {
+        let by_id = target.parse::<u32>().ok();
+        inner
+            .vms
+            .iter_mut()
+            .find(|v| v.spec.name == target || Some(v.id) == by_id)
+            .ok_or_else(|| format!("no VM named {target}; `kapsel status` lists them"))
+    }
+
+    /// Starts a known VM. Errors are for the user.
+    pub fn start_vm(self: &Arc<Self>, target: &str) -> Result<String, String> {
+        let mut inner = self.lock();
+        if inner.shutting_down {
+            return Err("the daemon is shutting down".into());
+        }
+        let vm = Self::find(&mut inner, target)?;
+        if vm.state != VmState::Stopped {
+            return Err(format!("vm {} is already {}", vm.spec.name, vm.state));
+        }
+        let log = self
+            .opts
+            .state_dir
+            .join("vms")
+            .join(format!("{}.log", vm.spec.name));
+        let launch = vmproc::Launch {
+            spec: &vm.spec,
+            kapsel: &self.opts.kapsel,
+            log: &log,
+            shutdown_timeout: self.opts.shutdown_timeout,
+        };
+        let (process, console_out) = vmproc::spawn(&launch)?;
+        vm.generation += 1;
+        let generation = vm.generation;
+        let name = vm.spec.name.clone();
+        let pid = process.pid;
+        vm.console.reopen();
+        let console = vm.console.clone();
+        vm.process = Some(process);
+        vm.state = VmState::Running;
+        vm.last_exit = None;
+        drop(inner);
+        tracing::info!("vm {name}: started, pid {pid}");
+        std::thread::Builder::new()
+            .name(format!("console-{pid}"))
+            .spawn(move || console.pump(console_out))
+            .map_err(|e| format!("cannot start the console thread: {e}"))?;
+        let daemon = self.clone();
+        std::thread::Builder::new()
+            .name(format!("wait-{pid}"))
+            .spawn(move || {
+                let report = vmproc::wait(pid);
+                daemon.exited(&name, generation, report);
+            })
+            .map_err(|e| format!("cannot start the supervisor thread: {e}"))?;
+        Ok(format!("started vm {target} (pid {pid})"))
+    }
+
+    fn exited(&self, name: &str, generation: u64, report: ExitReport) {
+        let mut inner = self.lock();
+        if let Some(vm) = inner
+            .vms
+            .iter_mut()
+            .find(|v| v.spec.name == name && v.generation == generation)
+        {
+            let stderr_tail = vm
+                .process
+                .take()
+                .and_then(|p| p.finish())
+                .unwrap_or_default();
+            let reason = report.describe(&stderr_tail);
+            if report.is_failure() {
+                tracing::warn!("vm {name}: {reason}");
+            } else {
+                tracing::info!("vm {name}: {reason}");
+            }
+            vm.state = VmState::Stopped;
+            vm.last_exit = Some(reason);
+        }
+        self.changed.notify_all();
+    }
+
+    fn signal(vm: &Vm, sig: libc::c_int) -> Result<(), String> {
+        let pid = vm
+            .process
+            .as_ref()
+            .map(|p| p.pid)
+            .ok_or_else(|| format!("vm {} is not running", vm.spec.name))?;
+        vmproc::kill(pid, sig).map_err(|e| format!("vm {}: {e}", vm.spec.name))
+    }
+
+    /// Asks a VM to stop (power button) or kills it; with `wait`, returns
+    /// once it has stopped. A guest that ignores the button is killed after
+    /// the shutdown timeout.
+    fn stop_vm(self: &Arc<Self>, target: &str, force: bool, wait: bool) -> Result<String, String> {
+        let mut inner = self.lock();
+        let vm = Self::find(&mut inner, target)?;
+        let name = vm.spec.name.clone();
+        if vm.state == VmState::Stopped {
+            return Err(format!("vm {name} is not running"));
+        }
+        let generation = vm.generation;
+        if force {
+            Self::signal(vm, libc::SIGKILL)?;
+        } else if vm.state != VmState::Stopping {
+            Self::signal(vm, libc::SIGTERM)?;
+            if vm.state == VmState::Paused {
+                Self::signal(vm, libc::SIGCONT)?;
+            }
+            vm.state = VmState::Stopping;
+            // kapsel run stops the VM itself after the timeout; this is the
+            // backstop for a VM process that does not.
+            let daemon = self.clone();
+            let deadline = self.opts.shutdown_timeout + Duration::from_secs(5);
+            let n = name.clone();
+            let _ = std::thread::Builder::new()
+                .name("stop-timer".into())
+                .spawn(move || {
+                    let mut inner = daemon.lock();
+                    let until = Instant::now() + deadline;
+                    loop {
+                        let Some(vm) = inner.vms.iter().find(|v| v.spec.name == n) else {
+                            return;
+                        };
+                        if vm.generation != generation || vm.state == VmState::Stopped {
+                            return;
+                        }
+                        let now = Instant::now();
+                        if now >= until {
+                            tracing::warn!("vm {n}: did not stop in time, killing it");
+                            let _ = Self::signal(vm, libc::SIGKILL);
+                            return;
+                        }
+                        inner = daemon
+                            .changed
+                            .wait_timeout(inner, until - now)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0;
+                    }
+                });
+        }
+        if !wait {
+            return Ok(if force {
+                format!("vm {name} killed")
+            } else {
+                format!("stopping vm {name}")
+            });
+        }
+        loop {
+            let vm = inner.vms.iter().find(|v| v.spec.name == name);
+            match vm {
+                Some(v) if v.generation == generation && v.state != VmState::Stopped => {}
+                Some(v) => {
+                    return Ok(format!(
+                        "vm {name} stopped: {}",
+                        v.last_exit.as_deref().unwrap_or("stopped")
+                    ))
+                }
+                None => return Ok(format!("vm {name} stopped")),
+            }
+            inner = self.changed.wait(inner).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn wait_vm(&self, target: &str) -> Result<String, String> {
+        let mut inner = self.lock();
+        let vm = Self::find(&mut inner, target)?;
+        let name = vm.spec.name.clone();
+        if vm.state == VmState::Stopped {
+            return Err(format!("vm {name} is not running"));
+        }
+        let generation = vm.generation;
+        loop {
+            match inner.vms.iter().find(|v| v.spec.name == name) {
+                Some(v) if v.generation == generation && v.state != VmState::Stopped => {}
+                Some(v) => {
+                    return Ok(format!(
+                        "vm {name}: {}",
+                        v.last_exit.as_deref().unwrap_or("stopped")
+                    ))
+                }
+                None => return Ok(format!("vm {name} stopped")),
+            }
+            inner = self.changed.wait(inner).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn status(&self, target: Option<&str>) -> Result<Vec<VmStatus>, String> {
+        let mut inner = self.lock();
+        if let Some(t) = target {
+            Self::find(&mut inner, t)?;
+        }
+        let by_id = target.and_then(|t| t.parse::<u32>().ok());
+        Ok(inner
+            .vms
+            .iter()
+            .filter(|v| target.is_none_or(|t| v.spec.name == t || Some(v.id) == by_id))
+            .map(|v| {
+                let pid = v.process.as_ref().map(|p| p.pid);
+                VmStatus {
+                    id: v.id,
+                    name: v.spec.name.clone(),
+                    pid,
+                    vcpus: v.spec.cpus.unwrap_or(1),
+                    max_mem: v.spec.memory.map_or(0, |m| m.bytes()),
+                    cur_mem: pid.and_then(vmproc::resident_bytes),
+                    owner: describe_owner(v.spec.owner.as_ref()),
+                    state: v.state,
+                    last_exit: v.last_exit.clone(),
+                    enabled: v.configured && v.spec.enabled,
+                }
+            })
+            .collect())
+    }
+
+    /// Checks that `peer` may act on the VM `target`.
+    fn authorize(&self, peer: &Peer, target: &str, what: &str) -> Result<(), String> {
+        let mut inner = self.lock();
+        let vm = Self::find(&mut inner, target)?;
+        if peer.may_control(vm.spec.owner.as_ref()) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} may not {what} vm {}: it belongs to {}; ask root or its owner",
+                peer.describe(),
+                vm.spec.name,
+                describe_owner(vm.spec.owner.as_ref())
+            ))
+        }
+    }
+
+    fn require_root(peer: &Peer, what: &str) -> Result<(), String> {
+        if peer.is_root() {
+            Ok(())
+        } else {
+            Err(format!("only root may {what}"))
+        }
+    }
+
+    /// `kapsel start`: a configured VM, with vmctl's overrides; an instance
+    /// of one (`-t`); or a new VM described by the options (`-b`).
+    fn start(self: &Arc<Self>, peer: &Peer, req: &StartRequest) -> Result<String, String> {
+        let mut inner = self.lock();
+        let known = inner
+            .vms
+            .iter()
+            .any(|v| v.spec.name == req.name || req.name.parse::<u32>().ok() == Some(v.id));
+        let overrides = req.kernel.is_some()
+            || !req.disks.is_empty()
+            || req.memory.is_some()
+            || req.interfaces.is_some()
+            || req.local_interface
+            || req.switch.is_some()
+            || req.cdrom.is_some();
+        if req.cdrom.is_some() {
+            return Err("cdrom images are not supported yet; boot a kernel with -b".into());
+        }
+        if let Some(template) = &req.template {
+            if known {
+                return Err(format!(
+                    "vm {} exists; give the new instance another name",
+                    req.name
+                ));
+            }
+            kapsel_config::validate_name(&req.name)
+                .map_err(|e| format!("{e}: choose another name for the instance"))?;
+            let parent = inner
+                .config
+                .effective_vm(template)
+                .or_else(|| {
+                    inner
+                        .vms
+                        .iter()
+                        .find(|v| &v.spec.name == template)
+                        .map(|v| v.spec.clone())
+                })
+                .ok_or_else(|| format!("no VM named {template} to make an instance of"))?;
+            let allow = parent.allow_instance.clone();
+            if !peer.is_root() {
+                let permitted = allow
+                    .as_ref()
+                    .and_then(|a| a.owner.as_ref())
+                    .or(parent.owner.as_ref())
+                    .is_some_and(|o| peer.is(o));
+                if !permitted {
+                    return Err(format!(
+                        "{} may not make instances of vm {template}; its `allow instance` block must name you as owner",
+                        peer.describe()
+                    ));
+                }
+                let a = allow.clone().unwrap_or_default();
+                let refused = [
+                    (req.kernel.is_some(), a.boot, "boot"),
+                    (!req.disks.is_empty(), a.disk, "disk"),
+                    (req.memory.is_some(), a.memory, "memory"),
+                    (
+                        req.interfaces.is_some() || req.switch.is_some() || req.local_interface,
+                        a.interface,
+                        "interface",
+                    ),
+                ];
+                if let Some((_, _, what)) = refused.iter().find(|(asked, ok, _)| *asked && !ok) {
+                    return Err(format!(
+                        "vm {template} does not allow instances to change `{what}`; add it to its `allow instance` block"
+                    ));
+                }
+            }
+            let mut spec = parent;
+            spec.name = req.name.clone();
+            spec.instance_of = Some(template.clone());
+            spec.disks.clear();
+            spec.allow_instance = None;
+            spec.owner = if peer.is_root() {
+                spec.owner
+            } else {
+                Some(owner_of(peer))
+            };
+            apply_overrides(&mut spec, req)?;
+            self.add_adhoc(&mut inner, spec);
+        } else if !known {
+            Self::require_root(peer, "create VMs that vm.conf does not declare")?;
+            kapsel_config::validate_name(&req.name)
+                .map_err(|e| format!("{e}: choose another name"))?;
+            if req.kernel.is_none() {
+                return Err(format!(
+                    "no VM named {} in the configuration; declare it in vm.conf or give a kernel with -b",
+                    req.name
+                ));
+            }
+            let mut spec = VmSpec::new(req.name.clone());
+            spec.memory = Some(kapsel_config::DEFAULT_VM_MEMORY);
+            spec.cpus = Some(kapsel_config::DEFAULT_VM_CPUS);
+            apply_overrides(&mut spec, req)?;
+            self.add_adhoc(&mut inner, spec);
+        } else {
+            drop(inner);
+            self.authorize(peer, &req.name, "start")?;
+            inner = self.lock();
+            if overrides {
+                if !peer.is_root() {
+                    return Err("only root may change a configured VM with start options; use -t to make an instance".into());
+                }
+                let vm = Self::find(&mut inner, &req.name)?;
+                if vm.state == VmState::Stopped {
+                    let mut spec = vm.spec.clone();
+                    apply_overrides(&mut spec, req)?;
+                    vm.spec = spec;
+                }
+            }
+        }
+        drop(inner);
+        self.start_vm(&req.name)
+    }
+
+    fn add_adhoc(&self, inner: &mut Inner, spec: VmSpec) {
+        let id = inner.next_id;
+        inner.next_id += 1;
+        inner.vms.push(Vm {
+            id,
+            spec,
+            configured: false,
+            state: VmState::Stopped,
+            process: None,
+            last_exit: None,
+            console: Console::new(),
+            generation: 0,
+        });
+    }
+
+    /// Reads the configuration (and files added by `load`) again.
+    pub fn reload(self: &Arc<Self>) -> Result<String, String> {
+        let mut config = load_config(&self.opts.config, &self.opts.defines)?;
+        let loaded = self.lock().loaded.clone();
+        for file in &loaded {
+            merge(&mut config, load_config(file, &self.opts.defines)?, file)?;
+        }
+        let added = self.apply_config(config);
+        let n = added.len();
+        self.start_enabled(added);
+        Ok(format!("configuration reloaded; {n} new VM(s) started"))
+    }
+
+    fn load(self: &Arc<Self>, path: &str) -> Result<String, String> {
+        let path = PathBuf::from(path);
+        let extra = load_config(&path, &self.opts.defines)?;
+        let mut config = self.lock().config.clone();
+        merge(&mut config, extra, &path)?;
+        self.lock().loaded.push(path.clone());
+        let added = self.apply_config(config);
+        let n = added.len();
+        self.start_enabled(added);
+        Ok(format!("loaded {}; {n} new VM(s) started", path.display()))
+    }
+
+    fn running_names(&self) -> Vec<String> {
+        self.lock()
+            .vms
+            .iter()
+            .filter(|v| v.state != VmState::Stopped)
+            .map(|v| v.spec.name.clone())
+            .collect()
+    }
+
+    /// Stops every VM: the power button, then after the timeout a kill.
+    /// Returns once all have stopped.
+    pub fn shutdown(self: &Arc<Self>) {
+        self.lock().shutting_down = true;
+        let names = self.running_names();
+        if !names.is_empty() {
+            tracing::info!("stopping {} VM(s)", names.len());
+        }
+        for name in &names {
+            let _ = self.stop_vm(name, false, false);
+        }
+        let mut inner = self.lock();
+        while inner.vms.iter().any(|v| v.state != VmState::Stopped) {
+            inner = self.changed.wait(inner).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Answers one request from `peer`. `stream` is the connection, for
+    /// requests (console) that keep it.
+    pub fn handle(
+        self: &Arc<Self>,
+        peer: &Peer,
+        request: Request,
+        stream: &UnixStream,
+    ) -> Response {
+        let result = self.dispatch(peer, request, stream);
+        match result {
+            Ok(Some(message)) => Response::Ok { message },
+            Ok(None) => Response::Status { vms: Vec::new() },
+            Err(message) => Response::Error { message },
+        }
+    }
+
+    fn dispatch(
+        self: &Arc<Self>,
+        peer: &Peer,
+        request: Request,
+        _stream: &UnixStream,
+    ) -> Result<Option<String>, String> {
+        match request {
+            Request::Start(req) => self.start(peer, &req).map(Some),
+            Request::Stop {
+                targets,
+                all,
+                force,
+                wait,
+            } => {
+                let targets = if all {
+                    Self::require_root(peer, "stop every VM")?;
+                    self.running_names()
+                } else {
+                    targets
+                };
+                if targets.is_empty() && !all {
+                    return Err("name the VM to stop, or give -a for all".into());
+                }
+                for t in &targets {
+                    self.authorize(peer, t, "stop")?;
+                }
+                let mut lines = Vec::new();
+                let waiters: Vec<_> = targets
+                    .into_iter()
+                    .map(|t| {
+                        let d = self.clone();
+                        std::thread::spawn(move || d.stop_vm(&t, force, wait))
+                    })
+                    .collect();
+                let mut failed = None;
+                for w in waiters {
+                    match w.join().unwrap_or_else(|_| Err("internal error".into())) {
+                        Ok(line) => lines.push(line),
+                        Err(e) => failed = Some(e),
+                    }
+                }
+                match failed {
+                    Some(e) => Err(e),
+                    None => Ok(Some(lines.join("\n"))),
+                }
+            }
+            Request::Pause { target } => {
+                self.authorize(peer, &target, "pause")?;
+                let mut inner = self.lock();
+                let vm = Self::find(&mut inner, &target)?;
+                if vm.state != VmState::Running {
+                    return Err(format!("vm {} is {}, not running", vm.spec.name, vm.state));
+                }
+                Self::signal(vm, libc::SIGSTOP)?;
+                vm.state = VmState::Paused;
+                Ok(Some(format!("paused vm {}", vm.spec.name)))
+            }
+            Request::Unpause { target } => {
+                self.authorize(peer, &target, "unpause")?;
+                let mut inner = self.lock();
+                let vm = Self::find(&mut inner, &target)?;
+                if vm.state != VmState::Paused {
+                    return Err(format!("vm {} is {}, not paused", vm.spec.name, vm.state));
+                }
+                Self::signal(vm, libc::SIGCONT)?;
+                vm.state = VmState::Running;
+                Ok(Some(format!("unpaused vm {}", vm.spec.name)))
+            }
+            Request::Wait { target } => {
+                self.authorize(peer, &target, "wait for")?;
+                self.wait_vm(&target).map(Some)
+            }
+            Request::Reload => {
+                Self::require_root(peer, "reload the configuration")?;
+                self.reload().map(Some)
+            }
+            Request::Load { path } => {
+                Self::require_root(peer, "load configuration files")?;
+                self.load(&path).map(Some)
+            }
+            Request::Reset { what } => {
+                Self::require_root(peer, "reset the daemon's state")?;
+                if matches!(what, ResetWhat::All | ResetWhat::Vms) {
+                    for name in self.running_names() {
+                        let _ = self.stop_vm(&name, true, true);
+                    }
+                }
+                if what == ResetWhat::All {
+                    self.reload()?;
+                }
+                Ok(Some("reset done".into()))
+            }
+            Request::Log { level } => {
+                Self::require_root(peer, "change the log level")?;
+                match &self.opts.set_log_level {
+                    Some(set) => {
+                        set(level);
+                        Ok(Some(format!("logging {level:?}").to_lowercase()))
+                    }
+                    None => Err("this daemon cannot change its log level".into()),
+                }
+            }
+            Request::Status { .. } | Request::Console { .. } => {
+                Err("internal error: handled by the connection".into())
+            }
+        }
+    }
+
+    /// `kapsel status`.
+    pub fn status_response(&self, target: Option<&str>) -> Response {
+        match self.status(target) {
+            Ok(vms) => Response::Status { vms },
+            Err(message) => Response::Error { message },
+        }
+    }
+
+    /// Checks a console request; on success the caller replies and hands
+    /// the connection to [`Console::attach`].
+    pub fn console_for(
+        &self,
+        peer: &Peer,
+        target: &str,
+    ) -> Result<(Console, Option<UnixStream>), String> {
+        self.authorize(peer, target, "open the console of")?;
+        let mut inner = self.lock();
+        let vm = Self::find(&mut inner, target)?;
+        let input = vm
+            .process
+            .as_ref()
+            .map(|p| p.console_input())
+            .transpose()
+            .map_err(|e| format!("console of vm {}: {e}", vm.spec.name))?;
+        if input.is_none() && vm.console.history().is_empty() {
+            return Err(format!(
+                "vm {} is not running; start it with `kapsel start -c {}`",
+                vm.spec.name, vm.spec.name
+            ));
+        }
+        Ok((vm.console.clone(), input))
+    }
+}
+
+/// vmctl's start options on a VM spec.
+fn apply_overrides(spec: &mut VmSpec, req: &StartRequest) -> Result<(), String> {
+    if let Some(k) = &req.kernel {
+        spec.boot = Some(k.into());
+    }
+    for d in &req.disks {
+        spec.disks.push(kapsel_config::DiskSpec {
+            path: d.into(),
+            format: None,
+        });
+    }
+    if let Some(m) = req.memory {
+        spec.memory = Some(kapsel_config::ByteSize(m));
+    }
+    if let Some(n) = req.interfaces {
+        spec.interface_count = Some(n);
+    }
+    if req.local_interface {
+        spec.interfaces.push(kapsel_config::InterfaceSpec {
+            local: true,
+            ..kapsel_config::InterfaceSpec::default()
+        });
+    }
+    if let Some(sw) = &req.switch {
+        spec.interfaces.push(kapsel_config::InterfaceSpec {
+            switch: Some(sw.clone()),
+            ..kapsel_config::InterfaceSpec::default()
+        });
+    }
+    Ok(())
+}
+
+/// Adds the switches and VMs of `extra` (read from `file`) to `config`.
+fn merge(config: &mut Config, extra: Config, file: &std::path::Path) -> Result<(), String> {
+    for s in extra.switches {
+        if config.switch(&s.name).is_some() {
+            return Err(format!(
+                "{}: switch \"{}\" is already configured; rename it",
+                file.display(),
+                s.name
+            ));
+        }
+        config.switches.push(s);
+    }
+    for v in extra.vms {
+        if config.vm(&v.name).is_some() {
+            return Err(format!(
+                "{}: vm \"{}\" is already configured; rename it",
+                file.display(),
+                v.name
+            ));
+        }
+        config.vms.push(v);
+    }
+    Ok(())
+}

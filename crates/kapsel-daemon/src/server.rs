@@ -1,0 +1,246 @@
+//! The control socket: accepting connections, reading requests, checking
+//! who asks (SO_PEERCRED), and the daemon's signals.
+
+use crate::accounts::{gid_of, uid_of, Peer};
+use crate::daemon::{Daemon, DaemonError, Options};
+use crate::proto::{self, Envelope, ProtoError, Request, Response, PROTOCOL_VERSION};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Connections served at once; more get an error reply, so that a flood of
+/// clients cannot exhaust the daemon's threads.
+const MAX_CONNECTIONS: usize = 256;
+
+/// A client has this long to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The control socket path used when none is given.
+pub const DEFAULT_SOCKET: &str = "/run/kapsel/kapsel.sock";
+
+/// The state directory used when none is given.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/kapsel";
+
+fn bind(path: &Path) -> Result<UnixListener, DaemonError> {
+    let setup = |what: String| DaemonError::Setup(what);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| setup(format!("socket directory {}: {e}", dir.display())))?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(setup(format!(
+                "{} is in use: a daemon is already running (stop it first, or give another --socket)",
+                path.display()
+            )));
+        }
+        std::fs::remove_file(path)
+            .map_err(|e| setup(format!("stale socket {}: {e}", path.display())))?;
+    }
+    UnixListener::bind(path).map_err(|e| setup(format!("socket {}: {e}", path.display())))
+}
+
+/// Sets who may connect: everyone (0666, requests are checked one by one)
+/// or, with `socket owner`, that user and group (0660).
+fn set_socket_owner(path: &Path, daemon: &Daemon) -> Result<(), DaemonError> {
+    let owner = daemon.lock().config.globals.socket_owner.clone();
+    let setup = |what: String| DaemonError::Setup(what);
+    let mode = match &owner {
+        None => 0o666,
+        Some(o) => {
+            let uid = match o.user.as_deref() {
+                Some(u) => uid_of(u).ok_or_else(|| {
+                    setup(format!(
+                        "socket owner: no user {u} on this host; fix `socket owner`"
+                    ))
+                })?,
+                None => 0,
+            };
+            let gid = match o.group.as_deref() {
+                Some(g) => gid_of(g).ok_or_else(|| {
+                    setup(format!(
+                        "socket owner: no group {g} on this host; fix `socket owner`"
+                    ))
+                })?,
+                None => 0,
+            };
+            std::os::unix::fs::chown(path, Some(uid), Some(gid))
+                .map_err(|e| setup(format!("socket {}: chown: {e}", path.display())))?;
+            0o660
+        }
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| setup(format!("socket {}: chmod: {e}", path.display())))
+}
+
+fn reply(stream: &mut UnixStream, response: &Response) {
+    if let Err(e) = proto::write_message(stream, response) {
+        tracing::debug!("reply not delivered: {e}");
+    }
+}
+
+/// Serves one connection: one request, one reply (a console keeps going).
+fn serve(daemon: &Arc<Daemon>, mut stream: UnixStream) {
+    let peer = match Peer::of(&stream) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!("control connection without credentials: {e}");
+            return;
+        }
+    };
+    let _ = stream.set_read_timeout(Some(REQUEST_TIMEOUT));
+    let envelope = match proto::read_frame(&mut stream)
+        .and_then(|body| serde_json::from_slice::<Envelope>(&body).map_err(ProtoError::from))
+    {
+        Ok(e) => e,
+        Err(ProtoError::Io(e)) => {
+            tracing::debug!("control connection from {}: {e}", peer.describe());
+            return;
+        }
+        Err(e) => {
+            tracing::info!("bad request from {}: {e}", peer.describe());
+            reply(
+                &mut stream,
+                &Response::Error {
+                    message: format!("bad request: {e}"),
+                },
+            );
+            return;
+        }
+    };
+    if envelope.version != PROTOCOL_VERSION {
+        reply(
+            &mut stream,
+            &Response::Error {
+                message: format!(
+                    "protocol version {} is not this daemon's {PROTOCOL_VERSION}; use the kapsel command of the same release",
+                    envelope.version
+                ),
+            },
+        );
+        return;
+    }
+    let _ = stream.set_read_timeout(None);
+    tracing::debug!("{} asks {:?}", peer.describe(), envelope.request);
+    match envelope.request {
+        Request::Status { target } => {
+            let response = daemon.status_response(target.as_deref());
+            reply(&mut stream, &response);
+        }
+        Request::Console { target } => match daemon.console_for(&peer, &target) {
+            Ok((console, input)) => {
+                reply(
+                    &mut stream,
+                    &Response::Ok {
+                        message: String::new(),
+                    },
+                );
+                if let Err(e) = console.attach(stream, input) {
+                    tracing::debug!("console of {target}: {e}");
+                }
+            }
+            Err(message) => reply(&mut stream, &Response::Error { message }),
+        },
+        request => {
+            let response = daemon.handle(&peer, request, &stream);
+            reply(&mut stream, &response);
+        }
+    }
+}
+
+/// Blocks the signals the daemon handles, in this thread and the threads it
+/// starts; [`signal_thread`] takes them.
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain old data, initialised by sigemptyset.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: set is a valid sigset_t; the signal numbers are valid.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+    set
+}
+
+/// SIGHUP reloads; SIGTERM or SIGINT stops the VMs and ends the daemon.
+fn signal_thread(daemon: Arc<Daemon>, set: libc::sigset_t, socket: std::path::PathBuf) {
+    loop {
+        let mut sig = 0;
+        // SAFETY: set is a valid sigset_t and sig a valid out pointer.
+        if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+            continue;
+        }
+        if sig == libc::SIGHUP {
+            match daemon.reload() {
+                Ok(m) => tracing::info!("SIGHUP: {m}"),
+                Err(e) => {
+                    tracing::error!("SIGHUP: reload failed, keeping the old configuration:\n{e}")
+                }
+            }
+            continue;
+        }
+        tracing::info!("signal {sig}: stopping the VMs and the daemon");
+        let _ = std::fs::remove_file(&socket);
+        daemon.shutdown();
+        tracing::info!("all VMs stopped; kapseld ends");
+        std::process::exit(0);
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT: reads the configuration, binds
+/// the socket, starts the enabled VMs and serves requests.
+pub fn run(opts: Options) -> Result<(), DaemonError> {
+    let set = block_signals();
+    let socket = opts.socket.clone();
+    let daemon = Daemon::new(opts)?;
+    let listener = bind(&socket)?;
+    set_socket_owner(&socket, &daemon)?;
+    tracing::info!("kapseld listening on {}", socket.display());
+    {
+        let daemon = daemon.clone();
+        let socket = socket.clone();
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || signal_thread(daemon, set, socket))
+            .map_err(|e| DaemonError::Setup(format!("signal thread: {e}")))?;
+    }
+    daemon.start_enabled(daemon.enabled_vms());
+    let active = Arc::new(AtomicUsize::new(0));
+    for stream in listener.incoming() {
+        let mut stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("accept: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        if active.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
+            reply(
+                &mut stream,
+                &Response::Error {
+                    message: "the daemon is busy (too many connections); try again".into(),
+                },
+            );
+            continue;
+        }
+        active.fetch_add(1, Ordering::SeqCst);
+        let daemon = daemon.clone();
+        let counter = active.clone();
+        let spawned = std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || {
+                serve(&daemon, stream);
+                counter.fetch_sub(1, Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            active.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,325 @@
+//! One VM process: `kapsel run` started by the daemon for a VM spec, its
+//! console on a socket pair, its stderr in the VM's log, and how it ended.
+
+use kapsel_config::{BootDevice, VmSpec};
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// What a VM process needs to start.
+pub struct Launch<'a> {
+    /// The VM, with instances resolved.
+    pub spec: &'a VmSpec,
+    /// The `kapsel` binary.
+    pub kapsel: &'a Path,
+    /// The file its stderr is appended to.
+    pub log: &'a Path,
+    /// Time the guest gets after the power button.
+    pub shutdown_timeout: Duration,
+}
+
+/// A running VM process.
+pub struct VmProcess {
+    /// Its process id.
+    pub pid: u32,
+    /// The daemon's end of the console (input to the guest).
+    console: UnixStream,
+    /// Collects stderr into the log; yields the last line.
+    stderr: Option<JoinHandle<Option<String>>>,
+}
+
+impl VmProcess {
+    /// A handle that writes keyboard input to the guest's console.
+    pub fn console_input(&self) -> std::io::Result<UnixStream> {
+        self.console.try_clone()
+    }
+
+    /// After the process has ended: reaps it and returns its last line on
+    /// stderr (its one-line reason for a failure).
+    pub fn finish(mut self) -> Option<String> {
+        // SAFETY: waitpid on our own child; a null status pointer is allowed.
+        unsafe { libc::waitpid(self.pid as libc::pid_t, std::ptr::null_mut(), 0) };
+        self.stderr.take().and_then(|h| h.join().ok().flatten())
+    }
+}
+
+/// The `kapsel run` arguments for a VM spec, or why it cannot run.
+pub fn run_args(spec: &VmSpec, shutdown_timeout: Duration) -> Result<Vec<String>, String> {
+    let name = &spec.name;
+    if spec.cdrom.is_some() || spec.boot_device == Some(BootDevice::Cdrom) {
+        return Err(format!(
+            "vm {name}: cdrom images are not supported yet; boot a kernel with `boot PATH`"
+        ));
+    }
+    if spec.boot_device == Some(BootDevice::Net) {
+        return Err(format!(
+            "vm {name}: network boot is not supported yet; boot a kernel with `boot PATH`"
+        ));
+    }
+    if spec.sev || spec.seves {
+        return Err(format!(
+            "vm {name}: AMD SEV is not supported; remove `sev`/`seves`"
+        ));
+    }
+    let kernel = spec.boot.as_ref().ok_or_else(|| {
+        format!("vm {name} has no kernel: add `boot \"/path/to/vmlinuz\"` to it in vm.conf, or start it with -b")
+    })?;
+    if spec.interface_total() > 0 {
+        return Err(format!(
+            "vm {name}: network interfaces are not supported by this daemon yet; remove its `interface` lines"
+        ));
+    }
+    let mut args = vec![
+        "run".to_string(),
+        "--kernel".into(),
+        kernel.display().to_string(),
+        "--memory".into(),
+        format!("{}", spec.memory.map_or(512 << 20, |m| m.bytes())),
+        "--cpus".into(),
+        spec.cpus.unwrap_or(1).to_string(),
+        "--console".into(),
+        "stdio".into(),
+        // A daemon's VM reboots like a machine does; power-off ends it.
+        "--on-reboot".into(),
+        "restart".into(),
+        "--shutdown-timeout".into(),
+        shutdown_timeout.as_secs().to_string(),
+    ];
+    if let Some(initrd) = &spec.initrd {
+        args.push("--initrd".into());
+        args.push(initrd.display().to_string());
+    }
+    if let Some(cmdline) = &spec.cmdline {
+        args.push("--cmdline".into());
+        args.push(cmdline.clone());
+    }
+    for disk in &spec.disks {
+        let mut d = disk.path.display().to_string();
+        if let Some(f) = disk.format {
+            d.push_str(",format=");
+            d.push_str(f.keyword());
+        }
+        args.push("--disk".into());
+        args.push(d);
+    }
+    Ok(args)
+}
+
+/// Starts the VM process. Returns it and the console output stream.
+pub fn spawn(launch: &Launch) -> Result<(VmProcess, UnixStream), String> {
+    let name = &launch.spec.name;
+    let args = run_args(launch.spec, launch.shutdown_timeout)?;
+    let (daemon_end, vm_end) =
+        UnixStream::pair().map_err(|e| format!("vm {name}: console socket: {e}"))?;
+    let vm_out = vm_end
+        .try_clone()
+        .map_err(|e| format!("vm {name}: console socket: {e}"))?;
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(launch.log)
+        .map_err(|e| format!("vm {name}: log {}: {e}", launch.log.display()))?;
+    let _ = writeln!(log, "--- kapsel {}", args.join(" "));
+    let mut cmd = Command::new(launch.kapsel);
+    cmd.args(&args)
+        .stdin(Stdio::from(OwnedFd::from(vm_end)))
+        .stdout(Stdio::from(OwnedFd::from(vm_out)))
+        .stderr(Stdio::piped())
+        .env(
+            "KAPSEL_LOG",
+            std::env::var("KAPSEL_VM_LOG").unwrap_or("warn".into()),
+        )
+        // Its own process group: a Ctrl-C meant for a foreground daemon
+        // reaches the daemon, which stops the VMs in order.
+        .process_group(0);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("vm {name}: cannot run {}: {e}", launch.kapsel.display()))?;
+    let pid = child.id();
+    let stderr = child.stderr.take();
+    let tag = name.clone();
+    let stderr = std::thread::Builder::new()
+        .name(format!("stderr-{pid}"))
+        .spawn(move || {
+            let last = Arc::new(Mutex::new(None));
+            if let Some(err) = stderr {
+                for line in BufReader::new(err).lines() {
+                    let Ok(line) = line else { break };
+                    let _ = writeln!(log, "{line}");
+                    tracing::debug!("vm {tag}: {line}");
+                    if !line.trim().is_empty() {
+                        *last.lock().unwrap_or_else(|e| e.into_inner()) = Some(line);
+                    }
+                }
+            }
+            let last = last.lock().unwrap_or_else(|e| e.into_inner()).take();
+            last
+        })
+        .map_err(|e| format!("vm {name}: {e}"))?;
+    let console_out = daemon_end
+        .try_clone()
+        .map_err(|e| format!("vm {name}: console socket: {e}"))?;
+    // The Child is not waited on through std: the supervisor thread watches
+    // the pid with waitid(WNOWAIT) and reaps it under the daemon's lock, so
+    // that no signal can reach a recycled pid.
+    std::mem::forget(child);
+    Ok((
+        VmProcess {
+            pid,
+            console: daemon_end,
+            stderr: Some(stderr),
+        },
+        console_out,
+    ))
+}
+
+/// How a VM process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitReport {
+    /// It exited with this status.
+    Exited(i32),
+    /// A signal killed it.
+    Killed(i32),
+    /// It could not be watched (should not happen).
+    Unknown,
+}
+
+fn signal_name(sig: i32) -> String {
+    match sig {
+        libc::SIGKILL => "SIGKILL".into(),
+        libc::SIGTERM => "SIGTERM".into(),
+        libc::SIGSEGV => "SIGSEGV".into(),
+        libc::SIGABRT => "SIGABRT".into(),
+        libc::SIGSYS => "SIGSYS".into(),
+        libc::SIGBUS => "SIGBUS".into(),
+        libc::SIGINT => "SIGINT".into(),
+        n => format!("signal {n}"),
+    }
+}
+
+impl ExitReport {
+    /// Whether this is a failure (anything but a power-off).
+    pub fn is_failure(&self) -> bool {
+        *self != ExitReport::Exited(0)
+    }
+
+    /// The reason shown in `status` and the log.
+    pub fn describe(&self, stderr_tail: &str) -> String {
+        let tail = stderr_tail.trim().trim_start_matches("kapsel run: ");
+        match *self {
+            ExitReport::Exited(0) => "powered off".into(),
+            ExitReport::Exited(code) if tail.is_empty() => format!("failed (exit {code})"),
+            ExitReport::Exited(code) => format!("failed (exit {code}): {tail}"),
+            ExitReport::Killed(libc::SIGSYS) => {
+                "killed by SIGSYS: the VM process made a system call its seccomp filter forbids"
+                    .into()
+            }
+            ExitReport::Killed(sig) => format!("killed by {}", signal_name(sig)),
+            ExitReport::Unknown => "ended (status unknown)".into(),
+        }
+    }
+}
+
+/// Waits until the process `pid` (a child of this process) has ended,
+/// without reaping it.
+pub fn wait(pid: u32) -> ExitReport {
+    loop {
+        // SAFETY: siginfo_t is plain old data that waitid fills in.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: info is valid for writes; WNOWAIT leaves the child to reap.
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if rc == 0 {
+            // SAFETY: waitid succeeded for an exited child, so si_status is set.
+            let status = unsafe { info.si_status() };
+            return match info.si_code {
+                libc::CLD_EXITED => ExitReport::Exited(status),
+                libc::CLD_KILLED | libc::CLD_DUMPED => ExitReport::Killed(status),
+                _ => ExitReport::Unknown,
+            };
+        }
+        if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return ExitReport::Unknown;
+        }
+    }
+}
+
+/// Sends `sig` to the VM process.
+pub fn kill(pid: u32, sig: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: kill has no memory-safety preconditions.
+    if unsafe { libc::kill(pid as libc::pid_t, sig) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The resident memory of a process (VmRSS), in bytes.
+pub fn resident_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_args_from_a_spec() {
+        let mut spec = VmSpec::new("web");
+        assert!(run_args(&spec, Duration::from_secs(30))
+            .unwrap_err()
+            .contains("add `boot"));
+        spec.boot = Some("/vm/vmlinuz".into());
+        spec.memory = Some(kapsel_config::ByteSize(256 << 20));
+        spec.cpus = Some(2);
+        spec.cmdline = Some("console=ttyS0 quiet".into());
+        spec.disks.push(kapsel_config::DiskSpec {
+            path: "/vm/web.qcow2".into(),
+            format: Some(kapsel_config::DiskFormat::Qcow2),
+        });
+        let args = run_args(&spec, Duration::from_secs(7)).unwrap().join(" ");
+        assert!(args.starts_with("run --kernel /vm/vmlinuz --memory 268435456 --cpus 2"));
+        assert!(args.contains("--shutdown-timeout 7"));
+        assert!(args.contains("--cmdline console=ttyS0 quiet"));
+        assert!(args.contains("--disk /vm/web.qcow2,format=qcow2"));
+        spec.cdrom = Some("/x.iso".into());
+        assert!(run_args(&spec, Duration::ZERO)
+            .unwrap_err()
+            .contains("cdrom"));
+    }
+
+    #[test]
+    fn exit_reasons() {
+        assert_eq!(ExitReport::Exited(0).describe(""), "powered off");
+        assert!(!ExitReport::Exited(0).is_failure());
+        assert_eq!(
+            ExitReport::Exited(1).describe("kapsel run: guest triple fault"),
+            "failed (exit 1): guest triple fault"
+        );
+        assert_eq!(ExitReport::Killed(9).describe(""), "killed by SIGKILL");
+        assert!(ExitReport::Killed(libc::SIGSYS)
+            .describe("")
+            .contains("seccomp"));
+    }
+
+    #[test]
+    fn resident_memory_of_this_process() {
+        assert!(resident_bytes(std::process::id()).unwrap() > 0);
+        assert_eq!(resident_bytes(u32::MAX), None);
+    }
+}
