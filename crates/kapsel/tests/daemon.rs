@@ -1,0 +1,602 @@
+//! kapseld driven only through the command line, as a user would: a daemon
+//! with a temporary configuration, socket and state directory, running the
+//! `idle` test guest (it waits in `hlt`, echoes console lines and powers off
+//! on the ACPI power button). Tests print `SKIP: ...` and pass when
+//! /dev/kvm cannot be used, or (for the owner tests) when not root.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const KAPSEL: &str = env!("CARGO_BIN_EXE_kapsel");
+const IDLE: &str = kapsel_testguest::IDLE;
+
+fn kvm_usable() -> bool {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(_) => true,
+        Err(e) => {
+            println!("SKIP: /dev/kvm not accessible ({e})");
+            false
+        }
+    }
+}
+
+/// A daemon on a temporary directory, stopped (SIGTERM) when dropped.
+struct Kapseld {
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Kapseld {
+    fn start(config: &str) -> Kapseld {
+        let dir = std::env::temp_dir().join(format!(
+            "kapseld-test-{}-{}",
+            std::process::id(),
+            std::thread::current()
+                .name()
+                .unwrap_or("t")
+                .replace("::", "-")
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // Other users (the owner tests) must reach the socket inside.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(dir.join("vm.conf"), config).unwrap();
+        let mut d = Kapseld { dir, child: None };
+        d.spawn();
+        d
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(self.dir.join("daemon.log")).unwrap();
+        let child = Command::new(KAPSEL)
+            .args(["daemon", "-v", "--shutdown-timeout", "5", "-f"])
+            .arg(self.dir.join("vm.conf"))
+            .arg("--socket")
+            .arg(self.socket())
+            .arg("--state-dir")
+            .arg(self.dir.join("state"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let until = Instant::now() + Duration::from_secs(10);
+        while UnixStream::connect(self.socket()).is_err() {
+            assert!(
+                Instant::now() < until,
+                "daemon did not come up:\n{}",
+                self.log()
+            );
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("daemon exited with {status}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("kapsel.sock")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(KAPSEL);
+        c.arg("--socket").arg(self.socket()).args(args);
+        c.stdin(Stdio::null());
+        c
+    }
+
+    /// Runs a verb; returns (exit code, stdout, stderr).
+    fn run(&self, args: &[&str]) -> (i32, String, String) {
+        out(self.cmd(args).output().unwrap())
+    }
+
+    /// Runs a verb that must succeed; returns its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let (code, stdout, stderr) = self.run(args);
+        assert_eq!(
+            code,
+            0,
+            "kapsel {args:?}: {stderr}\ndaemon log:\n{}",
+            self.log()
+        );
+        stdout
+    }
+
+    fn status(&self) -> Vec<serde_json::Value> {
+        let text = self.ok(&["status", "--json"]);
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()["vms"]
+            .as_array()
+            .cloned()
+            .unwrap_or_else(|| serde_json::from_str(&text).unwrap())
+    }
+
+    fn vm(&self, name: &str) -> serde_json::Value {
+        self.status()
+            .into_iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("vm {name} not in status"))
+    }
+
+    /// Waits until `name` is in `state`.
+    fn wait_state(&self, name: &str, state: &str) -> serde_json::Value {
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            let vm = self.vm(name);
+            if vm["state"] == state {
+                return vm;
+            }
+            assert!(
+                Instant::now() < until,
+                "vm {name} stays {} (want {state}):\n{}",
+                vm["state"],
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The guest's console log as the VM's log file does not hold it: read
+    /// it by attaching and leaving at once.
+    fn console_text(&self, name: &str, want: &str) -> String {
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut child = self
+                .cmd(&["console", name])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(200));
+            // A stopped VM's console replays and closes at once.
+            let _ = child.stdin.take().unwrap().write_all(b"~.");
+            let output = child.wait_with_output().unwrap();
+            let text = String::from_utf8_lossy(&output.stdout).into_owned();
+            if text.contains(want) {
+                return text;
+            }
+            assert!(
+                Instant::now() < until,
+                "console of {name} never showed {want:?}: {text}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn stop_daemon(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return Some(s);
+            }
+            if Instant::now() > until {
+                let _ = child.kill();
+                return child.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Kapseld {
+    fn drop(&mut self) {
+        self.stop_daemon();
+    }
+}
+
+fn out(o: Output) -> (i32, String, String) {
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn idle_vm(name: &str, extra: &str) -> String {
+    format!("vm \"{name}\" {{\n\tboot \"{IDLE}\"\n\tmemory 64M\n{extra}}}\n")
+}
+
+fn pid_of(vm: &serde_json::Value) -> i32 {
+    vm["pid"].as_i64().expect("a running VM has a pid") as i32
+}
+
+fn process_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')').next()?.trim().chars().next()
+}
+
+#[test]
+fn enabled_vms_start_and_are_listed_consoled_and_stopped() {
+    if !kvm_usable() {
+        return;
+    }
+    let conf = format!(
+        "{}{}{}",
+        idle_vm("alpha", ""),
+        idle_vm("beta", "\tcpus 2\n"),
+        idle_vm("gamma", "\tdisable\n")
+    );
+    let d = Kapseld::start(&conf);
+    let alpha = d.wait_state("alpha", "running");
+    let beta = d.wait_state("beta", "running");
+    assert_eq!(
+        d.vm("gamma")["state"],
+        "stopped",
+        "disabled VMs wait for start"
+    );
+    assert_eq!(beta["vcpus"], 2);
+    assert_eq!(alpha["max_mem"], 64 << 20);
+    assert!(alpha["cur_mem"].as_u64().unwrap() > 0);
+    let table = d.ok(&["status"]);
+    let header = table.lines().next().unwrap();
+    for col in [
+        "ID", "PID", "VCPUS", "MAXMEM", "CURMEM", "TTY", "OWNER", "STATE", "NAME",
+    ] {
+        assert!(header.contains(col), "{header}");
+    }
+    assert!(table
+        .lines()
+        .any(|l| l.ends_with(" alpha") && l.contains("running") && l.contains("64M")));
+
+    // The console replays the boot output and carries a line both ways.
+    d.console_text("alpha", "idle ready");
+    let mut con = d
+        .cmd(&["console", "alpha"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = con.stdin.take().unwrap();
+    let mut reader = BufReader::new(con.stdout.take().unwrap());
+    stdin.write_all(b"hello kapsel\r").unwrap();
+    let mut seen = String::new();
+    while !seen.contains("line hello kapsel") {
+        let mut l = String::new();
+        assert!(
+            reader.read_line(&mut l).unwrap() > 0,
+            "console closed: {seen}"
+        );
+        seen.push_str(&l);
+    }
+    stdin.write_all(b"\r~.").unwrap();
+    drop(stdin);
+    assert!(con.wait().unwrap().success());
+
+    // gamma starts on request; by ID works like by name.
+    d.ok(&["start", "gamma"]);
+    d.wait_state("gamma", "running");
+    let (code, _, err) = d.run(&["start", "gamma"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("already running"), "{err}");
+
+    // stop -w presses the power button and waits for the power-off.
+    let id = d.vm("beta")["id"].to_string();
+    let said = d.ok(&["stop", "-w", &id]);
+    assert!(said.contains("powered off"), "{said}");
+    let beta = d.vm("beta");
+    assert_eq!(beta["state"], "stopped");
+    assert_eq!(beta["last_exit"], "powered off");
+    assert!(beta["pid"].is_null());
+    assert!(d
+        .console_text("beta", "power button")
+        .contains("power button"));
+
+    let (code, _, err) = d.run(&["stop", "nosuchvm"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no VM named nosuchvm"), "{err}");
+}
+
+#[test]
+fn pause_unpause_and_a_killed_vm_process() {
+    if !kvm_usable() {
+        return;
+    }
+    let d = Kapseld::start(&idle_vm("web", ""));
+    let vm = d.wait_state("web", "running");
+    let pid = pid_of(&vm);
+    d.ok(&["pause", "web"]);
+    assert_eq!(d.vm("web")["state"], "paused");
+    assert_eq!(process_state(pid), Some('T'), "every thread is stopped");
+    let (code, _, err) = d.run(&["pause", "web"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not running"), "{err}");
+    d.ok(&["unpause", "web"]);
+    assert_eq!(d.vm("web")["state"], "running");
+    assert_ne!(process_state(pid), Some('T'));
+
+    // A VM process that dies is reported; the daemon goes on.
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let vm = d.wait_state("web", "stopped");
+    assert_eq!(vm["last_exit"], "killed by SIGKILL");
+    assert!(d.log().contains("killed by SIGKILL"), "{}", d.log());
+    d.ok(&["start", "web"]);
+    let vm = d.wait_state("web", "running");
+    assert_ne!(pid_of(&vm), pid);
+    d.ok(&["stop", "-f", "-w", "web"]);
+    assert_eq!(d.vm("web")["last_exit"], "killed by SIGKILL");
+}
+
+#[test]
+fn wait_returns_when_the_guest_powers_off() {
+    if !kvm_usable() {
+        return;
+    }
+    let d = Kapseld::start(&idle_vm("w", ""));
+    d.wait_state("w", "running");
+    let waiter = d
+        .cmd(&["wait", "w"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut con = d
+        .cmd(&["console", "w"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    con.stdin.take().unwrap().write_all(b"poweroff\r").unwrap();
+    let (code, stdout, _) = out(waiter.wait_with_output().unwrap());
+    assert_eq!(code, 0);
+    assert!(stdout.contains("powered off"), "{stdout}");
+    // The console client ends when the VM does.
+    assert!(con.wait().unwrap().success());
+}
+
+#[test]
+fn reload_adds_and_removes_without_touching_running_vms() {
+    if !kvm_usable() {
+        return;
+    }
+    let mut d = Kapseld::start(&format!(
+        "{}{}",
+        idle_vm("keep", ""),
+        idle_vm("old", "\tdisable\n")
+    ));
+    let keep = d.wait_state("keep", "running");
+    let new_conf = format!("{}{}", idle_vm("keep", "\tcpus 2\n"), idle_vm("fresh", ""));
+    std::fs::write(d.dir.join("vm.conf"), new_conf).unwrap();
+    d.ok(&["reload"]);
+    d.wait_state("fresh", "running");
+    assert!(
+        d.status().iter().all(|v| v["name"] != "old"),
+        "stopped and removed"
+    );
+    let still = d.vm("keep");
+    assert_eq!(still["pid"], keep["pid"], "a running VM is not touched");
+    // The change takes effect at the next start.
+    d.ok(&["stop", "-w", "keep"]);
+    d.ok(&["start", "keep"]);
+    assert_eq!(d.wait_state("keep", "running")["vcpus"], 2);
+
+    // A broken file is refused with file:line; the old configuration stays.
+    std::fs::write(d.dir.join("vm.conf"), "vm \"x\" {\n\tmemroy 1G\n}\n").unwrap();
+    let (code, _, err) = d.run(&["reload"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("vm.conf:2:") && err.contains("memory"),
+        "{err}"
+    );
+    assert_eq!(d.vm("fresh")["state"], "running");
+
+    // SIGHUP reloads too.
+    std::fs::write(
+        d.dir.join("vm.conf"),
+        format!("{}{}", idle_vm("keep", ""), idle_vm("hup", "")),
+    )
+    .unwrap();
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(d.child.as_ref().unwrap().id() as i32, libc::SIGHUP) };
+    d.wait_state("hup", "running");
+
+    // Stopping the daemon powers every guest off through its power button.
+    let pids: Vec<i32> = d
+        .status()
+        .iter()
+        .filter(|v| v["state"] == "running")
+        .map(pid_of)
+        .collect();
+    assert!(pids.len() >= 2);
+    let status = d.stop_daemon().unwrap();
+    assert!(status.success(), "{status}:\n{}", d.log());
+    for pid in pids {
+        assert_eq!(process_state(pid), None, "VM process {pid} is gone");
+    }
+    let logs = std::fs::read_to_string(d.dir.join("state/vms/hup.log")).unwrap_or_default();
+    assert!(logs.contains("power button"), "hup.log: {logs}");
+}
+
+#[test]
+fn start_new_vms_and_instances_from_the_command_line() {
+    if !kvm_usable() {
+        return;
+    }
+    let conf = idle_vm("tmpl", "\tdisable\n\tallow instance { memory }\n");
+    let d = Kapseld::start(&conf);
+    d.ok(&["start", "-b", IDLE, "-m", "48M", "adhoc"]);
+    assert_eq!(d.wait_state("adhoc", "running")["max_mem"], 48 << 20);
+    d.ok(&["start", "-t", "tmpl", "-m", "96M", "inst1"]);
+    let inst = d.wait_state("inst1", "running");
+    assert_eq!(inst["max_mem"], 96 << 20);
+    let (code, _, err) = d.run(&["start", "nokernel"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("-b"), "{err}");
+    let (code, _, err) = d.run(&["start", "-b", "/no/such/kernel", "broken"]);
+    assert_eq!(code, 0, "the start is accepted: {err}");
+    let vm = d.wait_state("broken", "stopped");
+    let reason = vm["last_exit"].as_str().unwrap().to_string();
+    assert!(reason.contains("/no/such/kernel"), "{reason}");
+    let (code, _, err) = d.run(&["start", "-r", "/x.iso", "-b", IDLE, "cd"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cdrom"), "{err}");
+}
+
+#[test]
+fn hostile_requests_get_errors_and_the_daemon_goes_on() {
+    if !kvm_usable() {
+        return;
+    }
+    let d = Kapseld::start("");
+    let send = |bytes: &[u8]| -> Vec<u8> {
+        let mut s = UnixStream::connect(d.socket()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let _ = s.write_all(bytes);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut reply = Vec::new();
+        let _ = s.read_to_end(&mut reply);
+        reply
+    };
+    let frame = |body: &[u8]| {
+        let mut m = (body.len() as u32).to_be_bytes().to_vec();
+        m.extend_from_slice(body);
+        m
+    };
+    let garbage = send(&frame(b"this is not json"));
+    assert!(String::from_utf8_lossy(&garbage).contains("bad request"));
+    let huge = send(&u32::MAX.to_be_bytes());
+    assert!(String::from_utf8_lossy(&huge).contains("over the limit"));
+    let version = send(&frame(br#"{"version":99,"request":{"kind":"reload"}}"#));
+    assert!(String::from_utf8_lossy(&version).contains("protocol version 99"));
+    let unknown = send(&frame(br#"{"version":1,"request":{"kind":"format_host"}}"#));
+    assert!(String::from_utf8_lossy(&unknown).contains("bad request"));
+    assert!(send(b"\x00\x00").is_empty(), "a cut-off frame is dropped");
+    d.ok(&["status"]);
+}
+
+#[test]
+fn the_cli_says_when_the_daemon_is_not_running() {
+    let (code, _, err) = out(Command::new(KAPSEL)
+        .args(["--socket", "/nonexistent/kapsel.sock", "status"])
+        .output()
+        .unwrap());
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("the daemon is not running") && err.contains("kapsel daemon"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_broken_config_keeps_the_daemon_from_starting() {
+    let dir = std::env::temp_dir().join(format!("kapseld-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("vm.conf"), "vm \"a\" {\n\tmemory lots\n}\n").unwrap();
+    let (code, _, err) = out(Command::new(KAPSEL)
+        .arg("daemon")
+        .arg("-f")
+        .arg(dir.join("vm.conf"))
+        .arg("--socket")
+        .arg(dir.join("s"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .output()
+        .unwrap());
+    assert_eq!(code, 2);
+    assert!(err.contains("vm.conf:2:") && err.contains("lots"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The test user: created once (root only), used to run the CLI as an owner.
+fn test_user() -> Option<(u32, u32)> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("SKIP: creating a test user needs root");
+        return None;
+    }
+    const NAME: &str = "kapsel-test-owner";
+    if kapsel_daemon::accounts::uid_of(NAME).is_none() {
+        let ok = Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                NAME,
+            ])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok && kapsel_daemon::accounts::uid_of(NAME).is_none() {
+            println!("SKIP: useradd {NAME} failed");
+            return None;
+        }
+    }
+    let uid = kapsel_daemon::accounts::uid_of(NAME)?;
+    let gid = kapsel_daemon::accounts::gid_of(NAME)?;
+    Some((uid, gid))
+}
+
+fn can_run_as(path: &Path) -> bool {
+    // The binary must be reachable by the test user (every parent o+x).
+    path.ancestors()
+        .skip(1)
+        .all(|p| std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o001 != 0))
+}
+
+#[test]
+fn owners_control_their_vms_and_nothing_else() {
+    if !kvm_usable() {
+        return;
+    }
+    let Some((uid, gid)) = test_user() else {
+        return;
+    };
+    if !can_run_as(Path::new(KAPSEL)) {
+        println!("SKIP: {KAPSEL} is not reachable by other users");
+        return;
+    }
+    let conf = format!(
+        "{}{}",
+        idle_vm("mine", "\towner kapsel-test-owner\n"),
+        idle_vm("theirs", "\towner root\n")
+    );
+    let d = Kapseld::start(&conf);
+    d.wait_state("mine", "running");
+    d.wait_state("theirs", "running");
+    let as_user = |args: &[&str]| {
+        let mut c = d.cmd(args);
+        c.uid(uid).gid(gid);
+        out(c.output().unwrap())
+    };
+    let (code, table, err) = as_user(&["status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(table.contains("kapsel-test-owner"), "{table}");
+    let (code, _, err) = as_user(&["pause", "mine"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = as_user(&["unpause", "mine"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = as_user(&["pause", "theirs"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("may not pause vm theirs"), "{err}");
+    let (code, _, err) = as_user(&["stop", "-f", "theirs"]);
+    assert_eq!(code, 1, "{err}");
+    let (code, _, err) = as_user(&["reload"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("only root"), "{err}");
+    let (code, _, err) = as_user(&["start", "-b", IDLE, "sneaky"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("only root"), "{err}");
+    let (code, _, err) = as_user(&["stop", "-w", "mine"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(d.vm("mine")["state"], "stopped");
+    assert_eq!(d.vm("theirs")["state"], "running");
+    let (code, _, err) = as_user(&["start", "mine"]);
+    assert_eq!(code, 0, "{err}");
+    d.wait_state("mine", "running");
+}
