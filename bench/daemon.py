@@ -1,0 +1,227 @@
+#!/usr/bin/env python3
+"""Daemon benchmark: 50 VMs started through kapseld, and stopped again,
+side by side with the same 50 guests under QEMU.
+
+Every VM runs kapsel-testguest's `idle` guest (prints "idle ready", then
+waits in hlt with interrupts on, powers off on the ACPI power button).
+
+Kapsel: a release `kapsel daemon` with a vm.conf of N disabled VMs; the
+clock runs from the first `kapsel start` until every guest's console (read
+through the daemon's socket, as `kapsel console` does) shows "idle ready".
+Then RSS: each VM process's VmRSS (guest pages it touched included, so an
+upper bound of the VMM's overhead) and the daemon's growth per VM. Then
+`kapsel stop -a -w`: the power button of all N, until all have powered off.
+
+QEMU: the same N guests as `qemu-system-x86_64 -M microvm -enable-kvm`
+processes started directly (no manager), serial to a file each; the clock
+runs until every file shows "idle ready"; stopping is SIGTERM to each.
+
+Usage: bench/daemon.py [--vms N] [--memory 64M]
+Needs: root or /dev/kvm access, cargo, gcc, qemu-system-x86_64.
+"""
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+READY = b"idle ready"
+
+
+def build():
+    subprocess.run(["cargo", "build", "--release", "-q", "-p", "kapsel"], cwd=ROOT, check=True)
+    out = subprocess.run(
+        ["cargo", "build", "--release", "-q", "-p", "kapsel-testguest", "--message-format=json"],
+        cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        msg = json.loads(line)
+        if msg.get("reason") == "build-script-executed" and "kapsel-testguest" in msg["package_id"]:
+            guest = os.path.join(msg["out_dir"], "idle.elf")
+            if os.path.exists(guest):
+                return os.path.join(ROOT, "target", "release", "kapsel"), guest
+    sys.exit("bench: cannot find the idle test guest")
+
+
+def rss_kib(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def frame(obj):
+    body = json.dumps(obj).encode()
+    return struct.pack(">I", len(body)) + body
+
+
+def read_frame(s):
+    head = b""
+    while len(head) < 4:
+        chunk = s.recv(4 - len(head))
+        if not chunk:
+            raise EOFError
+        head += chunk
+    (n,) = struct.unpack(">I", head)
+    body = b""
+    while len(body) < n:
+        chunk = s.recv(n - len(body))
+        if not chunk:
+            raise EOFError
+        body += chunk
+    return json.loads(body)
+
+
+def request(sock_path, req):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sock_path)
+    s.sendall(frame({"version": 1, "request": req}))
+    reply = read_frame(s)
+    return s, reply
+
+
+def console_shows(sock_path, name, want, timeout):
+    s, reply = request(sock_path, {"kind": "console", "target": name})
+    if reply.get("kind") != "ok":
+        raise RuntimeError(f"console {name}: {reply}")
+    s.settimeout(timeout)
+    seen = b""
+    try:
+        while want not in seen:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            seen += chunk
+    except socket.timeout:
+        pass
+    s.close()
+    return want in seen
+
+
+def bench_kapsel(kapsel, guest, n, memory, tmp):
+    conf = os.path.join(tmp, "vm.conf")
+    with open(conf, "w") as f:
+        for i in range(n):
+            f.write(f'vm "b{i}" {{\n\tboot "{guest}"\n\tmemory {memory}\n\tdisable\n}}\n')
+    sock = os.path.join(tmp, "kapsel.sock")
+    daemon = subprocess.Popen([kapsel, "daemon", "-f", conf, "--socket", sock,
+                               "--state-dir", os.path.join(tmp, "state"),
+                               "--shutdown-timeout", "10"],
+                              stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "d.log"), "w"))
+    while not os.path.exists(sock):
+        time.sleep(0.01)
+    time.sleep(0.1)
+    daemon_rss0 = rss_kib(daemon.pid)
+    env = dict(os.environ, KAPSEL_SOCKET=sock)
+    t0 = time.monotonic()
+    for i in range(n):
+        subprocess.run([kapsel, "start", f"b{i}"], env=env, check=True, stdout=subprocess.DEVNULL)
+    t_started = time.monotonic() - t0
+    for i in range(n):
+        if not console_shows(sock, f"b{i}", READY, 30):
+            sys.exit(f"bench: b{i} never printed 'idle ready'")
+    t_ready = time.monotonic() - t0
+    time.sleep(0.5)
+    _, reply = request(sock, {"kind": "status", "target": None})
+    pids = [v["pid"] for v in reply["vms"] if v["pid"]]
+    if len(pids) != n:
+        sys.exit(f"bench: {len(pids)} of {n} VMs running")
+    rss = [rss_kib(p) for p in pids]
+    daemon_rss = rss_kib(daemon.pid)
+    t1 = time.monotonic()
+    subprocess.run([kapsel, "stop", "-a", "-w"], env=env, check=True, stdout=subprocess.DEVNULL)
+    t_stop = time.monotonic() - t1
+    daemon.send_signal(signal.SIGTERM)
+    daemon.wait(timeout=30)
+    return {
+        "start_cmds_s": t_started, "all_ready_s": t_ready, "stop_all_s": t_stop,
+        "vm_rss_median_kib": statistics.median(rss), "vm_rss_max_kib": max(rss),
+        "daemon_rss_kib": daemon_rss, "daemon_per_vm_kib": (daemon_rss - daemon_rss0) / n,
+    }
+
+
+def bench_qemu(guest, n, memory, tmp):
+    qemu = shutil.which("qemu-system-x86_64")
+    if not qemu:
+        return None
+    procs, logs = [], []
+    t0 = time.monotonic()
+    for i in range(n):
+        log = os.path.join(tmp, f"q{i}.log")
+        logs.append(log)
+        procs.append(subprocess.Popen(
+            [qemu, "-M", "microvm", "-enable-kvm", "-m", memory,
+             "-nodefaults", "-no-user-config", "-display", "none", "-kernel", guest,
+             "-serial", f"file:{log}"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    pending = set(range(n))
+    deadline = time.monotonic() + 60
+    while pending and time.monotonic() < deadline:
+        for i in list(pending):
+            try:
+                with open(logs[i], "rb") as f:
+                    if READY in f.read():
+                        pending.discard(i)
+            except OSError:
+                pass
+        time.sleep(0.005)
+    t_ready = time.monotonic() - t0
+    if pending:
+        for p in procs:
+            p.kill()
+        return {"error": f"{len(pending)} QEMU guests never printed 'idle ready'"}
+    time.sleep(0.5)
+    rss = [rss_kib(p.pid) for p in procs]
+    t1 = time.monotonic()
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    for p in procs:
+        p.wait()
+    t_stop = time.monotonic() - t1
+    return {"all_ready_s": t_ready, "stop_all_s": t_stop,
+            "vm_rss_median_kib": statistics.median(rss), "vm_rss_max_kib": max(rss)}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--vms", type=int, default=50)
+    ap.add_argument("--memory", default="64M")
+    args = ap.parse_args()
+    kapsel, guest = build()
+    tmp = tempfile.mkdtemp(prefix="kapsel-bench-daemon-")
+    try:
+        k = bench_kapsel(kapsel, guest, args.vms, args.memory, tmp)
+        q = bench_qemu(guest, args.vms, args.memory, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    n = args.vms
+    print(f"{n} VMs, idle guest, {args.memory} each")
+    print(f"kapsel: {n} x `kapsel start` took {k['start_cmds_s']:.2f} s; all guests ready after {k['all_ready_s']:.2f} s")
+    print(f"kapsel: VM process RSS median {k['vm_rss_median_kib'] / 1024:.2f} MiB, max {k['vm_rss_max_kib'] / 1024:.2f} MiB")
+    print(f"kapsel: daemon RSS {k['daemon_rss_kib'] / 1024:.2f} MiB, {k['daemon_per_vm_kib']:.0f} KiB per VM")
+    print(f"kapsel: `kapsel stop -a -w` (power button, all powered off) took {k['stop_all_s']:.2f} s")
+    if q is None:
+        print("qemu: qemu-system-x86_64 not installed")
+    elif "error" in q:
+        print(f"qemu: {q['error']}")
+    else:
+        print(f"qemu:   all guests ready after {q['all_ready_s']:.2f} s (processes started directly, no manager)")
+        print(f"qemu:   process RSS median {q['vm_rss_median_kib'] / 1024:.2f} MiB, max {q['vm_rss_max_kib'] / 1024:.2f} MiB")
+        print(f"qemu:   SIGTERM to all, exited after {q['stop_all_s']:.2f} s")
+        print(f"ratio kapsel/qemu: ready {k['all_ready_s'] / q['all_ready_s']:.2f}x, "
+              f"RSS {k['vm_rss_median_kib'] / q['vm_rss_median_kib']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
