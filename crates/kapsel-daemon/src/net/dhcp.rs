@@ -209,7 +209,11 @@ pub fn handle_packet(lease: &DhcpLease, packet: &[u8]) -> Option<DhcpReply> {
     if reply_type != DHCPNAK {
         if !inform {
             put_opt(&mut out, OPT_LEASE_TIME, &lease.lease_secs.to_be_bytes());
-            put_opt(&mut out, OPT_RENEWAL_TIME, &(lease.lease_secs / 2).to_be_bytes());
+            put_opt(
+                &mut out,
+                OPT_RENEWAL_TIME,
+                &(lease.lease_secs / 2).to_be_bytes(),
+            );
             let t2 = (u64::from(lease.lease_secs) * 7 / 8) as u32;
             put_opt(&mut out, OPT_REBINDING_TIME, &t2.to_be_bytes());
         }
@@ -293,8 +297,13 @@ impl DhcpServer {
         // of the administrator's on other interfaces) share port 67.
         setsockopt(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, &one).map_err(err)?;
         setsockopt(&fd, libc::SOL_SOCKET, libc::SO_BROADCAST, &one).map_err(err)?;
-        setsockopt(&fd, libc::SOL_SOCKET, libc::SO_BINDTODEVICE, ifname.as_bytes())
-            .map_err(err)?;
+        setsockopt(
+            &fd,
+            libc::SOL_SOCKET,
+            libc::SO_BINDTODEVICE,
+            ifname.as_bytes(),
+        )
+        .map_err(err)?;
         let addr = libc::sockaddr_in {
             sin_family: libc::AF_INET as libc::sa_family_t,
             sin_port: SERVER_PORT.to_be(),
@@ -349,7 +358,9 @@ impl DhcpServer {
             };
             match self.socket.send_to(&reply.bytes, reply.to) {
                 Ok(_) => sent += 1,
-                Err(e) => tracing::warn!("DHCP server on {}: reply to {}: {e}", self.ifname, reply.to),
+                Err(e) => {
+                    tracing::warn!("DHCP server on {}: reply to {}: {e}", self.ifname, reply.to)
+                }
             }
         }
     }
@@ -498,7 +509,10 @@ mod tests {
     }
 
     fn opt(reply: &[u8], code: u8) -> Option<Vec<u8>> {
-        options(reply).into_iter().find(|(c, _)| *c == code).map(|(_, d)| d)
+        options(reply)
+            .into_iter()
+            .find(|(c, _)| *c == code)
+            .map(|(_, d)| d)
     }
 
     #[test]
@@ -517,13 +531,29 @@ mod tests {
         assert_eq!(opt(b, OPT_SUBNET_MASK), Some(vec![255, 255, 255, 254]));
         assert_eq!(opt(b, OPT_ROUTER), Some(vec![100, 64, 1, 2]));
         assert_eq!(opt(b, OPT_DNS), Some(vec![192, 0, 2, 53]));
-        assert_eq!(opt(b, OPT_LEASE_TIME), Some(86_400u32.to_be_bytes().to_vec()));
+        assert_eq!(
+            opt(b, OPT_LEASE_TIME),
+            Some(86_400u32.to_be_bytes().to_vec())
+        );
         assert_eq!(opt(b, OPT_HOSTNAME), Some(b"vm1".to_vec()));
     }
 
     #[test]
     fn request_for_the_offered_address_is_acked() {
-        let extra = [OPT_REQUESTED_IP, 4, 100, 64, 1, 3, OPT_SERVER_ID, 4, 100, 64, 1, 2];
+        let extra = [
+            OPT_REQUESTED_IP,
+            4,
+            100,
+            64,
+            1,
+            3,
+            OPT_SERVER_ID,
+            4,
+            100,
+            64,
+            1,
+            2,
+        ];
         let r = handle_packet(&lease(), &request(DHCPREQUEST, [0; 4], &extra)).unwrap();
         assert_eq!(opt(&r.bytes, OPT_MESSAGE_TYPE), Some(vec![DHCPACK]));
         assert_eq!(&r.bytes[16..20], &[100, 64, 1, 3]);
@@ -533,7 +563,10 @@ mod tests {
     fn renewal_is_acked_by_unicast() {
         let r = handle_packet(&lease(), &request(DHCPREQUEST, [100, 64, 1, 3], &[])).unwrap();
         assert_eq!(opt(&r.bytes, OPT_MESSAGE_TYPE), Some(vec![DHCPACK]));
-        assert_eq!(r.to, SocketAddrV4::new(Ipv4Addr::new(100, 64, 1, 3), CLIENT_PORT));
+        assert_eq!(
+            r.to,
+            SocketAddrV4::new(Ipv4Addr::new(100, 64, 1, 3), CLIENT_PORT)
+        );
     }
 
     #[test]

@@ -93,7 +93,10 @@ impl LocalNetwork {
     /// the host may rely on it, and turning it off is the administrator's
     /// call.
     pub fn remove() -> Result<(), NetError> {
-        nft::run(nft::remove_nat_script(), "removing the NAT of the local prefix")
+        nft::run(
+            nft::remove_nat_script(),
+            "removing the NAT of the local prefix",
+        )
     }
 }
 

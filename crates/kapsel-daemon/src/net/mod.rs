@@ -31,8 +31,8 @@ mod nft;
 mod switch;
 mod tap;
 
-pub use dhcp::{handle_packet, DhcpLease, DhcpServer, DhcpServerThread};
 pub use dhcp::DhcpReply;
+pub use dhcp::{handle_packet, DhcpLease, DhcpServer, DhcpServerThread};
 pub use iface::{
     attach_veth, guest_mac, release_interface, remove_firewall, start_vm_interface, tap_name,
     GuestInterface, InterfaceKind, InterfaceRequest, GUEST_MAC_PREFIX,
@@ -230,7 +230,17 @@ mod tests {
         for ok in ["eth0", "kbr-uplink", "a", "123456789012345", "br.lan"] {
             assert!(validate_ifname(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "1234567890123456", "a/b", "a:b", "a b", ".", "..", "a\"b", "a\\b"] {
+        for bad in [
+            "",
+            "1234567890123456",
+            "a/b",
+            "a:b",
+            "a b",
+            ".",
+            "..",
+            "a\"b",
+            "a\\b",
+        ] {
             assert!(validate_ifname(bad).is_err(), "{bad}");
         }
     }

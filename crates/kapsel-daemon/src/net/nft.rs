@@ -169,7 +169,13 @@ pub fn remove_nat_script() -> &'static str {
 /// diagnostics).
 pub fn has_lock(family: Family, ifname: &str) -> Result<bool, NetError> {
     let out = Command::new("nft")
-        .args(["list", "chain", family.keyword(), "kapsel", &lock_chain(ifname)])
+        .args([
+            "list",
+            "chain",
+            family.keyword(),
+            "kapsel",
+            &lock_chain(ifname),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -202,6 +208,8 @@ mod tests {
         let s = unlock_script(Family::Bridge, "ktap1-0");
         assert!(s.contains("delete chain bridge kapsel lock-ktap1-0"));
         let p = Ipv4Prefix::default();
-        assert!(nat_script(p).contains("ip saddr 100.64.0.0/10 ip daddr != 100.64.0.0/10 masquerade"));
+        assert!(
+            nat_script(p).contains("ip saddr 100.64.0.0/10 ip daddr != 100.64.0.0/10 masquerade")
+        );
     }
 }

@@ -27,8 +27,7 @@ pub fn bridge_name(spec: &SwitchSpec) -> Result<String, NetError> {
     }
     let plain = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.';
     let name = &spec.name;
-    if !name.is_empty() && name.len() <= IFNAMSIZ - BRIDGE_PREFIX.len() && name.chars().all(plain)
-    {
+    if !name.is_empty() && name.len() <= IFNAMSIZ - BRIDGE_PREFIX.len() && name.chars().all(plain) {
         return Ok(format!("{BRIDGE_PREFIX}{name}"));
     }
     let head: String = name.chars().filter(|c| plain(*c)).take(5).collect();
@@ -125,7 +124,11 @@ pub fn ensure_switch(spec: &SwitchSpec) -> Result<Switch, NetError> {
     }
     if link.is_up() != spec.up {
         nl.set_up(link.index, spec.up)
-            .map_err(kernel(ctx(if spec.up { "bringing up" } else { "bringing down" })))?;
+            .map_err(kernel(ctx(if spec.up {
+                "bringing up"
+            } else {
+                "bringing down"
+            })))?;
     }
     Ok(Switch {
         name: spec.name.clone(),
@@ -154,9 +157,7 @@ pub fn remove_switch(spec: &SwitchSpec) -> Result<(), NetError> {
         .as_deref()
         .is_some_and(|a| a.starts_with(ALIAS_PREFIX))
     {
-        return nl
-            .delete_link(link.index)
-            .map_err(kernel(ctx("deleting")));
+        return nl.delete_link(link.index).map_err(kernel(ctx("deleting")));
     }
     for member in &spec.members {
         if let Some(port) = nl.link(member).ok().flatten() {
@@ -180,7 +181,10 @@ mod tests {
     #[test]
     fn short_plain_names_are_kept() {
         assert_eq!(bridge_name(&spec("uplink")).unwrap(), "kbr-uplink");
-        assert_eq!(bridge_name(&spec("12345678901")).unwrap(), "kbr-12345678901");
+        assert_eq!(
+            bridge_name(&spec("12345678901")).unwrap(),
+            "kbr-12345678901"
+        );
     }
 
     #[test]
