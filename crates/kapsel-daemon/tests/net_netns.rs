@@ -628,3 +628,28 @@ fn a_vm_local_interface_answers_dhcp_through_its_tap() {
     });
     assert!(!ns.has_link("ktap7-2"));
 }
+
+#[test]
+fn an_administrators_persistent_tap_is_used_and_not_deleted() {
+    skip_unless_able!(false);
+    let ns = Netns::new();
+    ns.ip(&["tuntap", "add", "dev", "tapadm", "mode", "tap", "vnet_hdr"]);
+    let sw = SwitchSpec::new("t-adm");
+    let spec = InterfaceSpec {
+        name: Some("tapadm".into()),
+        ..switch_iface("t-adm")
+    };
+    let iface = ns.run_in(|| {
+        net::ensure_switch(&sw).unwrap();
+        net::start_vm_interface(&request("vm", 4, &spec, Some(&sw), &[])).unwrap()
+    });
+    assert_eq!(iface.ifname, "tapadm");
+    assert!(ns
+        .ip(&["-o", "link", "show", "tapadm"])
+        .contains("master kbr-t-adm"));
+    drop(iface);
+    ns.run_in(|| net::release_interface("tapadm", InterfaceKind::Tap))
+        .unwrap();
+    let after = ns.ip(&["-o", "link", "show", "tapadm"]);
+    assert!(!after.contains("master"), "{after}");
+}

@@ -204,20 +204,7 @@ fn configure(
                 &format!("locking {ifname} to {mac}"),
             )?;
         }
-        let lease = DhcpLease {
-            client: ll.guest,
-            server: ll.gateway,
-            prefix_len: LOCAL_LINK_PREFIX_LEN,
-            router: ll.gateway,
-            dns: if req.dns.is_empty() {
-                vec![ll.gateway]
-            } else {
-                req.dns.to_vec()
-            },
-            lease_secs: DEFAULT_LEASE_SECS,
-            client_mac: locked.then_some(mac),
-            hostname: Some(req.guest.to_string()),
-        };
+        let lease = local_lease(req, locked)?;
         iface.dhcp = Some(DhcpServer::bind(ifname, lease)?);
         iface.local = Some(ll);
     }
@@ -228,6 +215,29 @@ fn configure(
         )))?;
     }
     Ok(iface)
+}
+
+/// What the DHCP server of a local interface offers: the guest side of its
+/// /31, the gateway as router, the request's name servers (else the
+/// gateway), the guest's name; `client_mac` only when `locked`. A restarted
+/// daemon uses it to start the servers of guests that kept running:
+/// `DhcpServer::bind(ifname, local_lease(&req, locked)?)`.
+pub fn local_lease(req: &InterfaceRequest<'_>, locked: bool) -> Result<DhcpLease, NetError> {
+    let ll = LocalLink::new(req.local_prefix, req.guest_id, req.index)?;
+    Ok(DhcpLease {
+        client: ll.guest,
+        server: ll.gateway,
+        prefix_len: LOCAL_LINK_PREFIX_LEN,
+        router: ll.gateway,
+        dns: if req.dns.is_empty() {
+            vec![ll.gateway]
+        } else {
+            req.dns.to_vec()
+        },
+        lease_secs: DEFAULT_LEASE_SECS,
+        client_mac: locked.then(|| guest_mac(req.guest, req.index, req.spec)),
+        hostname: Some(req.guest.to_string()),
+    })
 }
 
 fn remove_locks(ifname: &str) -> Result<(), NetError> {
@@ -244,8 +254,9 @@ fn remove_locks(ifname: &str) -> Result<(), NetError> {
 
 /// Takes a guest interface off the host after the guest stopped: its MAC
 /// locking rules go, a tap that still exists (the VM process is gone but
-/// something holds the descriptor) is deleted, a veth leaves its bridge
-/// (the container runtime deletes the pair). Works from the name alone, so
+/// something holds the descriptor) is deleted, a veth or a persistent tap
+/// (the administrator's, named by `interface NAME`) only leaves its bridge
+/// (the container runtime deletes the veth pair). Works from the name alone, so
 /// a restarted daemon can clean up after guests it no longer knows; an
 /// interface already gone is not an error. Drop the interface's
 /// [`DhcpServer`] (or its thread) first.
@@ -259,19 +270,21 @@ pub fn release_interface(ifname: &str, kind: InterfaceKind) -> Result<(), NetErr
     else {
         return Ok(());
     };
-    match kind {
-        InterfaceKind::Tap if link.kind.as_deref() == Some("tun") => nl
-            .delete_link(link.index)
+    let ours = kind == InterfaceKind::Tap
+        && link.kind.as_deref() == Some("tun")
+        && link.tun_persist != Some(true);
+    if ours {
+        nl.delete_link(link.index)
             .or_else(|e| match e.raw_os_error() {
-                Some(libc::ENODEV) => Ok(()),
+                Some(libc::ENODEV) => Ok(()), // went away meanwhile
                 _ => Err(e),
             })
-            .map_err(kernel(format!("deleting tap {ifname}"))),
-        InterfaceKind::Tap => Ok(()), // not a tap: not ours to delete
-        InterfaceKind::Veth if link.master.is_some() => nl
-            .set_master(link.index, None)
-            .map_err(kernel(format!("taking {ifname} off its bridge"))),
-        InterfaceKind::Veth => Ok(()),
+            .map_err(kernel(format!("deleting tap {ifname}")))
+    } else if link.master.is_some() {
+        nl.set_master(link.index, None)
+            .map_err(kernel(format!("taking {ifname} off its bridge")))
+    } else {
+        Ok(())
     }
 }
 

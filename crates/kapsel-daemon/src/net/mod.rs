@@ -34,11 +34,11 @@ mod tap;
 pub use dhcp::DhcpReply;
 pub use dhcp::{handle_packet, DhcpLease, DhcpServer, DhcpServerThread};
 pub use iface::{
-    attach_veth, guest_mac, release_interface, remove_firewall, start_vm_interface, tap_name,
-    GuestInterface, InterfaceKind, InterfaceRequest, GUEST_MAC_PREFIX,
+    attach_veth, guest_mac, local_lease, release_interface, remove_firewall, start_vm_interface,
+    tap_name, GuestInterface, InterfaceKind, InterfaceRequest, GUEST_MAC_PREFIX,
 };
 pub use local::{host_dns_servers, LocalLink, LocalNetwork, LOCAL_LINK_PREFIX_LEN};
-pub use switch::{bridge_name, ensure_switch, remove_switch, Switch, BRIDGE_PREFIX};
+pub use switch::{bridge_mac, bridge_name, ensure_switch, remove_switch, Switch, BRIDGE_PREFIX};
 pub use tap::{TapDevice, TAP_VNET_HDR_LEN};
 
 use std::io;
@@ -70,7 +70,8 @@ pub enum NetError {
     /// The switch's `interface` names a link that exists and is no bridge.
     #[error(
         "switch \"{switch}\": {ifname} exists and is a {kind} interface, not a bridge; \
-         fix the `interface` line of switch \"{switch}\" or remove {ifname}"
+         `interface` names the switch's bridge: to put {ifname} on the switch, write \
+         `add {ifname}` instead (and leave `interface` out to let Kapsel name the bridge)"
     )]
     NotABridge {
         /// The switch.

@@ -29,6 +29,8 @@ const IFLA_MASTER: u16 = 10;
 const IFLA_LINKINFO: u16 = 18;
 const IFLA_IFALIAS: u16 = 20;
 const IFLA_INFO_KIND: u16 = 1;
+const IFLA_INFO_DATA: u16 = 2;
+const IFLA_TUN_PERSIST: u16 = 6;
 const NLA_F_NESTED: u16 = 0x8000;
 const NLA_TYPE_MASK: u16 = 0x3fff;
 
@@ -55,6 +57,8 @@ pub struct Link {
     pub alias: Option<String>,
     /// The MAC address, for Ethernet-like links.
     pub mac: Option<[u8; 6]>,
+    /// For taps: whether the tap is persistent (outlives its descriptors).
+    pub tun_persist: Option<bool>,
 }
 
 impl Link {
@@ -131,9 +135,18 @@ fn parse_link(body: &[u8]) -> Option<Link> {
             IFLA_IFALIAS => link.alias = Some(c_str(data)),
             IFLA_ADDRESS => link.mac = data.try_into().ok(),
             IFLA_LINKINFO => {
-                link.kind = attrs(data)
-                    .find(|(k, _)| *k == IFLA_INFO_KIND)
-                    .map(|(_, d)| c_str(d));
+                for (k, d) in attrs(data) {
+                    match k {
+                        IFLA_INFO_KIND => link.kind = Some(c_str(d)),
+                        IFLA_INFO_DATA => {
+                            link.tun_persist = attrs(d)
+                                .find(|(k, _)| *k == IFLA_TUN_PERSIST)
+                                .and_then(|(_, v)| v.first())
+                                .map(|v| *v != 0);
+                        }
+                        _ => {}
+                    }
+                }
             }
             _ => {}
         }
@@ -298,6 +311,13 @@ impl Netlink {
         self.request(RTM_NEWLINK, 0, &body).map(drop)
     }
 
+    /// Sets the link's MAC address.
+    pub fn set_mac(&mut self, index: u32, mac: [u8; 6]) -> io::Result<()> {
+        let mut body = ifinfomsg(index, 0, 0);
+        put_attr(&mut body, IFLA_ADDRESS, &mac);
+        self.request(RTM_NEWLINK, 0, &body).map(drop)
+    }
+
     /// Adds (or replaces) an IPv4 address on the link.
     pub fn add_ipv4(
         &mut self,
@@ -341,8 +361,12 @@ mod tests {
         put_attr(&mut body, IFLA_MASTER, &3u32.to_ne_bytes());
         let mut info = Vec::new();
         put_str(&mut info, IFLA_INFO_KIND, "tun");
+        let mut data = Vec::new();
+        put_attr(&mut data, IFLA_TUN_PERSIST, &[1]);
+        put_attr(&mut info, IFLA_INFO_DATA | NLA_F_NESTED, &data);
         put_attr(&mut body, IFLA_LINKINFO | NLA_F_NESTED, &info);
         let link = parse_link(&body).unwrap();
+        assert_eq!(link.tun_persist, Some(true));
         assert_eq!(link.index, 5);
         assert_eq!(link.name, "ktap1-0");
         assert_eq!(link.master, Some(3));

@@ -9,7 +9,7 @@
 
 use super::netlink::Netlink;
 use super::{fnv1a, kernel, validate_ifname, NetError, IFNAMSIZ};
-use kapsel_config::SwitchSpec;
+use kapsel_config::{MacAddr, SwitchSpec};
 
 /// The prefix of bridge names Kapsel derives from switch names.
 pub const BRIDGE_PREFIX: &str = "kbr-";
@@ -33,6 +33,14 @@ pub fn bridge_name(spec: &SwitchSpec) -> Result<String, NetError> {
     let head: String = name.chars().filter(|c| plain(*c)).take(5).collect();
     let hash = fnv1a(&[name.as_bytes()]) & 0xf_ffff;
     Ok(format!("{BRIDGE_PREFIX}{head}-{hash:05x}"))
+}
+
+/// The MAC address of a bridge Kapsel creates: `fe:e1:ba:d1` and 16 bits of
+/// a stable hash of the switch name (vmd gives host-side interfaces
+/// `fe:e1:ba:d0:xx:xx`; guests get `fe:e1:bb:...`, see [`super::guest_mac`]).
+pub fn bridge_mac(switch: &str) -> MacAddr {
+    let h = fnv1a(&[switch.as_bytes()]).to_le_bytes();
+    MacAddr([0xfe, 0xe1, 0xba, 0xd1, h[0], h[1]])
 }
 
 /// A switch as it stands on the host.
@@ -89,6 +97,11 @@ pub fn ensure_switch(spec: &SwitchSpec) -> Result<Switch, NetError> {
     if created {
         nl.set_alias(link.index, &format!("{ALIAS_PREFIX}{}", spec.name))
             .map_err(kernel(ctx("naming")))?;
+        // A bridge without a MAC of its own takes the lowest of its ports',
+        // so it would change whenever a VM starts or stops; a fixed one
+        // keeps the neighbours' ARP caches right.
+        nl.set_mac(link.index, bridge_mac(&spec.name).0)
+            .map_err(kernel(ctx("setting the MAC address of")))?;
     }
     for member in &spec.members {
         validate_ifname(member)?;
