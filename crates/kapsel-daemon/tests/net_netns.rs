@@ -442,6 +442,29 @@ fn a_tap_on_a_missing_switch_is_an_error_and_leaves_no_tap() {
     assert!(e.to_string().contains("kbr-nowhere does not exist"), "{e}");
     assert!(!ns.has_link("ktap3-0"));
     assert!(!ns.ruleset().contains("lock-ktap3-0"));
+
+    // A tap name taken by another kind of interface.
+    ns.ip(&["link", "add", "dum0", "type", "bridge"]);
+    let taken = InterfaceSpec {
+        name: Some("dum0".into()),
+        ..InterfaceSpec::default()
+    };
+    let e = ns
+        .run_in(|| net::start_vm_interface(&request("vm", 3, &taken, None, &[])))
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("tap dum0") && e.to_string().contains("not a tap"),
+        "{e}"
+    );
+    // A container whose veth is missing.
+    let e = ns
+        .run_in(|| net::attach_veth(&request("ct", 5, &taken, None, &[]), "nosuchveth"))
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("interface nosuchveth does not exist"),
+        "{e}"
+    );
 }
 
 /// Reads `udhcpc`'s report written by the script below.

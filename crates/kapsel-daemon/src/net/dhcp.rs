@@ -422,6 +422,9 @@ impl DhcpServer {
             if fds[0].revents != 0 {
                 if let Err(e) = self.handle_ready() {
                     tracing::warn!("DHCP server on {}: {e}", self.ifname);
+                    // A socket error that persists would make poll return
+                    // at once forever; pace the retries instead of spinning.
+                    std::thread::sleep(std::time::Duration::from_secs(1));
                 }
             }
         }

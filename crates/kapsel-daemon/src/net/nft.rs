@@ -165,10 +165,10 @@ pub fn remove_nat_script() -> &'static str {
     "add table ip kapsel-nat\ndelete table ip kapsel-nat\n"
 }
 
-/// Whether `table` of `family` has a chain for port `ifname` (for tests and
-/// diagnostics).
+/// Whether Kapsel's table of `family` has a lock chain for port `ifname`.
+/// Without nft installed there can be none.
 pub fn has_lock(family: Family, ifname: &str) -> Result<bool, NetError> {
-    let out = Command::new("nft")
+    let status = Command::new("nft")
         .args([
             "list",
             "chain",
@@ -178,12 +178,15 @@ pub fn has_lock(family: Family, ifname: &str) -> Result<bool, NetError> {
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .status()
-        .map_err(|e| NetError::Nft {
+        .status();
+    match status {
+        Ok(s) => Ok(s.success()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(NetError::Nft {
             context: format!("listing the rules of {ifname}"),
             detail: format!("cannot run nft: {e}"),
-        })?;
-    Ok(out.success())
+        }),
+    }
 }
 
 #[cfg(test)]

@@ -73,10 +73,13 @@ impl TapDevice {
             let e = io::Error::last_os_error();
             let hint = match e.raw_os_error() {
                 Some(libc::EBUSY) => {
-                    "another process has it open (a VM still running?), or a non-tap \
-                     interface has that name; pick another `interface` name"
+                    "another process has it open (is a VM using it still running?)"
                 }
-                Some(libc::EPERM) => "creating taps needs CAP_NET_ADMIN",
+                Some(libc::EINVAL) => {
+                    "an interface of that name exists and is not a tap; \
+                     pick another `interface` name"
+                }
+                Some(libc::EPERM) => "creating taps needs CAP_NET_ADMIN (run as root)",
                 _ => "check `ip link show` for a conflicting interface",
             };
             return Err(tap_err(e, hint));
