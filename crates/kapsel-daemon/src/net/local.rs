@@ -179,6 +179,27 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_link_is_a_31_inside_the_prefix(
+            addr in proptest::prelude::any::<u32>(),
+            len in 0u8..=32,
+            vm_id in proptest::prelude::any::<u32>(),
+            index in 0u32..200,
+        ) {
+            let prefix = Ipv4Prefix { addr: Ipv4Addr::from(addr), len };
+            if let Ok(l) = LocalLink::new(prefix, vm_id, index) {
+                let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+                let (g, c) = (u32::from(l.gateway), u32::from(l.guest));
+                proptest::prop_assert_eq!(g & mask, addr & mask);
+                proptest::prop_assert_eq!(c & mask, addr & mask);
+                proptest::prop_assert_eq!(g % 2, 0);
+                proptest::prop_assert_eq!(c, g + 1);
+                proptest::prop_assert!(index < MAX_LOCAL_INTERFACES);
+            }
+        }
+    }
+
     #[test]
     fn loopback_resolvers_are_not_offered() {
         let dir = std::env::temp_dir().join(format!("kapsel-resolv-{}", std::process::id()));

@@ -214,6 +214,15 @@ mod tests {
         assert_eq!(a, bridge_name(&spec("a-very-long-switch-name")).unwrap());
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_switch_name_gives_a_valid_bridge_name(name in "\\PC{0,80}") {
+            let b = bridge_name(&spec(&name)).unwrap();
+            proptest::prop_assert!(validate_ifname(&b).is_ok(), "{b}");
+            proptest::prop_assert!(b.starts_with(BRIDGE_PREFIX));
+        }
+    }
+
     #[test]
     fn an_interface_line_names_the_bridge() {
         let mut s = spec("uplink");
