@@ -247,6 +247,7 @@ fn remove_locks(ifname: &str) -> Result<(), NetError> {
                 &nft::unlock_script(family, ifname),
                 &format!("unlocking {ifname}"),
             )?;
+            nft::drop_unused_table(family)?;
         }
     }
     Ok(())

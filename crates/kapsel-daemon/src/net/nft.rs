@@ -150,6 +150,27 @@ pub fn unlock_script(family: Family, ifname: &str) -> String {
     s
 }
 
+/// Deletes Kapsel's locking table of `family` when no port is locked any
+/// more, so that a host without locked guests has none of Kapsel's rules.
+pub fn drop_unused_table(family: Family) -> Result<(), NetError> {
+    let f = family.keyword();
+    let out = Command::new("nft")
+        .args(["list", "map", f, "kapsel", "locked"])
+        .stderr(Stdio::null())
+        .output();
+    match out {
+        // The map lists its entries after `elements =`; none: unused.
+        Ok(o) if o.status.success() && !String::from_utf8_lossy(&o.stdout).contains("elements") => {
+            run(
+                &format!("delete table {f} kapsel\n"),
+                &format!("removing the unused table {f} kapsel"),
+            )
+        }
+        // No table, no nft, or entries left: nothing to do.
+        _ => Ok(()),
+    }
+}
+
 /// Masquerading of `prefix` towards everything outside it; idempotent.
 pub fn nat_script(prefix: Ipv4Prefix) -> String {
     format!(
