@@ -16,8 +16,10 @@
 //!    for local interfaces; containers use [`attach_veth`];
 //! 3. VM stop: [`release_interface`] for each interface (after the VM process
 //!    exited and the DHCP server was dropped);
-//! 4. switch removed on reload, or shutdown: [`remove_switch`] and
-//!    [`LocalNetwork::remove`].
+//! 4. daemon restart while guests run: [`ensure_switch`] again (idempotent);
+//!    only the DHCP servers need restarting, with [`local_lease`];
+//! 5. switch removed on reload, or shutdown: [`remove_switch`],
+//!    [`LocalNetwork::remove`] and, at shutdown, [`remove_firewall`].
 //!
 //! Changes are made through rtnetlink and ioctls; only the firewall rules go
 //! through the `nft` program (nftables' netlink ABI is not worth
