@@ -4,11 +4,12 @@
 #   Rust toolchain: cargo (rustup or Debian's), used as found.
 #   Debian packages: gcc (test guests), qemu-utils (qcow2 checks), qemu-system-x86 (peer in benchmarks,
 #   outer VM of the nested testbed), busybox-static, kmod, cpio, xz-utils
-#   (testbed images), iproute2.
+#   (testbed images), iproute2 and nftables (switches, MAC locking and NAT of kapsel-daemon's
+#   networking, and its network-namespace tests; busybox's udhcpc is their DHCP client).
 set -euo pipefail
 
 PACKAGES=(gcc libc6-dev make qemu-system-x86 qemu-utils busybox-static kmod cpio xz-utils zstd lz4
-          iproute2 ca-certificates)
+          iproute2 nftables ca-certificates)
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
