@@ -4,6 +4,7 @@
 use crate::accounts::{HostAccounts, Peer};
 use crate::console::Console;
 use crate::proto::{LogLevel, Request, ResetWhat, Response, StartRequest, VmState, VmStatus};
+use crate::net;
 use crate::vmproc::{self, ExitReport, VmProcess};
 use kapsel_config::{Config, Diagnostic, LoadOptions, Owner, VmSpec};
 use std::os::unix::net::UnixStream;
@@ -51,6 +52,25 @@ pub(crate) struct Vm {
     pub console: Console,
     /// Counts the runs, so a late exit report of an old run is ignored.
     pub generation: u64,
+    /// Host interfaces of the current run, released when it ends.
+    pub net: Vec<Attachment>,
+}
+
+/// One host interface of a running guest.
+pub(crate) struct Attachment {
+    ifname: String,
+    kind: net::InterfaceKind,
+    /// The DHCP server of a local interface; dropping it stops it.
+    dhcp: Option<net::DhcpServerThread>,
+}
+
+impl Attachment {
+    fn release(self, vm: &str) {
+        drop(self.dhcp);
+        if let Err(e) = net::release_interface(&self.ifname, self.kind) {
+            tracing::warn!("vm {vm}: {e}");
+        }
+    }
 }
 
 pub(crate) struct Inner {
@@ -60,6 +80,10 @@ pub(crate) struct Inner {
     pub vms: Vec<Vm>,
     pub next_id: u32,
     pub shutting_down: bool,
+    /// Bridges this daemon created (removed at shutdown).
+    pub created_switches: Vec<kapsel_config::SwitchSpec>,
+    /// `local interface` NAT and forwarding are set up.
+    pub local_network: bool,
 }
 
 /// The daemon: shared by the connection threads.
@@ -122,10 +146,13 @@ impl Daemon {
                 vms: Vec::new(),
                 next_id: 1,
                 shutting_down: false,
+                created_switches: Vec::new(),
+                local_network: false,
             }),
             changed: Condvar::new(),
         });
         daemon.apply_config(config);
+        daemon.ensure_switches().map_err(DaemonError::Setup)?;
         Ok(daemon)
     }
 
@@ -164,6 +191,7 @@ impl Daemon {
                         last_exit: None,
                         console: Console::new(),
                         generation: 0,
+                        net: Vec::new(),
                     });
                 }
             }
@@ -246,13 +274,29 @@ impl Daemon {
             .state_dir
             .join("vms")
             .join(format!("{}.log", vm.spec.name));
+        let spec = vm.spec.clone();
+        let id = vm.id;
+        let (taps, attachments) = self.attach_interfaces(&mut inner, &spec, id)?;
         let launch = vmproc::Launch {
-            spec: &vm.spec,
+            spec: &spec,
             kapsel: &self.opts.kapsel,
             log: &log,
             shutdown_timeout: self.opts.shutdown_timeout,
+            taps,
         };
-        let (process, console_out) = vmproc::spawn(&launch)?;
+        let spawned = vmproc::spawn(&launch);
+        drop(launch); // the daemon's copies of the taps
+        let (process, console_out) = match spawned {
+            Ok(p) => p,
+            Err(e) => {
+                for a in attachments {
+                    a.release(&spec.name);
+                }
+                return Err(e);
+            }
+        };
+        let vm = Self::find(&mut inner, target)?;
+        vm.net = attachments;
         vm.generation += 1;
         let generation = vm.generation;
         let name = vm.spec.name.clone();
@@ -292,6 +336,9 @@ impl Daemon {
                 .and_then(|p| p.finish())
                 .unwrap_or_default();
             let reason = report.describe(&stderr_tail);
+            for a in vm.net.drain(..) {
+                a.release(name);
+            }
             if report.is_failure() {
                 tracing::warn!("vm {name}: {reason}");
             } else {
@@ -587,6 +634,7 @@ impl Daemon {
             last_exit: None,
             console: Console::new(),
             generation: 0,
+            net: Vec::new(),
         });
     }
 
@@ -598,6 +646,7 @@ impl Daemon {
             merge(&mut config, load_config(file, &self.opts.defines)?, file)?;
         }
         let added = self.apply_config(config);
+        self.ensure_switches()?;
         let n = added.len();
         self.start_enabled(added);
         Ok(format!("configuration reloaded; {n} new VM(s) started"))
@@ -639,6 +688,112 @@ impl Daemon {
         while inner.vms.iter().any(|v| v.state != VmState::Stopped) {
             inner = self.changed.wait(inner).unwrap_or_else(|e| e.into_inner());
         }
+        for sw in inner.created_switches.drain(..) {
+            if let Err(e) = net::remove_switch(&sw) {
+                tracing::warn!("{e}");
+            }
+        }
+        if std::mem::take(&mut inner.local_network) {
+            if let Err(e) = net::LocalNetwork::remove().and_then(|()| net::remove_firewall()) {
+                tracing::warn!("{e}");
+            }
+        }
+    }
+
+    /// Makes the bridges of the enabled switches exist (idempotent: at
+    /// startup, reload and `reset switches`).
+    fn ensure_switches(&self) -> Result<(), String> {
+        let mut inner = self.lock();
+        let switches: Vec<_> = inner
+            .config
+            .switches
+            .iter()
+            .filter(|s| s.enabled)
+            .cloned()
+            .collect();
+        for spec in switches {
+            let sw = net::ensure_switch(&spec).map_err(|e| e.to_string())?;
+            tracing::info!("switch {}: bridge {}", sw.name, sw.bridge);
+            if sw.created && !inner.created_switches.iter().any(|s| s.name == spec.name) {
+                inner.created_switches.push(spec);
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the host side of every interface of a VM about to start:
+    /// the open taps (with the guest MACs) for its process, and what to
+    /// release when it stops. On failure nothing is left behind.
+    #[allow(clippy::type_complexity)]
+    fn attach_interfaces(
+        &self,
+        inner: &mut Inner,
+        spec: &VmSpec,
+        id: u32,
+    ) -> Result<(Vec<(std::os::fd::OwnedFd, kapsel_config::MacAddr)>, Vec<Attachment>), String> {
+        let total = spec.interface_total();
+        let mut taps = Vec::new();
+        let mut attached: Vec<Attachment> = Vec::new();
+        let fail = |attached: Vec<Attachment>, e: String| {
+            for a in attached {
+                a.release(&spec.name);
+            }
+            Err(format!("vm {}: {e}", spec.name))
+        };
+        let default = kapsel_config::InterfaceSpec::default();
+        let dns = net::host_dns_servers(std::path::Path::new("/etc/resolv.conf"));
+        for index in 0..total {
+            let ispec = spec.interfaces.get(index).unwrap_or(&default);
+            let switch = match &ispec.switch {
+                Some(name) => match inner.config.switch(name) {
+                    Some(s) if s.enabled => Some(s.clone()),
+                    Some(_) => {
+                        return fail(attached, format!("switch \"{name}\" is disabled; enable it in vm.conf"))
+                    }
+                    None => {
+                        return fail(attached, format!("no switch \"{name}\"; declare it in vm.conf"))
+                    }
+                },
+                None => None,
+            };
+            if ispec.local && !inner.local_network {
+                let g = &inner.config.globals;
+                if let Err(e) = net::LocalNetwork::ensure(g.local_prefix, g.local_inet6) {
+                    return fail(attached, e.to_string());
+                }
+                inner.local_network = true;
+            }
+            let req = net::InterfaceRequest {
+                guest: &spec.name,
+                guest_id: id,
+                index: index as u32,
+                spec: ispec,
+                switch: switch.as_ref(),
+                local_prefix: inner.config.globals.local_prefix,
+                dns: &dns,
+            };
+            let mut iface = match net::start_vm_interface(&req) {
+                Ok(i) => i,
+                Err(e) => return fail(attached, e.to_string()),
+            };
+            let dhcp = match iface.dhcp.take().map(|d| d.spawn()).transpose() {
+                Ok(d) => d,
+                Err(e) => {
+                    let _ = net::release_interface(&iface.ifname, iface.kind);
+                    return fail(attached, e.to_string());
+                }
+            };
+            if let Some(tap) = iface.tap.take() {
+                taps.push((tap.into_fd(), iface.mac));
+            }
+            tracing::info!("vm {}: interface {} ({})", spec.name, iface.ifname, iface.mac);
+            attached.push(Attachment {
+                ifname: iface.ifname,
+                kind: iface.kind,
+                dhcp,
+            });
+        }
+        Ok((taps, attached))
     }
 
     /// Answers one request from `peer`. `stream` is the connection, for
@@ -746,6 +901,9 @@ impl Daemon {
                 }
                 if what == ResetWhat::All {
                     self.reload()?;
+                }
+                if matches!(what, ResetWhat::All | ResetWhat::Switches) {
+                    self.ensure_switches()?;
                 }
                 Ok(Some("reset done".into()))
             }

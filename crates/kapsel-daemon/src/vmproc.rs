@@ -1,9 +1,9 @@
 //! One VM process: `kapsel run` started by the daemon for a VM spec, its
 //! console on a socket pair, its stderr in the VM's log, and how it ended.
 
-use kapsel_config::{BootDevice, VmSpec};
+use kapsel_config::{BootDevice, MacAddr, VmSpec};
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -22,7 +22,13 @@ pub struct Launch<'a> {
     pub log: &'a Path,
     /// Time the guest gets after the power button.
     pub shutdown_timeout: Duration,
+    /// The open taps of its interfaces, in order, with the guest's MAC.
+    pub taps: Vec<(OwnedFd, MacAddr)>,
 }
+
+/// The descriptor number the first tap gets in the VM process (the next
+/// ones follow).
+pub const FIRST_TAP_FD: i32 = 3;
 
 /// A running VM process.
 pub struct VmProcess {
@@ -50,7 +56,11 @@ impl VmProcess {
 }
 
 /// The `kapsel run` arguments for a VM spec, or why it cannot run.
-pub fn run_args(spec: &VmSpec, shutdown_timeout: Duration) -> Result<Vec<String>, String> {
+pub fn run_args(
+    spec: &VmSpec,
+    shutdown_timeout: Duration,
+    macs: &[MacAddr],
+) -> Result<Vec<String>, String> {
     let name = &spec.name;
     if spec.cdrom.is_some() || spec.boot_device == Some(BootDevice::Cdrom) {
         return Err(format!(
@@ -70,11 +80,6 @@ pub fn run_args(spec: &VmSpec, shutdown_timeout: Duration) -> Result<Vec<String>
     let kernel = spec.boot.as_ref().ok_or_else(|| {
         format!("vm {name} has no kernel: add `boot \"/path/to/vmlinuz\"` to it in vm.conf, or start it with -b")
     })?;
-    if spec.interface_total() > 0 {
-        return Err(format!(
-            "vm {name}: network interfaces are not supported by this daemon yet; remove its `interface` lines"
-        ));
-    }
     let mut args = vec![
         "run".to_string(),
         "--kernel".into(),
@@ -108,13 +113,34 @@ pub fn run_args(spec: &VmSpec, shutdown_timeout: Duration) -> Result<Vec<String>
         args.push("--disk".into());
         args.push(d);
     }
+    for (i, mac) in macs.iter().enumerate() {
+        args.push("--net".into());
+        args.push(format!("fd={},mac={mac}", FIRST_TAP_FD + i as i32));
+    }
     Ok(args)
 }
 
 /// Starts the VM process. Returns it and the console output stream.
 pub fn spawn(launch: &Launch) -> Result<(VmProcess, UnixStream), String> {
     let name = &launch.spec.name;
-    let args = run_args(launch.spec, launch.shutdown_timeout)?;
+    let macs: Vec<MacAddr> = launch.taps.iter().map(|(_, m)| *m).collect();
+    let args = run_args(launch.spec, launch.shutdown_timeout, &macs)?;
+    // Above every number the child's tap descriptors will get, so that
+    // moving one into place cannot overwrite another.
+    let mut high = Vec::new();
+    for (fd, _) in &launch.taps {
+        // SAFETY: F_DUPFD_CLOEXEC duplicates a descriptor we own.
+        let dup = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 1024) };
+        if dup < 0 {
+            return Err(format!(
+                "vm {name}: tap descriptor: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        // SAFETY: dup is a new descriptor that nothing else owns.
+        high.push(unsafe { OwnedFd::from_raw_fd(dup) });
+    }
+    let raw: Vec<i32> = high.iter().map(|f| f.as_raw_fd()).collect();
     let (daemon_end, vm_end) =
         UnixStream::pair().map_err(|e| format!("vm {name}: console socket: {e}"))?;
     let vm_out = vm_end
@@ -138,9 +164,22 @@ pub fn spawn(launch: &Launch) -> Result<(VmProcess, UnixStream), String> {
         // Its own process group: a Ctrl-C meant for a foreground daemon
         // reaches the daemon, which stops the VMs in order.
         .process_group(0);
+    // SAFETY: between fork and exec only dup2, which is async-signal-safe,
+    // on descriptors that stay open in the parent until spawn returns.
+    unsafe {
+        cmd.pre_exec(move || {
+            for (i, &fd) in raw.iter().enumerate() {
+                if libc::dup2(fd, FIRST_TAP_FD + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("vm {name}: cannot run {}: {e}", launch.kapsel.display()))?;
+    drop(high);
     let pid = child.id();
     let stderr = child.stderr.take();
     let tag = name.clone();
@@ -281,7 +320,7 @@ mod tests {
     #[test]
     fn run_args_from_a_spec() {
         let mut spec = VmSpec::new("web");
-        assert!(run_args(&spec, Duration::from_secs(30))
+        assert!(run_args(&spec, Duration::from_secs(30), &[])
             .unwrap_err()
             .contains("add `boot"));
         spec.boot = Some("/vm/vmlinuz".into());
@@ -292,7 +331,11 @@ mod tests {
             path: "/vm/web.qcow2".into(),
             format: Some(kapsel_config::DiskFormat::Qcow2),
         });
-        let args = run_args(&spec, Duration::from_secs(7)).unwrap().join(" ");
+        let mac = MacAddr([0xfe, 0xe1, 0xbb, 1, 2, 3]);
+        let args = run_args(&spec, Duration::from_secs(7), &[mac, mac])
+            .unwrap()
+            .join(" ");
+        assert!(args.contains("--net fd=3,mac=fe:e1:bb:01:02:03 --net fd=4,mac="));
         assert!(args.starts_with("run --kernel /vm/vmlinuz --memory 268435456 --cpus 2"));
         assert!(args.contains("--shutdown-timeout 7"));
         assert!(args.contains("--cmdline console=ttyS0 quiet"));
