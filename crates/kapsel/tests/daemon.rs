@@ -33,10 +33,16 @@ fn kvm_usable() -> bool {
 struct Kapseld {
     dir: PathBuf,
     child: Option<Child>,
+    /// The network namespace it runs in (its switches live there).
+    netns: Option<String>,
 }
 
 impl Kapseld {
     fn start(config: &str) -> Kapseld {
+        Self::start_in(None, config)
+    }
+
+    fn start_in(netns: Option<&str>, config: &str) -> Kapseld {
         let dir = std::env::temp_dir().join(format!(
             "kapseld-test-{}-{}",
             std::process::id(),
@@ -50,14 +56,26 @@ impl Kapseld {
         // Other users (the owner tests) must reach the socket inside.
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::write(dir.join("vm.conf"), config).unwrap();
-        let mut d = Kapseld { dir, child: None };
+        let mut d = Kapseld {
+            dir,
+            child: None,
+            netns: netns.map(str::to_string),
+        };
         d.spawn();
         d
     }
 
     fn spawn(&mut self) {
         let log = std::fs::File::create(self.dir.join("daemon.log")).unwrap();
-        let child = Command::new(KAPSEL)
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, KAPSEL]);
+                c
+            }
+            None => Command::new(KAPSEL),
+        };
+        let child = cmd
             .args(["daemon", "-v", "--shutdown-timeout", "5", "-f"])
             .arg(self.dir.join("vm.conf"))
             .arg("--socket")
@@ -599,4 +617,107 @@ fn owners_control_their_vms_and_nothing_else() {
     let (code, _, err) = as_user(&["start", "mine"]);
     assert_eq!(code, 0, "{err}");
     d.wait_state("mine", "running");
+}
+
+/// A network namespace, deleted when dropped.
+struct Netns(String);
+
+impl Netns {
+    fn create(tag: &str) -> Option<Netns> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            println!("SKIP: network namespaces need root");
+            return None;
+        }
+        let name = format!("kapseld-{tag}-{}", std::process::id());
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            println!("SKIP: ip netns add {name} failed");
+            return None;
+        }
+        Some(Netns(name))
+    }
+
+    fn exec(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.0, program]);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// Sends the `virtio` guest's GO frame (broadcast, count = the DATA frames
+/// each guest must receive) on an interface until DONE frames from
+/// `guests` different MACs have passed, or 30 s. Prints the MACs seen.
+const GO_SENDER: &str = r#"
+import socket, struct, sys, time
+ifname, count, guests = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+ETH = 0x88b5
+go = (b"KTG1" + bytes([1, 0, 0, 0]) + struct.pack("<II", 0, count)
+      + bytes((i & 0xff) for i in range(16, 64)))
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH))
+s.bind((ifname, ETH))
+s.settimeout(0.05)
+done = set()
+deadline = time.time() + 30
+while len(done) < guests and time.time() < deadline:
+    s.send(b"\xff" * 6 + bytes.fromhex("020000000001") + struct.pack("!H", ETH) + go)
+    try:
+        while True:
+            data, addr = s.recvfrom(4096)
+            if addr[2] != socket.PACKET_OUTGOING and data[14:18] == b"KTG1" and data[18] == 3:
+                done.add(data[6:12].hex(":"))
+    except socket.timeout:
+        pass
+print("done from", " ".join(sorted(done)), flush=True)
+"#;
+
+#[test]
+fn two_vms_on_a_switch_exchange_frames() {
+    if !kvm_usable() {
+        return;
+    }
+    let Some(ns) = Netns::create("sw") else { return };
+    let vm = |name: &str| {
+        format!(
+            "vm \"{name}\" {{\n\tboot \"{}\"\n\tmemory 64M\n\tcmdline \"net net-tx=100\"\n\tinterface {{ switch \"lan\" }}\n}}\n",
+            kapsel_testguest::VIRTIO
+        )
+    };
+    let conf = format!("switch \"lan\" {{\n}}\n{}{}", vm("left"), vm("right"));
+    let d = Kapseld::start_in(Some(&ns.0), &conf);
+    d.console_text("left", "net ready");
+    d.console_text("right", "net ready");
+    let sender = ns
+        .exec("python3")
+        .args(["-c", GO_SENDER, "kbr-lan", "100", "2"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&sender.stdout);
+    let left = d.console_text("left", "net tx=");
+    let right = d.console_text("right", "net tx=");
+    for (name, text) in [("left", &left), ("right", &right)] {
+        assert!(
+            text.contains("net tx=100 rx=100"),
+            "{name} did not get the other guest's 100 frames through the bridge:\n{text}\nGO sender: {said}{}\n{}",
+            String::from_utf8_lossy(&sender.stderr),
+            d.log()
+        );
+    }
+    assert!(said.matches("fe:e1:bb").count() == 2, "stable MACs by default: {said}");
+    assert_eq!(d.wait_state("left", "stopped")["last_exit"], "powered off");
+    d.wait_state("right", "stopped");
+    // The taps went with the VM processes.
+    let links = ns.exec("ip").args(["-o", "link"]).output().unwrap();
+    let links = String::from_utf8_lossy(&links.stdout);
+    assert!(!links.contains("ktap"), "{links}");
+    assert!(links.contains("kbr-lan"), "{links}");
 }
