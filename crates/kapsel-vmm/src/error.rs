@@ -60,8 +60,10 @@ pub enum Error {
     #[error("guest memory: {0}")]
     Memory(String),
     /// The VM process could not confine itself.
-    #[error("{0}; this kernel lacks what the sandbox needs (seccomp filters, namespaces); \
-             --no-sandbox runs without it, for debugging only")]
+    #[error(
+        "{0}; this kernel lacks what the sandbox needs (seccomp filters, namespaces); \
+             --no-sandbox runs without it, for debugging only"
+    )]
     Sandbox(#[from] crate::sandbox::SandboxError),
     /// Another host resource (thread, eventfd, terminal, file) failed.
     #[error("{what}: {source}")]

@@ -451,8 +451,7 @@ fn build(res: &Resources, cfg: &VmConfig, filters: Option<&Arc<Filters>>) -> Res
                     return;
                 }
                 vcpu.run(ctx)
-            })
-        {
+            }) {
             Ok(handle) => machine.threads.push(handle),
             Err(e) => {
                 machine.shut_down();

@@ -54,10 +54,7 @@ impl Busy {
     fn wait_for_vcpus(&mut self, cpus: usize) -> Vec<(String, String)> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            assert!(
-                self.0.try_wait().unwrap().is_none(),
-                "kapsel exited early"
-            );
+            assert!(self.0.try_wait().unwrap().is_none(), "kapsel exited early");
             let tasks = self.tasks();
             if tasks.iter().filter(|(n, _)| n.starts_with("vcpu")).count() == cpus {
                 // The threads install their filter first thing: give them
@@ -188,7 +185,13 @@ fn a_forbidden_syscall_kills_the_vm_process_with_sigsys() {
     assert_eq!(under_a_shell("violate"), "status=159\nparent-alive\n");
 
     let out = Command::new(KAPSEL)
-        .args(["run", "--kernel", kapsel_testguest::HELLO, "--memory", "64M"])
+        .args([
+            "run",
+            "--kernel",
+            kapsel_testguest::HELLO,
+            "--memory",
+            "64M",
+        ])
         .env("KAPSEL_DEBUG_SECCOMP", "violate")
         .stdin(Stdio::null())
         .output()
@@ -210,7 +213,13 @@ fn the_guest_reboots_inside_the_sandbox() {
     std::fs::create_dir_all(&dir).unwrap();
     let log = dir.join("console.log");
     let mut child = Command::new(KAPSEL)
-        .args(["run", "--kernel", kapsel_testguest::RESET, "--memory", "64M"])
+        .args([
+            "run",
+            "--kernel",
+            kapsel_testguest::RESET,
+            "--memory",
+            "64M",
+        ])
         .args(["--on-reboot", "restart"])
         .arg("--console")
         .arg(format!("file:{}", log.display()))
@@ -233,4 +242,36 @@ fn the_guest_reboots_inside_the_sandbox() {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(boots >= 3, "the guest booted {boots} times");
     assert_eq!(field(&status, "Seccomp:"), "2");
+}
+
+#[test]
+fn without_cap_sys_admin_a_user_namespace_gives_the_empty_root() {
+    if !kvm_usable() {
+        return;
+    }
+    if !is_root() {
+        println!("SKIP: needs root to take CAP_SYS_ADMIN away with setpriv");
+        return;
+    }
+    // Root without CAP_SYS_ADMIN cannot make a mount namespace directly,
+    // as an unprivileged user in the kvm group cannot.
+    let out = match Command::new("setpriv")
+        .args(["--bounding-set=-sys_admin", "--", KAPSEL, "run"])
+        .args(["--kernel", kapsel_testguest::HELLO, "--memory", "64M"])
+        .env("KAPSEL_LOG", "info")
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) => {
+            println!("SKIP: setpriv (util-linux) not available: {e}");
+            return;
+        }
+    };
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("sandbox: root PivotRoot (in a user namespace)"),
+        "{err}"
+    );
 }

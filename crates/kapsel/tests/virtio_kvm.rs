@@ -739,8 +739,14 @@ fn a_descriptor_that_is_not_a_tap_is_refused() {
     }
     use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(KAPSEL);
-    cmd.args(["run", "--kernel", kapsel_testguest::HELLO, "--memory", "64M"])
-        .args(["--net", "fd=7"]);
+    cmd.args([
+        "run",
+        "--kernel",
+        kapsel_testguest::HELLO,
+        "--memory",
+        "64M",
+    ])
+    .args(["--net", "fd=7"]);
     // Descriptor 7: /dev/null, open but no tap.
     // SAFETY: open and dup2 between fork and exec.
     unsafe {
@@ -759,7 +765,13 @@ fn a_descriptor_that_is_not_a_tap_is_refused() {
     assert!(err.contains("not an attached tun/tap device"), "{err}");
     // Not open at all.
     let out = Command::new(KAPSEL)
-        .args(["run", "--kernel", kapsel_testguest::HELLO, "--memory", "64M"])
+        .args([
+            "run",
+            "--kernel",
+            kapsel_testguest::HELLO,
+            "--memory",
+            "64M",
+        ])
         .args(["--net", "fd=1000"])
         .stdin(Stdio::null())
         .output()

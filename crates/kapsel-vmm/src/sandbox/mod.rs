@@ -121,9 +121,8 @@ pub fn isolate_filesystem() -> Result<(RootIsolation, bool), SandboxError> {
         Err(e) if e.raw_os_error() == Some(libc::EPERM) => match enter_user_namespace() {
             Ok(()) => true,
             Err(why) => {
-                let why = format!(
-                    "no CAP_SYS_ADMIN for a mount namespace and no user namespace ({why})"
-                );
+                let why =
+                    format!("no CAP_SYS_ADMIN for a mount namespace and no user namespace ({why})");
                 tracing::info!("sandbox: the VM process keeps the host's filesystem view: {why}");
                 return Ok((RootIsolation::Unavailable(why), false));
             }
@@ -265,10 +264,8 @@ pub fn drop_capabilities() -> Result<(), SandboxError> {
     let data = [CapData::default(); 2];
     // SAFETY: capset reads a version-3 header and two data words, which
     // `header` and `data` are laid out as.
-    check(unsafe {
-        libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) as libc::c_int
-    })
-    .map_err(step("capset"))
+    check(unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) as libc::c_int })
+        .map_err(step("capset"))
 }
 
 /// Development aids compiled into debug builds only, so that a release

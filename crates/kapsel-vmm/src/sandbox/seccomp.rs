@@ -98,8 +98,7 @@ const TCSETS: u64 = 0x5402;
 const SECCOMP_SET_MODE_FILTER: u64 = 1;
 
 fn cond(arg: u8, op: SeccompCmpOp, value: u64) -> SeccompCondition {
-    SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value)
-        .expect("argument index below 6")
+    SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value).expect("argument index below 6")
 }
 
 /// One rule per value: the syscall is allowed when argument `arg` (its
@@ -276,10 +275,7 @@ pub fn allowlist(kind: ThreadKind) -> Vec<Entry> {
             (libc::SYS_seccomp, arg_in(0, &[SECCOMP_SET_MODE_FILTER])),
             // Kicking vCPU threads out of KVM_RUN: only threads of this
             // process (the pid is fixed when the filter is built).
-            (
-                libc::SYS_tgkill,
-                arg_in(0, &[std::process::id().into()]),
-            ),
+            (libc::SYS_tgkill, arg_in(0, &[std::process::id().into()])),
             any(libc::SYS_eventfd2),
             any(libc::SYS_epoll_create1),
             any(libc::SYS_epoll_ctl),
@@ -367,9 +363,9 @@ impl Filters {
                     TargetArch::x86_64,
                 )
                 .map_err(|e| filter_err(e.to_string()))?;
-                let program: BpfProgram = filter.try_into().map_err(
-                    |e: seccompiler::BackendError| filter_err(e.to_string()),
-                )?;
+                let program: BpfProgram = filter
+                    .try_into()
+                    .map_err(|e: seccompiler::BackendError| filter_err(e.to_string()))?;
                 Ok((kind, program))
             })
             .collect::<Result<_, SandboxError>>()?;
@@ -452,7 +448,10 @@ mod tests {
     fn vcpu_threads_may_run_but_not_build_a_vm() {
         assert!(allows_ioctl(ThreadKind::Vcpu, KVM_RUN()));
         assert!(!allows_ioctl(ThreadKind::Vcpu, KVM_CREATE_VM()));
-        assert!(!allows_ioctl(ThreadKind::Vcpu, KVM_SET_USER_MEMORY_REGION()));
+        assert!(!allows_ioctl(
+            ThreadKind::Vcpu,
+            KVM_SET_USER_MEMORY_REGION()
+        ));
         assert!(!allows_ioctl(ThreadKind::Io, KVM_RUN()));
         let vcpu = rules(ThreadKind::Vcpu);
         for forbidden in [
