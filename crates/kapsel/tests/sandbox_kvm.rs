@@ -131,6 +131,12 @@ fn every_thread_of_a_running_vm_is_confined() {
         let entries = std::fs::read_dir(vm.proc("root")).unwrap().count();
         assert_eq!(entries, 0, "the VM process's root is not empty");
     }
+    // Its own network and IPC namespaces (and mount namespace).
+    for ns in ["net", "ipc", "mnt"] {
+        let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
+        let theirs = std::fs::read_link(vm.proc(&format!("ns/{ns}"))).unwrap();
+        assert_ne!(ours, theirs, "{ns} namespace shared with the host");
+    }
 }
 
 #[test]

@@ -8,7 +8,10 @@
 //!
 //! 1. [`isolate_filesystem`]: a new mount namespace whose root is an empty,
 //!    read-only tmpfs (`pivot_root`, the old root detached; `chroot` where
-//!    the root is an initramfs that cannot be pivoted). Without
+//!    the root is an initramfs that cannot be pivoted), and new network and
+//!    IPC namespaces (empty: the taps already open keep working, but nothing
+//!    else on the host's network or IPC is reachable, not even through a
+//!    path seccomp does not see, such as io_uring's own operations). Without
 //!    CAP_SYS_ADMIN a user namespace is created first; where that is not
 //!    allowed either, the step is skipped with a log line and the rest
 //!    still applies.
@@ -112,11 +115,28 @@ pub fn enter() -> Result<Confinement, SandboxError> {
 /// namespace only; the host never sees it): the first that exists is used.
 const MOUNT_POINTS: [&CStr; 3] = [c"/tmp", c"/mnt", c"/dev"];
 
-/// Step 1: a private mount namespace whose root is an empty read-only
-/// tmpfs. Returns how, and whether a user namespace was needed.
-pub fn isolate_filesystem() -> Result<(RootIsolation, bool), SandboxError> {
+/// The namespaces made besides the mount namespace.
+const OTHER_NAMESPACES: libc::c_int = libc::CLONE_NEWNET | libc::CLONE_NEWIPC;
+
+/// `unshare` of a mount namespace and, where the kernel has them,
+/// [`OTHER_NAMESPACES`] (EINVAL: a kernel built without one of them).
+fn unshare_namespaces(extra: libc::c_int) -> io::Result<()> {
+    let flags = extra | libc::CLONE_NEWNS;
     // SAFETY: unshare takes only flags.
-    let user_namespace = match check(unsafe { libc::unshare(libc::CLONE_NEWNS) }) {
+    match check(unsafe { libc::unshare(flags | OTHER_NAMESPACES) }) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            tracing::info!("sandbox: no network/IPC namespaces on this kernel ({e})");
+            // SAFETY: unshare takes only flags.
+            check(unsafe { libc::unshare(flags) })
+        }
+        other => other,
+    }
+}
+
+/// Step 1: private mount, network and IPC namespaces; the root is an empty
+/// read-only tmpfs. Returns how, and whether a user namespace was needed.
+pub fn isolate_filesystem() -> Result<(RootIsolation, bool), SandboxError> {
+    let user_namespace = match unshare_namespaces(0) {
         Ok(()) => false,
         Err(e) if e.raw_os_error() == Some(libc::EPERM) => match enter_user_namespace() {
             Ok(()) => true,
@@ -127,7 +147,11 @@ pub fn isolate_filesystem() -> Result<(RootIsolation, bool), SandboxError> {
                 return Ok((RootIsolation::Unavailable(why), false));
             }
         },
-        Err(e) => return Err(step("unshare(CLONE_NEWNS)")(e)),
+        Err(e) => {
+            return Err(step("unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC)")(
+                e,
+            ))
+        }
     };
     // Nothing mounted or unmounted below propagates back to the host.
     // SAFETY: valid NUL-terminated strings; null source/type/data are
@@ -198,8 +222,7 @@ pub fn isolate_filesystem() -> Result<(RootIsolation, bool), SandboxError> {
 fn enter_user_namespace() -> io::Result<()> {
     // SAFETY: getuid/getgid cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-    // SAFETY: unshare takes only flags.
-    check(unsafe { libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) })?;
+    unshare_namespaces(libc::CLONE_NEWUSER)?;
     std::fs::write("/proc/self/setgroups", "deny")?;
     std::fs::write("/proc/self/uid_map", format!("{uid} {uid} 1"))?;
     std::fs::write("/proc/self/gid_map", format!("{gid} {gid} 1"))?;
