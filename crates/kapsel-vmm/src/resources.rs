@@ -91,9 +91,13 @@ pub struct Resources {
 impl Resources {
     /// Opens everything `cfg` names, after checking it against the host.
     pub fn open(cfg: &VmConfig) -> Result<Resources> {
+        // Inherited descriptors first: opening anything else could take
+        // the number of one that was not inherited after all, and the
+        // message would then name the wrong file.
+        check_inherited_fds(cfg)?;
+        let nets = cfg.nets.iter().map(open_net).collect::<Result<_>>()?;
         let kvm = crate::vm::open_kvm()?;
         crate::vm::validate(cfg, &kvm)?;
-        check_inherited_fds(cfg)?;
         let kernel = BootFile::open("kernel", &cfg.kernel)?;
         let initrd = cfg
             .initrd
@@ -101,7 +105,6 @@ impl Resources {
             .map(|p| BootFile::open("initrd", p))
             .transpose()?;
         let disks = cfg.disks.iter().map(open_disk).collect::<Result<_>>()?;
-        let nets = cfg.nets.iter().map(open_net).collect::<Result<_>>()?;
         // The console last: it puts the terminal in raw mode.
         let console = Console::open(&cfg.console, cfg.virtio_console.as_ref())?;
         Ok(Resources {
