@@ -5,7 +5,9 @@ Boots kapsel-testguest's `hello` guest (prints one line, powers off through
 ACPI) under `kapsel run` and under `qemu-system-x86_64 -M microvm`,
 alternating, N runs each, and prints medians and ratios of wall time
 (exec to exit), CPU time and peak RSS. Kapsel's RSS overhead is its peak
-RSS minus the guest memory resident at exit (which Kapsel logs).
+RSS minus the guest memory resident at exit (which Kapsel logs). Kapsel
+also runs with `--no-sandbox` in the same rounds: the difference is what
+its sandbox (mount namespace, capabilities, seccomp filters) costs.
 
 Usage: bench/boot.py [--runs N] [--memory 64M]
 Needs: cargo, gcc, qemu-system-x86_64 (Debian: qemu-system-x86), /dev/kvm.
@@ -69,10 +71,11 @@ def main():
     qemu_cmd = [qemu, "-enable-kvm", "-M", "microvm", "-m", args.memory, "-nodefaults",
                 "-no-user-config", "-nographic", "-serial", "stdio", "-no-reboot",
                 "-device", "isa-debug-exit,iobase=0xf4,iosize=4", "-kernel", guest]
-    results = {"kapsel": [], "qemu": []}
+    bare_cmd = kapsel_cmd + ["--no-sandbox"]
+    results = {"kapsel": [], "no-sandbox": [], "qemu": []}
     for i in range(args.runs):
-        for name, cmd in (("kapsel", kapsel_cmd), ("qemu", qemu_cmd)):
-            r = run(measure, cmd, env if name == "kapsel" else None)
+        for name, cmd in (("kapsel", kapsel_cmd), ("no-sandbox", bare_cmd), ("qemu", qemu_cmd)):
+            r = run(measure, cmd, env if name != "qemu" else None)
             if "hello from PVH guest" not in r["stdout"]:
                 sys.exit(f"bench: {name} did not boot the guest: {r['stdout']!r}")
             results[name].append(r)
@@ -82,14 +85,18 @@ def main():
 
     print(f"boot benchmark: {args.runs} runs each, alternating, guest {os.path.basename(guest)}, "
           f"memory {args.memory}")
-    print(f"{'':8} {'wall ms':>9} {'CPU ms':>9} {'peak RSS MiB':>13}")
-    for name in ("kapsel", "qemu"):
-        print(f"{name:8} {med(name, 'wall_ms'):9.1f} {med(name, 'cpu_ms'):9.1f} {med(name, 'rss_mib'):13.2f}")
+    print(f"{'':10} {'wall ms':>9} {'CPU ms':>9} {'peak RSS MiB':>13}")
+    for name in ("kapsel", "no-sandbox", "qemu"):
+        print(f"{name:10} {med(name, 'wall_ms'):9.1f} {med(name, 'cpu_ms'):9.1f} {med(name, 'rss_mib'):13.2f}")
     guest_mib = med("kapsel", "guest_mib")
     overhead = statistics.median(r["rss_mib"] - r["guest_mib"] for r in results["kapsel"])
     print(f"ratio kapsel/qemu: wall {med('kapsel', 'wall_ms') / med('qemu', 'wall_ms'):.2f}x, "
           f"CPU {med('kapsel', 'cpu_ms') / med('qemu', 'cpu_ms'):.2f}x, "
           f"peak RSS {med('kapsel', 'rss_mib') / med('qemu', 'rss_mib'):.2f}x")
+    print(f"sandbox cost (kapsel - kapsel --no-sandbox, medians): "
+          f"wall {med('kapsel', 'wall_ms') - med('no-sandbox', 'wall_ms'):+.1f} ms, "
+          f"CPU {med('kapsel', 'cpu_ms') - med('no-sandbox', 'cpu_ms'):+.1f} ms, "
+          f"peak RSS {med('kapsel', 'rss_mib') - med('no-sandbox', 'rss_mib'):+.2f} MiB")
     print(f"kapsel RSS overhead (peak RSS - guest memory resident {guest_mib:.2f} MiB): {overhead:.2f} MiB "
           f"(target <= 5 MiB)")
 

@@ -71,8 +71,12 @@ button)
     dev=$(awk '/^N: Name="Power Button"/ { found = 1 } found && /^H: Handlers=/ {
         for (i = 1; i <= NF; i++) if ($i ~ /^event/) { print $i; exit } }' /proc/bus/input/devices)
     if [ -n "$dev" ] && [ -c "/dev/input/$dev" ]; then
+        # Open the device before saying ready: evdev gives an event only to
+        # readers that had it open, and a press that came between the
+        # message and dd's open (a loaded host) was lost.
+        exec 3<"/dev/input/$dev"
         echo "KAPSEL-BUTTON-READY=$dev"
-        dd if="/dev/input/$dev" of=/dev/null bs=24 count=1 2>/dev/null
+        dd of=/dev/null bs=24 count=1 <&3 2>/dev/null
         echo "KAPSEL-POWER-BUTTON"
     else
         echo "KAPSEL-BUTTON-MISSING"

@@ -37,11 +37,31 @@ pub struct DiskConfig {
     pub format: Option<kapsel_image::Format>,
 }
 
+/// Where a network card's tap comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TapSource {
+    /// The host tap interface of this name, opened (and created when it
+    /// does not exist) by the VMM; needs CAP_NET_ADMIN.
+    Name(String),
+    /// A tap already open on this descriptor, inherited from the process
+    /// that started the VMM (the daemon); the VMM takes it over.
+    Fd(i32),
+}
+
+impl std::fmt::Display for TapSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TapSource::Name(name) => write!(f, "tap={name}"),
+            TapSource::Fd(fd) => write!(f, "fd={fd}"),
+        }
+    }
+}
+
 /// A network card the guest sees as a virtio-net device (eth0, eth1, ...).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetConfig {
-    /// The host tap interface; created when it does not exist.
-    pub tap: String,
+    /// The host tap interface.
+    pub tap: TapSource,
     /// The guest's MAC address; a random locally administered one if None.
     pub mac: Option<[u8; 6]>,
 }
@@ -77,6 +97,9 @@ pub struct VmConfig {
     /// How long the guest has to power off after the ACPI power button is
     /// pressed (on SIGTERM, SIGINT or SIGHUP) before it is stopped.
     pub shutdown_timeout: std::time::Duration,
+    /// Confine the VMM process before the guest runs (see
+    /// [`crate::sandbox`]); off only for debugging.
+    pub sandbox: bool,
 }
 
 impl VmConfig {
@@ -97,6 +120,7 @@ impl VmConfig {
             nets: Vec::new(),
             virtio_console: None,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            sandbox: true,
         }
     }
 }

@@ -59,6 +59,12 @@ pub enum Error {
     /// Guest memory could not be set up.
     #[error("guest memory: {0}")]
     Memory(String),
+    /// The VM process could not confine itself.
+    #[error(
+        "{0}; this kernel lacks what the sandbox needs (seccomp filters, namespaces); \
+             --no-sandbox runs without it, for debugging only"
+    )]
+    Sandbox(#[from] crate::sandbox::SandboxError),
     /// Another host resource (thread, eventfd, terminal, file) failed.
     #[error("{what}: {source}")]
     Io {

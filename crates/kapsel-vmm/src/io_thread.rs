@@ -8,6 +8,7 @@
 
 use crate::devices::virtio::transport::{NotifyRegistrar, VirtioPciDevice};
 use crate::error::{Error, Result};
+use crate::sandbox::seccomp::{Filters, ThreadKind};
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
@@ -104,8 +105,10 @@ fn token(device: usize, queue: usize) -> u64 {
 }
 
 impl IoThread {
-    /// Starts the thread serving `devices`.
-    pub fn start(devices: Vec<IoDevice>) -> Result<IoThread> {
+    /// Starts the thread serving `devices`. With `filters` it installs the
+    /// I/O thread's seccomp filter before it touches a device; `start`
+    /// returns once it has (or reports why it could not).
+    pub fn start(devices: Vec<IoDevice>, filters: Option<Arc<Filters>>) -> Result<IoThread> {
         let epoll = Epoll::new().map_err(|e| Error::io("creating the I/O epoll", e))?;
         let stop = EventFd::new(EFD_NONBLOCK).map_err(|e| Error::io("creating an eventfd", e))?;
         let add = |fd: i32, data: u64| {
@@ -145,10 +148,32 @@ impl IoThread {
         let thread_stop = stop
             .try_clone()
             .map_err(|e| Error::io("duplicating an eventfd", e))?;
+        let (ready_tx, ready) = std::sync::mpsc::channel();
         let handle = std::thread::Builder::new()
             .name("io".into())
-            .spawn(move || serve(epoll, thread_stop, devices))
+            .spawn(move || {
+                let installed = filters.map_or(Ok(()), |f| f.install(ThreadKind::Io));
+                let ok = installed.is_ok();
+                let _ = ready_tx.send(installed);
+                if ok {
+                    serve(epoll, thread_stop, devices)
+                }
+            })
             .map_err(|e| Error::io("starting the I/O thread", e))?;
+        match ready.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = handle.join();
+                return Err(e.into());
+            }
+            Err(_) => {
+                let _ = handle.join();
+                return Err(Error::io(
+                    "starting the I/O thread",
+                    std::io::Error::other("the thread ended before it was ready"),
+                ));
+            }
+        }
         Ok(IoThread {
             stop,
             handle: Some(handle),

@@ -15,6 +15,8 @@ pub mod exit;
 pub mod interrupts;
 pub mod io_thread;
 pub mod memory;
+pub mod resources;
+pub mod sandbox;
 #[cfg(test)]
 mod test_util;
 pub mod vcpu;

@@ -16,10 +16,9 @@ use crate::devices::pci::bus::{
     PCI_CONFIG_IO_PORT_COUNT,
 };
 use crate::devices::pci::msix::InterruptSink;
-use crate::devices::virtio::block::{BlockOptions, VirtioBlock};
+use crate::devices::virtio::block::VirtioBlock;
 use crate::devices::virtio::console::{ConsoleInput, VirtioConsole};
-use crate::devices::virtio::net::tap::Tap;
-use crate::devices::virtio::net::{VirtioNet, VNET_HDR_LEN};
+use crate::devices::virtio::net::VirtioNet;
 use crate::devices::virtio::rng::VirtioRng;
 use crate::devices::virtio::transport::VirtioPciDevice;
 use crate::devices::virtio::VirtioDevice;
@@ -28,6 +27,8 @@ use crate::exit::{ExitSignal, VmExit};
 use crate::interrupts::MsiRouter;
 use crate::io_thread::{IoDevice, IoThread, QueueDoorbells};
 use crate::memory;
+use crate::resources::Resources;
+use crate::sandbox::{self, seccomp::Filters, seccomp::ThreadKind};
 use crate::vcpu::{self, Vcpu, VcpuContext};
 use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, Kvm, VmFd};
@@ -168,15 +169,24 @@ impl Drop for StopSignals {
 
 /// Boots the VM described by `cfg` and runs it until it powers off, fails,
 /// or resets (a reset boots it again under [`OnReboot::Restart`]).
+///
+/// Every host resource is opened first; then, unless `cfg.sandbox` is off,
+/// the process confines itself ([`crate::sandbox`]) before the first boot.
+/// Every boot, the first and those after a reset, is built from the same
+/// open resources under the same sandbox.
 pub fn run(cfg: &VmConfig) -> Result<VmExit> {
-    let kvm = open_kvm()?;
-    validate(cfg, &kvm)?;
-    let console = Console::open(&cfg.console, cfg.virtio_console.as_ref())?;
+    let resources = Resources::open(cfg)?;
     vcpu::install_kick_handler()?;
     let signals = StopSignals::block()?;
+    let filters = if cfg.sandbox {
+        Some(confine()?)
+    } else {
+        tracing::warn!("the VM process runs without its sandbox (--no-sandbox)");
+        None
+    };
     let mut escape = EscapeState::default();
     loop {
-        let exit = boot_once(&kvm, cfg, &console, &signals, &mut escape)?;
+        let exit = boot_once(&resources, cfg, filters.as_ref(), &signals, &mut escape)?;
         if exit == VmExit::Reset && cfg.on_reboot == OnReboot::Restart {
             tracing::info!("guest reset; booting it again (--on-reboot restart)");
             continue;
@@ -185,49 +195,31 @@ pub fn run(cfg: &VmConfig) -> Result<VmExit> {
     }
 }
 
-fn open_disk(disk: &crate::config::DiskConfig) -> Result<VirtioBlock> {
-    // The message names the image and the fix (format mismatch, missing
-    // backing file, unreadable file).
-    let backend = kapsel_image::open(&disk.path, disk.format, disk.read_only)
-        .map_err(|e| Error::InvalidConfig(format!("--disk: {e}")))?;
-    let options = BlockOptions {
-        read_only: disk.read_only,
-        serial: disk.serial.clone().unwrap_or_default(),
-    };
-    Ok(VirtioBlock::with_backend(backend, options))
-}
-
-fn open_net(net: &crate::config::NetConfig) -> Result<VirtioNet> {
-    let tap = Tap::open(&net.tap, VNET_HDR_LEN as i32).map_err(|e| {
-        let fix = if e.kind() == std::io::ErrorKind::InvalidInput {
-            "choose another name"
-        } else {
-            "Kapsel needs CAP_NET_ADMIN (run as root) and /dev/net/tun (modprobe tun)"
-        };
-        Error::InvalidConfig(format!(
-            "--net tap={}: cannot open the tap: {e}; {fix}",
-            net.tap
-        ))
-    })?;
-    let mac = match net.mac {
-        Some(mac) => mac,
-        None => {
-            // A random, locally administered, unicast address.
-            let mut mac = [0x52, 0x54, 0, 0, 0, 0];
-            getrandom::fill(&mut mac[3..])
-                .map_err(|e| Error::io("choosing a MAC address", std::io::Error::other(e)))?;
-            mac
-        }
-    };
+/// Enters the sandbox and installs the main thread's seccomp filter;
+/// returns the filters the vCPU and I/O threads install when they start.
+fn confine() -> Result<Arc<Filters>> {
+    #[cfg(debug_assertions)]
+    let log_only = sandbox::debug::log_only();
+    #[cfg(not(debug_assertions))]
+    let log_only = false;
+    // Compiled before the sandbox: a failure is then reported while the
+    // process still has everything it needs to say so.
+    let filters = Filters::compile(log_only)?;
+    let confinement = sandbox::enter()?;
+    filters.install(ThreadKind::Main)?;
     tracing::info!(
-        "virtio-net on tap {} with MAC {}",
-        tap.name(),
-        mac.iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":")
+        "sandbox: root {:?}{}, no_new_privs, no capabilities, seccomp filters{}",
+        confinement.root,
+        if confinement.user_namespace {
+            " (in a user namespace)"
+        } else {
+            ""
+        },
+        if log_only { " (log only)" } else { "" }
     );
-    Ok(VirtioNet::new(Box::new(tap), mac))
+    #[cfg(debug_assertions)]
+    sandbox::debug::violate_if_asked();
+    Ok(Arc::new(filters))
 }
 
 /// The PCI host bridge with the virtio devices of `cfg`, reachable through
@@ -235,7 +227,7 @@ fn open_net(net: &crate::config::NetConfig) -> Result<VirtioNet> {
 /// devices for the I/O thread.
 fn add_pci(
     cfg: &VmConfig,
-    console: &Console,
+    res: &Resources,
     vm: &Arc<VmFd>,
     mem: &memory::GuestMem,
     pio: &mut Bus,
@@ -249,17 +241,20 @@ fn add_pci(
     let mut pci = PciBus::new(window, None).map_err(|e| pci_err(&e))?;
     let sink: Arc<dyn InterruptSink> = Arc::new(MsiRouter::new(vm.clone()));
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
-    for disk in &cfg.disks {
-        devices.push(Box::new(open_disk(disk)?));
+    for disk in &res.disks {
+        devices.push(Box::new(VirtioBlock::with_backend(
+            Box::new(disk.backend.clone()),
+            disk.options.clone(),
+        )));
     }
-    for net in &cfg.nets {
-        devices.push(Box::new(open_net(net)?));
+    for net in &res.nets {
+        devices.push(Box::new(VirtioNet::new(Box::new(net.tap.clone()), net.mac)));
     }
     if cfg.rng {
         devices.push(Box::new(VirtioRng::new()));
     }
     let mut hvc_input = None;
-    if let Some(out) = console.virtio_output()? {
+    if let Some(out) = res.console.virtio_output()? {
         let hvc =
             VirtioConsole::new(out).map_err(|e| Error::io("creating the virtio console", e))?;
         hvc_input = Some(hvc.input());
@@ -315,14 +310,14 @@ struct Machine {
 }
 
 fn boot_once(
-    kvm: &Kvm,
+    res: &Resources,
     cfg: &VmConfig,
-    console: &Console,
+    filters: Option<&Arc<Filters>>,
     signals: &StopSignals,
     escape: &mut EscapeState,
 ) -> Result<VmExit> {
-    let mut machine = build(kvm, cfg, console)?;
-    let result = event_loop(&machine, cfg, console, signals, escape);
+    let mut machine = build(res, cfg, filters)?;
+    let result = event_loop(&machine, cfg, &res.console, signals, escape);
     machine.shut_down();
     tracing::info!(
         "guest memory resident at exit: {} KiB",
@@ -331,7 +326,9 @@ fn boot_once(
     result
 }
 
-fn build(kvm: &Kvm, cfg: &VmConfig, console: &Console) -> Result<Machine> {
+fn build(res: &Resources, cfg: &VmConfig, filters: Option<&Arc<Filters>>) -> Result<Machine> {
+    let kvm = &res.kvm;
+    let console = &res.console;
     let vm = Arc::new(
         kvm.create_vm()
             .map_err(|e| Error::kvm("KVM_CREATE_VM", e))?,
@@ -355,8 +352,8 @@ fn build(kvm: &Kvm, cfg: &VmConfig, console: &Console) -> Result<Machine> {
     let entry = boot::load(
         &mem,
         &BootSpec {
-            kernel: &cfg.kernel,
-            initrd: cfg.initrd.as_deref(),
+            kernel: &res.kernel,
+            initrd: res.initrd.as_ref(),
             cmdline: &cfg.cmdline,
             memory: cfg.memory,
             rsdp,
@@ -401,12 +398,12 @@ fn build(kvm: &Kvm, cfg: &VmConfig, console: &Console) -> Result<Machine> {
             .map_err(|e| Error::Memory(format!("port map: {e}")))?;
     }
     let mut mmio = Bus::new();
-    let (io_devices, hvc_input) = add_pci(cfg, console, &vm, &mem, &mut pio, &mut mmio)?;
+    let (io_devices, hvc_input) = add_pci(cfg, res, &vm, &mem, &mut pio, &mut mmio)?;
     let power_button =
         EventFd::new(EFD_NONBLOCK).map_err(|e| Error::io("creating an eventfd", e))?;
     vm.register_irqfd(&power_button, layout::GED_GSI)
         .map_err(|e| Error::kvm("KVM_IRQFD", e))?;
-    let io_thread = IoThread::start(io_devices)?;
+    let io_thread = IoThread::start(io_devices, filters.cloned())?;
 
     let supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -439,11 +436,22 @@ fn build(kvm: &Kvm, cfg: &VmConfig, console: &Console) -> Result<Machine> {
     };
     for vcpu in vcpus {
         let ctx = ctx.clone();
-        let name = format!("vcpu{}", machine.threads.len());
+        let id = machine.threads.len();
+        let filters = filters.cloned();
         match std::thread::Builder::new()
-            .name(name)
-            .spawn(move || vcpu.run(ctx))
-        {
+            .name(format!("vcpu{id}"))
+            .spawn(move || {
+                // Before the first KVM_RUN: the guest never runs on a
+                // thread without its filter.
+                if let Some(Err(e)) = filters.map(|f| f.install(ThreadKind::Vcpu)) {
+                    ctx.exit.raise(VmExit::KvmFailure {
+                        cpu: id as u8,
+                        reason: e.to_string(),
+                    });
+                    return;
+                }
+                vcpu.run(ctx)
+            }) {
             Ok(handle) => machine.threads.push(handle),
             Err(e) => {
                 machine.shut_down();

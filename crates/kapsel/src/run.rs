@@ -1,7 +1,7 @@
 //! `kapsel run`: boot one VM in the foreground.
 
 use clap::{Args, ValueEnum};
-use kapsel_vmm::config::{DiskConfig, NetConfig};
+use kapsel_vmm::config::{DiskConfig, NetConfig, TapSource};
 use kapsel_vmm::{ConsoleSpec, OnReboot, VmConfig, VmExit};
 use std::path::PathBuf;
 
@@ -46,9 +46,16 @@ pub struct RunArgs {
     /// press its ACPI power button; then (or on a second signal) it is stopped.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub shutdown_timeout: u64,
-    /// A virtio-net card on a host tap (repeatable): tap=NAME[,mac=52:54:00:12:34:56].
+    /// A virtio-net card (repeatable): on the host tap NAME (created if
+    /// missing; needs CAP_NET_ADMIN), or on a tap already open on the
+    /// inherited descriptor N: tap=NAME|fd=N[,mac=52:54:00:12:34:56].
     #[arg(long = "net", value_name = "SPEC", value_parser = parse_net)]
     pub nets: Vec<NetConfig>,
+    /// Run without the sandbox (empty mount namespace, no capabilities,
+    /// seccomp filters). For debugging only: a guest that escapes a device
+    /// model then has everything this process has.
+    #[arg(long)]
+    pub no_sandbox: bool,
 }
 
 /// `--on-reboot` values.
@@ -135,26 +142,38 @@ fn parse_mac(text: &str) -> Result<[u8; 6], String> {
 }
 
 fn parse_net(text: &str) -> Result<NetConfig, String> {
-    let mut net = NetConfig {
-        tap: String::new(),
-        mac: None,
-    };
+    let mut tap = None;
+    let mut mac = None;
     for opt in text.split(',') {
-        match opt.split_once('=') {
-            Some(("tap", name)) if !name.is_empty() && name.len() <= 15 => net.tap = name.into(),
+        let source = match opt.split_once('=') {
+            Some(("tap", name)) if !name.is_empty() && name.len() <= 15 => {
+                TapSource::Name(name.into())
+            }
             Some(("tap", _)) => return Err("tap=NAME takes 1 to 15 characters".into()),
-            Some(("mac", mac)) => net.mac = Some(parse_mac(mac)?),
+            Some(("fd", n)) => match n.parse::<i32>() {
+                Ok(fd) if fd >= 3 => TapSource::Fd(fd),
+                _ => {
+                    return Err(format!(
+                        "fd={n}: give the number of an inherited descriptor, 3 or more"
+                    ))
+                }
+            },
+            Some(("mac", m)) => {
+                mac = Some(parse_mac(m)?);
+                continue;
+            }
             _ => {
                 return Err(format!(
-                    "unknown network option \"{opt}\"; use tap=NAME[,mac=MAC]"
+                    "unknown network option \"{opt}\"; use tap=NAME or fd=N, and mac=MAC"
                 ))
             }
+        };
+        if tap.replace(source).is_some() {
+            return Err("give one tap per card: tap=NAME or fd=N, once".into());
         }
     }
-    if net.tap.is_empty() {
-        return Err("give the host interface: tap=NAME".into());
-    }
-    Ok(net)
+    let tap = tap.ok_or("give the host interface: tap=NAME or fd=N")?;
+    Ok(NetConfig { tap, mac })
 }
 
 /// Runs `kapsel run`; returns the process exit code.
@@ -176,6 +195,7 @@ pub fn main(args: RunArgs) -> u8 {
         nets: args.nets,
         virtio_console: args.virtio_console,
         shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout),
+        sandbox: !args.no_sandbox,
     };
     match kapsel_vmm::run(&cfg) {
         Ok(exit) => {
@@ -235,7 +255,7 @@ mod tests {
     #[test]
     fn net_specs() {
         let n = parse_net("tap=kt0,mac=52:54:00:12:34:56").unwrap();
-        assert_eq!(n.tap, "kt0");
+        assert_eq!(n.tap, TapSource::Name("kt0".into()));
         assert_eq!(n.mac, Some([0x52, 0x54, 0, 0x12, 0x34, 0x56]));
         assert_eq!(parse_net("tap=kt1").unwrap().mac, None);
         assert!(parse_net("mac=52:54:00:12:34:56")
@@ -249,6 +269,13 @@ mod tests {
             .unwrap_err()
             .contains("unknown network option"));
         assert!(parse_net("tap=a-very-long-tap-name").is_err());
+        let n = parse_net("fd=7,mac=52:54:00:12:34:57").unwrap();
+        assert_eq!(n.tap, TapSource::Fd(7));
+        assert!(parse_net("fd=2").unwrap_err().contains("3 or more"));
+        assert!(parse_net("fd=x").is_err());
+        assert!(parse_net("tap=kt0,fd=7")
+            .unwrap_err()
+            .contains("one tap per card"));
     }
 
     #[test]

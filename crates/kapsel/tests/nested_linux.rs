@@ -24,6 +24,7 @@ struct Scenario {
     err: String,
     exit: i32,
     seen: Option<i64>,
+    sandbox: String,
 }
 
 struct Batch {
@@ -87,6 +88,7 @@ fn run_testbed() -> Results {
                 err: read(&out, name, "err"),
                 exit,
                 seen: read(&out, name, "seen").trim().parse().ok(),
+                sandbox: read(&out, name, "sandbox"),
             },
         );
     }
@@ -386,4 +388,23 @@ fn sigterm_presses_the_acpi_power_button_and_linux_powers_off() {
         "a guest that powers off on the button exits 0: {}",
         s.err
     );
+}
+
+#[test]
+fn every_scenario_ran_in_the_sandbox() {
+    for &name in SCENARIOS {
+        let Some(s) = scenario(name) else { return };
+        let field = |key: &str| {
+            s.sandbox
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(str::trim)
+                .unwrap_or_else(|| panic!("{name}: no {key} in {:?}", s.sandbox))
+                .to_string()
+        };
+        assert_eq!(field("Seccomp:"), "2", "{name}");
+        assert_eq!(field("NoNewPrivs:"), "1", "{name}");
+        assert_eq!(field("CapEff:"), "0000000000000000", "{name}");
+        assert_eq!(field("CapBnd:"), "0000000000000000", "{name}");
+    }
 }

@@ -675,6 +675,112 @@ fn virtio_net_frames_both_ways_through_a_tap_in_a_netns() {
     println!("kapsel: {summary} in {:?}", run.elapsed);
 }
 
+/// The tap a daemon would hand over: opened in `ns` on /dev/net/tun with
+/// the flags `kapsel run --net fd=N` requires, then placed on descriptor
+/// `fd` (inherited across exec) of the VMM that `cmd` starts, which then
+/// needs no privilege to open anything. Runs in the forked child.
+fn with_inherited_tap(cmd: &mut Command, ns: &Netns, fd: i32) {
+    use std::os::unix::process::CommandExt;
+    let netns = std::ffi::CString::new(format!("/run/netns/{}", ns.0)).unwrap();
+    let mut ifr = [0u8; 40];
+    ifr[..TAP.len()].copy_from_slice(TAP.as_bytes());
+    // IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, in ifr_flags after the 16-byte name.
+    ifr[16..18].copy_from_slice(&(0x0002u16 | 0x1000 | 0x4000).to_ne_bytes());
+    let fail = || Err(std::io::Error::last_os_error());
+    // SAFETY: between fork and exec only syscalls on memory prepared
+    // above: open, setns, ioctl(TUNSETIFF) on a 40-byte ifreq, dup2, close.
+    unsafe {
+        cmd.pre_exec(move || {
+            let ns_fd = libc::open(netns.as_ptr(), libc::O_RDONLY);
+            if ns_fd < 0 || libc::setns(ns_fd, libc::CLONE_NEWNET) < 0 {
+                return fail();
+            }
+            libc::close(ns_fd);
+            let tun = libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR);
+            if tun < 0 || libc::ioctl(tun, 0x4004_54ca, ifr.as_mut_ptr()) < 0 {
+                return fail();
+            }
+            // dup2 clears close-on-exec on the new descriptor.
+            if libc::dup2(tun, fd) < 0 {
+                return fail();
+            }
+            libc::close(tun);
+            Ok(())
+        });
+    }
+}
+
+#[test]
+fn virtio_net_through_an_inherited_tap_descriptor() {
+    let Some((run, summary)) = net_exchange(|ns| {
+        let mut cmd = Command::new(KAPSEL);
+        cmd.args([
+            "run",
+            "--kernel",
+            kapsel_testguest::VIRTIO,
+            "--memory",
+            "64M",
+        ])
+        .args(["--net", "fd=7"])
+        .args(["--cmdline", &format!("net net-tx={NET_TX}")]);
+        with_inherited_tap(&mut cmd, ns, 7);
+        cmd
+    }) else {
+        return;
+    };
+    check_net_run(&run, &summary);
+}
+
+#[test]
+fn a_descriptor_that_is_not_a_tap_is_refused() {
+    if let Some(reason) = kvm_usable() {
+        println!("SKIP: {reason}");
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(KAPSEL);
+    cmd.args([
+        "run",
+        "--kernel",
+        kapsel_testguest::HELLO,
+        "--memory",
+        "64M",
+    ])
+    .args(["--net", "fd=7"]);
+    // Descriptor 7: /dev/null, open but no tap.
+    // SAFETY: open and dup2 between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+            if null < 0 || libc::dup2(null, 7) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.stdin(Stdio::null()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--net fd=7"), "{err}");
+    assert!(err.contains("not an attached tun/tap device"), "{err}");
+    // Not open at all.
+    let out = Command::new(KAPSEL)
+        .args([
+            "run",
+            "--kernel",
+            kapsel_testguest::HELLO,
+            "--memory",
+            "64M",
+        ])
+        .args(["--net", "fd=1000"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("descriptor 1000 is not open"), "{err}");
+}
+
 #[test]
 fn virtio_net_guest_under_qemu_q35() {
     if let Some(reason) = qemu_usable() {

@@ -3,7 +3,8 @@
 # under `kapsel run` in several scenarios. For each scenario NAME it leaves
 # in $KAPSEL_OUT: NAME.log (guest console), NAME.err (kapsel's stderr),
 # NAME.exit (kapsel's exit status), NAME.seen (L1's `date +%s` when the
-# guest printed its clock), NAME.secs (wall time of the run).
+# guest printed its clock), NAME.secs (wall time of the run), NAME.sandbox
+# (kapsel's capability, no_new_privs and seccomp lines while the guest runs).
 # Cheap knobs for the test only: `quiet mitigations=off` keep the L2 kernel
 # from spending its time on console output and Spectre work under TCG.
 OUT=$KAPSEL_OUT
@@ -22,6 +23,11 @@ boot() {
         >"${BOOT_STDOUT:-/dev/stdout}" 2>"$OUT/$name.err" &
     pid=$!
     while kill -0 "$pid" 2>/dev/null; do
+        # Once the guest writes to its console, kapsel is confined: keep
+        # what /proc says about that, for the sandbox check.
+        if [ ! -e "$OUT/$name.sandbox" ] && [ -s "$log" ]; then
+            grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' "/proc/$pid/status" >"$OUT/$name.sandbox"
+        fi
         if [ ! -e "$OUT/$name.seen" ] && grep -q KAPSEL-EPOCH "$log"; then
             date +%s >"$OUT/$name.seen"
         fi
@@ -41,6 +47,11 @@ boot() {
     done
     wait "$pid"
     echo $? >"$OUT/$name.exit"
+    # A process the sandbox killed (exit 159: SIGSYS) is named with the
+    # forbidden syscall in the kernel's audit log: keep that line.
+    if [ "$(cat "$OUT/$name.exit")" = 159 ]; then
+        dmesg | grep 'type=1326' >>"$OUT/$name.err"
+    fi
     # A guest that prints its clock and powers off within one poll interval
     # ends the loop before it looks: the marker is then at most 0.2 s old.
     if [ ! -e "$OUT/$name.seen" ] && grep -q KAPSEL-EPOCH "$log"; then

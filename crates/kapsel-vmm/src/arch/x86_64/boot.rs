@@ -14,7 +14,7 @@ use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::{BzImage, KernelLoader, KernelLoaderResult};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use vm_memory::{Bytes, GuestAddress};
 
 /// `hvm_start_info.magic`.
@@ -48,8 +48,33 @@ pub enum KernelFormat {
     BzImage,
 }
 
+/// A kernel or initrd, opened once before the VMM's sandbox and read again
+/// (from its start, with the descriptor's own offset) at every boot.
+#[derive(Debug)]
+pub struct BootFile {
+    /// The path as given, for messages.
+    pub path: PathBuf,
+    /// The open file.
+    pub file: File,
+}
+
+impl BootFile {
+    /// Opens `path`; `what` ("kernel", "initrd") names it in the error.
+    pub fn open(what: &'static str, path: &Path) -> Result<BootFile> {
+        let file = File::open(path).map_err(|source| Error::File {
+            what,
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(BootFile {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+}
+
 /// Identifies a kernel image by its magic numbers.
-pub fn detect_format(file: &mut File, path: &Path) -> Result<KernelFormat> {
+pub fn detect_format(file: &File, path: &Path) -> Result<KernelFormat> {
     let mut head = [0u8; 0x206];
     let read = read_up_to(file, &mut head).map_err(|source| Error::File {
         what: "kernel",
@@ -72,7 +97,7 @@ pub fn detect_format(file: &mut File, path: &Path) -> Result<KernelFormat> {
     })
 }
 
-fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+fn read_up_to(mut file: &File, buf: &mut [u8]) -> std::io::Result<usize> {
     file.seek(SeekFrom::Start(0))?;
     let mut filled = 0;
     while filled < buf.len() {
@@ -113,9 +138,9 @@ pub fn write_reset_stub(mem: &GuestMem) -> Result<()> {
 /// Everything the boot step needs to know about the VM.
 pub struct BootSpec<'a> {
     /// The kernel image.
-    pub kernel: &'a Path,
+    pub kernel: &'a BootFile,
     /// Optional initrd.
-    pub initrd: Option<&'a Path>,
+    pub initrd: Option<&'a BootFile>,
     /// Kernel command line.
     pub cmdline: &'a str,
     /// Guest RAM size.
@@ -127,13 +152,15 @@ pub struct BootSpec<'a> {
 /// Loads the kernel (and initrd) into `mem`, writes the boot information
 /// and returns where the boot vCPU starts.
 pub fn load(mem: &GuestMem, spec: &BootSpec) -> Result<BootEntry> {
-    let kernel_path = spec.kernel;
-    let mut file = File::open(kernel_path).map_err(|source| Error::File {
-        what: "kernel",
-        path: kernel_path.to_path_buf(),
-        source,
-    })?;
-    let format = detect_format(&mut file, kernel_path)?;
+    let kernel_path = spec.kernel.path.as_path();
+    let mut file = &spec.kernel.file;
+    let format = detect_format(file, kernel_path)?;
+    file.seek(SeekFrom::Start(0))
+        .map_err(|source| Error::File {
+            what: "kernel",
+            path: kernel_path.to_path_buf(),
+            source,
+        })?;
     write_reset_stub(mem)?;
     let bad = |detail: String| Error::BadKernel {
         path: kernel_path.to_path_buf(),
@@ -218,16 +245,19 @@ fn load_initrd(
     kernel_end: u64,
     top: u64,
 ) -> Result<Option<(u64, u64)>> {
-    let Some(path) = spec.initrd else {
+    let Some(initrd) = spec.initrd else {
         return Ok(None);
     };
+    let path = initrd.path.as_path();
     let file_err = |source| Error::File {
         what: "initrd",
         path: path.to_path_buf(),
         source,
     };
-    let mut file = File::open(path).map_err(file_err)?;
+    let mut file = &initrd.file;
     let size = file.metadata().map_err(file_err)?.len();
+    // A reboot reads it again from the start.
+    file.seek(SeekFrom::Start(0)).map_err(file_err)?;
     let too_large = || Error::InitrdTooLarge {
         path: path.to_path_buf(),
         size,
@@ -329,7 +359,11 @@ mod tests {
         p
     }
 
-    fn spec<'a>(kernel: &'a Path, initrd: Option<&'a Path>) -> BootSpec<'a> {
+    fn open(path: &Path) -> BootFile {
+        BootFile::open("kernel", path).unwrap()
+    }
+
+    fn spec<'a>(kernel: &'a BootFile, initrd: Option<&'a BootFile>) -> BootSpec<'a> {
         BootSpec {
             kernel,
             initrd,
@@ -345,12 +379,12 @@ mod tests {
         let empty = temp("empty", b"");
         let text = temp("text", b"#!/bin/sh\necho not a kernel\n");
         for (p, want) in [(&empty, "empty"), (&text, "neither an ELF")] {
-            let err = load(&mem, &spec(p, None)).unwrap_err();
+            let err = load(&mem, &spec(&open(p), None)).unwrap_err();
             assert_eq!(err.exit_code(), 2);
             assert!(err.to_string().contains(want), "{err}");
         }
         let missing = Path::new("/nonexistent/vmlinuz");
-        let err = load(&mem, &spec(missing, None)).unwrap_err();
+        let err = BootFile::open("kernel", missing).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/vmlinuz"), "{err}");
         assert_eq!(err.exit_code(), 2);
     }
@@ -362,7 +396,7 @@ mod tests {
         img[0x202..0x206].copy_from_slice(b"HdrS");
         img[0x206..0x208].copy_from_slice(&0x20fu16.to_le_bytes());
         let p = temp("bz", &img);
-        let err = load(&mem, &spec(&p, None)).unwrap_err();
+        let err = load(&mem, &spec(&open(&p), None)).unwrap_err();
         assert_eq!(err.exit_code(), 2, "{err}");
     }
 
@@ -396,9 +430,9 @@ mod tests {
     #[test]
     fn initrd_goes_high_and_must_fit() {
         let mem = memory::create(64 << 20).unwrap();
-        let rd = temp("initrd", &[0x5a; 10_000]);
-        let k = Path::new("unused");
-        let placed = load_initrd(&mem, &spec(k, Some(&rd)), 0x200000, 64 << 20)
+        let rd = open(&temp("initrd", &[0x5a; 10_000]));
+        let k = open(Path::new("/dev/null"));
+        let placed = load_initrd(&mem, &spec(&k, Some(&rd)), 0x200000, 64 << 20)
             .unwrap()
             .unwrap();
         assert_eq!(placed.1, 10_000);
@@ -408,7 +442,15 @@ mod tests {
             mem.read_obj::<u8>(GuestAddress(placed.0 + 9_999)).unwrap(),
             0x5a
         );
-        let err = load_initrd(&mem, &spec(k, Some(&rd)), (64 << 20) - 4096, 64 << 20).unwrap_err();
+        // Loaded again (a reboot) from the same open file: the same bytes.
+        mem.write_obj(0u8, GuestAddress(placed.0 + 9_999)).unwrap();
+        let again = load_initrd(&mem, &spec(&k, Some(&rd)), 0x200000, 64 << 20).unwrap();
+        assert_eq!(again, Some(placed));
+        assert_eq!(
+            mem.read_obj::<u8>(GuestAddress(placed.0 + 9_999)).unwrap(),
+            0x5a
+        );
+        let err = load_initrd(&mem, &spec(&k, Some(&rd)), (64 << 20) - 4096, 64 << 20).unwrap_err();
         assert!(matches!(err, Error::InitrdTooLarge { .. }), "{err}");
         assert!(err.to_string().contains("--memory"));
     }
@@ -416,8 +458,8 @@ mod tests {
     #[test]
     fn pvh_start_info_describes_memory_and_modules() {
         let mem = memory::create(64 << 20).unwrap();
-        let k = Path::new("unused");
-        write_pvh_info(&mem, &spec(k, None), Some((0x300000, 0x1234))).unwrap();
+        let k = open(Path::new("/dev/null"));
+        write_pvh_info(&mem, &spec(&k, None), Some((0x300000, 0x1234))).unwrap();
         let info: hvm_start_info = mem.read_obj(GuestAddress(PVH_INFO_START)).unwrap();
         assert_eq!(info.magic, PVH_MAGIC);
         assert_eq!(info.nr_modules, 1);

@@ -3,12 +3,13 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
 /// TUNSETOFFLOAD: the reader takes frames with a partial checksum.
 pub const TUN_F_CSUM: u32 = 0x01;
 /// TUNSETOFFLOAD: the reader takes TCP/IPv4 segmentation-offload frames.
@@ -73,6 +74,68 @@ impl Tap {
         })
     }
 
+    /// Takes over the tap already open on descriptor `fd` (inherited from
+    /// the daemon, which creates taps on bridges and keeps the privilege
+    /// to do so). The descriptor must be a tap opened with `IFF_TAP |
+    /// IFF_NO_PI | IFF_VNET_HDR`; anything else is refused without taking
+    /// it over. It is made non-blocking and close-on-exec.
+    pub fn from_fd(fd: RawFd, vnet_hdr_len: i32) -> io::Result<Tap> {
+        let invalid = |msg: String| io::Error::new(io::ErrorKind::InvalidInput, msg);
+        if fd < 3 {
+            return Err(invalid(format!(
+                "descriptor {fd} is standard input, output or error, not a tap"
+            )));
+        }
+        // SAFETY: F_GETFD only inspects the descriptor table.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            return Err(invalid(format!("descriptor {fd} is not open")));
+        }
+        let mut req = IfReq {
+            name: [0; 16],
+            flags: 0,
+            _pad: [0; 22],
+        };
+        // SAFETY: TUNGETIFF writes a struct ifreq, which `req` is laid out
+        // as; on a descriptor that is not a tun device it fails (EBADFD,
+        // ENOTTY or EINVAL) without writing.
+        if unsafe { libc::ioctl(fd, TUNGETIFF as _, &mut req) } < 0 {
+            let e = io::Error::last_os_error();
+            return Err(invalid(format!(
+                "descriptor {fd} is not an attached tun/tap device ({e})"
+            )));
+        }
+        let want = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+        if req.flags & want != want {
+            return Err(invalid(format!(
+                "descriptor {fd} is a tun/tap device without IFF_TAP | IFF_NO_PI | IFF_VNET_HDR \
+                 (flags {:#x}); open it with those flags",
+                req.flags
+            )));
+        }
+        // SAFETY: the descriptor is open (checked above) and from here on
+        // owned by this Tap only; the caller hands it over.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: F_GETFL/F_SETFL/F_SETFD on a descriptor we own.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        // SAFETY: TUNSETVNETHDRSZ reads one int from the given pointer.
+        if unsafe { libc::ioctl(fd, TUNSETVNETHDRSZ as _, &vnet_hdr_len) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let end = req.name.iter().position(|b| *b == 0).unwrap_or(16);
+        Ok(Tap {
+            file: File::from(owned),
+            name: String::from_utf8_lossy(&req.name[..end]).into_owned(),
+        })
+    }
+
     /// The interface's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -133,6 +196,23 @@ mod tests {
             let err = Tap::open(name, 12).err().unwrap();
             assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{name}");
         }
+    }
+
+    #[test]
+    fn descriptors_that_are_not_taps_are_refused_and_left_open() {
+        let err = Tap::from_fd(1, 12).err().unwrap();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert!(err.to_string().contains("standard"), "{err}");
+        let file = File::open("/dev/null").unwrap();
+        let fd = file.as_raw_fd();
+        let err = Tap::from_fd(fd, 12).err().unwrap();
+        assert!(err.to_string().contains("not an attached tun/tap"), "{err}");
+        // Still ours: closing it through `file` must work.
+        // SAFETY: F_GETFD only inspects the descriptor table.
+        assert!(unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0);
+        drop(file);
+        let err = Tap::from_fd(fd, 12).err().unwrap();
+        assert!(err.to_string().contains("not open"), "{err}");
     }
 
     #[test]

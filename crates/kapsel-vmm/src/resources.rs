@@ -1,0 +1,228 @@
+//! Every host resource a VM uses, opened once before the sandbox (which
+//! takes away the filesystem and the syscalls to open anything) and reused
+//! by every boot of the guest.
+
+use crate::arch::x86_64::boot::BootFile;
+use crate::config::{DiskConfig, NetConfig, TapSource, VmConfig};
+use crate::console::Console;
+use crate::devices::virtio::block::BlockOptions;
+use crate::devices::virtio::net::tap::Tap;
+use crate::devices::virtio::net::VNET_HDR_LEN;
+use crate::error::{Error, Result};
+use kapsel_image::BlockBackend;
+use kvm_ioctls::Kvm;
+use std::io;
+use std::sync::{Arc, Mutex};
+
+/// A disk image shared by the virtio-blk devices of successive boots: the
+/// image (and its backing chain) stays open across guest reboots.
+#[derive(Clone)]
+pub struct SharedDisk(Arc<Mutex<Box<dyn BlockBackend>>>);
+
+impl SharedDisk {
+    /// Shares `backend`.
+    pub fn new(backend: Box<dyn BlockBackend>) -> Self {
+        SharedDisk(Arc::new(Mutex::new(backend)))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Box<dyn BlockBackend>> {
+        // A panic while holding the lock leaves a backend that is still
+        // usable: its methods keep no state across a failed call.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl BlockBackend for SharedDisk {
+    fn size(&self) -> u64 {
+        self.lock().size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.lock().read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.lock().write_at(buf, offset)
+    }
+    fn flush(&self) -> io::Result<()> {
+        self.lock().flush()
+    }
+    fn discard(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        self.lock().discard(offset, len)
+    }
+    fn write_zeroes(&mut self, offset: u64, len: u64, may_unmap: bool) -> io::Result<()> {
+        self.lock().write_zeroes(offset, len, may_unmap)
+    }
+    fn read_only(&self) -> bool {
+        self.lock().read_only()
+    }
+}
+
+/// An open disk and how the guest sees it.
+pub struct OpenDisk {
+    /// The image.
+    pub backend: SharedDisk,
+    /// Read-only flag and serial.
+    pub options: BlockOptions,
+}
+
+/// An open tap and the card's address.
+pub struct OpenNet {
+    /// The tap.
+    pub tap: Arc<Tap>,
+    /// The guest's MAC address (chosen once: a reboot keeps it).
+    pub mac: [u8; 6],
+}
+
+/// The host side of one VM, open.
+pub struct Resources {
+    /// /dev/kvm.
+    pub kvm: Kvm,
+    /// The kernel image.
+    pub kernel: BootFile,
+    /// The initrd.
+    pub initrd: Option<BootFile>,
+    /// virtio-blk images, in order.
+    pub disks: Vec<OpenDisk>,
+    /// virtio-net taps, in order.
+    pub nets: Vec<OpenNet>,
+    /// Console output files and the terminal.
+    pub console: Console,
+}
+
+impl Resources {
+    /// Opens everything `cfg` names, after checking it against the host.
+    pub fn open(cfg: &VmConfig) -> Result<Resources> {
+        // Inherited descriptors first: opening anything else could take
+        // the number of one that was not inherited after all, and the
+        // message would then name the wrong file.
+        check_inherited_fds(cfg)?;
+        let nets = cfg.nets.iter().map(open_net).collect::<Result<_>>()?;
+        let kvm = crate::vm::open_kvm()?;
+        crate::vm::validate(cfg, &kvm)?;
+        let kernel = BootFile::open("kernel", &cfg.kernel)?;
+        let initrd = cfg
+            .initrd
+            .as_deref()
+            .map(|p| BootFile::open("initrd", p))
+            .transpose()?;
+        let disks = cfg.disks.iter().map(open_disk).collect::<Result<_>>()?;
+        // The console last: it puts the terminal in raw mode.
+        let console = Console::open(&cfg.console, cfg.virtio_console.as_ref())?;
+        Ok(Resources {
+            kvm,
+            kernel,
+            initrd,
+            disks,
+            nets,
+            console,
+        })
+    }
+}
+
+/// Refuses one inherited descriptor named twice (two owners would close
+/// it twice).
+fn check_inherited_fds(cfg: &VmConfig) -> Result<()> {
+    let mut seen = Vec::new();
+    for net in &cfg.nets {
+        if let TapSource::Fd(fd) = net.tap {
+            if seen.contains(&fd) {
+                return Err(Error::InvalidConfig(format!(
+                    "--net fd={fd} is given twice; pass each card its own tap descriptor"
+                )));
+            }
+            seen.push(fd);
+        }
+    }
+    Ok(())
+}
+
+fn open_disk(disk: &DiskConfig) -> Result<OpenDisk> {
+    // The message names the image and the fix (format mismatch, missing
+    // backing file, unreadable file). The backing chain is opened here too.
+    let backend = kapsel_image::open(&disk.path, disk.format, disk.read_only)
+        .map_err(|e| Error::InvalidConfig(format!("--disk: {e}")))?;
+    Ok(OpenDisk {
+        backend: SharedDisk::new(backend),
+        options: BlockOptions {
+            read_only: disk.read_only,
+            serial: disk.serial.clone().unwrap_or_default(),
+        },
+    })
+}
+
+fn open_net(net: &NetConfig) -> Result<OpenNet> {
+    let tap = match &net.tap {
+        TapSource::Name(name) => Tap::open(name, VNET_HDR_LEN as i32).map_err(|e| {
+            let fix = if e.kind() == io::ErrorKind::InvalidInput {
+                "choose another name"
+            } else {
+                "Kapsel needs CAP_NET_ADMIN (run as root) and /dev/net/tun (modprobe tun)"
+            };
+            Error::InvalidConfig(format!("--net tap={name}: cannot open the tap: {e}; {fix}"))
+        })?,
+        TapSource::Fd(fd) => Tap::from_fd(*fd, VNET_HDR_LEN as i32).map_err(|e| {
+            Error::InvalidConfig(format!(
+                "--net fd={fd}: {e}; pass a descriptor of a tap opened on /dev/net/tun with \
+                 IFF_TAP|IFF_NO_PI|IFF_VNET_HDR and left open across exec"
+            ))
+        })?,
+    };
+    let mac = match net.mac {
+        Some(mac) => mac,
+        None => {
+            // A random, locally administered, unicast address.
+            let mut mac = [0x52, 0x54, 0, 0, 0, 0];
+            getrandom::fill(&mut mac[3..])
+                .map_err(|e| Error::io("choosing a MAC address", io::Error::other(e)))?;
+            mac
+        }
+    };
+    tracing::info!(
+        "virtio-net on tap {} with MAC {}",
+        tap.name(),
+        mac.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    );
+    Ok(OpenNet {
+        tap: Arc::new(tap),
+        mac,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kapsel_image::RawBackend;
+
+    #[test]
+    fn a_shared_disk_is_one_image_for_every_boot() {
+        let file = tempfile::tempfile().unwrap();
+        file.set_len(4096).unwrap();
+        let disk = SharedDisk::new(Box::new(RawBackend::from_file(file, false).unwrap()));
+        let mut first_boot = disk.clone();
+        first_boot.write_at(&[7; 512], 512).unwrap();
+        first_boot.write_zeroes(0, 512, false).unwrap();
+        drop(first_boot);
+        let second_boot = disk.clone();
+        let mut buf = [0u8; 512];
+        second_boot.read_at(&mut buf, 512).unwrap();
+        assert_eq!(buf, [7; 512]);
+        assert_eq!(second_boot.size(), 4096);
+        assert!(!second_boot.read_only());
+    }
+
+    #[test]
+    fn an_inherited_descriptor_may_be_named_once() {
+        let mut cfg = VmConfig::new("/dev/null");
+        for fd in [5, 5] {
+            cfg.nets.push(NetConfig {
+                tap: TapSource::Fd(fd),
+                mac: None,
+            });
+        }
+        let err = check_inherited_fds(&cfg).unwrap_err();
+        assert!(err.to_string().contains("fd=5 is given twice"), "{err}");
+        assert_eq!(err.exit_code(), 2);
+    }
+}
