@@ -3,8 +3,8 @@
 
 use crate::accounts::{HostAccounts, Peer};
 use crate::console::Console;
-use crate::proto::{LogLevel, Request, ResetWhat, Response, StartRequest, VmState, VmStatus};
 use crate::net;
+use crate::proto::{LogLevel, Request, ResetWhat, Response, StartRequest, VmState, VmStatus};
 use crate::vmproc::{self, ExitReport, VmProcess};
 use kapsel_config::{Config, Diagnostic, LoadOptions, Owner, VmSpec};
 use std::os::unix::net::UnixStream;
@@ -730,7 +730,13 @@ impl Daemon {
         inner: &mut Inner,
         spec: &VmSpec,
         id: u32,
-    ) -> Result<(Vec<(std::os::fd::OwnedFd, kapsel_config::MacAddr)>, Vec<Attachment>), String> {
+    ) -> Result<
+        (
+            Vec<(std::os::fd::OwnedFd, kapsel_config::MacAddr)>,
+            Vec<Attachment>,
+        ),
+        String,
+    > {
         let total = spec.interface_total();
         let mut taps = Vec::new();
         let mut attached: Vec<Attachment> = Vec::new();
@@ -748,10 +754,16 @@ impl Daemon {
                 Some(name) => match inner.config.switch(name) {
                     Some(s) if s.enabled => Some(s.clone()),
                     Some(_) => {
-                        return fail(attached, format!("switch \"{name}\" is disabled; enable it in vm.conf"))
+                        return fail(
+                            attached,
+                            format!("switch \"{name}\" is disabled; enable it in vm.conf"),
+                        )
                     }
                     None => {
-                        return fail(attached, format!("no switch \"{name}\"; declare it in vm.conf"))
+                        return fail(
+                            attached,
+                            format!("no switch \"{name}\"; declare it in vm.conf"),
+                        )
                     }
                 },
                 None => None,
@@ -786,7 +798,12 @@ impl Daemon {
             if let Some(tap) = iface.tap.take() {
                 taps.push((tap.into_fd(), iface.mac));
             }
-            tracing::info!("vm {}: interface {} ({})", spec.name, iface.ifname, iface.mac);
+            tracing::info!(
+                "vm {}: interface {} ({})",
+                spec.name,
+                iface.ifname,
+                iface.mac
+            );
             attached.push(Attachment {
                 ifname: iface.ifname,
                 kind: iface.kind,

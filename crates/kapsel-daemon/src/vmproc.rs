@@ -341,7 +341,7 @@ mod tests {
         assert!(args.contains("--cmdline console=ttyS0 quiet"));
         assert!(args.contains("--disk /vm/web.qcow2,format=qcow2"));
         spec.cdrom = Some("/x.iso".into());
-        assert!(run_args(&spec, Duration::ZERO)
+        assert!(run_args(&spec, Duration::ZERO, &[])
             .unwrap_err()
             .contains("cdrom"));
     }

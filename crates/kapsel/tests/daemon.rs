@@ -66,6 +66,10 @@ impl Kapseld {
     }
 
     fn spawn(&mut self) {
+        self.spawn_with_env(&[]);
+    }
+
+    fn spawn_with_env(&mut self, env: &[(&str, &str)]) {
         let log = std::fs::File::create(self.dir.join("daemon.log")).unwrap();
         let mut cmd = match &self.netns {
             Some(ns) => {
@@ -85,6 +89,7 @@ impl Kapseld {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
+            .envs(env.iter().copied())
             .spawn()
             .unwrap();
         self.child = Some(child);
@@ -685,7 +690,9 @@ fn two_vms_on_a_switch_exchange_frames() {
     if !kvm_usable() {
         return;
     }
-    let Some(ns) = Netns::create("sw") else { return };
+    let Some(ns) = Netns::create("sw") else {
+        return;
+    };
     let vm = |name: &str| {
         format!(
             "vm \"{name}\" {{\n\tboot \"{}\"\n\tmemory 64M\n\tcmdline \"net net-tx=100\"\n\tinterface {{ switch \"lan\" }}\n}}\n",
@@ -712,7 +719,10 @@ fn two_vms_on_a_switch_exchange_frames() {
             d.log()
         );
     }
-    assert!(said.matches("fe:e1:bb").count() == 2, "stable MACs by default: {said}");
+    assert!(
+        said.matches("fe:e1:bb").count() == 2,
+        "stable MACs by default: {said}"
+    );
     assert_eq!(d.wait_state("left", "stopped")["last_exit"], "powered off");
     d.wait_state("right", "stopped");
     // The taps went with the VM processes.
@@ -720,4 +730,30 @@ fn two_vms_on_a_switch_exchange_frames() {
     let links = String::from_utf8_lossy(&links.stdout);
     assert!(!links.contains("ktap"), "{links}");
     assert!(links.contains("kbr-lan"), "{links}");
+}
+
+#[test]
+fn a_seccomp_violation_kills_the_vm_process_and_the_daemon_reports_it() {
+    if !kvm_usable() {
+        return;
+    }
+    if !cfg!(debug_assertions) {
+        println!("SKIP: the seccomp violation hook exists in debug builds only");
+        return;
+    }
+    let mut d = Kapseld::start("");
+    d.stop_daemon();
+    std::fs::write(d.dir.join("vm.conf"), idle_vm("victim", "")).unwrap();
+    // Every VM process of this daemon calls socket(2) once its filter is on
+    // (kapsel-vmm's debug-build hook; see sandbox::debug).
+    d.spawn_with_env(&[("KAPSEL_DEBUG_SECCOMP", "violate")]);
+    let vm = d.wait_state("victim", "stopped");
+    let reason = vm["last_exit"].as_str().unwrap_or_default().to_string();
+    assert!(
+        reason.contains("SIGSYS") && reason.contains("seccomp"),
+        "{reason}"
+    );
+    assert!(d.log().contains("SIGSYS"), "{}", d.log());
+    // The daemon is unharmed and serves on.
+    assert!(d.ok(&["status"]).contains("victim"));
 }
