@@ -254,23 +254,27 @@ pub fn parse_define(arg: &str) -> Result<(String, String), String> {
 /// Checks a VM or switch name given outside a file (`kapsel start NAME`)
 /// by the rules vm.conf applies to quoted VM names.
 pub fn validate_name(name: &str) -> Result<(), String> {
-    let valid_chars = name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_');
-    let starts_ok = name
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphanumeric());
     if name.is_empty() || name.len() > MAX_NAME_LEN {
         return Err(format!(
             "the name \"{name}\" must be 1 to {} characters long",
             MAX_NAME_LEN
         ));
     }
-    if !(valid_chars && starts_ok) || name.bytes().all(|b| b.is_ascii_digit()) {
+    if !strict_name_chars(name) || name.bytes().all(|b| b.is_ascii_digit()) {
         return Err(format!(
             "invalid name \"{name}\": names start with a letter or digit, are not all digits, and contain only letters, digits, '.', '-' and '_'"
         ));
     }
     Ok(())
+}
+
+/// Whether a name starts with a letter or digit and holds only letters,
+/// digits, '.', '-' and '_' (the rule for quoted VM and switch names).
+pub(crate) fn strict_name_chars(name: &str) -> bool {
+    name.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_')
 }

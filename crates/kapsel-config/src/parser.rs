@@ -461,13 +461,6 @@ impl Parser<'_, '_, '_> {
     /// A name of a VM, container or switch.
     fn name(&mut self, what: &str, stops: &[&str], strict: bool) -> PResult<(String, Pos)> {
         let (name, pos) = self.string(&format!("the {what} name"), stops)?;
-        let valid_chars = name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_');
-        let starts_ok = name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric());
         if name.is_empty() || name.len() > MAX_NAME_LEN {
             return Err(self.error(
                 pos,
@@ -475,7 +468,7 @@ impl Parser<'_, '_, '_> {
                 None,
             ));
         }
-        if strict && !(valid_chars && starts_ok) {
+        if strict && !crate::strict_name_chars(&name) {
             return Err(self.error(
                 pos,
                 format!("invalid {what} name \"{name}\""),

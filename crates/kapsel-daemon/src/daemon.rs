@@ -875,28 +875,8 @@ impl Daemon {
                     None => Ok(Some(lines.join("\n"))),
                 }
             }
-            Request::Pause { target } => {
-                self.authorize(peer, &target, "pause")?;
-                let mut inner = self.lock();
-                let vm = Self::find(&mut inner, &target)?;
-                if vm.state != VmState::Running {
-                    return Err(format!("vm {} is {}, not running", vm.spec.name, vm.state));
-                }
-                Self::signal(vm, libc::SIGSTOP)?;
-                vm.state = VmState::Paused;
-                Ok(Some(format!("paused vm {}", vm.spec.name)))
-            }
-            Request::Unpause { target } => {
-                self.authorize(peer, &target, "unpause")?;
-                let mut inner = self.lock();
-                let vm = Self::find(&mut inner, &target)?;
-                if vm.state != VmState::Paused {
-                    return Err(format!("vm {} is {}, not paused", vm.spec.name, vm.state));
-                }
-                Self::signal(vm, libc::SIGCONT)?;
-                vm.state = VmState::Running;
-                Ok(Some(format!("unpaused vm {}", vm.spec.name)))
-            }
+            Request::Pause { target } => self.pause(peer, &target, true).map(Some),
+            Request::Unpause { target } => self.pause(peer, &target, false).map(Some),
             Request::Wait { target } => {
                 self.authorize(peer, &target, "wait for")?;
                 self.wait_vm(&target).map(Some)
@@ -938,6 +918,25 @@ impl Daemon {
                 Err("internal error: handled by the connection".into())
             }
         }
+    }
+
+    /// Pauses (SIGSTOP of the VM process: every vCPU leaves KVM_RUN) or
+    /// unpauses (SIGCONT) a VM.
+    fn pause(&self, peer: &Peer, target: &str, pause: bool) -> Result<String, String> {
+        let (verb, from, to, sig) = if pause {
+            ("pause", VmState::Running, VmState::Paused, libc::SIGSTOP)
+        } else {
+            ("unpause", VmState::Paused, VmState::Running, libc::SIGCONT)
+        };
+        self.authorize(peer, target, verb)?;
+        let mut inner = self.lock();
+        let vm = Self::find(&mut inner, target)?;
+        if vm.state != from {
+            return Err(format!("vm {} is {}, not {from}", vm.spec.name, vm.state));
+        }
+        Self::signal(vm, sig)?;
+        vm.state = to;
+        Ok(format!("{verb}d vm {}", vm.spec.name))
     }
 
     /// `kapsel status`.

@@ -15,19 +15,8 @@ use std::time::{Duration, Instant};
 const KAPSEL: &str = env!("CARGO_BIN_EXE_kapsel");
 const IDLE: &str = kapsel_testguest::IDLE;
 
-fn kvm_usable() -> bool {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        Ok(_) => true,
-        Err(e) => {
-            println!("SKIP: /dev/kvm not accessible ({e})");
-            false
-        }
-    }
-}
+mod common;
+use common::kvm_usable;
 
 /// A daemon on a temporary directory, stopped (SIGTERM) when dropped.
 struct Kapseld {

@@ -7,19 +7,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const KAPSEL: &str = env!("CARGO_BIN_EXE_kapsel");
 
-fn kvm_usable() -> bool {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        Ok(_) => true,
-        Err(e) => {
-            println!("SKIP: /dev/kvm not accessible ({e})");
-            false
-        }
-    }
-}
+mod common;
+use common::kvm_usable;
 
 fn run(args: &[&str]) -> Output {
     Command::new(KAPSEL)

@@ -10,19 +10,8 @@ use std::time::{Duration, Instant};
 
 const KAPSEL: &str = env!("CARGO_BIN_EXE_kapsel");
 
-fn kvm_usable() -> bool {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        Ok(_) => true,
-        Err(e) => {
-            println!("SKIP: /dev/kvm not accessible ({e})");
-            false
-        }
-    }
-}
+mod common;
+use common::kvm_usable;
 
 fn is_root() -> bool {
     // SAFETY: geteuid cannot fail.
