@@ -173,6 +173,10 @@ impl BlockBackend for RawBackend {
     fn read_only(&self) -> bool {
         self.read_only
     }
+
+    fn raw_file(&self) -> Option<&File> {
+        Some(&self.file)
+    }
 }
 
 #[cfg(test)]

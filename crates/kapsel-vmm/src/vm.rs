@@ -193,8 +193,20 @@ fn open_disk(disk: &crate::config::DiskConfig) -> Result<VirtioBlock> {
     let options = BlockOptions {
         read_only: disk.read_only,
         serial: disk.serial.clone().unwrap_or_default(),
+        cache: disk.cache,
     };
-    Ok(VirtioBlock::with_backend(backend, options))
+    let dev = VirtioBlock::with_backend(backend, options);
+    tracing::debug!(
+        "--disk {}: cache={}, {} I/O",
+        disk.path.display(),
+        dev.cache_mode().name(),
+        if dev.asynchronous() {
+            "io_uring"
+        } else {
+            "synchronous"
+        }
+    );
+    Ok(dev)
 }
 
 fn open_net(net: &crate::config::NetConfig) -> Result<VirtioNet> {

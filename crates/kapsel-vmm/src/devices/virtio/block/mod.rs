@@ -2,28 +2,46 @@
 //! [`BlockBackend`](kapsel_image::BlockBackend) (raw file or block device,
 //! qcow2 with its backing chain).
 //!
-//! Requests run synchronously in the notifying vCPU thread (no worker
-//! thread or ioeventfd yet); every request is checked by
-//! [`request::parse_request`] before any disk or guest-memory access, and a
-//! bad request fails with IOERR or UNSUPP while the device keeps working.
+//! Requests are served on the VM's I/O thread (the queue's doorbell reaches
+//! it through an ioeventfd), never on a vCPU thread. Every request is
+//! checked by [`request::parse_request`] before any disk or guest-memory
+//! access, and a bad request fails with IOERR or UNSUPP while the device
+//! keeps working.
+//!
+//! Two paths serve a checked request:
+//! - the fast path, for raw images: reads, writes and flushes go to an
+//!   io_uring ([`uring`]), up to [`BLOCK_QUEUE_SIZE`] in flight, the data
+//!   moving between the file and guest memory without a copy; under
+//!   [`CacheMode::None`] the file is opened with O_DIRECT. Completions come
+//!   back, in any order, through an eventfd the I/O thread polls
+//!   ([`VirtioDevice::host_event_fds`]), and go on the used ring then.
+//! - the slow path, synchronous through the backend with a bounce buffer:
+//!   qcow2 images, discard, write-zeroes, GET_ID, buffers the fast path
+//!   cannot take (split across memory regions, or not sector-aligned under
+//!   O_DIRECT), writes to the disk's first sector (the backend guards it),
+//!   and every request on a host where io_uring cannot be set up.
 
 pub mod request;
+mod uring;
 
 use super::{
-    feature, process_queue, ready_queues, ActivateError, DeviceError, VirtioDevice,
-    VirtioInterrupt, TYPE_BLOCK,
+    feature, ready_queues, signal_if, ActivateError, DeviceError, VirtioDevice, VirtioInterrupt,
+    MAX_ROUNDS_PER_NOTIFY, TYPE_BLOCK,
 };
 use crate::memory::GuestMem;
 use kapsel_image::{BlockBackend, RawBackend};
 use request::{
-    parse_request, DiskLimits, Request, RequestError, RequestKind, SectorRange, ID_BYTES,
+    parse_request, DiskLimits, Request, RequestKind, SectorRange, ID_BYTES,
     MAX_DISCARD_SECTORS, MAX_DISCARD_SEGMENTS, MAX_WRITE_ZEROES_SEGMENTS, SECTOR_SHIFT,
     SECTOR_SIZE, SEG_MAX, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
 };
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::sync::Arc;
-use virtio_queue::{DescriptorChain, Queue};
+use uring::{InFlight, Outcome, UringDisk};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
 /// Size of the request queue.
@@ -59,6 +77,43 @@ const DISCARD_ALIGNMENT_SECTORS: u32 = 8;
 /// Bounce buffer size for reads and writes.
 const BOUNCE_SIZE: usize = 64 * 1024;
 
+/// How the host caches a raw disk file (`--disk ...,cache=`); qcow2 images
+/// always go through the host page cache.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CacheMode {
+    /// Bypass the host page cache (O_DIRECT), as QEMU's `cache=none`: no
+    /// second copy of the guest's data in host memory, and the guest's
+    /// flushes still reach the disk. Where the file system refuses
+    /// O_DIRECT (tmpfs) or needs larger alignment than 512 bytes, the disk
+    /// falls back to [`CacheMode::Writeback`].
+    #[default]
+    None,
+    /// Through the host page cache; the guest's flushes reach the disk.
+    Writeback,
+}
+
+impl CacheMode {
+    /// The name used in `cache=` options.
+    pub fn name(self) -> &'static str {
+        match self {
+            CacheMode::None => "none",
+            CacheMode::Writeback => "writeback",
+        }
+    }
+}
+
+impl std::str::FromStr for CacheMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "none" => Ok(CacheMode::None),
+            "writeback" => Ok(CacheMode::Writeback),
+            _ => Err(format!("unknown cache mode \"{s}\"; use none or writeback")),
+        }
+    }
+}
+
 /// How the disk is presented.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BlockOptions {
@@ -66,6 +121,8 @@ pub struct BlockOptions {
     pub read_only: bool,
     /// Serial number returned by GET_ID; longer ones are cut to 20 bytes.
     pub serial: String,
+    /// Host caching of a raw image.
+    pub cache: CacheMode,
 }
 
 struct Active {
@@ -73,6 +130,9 @@ struct Active {
     interrupt: Arc<dyn VirtioInterrupt>,
     queue: Queue,
     limits: DiskLimits,
+    /// Requests wait in the ring because every in-flight slot is taken;
+    /// the next completion takes them.
+    stalled: bool,
 }
 
 /// A virtio block device backed by a disk image.
@@ -84,6 +144,12 @@ pub struct VirtioBlock {
     config: [u8; CONFIG_SIZE],
     queue_sizes: [u16; 1],
     active: Option<Active>,
+    /// The fast path (raw images, where io_uring works).
+    uring: Option<UringDisk>,
+    /// The caching in effect (after any fallback).
+    cache: CacheMode,
+    /// Completions being put on the used ring (kept to reuse its memory).
+    done: Vec<(InFlight, Outcome)>,
 }
 
 impl VirtioBlock {
@@ -125,6 +191,7 @@ impl VirtioBlock {
             &MAX_WRITE_ZEROES_SEGMENTS.to_le_bytes(),
         );
         put(CFG_WRITE_ZEROES_MAY_UNMAP, &[1]);
+        let (uring, cache) = fast_path(disk.as_ref(), options.cache, read_only);
         VirtioBlock {
             disk,
             capacity_sectors,
@@ -133,6 +200,9 @@ impl VirtioBlock {
             config,
             queue_sizes: [BLOCK_QUEUE_SIZE],
             active: None,
+            uring,
+            cache,
+            done: Vec::new(),
         }
     }
 
@@ -140,6 +210,232 @@ impl VirtioBlock {
     pub fn capacity_sectors(&self) -> u64 {
         self.capacity_sectors
     }
+
+    /// The host caching in effect: what was asked for, unless the file
+    /// system refused O_DIRECT, the image is qcow2, or the fast path is
+    /// off (then [`CacheMode::Writeback`]).
+    pub fn cache_mode(&self) -> CacheMode {
+        self.cache
+    }
+
+    /// Whether requests go through io_uring (raw image, and the kernel
+    /// allows it).
+    pub fn asynchronous(&self) -> bool {
+        self.uring.is_some()
+    }
+
+    /// Takes requests from the queue: fast-path ones go to the ring, the
+    /// others run at once. Returns whether used-ring entries were added.
+    /// Bounded: stops when every in-flight slot is taken (completions
+    /// resume it) or after [`MAX_ROUNDS_PER_NOTIFY`] queue sizes of
+    /// requests (the rest is requeued through the doorbell).
+    fn take_requests(&mut self) -> Result<bool, DeviceError> {
+        let Some(a) = self.active.as_mut() else {
+            return Ok(false);
+        };
+        let (mem, queue, limits) = (&a.mem, &mut a.queue, &a.limits);
+        let size = usize::from(queue.size());
+        let budget = size.saturating_mul(MAX_ROUNDS_PER_NOTIFY);
+        let (mut taken, mut used) = (0usize, false);
+        a.stalled = false;
+        loop {
+            queue.disable_notification(mem)?;
+            let room = self
+                .uring
+                .as_ref()
+                .map_or(size, |u| u.room())
+                .min(size)
+                .min(budget - taken);
+            if room == 0 {
+                if taken >= budget {
+                    a.interrupt.requeue(0);
+                } else {
+                    a.stalled = true;
+                }
+                break;
+            }
+            let chains: Vec<_> = queue.iter(mem)?.take(room).collect();
+            taken += chains.len();
+            let got = chains.len();
+            for chain in chains {
+                let head = chain.head_index();
+                let disk = self.disk.as_mut();
+                if let Some(len) = start_chain(chain, mem, limits, disk, &self.id, &mut self.uring)
+                {
+                    queue.add_used(mem, head, len)?;
+                    used = true;
+                }
+            }
+            if got == room {
+                // Maybe more: look again (or stop at the bounds above).
+                continue;
+            }
+            if !queue.enable_notification(mem)? {
+                break;
+            }
+        }
+        if let Some(u) = self.uring.as_mut() {
+            u.submit().map_err(DeviceError::Host)?;
+        }
+        Ok(used)
+    }
+
+    /// Puts the requests the kernel finished on the used ring; a short
+    /// transfer is redone on the slow path. Returns whether entries were
+    /// added.
+    fn complete(&mut self) -> Result<bool, DeviceError> {
+        let Some(u) = self.uring.as_mut() else {
+            return Ok(false);
+        };
+        u.reap(&mut self.done);
+        let Some(a) = self.active.as_mut() else {
+            // Not reached: a reset drains the ring before it drops `active`.
+            self.done.clear();
+            return Ok(false);
+        };
+        let mut used = false;
+        for (req, outcome) in self.done.drain(..) {
+            let (status, written) = match outcome {
+                Outcome::Done => (VIRTIO_BLK_S_OK, bytes_read(&req.request)),
+                Outcome::Retry => execute(&req.request, &a.mem, self.disk.as_mut(), &self.id),
+                Outcome::Failed(errno) => {
+                    tracing::debug!(
+                        "virtio-blk {:?} failed: {}",
+                        req.request.kind,
+                        io::Error::from_raw_os_error(errno)
+                    );
+                    (VIRTIO_BLK_S_IOERR, 0)
+                }
+            };
+            let len = finish(&a.mem, req.status, status, written);
+            a.queue.add_used(&a.mem, req.head, len)?;
+            used = true;
+        }
+        Ok(used)
+    }
+
+    /// Interrupts the driver if `used` entries were added and it wants to
+    /// hear about them (event index or the no-interrupt flag).
+    fn signal(&mut self, used: bool) -> Result<(), DeviceError> {
+        let Some(a) = self.active.as_mut().filter(|_| used) else {
+            return Ok(());
+        };
+        let needed = a.queue.needs_notification(&a.mem)?;
+        signal_if(a.interrupt.as_ref(), 0, needed)
+    }
+
+    /// Waits for every in-flight request and forgets it (reset, drop).
+    /// Should the ring fail, nothing may unmap memory the kernel could
+    /// still write: the ring and a reference to guest memory are leaked.
+    fn drain(&mut self) {
+        let Some(u) = self.uring.as_mut() else {
+            return;
+        };
+        if u.in_flight() == 0 || u.drain() {
+            return;
+        }
+        tracing::error!("virtio-blk: requests still in flight; leaking the I/O ring");
+        if let Some(a) = &self.active {
+            std::mem::forget(a.mem.clone());
+        }
+        std::mem::forget(self.uring.take());
+    }
+}
+
+impl Drop for VirtioBlock {
+    fn drop(&mut self) {
+        self.drain();
+    }
+}
+
+/// Sets up the fast path for a raw image: its file reopened with O_DIRECT
+/// under [`CacheMode::None`] (or shared, under writeback), and a ring.
+/// Returns no ring, and the caching in effect, where any step fails: the
+/// device then serves everything synchronously, as before.
+fn fast_path(
+    disk: &dyn BlockBackend,
+    cache: CacheMode,
+    read_only: bool,
+) -> (Option<UringDisk>, CacheMode) {
+    let Some(file) = disk.raw_file() else {
+        return (None, CacheMode::Writeback);
+    };
+    let direct = match cache {
+        CacheMode::None => match open_direct(file, !read_only, disk.size()) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::debug!("virtio-blk: O_DIRECT refused ({e}); using the page cache");
+                None
+            }
+        },
+        CacheMode::Writeback => None,
+    };
+    let is_direct = direct.is_some();
+    let file = match direct.map_or_else(|| file.try_clone(), Ok) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::debug!("virtio-blk: cannot share the disk file ({e}); synchronous I/O");
+            return (None, CacheMode::Writeback);
+        }
+    };
+    match UringDisk::new(file, is_direct, BLOCK_QUEUE_SIZE) {
+        Ok(u) => {
+            let mode = if is_direct {
+                CacheMode::None
+            } else {
+                CacheMode::Writeback
+            };
+            (Some(u), mode)
+        }
+        Err(e) => {
+            tracing::debug!("virtio-blk: io_uring unavailable ({e}); synchronous I/O");
+            (None, CacheMode::Writeback)
+        }
+    }
+}
+
+/// The disk file opened again, with O_DIRECT: a new open file description
+/// of the same file (through /proc, so the same inode even if renamed),
+/// whose flag leaves the backend's buffered descriptor alone. A 512-byte
+/// read at a 512-byte aligned buffer checks that the file system takes
+/// O_DIRECT with the sector size the device advertises.
+fn open_direct(file: &File, writable: bool, size: u64) -> io::Result<File> {
+    let direct = OpenOptions::new()
+        .read(true)
+        .write(writable)
+        .custom_flags(libc::O_DIRECT)
+        .open(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
+    let sector = SECTOR_SIZE as usize;
+    if size >= 2 * SECTOR_SIZE {
+        let mut buf = vec![0u8; 4 * 4096];
+        // An odd multiple of 512 bytes past a page boundary: aligned to the
+        // sector and no more, as a guest buffer may be.
+        let at = buf.as_ptr().align_offset(4096) + sector;
+        let probe = buf
+            .get_mut(at..at + sector)
+            .ok_or_else(|| io::Error::other("probe buffer"))?;
+        direct.read_at(probe, SECTOR_SIZE)?;
+    }
+    Ok(direct)
+}
+
+/// Bytes a finished read put in the guest's buffers (the used length less
+/// the status byte).
+fn bytes_read(req: &Request) -> u32 {
+    if req.kind == RequestKind::Read {
+        u32::try_from(req.data_len).unwrap_or(u32::MAX)
+    } else {
+        0
+    }
+}
+
+/// Writes the status byte; returns the used length (data written + status),
+/// 0 if the status cannot be written.
+fn finish(mem: &GuestMem, status_addr: GuestAddress, status: u8, written: u32) -> u32 {
+    if mem.write_obj(status, status_addr).is_err() {
+        return 0;
+    }
+    written.saturating_add(1)
 }
 
 /// Runs a checked request; returns the status and how many bytes were
@@ -151,7 +447,7 @@ pub fn execute(
     id: &[u8; ID_BYTES],
 ) -> (u8, u32) {
     let result = match req.kind {
-        RequestKind::Read => read(req, mem, disk).map(|()| req.data_len as u32),
+        RequestKind::Read => read(req, mem, disk).map(|()| bytes_read(req)),
         RequestKind::Write => write(req, mem, disk).map(|()| 0),
         RequestKind::Flush => disk.flush().map(|()| 0),
         RequestKind::GetId => get_id(req, mem, id),
@@ -240,30 +536,39 @@ fn zero_range(disk: &mut dyn BlockBackend, r: &SectorRange, discard: bool) -> io
     }
 }
 
-/// Handles one chain; returns the used length (data written + status).
-fn handle_chain(
+/// Starts one chain: returns its used length (data written + status) when
+/// it is done at once, or None when it went to the ring.
+fn start_chain(
     chain: DescriptorChain<&GuestMem>,
     mem: &GuestMem,
     limits: &DiskLimits,
     disk: &mut dyn BlockBackend,
     id: &[u8; ID_BYTES],
-) -> u32 {
+    uring: &mut Option<UringDisk>,
+) -> Option<u32> {
+    let head = chain.head_index();
     let parsed = parse_request(mem, chain, limits);
     let Some(status_addr) = parsed.status else {
         tracing::debug!("virtio-blk request without status descriptor dropped");
-        return 0;
+        return Some(0);
     };
-    let (status, written) = match &parsed.request {
-        Ok(req) => execute(req, mem, disk, id),
+    let (status, written) = match parsed.request {
+        Ok(req) => {
+            let req = match uring.as_mut() {
+                Some(u) => match u.start(mem, head, status_addr, req) {
+                    Ok(()) => return None,
+                    Err(req) => req,
+                },
+                None => req,
+            };
+            execute(&req, mem, disk, id)
+        }
         Err(e) => {
             tracing::debug!("virtio-blk request rejected: {e}");
-            (RequestError::status(e), 0)
+            (e.status(), 0)
         }
     };
-    if mem.write_obj(status, status_addr).is_err() {
-        return 0;
-    }
-    written.saturating_add(1)
+    Some(finish(mem, status_addr, status, written))
 }
 
 impl VirtioDevice for VirtioBlock {
@@ -315,23 +620,36 @@ impl VirtioDevice for VirtioBlock {
             interrupt,
             queue,
             limits,
+            stalled: false,
         });
         Ok(())
     }
 
     fn reset(&mut self) {
+        // The kernel must be done with guest buffers before the driver
+        // gets them back, and no completion may reach a reset ring.
+        self.drain();
         self.active = None;
     }
 
     fn queue_notify(&mut self, queue_index: u16) -> Result<(), DeviceError> {
-        let Some(a) = self.active.as_mut().filter(|_| queue_index == 0) else {
+        if queue_index != 0 {
             return Ok(());
-        };
-        let (disk, id, limits) = (self.disk.as_mut(), &self.id, a.limits);
-        let mem = a.mem.clone();
-        process_queue(&mut a.queue, 0, &a.mem, a.interrupt.as_ref(), |chain| {
-            handle_chain(chain, &mem, &limits, disk, id)
-        })
+        }
+        let used = self.take_requests()?;
+        self.signal(used)
+    }
+
+    fn host_event_fds(&self) -> Vec<std::os::fd::RawFd> {
+        self.uring.iter().map(UringDisk::event_fd).collect()
+    }
+
+    fn host_event(&mut self, _index: usize) -> Result<(), DeviceError> {
+        let mut used = self.complete()?;
+        if self.active.as_ref().is_some_and(|a| a.stalled) {
+            used |= self.take_requests()?;
+        }
+        self.signal(used)
     }
 }
 
@@ -438,6 +756,7 @@ mod tests {
             let head = self.next;
             self.next += descs.len() as u16;
             self.d.notify(0);
+            settle(&mut self.d, vq, self.used + 1);
             assert_eq!(used_idx(&self.d.mem, vq), self.used + 1);
             let (id, len) = used_entry(&self.d.mem, vq, self.used);
             assert_eq!(id, u32::from(head));
@@ -476,6 +795,31 @@ mod tests {
         }
     }
 
+    /// Lets the I/O thread's part happen: waits on the device's completion
+    /// eventfd and hands completions to it until the used index reaches
+    /// `want` (or 5 s pass: the caller's assertion then fails).
+    fn settle(d: &mut Driver, vq: &MockSplitQueue<GuestMem>, want: u16) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while used_idx(&d.mem, vq) != want && std::time::Instant::now() < deadline {
+            let Some(&fd) = d.dev.host_event_fds().first() else {
+                return;
+            };
+            wait_readable(fd, 100);
+            d.dev.handle_host_event(0);
+        }
+    }
+
+    /// Waits up to `ms` milliseconds for `fd` to become readable.
+    fn wait_readable(fd: std::os::fd::RawFd, ms: i32) {
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: `pfd` is one valid pollfd on the stack for the call.
+        unsafe { libc::poll(&mut pfd, 1, ms) };
+    }
+
     fn limits() -> DiskLimits {
         DiskLimits {
             capacity_sectors: SECTORS,
@@ -510,6 +854,7 @@ mod tests {
         let (mut ro, _vq) = setup(BlockOptions {
             read_only: true,
             serial: String::new(),
+            ..BlockOptions::default()
         });
         let f = ro.d.device_features();
         assert_ne!(f & feature(VIRTIO_BLK_F_RO), 0);
@@ -627,6 +972,7 @@ mod tests {
         let (mut b, vq) = setup(BlockOptions {
             read_only: false,
             serial: "kapsel-disk-0".into(),
+            ..BlockOptions::default()
         });
         let r = b.request(&vq, VIRTIO_BLK_T_GET_ID, 0, &[(BUF, 20, DESC_F_WRITE)]);
         assert_eq!(r, (VIRTIO_BLK_S_OK, 21));
@@ -634,6 +980,7 @@ mod tests {
         let (mut b, vq) = setup(BlockOptions {
             read_only: false,
             serial: "0123456789abcdefghijKLMN".into(),
+            ..BlockOptions::default()
         });
         let r = b.request(&vq, VIRTIO_BLK_T_GET_ID, 0, &[(BUF, 64, DESC_F_WRITE)]);
         assert_eq!(r, (VIRTIO_BLK_S_OK, 21));
@@ -853,6 +1200,7 @@ mod tests {
         let (mut b, vq) = setup(BlockOptions {
             read_only: true,
             serial: String::new(),
+            ..BlockOptions::default()
         });
         b.d.mem
             .write_slice(&[0xaa; 512], GuestAddress(BUF))
@@ -998,6 +1346,7 @@ mod tests {
             .unwrap();
         add_chain(&vq, 0, &[(HDR, 16, 0), (STATUS, 1, DESC_F_WRITE)]);
         d.notify(0);
+        settle(&mut d, &vq, 1);
         assert_eq!(used_idx(&mem, &vq), 1);
         assert!(d.sink.take().is_empty());
         // The device published avail_event so the driver knows when to kick.
