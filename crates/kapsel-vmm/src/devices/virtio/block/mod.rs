@@ -31,9 +31,9 @@ use super::{
 use crate::memory::GuestMem;
 use kapsel_image::{BlockBackend, RawBackend};
 use request::{
-    parse_request, DiskLimits, Request, RequestKind, SectorRange, ID_BYTES,
-    MAX_DISCARD_SECTORS, MAX_DISCARD_SEGMENTS, MAX_WRITE_ZEROES_SEGMENTS, SECTOR_SHIFT,
-    SECTOR_SIZE, SEG_MAX, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
+    parse_request, DiskLimits, Request, RequestKind, SectorRange, ID_BYTES, MAX_DISCARD_SECTORS,
+    MAX_DISCARD_SEGMENTS, MAX_WRITE_ZEROES_SEGMENTS, SECTOR_SHIFT, SECTOR_SIZE, SEG_MAX,
+    VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
 };
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -1352,5 +1352,431 @@ mod tests {
         // The device published avail_event so the driver knows when to kick.
         let avail_event = vq.used_addr().0 + 4 + 8 * u64::from(QSIZE);
         assert_eq!(mem.read_obj::<u16>(GuestAddress(avail_event)).unwrap(), 1);
+    }
+
+    // --- the asynchronous path, driven at the device's own interface ------
+
+    /// Counts what the device asks of its transport.
+    #[derive(Default)]
+    struct CountingIrq {
+        used: std::sync::atomic::AtomicUsize,
+    }
+
+    impl VirtioInterrupt for CountingIrq {
+        fn signal_used_queue(&self, _queue_index: u16) -> io::Result<()> {
+            self.used.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }
+        fn signal_config_change(&self) -> io::Result<()> {
+            Ok(())
+        }
+        fn requeue(&self, _queue_index: u16) {}
+    }
+
+    // A queue of 256 laid out by hand: the mock's layout puts the used ring
+    // inside the available ring past 128 entries.
+    const RING_DESC: u64 = 0x1_0000;
+    const RING_AVAIL: u64 = 0x1_2000;
+    const RING_USED: u64 = 0x1_3000;
+    const TABLES: u64 = 0x20_0000;
+    const HEADERS: u64 = 0x21_0000;
+    const STATUSES: u64 = 0x22_0000;
+    const DATA: u64 = 0x30_0000;
+
+    /// A device activated on one queue, without the PCI transport, so that
+    /// a test sees its in-flight count; every request is one indirect
+    /// descriptor (so all 256 heads can be in use at once).
+    struct Direct {
+        dev: VirtioBlock,
+        mem: GuestMem,
+        irq: Arc<CountingIrq>,
+        _file: tempfile::NamedTempFile,
+        avail: u16,
+        seen: u16,
+    }
+
+    fn ring() -> Queue {
+        let mut q = Queue::new(QSIZE).unwrap();
+        q.set_size(QSIZE);
+        let split = |a: u64| (Some(a as u32), Some((a >> 32) as u32));
+        let (lo, hi) = split(RING_DESC);
+        q.set_desc_table_address(lo, hi);
+        let (lo, hi) = split(RING_AVAIL);
+        q.set_avail_ring_address(lo, hi);
+        let (lo, hi) = split(RING_USED);
+        q.set_used_ring_address(lo, hi);
+        q.set_ready(true);
+        q
+    }
+
+    fn direct() -> Direct {
+        let file = disk();
+        let mut dev = VirtioBlock::new(file.reopen().unwrap(), BlockOptions::default()).unwrap();
+        let mem = guest_memory();
+        let irq = Arc::new(CountingIrq::default());
+        let features = feature(VIRTIO_F_VERSION_1);
+        dev.activate(mem.clone(), irq.clone(), vec![ring()], features)
+            .unwrap();
+        Direct {
+            dev,
+            mem,
+            irq,
+            _file: file,
+            avail: 0,
+            seen: 0,
+        }
+    }
+
+    impl Direct {
+        /// Makes a request of type `t` on `sector` (512 bytes of data for
+        /// reads and writes) available under head `head`.
+        fn publish(&mut self, head: u16, t: u32, sector: u64) {
+            let h = u64::from(head);
+            let (hdr, status, data, table) = (
+                HEADERS + h * 16,
+                STATUSES + h,
+                DATA + h * 4096,
+                TABLES + h * 48,
+            );
+            self.mem.write_obj(t, GuestAddress(hdr)).unwrap();
+            self.mem.write_obj(sector, GuestAddress(hdr + 8)).unwrap();
+            self.mem.write_obj(0xffu8, GuestAddress(status)).unwrap();
+            let dir = if t == VIRTIO_BLK_T_OUT {
+                0
+            } else {
+                DESC_F_WRITE
+            };
+            let descs: Vec<Descriptor> = if t == VIRTIO_BLK_T_FLUSH {
+                vec![
+                    Descriptor::new(hdr, 16, DESC_F_NEXT, 1),
+                    Descriptor::new(status, 1, DESC_F_WRITE, 0),
+                ]
+            } else {
+                let len = if t == VIRTIO_BLK_T_GET_ID { 20 } else { 512 };
+                vec![
+                    Descriptor::new(hdr, 16, DESC_F_NEXT, 1),
+                    Descriptor::new(data, len, dir | DESC_F_NEXT, 2),
+                    Descriptor::new(status, 1, DESC_F_WRITE, 0),
+                ]
+            };
+            for (i, d) in descs.iter().enumerate() {
+                self.mem
+                    .write_obj(RawDescriptor::from(*d), GuestAddress(table + 16 * i as u64))
+                    .unwrap();
+            }
+            let len = 16 * descs.len() as u32;
+            let indirect = Descriptor::new(table, len, DESC_F_INDIRECT, 0);
+            self.mem
+                .write_obj(
+                    RawDescriptor::from(indirect),
+                    GuestAddress(RING_DESC + 16 * u64::from(head)),
+                )
+                .unwrap();
+            let slot = RING_AVAIL + 4 + 2 * u64::from(self.avail % QSIZE);
+            self.mem.write_obj(head, GuestAddress(slot)).unwrap();
+            self.avail = self.avail.wrapping_add(1);
+            self.mem
+                .write_obj(self.avail, GuestAddress(RING_AVAIL + 2))
+                .unwrap();
+        }
+
+        /// New used-ring entries since the last call: (head, length).
+        fn take_used(&mut self) -> Vec<(u16, u32)> {
+            let idx = self.used_idx();
+            let mut out = Vec::new();
+            while self.seen != idx {
+                let at = RING_USED + 4 + 8 * u64::from(self.seen % QSIZE);
+                let id: u32 = self.mem.read_obj(GuestAddress(at)).unwrap();
+                let len: u32 = self.mem.read_obj(GuestAddress(at + 4)).unwrap();
+                out.push((id as u16, len));
+                self.seen = self.seen.wrapping_add(1);
+            }
+            out
+        }
+
+        /// Hands completions to the device until `want` more entries are
+        /// used (5 s at most); checks the in-flight bound on every step.
+        fn settle(&mut self, want: usize) -> Vec<(u16, u32)> {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            let mut used = self.take_used();
+            while used.len() < want && std::time::Instant::now() < deadline {
+                let fd = self.dev.host_event_fds()[0];
+                wait_readable(fd, 100);
+                self.dev.host_event(0).unwrap();
+                assert!(self.dev.uring.as_ref().unwrap().in_flight() <= BLOCK_QUEUE_SIZE.into());
+                used.extend(self.take_used());
+            }
+            used
+        }
+
+        fn in_flight(&self) -> usize {
+            self.dev.uring.as_ref().unwrap().in_flight()
+        }
+
+        fn used_idx(&self) -> u16 {
+            self.mem.read_obj(GuestAddress(RING_USED + 2)).unwrap()
+        }
+
+        fn status(&self, head: u16) -> u8 {
+            self.mem
+                .read_obj(GuestAddress(STATUSES + u64::from(head)))
+                .unwrap()
+        }
+
+        fn data(&self, head: u16) -> Vec<u8> {
+            let mut b = vec![0u8; 512];
+            self.mem
+                .read_slice(&mut b, GuestAddress(DATA + u64::from(head) * 4096))
+                .unwrap();
+            b
+        }
+    }
+
+    /// The asynchronous path needs io_uring; where the kernel refuses it the
+    /// device serves everything synchronously (tested by the other tests).
+    fn io_uring_or_skip(d: &Direct) -> bool {
+        if !d.dev.asynchronous() {
+            eprintln!("SKIP: io_uring unavailable on this kernel");
+        }
+        d.dev.asynchronous()
+    }
+
+    #[test]
+    fn a_full_queue_in_flight_then_a_hostile_surplus_waits_for_room() {
+        let mut d = direct();
+        if !io_uring_or_skip(&d) {
+            return;
+        }
+        for head in 0..QSIZE {
+            d.publish(head, VIRTIO_BLK_T_IN, u64::from(head) * 3);
+        }
+        d.dev.queue_notify(0).unwrap();
+        // Nothing completes before the I/O thread reaps: all 256 in flight.
+        assert_eq!(d.in_flight(), usize::from(QSIZE));
+        assert!(d.take_used().is_empty());
+        // A hostile driver makes 44 heads available again while they are
+        // in flight: the device does not take them (the in-flight bound).
+        for head in 0..44 {
+            d.publish(head, VIRTIO_BLK_T_IN, u64::from(head) * 3);
+        }
+        d.dev.queue_notify(0).unwrap();
+        assert_eq!(d.in_flight(), usize::from(QSIZE));
+        assert!(d.dev.active.as_ref().unwrap().stalled);
+        // Completions make room, and the waiting requests run then.
+        let used = d.settle(300);
+        assert_eq!(used.len(), 300);
+        let mut count = vec![0u32; usize::from(QSIZE)];
+        for (head, len) in used {
+            assert_eq!(len, 513, "head {head}");
+            count[usize::from(head)] += 1;
+        }
+        for (head, n) in count.iter().enumerate() {
+            assert_eq!(*n, if head < 44 { 2 } else { 1 }, "head {head}");
+        }
+        for head in 0..QSIZE {
+            assert_eq!(d.status(head), VIRTIO_BLK_S_OK);
+            assert_eq!(d.data(head), pattern(u64::from(head) * 3), "head {head}");
+        }
+        assert_eq!(d.in_flight(), 0);
+        assert!(d.irq.used.load(std::sync::atomic::Ordering::SeqCst) > 0);
+    }
+
+    #[test]
+    fn completions_arrive_out_of_order() {
+        let mut d = direct();
+        if !io_uring_or_skip(&d) {
+            return;
+        }
+        // A read (to the ring) and then a GET_ID (done at once): the second
+        // request is used first.
+        d.publish(7, VIRTIO_BLK_T_IN, 11);
+        d.publish(8, VIRTIO_BLK_T_GET_ID, 0);
+        d.dev.queue_notify(0).unwrap();
+        assert_eq!(d.take_used(), vec![(8, 21)]);
+        assert_eq!(d.in_flight(), 1);
+        assert_eq!(d.settle(1), vec![(7, 513)]);
+        assert_eq!(d.data(7), pattern(11));
+        // A write and a flush in flight together both complete.
+        d.mem
+            .write_slice(&[0x5a; 512], GuestAddress(DATA + 9 * 4096))
+            .unwrap();
+        d.publish(9, VIRTIO_BLK_T_OUT, 12);
+        d.publish(10, VIRTIO_BLK_T_FLUSH, 0);
+        d.dev.queue_notify(0).unwrap();
+        let mut used = d.settle(2);
+        used.sort();
+        assert_eq!(used, vec![(9, 1), (10, 1)]);
+        assert_eq!(
+            (d.status(9), d.status(10)),
+            (VIRTIO_BLK_S_OK, VIRTIO_BLK_S_OK)
+        );
+        d.publish(11, VIRTIO_BLK_T_IN, 12);
+        d.dev.queue_notify(0).unwrap();
+        assert_eq!(d.settle(1), vec![(11, 513)]);
+        assert_eq!(d.data(11), vec![0x5a; 512]);
+    }
+
+    #[test]
+    fn reset_with_requests_in_flight_drains_them() {
+        let mut d = direct();
+        if !io_uring_or_skip(&d) {
+            return;
+        }
+        for head in 0..200 {
+            d.publish(head, VIRTIO_BLK_T_IN, u64::from(head));
+        }
+        d.dev.queue_notify(0).unwrap();
+        assert_eq!(d.in_flight(), 200);
+        d.dev.reset();
+        // The kernel is done with every buffer, and nothing was put on the
+        // reset queue's used ring.
+        assert_eq!(d.in_flight(), 0);
+        assert_eq!(d.used_idx(), 0);
+        // A completion event left over from before the reset is harmless.
+        d.dev.host_event(0).unwrap();
+        assert_eq!(d.used_idx(), 0);
+        // Activated again (the driver starts over), the device works.
+        let features = feature(VIRTIO_F_VERSION_1);
+        let irq = d.irq.clone();
+        d.dev
+            .activate(d.mem.clone(), irq, vec![ring()], features)
+            .unwrap();
+        d.avail = 0;
+        d.mem.write_obj(0u16, GuestAddress(RING_AVAIL + 2)).unwrap();
+        d.mem.write_slice(&[0; 512], GuestAddress(DATA)).unwrap();
+        d.publish(0, VIRTIO_BLK_T_IN, 42);
+        d.dev.queue_notify(0).unwrap();
+        assert_eq!(d.settle(1), vec![(0, 513)]);
+        assert_eq!(d.data(0), pattern(42));
+    }
+
+    #[test]
+    fn dropping_the_device_waits_for_in_flight_requests() {
+        let mut d = direct();
+        if !io_uring_or_skip(&d) {
+            return;
+        }
+        for head in 0..64 {
+            d.publish(head, VIRTIO_BLK_T_IN, u64::from(head));
+        }
+        d.dev.queue_notify(0).unwrap();
+        assert_eq!(d.in_flight(), 64);
+        let Direct { dev, mem, .. } = d;
+        drop(dev);
+        // The reads finished before the drop returned: the buffers hold the
+        // data, and nobody writes them any more.
+        let mut b = vec![0u8; 512];
+        mem.read_slice(&mut b, GuestAddress(DATA + 63 * 4096))
+            .unwrap();
+        assert_eq!(b, pattern(63));
+    }
+
+    /// The file-system magic of the directory `dir`.
+    fn fs_type(dir: &std::path::Path) -> i64 {
+        let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: statfs fills the zeroed struct from a NUL-terminated path.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `path` is NUL-terminated and `st` is a valid statfs.
+        assert_eq!(unsafe { libc::statfs(path.as_ptr(), &mut st) }, 0);
+        st.f_type as i64
+    }
+
+    #[test]
+    fn cache_modes_and_the_tmpfs_fallback() {
+        const TMPFS_MAGIC: i64 = 0x0102_1994;
+        let on = |dir: &std::path::Path, cache: CacheMode| {
+            let mut f = tempfile::NamedTempFile::new_in(dir).unwrap();
+            f.write_all(&vec![7u8; 64 * 1024]).unwrap();
+            let options = BlockOptions {
+                cache,
+                ..BlockOptions::default()
+            };
+            let dev = VirtioBlock::new(f.reopen().unwrap(), options).unwrap();
+            (dev.cache_mode(), dev.asynchronous())
+        };
+        let tmp = std::env::temp_dir();
+        assert_eq!(
+            on(&tmp, CacheMode::Writeback).0,
+            CacheMode::Writeback,
+            "writeback is never upgraded"
+        );
+        let shm = std::path::Path::new("/dev/shm");
+        if shm.is_dir() && fs_type(shm) == TMPFS_MAGIC {
+            // tmpfs refuses O_DIRECT before Linux 6.6 (the disk falls back
+            // and works), and takes it since.
+            let refused = {
+                let f = tempfile::NamedTempFile::new_in(shm).unwrap();
+                OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_DIRECT)
+                    .open(f.path())
+                    .is_err()
+            };
+            let want = if refused {
+                CacheMode::Writeback
+            } else {
+                CacheMode::None
+            };
+            assert_eq!(on(shm, CacheMode::None), (want, true));
+        } else {
+            eprintln!("SKIP: no tmpfs at /dev/shm to check the O_DIRECT fallback");
+        }
+        const EXT4_MAGIC: i64 = 0xef53;
+        const XFS_MAGIC: i64 = 0x5846_5342;
+        if [EXT4_MAGIC, XFS_MAGIC].contains(&fs_type(&tmp)) {
+            assert_eq!(on(&tmp, CacheMode::None), (CacheMode::None, true));
+        } else {
+            eprintln!("SKIP: {} is not ext4 or xfs (O_DIRECT)", tmp.display());
+        }
+        assert_eq!("none".parse::<CacheMode>(), Ok(CacheMode::None));
+        assert_eq!("writeback".parse::<CacheMode>(), Ok(CacheMode::Writeback));
+        assert!("unsafe"
+            .parse::<CacheMode>()
+            .unwrap_err()
+            .contains("none or writeback"));
+    }
+
+    #[test]
+    fn buffers_not_aligned_for_o_direct_take_the_slow_path() {
+        for cache in [CacheMode::None, CacheMode::Writeback] {
+            let (mut b, vq) = setup(BlockOptions {
+                cache,
+                ..BlockOptions::default()
+            });
+            // A read into an odd address, split over two odd-sized buffers.
+            let r = b.request(
+                &vq,
+                VIRTIO_BLK_T_IN,
+                20,
+                &[
+                    (BUF + 1, 100, DESC_F_WRITE),
+                    (BUF + 0x3001, 924, DESC_F_WRITE),
+                ],
+            );
+            assert_eq!(r, (VIRTIO_BLK_S_OK, 1025));
+            let mut got = b.guest(BUF + 1, 100);
+            got.extend(b.guest(BUF + 0x3001, 924));
+            let mut want = pattern(20);
+            want.extend(pattern(21));
+            assert_eq!(got, want, "cache={}", cache.name());
+            // A write from an odd address, read back through the fast path.
+            let data: Vec<u8> = (0..512).map(|i| (i * 5 + 3) as u8).collect();
+            b.d.mem.write_slice(&data, GuestAddress(BUF + 3)).unwrap();
+            let r = b.request(&vq, VIRTIO_BLK_T_OUT, 30, &[(BUF + 3, 512, 0)]);
+            assert_eq!(r, (VIRTIO_BLK_S_OK, 1));
+            let r = b.request(
+                &vq,
+                VIRTIO_BLK_T_IN,
+                30,
+                &[(BUF + 0x4000, 512, DESC_F_WRITE)],
+            );
+            assert_eq!(r, (VIRTIO_BLK_S_OK, 513));
+            assert_eq!(b.guest(BUF + 0x4000, 512), data);
+            assert_eq!(b.disk_sector(30), data);
+            // Sector 0 is written through the backend (its magic guard).
+            let r = b.request(&vq, VIRTIO_BLK_T_OUT, 0, &[(BUF + 0x4000, 512, 0)]);
+            assert_eq!(r, (VIRTIO_BLK_S_OK, 1));
+            assert_eq!(b.disk_sector(0), data);
+        }
     }
 }
