@@ -67,6 +67,8 @@ pub(super) struct UringDisk {
     slots: Vec<Option<InFlight>>,
     free: Vec<u32>,
     unsubmitted: usize,
+    /// Completions being taken (kept to reuse its memory).
+    cqes: Vec<(u64, i32)>,
 }
 
 impl UringDisk {
@@ -86,6 +88,7 @@ impl UringDisk {
             slots: (0..depth).map(|_| None).collect(),
             free: (0..u32::from(depth)).rev().collect(),
             unsubmitted: 0,
+            cqes: Vec::with_capacity(usize::from(depth)),
         })
     }
 
@@ -212,6 +215,9 @@ impl UringDisk {
     pub fn submit(&mut self) -> io::Result<()> {
         while self.unsubmitted > 0 {
             match self.ring.submit() {
+                // The kernel fails a bad entry through its completion; taking
+                // none at all would loop here forever.
+                Ok(0) => return Err(io::Error::other("io_uring took no submission")),
                 Ok(n) => self.unsubmitted = self.unsubmitted.saturating_sub(n),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
@@ -225,11 +231,9 @@ impl UringDisk {
     pub fn reap(&mut self, out: &mut Vec<(InFlight, Outcome)>) {
         // The counter only wakes the I/O thread; the ring says what is done.
         let _ = self.event.read();
-        let mut done = Vec::new();
-        for cqe in self.ring.completion() {
-            done.push((cqe.user_data(), cqe.result()));
-        }
-        for (slot, result) in done {
+        let mut done = std::mem::take(&mut self.cqes);
+        done.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+        for (slot, result) in done.drain(..) {
             let Some(req) = usize::try_from(slot)
                 .ok()
                 .and_then(|i| self.slots.get_mut(i))
@@ -252,6 +256,7 @@ impl UringDisk {
             };
             out.push((req, outcome));
         }
+        self.cqes = done;
     }
 
     /// Waits until the kernel is done with every request, and forgets
