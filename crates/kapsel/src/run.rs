@@ -234,6 +234,19 @@ mod tests {
             .contains("unknown disk option"));
         assert!(parse_disk(",ro").is_err());
         assert!(parse_disk("e.img,serial=123456789012345678901").is_err());
+        // O_DIRECT unless asked otherwise.
+        assert_eq!(parse_disk("f.img").unwrap().cache, CacheMode::None);
+        assert_eq!(
+            parse_disk("f.img,cache=writeback").unwrap().cache,
+            CacheMode::Writeback
+        );
+        assert_eq!(
+            parse_disk("f.img,cache=none,ro").unwrap().cache,
+            CacheMode::None
+        );
+        assert!(parse_disk("f.img,cache=unsafe")
+            .unwrap_err()
+            .contains("none or writeback"));
     }
 
     #[test]
