@@ -1671,6 +1671,26 @@ mod tests {
         assert_eq!(b, pattern(63));
     }
 
+    #[test]
+    fn a_short_read_is_not_reported_as_done() {
+        let mut d = direct();
+        if !io_uring_or_skip(&d) {
+            return;
+        }
+        // The image shrinks under the device (another process truncated
+        // it): the kernel reads fewer bytes than asked, the request is
+        // redone on the slow path, which fails it.
+        d._file.as_file().set_len(1024 * 512).unwrap();
+        d.publish(3, VIRTIO_BLK_T_IN, 1500);
+        d.publish(4, VIRTIO_BLK_T_IN, 10);
+        d.dev.queue_notify(0).unwrap();
+        let mut used = d.settle(2);
+        used.sort();
+        assert_eq!(used, vec![(3, 1), (4, 513)]);
+        assert_eq!(d.status(3), VIRTIO_BLK_S_IOERR);
+        assert_eq!((d.status(4), d.data(4)), (VIRTIO_BLK_S_OK, pattern(10)));
+    }
+
     /// The file-system magic of the directory `dir`.
     fn fs_type(dir: &std::path::Path) -> i64 {
         let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
