@@ -60,7 +60,22 @@ pub trait BlockBackend: Send {
 
     /// Whether writes, discards and write-zeroes fail.
     fn read_only(&self) -> bool;
+
+    /// The file that holds the disk's bytes one to one (a raw image), for
+    /// a caller that does its own I/O on it (asynchronous, straight into
+    /// guest memory); `None` for formats with metadata (qcow2), whose I/O
+    /// must go through this trait. A write through the file bypasses the
+    /// backend's checks: writes to the first [`RAW_GUARDED_BYTES`] bytes
+    /// must still go through [`BlockBackend::write_at`].
+    fn raw_file(&self) -> Option<&std::fs::File> {
+        None
+    }
 }
+
+/// Bytes at the start of a raw disk whose writes
+/// [`BlockBackend::write_at`] checks (a probed raw image refuses a qcow2
+/// magic there); see [`BlockBackend::raw_file`].
+pub const RAW_GUARDED_BYTES: u64 = QCOW2_MAGIC.len() as u64;
 
 /// A disk image format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

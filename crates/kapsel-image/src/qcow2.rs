@@ -286,6 +286,8 @@ mod tests {
         crate::create(&top, Format::Qcow2, None, Some(Path::new("base.qcow2"))).unwrap();
         let mut t = crate::open(&top, None, false).unwrap();
         assert_eq!(t.size(), 4 << 20);
+        // Its file holds metadata: no caller may bypass the backend.
+        assert!(t.raw_file().is_none());
         let mut buf = [0u8; 4096];
         t.read_at(&mut buf, 1 << 20).unwrap();
         assert_eq!(buf, [0x5a; 4096]);

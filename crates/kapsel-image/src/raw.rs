@@ -173,6 +173,10 @@ impl BlockBackend for RawBackend {
     fn read_only(&self) -> bool {
         self.read_only
     }
+
+    fn raw_file(&self) -> Option<&File> {
+        Some(&self.file)
+    }
 }
 
 #[cfg(test)]
@@ -205,6 +209,13 @@ mod tests {
         assert!(b.write_at(&buf, u64::MAX).is_err());
         assert!(b.read_at(&mut [], 8192).is_ok());
         b.flush().unwrap();
+        // The file holds the disk's bytes one to one.
+        let mut direct = [0u8; 512];
+        b.raw_file()
+            .unwrap()
+            .read_exact_at(&mut direct, 4096)
+            .unwrap();
+        assert_eq!(direct, [7u8; 512]);
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub struct DiskConfig {
     pub serial: Option<String>,
     /// Image format; detected from the file when None.
     pub format: Option<kapsel_image::Format>,
+    /// Host caching of a raw image (O_DIRECT by default).
+    pub cache: crate::devices::virtio::block::CacheMode,
 }
 
 /// Where a network card's tap comes from.

@@ -11,6 +11,7 @@ pub type GuestMem = GuestMemoryMmap<()>;
 
 /// Allocates `memory` bytes of guest RAM laid out around the MMIO hole.
 /// Pages are mapped lazily: untouched guest memory costs the host nothing.
+/// The mappings ask for transparent huge pages (see [`advise_huge_pages`]).
 pub fn create(memory: u64) -> Result<GuestMem> {
     let ranges: Vec<(GuestAddress, usize)> = layout::ram_ranges(memory)
         .into_iter()
@@ -20,11 +21,40 @@ pub fn create(memory: u64) -> Result<GuestMem> {
                 .map_err(|_| Error::Memory(format!("{len} bytes do not fit this host")))
         })
         .collect::<Result<_>>()?;
-    GuestMemoryMmap::from_ranges(&ranges).map_err(|e| {
+    let mem = GuestMemoryMmap::from_ranges(&ranges).map_err(|e| {
         Error::Memory(format!(
             "cannot map {memory} bytes: {e}; lower --memory or free host memory"
         ))
-    })
+    })?;
+    advise_huge_pages(&mem);
+    Ok(mem)
+}
+
+/// Asks for transparent huge pages on guest RAM (MADV_HUGEPAGE; hosts
+/// default to THP "madvise"), as QEMU does: fewer TLB misses for the guest,
+/// and a guest buffer of a megabyte is one piece of host memory, so that
+/// O_DIRECT disk I/O into it is one segment instead of 256 (on a host whose
+/// own disk is virtio, a 1 MiB read of 4 KiB pages needs splitting, and
+/// went at a third of the speed). A host without THP refuses: no harm.
+fn advise_huge_pages(mem: &GuestMem) {
+    for region in mem.iter() {
+        let Ok(host) = region.get_host_address(vm_memory::MemoryRegionAddress(0)) else {
+            continue;
+        };
+        let Ok(len) = usize::try_from(region.len()) else {
+            continue;
+        };
+        // SAFETY: [host, host + len) is one anonymous mapping owned by
+        // `mem`; MADV_HUGEPAGE only changes how the kernel backs it, never
+        // its contents or its validity.
+        let rc = unsafe { libc::madvise(host.cast(), len, libc::MADV_HUGEPAGE) };
+        if rc != 0 {
+            tracing::debug!(
+                "guest memory: no transparent huge pages: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
 }
 
 /// Registers every region of `mem` with the VM as a KVM memory slot.

@@ -5,7 +5,7 @@
 use crate::arch::x86_64::boot::BootFile;
 use crate::config::{DiskConfig, NetConfig, TapSource, VmConfig};
 use crate::console::Console;
-use crate::devices::virtio::block::BlockOptions;
+use crate::devices::virtio::block::{BlockOptions, FastFile};
 use crate::devices::virtio::net::tap::Tap;
 use crate::devices::virtio::net::VNET_HDR_LEN;
 use crate::error::{Error, Result};
@@ -60,8 +60,11 @@ impl BlockBackend for SharedDisk {
 pub struct OpenDisk {
     /// The image.
     pub backend: SharedDisk,
-    /// Read-only flag and serial.
+    /// Read-only flag, serial and caching.
     pub options: BlockOptions,
+    /// The raw image's file for the io_uring fast path, opened (with
+    /// O_DIRECT, through /proc) before the sandbox takes /proc away.
+    pub fast: Option<FastFile>,
 }
 
 /// An open tap and the card's address.
@@ -140,12 +143,25 @@ fn open_disk(disk: &DiskConfig) -> Result<OpenDisk> {
     // backing file, unreadable file). The backing chain is opened here too.
     let backend = kapsel_image::open(&disk.path, disk.format, disk.read_only)
         .map_err(|e| Error::InvalidConfig(format!("--disk: {e}")))?;
+    let read_only = disk.read_only || backend.read_only();
+    let fast = FastFile::open(backend.as_ref(), disk.cache, read_only);
+    tracing::debug!(
+        "--disk {}: {}",
+        disk.path.display(),
+        match &fast {
+            Some(f) if f.is_direct() => "cache=none (O_DIRECT), io_uring",
+            Some(_) => "cache=writeback, io_uring",
+            None => "synchronous I/O through the page cache",
+        }
+    );
     Ok(OpenDisk {
         backend: SharedDisk::new(backend),
         options: BlockOptions {
             read_only: disk.read_only,
             serial: disk.serial.clone().unwrap_or_default(),
+            cache: disk.cache,
         },
+        fast,
     })
 }
 

@@ -242,9 +242,10 @@ fn add_pci(
     let sink: Arc<dyn InterruptSink> = Arc::new(MsiRouter::new(vm.clone()));
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
     for disk in &res.disks {
-        devices.push(Box::new(VirtioBlock::with_backend(
+        devices.push(Box::new(VirtioBlock::with_fast_file(
             Box::new(disk.backend.clone()),
             disk.options.clone(),
+            disk.fast.clone(),
         )));
     }
     for net in &res.nets {

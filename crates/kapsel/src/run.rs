@@ -2,6 +2,7 @@
 
 use clap::{Args, ValueEnum};
 use kapsel_vmm::config::{DiskConfig, NetConfig, TapSource};
+use kapsel_vmm::devices::virtio::block::CacheMode;
 use kapsel_vmm::{ConsoleSpec, OnReboot, VmConfig, VmExit};
 use std::path::PathBuf;
 
@@ -32,7 +33,8 @@ pub struct RunArgs {
     /// CPU features to hide from the guest, comma-separated (e.g. xsave,avx).
     #[arg(long, value_name = "FEATURES", value_delimiter = ',')]
     pub hide_cpuid: Vec<String>,
-    /// A virtio-blk disk (repeatable: vda, vdb, ...): PATH[,ro][,format=raw|qcow2][,serial=ID].
+    /// A virtio-blk disk (repeatable: vda, vdb, ...):
+    /// PATH[,ro][,format=raw|qcow2][,serial=ID][,cache=none|writeback].
     #[arg(long = "disk", value_name = "SPEC", value_parser = parse_disk)]
     pub disks: Vec<DiskConfig>,
     /// Give the guest a virtio-rng entropy device.
@@ -90,12 +92,13 @@ fn parse_disk(text: &str) -> Result<DiskConfig, String> {
     let path = parts
         .next()
         .filter(|p| !p.is_empty())
-        .ok_or("give a path: PATH[,ro][,serial=ID]")?;
+        .ok_or("give a path: PATH[,ro][,format=raw|qcow2][,serial=ID][,cache=none|writeback]")?;
     let mut disk = DiskConfig {
         path: path.into(),
         read_only: false,
         serial: None,
         format: None,
+        cache: CacheMode::default(),
     };
     for opt in parts {
         match opt.split_once('=') {
@@ -110,9 +113,10 @@ fn parse_disk(text: &str) -> Result<DiskConfig, String> {
                 disk.serial = Some(id.to_string())
             }
             Some(("serial", _)) => return Err("serial=ID takes 1 to 20 characters".into()),
+            Some(("cache", c)) => disk.cache = c.parse::<CacheMode>()?,
             _ => {
                 return Err(format!(
-                    "unknown disk option \"{opt}\"; use ro, format=raw, serial=ID"
+                    "unknown disk option \"{opt}\"; use ro, format=raw, serial=ID, cache=none"
                 ))
             }
         }
@@ -250,6 +254,19 @@ mod tests {
             .contains("unknown disk option"));
         assert!(parse_disk(",ro").is_err());
         assert!(parse_disk("e.img,serial=123456789012345678901").is_err());
+        // O_DIRECT unless asked otherwise.
+        assert_eq!(parse_disk("f.img").unwrap().cache, CacheMode::None);
+        assert_eq!(
+            parse_disk("f.img,cache=writeback").unwrap().cache,
+            CacheMode::Writeback
+        );
+        assert_eq!(
+            parse_disk("f.img,cache=none,ro").unwrap().cache,
+            CacheMode::None
+        );
+        assert!(parse_disk("f.img,cache=unsafe")
+            .unwrap_err()
+            .contains("none or writeback"));
     }
 
     #[test]

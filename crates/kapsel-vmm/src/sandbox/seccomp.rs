@@ -188,6 +188,9 @@ pub fn allowlist(kind: ThreadKind) -> Vec<Entry> {
             any(libc::SYS_fdatasync),
             // An MSI message's irqfd is made on its first use.
             any(libc::SYS_eventfd2),
+            // A driver's device reset (an MMIO write) waits for the disk's
+            // requests in flight on the io_uring to finish.
+            any(libc::SYS_io_uring_enter),
         ],
         ThreadKind::Io => vec![
             (

@@ -92,6 +92,9 @@ pub enum DeviceError {
     /// Delivering an interrupt failed.
     #[error("cannot signal the guest: {0}")]
     Interrupt(#[source] io::Error),
+    /// The host side of the device failed (e.g. its I/O ring).
+    #[error("host I/O failed: {0}")]
+    Host(#[source] io::Error),
 }
 
 /// A virtio device behind some transport.

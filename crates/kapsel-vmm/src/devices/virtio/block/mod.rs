@@ -2,28 +2,46 @@
 //! [`BlockBackend`](kapsel_image::BlockBackend) (raw file or block device,
 //! qcow2 with its backing chain).
 //!
-//! Requests run synchronously in the notifying vCPU thread (no worker
-//! thread or ioeventfd yet); every request is checked by
-//! [`request::parse_request`] before any disk or guest-memory access, and a
-//! bad request fails with IOERR or UNSUPP while the device keeps working.
+//! Requests are served on the VM's I/O thread (the queue's doorbell reaches
+//! it through an ioeventfd), never on a vCPU thread. Every request is
+//! checked by [`request::parse_request`] before any disk or guest-memory
+//! access, and a bad request fails with IOERR or UNSUPP while the device
+//! keeps working.
+//!
+//! Two paths serve a checked request:
+//! - the fast path, for raw images: reads, writes and flushes go to an
+//!   io_uring ([`uring`]), up to [`BLOCK_QUEUE_SIZE`] in flight, the data
+//!   moving between the file and guest memory without a copy; under
+//!   [`CacheMode::None`] the file is opened with O_DIRECT. Completions come
+//!   back, in any order, through an eventfd the I/O thread polls
+//!   ([`VirtioDevice::host_event_fds`]), and go on the used ring then.
+//! - the slow path, synchronous through the backend with a bounce buffer:
+//!   qcow2 images, discard, write-zeroes, GET_ID, buffers the fast path
+//!   cannot take (split across memory regions, or not sector-aligned under
+//!   O_DIRECT), writes to the disk's first sector (the backend guards it),
+//!   and every request on a host where io_uring cannot be set up.
 
 pub mod request;
+mod uring;
 
 use super::{
-    feature, process_queue, ready_queues, ActivateError, DeviceError, VirtioDevice,
-    VirtioInterrupt, TYPE_BLOCK,
+    feature, ready_queues, signal_if, ActivateError, DeviceError, VirtioDevice, VirtioInterrupt,
+    MAX_ROUNDS_PER_NOTIFY, TYPE_BLOCK,
 };
 use crate::memory::GuestMem;
 use kapsel_image::{BlockBackend, RawBackend};
 use request::{
-    parse_request, DiskLimits, Request, RequestError, RequestKind, SectorRange, ID_BYTES,
-    MAX_DISCARD_SECTORS, MAX_DISCARD_SEGMENTS, MAX_WRITE_ZEROES_SEGMENTS, SECTOR_SHIFT,
-    SECTOR_SIZE, SEG_MAX, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
+    parse_request, DiskLimits, Request, RequestKind, SectorRange, ID_BYTES, MAX_DISCARD_SECTORS,
+    MAX_DISCARD_SEGMENTS, MAX_WRITE_ZEROES_SEGMENTS, SECTOR_SHIFT, SECTOR_SIZE, SEG_MAX,
+    VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
 };
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::sync::Arc;
-use virtio_queue::{DescriptorChain, Queue};
+use uring::{InFlight, Outcome, UringDisk};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
 /// Size of the request queue.
@@ -59,6 +77,43 @@ const DISCARD_ALIGNMENT_SECTORS: u32 = 8;
 /// Bounce buffer size for reads and writes.
 const BOUNCE_SIZE: usize = 64 * 1024;
 
+/// How the host caches a raw disk file (`--disk ...,cache=`); qcow2 images
+/// always go through the host page cache.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CacheMode {
+    /// Bypass the host page cache (O_DIRECT), as QEMU's `cache=none`: no
+    /// second copy of the guest's data in host memory, and the guest's
+    /// flushes still reach the disk. Where the file system refuses
+    /// O_DIRECT (tmpfs) or needs larger alignment than 512 bytes, the disk
+    /// falls back to [`CacheMode::Writeback`].
+    #[default]
+    None,
+    /// Through the host page cache; the guest's flushes reach the disk.
+    Writeback,
+}
+
+impl CacheMode {
+    /// The name used in `cache=` options.
+    pub fn name(self) -> &'static str {
+        match self {
+            CacheMode::None => "none",
+            CacheMode::Writeback => "writeback",
+        }
+    }
+}
+
+impl std::str::FromStr for CacheMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "none" => Ok(CacheMode::None),
+            "writeback" => Ok(CacheMode::Writeback),
+            _ => Err(format!("unknown cache mode \"{s}\"; use none or writeback")),
+        }
+    }
+}
+
 /// How the disk is presented.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BlockOptions {
@@ -66,6 +121,8 @@ pub struct BlockOptions {
     pub read_only: bool,
     /// Serial number returned by GET_ID; longer ones are cut to 20 bytes.
     pub serial: String,
+    /// Host caching of a raw image.
+    pub cache: CacheMode,
 }
 
 struct Active {
@@ -73,6 +130,9 @@ struct Active {
     interrupt: Arc<dyn VirtioInterrupt>,
     queue: Queue,
     limits: DiskLimits,
+    /// Requests wait in the ring because every in-flight slot is taken;
+    /// the next completion takes them.
+    stalled: bool,
 }
 
 /// A virtio block device backed by a disk image.
@@ -84,6 +144,12 @@ pub struct VirtioBlock {
     config: [u8; CONFIG_SIZE],
     queue_sizes: [u16; 1],
     active: Option<Active>,
+    /// The fast path (raw images, where io_uring works).
+    uring: Option<UringDisk>,
+    /// The caching in effect (after any fallback).
+    cache: CacheMode,
+    /// Completions being put on the used ring (kept to reuse its memory).
+    done: Vec<(InFlight, Outcome)>,
 }
 
 impl VirtioBlock {
@@ -99,6 +165,19 @@ impl VirtioBlock {
     /// the capacity. The device is read-only if `options` or the backend
     /// says so.
     pub fn with_backend(disk: Box<dyn BlockBackend>, options: BlockOptions) -> Self {
+        let read_only = options.read_only || disk.read_only();
+        let fast = FastFile::open(disk.as_ref(), options.cache, read_only);
+        Self::with_fast_file(disk, options, fast)
+    }
+
+    /// [`VirtioBlock::with_backend`] with the fast path's file opened
+    /// beforehand ([`FastFile::open`]): a sandboxed VMM opens it before it
+    /// loses /proc, and reuses it for every boot.
+    pub fn with_fast_file(
+        disk: Box<dyn BlockBackend>,
+        options: BlockOptions,
+        fast: Option<FastFile>,
+    ) -> Self {
         let capacity_sectors = disk.size() >> SECTOR_SHIFT;
         let read_only = options.read_only || disk.read_only();
         let mut id = [0u8; ID_BYTES];
@@ -125,6 +204,7 @@ impl VirtioBlock {
             &MAX_WRITE_ZEROES_SEGMENTS.to_le_bytes(),
         );
         put(CFG_WRITE_ZEROES_MAY_UNMAP, &[1]);
+        let (uring, cache) = fast_path(fast);
         VirtioBlock {
             disk,
             capacity_sectors,
@@ -133,6 +213,9 @@ impl VirtioBlock {
             config,
             queue_sizes: [BLOCK_QUEUE_SIZE],
             active: None,
+            uring,
+            cache,
+            done: Vec::new(),
         }
     }
 
@@ -140,6 +223,260 @@ impl VirtioBlock {
     pub fn capacity_sectors(&self) -> u64 {
         self.capacity_sectors
     }
+
+    /// The host caching in effect: what was asked for, unless the file
+    /// system refused O_DIRECT, the image is qcow2, or the fast path is
+    /// off (then [`CacheMode::Writeback`]).
+    pub fn cache_mode(&self) -> CacheMode {
+        self.cache
+    }
+
+    /// Whether requests go through io_uring (raw image, and the kernel
+    /// allows it).
+    pub fn asynchronous(&self) -> bool {
+        self.uring.is_some()
+    }
+
+    /// Takes requests from the queue: fast-path ones go to the ring, the
+    /// others run at once. Returns whether used-ring entries were added.
+    /// Bounded: stops when every in-flight slot is taken (completions
+    /// resume it) or after [`MAX_ROUNDS_PER_NOTIFY`] queue sizes of
+    /// requests (the rest is requeued through the doorbell).
+    fn take_requests(&mut self) -> Result<bool, DeviceError> {
+        let Some(a) = self.active.as_mut() else {
+            return Ok(false);
+        };
+        let (mem, queue, limits) = (&a.mem, &mut a.queue, &a.limits);
+        let size = usize::from(queue.size());
+        let budget = size.saturating_mul(MAX_ROUNDS_PER_NOTIFY);
+        let (mut taken, mut used) = (0usize, false);
+        a.stalled = false;
+        loop {
+            queue.disable_notification(mem)?;
+            let room = self
+                .uring
+                .as_ref()
+                .map_or(size, |u| u.room())
+                .min(size)
+                .min(budget - taken);
+            if room == 0 {
+                if taken >= budget {
+                    a.interrupt.requeue(0);
+                } else {
+                    a.stalled = true;
+                }
+                break;
+            }
+            let chains: Vec<_> = queue.iter(mem)?.take(room).collect();
+            taken += chains.len();
+            let got = chains.len();
+            for chain in chains {
+                let head = chain.head_index();
+                let disk = self.disk.as_mut();
+                if let Some(len) = start_chain(chain, mem, limits, disk, &self.id, &mut self.uring)
+                {
+                    queue.add_used(mem, head, len)?;
+                    used = true;
+                }
+            }
+            if got == room {
+                // Maybe more: look again (or stop at the bounds above).
+                continue;
+            }
+            if !queue.enable_notification(mem)? {
+                break;
+            }
+        }
+        if let Some(u) = self.uring.as_mut() {
+            u.submit().map_err(DeviceError::Host)?;
+        }
+        Ok(used)
+    }
+
+    /// Puts the requests the kernel finished on the used ring; a short
+    /// transfer is redone on the slow path. Returns whether entries were
+    /// added.
+    fn complete(&mut self) -> Result<bool, DeviceError> {
+        let Some(u) = self.uring.as_mut() else {
+            return Ok(false);
+        };
+        u.reap(&mut self.done);
+        let Some(a) = self.active.as_mut() else {
+            // Not reached: a reset drains the ring before it drops `active`.
+            self.done.clear();
+            return Ok(false);
+        };
+        let mut used = false;
+        for (req, outcome) in self.done.drain(..) {
+            let (status, written) = match outcome {
+                Outcome::Done => (VIRTIO_BLK_S_OK, bytes_read(&req.request)),
+                Outcome::Retry => execute(&req.request, &a.mem, self.disk.as_mut(), &self.id),
+                Outcome::Failed(errno) => {
+                    tracing::debug!(
+                        "virtio-blk {:?} failed: {}",
+                        req.request.kind,
+                        io::Error::from_raw_os_error(errno)
+                    );
+                    (VIRTIO_BLK_S_IOERR, 0)
+                }
+            };
+            let len = finish(&a.mem, req.status, status, written);
+            a.queue.add_used(&a.mem, req.head, len)?;
+            used = true;
+        }
+        Ok(used)
+    }
+
+    /// Interrupts the driver if `used` entries were added and it wants to
+    /// hear about them (event index or the no-interrupt flag).
+    fn signal(&mut self, used: bool) -> Result<(), DeviceError> {
+        let Some(a) = self.active.as_mut().filter(|_| used) else {
+            return Ok(());
+        };
+        let needed = a.queue.needs_notification(&a.mem)?;
+        signal_if(a.interrupt.as_ref(), 0, needed)
+    }
+
+    /// Waits for every in-flight request and forgets it (reset, drop).
+    /// Should the ring fail, nothing may unmap memory the kernel could
+    /// still write: the ring and a reference to guest memory are leaked.
+    fn drain(&mut self) {
+        let Some(u) = self.uring.as_mut() else {
+            return;
+        };
+        if u.in_flight() == 0 || u.drain() {
+            return;
+        }
+        tracing::error!("virtio-blk: requests still in flight; leaking the I/O ring");
+        if let Some(a) = &self.active {
+            std::mem::forget(a.mem.clone());
+        }
+        std::mem::forget(self.uring.take());
+    }
+}
+
+impl Drop for VirtioBlock {
+    fn drop(&mut self) {
+        self.drain();
+    }
+}
+
+/// A raw image's file for the fast path: reopened with O_DIRECT under
+/// [`CacheMode::None`] where the file system takes it, else shared with the
+/// backend (page cache).
+#[derive(Debug, Clone)]
+pub struct FastFile {
+    file: Arc<File>,
+    direct: bool,
+}
+
+impl FastFile {
+    /// Whether the file bypasses the page cache (O_DIRECT).
+    pub fn is_direct(&self) -> bool {
+        self.direct
+    }
+
+    /// The fast-path file of `disk`; None for images without one (qcow2)
+    /// or where the file cannot be shared.
+    pub fn open(disk: &dyn BlockBackend, cache: CacheMode, read_only: bool) -> Option<FastFile> {
+        let file = disk.raw_file()?;
+        let direct = match cache {
+            CacheMode::None => match open_direct(file, !read_only, disk.size()) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    tracing::debug!("virtio-blk: O_DIRECT refused ({e}); using the page cache");
+                    None
+                }
+            },
+            CacheMode::Writeback => None,
+        };
+        let direct_flag = direct.is_some();
+        match direct.map_or_else(|| file.try_clone(), Ok) {
+            Ok(f) => Some(FastFile {
+                file: Arc::new(f),
+                direct: direct_flag,
+            }),
+            Err(e) => {
+                tracing::debug!("virtio-blk: cannot share the disk file ({e}); synchronous I/O");
+                None
+            }
+        }
+    }
+}
+
+/// Sets up the fast path's ring on `fast` (a duplicate of its descriptor:
+/// each boot's device owns its ring and file). Returns no ring, and the
+/// caching in effect, where any step fails: the device then serves
+/// everything synchronously, as before.
+fn fast_path(fast: Option<FastFile>) -> (Option<UringDisk>, CacheMode) {
+    let Some(fast) = fast else {
+        return (None, CacheMode::Writeback);
+    };
+    let file = match fast.file.try_clone() {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::debug!("virtio-blk: cannot share the disk file ({e}); synchronous I/O");
+            return (None, CacheMode::Writeback);
+        }
+    };
+    match UringDisk::new(file, fast.direct, BLOCK_QUEUE_SIZE) {
+        Ok(u) => {
+            let mode = if fast.direct {
+                CacheMode::None
+            } else {
+                CacheMode::Writeback
+            };
+            (Some(u), mode)
+        }
+        Err(e) => {
+            tracing::debug!("virtio-blk: io_uring unavailable ({e}); synchronous I/O");
+            (None, CacheMode::Writeback)
+        }
+    }
+}
+
+/// The disk file opened again, with O_DIRECT: a new open file description
+/// of the same file (through /proc, so the same inode even if renamed),
+/// whose flag leaves the backend's buffered descriptor alone. A 512-byte
+/// read at a 512-byte aligned buffer checks that the file system takes
+/// O_DIRECT with the sector size the device advertises.
+fn open_direct(file: &File, writable: bool, size: u64) -> io::Result<File> {
+    let direct = OpenOptions::new()
+        .read(true)
+        .write(writable)
+        .custom_flags(libc::O_DIRECT)
+        .open(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
+    let sector = SECTOR_SIZE as usize;
+    if size >= 2 * SECTOR_SIZE {
+        let mut buf = vec![0u8; 4 * 4096];
+        // An odd multiple of 512 bytes past a page boundary: aligned to the
+        // sector and no more, as a guest buffer may be.
+        let at = buf.as_ptr().align_offset(4096) + sector;
+        let probe = buf
+            .get_mut(at..at + sector)
+            .ok_or_else(|| io::Error::other("probe buffer"))?;
+        direct.read_at(probe, SECTOR_SIZE)?;
+    }
+    Ok(direct)
+}
+
+/// Bytes a finished read put in the guest's buffers (the used length less
+/// the status byte).
+fn bytes_read(req: &Request) -> u32 {
+    if req.kind == RequestKind::Read {
+        u32::try_from(req.data_len).unwrap_or(u32::MAX)
+    } else {
+        0
+    }
+}
+
+/// Writes the status byte; returns the used length (data written + status),
+/// 0 if the status cannot be written.
+fn finish(mem: &GuestMem, status_addr: GuestAddress, status: u8, written: u32) -> u32 {
+    if mem.write_obj(status, status_addr).is_err() {
+        return 0;
+    }
+    written.saturating_add(1)
 }
 
 /// Runs a checked request; returns the status and how many bytes were
@@ -151,7 +488,7 @@ pub fn execute(
     id: &[u8; ID_BYTES],
 ) -> (u8, u32) {
     let result = match req.kind {
-        RequestKind::Read => read(req, mem, disk).map(|()| req.data_len as u32),
+        RequestKind::Read => read(req, mem, disk).map(|()| bytes_read(req)),
         RequestKind::Write => write(req, mem, disk).map(|()| 0),
         RequestKind::Flush => disk.flush().map(|()| 0),
         RequestKind::GetId => get_id(req, mem, id),
@@ -240,30 +577,39 @@ fn zero_range(disk: &mut dyn BlockBackend, r: &SectorRange, discard: bool) -> io
     }
 }
 
-/// Handles one chain; returns the used length (data written + status).
-fn handle_chain(
+/// Starts one chain: returns its used length (data written + status) when
+/// it is done at once, or None when it went to the ring.
+fn start_chain(
     chain: DescriptorChain<&GuestMem>,
     mem: &GuestMem,
     limits: &DiskLimits,
     disk: &mut dyn BlockBackend,
     id: &[u8; ID_BYTES],
-) -> u32 {
+    uring: &mut Option<UringDisk>,
+) -> Option<u32> {
+    let head = chain.head_index();
     let parsed = parse_request(mem, chain, limits);
     let Some(status_addr) = parsed.status else {
         tracing::debug!("virtio-blk request without status descriptor dropped");
-        return 0;
+        return Some(0);
     };
-    let (status, written) = match &parsed.request {
-        Ok(req) => execute(req, mem, disk, id),
+    let (status, written) = match parsed.request {
+        Ok(req) => {
+            let req = match uring.as_mut() {
+                Some(u) => match u.start(mem, head, status_addr, req) {
+                    Ok(()) => return None,
+                    Err(req) => req,
+                },
+                None => req,
+            };
+            execute(&req, mem, disk, id)
+        }
         Err(e) => {
             tracing::debug!("virtio-blk request rejected: {e}");
-            (RequestError::status(e), 0)
+            (e.status(), 0)
         }
     };
-    if mem.write_obj(status, status_addr).is_err() {
-        return 0;
-    }
-    written.saturating_add(1)
+    Some(finish(mem, status_addr, status, written))
 }
 
 impl VirtioDevice for VirtioBlock {
@@ -315,23 +661,36 @@ impl VirtioDevice for VirtioBlock {
             interrupt,
             queue,
             limits,
+            stalled: false,
         });
         Ok(())
     }
 
     fn reset(&mut self) {
+        // The kernel must be done with guest buffers before the driver
+        // gets them back, and no completion may reach a reset ring.
+        self.drain();
         self.active = None;
     }
 
     fn queue_notify(&mut self, queue_index: u16) -> Result<(), DeviceError> {
-        let Some(a) = self.active.as_mut().filter(|_| queue_index == 0) else {
+        if queue_index != 0 {
             return Ok(());
-        };
-        let (disk, id, limits) = (self.disk.as_mut(), &self.id, a.limits);
-        let mem = a.mem.clone();
-        process_queue(&mut a.queue, 0, &a.mem, a.interrupt.as_ref(), |chain| {
-            handle_chain(chain, &mem, &limits, disk, id)
-        })
+        }
+        let used = self.take_requests()?;
+        self.signal(used)
+    }
+
+    fn host_event_fds(&self) -> Vec<std::os::fd::RawFd> {
+        self.uring.iter().map(UringDisk::event_fd).collect()
+    }
+
+    fn host_event(&mut self, _index: usize) -> Result<(), DeviceError> {
+        let mut used = self.complete()?;
+        if self.active.as_ref().is_some_and(|a| a.stalled) {
+            used |= self.take_requests()?;
+        }
+        self.signal(used)
     }
 }
 
@@ -438,6 +797,7 @@ mod tests {
             let head = self.next;
             self.next += descs.len() as u16;
             self.d.notify(0);
+            settle(&mut self.d, vq, self.used + 1);
             assert_eq!(used_idx(&self.d.mem, vq), self.used + 1);
             let (id, len) = used_entry(&self.d.mem, vq, self.used);
             assert_eq!(id, u32::from(head));
@@ -476,6 +836,31 @@ mod tests {
         }
     }
 
+    /// Lets the I/O thread's part happen: waits on the device's completion
+    /// eventfd and hands completions to it until the used index reaches
+    /// `want` (or 5 s pass: the caller's assertion then fails).
+    fn settle(d: &mut Driver, vq: &MockSplitQueue<GuestMem>, want: u16) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while used_idx(&d.mem, vq) != want && std::time::Instant::now() < deadline {
+            let Some(&fd) = d.dev.host_event_fds().first() else {
+                return;
+            };
+            wait_readable(fd, 100);
+            d.dev.handle_host_event(0);
+        }
+    }
+
+    /// Waits up to `ms` milliseconds for `fd` to become readable.
+    fn wait_readable(fd: std::os::fd::RawFd, ms: i32) {
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: `pfd` is one valid pollfd on the stack for the call.
+        unsafe { libc::poll(&mut pfd, 1, ms) };
+    }
+
     fn limits() -> DiskLimits {
         DiskLimits {
             capacity_sectors: SECTORS,
@@ -510,6 +895,7 @@ mod tests {
         let (mut ro, _vq) = setup(BlockOptions {
             read_only: true,
             serial: String::new(),
+            ..BlockOptions::default()
         });
         let f = ro.d.device_features();
         assert_ne!(f & feature(VIRTIO_BLK_F_RO), 0);
@@ -627,6 +1013,7 @@ mod tests {
         let (mut b, vq) = setup(BlockOptions {
             read_only: false,
             serial: "kapsel-disk-0".into(),
+            ..BlockOptions::default()
         });
         let r = b.request(&vq, VIRTIO_BLK_T_GET_ID, 0, &[(BUF, 20, DESC_F_WRITE)]);
         assert_eq!(r, (VIRTIO_BLK_S_OK, 21));
@@ -634,6 +1021,7 @@ mod tests {
         let (mut b, vq) = setup(BlockOptions {
             read_only: false,
             serial: "0123456789abcdefghijKLMN".into(),
+            ..BlockOptions::default()
         });
         let r = b.request(&vq, VIRTIO_BLK_T_GET_ID, 0, &[(BUF, 64, DESC_F_WRITE)]);
         assert_eq!(r, (VIRTIO_BLK_S_OK, 21));
@@ -853,6 +1241,7 @@ mod tests {
         let (mut b, vq) = setup(BlockOptions {
             read_only: true,
             serial: String::new(),
+            ..BlockOptions::default()
         });
         b.d.mem
             .write_slice(&[0xaa; 512], GuestAddress(BUF))
@@ -998,10 +1387,457 @@ mod tests {
             .unwrap();
         add_chain(&vq, 0, &[(HDR, 16, 0), (STATUS, 1, DESC_F_WRITE)]);
         d.notify(0);
+        settle(&mut d, &vq, 1);
         assert_eq!(used_idx(&mem, &vq), 1);
         assert!(d.sink.take().is_empty());
         // The device published avail_event so the driver knows when to kick.
         let avail_event = vq.used_addr().0 + 4 + 8 * u64::from(QSIZE);
         assert_eq!(mem.read_obj::<u16>(GuestAddress(avail_event)).unwrap(), 1);
+    }
+
+    // --- the asynchronous path, driven at the device's own interface ------
+
+    /// Counts what the device asks of its transport.
+    #[derive(Default)]
+    struct CountingIrq {
+        used: std::sync::atomic::AtomicUsize,
+    }
+
+    impl VirtioInterrupt for CountingIrq {
+        fn signal_used_queue(&self, _queue_index: u16) -> io::Result<()> {
+            self.used.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }
+        fn signal_config_change(&self) -> io::Result<()> {
+            Ok(())
+        }
+        fn requeue(&self, _queue_index: u16) {}
+    }
+
+    // A queue of 256 laid out by hand: the mock's layout puts the used ring
+    // inside the available ring past 128 entries.
+    const RING_DESC: u64 = 0x1_0000;
+    const RING_AVAIL: u64 = 0x1_2000;
+    const RING_USED: u64 = 0x1_3000;
+    const TABLES: u64 = 0x20_0000;
+    const HEADERS: u64 = 0x21_0000;
+    const STATUSES: u64 = 0x22_0000;
+    const DATA: u64 = 0x30_0000;
+
+    /// A device activated on one queue, without the PCI transport, so that
+    /// a test sees its in-flight count; every request is one indirect
+    /// descriptor (so all 256 heads can be in use at once).
+    struct Direct {
+        dev: VirtioBlock,
+        mem: GuestMem,
+        irq: Arc<CountingIrq>,
+        _file: tempfile::NamedTempFile,
+        avail: u16,
+        seen: u16,
+    }
+
+    fn ring() -> Queue {
+        let mut q = Queue::new(QSIZE).unwrap();
+        q.set_size(QSIZE);
+        let split = |a: u64| (Some(a as u32), Some((a >> 32) as u32));
+        let (lo, hi) = split(RING_DESC);
+        q.set_desc_table_address(lo, hi);
+        let (lo, hi) = split(RING_AVAIL);
+        q.set_avail_ring_address(lo, hi);
+        let (lo, hi) = split(RING_USED);
+        q.set_used_ring_address(lo, hi);
+        q.set_ready(true);
+        q
+    }
+
+    fn direct() -> Direct {
+        let file = disk();
+        let mut dev = VirtioBlock::new(file.reopen().unwrap(), BlockOptions::default()).unwrap();
+        let mem = guest_memory();
+        let irq = Arc::new(CountingIrq::default());
+        let features = feature(VIRTIO_F_VERSION_1);
+        dev.activate(mem.clone(), irq.clone(), vec![ring()], features)
+            .unwrap();
+        Direct {
+            dev,
+            mem,
+            irq,
+            _file: file,
+            avail: 0,
+            seen: 0,
+        }
+    }
+
+    impl Direct {
+        /// Makes a request of type `t` on `sector` (512 bytes of data for
+        /// reads and writes) available under head `head`.
+        fn publish(&mut self, head: u16, t: u32, sector: u64) {
+            let h = u64::from(head);
+            let (hdr, status, data, table) = (
+                HEADERS + h * 16,
+                STATUSES + h,
+                DATA + h * 4096,
+                TABLES + h * 48,
+            );
+            self.mem.write_obj(t, GuestAddress(hdr)).unwrap();
+            self.mem.write_obj(sector, GuestAddress(hdr + 8)).unwrap();
+            self.mem.write_obj(0xffu8, GuestAddress(status)).unwrap();
+            let dir = if t == VIRTIO_BLK_T_OUT {
+                0
+            } else {
+                DESC_F_WRITE
+            };
+            let descs: Vec<Descriptor> = if t == VIRTIO_BLK_T_FLUSH {
+                vec![
+                    Descriptor::new(hdr, 16, DESC_F_NEXT, 1),
+                    Descriptor::new(status, 1, DESC_F_WRITE, 0),
+                ]
+            } else {
+                let len = if t == VIRTIO_BLK_T_GET_ID { 20 } else { 512 };
+                vec![
+                    Descriptor::new(hdr, 16, DESC_F_NEXT, 1),
+                    Descriptor::new(data, len, dir | DESC_F_NEXT, 2),
+                    Descriptor::new(status, 1, DESC_F_WRITE, 0),
+                ]
+            };
+            for (i, d) in descs.iter().enumerate() {
+                self.mem
+                    .write_obj(RawDescriptor::from(*d), GuestAddress(table + 16 * i as u64))
+                    .unwrap();
+            }
+            let len = 16 * descs.len() as u32;
+            let indirect = Descriptor::new(table, len, DESC_F_INDIRECT, 0);
+            self.mem
+                .write_obj(
+                    RawDescriptor::from(indirect),
+                    GuestAddress(RING_DESC + 16 * u64::from(head)),
+                )
+                .unwrap();
+            let slot = RING_AVAIL + 4 + 2 * u64::from(self.avail % QSIZE);
+            self.mem.write_obj(head, GuestAddress(slot)).unwrap();
+            self.avail = self.avail.wrapping_add(1);
+            self.mem
+                .write_obj(self.avail, GuestAddress(RING_AVAIL + 2))
+                .unwrap();
+        }
+
+        /// New used-ring entries since the last call: (head, length).
+        fn take_used(&mut self) -> Vec<(u16, u32)> {
+            let idx = self.used_idx();
+            let mut out = Vec::new();
+            while self.seen != idx {
+                let at = RING_USED + 4 + 8 * u64::from(self.seen % QSIZE);
+                let id: u32 = self.mem.read_obj(GuestAddress(at)).unwrap();
+                let len: u32 = self.mem.read_obj(GuestAddress(at + 4)).unwrap();
+                out.push((id as u16, len));
+                self.seen = self.seen.wrapping_add(1);
+            }
+            out
+        }
+
+        /// Hands completions to the device until `want` more entries are
+        /// used (5 s at most); checks the in-flight bound on every step.
+        fn settle(&mut self, want: usize) -> Vec<(u16, u32)> {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            let mut used = self.take_used();
+            while used.len() < want && std::time::Instant::now() < deadline {
+                let fd = self.dev.host_event_fds()[0];
+                wait_readable(fd, 100);
+                self.dev.host_event(0).unwrap();
+                assert!(self.dev.uring.as_ref().unwrap().in_flight() <= BLOCK_QUEUE_SIZE.into());
+                used.extend(self.take_used());
+            }
+            used
+        }
+
+        fn in_flight(&self) -> usize {
+            self.dev.uring.as_ref().unwrap().in_flight()
+        }
+
+        fn used_idx(&self) -> u16 {
+            self.mem.read_obj(GuestAddress(RING_USED + 2)).unwrap()
+        }
+
+        fn status(&self, head: u16) -> u8 {
+            self.mem
+                .read_obj(GuestAddress(STATUSES + u64::from(head)))
+                .unwrap()
+        }
+
+        fn data(&self, head: u16) -> Vec<u8> {
+            let mut b = vec![0u8; 512];
+            self.mem
+                .read_slice(&mut b, GuestAddress(DATA + u64::from(head) * 4096))
+                .unwrap();
+            b
+        }
+    }
+
+    /// The asynchronous path needs io_uring; where the kernel refuses it the
+    /// device serves everything synchronously (tested by the other tests).
+    fn io_uring_or_skip(d: &Direct) -> bool {
+        if !d.dev.asynchronous() {
+            eprintln!("SKIP: io_uring unavailable on this kernel");
+        }
+        d.dev.asynchronous()
+    }
+
+    #[test]
+    fn a_full_queue_in_flight_then_a_hostile_surplus_waits_for_room() {
+        let mut d = direct();
+        if !io_uring_or_skip(&d) {
+            return;
+        }
+        for head in 0..QSIZE {
+            d.publish(head, VIRTIO_BLK_T_IN, u64::from(head) * 3);
+        }
+        d.dev.queue_notify(0).unwrap();
+        // Nothing completes before the I/O thread reaps: all 256 in flight.
+        assert_eq!(d.in_flight(), usize::from(QSIZE));
+        assert!(d.take_used().is_empty());
+        // A hostile driver makes 44 heads available again while they are
+        // in flight: the device does not take them (the in-flight bound).
+        for head in 0..44 {
+            d.publish(head, VIRTIO_BLK_T_IN, u64::from(head) * 3);
+        }
+        d.dev.queue_notify(0).unwrap();
+        assert_eq!(d.in_flight(), usize::from(QSIZE));
+        assert!(d.dev.active.as_ref().unwrap().stalled);
+        // Completions make room, and the waiting requests run then.
+        let used = d.settle(300);
+        assert_eq!(used.len(), 300);
+        let mut count = vec![0u32; usize::from(QSIZE)];
+        for (head, len) in used {
+            assert_eq!(len, 513, "head {head}");
+            count[usize::from(head)] += 1;
+        }
+        for (head, n) in count.iter().enumerate() {
+            assert_eq!(*n, if head < 44 { 2 } else { 1 }, "head {head}");
+        }
+        for head in 0..QSIZE {
+            assert_eq!(d.status(head), VIRTIO_BLK_S_OK);
+            assert_eq!(d.data(head), pattern(u64::from(head) * 3), "head {head}");
+        }
+        assert_eq!(d.in_flight(), 0);
+        assert!(d.irq.used.load(std::sync::atomic::Ordering::SeqCst) > 0);
+    }
+
+    #[test]
+    fn completions_arrive_out_of_order() {
+        let mut d = direct();
+        if !io_uring_or_skip(&d) {
+            return;
+        }
+        // A read (to the ring) and then a GET_ID (done at once): the second
+        // request is used first.
+        d.publish(7, VIRTIO_BLK_T_IN, 11);
+        d.publish(8, VIRTIO_BLK_T_GET_ID, 0);
+        d.dev.queue_notify(0).unwrap();
+        assert_eq!(d.take_used(), vec![(8, 21)]);
+        assert_eq!(d.in_flight(), 1);
+        assert_eq!(d.settle(1), vec![(7, 513)]);
+        assert_eq!(d.data(7), pattern(11));
+        // A write and a flush in flight together both complete.
+        d.mem
+            .write_slice(&[0x5a; 512], GuestAddress(DATA + 9 * 4096))
+            .unwrap();
+        d.publish(9, VIRTIO_BLK_T_OUT, 12);
+        d.publish(10, VIRTIO_BLK_T_FLUSH, 0);
+        d.dev.queue_notify(0).unwrap();
+        let mut used = d.settle(2);
+        used.sort();
+        assert_eq!(used, vec![(9, 1), (10, 1)]);
+        assert_eq!(
+            (d.status(9), d.status(10)),
+            (VIRTIO_BLK_S_OK, VIRTIO_BLK_S_OK)
+        );
+        d.publish(11, VIRTIO_BLK_T_IN, 12);
+        d.dev.queue_notify(0).unwrap();
+        assert_eq!(d.settle(1), vec![(11, 513)]);
+        assert_eq!(d.data(11), vec![0x5a; 512]);
+    }
+
+    #[test]
+    fn reset_with_requests_in_flight_drains_them() {
+        let mut d = direct();
+        if !io_uring_or_skip(&d) {
+            return;
+        }
+        for head in 0..200 {
+            d.publish(head, VIRTIO_BLK_T_IN, u64::from(head));
+        }
+        d.dev.queue_notify(0).unwrap();
+        assert_eq!(d.in_flight(), 200);
+        d.dev.reset();
+        // The kernel is done with every buffer, and nothing was put on the
+        // reset queue's used ring.
+        assert_eq!(d.in_flight(), 0);
+        assert_eq!(d.used_idx(), 0);
+        // A completion event left over from before the reset is harmless.
+        d.dev.host_event(0).unwrap();
+        assert_eq!(d.used_idx(), 0);
+        // Activated again (the driver starts over), the device works.
+        let features = feature(VIRTIO_F_VERSION_1);
+        let irq = d.irq.clone();
+        d.dev
+            .activate(d.mem.clone(), irq, vec![ring()], features)
+            .unwrap();
+        d.avail = 0;
+        d.mem.write_obj(0u16, GuestAddress(RING_AVAIL + 2)).unwrap();
+        d.mem.write_slice(&[0; 512], GuestAddress(DATA)).unwrap();
+        d.publish(0, VIRTIO_BLK_T_IN, 42);
+        d.dev.queue_notify(0).unwrap();
+        assert_eq!(d.settle(1), vec![(0, 513)]);
+        assert_eq!(d.data(0), pattern(42));
+    }
+
+    #[test]
+    fn dropping_the_device_waits_for_in_flight_requests() {
+        let mut d = direct();
+        if !io_uring_or_skip(&d) {
+            return;
+        }
+        for head in 0..64 {
+            d.publish(head, VIRTIO_BLK_T_IN, u64::from(head));
+        }
+        d.dev.queue_notify(0).unwrap();
+        assert_eq!(d.in_flight(), 64);
+        let Direct { dev, mem, .. } = d;
+        drop(dev);
+        // The reads finished before the drop returned: the buffers hold the
+        // data, and nobody writes them any more.
+        let mut b = vec![0u8; 512];
+        mem.read_slice(&mut b, GuestAddress(DATA + 63 * 4096))
+            .unwrap();
+        assert_eq!(b, pattern(63));
+    }
+
+    #[test]
+    fn a_short_read_is_not_reported_as_done() {
+        let mut d = direct();
+        if !io_uring_or_skip(&d) {
+            return;
+        }
+        // The image shrinks under the device (another process truncated
+        // it): the kernel reads fewer bytes than asked, the request is
+        // redone on the slow path, which fails it.
+        d._file.as_file().set_len(1024 * 512).unwrap();
+        d.publish(3, VIRTIO_BLK_T_IN, 1500);
+        d.publish(4, VIRTIO_BLK_T_IN, 10);
+        d.dev.queue_notify(0).unwrap();
+        let mut used = d.settle(2);
+        used.sort();
+        assert_eq!(used, vec![(3, 1), (4, 513)]);
+        assert_eq!(d.status(3), VIRTIO_BLK_S_IOERR);
+        assert_eq!((d.status(4), d.data(4)), (VIRTIO_BLK_S_OK, pattern(10)));
+    }
+
+    /// The file-system magic of the directory `dir`.
+    fn fs_type(dir: &std::path::Path) -> i64 {
+        let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: statfs fills the zeroed struct from a NUL-terminated path.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `path` is NUL-terminated and `st` is a valid statfs.
+        assert_eq!(unsafe { libc::statfs(path.as_ptr(), &mut st) }, 0);
+        st.f_type as i64
+    }
+
+    #[test]
+    fn cache_modes_and_the_tmpfs_fallback() {
+        const TMPFS_MAGIC: i64 = 0x0102_1994;
+        let on = |dir: &std::path::Path, cache: CacheMode| {
+            let mut f = tempfile::NamedTempFile::new_in(dir).unwrap();
+            f.write_all(&vec![7u8; 64 * 1024]).unwrap();
+            let options = BlockOptions {
+                cache,
+                ..BlockOptions::default()
+            };
+            let dev = VirtioBlock::new(f.reopen().unwrap(), options).unwrap();
+            (dev.cache_mode(), dev.asynchronous())
+        };
+        let tmp = std::env::temp_dir();
+        assert_eq!(
+            on(&tmp, CacheMode::Writeback).0,
+            CacheMode::Writeback,
+            "writeback is never upgraded"
+        );
+        let shm = std::path::Path::new("/dev/shm");
+        if shm.is_dir() && fs_type(shm) == TMPFS_MAGIC {
+            // tmpfs refuses O_DIRECT before Linux 6.6 (the disk falls back
+            // and works), and takes it since.
+            let refused = {
+                let f = tempfile::NamedTempFile::new_in(shm).unwrap();
+                OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_DIRECT)
+                    .open(f.path())
+                    .is_err()
+            };
+            let want = if refused {
+                CacheMode::Writeback
+            } else {
+                CacheMode::None
+            };
+            assert_eq!(on(shm, CacheMode::None), (want, true));
+        } else {
+            eprintln!("SKIP: no tmpfs at /dev/shm to check the O_DIRECT fallback");
+        }
+        const EXT4_MAGIC: i64 = 0xef53;
+        const XFS_MAGIC: i64 = 0x5846_5342;
+        if [EXT4_MAGIC, XFS_MAGIC].contains(&fs_type(&tmp)) {
+            assert_eq!(on(&tmp, CacheMode::None), (CacheMode::None, true));
+        } else {
+            eprintln!("SKIP: {} is not ext4 or xfs (O_DIRECT)", tmp.display());
+        }
+        assert_eq!("none".parse::<CacheMode>(), Ok(CacheMode::None));
+        assert_eq!("writeback".parse::<CacheMode>(), Ok(CacheMode::Writeback));
+        assert!("unsafe"
+            .parse::<CacheMode>()
+            .unwrap_err()
+            .contains("none or writeback"));
+    }
+
+    #[test]
+    fn buffers_not_aligned_for_o_direct_take_the_slow_path() {
+        for cache in [CacheMode::None, CacheMode::Writeback] {
+            let (mut b, vq) = setup(BlockOptions {
+                cache,
+                ..BlockOptions::default()
+            });
+            // A read into an odd address, split over two odd-sized buffers.
+            let r = b.request(
+                &vq,
+                VIRTIO_BLK_T_IN,
+                20,
+                &[
+                    (BUF + 1, 100, DESC_F_WRITE),
+                    (BUF + 0x3001, 924, DESC_F_WRITE),
+                ],
+            );
+            assert_eq!(r, (VIRTIO_BLK_S_OK, 1025));
+            let mut got = b.guest(BUF + 1, 100);
+            got.extend(b.guest(BUF + 0x3001, 924));
+            let mut want = pattern(20);
+            want.extend(pattern(21));
+            assert_eq!(got, want, "cache={}", cache.name());
+            // A write from an odd address, read back through the fast path.
+            let data: Vec<u8> = (0..512).map(|i| (i * 5 + 3) as u8).collect();
+            b.d.mem.write_slice(&data, GuestAddress(BUF + 3)).unwrap();
+            let r = b.request(&vq, VIRTIO_BLK_T_OUT, 30, &[(BUF + 3, 512, 0)]);
+            assert_eq!(r, (VIRTIO_BLK_S_OK, 1));
+            let r = b.request(
+                &vq,
+                VIRTIO_BLK_T_IN,
+                30,
+                &[(BUF + 0x4000, 512, DESC_F_WRITE)],
+            );
+            assert_eq!(r, (VIRTIO_BLK_S_OK, 513));
+            assert_eq!(b.guest(BUF + 0x4000, 512), data);
+            assert_eq!(b.disk_sector(30), data);
+            // Sector 0 is written through the backend (its magic guard).
+            let r = b.request(&vq, VIRTIO_BLK_T_OUT, 0, &[(BUF + 0x4000, 512, 0)]);
+            assert_eq!(r, (VIRTIO_BLK_S_OK, 1));
+            assert_eq!(b.disk_sector(0), data);
+        }
     }
 }
