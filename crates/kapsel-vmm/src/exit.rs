@@ -1,6 +1,7 @@
 //! Why a VM stopped, and the one-shot signal that devices and vCPU threads
 //! use to ask the VMM to stop it.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -58,6 +59,9 @@ impl std::fmt::Display for VmExit {
 /// VMM's event loop. Later requests are ignored: the first cause wins.
 pub struct ExitSignal {
     reason: Mutex<Option<VmExit>>,
+    /// Set with the reason; read by vCPU threads after every exit, without
+    /// taking the lock.
+    raised: AtomicBool,
     event: EventFd,
 }
 
@@ -66,6 +70,7 @@ impl ExitSignal {
     pub fn new() -> std::io::Result<Self> {
         Ok(ExitSignal {
             reason: Mutex::new(None),
+            raised: AtomicBool::new(false),
             event: EventFd::new(EFD_NONBLOCK)?,
         })
     }
@@ -76,9 +81,17 @@ impl ExitSignal {
         if reason.is_none() {
             tracing::debug!("stop requested: {exit}");
             *reason = Some(exit);
+            self.raised.store(true, Ordering::Release);
         }
         // A full eventfd counter only means the VMM has a wake-up pending.
         let _ = self.event.write(1);
+    }
+
+    /// Whether a reason was recorded: the VM is stopping, and a vCPU that
+    /// sees this must not run the guest any further (a guest that powered
+    /// off must not go on running until the VMM's kick arrives).
+    pub fn is_raised(&self) -> bool {
+        self.raised.load(Ordering::Acquire)
     }
 
     /// The recorded reason, if any.
@@ -103,7 +116,9 @@ mod tests {
     fn first_reason_wins() {
         let s = ExitSignal::new().unwrap();
         assert_eq!(s.reason(), None);
+        assert!(!s.is_raised());
         s.raise(VmExit::Reset);
+        assert!(s.is_raised());
         s.raise(VmExit::PowerOff);
         assert_eq!(s.reason(), Some(VmExit::Reset));
         assert_eq!(s.event().read().unwrap(), 2);

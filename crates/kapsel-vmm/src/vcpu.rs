@@ -127,7 +127,7 @@ impl Vcpu {
     pub fn run(mut self, ctx: VcpuContext) {
         let id = self.id;
         let failure = |reason: String| VmExit::KvmFailure { cpu: id, reason };
-        while !ctx.stop.load(Ordering::Acquire) {
+        while !ctx.stop.load(Ordering::Acquire) && !ctx.exit.is_raised() {
             let stop_with = match self.fd.run() {
                 Ok(VcpuExit::IoIn(port, data)) => {
                     ctx.pio.read(u64::from(port), data);
