@@ -3,6 +3,7 @@
 mod check;
 mod create;
 mod run;
+mod run_container;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -23,6 +24,8 @@ enum Command {
     Check(check::CheckArgs),
     /// Create a disk image: raw or qcow2, empty, an overlay (-b) or a copy (-i).
     Create(create::CreateArgs),
+    /// Run one container in the foreground from a root directory.
+    RunContainer(run_container::RunContainerArgs),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +35,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::main(args),
         Command::Check(args) => check::main(args),
         Command::Create(args) => create::main(args),
+        Command::RunContainer(args) => run_container::main(args),
     };
     ExitCode::from(code)
 }
