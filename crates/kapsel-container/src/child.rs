@@ -127,6 +127,8 @@ pub(crate) struct ChildPlan {
     pub seccomp: Option<BpfProgram>,
     pub user_ns: bool,
     pub mount_cgroup2: bool,
+    /// The parent created eth0 in the container's network namespace.
+    pub veth: bool,
     /// The child's ends of the sync pipes.
     pub go_read: RawFd,
     pub err_write: RawFd,
@@ -384,8 +386,13 @@ pub(crate) fn run(plan: &ChildPlan) -> ! {
         if libc::chdir(cstr(b"/\0")) != 0 {
             fail(plan, 20);
         }
-        if let Err(e) = crate::netlink::loopback_up() {
+        if let Err(e) = crate::netlink::link_up(b"lo\0") {
             fail_with(plan, 21, e);
+        }
+        if plan.veth {
+            if let Err(e) = crate::netlink::link_up(b"eth0\0") {
+                fail_with(plan, 21, e);
+            }
         }
         for (to, &from) in plan.stdio.iter().enumerate() {
             if from >= 0 && from != to as RawFd && libc::dup2(from, to as RawFd) < 0 {

@@ -228,6 +228,7 @@ impl Container {
             },
             user_ns: spec.user_map.is_some(),
             mount_cgroup2: mode.is_unified(),
+            veth: spec.network.is_some(),
             go_read: go_read.as_raw_fd(),
             err_write: err_write.as_raw_fd(),
         };

@@ -172,7 +172,7 @@ fn request(msg: Vec<u8>) -> io::Result<()> {
 }
 
 /// Creates a veth pair: `host_name` up on the host, and its peer `eth0`
-/// (up, with `mac` if given) in the network namespace of process `pid`.
+/// (down, with `mac` if given) in the network namespace of process `pid`.
 pub fn create_veth(host_name: &str, pid: i32, mac: Option<[u8; 6]>) -> Result<()> {
     let mut m = Message::new(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL);
     m.ifinfo(true);
@@ -181,7 +181,9 @@ pub fn create_veth(host_name: &str, pid: i32, mac: Option<[u8; 6]>) -> Result<()
     m.name(IFLA_INFO_KIND, "veth");
     m.begin(IFLA_INFO_DATA);
     m.begin(VETH_INFO_PEER);
-    m.ifinfo(true);
+    // Not up here: the kernel opens the peer before the pair is joined and
+    // refuses (ENOTCONN); the container brings eth0 up itself.
+    m.ifinfo(false);
     m.name(IFLA_IFNAME, "eth0");
     m.attr(IFLA_NET_NS_PID, &(pid as u32).to_ne_bytes());
     if let Some(mac) = mac {
@@ -213,9 +215,10 @@ pub fn delete_link(name: &str) -> Result<()> {
     }
 }
 
-/// Brings the loopback interface of the calling process's network
-/// namespace up, with an ioctl (no allocation: safe after `clone`).
-pub(crate) fn loopback_up() -> std::result::Result<(), i32> {
+/// Brings interface `name` (NUL-terminated, at most 15 bytes before the
+/// NUL) of the calling process's network namespace up, with an ioctl (no
+/// allocation: safe after `clone`).
+pub(crate) fn link_up(name: &[u8]) -> std::result::Result<(), i32> {
     // SAFETY: socket(2) with constant arguments.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
@@ -223,11 +226,22 @@ pub(crate) fn loopback_up() -> std::result::Result<(), i32> {
     }
     // SAFETY: ifreq is plain data; zeroed is a valid value.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    req.ifr_name[0] = b'l' as libc::c_char;
-    req.ifr_name[1] = b'o' as libc::c_char;
-    req.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-    // SAFETY: SIOCSIFFLAGS reads an ifreq, which `req` is.
-    let r = unsafe { libc::ioctl(fd, libc::SIOCSIFFLAGS, &req as *const libc::ifreq) };
+    for (d, &b) in req
+        .ifr_name
+        .iter_mut()
+        .zip(name.iter().take(libc::IFNAMSIZ - 1))
+    {
+        *d = b as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS and SIOCSIFFLAGS read and write an ifreq, which `req` is.
+    let r = unsafe {
+        if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req as *mut libc::ifreq) < 0 {
+            -1
+        } else {
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            libc::ioctl(fd, libc::SIOCSIFFLAGS, &req as *const libc::ifreq)
+        }
+    };
     let e = errno();
     // SAFETY: `fd` is ours and closed once.
     unsafe { libc::close(fd) };

@@ -131,7 +131,10 @@ impl ContainerSpec {
         let Some(init) = self.init.first() else {
             return libc::SIGTERM;
         };
-        let target = resolve_init(&self.root, init).ok();
+        // The file the init is in the end (busybox installs init as a link).
+        let target = resolve_init(&self.root, init)
+            .ok()
+            .and_then(|inner| resolve_in_root(&self.root, &inner));
         let named = |n: &str| {
             Path::new(init).file_name() == Some(OsStr::new(n))
                 || target.as_ref().and_then(|t| t.file_name()) == Some(OsStr::new(n))
@@ -368,9 +371,8 @@ mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
 
-    fn tree() -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("kapsel-spec-{}-{}", std::process::id(), line!()));
+    fn tree(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("kapsel-spec-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("bin")).unwrap();
         std::fs::create_dir_all(dir.join("sbin")).unwrap();
@@ -390,7 +392,7 @@ mod tests {
 
     #[test]
     fn init_is_resolved_inside_the_root() {
-        let root = tree();
+        let root = tree("resolve");
         assert_eq!(
             resolve_init(&root, "/sbin/init").unwrap(),
             PathBuf::from("/sbin/init")
@@ -410,7 +412,7 @@ mod tests {
 
     #[test]
     fn stop_signal_follows_the_init() {
-        let root = tree();
+        let root = tree("stop");
         let spec = ContainerSpec::new("c", &root, vec!["/sbin/init".into()]);
         assert_eq!(spec.stop_signal(), libc::SIGUSR2);
         let spec = ContainerSpec::new("c", &root, vec!["/lib/systemd/systemd".into()]);
