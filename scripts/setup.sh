@@ -4,11 +4,12 @@
 #   Rust toolchain: cargo (rustup or Debian's), used as found.
 #   Debian packages: gcc (test guests), qemu-utils (qcow2 checks), qemu-system-x86 (peer in benchmarks,
 #   outer VM of the nested testbed), busybox-static, kmod, cpio, xz-utils
-#   (testbed images), iproute2.
+#   (testbed images), iproute2 (network namespaces in the container tests), runc and crun (peers
+#   in bench/container.py).
 set -euo pipefail
 
 PACKAGES=(gcc libc6-dev make qemu-system-x86 qemu-utils busybox-static kmod cpio xz-utils zstd lz4
-          iproute2 ca-certificates)
+          iproute2 ca-certificates runc crun)
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then

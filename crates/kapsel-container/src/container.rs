@@ -116,7 +116,13 @@ impl Container {
     /// returns once the init has been executed. On any failure everything
     /// created is removed again and the child is gone.
     pub fn start(spec: &ContainerSpec) -> Result<Container> {
-        let mode = CgroupMode::detect()?;
+        Self::start_in(spec, &CgroupMode::detect()?)
+    }
+
+    /// [`Container::start`] with the cgroup layout given: a daemon detects
+    /// it once ([`CgroupMode::detect`]) instead of at every start.
+    pub fn start_in(spec: &ContainerSpec, mode: &CgroupMode) -> Result<Container> {
+        let mode = mode.clone();
         let init = spec.validate(&mode)?;
         let stop_signal = spec.stop_signal();
 

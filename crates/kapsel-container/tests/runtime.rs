@@ -520,3 +520,66 @@ fn limits_the_host_cannot_enforce_are_refused() {
     let lacking = CgroupMode::Legacy { mounts: vec![] };
     assert!(!lacking.has(Controller::Memory));
 }
+
+/// The cgroup v2 path (directory, cgroup.freeze, cgroup2 mounted inside)
+/// on the v2 hierarchy of a hybrid host, where it holds no controllers;
+/// on a pure v2 host every other test already takes this path.
+#[test]
+fn cgroup_v2_freezer_on_the_unified_hierarchy() {
+    skip_unless_ready!();
+    let unified = Path::new("/sys/fs/cgroup/unified");
+    if CgroupMode::detect().unwrap().is_unified() {
+        println!("SKIP: pure cgroup v2 host: the other tests cover v2");
+        return;
+    }
+    if !unified.join("cgroup.controllers").exists() {
+        println!("SKIP: no cgroup v2 hierarchy at {}", unified.display());
+        return;
+    }
+    let mode = CgroupMode::Unified {
+        root: unified.to_path_buf(),
+        controllers: Vec::new(),
+    };
+    let root = Rootfs::new("v2");
+    let n = name("v2");
+    let spec = sh(
+        &n,
+        &root,
+        "i=0; while :; do i=$((i+1)); echo $i > /tmp/tick; usleep 5000; done",
+    );
+    let mut c = Container::start_in(&spec, &mode).unwrap();
+    let dir = unified.join("kapsel").join(&n);
+    assert!(dir.is_dir());
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap();
+    assert!(procs.lines().any(|p| p == c.pid().to_string()), "{procs}");
+    let tick = || {
+        std::fs::read_to_string(root.file("/tmp/tick"))
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert!(eventually(5, || tick() > 2));
+    c.freeze().unwrap();
+    assert!(std::fs::read_to_string(dir.join("cgroup.events"))
+        .unwrap()
+        .contains("frozen 1"));
+    let at = tick();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(tick(), at);
+    c.thaw().unwrap();
+    assert!(eventually(5, || tick() > at + 2));
+    // Inside, /sys/fs/cgroup is the container's own cgroup2 (namespaced root).
+    let st = c
+        .exec(&[
+            "/bin/sh".into(),
+            "-c".into(),
+            "grep -q '^0::/$' /proc/self/cgroup && test -e /sys/fs/cgroup/cgroup.freeze".into(),
+        ])
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(st, ExitStatus::Exited(0));
+    c.kill().unwrap();
+    c.cleanup().unwrap();
+    assert!(!dir.exists());
+}
