@@ -390,6 +390,16 @@ impl Cgroup {
             .unwrap_or(0))
     }
 
+    /// The directory on cgroup v2, where a child can be cloned straight
+    /// into (`CLONE_INTO_CGROUP`); `None` on v1.
+    pub fn unified_dir(&self) -> Option<&Path> {
+        if self.unified {
+            self.dirs.first().map(|(_, d)| d.as_path())
+        } else {
+            None
+        }
+    }
+
     /// The cgroup's directories (one on v2).
     pub fn paths(&self) -> impl Iterator<Item = &Path> {
         self.dirs.iter().map(|(_, d)| d.as_path())

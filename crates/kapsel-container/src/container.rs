@@ -67,6 +67,26 @@ pub struct Container {
     cleaned: bool,
 }
 
+/// `CLONE_INTO_CGROUP` (Linux 5.7), not in the libc crate for every target.
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// `struct clone_args` of clone3(2), version 2 (88 bytes, with `cgroup`).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
 /// The parent's and the child's ends of a pipe.
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
@@ -256,20 +276,50 @@ impl Container {
             flags |= libc::CLONE_NEWUSER;
         }
         let mut pidfd: libc::c_int = -1;
-        // SAFETY: clone without CLONE_VM and with no new stack behaves like
-        // fork: the child gets a copy of this address space and runs on
-        // its copy of this stack. The child only calls `child::run`, which
-        // makes system calls on the prepared plan and never returns.
-        let pid = unsafe {
-            libc::syscall(
-                libc::SYS_clone,
-                (flags | libc::SIGCHLD) as libc::c_ulong,
-                0usize,
-                &mut pidfd as *mut libc::c_int,
-                0usize,
-                0usize,
-            )
-        };
+        // On cgroup v2 the child is born in its cgroup (clone3 with
+        // CLONE_INTO_CGROUP): moving it afterwards would take the cgroup
+        // threadgroup lock for writing, which waits for an RCU grace period
+        // (milliseconds, the largest cost of a start). v1 has no such
+        // option: there, and on kernels before 5.7, the parent moves it.
+        let cgroup_dir = cgroup.unified_dir().and_then(|d| File::open(d).ok());
+        let mut born_in_cgroup = false;
+        let mut pid: libc::c_long = -1;
+        if let Some(dir) = &cgroup_dir {
+            let args = CloneArgs {
+                flags: flags as u32 as u64 | CLONE_INTO_CGROUP,
+                pidfd: &mut pidfd as *mut libc::c_int as u64,
+                exit_signal: libc::SIGCHLD as u64,
+                cgroup: dir.as_raw_fd() as u64,
+                ..CloneArgs::default()
+            };
+            // SAFETY: clone3 with no stack and without CLONE_VM behaves like
+            // fork (see below); `args` is a valid clone_args of the size given.
+            pid = unsafe {
+                libc::syscall(
+                    libc::SYS_clone3,
+                    &args as *const CloneArgs,
+                    std::mem::size_of::<CloneArgs>(),
+                )
+            };
+            born_in_cgroup = pid >= 0;
+        }
+        if !born_in_cgroup {
+            // SAFETY: clone without CLONE_VM and with no new stack behaves
+            // like fork: the child gets a copy of this address space and
+            // runs on its copy of this stack. The child only calls
+            // `child::run`, which makes system calls on the prepared plan
+            // and never returns.
+            pid = unsafe {
+                libc::syscall(
+                    libc::SYS_clone,
+                    (flags | libc::SIGCHLD) as libc::c_ulong,
+                    0usize,
+                    &mut pidfd as *mut libc::c_int,
+                    0usize,
+                    0usize,
+                )
+            };
+        }
         if pid == 0 {
             child::run(&plan);
         }
@@ -283,6 +333,7 @@ impl Container {
         drop(err_write);
         drop(slave_fd);
         drop(null_fd);
+        drop(cgroup_dir);
         // SAFETY: CLONE_PIDFD stored a new descriptor for the child in `pidfd`.
         let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
         let mut c = Container {
@@ -300,7 +351,9 @@ impl Container {
         };
         // From here on a failure drops `c`, which kills the child and
         // removes the cgroup and the veth.
-        c.cgroup.add(c.pid)?;
+        if !born_in_cgroup {
+            c.cgroup.add(c.pid)?;
+        }
         if let Some(map) = &spec.user_map {
             for (file, host) in [("uid_map", map.host_uid), ("gid_map", map.host_gid)] {
                 let path = format!("/proc/{}/{file}", c.pid);
