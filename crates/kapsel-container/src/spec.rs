@@ -426,6 +426,49 @@ mod tests {
     }
 
     #[test]
+    fn limits_need_their_controllers() {
+        let root = tree("limits");
+        let none = CgroupMode::Legacy { mounts: Vec::new() };
+        let all = CgroupMode::Unified {
+            root: "/sys/fs/cgroup".into(),
+            controllers: vec!["memory".into(), "pids".into(), "cpu".into()],
+        };
+        let mut spec = ContainerSpec::new("c", &root, vec!["/sbin/init".into()]);
+        assert!(
+            spec.validate(&none).is_ok(),
+            "no limit, no controller needed"
+        );
+        spec.memory = Some(64 << 20);
+        let e = spec.validate(&none).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("no memory controller"), "{e}");
+        assert!(e.to_string().contains("drop the limit"), "{e}");
+        assert!(spec.validate(&all).is_ok());
+        spec.memory = None;
+        spec.pids = Some(10);
+        assert!(spec
+            .validate(&none)
+            .unwrap_err()
+            .to_string()
+            .contains("pids"));
+        spec.pids = None;
+        spec.cpus = Some(0.0);
+        assert!(spec
+            .validate(&all)
+            .unwrap_err()
+            .to_string()
+            .contains("cpus"));
+        spec.cpus = Some(1.5);
+        assert!(spec
+            .validate(&none)
+            .unwrap_err()
+            .to_string()
+            .contains("cpu controller"));
+        assert!(spec.validate(&all).is_ok());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
     fn names() {
         assert!(check_name("web-1.example_a").is_ok());
         assert!(check_name("").is_err());

@@ -518,7 +518,10 @@ fn limits_the_host_cannot_enforce_are_refused() {
     }
     // A controller the host lacks is an input error, before anything exists.
     let lacking = CgroupMode::Legacy { mounts: vec![] };
-    assert!(!lacking.has(Controller::Memory));
+    let e = Container::start_in(&spec, &lacking).unwrap_err();
+    assert_eq!(e.exit_code(), 2, "{e}");
+    assert!(e.to_string().contains("controller"), "{e}");
+    assert!(cgroup_dirs(&n).is_empty());
 }
 
 /// The cgroup v2 path (directory, cgroup.freeze, cgroup2 mounted inside)
