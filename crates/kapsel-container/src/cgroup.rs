@@ -186,7 +186,9 @@ impl Cgroup {
             unified: mode.is_unified(),
             dirs: Vec::new(),
         };
-        let made = cg.create_dirs(mode, name).and_then(|()| cg.apply(limits));
+        let made = cg
+            .create_dirs(mode, name, limits)
+            .and_then(|()| cg.apply(limits));
         match made {
             Ok(()) => Ok(cg),
             Err(e) => {
@@ -196,20 +198,34 @@ impl Cgroup {
         }
     }
 
-    fn create_dirs(&mut self, mode: &CgroupMode, name: &str) -> Result<()> {
+    fn create_dirs(&mut self, mode: &CgroupMode, name: &str, limits: &Limits) -> Result<()> {
         match mode {
             CgroupMode::Unified { root, controllers } => {
                 let parent = root.join(PARENT);
                 mkdir_parent(&parent)?;
-                // Controllers must be enabled in every ancestor's subtree_control.
-                let enable: String = ["memory", "pids", "cpu"]
-                    .iter()
-                    .filter(|c| controllers.iter().any(|h| h == *c))
-                    .map(|c| format!("+{c} "))
-                    .collect();
-                if !enable.is_empty() {
+                // Controllers must be enabled in every ancestor's
+                // subtree_control, one by one: the kernel may refuse one
+                // (cpu, while a real-time task sits outside the root), which
+                // only matters when a limit needs it; memory is wanted for
+                // the usage figures but not required.
+                let wanted = [
+                    (Controller::Memory, limits.memory.is_some()),
+                    (Controller::Pids, limits.pids.is_some()),
+                    (Controller::Cpu, limits.cpus.is_some()),
+                ];
+                for (c, needed) in wanted {
+                    if !controllers.iter().any(|h| h == c.name()) {
+                        continue;
+                    }
                     for dir in [root, &parent] {
-                        write(&dir.join("cgroup.subtree_control"), enable.trim_end())?;
+                        let file = dir.join("cgroup.subtree_control");
+                        match write(&file, &format!("+{}", c.name())) {
+                            Ok(()) => {}
+                            Err(e) if needed => return Err(e),
+                            Err(e) => {
+                                tracing::debug!("{e}: the container runs without {}", c.name())
+                            }
+                        }
                     }
                 }
                 let dir = parent.join(name);

@@ -38,3 +38,10 @@ pub use spec::{
     check_name, resolve_init, ConsoleSpec, ContainerSpec, IdMap, VethSpec, DEFAULT_PATH,
     MAX_IFNAME_LEN, MAX_NAME_LEN,
 };
+
+// The daemon keeps containers in its state and drives them from any thread.
+const _: () = {
+    const fn assert_send<T: Send>() {}
+    assert_send::<Container>();
+    assert_send::<ExecProcess>();
+};
