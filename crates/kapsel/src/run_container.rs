@@ -158,7 +158,8 @@ pub fn main(args: RunContainerArgs) -> u8 {
     }
 }
 
-/// SIGTERM, SIGINT and SIGHUP, blocked and read through a signalfd.
+/// SIGTERM, SIGINT and SIGHUP (stop requests) and SIGWINCH (the terminal's
+/// size changed), blocked and read through a signalfd.
 struct StopSignals {
     fd: std::os::fd::OwnedFd,
 }
@@ -170,7 +171,7 @@ impl StopSignals {
         unsafe {
             let mut set: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut set);
-            for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGWINCH] {
                 libc::sigaddset(&mut set, s);
             }
             libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
@@ -184,11 +185,13 @@ impl StopSignals {
         }
     }
 
-    /// Consumes one pending signal; whether there was one.
-    fn take(&self) -> bool {
+    /// Consumes one pending signal and returns its number.
+    fn take(&self) -> Option<i32> {
         let mut info = [0u8; 128];
         // SAFETY: reads one signalfd_siginfo (128 bytes) into `info`.
-        unsafe { libc::read(self.fd.as_raw_fd(), info.as_mut_ptr().cast(), info.len()) == 128 }
+        let n = unsafe { libc::read(self.fd.as_raw_fd(), info.as_mut_ptr().cast(), info.len()) };
+        // ssi_signo is the first field, a u32.
+        (n == 128).then(|| u32::from_ne_bytes([info[0], info[1], info[2], info[3]]) as i32)
     }
 }
 
@@ -220,6 +223,17 @@ impl Drop for RawTerminal {
     }
 }
 
+/// Gives the container's pty the size of kapsel's terminal.
+fn copy_window_size(master: &std::fs::File) {
+    // SAFETY: TIOCGWINSZ fills a winsize on the stack; TIOCSWINSZ reads it.
+    unsafe {
+        let mut ws: libc::winsize = std::mem::zeroed();
+        if libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) == 0 {
+            libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws);
+        }
+    }
+}
+
 /// Waits for the init to exit, relaying the console pty and turning the
 /// first stop signal into a clean stop.
 fn supervise(
@@ -229,14 +243,7 @@ fn supervise(
 ) -> Result<kapsel_container::ExitStatus, Error> {
     let console = c.console().and_then(|m| m.try_clone().ok());
     let _raw = console.as_ref().and_then(|m| {
-        // SAFETY: copies the window size from stdin to the pty (a winsize
-        // struct on the stack in between).
-        unsafe {
-            let mut ws: libc::winsize = std::mem::zeroed();
-            if libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) == 0 {
-                libc::ioctl(m.as_raw_fd(), libc::TIOCSWINSZ, &ws);
-            }
-        }
+        copy_window_size(m);
         RawTerminal::enter()
     });
     let mut stdin_open = console.is_some();
@@ -294,15 +301,25 @@ fn supervise(
                 }
             }
         }
-        if fds[1].revents != 0 && signals.take() {
-            tracing::info!(
-                "stop requested: sending signal {} to the init",
-                c.stop_signal()
-            );
-            return match c.stop(timeout) {
-                Err(Error::StopTimeout(_)) => c.wait(),
-                other => other,
-            };
+        if fds[1].revents != 0 {
+            match signals.take() {
+                Some(libc::SIGWINCH) => {
+                    if let Some(m) = &console {
+                        copy_window_size(m);
+                    }
+                }
+                Some(_) => {
+                    tracing::info!(
+                        "stop requested: sending signal {} to the init",
+                        c.stop_signal()
+                    );
+                    return match c.stop(timeout) {
+                        Err(Error::StopTimeout(_)) => c.wait(),
+                        other => other,
+                    };
+                }
+                None => {}
+            }
         }
         if fds[0].revents != 0 {
             if let Some(s) = c.try_wait()? {
