@@ -586,3 +586,58 @@ fn cgroup_v2_freezer_on_the_unified_hierarchy() {
     c.cleanup().unwrap();
     assert!(!dir.exists());
 }
+
+/// The seccomp profile is a wall of its own: with CAP_SYS_MODULE given
+/// back, init_module still fails with EPERM, and only because of the
+/// profile (without it the kernel gets to reject the file itself).
+#[test]
+fn seccomp_denies_what_capabilities_would_allow() {
+    skip_unless_ready!();
+    let root = Rootfs::new("seccomp");
+    let n = name("seccomp");
+    std::fs::write(root.file("/tmp/fake.ko"), b"not a module at all").unwrap();
+    let mut spec = sh(&n, &root, "insmod /tmp/fake.ko; echo rc=$?");
+    spec.capabilities =
+        kapsel_container::caps::CapSet::DEFAULT.with(kapsel_container::caps::cap::SYS_MODULE);
+    let (_, with_profile) = run(&spec, &root);
+    assert!(
+        with_profile.contains("Operation not permitted"),
+        "{with_profile}"
+    );
+    spec.seccomp = false;
+    let (_, without) = run(&spec, &root);
+    // The kernel's own answer: ENOEXEC for a bad module, or ENOSYS on a
+    // kernel without modules (like this project's CI kernel).
+    assert!(without.contains("rc="), "{without}");
+    assert!(!without.contains("Operation not permitted"), "{without}");
+}
+
+#[test]
+fn pty_console() {
+    skip_unless_ready!();
+    use std::io::Read;
+    let root = Rootfs::new("pty");
+    let n = name("pty");
+    let mut spec = sh(
+        &n,
+        &root,
+        "echo tty=$(tty); echo via-console > /dev/console; exit 3",
+    );
+    spec.console = ConsoleSpec::Pty;
+    let mut c = Container::start(&spec).unwrap();
+    let mut master = c.console().unwrap().try_clone().unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    // The slave closes when the init exits: EIO ends the read loop.
+    while let Ok(k) = master.read(&mut buf) {
+        if k == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..k]);
+    }
+    assert_eq!(c.wait().unwrap(), ExitStatus::Exited(3));
+    c.cleanup().unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.contains("tty=/dev/console"), "{out}");
+    assert!(out.contains("via-console"), "{out}");
+}
