@@ -25,6 +25,8 @@ fn sh(name: &str, root: &Rootfs, script: &str) -> ContainerSpec {
 
 /// Runs `script` in a container to its end; returns the status and the console output.
 fn run(spec: &ContainerSpec, root: &Rootfs) -> (ExitStatus, String) {
+    // The console file is appended to: start each run with an empty one.
+    let _ = std::fs::remove_file(root.file("/tmp/console.log"));
     let mut c = Container::start(spec).expect("start");
     let status = c.wait().expect("wait");
     c.cleanup().expect("cleanup");
