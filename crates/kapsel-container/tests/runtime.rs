@@ -643,3 +643,60 @@ fn pty_console() {
     assert!(out.contains("tty=/dev/console"), "{out}");
     assert!(out.contains("via-console"), "{out}");
 }
+
+/// Two containers on one bridge (in a namespace the test makes, as the
+/// daemon will attach host sides to a switch) reach each other.
+#[test]
+fn two_containers_on_a_bridge() {
+    skip_unless_ready!();
+    let root = Rootfs::new("bridge");
+    let Some(ns) = Netns::new(&format!("kapsel-br-{}", std::process::id())) else {
+        println!("SKIP: ip netns add failed (iproute2 missing?)");
+        return;
+    };
+    assert!(ns.ip("link add br0 type bridge"));
+    assert!(ns.ip("link set br0 up"));
+    let mut containers = Vec::new();
+    for i in 1..=2 {
+        let host_if = format!("kb{}-{i}", std::process::id() % 100_000);
+        let mut spec = sh(&name(&format!("br{i}")), &root, "exec sleep 100");
+        spec.network = Some(VethSpec {
+            host_name: host_if.clone(),
+            mac: None,
+        });
+        let c = Container::start(&spec).unwrap();
+        assert!(Command::new("ip")
+            .args(["link", "set", &host_if, "netns", &ns.0])
+            .status()
+            .unwrap()
+            .success());
+        assert!(ns.ip(&format!("link set {host_if} master br0")));
+        assert!(ns.ip(&format!("link set {host_if} up")));
+        let st = c
+            .exec(&[
+                "/bin/sh".into(),
+                "-c".into(),
+                format!("ip addr add 10.199.78.{i}/24 dev eth0"),
+            ])
+            .unwrap()
+            .wait()
+            .unwrap();
+        assert_eq!(st, ExitStatus::Exited(0));
+        containers.push(c);
+    }
+    let ping = |from: &Container, to: u8| {
+        from.exec(&[
+            "/bin/sh".into(),
+            "-c".into(),
+            format!("ping -c 1 -W 3 10.199.78.{to} >/dev/null"),
+        ])
+        .unwrap()
+        .wait()
+        .unwrap()
+    };
+    assert_eq!(ping(&containers[0], 2), ExitStatus::Exited(0));
+    assert_eq!(ping(&containers[1], 1), ExitStatus::Exited(0));
+    for c in containers {
+        c.cleanup().unwrap();
+    }
+}
