@@ -3,7 +3,7 @@
 //! The caller may be multi-threaded (the daemon), so after `clone` only
 //! system calls are made: no allocation, no locks, no formatting. Every
 //! path, argument vector and the seccomp program is prepared beforehand in
-//! a [`ChildPlan`]. A failing step writes its number and `errno` into the
+//! a `ChildPlan`. A failing step writes its number and `errno` into the
 //! error pipe (closed on exec, so the parent reads end-of-file on success)
 //! and exits.
 //!
