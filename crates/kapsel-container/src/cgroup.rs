@@ -3,11 +3,12 @@
 //!
 //! v2: `/sys/fs/cgroup/kapsel/NAME`, with `memory`, `pids` and `cpu`
 //! enabled in the parents' `cgroup.subtree_control`; freezing is
-//! `cgroup.freeze`. v1 (and hybrid, where the controllers live in v1 and
+//! `cgroup.freeze`, devices an eBPF filter ([`crate::devices`]). v1 (and hybrid, where the controllers live in v1 and
 //! the v2 hierarchy holds none of ours): `/sys/fs/cgroup/CTRL/kapsel/NAME`
 //! in each of the `memory`, `pids`, `cpu`, `freezer` and `devices`
 //! hierarchies that exist; the `devices` controller gets an allow-list.
 
+use crate::devices;
 use crate::error::{Error, Result};
 use std::fs;
 use std::io;
@@ -30,7 +31,7 @@ pub enum Controller {
     Cpu,
     /// Freezing (a controller on v1, built in on v2).
     Freezer,
-    /// Device access (v1 only; v2 needs a BPF program).
+    /// Device access (a controller on v1, an eBPF filter on v2).
     Devices,
 }
 
@@ -130,8 +131,7 @@ impl CgroupMode {
     pub fn has(&self, c: Controller) -> bool {
         match self {
             CgroupMode::Unified { controllers, .. } => match c {
-                Controller::Freezer => true,
-                Controller::Devices => false,
+                Controller::Freezer | Controller::Devices => true,
                 _ => controllers.iter().any(|n| n == c.name()),
             },
             CgroupMode::Legacy { mounts } => mounts.iter().any(|(have, _)| *have == c),
@@ -154,21 +154,6 @@ pub struct Limits {
     /// Tasks.
     pub pids: Option<u64>,
 }
-
-/// Device numbers a container may use on v1 (`devices.allow` lines):
-/// the nodes Kapsel creates in its /dev, and ptys. `/dev/kvm` (10:232),
-/// disks and everything else stay denied.
-const ALLOWED_DEVICES: &[&str] = &[
-    "c 1:3 rwm",   // null
-    "c 1:5 rwm",   // zero
-    "c 1:7 rwm",   // full
-    "c 1:8 rwm",   // random
-    "c 1:9 rwm",   // urandom
-    "c 5:0 rwm",   // tty
-    "c 5:1 rwm",   // console
-    "c 5:2 rwm",   // ptmx
-    "c 136:* rwm", // pty slaves
-];
 
 /// One container's cgroup (one directory on v2, one per hierarchy on v1).
 #[derive(Debug)]
@@ -289,12 +274,21 @@ impl Cgroup {
                 write(&dir.join("cpu.cfs_quota_us"), &quota.to_string())?;
             }
         }
-        if !self.unified {
+        if self.unified {
+            // v2 has no devices controller: an eBPF filter does its work.
+            // A kernel without CONFIG_CGROUP_BPF cannot take it; the
+            // container then still has no device nodes it should not have,
+            // and no CAP_MKNOD to make one.
             if let Some(dir) = self.dir_of(Controller::Devices) {
-                write(&dir.join("devices.deny"), "a")?;
-                for rule in ALLOWED_DEVICES {
-                    write(&dir.join("devices.allow"), rule)?;
+                let attached = fs::File::open(dir).and_then(|d| devices::attach(&d));
+                if let Err(e) = attached {
+                    tracing::warn!("no device filter for {}: {e}", dir.display());
                 }
+            }
+        } else if let Some(dir) = self.dir_of(Controller::Devices) {
+            write(&dir.join("devices.deny"), "a")?;
+            for rule in devices::v1_rules() {
+                write(&dir.join("devices.allow"), &rule)?;
             }
         }
         Ok(())
@@ -539,8 +533,7 @@ mod tests {
         });
         assert!(m.is_unified());
         assert!(m.has(Controller::Memory) && m.has(Controller::Cpu) && m.has(Controller::Pids));
-        assert!(m.has(Controller::Freezer));
-        assert!(!m.has(Controller::Devices));
+        assert!(m.has(Controller::Freezer) && m.has(Controller::Devices));
         let m = CgroupMode::from_mountinfo(UNIFIED, |_| "cpu pids".into());
         assert!(!m.has(Controller::Memory));
     }

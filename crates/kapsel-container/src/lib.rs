@@ -27,6 +27,7 @@ pub mod caps;
 pub mod cgroup;
 pub mod child;
 mod container;
+pub mod devices;
 mod error;
 pub mod netlink;
 pub mod seccomp;

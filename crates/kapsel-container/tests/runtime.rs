@@ -547,11 +547,15 @@ fn cgroup_v2_freezer_on_the_unified_hierarchy() {
     };
     let root = Rootfs::new("v2");
     let n = name("v2");
-    let spec = sh(
+    let mut spec = sh(
         &n,
         &root,
         "i=0; while :; do i=$((i+1)); echo $i > /tmp/tick; usleep 5000; done",
     );
+    // CAP_MKNOD given back, so that only the eBPF device filter stands
+    // between the container and a /dev/kvm node it makes itself.
+    spec.capabilities =
+        kapsel_container::caps::CapSet::DEFAULT.with(kapsel_container::caps::cap::MKNOD);
     let mut c = Container::start_in(&spec, &mode).unwrap();
     let dir = unified.join("kapsel").join(&n);
     assert!(dir.is_dir());
@@ -584,6 +588,23 @@ fn cgroup_v2_freezer_on_the_unified_hierarchy() {
         .wait()
         .unwrap();
     assert_eq!(st, ExitStatus::Exited(0));
+    let sh_in = |script: &str| {
+        c.exec(&["/bin/sh".into(), "-c".into(), script.into()])
+            .unwrap()
+            .wait()
+            .unwrap()
+    };
+    // The filter lets the allowed devices through (a new node of /dev/null
+    // works) and refuses the rest, even to root with CAP_MKNOD.
+    assert_eq!(
+        sh_in("mknod /tmp/null2 c 1 3 && echo x > /tmp/null2"),
+        ExitStatus::Exited(0)
+    );
+    assert_eq!(
+        sh_in("mknod /tmp/kvm c 10 232 2>&1 | grep -q 'Operation not permitted'"),
+        ExitStatus::Exited(0)
+    );
+    assert!(!root.file("/tmp/kvm").exists());
     c.kill().unwrap();
     c.cleanup().unwrap();
     assert!(!dir.exists());
