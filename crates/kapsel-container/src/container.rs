@@ -64,6 +64,9 @@ pub struct Container {
     status: Option<ExitStatus>,
     root: std::path::PathBuf,
     keep_caps: caps::CapSet,
+    /// The spec's `no_new_privs` and `seccomp`, for processes exec'd later.
+    no_new_privs: bool,
+    seccomp: bool,
     cleaned: bool,
 }
 
@@ -347,6 +350,8 @@ impl Container {
             status: None,
             root,
             keep_caps: spec.capabilities,
+            no_new_privs: spec.no_new_privs,
+            seccomp: spec.seccomp,
             cleaned: false,
         };
         // From here on a failure drops `c`, which kills the child and
@@ -565,9 +570,12 @@ impl Container {
     }
 
     /// Runs `argv` inside the running container: joins its cgroup and
-    /// namespaces, drops to its capabilities, and executes `argv[0]` (an
-    /// absolute path inside the root, or a name looked up in
-    /// [`DEFAULT_PATH`]). Standard input and output are the caller's.
+    /// namespaces, takes the init's confinement (`no_new_privs`, seccomp,
+    /// capabilities), and executes `argv[0]` (an absolute path inside the
+    /// root, or a name looked up in [`DEFAULT_PATH`]). Standard input and
+    /// output are the caller's. Wait for the returned process: it is the
+    /// caller's child. Statuses 125 (joining failed) and 127 (no exec) are
+    /// the runtime's, as with `env` and `nsenter`.
     pub fn exec(&self, argv: &[String]) -> Result<ExecProcess> {
         if self.status.is_some() {
             return Err(Error::Exited);
@@ -615,7 +623,12 @@ impl Container {
             })?;
         let keep = self.keep_caps;
         let last = caps::last_cap();
-        let prog = seccomp::default_profile()?;
+        let prog = if self.seccomp {
+            seccomp::default_profile()?
+        } else {
+            Vec::new()
+        };
+        let no_new_privs = self.no_new_privs;
         // SAFETY: fork; the child below only makes system calls on data
         // prepared above and ends with _exit or execve.
         let pid = unsafe { libc::fork() };
@@ -659,14 +672,21 @@ impl Container {
                     len: prog.len() as u16,
                     filter: prog.as_ptr() as *mut libc::sock_filter,
                 };
-                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
-                    || libc::prctl(
+                // The same order as the init's: no_new_privs, seccomp
+                // (while CAP_SYS_ADMIN is held), capabilities.
+                if no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                    libc::_exit(125);
+                }
+                if !prog.is_empty()
+                    && libc::prctl(
                         libc::PR_SET_SECCOMP,
                         libc::SECCOMP_MODE_FILTER,
                         &fprog as *const libc::sock_fprog,
                     ) != 0
-                    || caps::drop_to(keep, last).is_err()
                 {
+                    libc::_exit(125);
+                }
+                if caps::drop_to(keep, last).is_err() {
                     libc::_exit(125);
                 }
                 libc::execve(path.as_ptr(), arg_ptrs.as_ptr(), env_ptrs.as_ptr());
