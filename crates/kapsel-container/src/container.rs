@@ -598,12 +598,14 @@ impl Container {
         // Namespaces to join, user first (it grants the rights for the
         // rest), mount last among those opened by path.
         let mut ns = Vec::new();
+        let mut user_ns = false;
         for kind in ["user", "cgroup", "ipc", "uts", "net", "pid", "mnt"] {
             let own = std::fs::read_link(format!("/proc/self/ns/{kind}")).ok();
             let theirs = std::fs::read_link(format!("/proc/{}/ns/{kind}", self.pid)).ok();
             if own.is_some() && own == theirs {
                 continue; // not a namespace of the container (e.g. no user namespace)
             }
+            user_ns |= kind == "user";
             let f = File::open(format!("/proc/{}/ns/{kind}", self.pid)).map_err(|source| {
                 Error::Os {
                     what: "opening a namespace of the container",
@@ -648,6 +650,15 @@ impl Container {
                     if libc::setns(f.as_raw_fd(), 0) != 0 {
                         libc::_exit(125);
                     }
+                }
+                // Host root is not mapped in the container's user
+                // namespace: become its root, as the init did.
+                if user_ns
+                    && (libc::setgroups(0, std::ptr::null()) != 0
+                        || libc::setresgid(0, 0, 0) != 0
+                        || libc::setresuid(0, 0, 0) != 0)
+                {
+                    libc::_exit(125);
                 }
                 // The PID namespace applies to children: fork once more.
                 let inner = libc::fork();

@@ -474,6 +474,31 @@ fn user_namespace_maps_root() {
             .uid(),
         200000
     );
+    // exec joins the user namespace too.
+    let mut spec = sh(&n, &root, "exec sleep 100");
+    spec.user_map = Some(IdMap {
+        host_uid: 200000,
+        host_gid: 200000,
+        count: 65536,
+    });
+    let c = Container::start(&spec).unwrap();
+    let st = c
+        .exec(&[
+            "/bin/sh".into(),
+            "-c".into(),
+            "test $(id -u) = 0 && touch /tmp/exec-inside".into(),
+        ])
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(st, ExitStatus::Exited(0));
+    assert_eq!(
+        std::fs::metadata(root.file("/tmp/exec-inside"))
+            .unwrap()
+            .uid(),
+        200000
+    );
+    c.cleanup().unwrap();
 }
 
 #[test]
