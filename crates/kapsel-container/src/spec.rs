@@ -177,6 +177,21 @@ impl ContainerSpec {
                 )))
             }
         }
+        // The runtime mounts /proc, /sys and /dev there; the child checks
+        // again (the root could change in between), but a root that is
+        // wrong from the start is the caller's to fix.
+        for dir in ["proc", "sys", "dev"] {
+            let path = self.root.join(dir);
+            if let Ok(m) = std::fs::symlink_metadata(&path) {
+                if !m.is_dir() {
+                    return Err(Error::Invalid(format!(
+                        "{} is not a directory (a link or a file); the container's /{dir} is mounted there: \
+                         replace it with an empty directory",
+                        path.display()
+                    )));
+                }
+            }
+        }
         let Some(init) = self.init.first() else {
             return Err(Error::Invalid(
                 "no init given; name the program to run (e.g. /sbin/init)".into(),

@@ -389,11 +389,16 @@ fn failed_start_leaves_nothing_behind() {
         .unwrap()
         .lines()
         .count();
-    // A root whose /proc is a link to the host's /tmp: refused inside the child,
+    // An init that passes every check but cannot be executed (a script
+    // whose interpreter is missing): it fails in the child's last step,
     // after the cgroup and the veth were made.
-    std::fs::remove_dir(root.file("/proc")).unwrap();
-    std::os::unix::fs::symlink("/tmp", root.file("/proc")).unwrap();
-    let mut spec = sh(&n, &root, "exit 0");
+    std::fs::write(root.file("/bin/broken"), "#!/no/such/interpreter\n").unwrap();
+    std::fs::set_permissions(
+        root.file("/bin/broken"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let mut spec = ContainerSpec::new(&n, &root.path, vec!["/bin/broken".into()]);
     spec.network = Some(VethSpec {
         host_name: host_if.clone(),
         mac: None,
@@ -401,7 +406,8 @@ fn failed_start_leaves_nothing_behind() {
     spec.memory = Some(64 << 20);
     let err = Container::start(&spec).unwrap_err();
     assert!(matches!(err, Error::Setup { .. }), "{err}");
-    assert!(err.to_string().contains("/proc"), "{err}");
+    assert!(err.to_string().contains("executing the init"), "{err}");
+    assert_eq!(err.exit_code(), 1);
     assert!(cgroup_dirs(&n).is_empty(), "{:?}", cgroup_dirs(&n));
     assert!(!Path::new("/sys/class/net").join(&host_if).exists());
     let mounts_after = std::fs::read_to_string("/proc/self/mountinfo")
@@ -430,9 +436,15 @@ fn failed_start_leaves_nothing_behind() {
     ))
     .unwrap_err();
     assert!(e.to_string().contains("not executable"), "{e}");
-    // A name in use is refused while the first container runs.
+    // A root whose /proc is a link (to the host's /tmp) is refused up front.
+    std::fs::remove_dir(root.file("/proc")).unwrap();
+    std::os::unix::fs::symlink("/tmp", root.file("/proc")).unwrap();
+    let e = Container::start(&sh(&n, &root, "exit 0")).unwrap_err();
+    assert_eq!(e.exit_code(), 2, "{e}");
+    assert!(e.to_string().contains("empty directory"), "{e}");
     std::fs::remove_file(root.file("/proc")).unwrap();
     std::fs::create_dir(root.file("/proc")).unwrap();
+    // A name in use is refused while the first container runs.
     let first = Container::start(&sh(&n, &root, "exec sleep 100")).unwrap();
     let e = Container::start(&sh(&n, &root, "exit 0")).unwrap_err();
     assert!(e.to_string().contains("already running"), "{e}");

@@ -117,7 +117,7 @@ fn bad_input_is_exit_2_with_the_fix() {
         assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
         assert!(cgroup_dirs(&n).is_empty());
     }
-    // A setup failure inside the container is exit 1, and leaves nothing.
+    // A root whose /dev is a link is bad input too.
     std::fs::remove_dir(root.file("/dev")).unwrap();
     std::os::unix::fs::symlink("/", root.file("/dev")).unwrap();
     let out = kapsel()
@@ -127,8 +127,26 @@ fn bad_input_is_exit_2_with_the_fix() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("is not a directory"), "{err}");
+    std::fs::remove_file(root.file("/dev")).unwrap();
+    std::fs::create_dir(root.file("/dev")).unwrap();
+    // A failure inside the container's setup is exit 1, and leaves nothing.
+    std::fs::write(root.file("/bin/broken"), "#!/no/such/interpreter\n").unwrap();
+    std::fs::set_permissions(
+        root.file("/bin/broken"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let out = kapsel()
+        .args(["run-container", "--root"])
+        .arg(&root.path)
+        .args(["--name", &n, "--memory", "64M", "--", "/bin/broken"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("must be a directory"), "{err}");
+    assert!(err.contains("executing the init"), "{err}");
     assert!(cgroup_dirs(&n).is_empty());
 }
 
