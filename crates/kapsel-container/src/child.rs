@@ -50,7 +50,7 @@ pub(crate) const STEPS: &[&str] = &[
     "setting no_new_privs",                    // 23
     "dropping capabilities",                   // 24
     "installing the seccomp profile",          // 25
-    "executing the init",                      // 26
+    "executing the init (a script needs its #! interpreter inside the root)", // 26
 ];
 
 /// A device node of the container's /dev: name, major, minor.
