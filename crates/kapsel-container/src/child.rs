@@ -394,8 +394,17 @@ pub(crate) fn run(plan: &ChildPlan) -> ! {
                 fail_with(plan, 21, e);
             }
         }
-        for (to, &from) in plan.stdio.iter().enumerate() {
-            if from >= 0 && from != to as RawFd && libc::dup2(from, to as RawFd) < 0 {
+        // Copies above 2 first: a source may itself be 0, 1 or 2 (a caller
+        // with closed stdio) and would be overwritten by an earlier dup2.
+        let mut high = [-1 as RawFd; 3];
+        for (h, &from) in high.iter_mut().zip(plan.stdio.iter()) {
+            *h = libc::fcntl(from, libc::F_DUPFD_CLOEXEC, 3);
+            if *h < 0 {
+                fail(plan, 22);
+            }
+        }
+        for (to, &from) in high.iter().enumerate() {
+            if libc::dup2(from, to as RawFd) < 0 {
                 fail(plan, 22);
             }
         }
