@@ -5,7 +5,7 @@ use kapsel_container::{ConsoleSpec, Container, ContainerSpec, Error, IdMap, Veth
 use std::io::{IsTerminal, Read, Write};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Arguments of `kapsel run-container`.
 #[derive(Args, Debug)]
@@ -40,7 +40,8 @@ pub struct RunContainerArgs {
     /// Run in a user namespace: root inside is host uid/gid HOSTID, COUNT ids mapped.
     #[arg(long, value_name = "HOSTID:COUNT", value_parser = parse_userns)]
     pub userns: Option<IdMap>,
-    /// Seconds the init gets to power off after SIGTERM/SIGINT/SIGHUP; then it is killed.
+    /// Seconds the init gets to power off after SIGTERM/SIGINT/SIGHUP; then (or on a
+    /// second signal) it is killed.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub stop_timeout: u64,
     /// The command of an application container and its arguments.
@@ -234,8 +235,9 @@ fn copy_window_size(master: &std::fs::File) {
     }
 }
 
-/// Waits for the init to exit, relaying the console pty and turning the
-/// first stop signal into a clean stop.
+/// Waits for the init to exit, relaying the console pty. The first stop
+/// signal asks the init to power off; a second one, or `timeout` passing,
+/// kills the container.
 fn supervise(
     c: &mut Container,
     signals: &StopSignals,
@@ -247,8 +249,17 @@ fn supervise(
         RawTerminal::enter()
     });
     let mut stdin_open = console.is_some();
+    // With no slave open (the init closed its console, and may open it
+    // again), the master reports a hang-up at every poll: look at it again
+    // only after a pause instead of spinning.
+    let mut console_quiet_until: Option<Instant> = None;
+    let mut kill_at: Option<Instant> = None;
     let mut buf = [0u8; 4096];
     loop {
+        let now = Instant::now();
+        if console_quiet_until.is_some_and(|t| now >= t) {
+            console_quiet_until = None;
+        }
         let mut fds = vec![
             libc::pollfd {
                 fd: c.pidfd().as_raw_fd(),
@@ -261,38 +272,50 @@ fn supervise(
                 revents: 0,
             },
         ];
-        if let Some(m) = &console {
+        let watch_console = console.is_some() && console_quiet_until.is_none();
+        if let (Some(m), true) = (&console, watch_console) {
             fds.push(libc::pollfd {
                 fd: m.as_raw_fd(),
                 events: libc::POLLIN,
                 revents: 0,
             });
-            if stdin_open {
-                fds.push(libc::pollfd {
-                    fd: 0,
-                    events: libc::POLLIN,
-                    revents: 0,
-                });
-            }
         }
+        if stdin_open {
+            fds.push(libc::pollfd {
+                fd: 0,
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        let wake = [console_quiet_until, kill_at].into_iter().flatten().min();
+        let wait_ms = wake.map_or(-1, |t| {
+            t.saturating_duration_since(now)
+                .as_millis()
+                .min(i32::MAX as u128) as i32
+        });
         // SAFETY: polls the pollfds in `fds`.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, wait_ms) };
         if n < 0 {
             continue; // EINTR
         }
         if let Some(m) = &console {
-            if fds[2].revents & (libc::POLLIN | libc::POLLHUP) != 0 {
-                match (&*m).read(&mut buf) {
-                    Ok(k) if k > 0 => {
-                        let mut out = std::io::stdout().lock();
-                        let _ = out.write_all(&buf[..k]);
-                        let _ = out.flush();
+            let mut next = 2;
+            if watch_console {
+                if fds[2].revents != 0 {
+                    match (&*m).read(&mut buf) {
+                        Ok(k) if k > 0 => {
+                            let mut out = std::io::stdout().lock();
+                            let _ = out.write_all(&buf[..k]);
+                            let _ = out.flush();
+                        }
+                        _ => {
+                            console_quiet_until = Some(Instant::now() + Duration::from_millis(100))
+                        }
                     }
-                    // The init closed its side; keep waiting for the exit.
-                    _ => {}
                 }
+                next = 3;
             }
-            if stdin_open && fds.get(3).is_some_and(|f| f.revents != 0) {
+            if stdin_open && fds.get(next).is_some_and(|f| f.revents != 0) {
                 match std::io::stdin().lock().read(&mut buf) {
                     Ok(k) if k > 0 => {
                         let _ = (&*m).write_all(&buf[..k]);
@@ -308,23 +331,31 @@ fn supervise(
                         copy_window_size(m);
                     }
                 }
-                Some(_) => {
+                Some(_) if kill_at.is_none() => {
                     tracing::info!(
                         "stop requested: sending signal {} to the init",
                         c.stop_signal()
                     );
-                    return match c.stop(timeout) {
-                        Err(Error::StopTimeout(_)) => c.wait(),
-                        other => other,
-                    };
+                    let _ = c.thaw();
+                    match c.signal(c.stop_signal()) {
+                        Ok(()) | Err(Error::Exited) => {}
+                        Err(e) => return Err(e),
+                    }
+                    kill_at = Some(Instant::now() + timeout);
+                }
+                Some(_) => {
+                    eprintln!("kapsel run-container: second stop request: killing the container");
+                    return c.kill();
                 }
                 None => {}
             }
         }
-        if fds[0].revents != 0 {
-            if let Some(s) = c.try_wait()? {
-                return Ok(s);
-            }
+        if let Some(s) = c.try_wait()? {
+            return Ok(s);
+        }
+        if kill_at.is_some_and(|t| Instant::now() >= t) {
+            eprintln!("kapsel run-container: the init did not stop within {timeout:?}: killing the container");
+            return c.kill();
         }
     }
 }

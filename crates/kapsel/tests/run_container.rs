@@ -180,3 +180,50 @@ fn sigterm_powers_a_system_container_off() {
     assert!(root.file("/tmp/shutdown-ran").exists());
     assert!(cgroup_dirs(&n).is_empty());
 }
+
+#[test]
+fn an_init_that_ignores_the_stop_signal_is_killed() {
+    skip_unless_ready!();
+    let root = Rootfs::new("cli-kill");
+    let n = name("cli-kill");
+    // sleep as PID 1 has no handler for SIGTERM, so the kernel drops it.
+    let start = |extra: &[&str]| {
+        let child = kapsel()
+            .args(["run-container", "--root"])
+            .arg(&root.path)
+            .args(["--name", &n])
+            .args(extra)
+            .args(["--", "/bin/sleep", "100"])
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        assert!(eventually(5, || !cgroup_dirs(&n).is_empty()));
+        std::thread::sleep(Duration::from_millis(100));
+        child
+    };
+    let term = |child: &std::process::Child| {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    };
+    // The timeout passes.
+    let child = start(&["--stop-timeout", "1"]);
+    let t = Instant::now();
+    term(&child);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(128 + libc::SIGKILL));
+    assert!(t.elapsed() >= Duration::from_secs(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("did not stop within"));
+    assert!(eventually(2, || cgroup_dirs(&n).is_empty()));
+    // A second signal does not wait for it.
+    let child = start(&["--stop-timeout", "60"]);
+    let t = Instant::now();
+    term(&child);
+    std::thread::sleep(Duration::from_millis(200));
+    term(&child);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(128 + libc::SIGKILL));
+    assert!(t.elapsed() < Duration::from_secs(30));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("second stop request"));
+    assert!(cgroup_dirs(&n).is_empty());
+}
