@@ -410,6 +410,18 @@ impl Cgroup {
         }
     }
 
+    /// The v1 `tasks` files, through which the init can move itself in:
+    /// a thread moving itself through `tasks` skips the global threadgroup
+    /// lock that a move through `cgroup.procs` takes for writing, which
+    /// waits for an RCU grace period (milliseconds). Empty on v2.
+    pub fn v1_task_files(&self) -> Vec<PathBuf> {
+        if self.unified {
+            Vec::new()
+        } else {
+            self.dirs.iter().map(|(_, d)| d.join("tasks")).collect()
+        }
+    }
+
     /// The cgroup's directories (one on v2).
     pub fn paths(&self) -> impl Iterator<Item = &Path> {
         self.dirs.iter().map(|(_, d)| d.as_path())

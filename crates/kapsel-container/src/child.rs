@@ -8,7 +8,8 @@
 //! and exits.
 //!
 //! The sequence, all in the new mount namespace and before the init runs:
-//! wait for the parent (cgroup joined, id maps written, veth created) →
+//! join the v1 cgroups (through `tasks`) → wait for the parent (cgroup
+//! joined on v2, id maps written, veth created) →
 //! id switch (user namespace only) → new cgroup namespace → hostname →
 //! mounts private → root bind-mounted onto itself → /proc, /sys (ro),
 //! cgroup2 (v2 hosts), /dev on tmpfs with its nodes, devpts, shm,
@@ -51,6 +52,7 @@ pub(crate) const STEPS: &[&str] = &[
     "dropping capabilities",                   // 24
     "installing the seccomp profile",          // 25
     "executing the init (a script needs its #! interpreter inside the root)", // 26
+    "joining the container's cgroups",         // 27
 ];
 
 /// A device node of the container's /dev: name, major, minor.
@@ -129,6 +131,9 @@ pub(crate) struct ChildPlan {
     pub mount_cgroup2: bool,
     /// The parent created eth0 in the container's network namespace.
     pub veth: bool,
+    /// Open v1 `tasks` files the child writes "0" to, moving itself into
+    /// the container's cgroups (empty when the parent placed it).
+    pub cgroup_tasks: Vec<RawFd>,
     /// The child's ends of the sync pipes.
     pub go_read: RawFd,
     pub err_write: RawFd,
@@ -184,6 +189,14 @@ fn errno() -> i32 {
 
 /// Runs in the cloned child; never returns.
 pub(crate) fn run(plan: &ChildPlan) -> ! {
+    // First into the cgroups (v1), while the parent writes the id maps and
+    // creates the network: everything from here on is accounted and limited.
+    for &fd in &plan.cgroup_tasks {
+        // SAFETY: writes one byte from a constant to a descriptor of the plan.
+        if unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) } != 1 {
+            fail(plan, 27);
+        }
+    }
     // Step 0: the parent writes one byte when the cgroup, the id maps and
     // the network are ready; end-of-file means it gave up.
     let mut byte = 0u8;

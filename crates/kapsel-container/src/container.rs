@@ -238,7 +238,7 @@ impl Container {
 
         let (go_read, go_write) = pipe()?;
         let (err_read, err_write) = pipe()?;
-        let plan = ChildPlan {
+        let mut plan = ChildPlan {
             root: cstring(root.as_os_str().as_bytes())?,
             hostname: cstring(spec.hostname.as_deref().unwrap_or(&spec.name).as_bytes())?,
             init: cstring(init.as_os_str().as_bytes())?,
@@ -258,6 +258,7 @@ impl Container {
             user_ns: spec.user_map.is_some(),
             mount_cgroup2: mode.is_unified(),
             veth: spec.network.is_some(),
+            cgroup_tasks: Vec::new(),
             go_read: go_read.as_raw_fd(),
             err_write: err_write.as_raw_fd(),
         };
@@ -268,6 +269,25 @@ impl Container {
             pids: spec.pids,
         };
         let cgroup = Cgroup::create(&mode, &spec.name, &limits)?;
+        // v1: the child moves itself in through these (see
+        // Cgroup::v1_task_files); empty on v2.
+        let task_files: Vec<File> = match cgroup
+            .v1_task_files()
+            .iter()
+            .map(|f| File::options().write(true).open(f))
+            .collect::<io::Result<_>>()
+        {
+            Ok(files) => files,
+            Err(source) => {
+                let mut cgroup = cgroup;
+                cgroup.remove();
+                return Err(Error::Os {
+                    what: "opening the container's cgroup tasks files",
+                    source,
+                });
+            }
+        };
+        plan.cgroup_tasks = task_files.iter().map(|f| f.as_raw_fd()).collect();
 
         let mut flags = libc::CLONE_NEWNS
             | libc::CLONE_NEWPID
@@ -356,9 +376,10 @@ impl Container {
         };
         // From here on a failure drops `c`, which kills the child and
         // removes the cgroup and the veth.
-        if !born_in_cgroup {
+        if !born_in_cgroup && plan.cgroup_tasks.is_empty() {
             c.cgroup.add(c.pid)?;
         }
+        drop(task_files);
         if let Some(map) = &spec.user_map {
             for (file, host) in [("uid_map", map.host_uid), ("gid_map", map.host_gid)] {
                 let path = format!("/proc/{}/{file}", c.pid);
