@@ -635,10 +635,19 @@ impl Container {
             })?;
             ns.push(f);
         }
-        let procs: Vec<File> = self
-            .cgroup
-            .paths()
-            .map(|d| File::options().write(true).open(d.join("cgroup.procs")))
+        // The forked helper moves itself in: through `tasks` on v1 (no
+        // global lock, see Cgroup::v1_task_files), `cgroup.procs` on v2.
+        let mut join = self.cgroup.v1_task_files();
+        if join.is_empty() {
+            join = self
+                .cgroup
+                .paths()
+                .map(|d| d.join("cgroup.procs"))
+                .collect();
+        }
+        let procs: Vec<File> = join
+            .iter()
+            .map(|f| File::options().write(true).open(f))
             .collect::<io::Result<_>>()
             .map_err(|source| Error::Os {
                 what: "opening the container's cgroup",

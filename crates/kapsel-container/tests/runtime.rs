@@ -261,6 +261,11 @@ fn exec_joins_the_container() {
         check("grep -q '^Seccomp:.2' /proc/self/status"),
         ExitStatus::Exited(0)
     );
+    // In the init's cgroups, every hierarchy of them.
+    assert_eq!(
+        check("test \"$(cat /proc/self/cgroup)\" = \"$(cat /proc/1/cgroup)\" && ! grep -q /.. /proc/self/cgroup"),
+        ExitStatus::Exited(0)
+    );
     assert_eq!(check("exit 5"), ExitStatus::Exited(5));
     assert!(c.exec(&["/no/such/program".into()]).is_err());
     c.cleanup().unwrap();
