@@ -434,6 +434,12 @@ mod tests {
         assert_eq!(spec.stop_signal(), libc::SIGRTMIN() + 3);
         let spec = ContainerSpec::new("c", &root, vec!["/bin/sh".into()]);
         assert_eq!(spec.stop_signal(), libc::SIGTERM);
+        // Debian's /sbin/init is a link to systemd.
+        std::fs::create_dir_all(root.join("lib/systemd")).unwrap();
+        std::fs::copy(root.join("bin/busybox"), root.join("lib/systemd/systemd")).unwrap();
+        symlink("/lib/systemd/systemd", root.join("sbin/sysinit")).unwrap();
+        let spec = ContainerSpec::new("c", &root, vec!["/sbin/sysinit".into()]);
+        assert_eq!(spec.stop_signal(), libc::SIGRTMIN() + 3);
         let mut spec = ContainerSpec::new("c", &root, vec!["/sbin/init".into()]);
         spec.stop_signal = Some(libc::SIGINT);
         assert_eq!(spec.stop_signal(), libc::SIGINT);
