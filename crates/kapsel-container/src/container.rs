@@ -145,6 +145,13 @@ impl Container {
     /// [`Container::start`] with the cgroup layout given: a daemon detects
     /// it once ([`CgroupMode::detect`]) instead of at every start.
     pub fn start_in(spec: &ContainerSpec, mode: &CgroupMode) -> Result<Container> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(Error::Invalid(
+                "containers need root (cgroups, namespaces, mounts); run as root or with sudo"
+                    .into(),
+            ));
+        }
         let mode = mode.clone();
         let init = spec.validate(&mode)?;
         let stop_signal = spec.stop_signal();
