@@ -5,11 +5,12 @@
 #   Debian packages: gcc (test guests), qemu-utils (qcow2 checks), qemu-system-x86 (peer in benchmarks,
 #   outer VM of the nested testbed), busybox-static, kmod, cpio, xz-utils
 #   (testbed images), iproute2 and nftables (switches, MAC locking and NAT of kapsel-daemon's
-#   networking, and its network-namespace tests; busybox's udhcpc is their DHCP client).
+#   networking, and its network-namespace tests; busybox's udhcpc is their DHCP client), runc and
+#   crun (peers in bench/container.py).
 set -euo pipefail
 
 PACKAGES=(gcc libc6-dev make qemu-system-x86 qemu-utils busybox-static kmod cpio xz-utils zstd lz4
-          iproute2 nftables ca-certificates)
+          iproute2 nftables ca-certificates runc crun)
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then

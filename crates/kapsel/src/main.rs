@@ -5,6 +5,7 @@ mod create;
 mod ctl;
 mod daemon;
 mod run;
+mod run_container;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -33,6 +34,8 @@ enum Command {
     Daemon(daemon::DaemonArgs),
     #[command(flatten)]
     Verb(ctl::Verb),
+    /// Run one container in the foreground from a root directory.
+    RunContainer(run_container::RunContainerArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
         Command::Create(args) => create::main(args),
         Command::Daemon(args) => daemon::main(args, cli.socket.socket, logging),
         Command::Verb(verb) => ctl::main(cli.socket, verb),
+        Command::RunContainer(args) => run_container::main(args),
     };
     ExitCode::from(code)
 }

@@ -124,7 +124,8 @@ fn parse_disk(text: &str) -> Result<DiskConfig, String> {
     Ok(disk)
 }
 
-fn parse_mac(text: &str) -> Result<[u8; 6], String> {
+/// A MAC address written 52:54:00:12:34:56 (unicast only; shared by the commands).
+pub fn parse_mac(text: &str) -> Result<[u8; 6], String> {
     let bad = || format!("\"{text}\" is not a MAC address; write it like 52:54:00:12:34:56");
     let parts: Vec<&str> = text.split(':').collect();
     if parts.len() != 6 {

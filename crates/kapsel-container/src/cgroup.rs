@@ -1,0 +1,559 @@
+//! Control groups: one group per container, on cgroup v2 (unified) or v1
+//! (legacy and hybrid hosts), detected at run time.
+//!
+//! v2: `/sys/fs/cgroup/kapsel/NAME`, with `memory`, `pids` and `cpu`
+//! enabled in the parents' `cgroup.subtree_control`; freezing is
+//! `cgroup.freeze`, devices an eBPF filter ([`crate::devices`]). v1 (and hybrid, where the controllers live in v1 and
+//! the v2 hierarchy holds none of ours): `/sys/fs/cgroup/CTRL/kapsel/NAME`
+//! in each of the `memory`, `pids`, `cpu`, `freezer` and `devices`
+//! hierarchies that exist; the `devices` controller gets an allow-list.
+
+use crate::devices;
+use crate::error::{Error, Result};
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The directory under each hierarchy that holds Kapsel's containers.
+pub const PARENT: &str = "kapsel";
+/// The CFS period Kapsel uses for CPU limits, in microseconds.
+pub const CPU_PERIOD_US: u64 = 100_000;
+
+/// The controllers Kapsel uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Controller {
+    /// Memory limit and usage.
+    Memory,
+    /// Task count limit.
+    Pids,
+    /// CPU quota.
+    Cpu,
+    /// Freezing (a controller on v1, built in on v2).
+    Freezer,
+    /// Device access (a controller on v1, an eBPF filter on v2).
+    Devices,
+}
+
+impl Controller {
+    const ALL: [Controller; 5] = [
+        Controller::Memory,
+        Controller::Pids,
+        Controller::Cpu,
+        Controller::Freezer,
+        Controller::Devices,
+    ];
+
+    /// The kernel's name of the controller.
+    pub fn name(self) -> &'static str {
+        match self {
+            Controller::Memory => "memory",
+            Controller::Pids => "pids",
+            Controller::Cpu => "cpu",
+            Controller::Freezer => "freezer",
+            Controller::Devices => "devices",
+        }
+    }
+}
+
+/// How this host's cgroups are laid out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CgroupMode {
+    /// cgroup v2 mounted at `root`, offering `controllers`.
+    Unified {
+        /// The mount point (normally /sys/fs/cgroup).
+        root: PathBuf,
+        /// The controllers in the root's `cgroup.controllers`.
+        controllers: Vec<String>,
+    },
+    /// cgroup v1 hierarchies (pure v1, or hybrid with an empty v2 beside).
+    Legacy {
+        /// Each controller Kapsel uses that is mounted, and where.
+        mounts: Vec<(Controller, PathBuf)>,
+    },
+}
+
+impl CgroupMode {
+    /// Reads the host's layout from `/proc/self/mountinfo`.
+    pub fn detect() -> Result<CgroupMode> {
+        let info = fs::read_to_string("/proc/self/mountinfo").map_err(|e| Error::Os {
+            what: "reading /proc/self/mountinfo",
+            source: e,
+        })?;
+        Ok(Self::from_mountinfo(&info, |root| {
+            fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default()
+        }))
+    }
+
+    /// The layout described by a mountinfo text; `controllers` reads a v2
+    /// root's `cgroup.controllers` (a parameter so tests can give one).
+    pub fn from_mountinfo(info: &str, controllers: impl Fn(&Path) -> String) -> CgroupMode {
+        let mut v1 = Vec::new();
+        let mut v2_root = None;
+        for line in info.lines() {
+            // "ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTS"
+            let Some((left, right)) = line.split_once(" - ") else {
+                continue;
+            };
+            let mountpoint = left.split(' ').nth(4).unwrap_or("");
+            let mut r = right.split(' ');
+            let fstype = r.next().unwrap_or("");
+            let superopts = r.nth(1).unwrap_or("");
+            match fstype {
+                "cgroup2" if mountpoint == "/sys/fs/cgroup" => {
+                    v2_root = Some(PathBuf::from(mountpoint))
+                }
+                "cgroup" => {
+                    for c in Controller::ALL {
+                        if superopts.split(',').any(|o| o == c.name())
+                            && !v1.iter().any(|(have, _)| *have == c)
+                        {
+                            v1.push((c, PathBuf::from(mountpoint)));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        match v2_root {
+            Some(root) if v1.is_empty() => {
+                let controllers = controllers(&root)
+                    .split_whitespace()
+                    .map(str::to_string)
+                    .collect();
+                CgroupMode::Unified { root, controllers }
+            }
+            _ => CgroupMode::Legacy { mounts: v1 },
+        }
+    }
+
+    /// Whether `c` can be used on this host.
+    pub fn has(&self, c: Controller) -> bool {
+        match self {
+            CgroupMode::Unified { controllers, .. } => match c {
+                Controller::Freezer | Controller::Devices => true,
+                _ => controllers.iter().any(|n| n == c.name()),
+            },
+            CgroupMode::Legacy { mounts } => mounts.iter().any(|(have, _)| *have == c),
+        }
+    }
+
+    /// Whether this is cgroup v2.
+    pub fn is_unified(&self) -> bool {
+        matches!(self, CgroupMode::Unified { .. })
+    }
+}
+
+/// Limits written into a container's cgroup.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Limits {
+    /// Bytes of memory (swap included where the host lets Kapsel say so).
+    pub memory: Option<u64>,
+    /// CPUs, as a CFS quota over [`CPU_PERIOD_US`].
+    pub cpus: Option<f64>,
+    /// Tasks.
+    pub pids: Option<u64>,
+}
+
+/// One container's cgroup (one directory on v2, one per hierarchy on v1).
+#[derive(Debug)]
+pub struct Cgroup {
+    unified: bool,
+    /// The directories: on v1, paired with their controller.
+    dirs: Vec<(Controller, PathBuf)>,
+}
+
+impl Cgroup {
+    /// Creates the cgroup of container `name` and writes `limits`. On an
+    /// error, whatever was created is removed again.
+    pub fn create(mode: &CgroupMode, name: &str, limits: &Limits) -> Result<Cgroup> {
+        let mut cg = Cgroup {
+            unified: mode.is_unified(),
+            dirs: Vec::new(),
+        };
+        let made = cg
+            .create_dirs(mode, name, limits)
+            .and_then(|()| cg.apply(limits));
+        match made {
+            Ok(()) => Ok(cg),
+            Err(e) => {
+                cg.remove();
+                Err(e)
+            }
+        }
+    }
+
+    fn create_dirs(&mut self, mode: &CgroupMode, name: &str, limits: &Limits) -> Result<()> {
+        match mode {
+            CgroupMode::Unified { root, controllers } => {
+                let parent = root.join(PARENT);
+                mkdir_parent(&parent)?;
+                // Controllers must be enabled in every ancestor's
+                // subtree_control, one by one: the kernel may refuse one
+                // (cpu, while a real-time task sits outside the root), which
+                // only matters when a limit needs it; memory is wanted for
+                // the usage figures but not required.
+                let wanted = [
+                    (Controller::Memory, limits.memory.is_some()),
+                    (Controller::Pids, limits.pids.is_some()),
+                    (Controller::Cpu, limits.cpus.is_some()),
+                ];
+                for (c, needed) in wanted {
+                    if !controllers.iter().any(|h| h == c.name()) {
+                        continue;
+                    }
+                    for dir in [root, &parent] {
+                        let file = dir.join("cgroup.subtree_control");
+                        match write(&file, &format!("+{}", c.name())) {
+                            Ok(()) => {}
+                            Err(e) if needed => return Err(e),
+                            Err(e) => {
+                                tracing::debug!("{e}: the container runs without {}", c.name())
+                            }
+                        }
+                    }
+                }
+                let dir = parent.join(name);
+                mkdir_leaf(&dir, name)?;
+                self.dirs.push((Controller::Memory, dir));
+            }
+            CgroupMode::Legacy { mounts } => {
+                for (c, mount) in mounts {
+                    let parent = mount.join(PARENT);
+                    mkdir_parent(&parent)?;
+                    let dir = parent.join(name);
+                    mkdir_leaf(&dir, name)?;
+                    self.dirs.push((*c, dir));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn dir_of(&self, c: Controller) -> Option<&Path> {
+        if self.unified {
+            return self.dirs.first().map(|(_, d)| d.as_path());
+        }
+        self.dirs
+            .iter()
+            .find(|(have, _)| *have == c)
+            .map(|(_, d)| d.as_path())
+    }
+
+    fn apply(&self, limits: &Limits) -> Result<()> {
+        if let Some(bytes) = limits.memory {
+            let dir = self
+                .dir_of(Controller::Memory)
+                .ok_or_else(missing("memory"))?;
+            if self.unified {
+                write(&dir.join("memory.max"), &bytes.to_string())?;
+                // No swapping past the limit: the container is OOM-killed at it.
+                let swap = dir.join("memory.swap.max");
+                if swap.exists() {
+                    write(&swap, "0")?;
+                }
+            } else {
+                write(&dir.join("memory.limit_in_bytes"), &bytes.to_string())?;
+                let memsw = dir.join("memory.memsw.limit_in_bytes");
+                if memsw.exists() {
+                    write(&memsw, &bytes.to_string())?;
+                }
+            }
+        }
+        if let Some(n) = limits.pids {
+            let dir = self.dir_of(Controller::Pids).ok_or_else(missing("pids"))?;
+            write(&dir.join("pids.max"), &n.to_string())?;
+        }
+        if let Some(cpus) = limits.cpus {
+            let dir = self.dir_of(Controller::Cpu).ok_or_else(missing("cpu"))?;
+            let quota = ((cpus * CPU_PERIOD_US as f64) as u64).max(1000);
+            if self.unified {
+                write(&dir.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?;
+            } else {
+                write(&dir.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
+                write(&dir.join("cpu.cfs_quota_us"), &quota.to_string())?;
+            }
+        }
+        if self.unified {
+            // v2 has no devices controller: an eBPF filter does its work.
+            // A kernel without CONFIG_CGROUP_BPF cannot take it; the
+            // container then still has no device nodes it should not have,
+            // and no CAP_MKNOD to make one.
+            if let Some(dir) = self.dir_of(Controller::Devices) {
+                let attached = fs::File::open(dir).and_then(|d| devices::attach(&d));
+                if let Err(e) = attached {
+                    tracing::warn!("no device filter for {}: {e}", dir.display());
+                }
+            }
+        } else if let Some(dir) = self.dir_of(Controller::Devices) {
+            write(&dir.join("devices.deny"), "a")?;
+            for rule in devices::v1_rules() {
+                write(&dir.join("devices.allow"), &rule)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves process `pid` into the cgroup (every hierarchy on v1).
+    pub fn add(&self, pid: i32) -> Result<()> {
+        let pid = pid.to_string();
+        for (_, dir) in &self.dirs {
+            write(&dir.join("cgroup.procs"), &pid)?;
+        }
+        Ok(())
+    }
+
+    /// Freezes every task of the container and returns once they are frozen.
+    pub fn freeze(&self) -> Result<()> {
+        self.set_frozen(true)
+    }
+
+    /// Thaws the container.
+    pub fn thaw(&self) -> Result<()> {
+        self.set_frozen(false)
+    }
+
+    fn set_frozen(&self, frozen: bool) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        if self.unified {
+            let dir = self
+                .dir_of(Controller::Freezer)
+                .ok_or_else(missing("cgroup"))?;
+            write(&dir.join("cgroup.freeze"), if frozen { "1" } else { "0" })?;
+            let want = if frozen { "frozen 1" } else { "frozen 0" };
+            let events = dir.join("cgroup.events");
+            while !read(&events)?.lines().any(|l| l == want) {
+                if Instant::now() > deadline {
+                    return Err(timeout(&events));
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        } else {
+            let dir = self
+                .dir_of(Controller::Freezer)
+                .ok_or_else(missing("freezer"))?;
+            let state = dir.join("freezer.state");
+            let want = if frozen { "FROZEN" } else { "THAWED" };
+            loop {
+                // v1 may stop in FREEZING; writing again retries the stragglers.
+                write(&state, want)?;
+                if read(&state)?.trim() == want {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(timeout(&state));
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the container is frozen.
+    pub fn is_frozen(&self) -> Result<bool> {
+        if self.unified {
+            let dir = self
+                .dir_of(Controller::Freezer)
+                .ok_or_else(missing("cgroup"))?;
+            Ok(read(&dir.join("cgroup.events"))?
+                .lines()
+                .any(|l| l == "frozen 1"))
+        } else {
+            match self.dir_of(Controller::Freezer) {
+                Some(dir) => Ok(read(&dir.join("freezer.state"))?.trim() != "THAWED"),
+                None => Ok(false),
+            }
+        }
+    }
+
+    /// Bytes of memory the container uses now (what the limit counts:
+    /// `memory.current` on v2, `memory.usage_in_bytes` on v1).
+    pub fn memory_usage(&self) -> Result<u64> {
+        let dir = self
+            .dir_of(Controller::Memory)
+            .ok_or_else(missing("memory"))?;
+        let file = dir.join(if self.unified {
+            "memory.current"
+        } else {
+            "memory.usage_in_bytes"
+        });
+        read(&file)?.trim().parse().map_err(|_| Error::Cgroup {
+            path: file,
+            source: io::Error::new(io::ErrorKind::InvalidData, "not a number"),
+        })
+    }
+
+    /// How many times a task of the container was OOM-killed.
+    pub fn oom_kills(&self) -> Result<u64> {
+        let dir = self
+            .dir_of(Controller::Memory)
+            .ok_or_else(missing("memory"))?;
+        let (file, key) = if self.unified {
+            (dir.join("memory.events"), "oom_kill ")
+        } else {
+            (dir.join("memory.oom_control"), "oom_kill ")
+        };
+        Ok(read(&file)?
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// The directory on cgroup v2, where a child can be cloned straight
+    /// into (`CLONE_INTO_CGROUP`); `None` on v1.
+    pub fn unified_dir(&self) -> Option<&Path> {
+        if self.unified {
+            self.dirs.first().map(|(_, d)| d.as_path())
+        } else {
+            None
+        }
+    }
+
+    /// The v1 `tasks` files, through which the init can move itself in:
+    /// a thread moving itself through `tasks` skips the global threadgroup
+    /// lock that a move through `cgroup.procs` takes for writing, which
+    /// waits for an RCU grace period (milliseconds). Empty on v2.
+    pub fn v1_task_files(&self) -> Vec<PathBuf> {
+        if self.unified {
+            Vec::new()
+        } else {
+            self.dirs.iter().map(|(_, d)| d.join("tasks")).collect()
+        }
+    }
+
+    /// The cgroup's directories (one on v2).
+    pub fn paths(&self) -> impl Iterator<Item = &Path> {
+        self.dirs.iter().map(|(_, d)| d.as_path())
+    }
+
+    /// Removes the directories. The tasks must be gone; a directory whose
+    /// last task is still being torn down by the kernel is retried for up
+    /// to a second. Returns whether everything was removed.
+    pub fn remove(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        self.dirs.retain(|(_, dir)| loop {
+            match fs::remove_dir(dir) {
+                Ok(()) => break false,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => break false,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(e) => {
+                    tracing::warn!("cannot remove cgroup {}: {e}", dir.display());
+                    break true;
+                }
+            }
+        });
+        self.dirs.is_empty()
+    }
+}
+
+fn missing(what: &'static str) -> impl Fn() -> Error {
+    move || Error::Cgroup {
+        path: PathBuf::from(what),
+        source: io::Error::new(io::ErrorKind::NotFound, "controller not mounted"),
+    }
+}
+
+fn timeout(path: &Path) -> Error {
+    Error::Cgroup {
+        path: path.to_path_buf(),
+        source: io::Error::new(io::ErrorKind::TimedOut, "state did not change within 5 s"),
+    }
+}
+
+fn write(path: &Path, value: &str) -> Result<()> {
+    fs::write(path, value).map_err(|source| Error::Cgroup {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn read(path: &Path) -> Result<String> {
+    fs::read_to_string(path).map_err(|source| Error::Cgroup {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn mkdir_parent(dir: &Path) -> Result<()> {
+    match fs::create_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(Error::Cgroup {
+            path: dir.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+fn mkdir_leaf(dir: &Path, name: &str) -> Result<()> {
+    match fs::create_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(Error::Invalid(format!(
+            "a container named {name} is already running ({} exists); pick another name \
+             or stop it (rmdir the directory if it is left over)",
+            dir.display()
+        ))),
+        Err(source) => Err(Error::Cgroup {
+            path: dir.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+36 31 0:33 / /sys/fs/cgroup/devices rw,relatime - cgroup cgroup rw,devices
+37 31 0:34 / /sys/fs/cgroup/freezer rw,relatime - cgroup cgroup rw,freezer
+39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+    const UNIFIED: &str = "\
+30 23 0:27 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:9 - cgroup2 cgroup2 rw,nsdelegate
+";
+    const DEBIAN_V1: &str = "\
+32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct
+";
+
+    #[test]
+    fn hybrid_uses_the_v1_controllers() {
+        let m = CgroupMode::from_mountinfo(HYBRID, |_| "hugetlb".into());
+        assert!(!m.is_unified());
+        for c in Controller::ALL {
+            assert!(m.has(c), "{c:?}");
+        }
+        let CgroupMode::Legacy { mounts } = m else {
+            unreachable!()
+        };
+        assert!(mounts.contains(&(Controller::Cpu, PathBuf::from("/sys/fs/cgroup/cpu"))));
+    }
+
+    #[test]
+    fn unified_offers_what_the_root_lists() {
+        let m = CgroupMode::from_mountinfo(UNIFIED, |p| {
+            assert_eq!(p, Path::new("/sys/fs/cgroup"));
+            "cpuset cpu io memory pids".into()
+        });
+        assert!(m.is_unified());
+        assert!(m.has(Controller::Memory) && m.has(Controller::Cpu) && m.has(Controller::Pids));
+        assert!(m.has(Controller::Freezer) && m.has(Controller::Devices));
+        let m = CgroupMode::from_mountinfo(UNIFIED, |_| "cpu pids".into());
+        assert!(!m.has(Controller::Memory));
+    }
+
+    #[test]
+    fn comounted_v1_controllers() {
+        let m = CgroupMode::from_mountinfo(DEBIAN_V1, |_| String::new());
+        assert!(m.has(Controller::Cpu));
+        assert!(!m.has(Controller::Memory));
+    }
+}

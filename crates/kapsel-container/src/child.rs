@@ -1,0 +1,475 @@
+//! The container's first process between `clone` and `execve` of its init.
+//!
+//! The caller may be multi-threaded (the daemon), so after `clone` only
+//! system calls are made: no allocation, no locks, no formatting. Every
+//! path, argument vector and the seccomp program is prepared beforehand in
+//! a `ChildPlan`. A failing step writes its number and `errno` into the
+//! error pipe (closed on exec, so the parent reads end-of-file on success)
+//! and exits.
+//!
+//! The sequence, all in the new mount namespace and before the init runs:
+//! join the v1 cgroups (through `tasks`) → wait for the parent (cgroup
+//! joined on v2, id maps written, veth created) →
+//! id switch (user namespace only) → new cgroup namespace → hostname →
+//! mounts private → root bind-mounted onto itself → /proc, /sys (ro),
+//! cgroup2 (v2 hosts), /dev on tmpfs with its nodes, devpts, shm,
+//! /dev/console → masked and read-only paths → `pivot_root` → loopback up
+//! → stdio, session → signals, umask → no_new_privs → seccomp →
+//! capabilities → `execve`.
+
+use crate::caps::{self, CapSet};
+use seccompiler::BpfProgram;
+use std::ffi::{c_char, CString};
+use std::os::fd::RawFd;
+use std::ptr;
+
+/// The names of the steps, indexed by the number the child reports.
+pub(crate) const STEPS: &[&str] = &[
+    "waiting for the parent",                  // 0
+    "switching to root of the user namespace", // 1
+    "creating the cgroup namespace",           // 2
+    "setting the hostname",                    // 3
+    "making mounts private",                   // 4
+    "bind-mounting the root onto itself",      // 5
+    "entering the root",                       // 6
+    "checking /proc, /sys and /dev in the root (each must be a directory, not a link)", // 7
+    "mounting /proc",                          // 8
+    "mounting /sys",                           // 9
+    "mounting /sys/fs/cgroup",                 // 10
+    "mounting /dev",                           // 11
+    "creating a device node in /dev",          // 12
+    "mounting /dev/pts",                       // 13
+    "mounting /dev/shm",                       // 14
+    "creating /dev links",                     // 15
+    "binding the console to /dev/console",     // 16
+    "masking a /proc or /sys path",            // 17
+    "making a /proc path read-only",           // 18
+    "pivot_root into the root",                // 19
+    "detaching the host's root",               // 20
+    "bringing up lo",                          // 21
+    "setting up stdin, stdout and stderr",     // 22
+    "setting no_new_privs",                    // 23
+    "dropping capabilities",                   // 24
+    "installing the seccomp profile",          // 25
+    "executing the init (a script needs its #! interpreter inside the root)", // 26
+    "joining the container's cgroups",         // 27
+];
+
+/// A device node of the container's /dev: name, major, minor.
+const DEVICES: &[(&[u8], u32, u32)] = &[
+    (b"dev/null\0", 1, 3),
+    (b"dev/zero\0", 1, 5),
+    (b"dev/full\0", 1, 7),
+    (b"dev/random\0", 1, 8),
+    (b"dev/urandom\0", 1, 9),
+    (b"dev/tty\0", 5, 0),
+];
+
+/// The host's nodes bound over [`DEVICES`] when `mknod` is not allowed
+/// (user namespace), in the same order.
+const HOST_DEVICES: &[&[u8]] = &[
+    b"/dev/null\0",
+    b"/dev/zero\0",
+    b"/dev/full\0",
+    b"/dev/random\0",
+    b"/dev/urandom\0",
+    b"/dev/tty\0",
+];
+
+const LINKS: &[(&[u8], &[u8])] = &[
+    (b"pts/ptmx\0", b"dev/ptmx\0"),
+    (b"/proc/self/fd\0", b"dev/fd\0"),
+    (b"/proc/self/fd/0\0", b"dev/stdin\0"),
+    (b"/proc/self/fd/1\0", b"dev/stdout\0"),
+    (b"/proc/self/fd/2\0", b"dev/stderr\0"),
+];
+
+/// Files hidden behind /dev/null (as Docker and LXC do): kernel memory,
+/// the keyring, the magic SysRq trigger, timer and scheduler internals.
+const MASKED_FILES: &[&[u8]] = &[
+    b"proc/kcore\0",
+    b"proc/keys\0",
+    b"proc/sysrq-trigger\0",
+    b"proc/timer_list\0",
+    b"proc/latency_stats\0",
+    b"proc/sched_debug\0",
+    b"proc/kallsyms\0",
+];
+
+/// Directories hidden behind an empty read-only tmpfs.
+const MASKED_DIRS: &[&[u8]] = &[
+    b"proc/acpi\0",
+    b"proc/scsi\0",
+    b"sys/firmware\0",
+    b"sys/kernel/debug\0",
+];
+
+/// /proc paths made read-only: the kernel's knobs are host-wide.
+const READ_ONLY: &[&[u8]] = &[b"proc/sys\0", b"proc/bus\0", b"proc/fs\0", b"proc/irq\0"];
+
+/// Everything the child needs, prepared before `clone`.
+pub(crate) struct ChildPlan {
+    pub root: CString,
+    pub hostname: CString,
+    pub init: CString,
+    /// Owns the argument and environment strings the pointers below point into.
+    pub _strings: Vec<CString>,
+    /// NULL-terminated argv for execve.
+    pub argv: Vec<*const c_char>,
+    /// NULL-terminated envp for execve.
+    pub envp: Vec<*const c_char>,
+    /// Descriptors that become 0, 1, 2.
+    pub stdio: [RawFd; 3],
+    /// The pty slave (host path) to bind onto /dev/console and make the
+    /// controlling terminal.
+    pub console: Option<CString>,
+    pub keep_caps: CapSet,
+    pub last_cap: u32,
+    pub no_new_privs: bool,
+    pub seccomp: Option<BpfProgram>,
+    pub user_ns: bool,
+    pub mount_cgroup2: bool,
+    /// The parent created eth0 in the container's network namespace.
+    pub veth: bool,
+    /// Open v1 `tasks` files the child writes "0" to, moving itself into
+    /// the container's cgroups (empty when the parent placed it).
+    pub cgroup_tasks: Vec<RawFd>,
+    /// The child's ends of the sync pipes.
+    pub go_read: RawFd,
+    pub err_write: RawFd,
+}
+
+/// Reports `step` with the current errno to the parent and exits.
+fn fail(plan: &ChildPlan, step: u32) -> ! {
+    let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+    fail_with(plan, step, errno)
+}
+
+fn fail_with(plan: &ChildPlan, step: u32, errno: i32) -> ! {
+    let mut msg = [0u8; 8];
+    msg[..4].copy_from_slice(&step.to_ne_bytes());
+    msg[4..].copy_from_slice(&errno.to_ne_bytes());
+    // SAFETY: writes 8 bytes from a local buffer; then ends the process
+    // without running the parent's atexit handlers or destructors.
+    unsafe {
+        libc::write(plan.err_write, msg.as_ptr().cast(), msg.len());
+        libc::_exit(127)
+    }
+}
+
+fn cstr(b: &[u8]) -> *const c_char {
+    debug_assert_eq!(b.last(), Some(&0));
+    b.as_ptr().cast()
+}
+
+/// mount(2) with NUL-terminated byte strings (`None` is NULL).
+fn mount(
+    src: Option<&[u8]>,
+    target: &[u8],
+    fstype: Option<&[u8]>,
+    flags: libc::c_ulong,
+    data: Option<&[u8]>,
+) -> bool {
+    // SAFETY: every pointer is NULL or a NUL-terminated string that
+    // outlives the call.
+    unsafe {
+        libc::mount(
+            src.map_or(ptr::null(), cstr),
+            cstr(target),
+            fstype.map_or(ptr::null(), cstr),
+            flags,
+            data.map_or(ptr::null(), |d| cstr(d).cast()),
+        ) == 0
+    }
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// Runs in the cloned child; never returns.
+pub(crate) fn run(plan: &ChildPlan) -> ! {
+    // First into the cgroups (v1), while the parent writes the id maps and
+    // creates the network: everything from here on is accounted and limited.
+    for &fd in &plan.cgroup_tasks {
+        // SAFETY: writes one byte from a constant to a descriptor of the plan.
+        if unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) } != 1 {
+            fail(plan, 27);
+        }
+    }
+    // Step 0: the parent writes one byte when the cgroup, the id maps and
+    // the network are ready; end-of-file means it gave up.
+    let mut byte = 0u8;
+    loop {
+        // SAFETY: reads at most one byte into a local.
+        let n = unsafe { libc::read(plan.go_read, (&mut byte as *mut u8).cast(), 1) };
+        if n == 1 {
+            break;
+        }
+        if n == 0 || errno() != libc::EINTR {
+            // SAFETY: ends the child without running the parent's handlers.
+            unsafe { libc::_exit(127) }
+        }
+    }
+    // SAFETY: each call below is a plain system call on NUL-terminated
+    // strings from the plan or constants; results are checked one by one.
+    unsafe {
+        if plan.user_ns
+            && (libc::setgroups(0, ptr::null()) != 0
+                || libc::setresgid(0, 0, 0) != 0
+                || libc::setresuid(0, 0, 0) != 0)
+        {
+            fail(plan, 1);
+        }
+        if libc::unshare(libc::CLONE_NEWCGROUP) != 0 {
+            fail(plan, 2);
+        }
+        let h = plan.hostname.as_bytes();
+        if libc::sethostname(h.as_ptr().cast(), h.len()) != 0 {
+            fail(plan, 3);
+        }
+        if !mount(None, b"/\0", None, libc::MS_REC | libc::MS_PRIVATE, None) {
+            fail(plan, 4);
+        }
+        let root = plan.root.as_bytes_with_nul();
+        if !mount(Some(root), root, None, libc::MS_BIND | libc::MS_REC, None) {
+            fail(plan, 5);
+        }
+        if libc::chdir(plan.root.as_ptr()) != 0 {
+            fail(plan, 6);
+        }
+        // Only the top-level mount points come from the (untrusted) root;
+        // everything below them is inside file systems mounted here. A
+        // link there would point a mount at the host, so refuse it.
+        for dir in [&b"proc\0"[..], b"sys\0", b"dev\0"] {
+            libc::mkdir(cstr(dir), 0o755);
+            let mut st: libc::stat = std::mem::zeroed();
+            if libc::lstat(cstr(dir), &mut st) != 0 {
+                fail(plan, 7);
+            }
+            if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+                fail_with(plan, 7, libc::ENOTDIR);
+            }
+        }
+        let hard = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        if !mount(Some(b"proc\0"), b"proc\0", Some(b"proc\0"), hard, None) {
+            fail(plan, 8);
+        }
+        if !mount(
+            Some(b"sysfs\0"),
+            b"sys\0",
+            Some(b"sysfs\0"),
+            hard | libc::MS_RDONLY,
+            None,
+        ) {
+            fail(plan, 9);
+        }
+        if plan.mount_cgroup2
+            && !mount(
+                Some(b"cgroup2\0"),
+                b"sys/fs/cgroup\0",
+                Some(b"cgroup2\0"),
+                hard | libc::MS_RDONLY,
+                None,
+            )
+        {
+            fail(plan, 10);
+        }
+        if !mount(
+            Some(b"tmpfs\0"),
+            b"dev\0",
+            Some(b"tmpfs\0"),
+            libc::MS_NOSUID | libc::MS_STRICTATIME,
+            Some(b"mode=755,size=65536k\0"),
+        ) {
+            fail(plan, 11);
+        }
+        libc::umask(0);
+        for (i, &(name, major, minor)) in DEVICES.iter().enumerate() {
+            let made = !plan.user_ns
+                && libc::mknod(
+                    cstr(name),
+                    libc::S_IFCHR | 0o666,
+                    libc::makedev(major, minor),
+                ) == 0;
+            if !made {
+                // In a user namespace mknod is refused: bind the host's node.
+                let fd = libc::open(
+                    cstr(name),
+                    libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
+                    0o666,
+                );
+                if fd < 0 {
+                    fail(plan, 12);
+                }
+                libc::close(fd);
+                if !mount(Some(HOST_DEVICES[i]), name, None, libc::MS_BIND, None) {
+                    fail(plan, 12);
+                }
+            }
+        }
+        libc::mkdir(cstr(b"dev/pts\0"), 0o755);
+        libc::mkdir(cstr(b"dev/shm\0"), 0o1777);
+        if !mount(
+            Some(b"devpts\0"),
+            b"dev/pts\0",
+            Some(b"devpts\0"),
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            Some(b"newinstance,ptmxmode=0666,mode=0620\0"),
+        ) {
+            fail(plan, 13);
+        }
+        if !mount(
+            Some(b"shm\0"),
+            b"dev/shm\0",
+            Some(b"tmpfs\0"),
+            hard,
+            Some(b"mode=1777,size=65536k\0"),
+        ) {
+            fail(plan, 14);
+        }
+        for &(target, name) in LINKS {
+            if libc::symlink(cstr(target), cstr(name)) != 0 {
+                fail(plan, 15);
+            }
+        }
+        if let Some(slave) = &plan.console {
+            let fd = libc::open(
+                cstr(b"dev/console\0"),
+                libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
+                0o620,
+            );
+            if fd < 0 {
+                fail(plan, 16);
+            }
+            libc::close(fd);
+            if !mount(
+                Some(slave.as_bytes_with_nul()),
+                b"dev/console\0",
+                None,
+                libc::MS_BIND,
+                None,
+            ) {
+                fail(plan, 16);
+            }
+        }
+        for &f in MASKED_FILES {
+            if !mount(Some(b"dev/null\0"), f, None, libc::MS_BIND, None) && errno() != libc::ENOENT
+            {
+                fail(plan, 17);
+            }
+        }
+        for &d in MASKED_DIRS {
+            if !mount(
+                Some(b"tmpfs\0"),
+                d,
+                Some(b"tmpfs\0"),
+                hard | libc::MS_RDONLY,
+                None,
+            ) && errno() != libc::ENOENT
+            {
+                fail(plan, 17);
+            }
+        }
+        for &p in READ_ONLY {
+            if !mount(Some(p), p, None, libc::MS_BIND | libc::MS_REC, None) {
+                if errno() == libc::ENOENT {
+                    continue;
+                }
+                fail(plan, 18);
+            }
+            if !mount(
+                None,
+                p,
+                None,
+                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | hard,
+                None,
+            ) {
+                fail(plan, 18);
+            }
+        }
+        // pivot_root(".", "."): the old root ends up stacked under the new
+        // one and is detached at once; no directory in the root is needed.
+        if libc::syscall(libc::SYS_pivot_root, cstr(b".\0"), cstr(b".\0")) != 0 {
+            fail(plan, 19);
+        }
+        if libc::umount2(cstr(b".\0"), libc::MNT_DETACH) != 0 {
+            fail(plan, 20);
+        }
+        if libc::chdir(cstr(b"/\0")) != 0 {
+            fail(plan, 20);
+        }
+        if let Err(e) = crate::netlink::link_up(b"lo\0") {
+            fail_with(plan, 21, e);
+        }
+        if plan.veth {
+            if let Err(e) = crate::netlink::link_up(b"eth0\0") {
+                fail_with(plan, 21, e);
+            }
+        }
+        // Copies above 2 first: a source may itself be 0, 1 or 2 (a caller
+        // with closed stdio) and would be overwritten by an earlier dup2.
+        let mut high = [-1 as RawFd; 3];
+        for (h, &from) in high.iter_mut().zip(plan.stdio.iter()) {
+            *h = libc::fcntl(from, libc::F_DUPFD_CLOEXEC, 3);
+            if *h < 0 {
+                fail(plan, 22);
+            }
+        }
+        for (to, &from) in high.iter().enumerate() {
+            if libc::dup2(from, to as RawFd) < 0 {
+                fail(plan, 22);
+            }
+        }
+        // The init leads its own session; with a pty that is its console.
+        libc::setsid();
+        if plan.console.is_some() && libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
+            fail(plan, 22);
+        }
+        // Nothing of the caller's leaks into the container: every other
+        // descriptor closes on exec (the error pipe too, which is the
+        // parent's success signal).
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        );
+        libc::umask(0o022);
+        // Rust ignores SIGPIPE and the caller may block signals; an init
+        // starts from the defaults.
+        for sig in 1..libc::SIGRTMAX() {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, ptr::null_mut());
+        if plan.no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            fail(plan, 23);
+        }
+        // The filter goes in while CAP_SYS_ADMIN is still held, so it needs
+        // no no_new_privs when the caller turned that off; it denies
+        // neither prctl nor capset, which come next.
+        if let Some(prog) = &plan.seccomp {
+            let fprog = libc::sock_fprog {
+                len: prog.len() as u16,
+                filter: prog.as_ptr() as *mut libc::sock_filter,
+            };
+            if libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &fprog as *const libc::sock_fprog,
+            ) != 0
+            {
+                fail(plan, 25);
+            }
+        }
+        if let Err(e) = caps::drop_to(plan.keep_caps, plan.last_cap) {
+            fail_with(plan, 24, e);
+        }
+        libc::execve(plan.init.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr());
+        fail(plan, 26)
+    }
+}

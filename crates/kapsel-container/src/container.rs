@@ -1,0 +1,844 @@
+//! A running container: [`Container::start`] and the handle it returns.
+
+use crate::cgroup::{Cgroup, CgroupMode, Limits};
+use crate::child::{self, ChildPlan, STEPS};
+use crate::error::{Error, Result};
+use crate::spec::{resolve_init, ConsoleSpec, ContainerSpec, DEFAULT_PATH};
+use crate::{caps, netlink, seccomp};
+use std::ffi::CString;
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// How a container's init (or an exec'd process) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// It called exit with this status.
+    Exited(i32),
+    /// A signal ended it.
+    Signaled(i32),
+}
+
+impl ExitStatus {
+    fn from_wait(status: i32) -> ExitStatus {
+        if libc::WIFSIGNALED(status) {
+            ExitStatus::Signaled(libc::WTERMSIG(status))
+        } else {
+            ExitStatus::Exited(libc::WEXITSTATUS(status))
+        }
+    }
+
+    /// The shell's convention: the status, or 128 + the signal.
+    pub fn code(self) -> i32 {
+        match self {
+            ExitStatus::Exited(c) => c,
+            ExitStatus::Signaled(s) => 128 + s,
+        }
+    }
+}
+
+impl fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExitStatus::Exited(c) => write!(f, "exited with status {c}"),
+            ExitStatus::Signaled(s) => write!(f, "killed by signal {s}"),
+        }
+    }
+}
+
+/// A started container. Dropping it kills what still runs and removes
+/// the cgroup and the veth, like [`Container::cleanup`].
+#[derive(Debug)]
+pub struct Container {
+    name: String,
+    pid: i32,
+    pidfd: OwnedFd,
+    cgroup: Cgroup,
+    veth: Option<String>,
+    stop_signal: i32,
+    console: Option<File>,
+    status: Option<ExitStatus>,
+    root: std::path::PathBuf,
+    keep_caps: caps::CapSet,
+    /// The spec's `no_new_privs` and `seccomp`, for processes exec'd later.
+    no_new_privs: bool,
+    seccomp: bool,
+    cleaned: bool,
+}
+
+/// `CLONE_INTO_CGROUP` (Linux 5.7), not in the libc crate for every target.
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// `struct clone_args` of clone3(2), version 2 (88 bytes, with `cgroup`).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// The parent's and the child's ends of a pipe.
+fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into `fds`.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(Error::last_os("creating a pipe"));
+    }
+    // SAFETY: both descriptors are new and ours.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn cstring(bytes: &[u8]) -> Result<CString> {
+    CString::new(bytes)
+        .map_err(|_| Error::Invalid("a path or argument contains a NUL byte; remove it".into()))
+}
+
+/// A new pseudo-terminal: the master and the slave's path.
+fn open_pty() -> Result<(File, CString)> {
+    // SAFETY: posix_openpt with constant flags; the result is checked.
+    let master = unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
+    if master < 0 {
+        return Err(Error::last_os("opening /dev/ptmx"));
+    }
+    // SAFETY: `master` is a new descriptor we own.
+    let file = unsafe { File::from_raw_fd(master) };
+    let mut name = [0 as libc::c_char; 64];
+    // SAFETY: grantpt/unlockpt on our master; ptsname_r writes at most
+    // `name.len()` bytes into `name`.
+    let ok = unsafe {
+        libc::grantpt(master) == 0
+            && libc::unlockpt(master) == 0
+            && libc::ptsname_r(master, name.as_mut_ptr(), name.len()) == 0
+    };
+    if !ok {
+        return Err(Error::last_os("setting up the console pty"));
+    }
+    // SAFETY: ptsname_r wrote a NUL-terminated string.
+    let path = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }.to_owned();
+    Ok((file, path))
+}
+
+impl Container {
+    /// Starts a container: checks `spec` (an [`Error::Invalid`] before
+    /// anything is created), creates its cgroup, clones its init into new
+    /// mount, PID, UTS, IPC, network and cgroup namespaces (and a user
+    /// namespace with [`ContainerSpec::user_map`]), creates the veth, and
+    /// returns once the init has been executed. On any failure everything
+    /// created is removed again and the child is gone.
+    pub fn start(spec: &ContainerSpec) -> Result<Container> {
+        Self::start_in(spec, &CgroupMode::detect()?)
+    }
+
+    /// [`Container::start`] with the cgroup layout given: a daemon detects
+    /// it once ([`CgroupMode::detect`]) instead of at every start.
+    pub fn start_in(spec: &ContainerSpec, mode: &CgroupMode) -> Result<Container> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(Error::Invalid(
+                "containers need root (cgroups, namespaces, mounts); run as root or with sudo"
+                    .into(),
+            ));
+        }
+        let mode = mode.clone();
+        let init = spec.validate(&mode)?;
+        let stop_signal = spec.stop_signal();
+
+        // Everything the child uses is built now: after clone it must not allocate.
+        let mut strings: Vec<CString> = Vec::new();
+        for a in &spec.init {
+            strings.push(cstring(a.as_bytes())?);
+        }
+        let argc = strings.len();
+        let mut env = spec.env.clone();
+        if !env.iter().any(|e| e.starts_with("PATH=")) {
+            env.push(format!("PATH={DEFAULT_PATH}"));
+        }
+        if !env.iter().any(|e| e.starts_with("container=")) {
+            env.push("container=kapsel".into());
+        }
+        if spec.console == ConsoleSpec::Pty && !env.iter().any(|e| e.starts_with("TERM=")) {
+            env.push(format!(
+                "TERM={}",
+                std::env::var("TERM").unwrap_or_else(|_| "vt100".into())
+            ));
+        }
+        for e in &env {
+            strings.push(cstring(e.as_bytes())?);
+        }
+        let mut argv: Vec<*const libc::c_char> =
+            strings[..argc].iter().map(|s| s.as_ptr()).collect();
+        argv.push(std::ptr::null());
+        let mut envp: Vec<*const libc::c_char> =
+            strings[argc..].iter().map(|s| s.as_ptr()).collect();
+        envp.push(std::ptr::null());
+
+        let root = std::fs::canonicalize(&spec.root)
+            .map_err(|e| Error::Invalid(format!("root {}: {e}", spec.root.display())))?;
+        let (mut console, mut slave_fd, mut slave_path, mut null_fd) = (None, None, None, None);
+        match &spec.console {
+            ConsoleSpec::Inherit => {}
+            ConsoleSpec::Pty => {
+                let (master, path) = open_pty()?;
+                let slave = File::options()
+                    .read(true)
+                    .write(true)
+                    .open(Path::new(std::ffi::OsStr::from_bytes(path.as_bytes())))
+                    .map_err(|source| Error::Os {
+                        what: "opening the console pty",
+                        source,
+                    })?;
+                console = Some(master);
+                slave_fd = Some(slave);
+                slave_path = Some(path);
+            }
+            ConsoleSpec::File(p) => {
+                let out = File::options()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(|e| {
+                        Error::Invalid(format!(
+                            "console file {}: {e}; pick a writable path",
+                            p.display()
+                        ))
+                    })?;
+                slave_fd = Some(out);
+                null_fd = Some(File::open("/dev/null").map_err(|source| Error::Os {
+                    what: "opening /dev/null",
+                    source,
+                })?);
+            }
+            ConsoleSpec::None => {
+                null_fd = Some(
+                    File::options()
+                        .read(true)
+                        .write(true)
+                        .open("/dev/null")
+                        .map_err(|source| Error::Os {
+                            what: "opening /dev/null",
+                            source,
+                        })?,
+                );
+            }
+        }
+        let stdio: [RawFd; 3] = match (&spec.console, &slave_fd, &null_fd) {
+            (ConsoleSpec::Pty, Some(s), _) => [s.as_raw_fd(); 3],
+            (ConsoleSpec::File(_), Some(out), Some(null)) => {
+                [null.as_raw_fd(), out.as_raw_fd(), out.as_raw_fd()]
+            }
+            (ConsoleSpec::None, _, Some(null)) => [null.as_raw_fd(); 3],
+            _ => [0, 1, 2],
+        };
+
+        let (go_read, go_write) = pipe()?;
+        let (err_read, err_write) = pipe()?;
+        let mut plan = ChildPlan {
+            root: cstring(root.as_os_str().as_bytes())?,
+            hostname: cstring(spec.hostname.as_deref().unwrap_or(&spec.name).as_bytes())?,
+            init: cstring(init.as_os_str().as_bytes())?,
+            _strings: strings,
+            argv,
+            envp,
+            stdio,
+            console: slave_path,
+            keep_caps: spec.capabilities,
+            last_cap: caps::last_cap(),
+            no_new_privs: spec.no_new_privs,
+            seccomp: if spec.seccomp {
+                Some(seccomp::default_profile()?)
+            } else {
+                None
+            },
+            user_ns: spec.user_map.is_some(),
+            mount_cgroup2: mode.is_unified(),
+            veth: spec.network.is_some(),
+            cgroup_tasks: Vec::new(),
+            go_read: go_read.as_raw_fd(),
+            err_write: err_write.as_raw_fd(),
+        };
+
+        let limits = Limits {
+            memory: spec.memory,
+            cpus: spec.cpus,
+            pids: spec.pids,
+        };
+        let cgroup = Cgroup::create(&mode, &spec.name, &limits)?;
+        // v1: the child moves itself in through these (see
+        // Cgroup::v1_task_files); empty on v2.
+        let task_files: Vec<File> = match cgroup
+            .v1_task_files()
+            .iter()
+            .map(|f| File::options().write(true).open(f))
+            .collect::<io::Result<_>>()
+        {
+            Ok(files) => files,
+            Err(source) => {
+                let mut cgroup = cgroup;
+                cgroup.remove();
+                return Err(Error::Os {
+                    what: "opening the container's cgroup tasks files",
+                    source,
+                });
+            }
+        };
+        plan.cgroup_tasks = task_files.iter().map(|f| f.as_raw_fd()).collect();
+
+        let mut flags = libc::CLONE_NEWNS
+            | libc::CLONE_NEWPID
+            | libc::CLONE_NEWUTS
+            | libc::CLONE_NEWIPC
+            | libc::CLONE_NEWNET
+            | libc::CLONE_PIDFD;
+        if spec.user_map.is_some() {
+            flags |= libc::CLONE_NEWUSER;
+        }
+        let mut pidfd: libc::c_int = -1;
+        // On cgroup v2 the child is born in its cgroup (clone3 with
+        // CLONE_INTO_CGROUP): moving it afterwards would take the cgroup
+        // threadgroup lock for writing, which waits for an RCU grace period
+        // (milliseconds, the largest cost of a start). v1 has no such
+        // option: there, and on kernels before 5.7, the parent moves it.
+        let cgroup_dir = cgroup.unified_dir().and_then(|d| File::open(d).ok());
+        let mut born_in_cgroup = false;
+        let mut pid: libc::c_long = -1;
+        if let Some(dir) = &cgroup_dir {
+            let args = CloneArgs {
+                flags: flags as u32 as u64 | CLONE_INTO_CGROUP,
+                pidfd: &mut pidfd as *mut libc::c_int as u64,
+                exit_signal: libc::SIGCHLD as u64,
+                cgroup: dir.as_raw_fd() as u64,
+                ..CloneArgs::default()
+            };
+            // SAFETY: clone3 with no stack and without CLONE_VM behaves like
+            // fork (see below); `args` is a valid clone_args of the size given.
+            pid = unsafe {
+                libc::syscall(
+                    libc::SYS_clone3,
+                    &args as *const CloneArgs,
+                    std::mem::size_of::<CloneArgs>(),
+                )
+            };
+            born_in_cgroup = pid >= 0;
+        }
+        if !born_in_cgroup {
+            // SAFETY: clone without CLONE_VM and with no new stack behaves
+            // like fork: the child gets a copy of this address space and
+            // runs on its copy of this stack. The child only calls
+            // `child::run`, which makes system calls on the prepared plan
+            // and never returns.
+            pid = unsafe {
+                libc::syscall(
+                    libc::SYS_clone,
+                    (flags | libc::SIGCHLD) as libc::c_ulong,
+                    0usize,
+                    &mut pidfd as *mut libc::c_int,
+                    0usize,
+                    0usize,
+                )
+            };
+        }
+        if pid == 0 {
+            child::run(&plan);
+        }
+        if pid < 0 {
+            let e = Error::last_os("clone of the container's init");
+            let mut cgroup = cgroup;
+            cgroup.remove();
+            return Err(e);
+        }
+        drop(go_read);
+        drop(err_write);
+        drop(slave_fd);
+        drop(null_fd);
+        drop(cgroup_dir);
+        // SAFETY: CLONE_PIDFD stored a new descriptor for the child in `pidfd`.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+        let mut c = Container {
+            name: spec.name.clone(),
+            pid: pid as i32,
+            pidfd,
+            cgroup,
+            veth: None,
+            stop_signal,
+            console,
+            status: None,
+            root,
+            keep_caps: spec.capabilities,
+            no_new_privs: spec.no_new_privs,
+            seccomp: spec.seccomp,
+            cleaned: false,
+        };
+        // From here on a failure drops `c`, which kills the child and
+        // removes the cgroup and the veth.
+        if !born_in_cgroup && plan.cgroup_tasks.is_empty() {
+            c.cgroup.add(c.pid)?;
+        }
+        drop(task_files);
+        if let Some(map) = &spec.user_map {
+            for (file, host) in [("uid_map", map.host_uid), ("gid_map", map.host_gid)] {
+                let path = format!("/proc/{}/{file}", c.pid);
+                std::fs::write(&path, format!("0 {host} {}", map.count)).map_err(|source| {
+                    Error::Os {
+                        what: "writing the user namespace's id map",
+                        source,
+                    }
+                })?;
+            }
+        }
+        if let Some(net) = &spec.network {
+            netlink::create_veth(&net.host_name, c.pid, net.mac)?;
+            c.veth = Some(net.host_name.clone());
+        }
+        let go = [1u8];
+        // SAFETY: writes one byte from a local buffer to our pipe.
+        if unsafe { libc::write(go_write.as_raw_fd(), go.as_ptr().cast(), 1) } != 1 {
+            return Err(Error::last_os("starting the container's init"));
+        }
+        drop(go_write);
+        let mut report = [0u8; 8];
+        let n = read_full(&err_read, &mut report);
+        if n == 8 {
+            let step = u32::from_ne_bytes(report[..4].try_into().unwrap_or_default()) as usize;
+            let errno = i32::from_ne_bytes(report[4..].try_into().unwrap_or_default());
+            let _ = c.wait();
+            return Err(Error::Setup {
+                step: STEPS.get(step).copied().unwrap_or("an unknown step"),
+                source: io::Error::from_raw_os_error(errno),
+            });
+        }
+        drop(plan);
+        tracing::debug!("container {} started, init pid {}", c.name, c.pid);
+        Ok(c)
+    }
+
+    /// The container's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The init's PID, as the host sees it.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// A pidfd of the init: readable (for poll/epoll) once it has exited.
+    pub fn pidfd(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
+    }
+
+    /// The master side of the console pty, with [`ConsoleSpec::Pty`].
+    pub fn console(&self) -> Option<&File> {
+        self.console.as_ref()
+    }
+
+    /// The signal [`Container::stop`] sends first.
+    pub fn stop_signal(&self) -> i32 {
+        self.stop_signal
+    }
+
+    /// The cgroup directories (for the daemon's statistics and tests).
+    pub fn cgroup(&self) -> &Cgroup {
+        &self.cgroup
+    }
+
+    /// Waits for the init to exit. When the init exits, the kernel kills
+    /// every other process of the container.
+    pub fn wait(&mut self) -> Result<ExitStatus> {
+        if let Some(s) = self.status {
+            return Ok(s);
+        }
+        self.reap(0).map(|s| s.unwrap_or(ExitStatus::Exited(0)))
+    }
+
+    /// The exit status if the init has exited, without blocking.
+    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
+        if let Some(s) = self.status {
+            return Ok(Some(s));
+        }
+        self.reap(libc::WNOHANG)
+    }
+
+    fn reap(&mut self, flags: i32) -> Result<Option<ExitStatus>> {
+        let mut status = 0;
+        loop {
+            // SAFETY: waitpid on our own child, writing into a local.
+            let r = unsafe { libc::waitpid(self.pid, &mut status, flags | libc::__WALL) };
+            if r == self.pid {
+                let s = ExitStatus::from_wait(status);
+                self.status = Some(s);
+                return Ok(Some(s));
+            }
+            if r == 0 {
+                return Ok(None);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(Error::Os {
+                    what: "waiting for the container's init",
+                    source: e,
+                });
+            }
+        }
+    }
+
+    /// Sends `signal` to the init (through the pidfd: never to a reused PID).
+    pub fn signal(&self, signal: i32) -> Result<()> {
+        if self.status.is_some() {
+            return Err(Error::Exited);
+        }
+        // SAFETY: pidfd_send_signal on our pidfd with no siginfo.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                signal,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if r != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ESRCH) {
+                return Err(Error::Exited);
+            }
+            return Err(Error::Os {
+                what: "signalling the container's init",
+                source: e,
+            });
+        }
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for the init to exit; `None` if it still runs.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.try_wait()? {
+                return Ok(Some(s));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            let mut pfd = libc::pollfd {
+                fd: self.pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: polls one pollfd we own.
+            unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
+        }
+    }
+
+    /// Asks the init to power off with its stop signal and waits up to
+    /// `timeout`; then kills the container (SIGKILL to the init takes every
+    /// process of its PID namespace along). A frozen container is thawed
+    /// first, or it could not act on the signal.
+    pub fn stop(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        if let Some(s) = self.try_wait()? {
+            return Ok(s);
+        }
+        if self.cgroup.is_frozen().unwrap_or(false) {
+            self.cgroup.thaw()?;
+        }
+        match self.signal(self.stop_signal) {
+            Ok(()) | Err(Error::Exited) => {}
+            Err(e) => return Err(e),
+        }
+        if let Some(s) = self.wait_timeout(timeout)? {
+            return Ok(s);
+        }
+        tracing::warn!(
+            "container {} did not stop within {timeout:?}; killing it",
+            self.name
+        );
+        self.kill()?;
+        Err(Error::StopTimeout(timeout))
+    }
+
+    /// Kills the container at once and reaps its init.
+    pub fn kill(&mut self) -> Result<ExitStatus> {
+        if let Some(s) = self.try_wait()? {
+            return Ok(s);
+        }
+        let _ = self.cgroup.thaw();
+        match self.signal(libc::SIGKILL) {
+            Ok(()) | Err(Error::Exited) => {}
+            Err(e) => return Err(e),
+        }
+        self.wait()
+    }
+
+    /// Freezes every process of the container (cgroup freezer).
+    pub fn freeze(&self) -> Result<()> {
+        self.cgroup.freeze()
+    }
+
+    /// Thaws a frozen container.
+    pub fn thaw(&self) -> Result<()> {
+        self.cgroup.thaw()
+    }
+
+    /// Bytes of memory the container uses, as its cgroup counts them.
+    pub fn memory_usage(&self) -> Result<u64> {
+        self.cgroup.memory_usage()
+    }
+
+    /// Runs `argv` inside the running container: joins its cgroup and
+    /// namespaces, takes the init's confinement (`no_new_privs`, seccomp,
+    /// capabilities), and executes `argv[0]` (an absolute path inside the
+    /// root, or a name looked up in [`DEFAULT_PATH`]). Standard input and
+    /// output are the caller's. Wait for the returned process: it is the
+    /// caller's child. Statuses 125 (joining failed) and 127 (no exec) are
+    /// the runtime's, as with `env` and `nsenter`.
+    pub fn exec(&self, argv: &[String]) -> Result<ExecProcess> {
+        if self.status.is_some() {
+            return Err(Error::Exited);
+        }
+        let first = argv
+            .first()
+            .ok_or_else(|| Error::Invalid("exec: give a command".into()))?;
+        let path = cstring(resolve_init(&self.root, first)?.as_os_str().as_bytes())?;
+        let args: Vec<CString> = argv
+            .iter()
+            .map(|a| cstring(a.as_bytes()))
+            .collect::<Result<_>>()?;
+        let mut arg_ptrs: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+        arg_ptrs.push(std::ptr::null());
+        let env = [
+            cstring(format!("PATH={DEFAULT_PATH}").as_bytes())?,
+            cstring(b"container=kapsel")?,
+        ];
+        let env_ptrs = [env[0].as_ptr(), env[1].as_ptr(), std::ptr::null()];
+        // Namespaces to join, user first (it grants the rights for the
+        // rest), mount last among those opened by path.
+        let mut ns = Vec::new();
+        let mut user_ns = false;
+        for kind in ["user", "cgroup", "ipc", "uts", "net", "pid", "mnt"] {
+            let own = std::fs::read_link(format!("/proc/self/ns/{kind}")).ok();
+            let theirs = std::fs::read_link(format!("/proc/{}/ns/{kind}", self.pid)).ok();
+            if own.is_some() && own == theirs {
+                continue; // not a namespace of the container (e.g. no user namespace)
+            }
+            user_ns |= kind == "user";
+            let f = File::open(format!("/proc/{}/ns/{kind}", self.pid)).map_err(|source| {
+                Error::Os {
+                    what: "opening a namespace of the container",
+                    source,
+                }
+            })?;
+            ns.push(f);
+        }
+        // The forked helper moves itself in: through `tasks` on v1 (no
+        // global lock, see Cgroup::v1_task_files), `cgroup.procs` on v2.
+        let mut join = self.cgroup.v1_task_files();
+        if join.is_empty() {
+            join = self
+                .cgroup
+                .paths()
+                .map(|d| d.join("cgroup.procs"))
+                .collect();
+        }
+        let procs: Vec<File> = join
+            .iter()
+            .map(|f| File::options().write(true).open(f))
+            .collect::<io::Result<_>>()
+            .map_err(|source| Error::Os {
+                what: "opening the container's cgroup",
+                source,
+            })?;
+        let keep = self.keep_caps;
+        let last = caps::last_cap();
+        let prog = if self.seccomp {
+            seccomp::default_profile()?
+        } else {
+            Vec::new()
+        };
+        let no_new_privs = self.no_new_privs;
+        // SAFETY: fork; the child below only makes system calls on data
+        // prepared above and ends with _exit or execve.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(Error::last_os("fork for exec"));
+        }
+        if pid == 0 {
+            // SAFETY: system calls on descriptors and strings
+            // prepared before fork; every path ends in _exit or execve.
+            unsafe {
+                for p in &procs {
+                    if libc::write(p.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
+                        libc::_exit(125);
+                    }
+                }
+                for f in &ns {
+                    if libc::setns(f.as_raw_fd(), 0) != 0 {
+                        libc::_exit(125);
+                    }
+                }
+                // Host root is not mapped in the container's user
+                // namespace: become its root, as the init did.
+                if user_ns
+                    && (libc::setgroups(0, std::ptr::null()) != 0
+                        || libc::setresgid(0, 0, 0) != 0
+                        || libc::setresuid(0, 0, 0) != 0)
+                {
+                    libc::_exit(125);
+                }
+                // The PID namespace applies to children: fork once more.
+                let inner = libc::fork();
+                if inner < 0 {
+                    libc::_exit(125);
+                }
+                if inner > 0 {
+                    let mut st = 0;
+                    while libc::waitpid(inner, &mut st, 0) < 0 {}
+                    libc::_exit(ExitStatus::from_wait(st).code());
+                }
+                libc::chdir(c"/".as_ptr());
+                for sig in 1..libc::SIGRTMAX() {
+                    if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                        libc::signal(sig, libc::SIG_DFL);
+                    }
+                }
+                let mut empty: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut empty);
+                libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+                let fprog = libc::sock_fprog {
+                    len: prog.len() as u16,
+                    filter: prog.as_ptr() as *mut libc::sock_filter,
+                };
+                // The same order as the init's: no_new_privs, seccomp
+                // (while CAP_SYS_ADMIN is held), capabilities.
+                if no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                    libc::_exit(125);
+                }
+                if !prog.is_empty()
+                    && libc::prctl(
+                        libc::PR_SET_SECCOMP,
+                        libc::SECCOMP_MODE_FILTER,
+                        &fprog as *const libc::sock_fprog,
+                    ) != 0
+                {
+                    libc::_exit(125);
+                }
+                if caps::drop_to(keep, last).is_err() {
+                    libc::_exit(125);
+                }
+                libc::execve(path.as_ptr(), arg_ptrs.as_ptr(), env_ptrs.as_ptr());
+                libc::_exit(127);
+            }
+        }
+        Ok(ExecProcess { pid, status: None })
+    }
+
+    /// Kills whatever still runs, reaps the init, removes the cgroup and
+    /// deletes the host side of the veth.
+    pub fn cleanup(mut self) -> Result<()> {
+        self.do_cleanup()
+    }
+
+    fn do_cleanup(&mut self) -> Result<()> {
+        if self.cleaned {
+            return Ok(());
+        }
+        self.cleaned = true;
+        self.kill()?;
+        let mut result = Ok(());
+        if let Some(veth) = self.veth.take() {
+            // The veth dies with the network namespace, but that happens
+            // asynchronously in the kernel; delete it now so the name is free.
+            result = netlink::delete_link(&veth);
+        }
+        if !self.cgroup.remove() {
+            let dirs: Vec<String> = self
+                .cgroup
+                .paths()
+                .map(|p| p.display().to_string())
+                .collect();
+            result = Err(Error::Cgroup {
+                path: dirs.join(" ").into(),
+                source: io::Error::from_raw_os_error(libc::EBUSY),
+            });
+        }
+        result
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        if let Err(e) = self.do_cleanup() {
+            tracing::warn!("cleaning up container {}: {e}", self.name);
+        }
+    }
+}
+
+fn read_full(fd: &OwnedFd, buf: &mut [u8]) -> usize {
+    let mut got = 0;
+    while got < buf.len() {
+        // SAFETY: reads into the unfilled tail of `buf`.
+        let n = unsafe {
+            libc::read(
+                fd.as_raw_fd(),
+                buf[got..].as_mut_ptr().cast(),
+                buf.len() - got,
+            )
+        };
+        if n > 0 {
+            got += n as usize;
+        } else if n == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            break;
+        }
+    }
+    got
+}
+
+/// A process started by [`Container::exec`]: it ends with the command's
+/// status (a signal shows as status 128 + signal).
+#[derive(Debug)]
+pub struct ExecProcess {
+    pid: i32,
+    status: Option<ExitStatus>,
+}
+
+impl ExecProcess {
+    /// The host PID of the process that reports the command's status.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Waits for the command to end.
+    pub fn wait(&mut self) -> Result<ExitStatus> {
+        if let Some(s) = self.status {
+            return Ok(s);
+        }
+        let mut st = 0;
+        loop {
+            // SAFETY: waitpid on our own child into a local.
+            if unsafe { libc::waitpid(self.pid, &mut st, 0) } == self.pid {
+                let s = ExitStatus::from_wait(st);
+                self.status = Some(s);
+                return Ok(s);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(Error::Os {
+                    what: "waiting for an exec'd process",
+                    source: e,
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,503 @@
+//! What a container is: the caller's description ([`ContainerSpec`]) and its
+//! checks, done before anything on the host is created.
+
+use crate::caps::CapSet;
+use crate::cgroup::{CgroupMode, Controller};
+use crate::error::{Error, Result};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Component, Path, PathBuf};
+
+/// The longest container name: it becomes the hostname (`HOST_NAME_MAX`)
+/// and a cgroup directory.
+pub const MAX_NAME_LEN: usize = 63;
+/// The longest network interface name (`IFNAMSIZ` less its NUL).
+pub const MAX_IFNAME_LEN: usize = 15;
+/// `PATH` given to the init when the caller sets none; also where a bare
+/// init name is looked up inside the root.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Everything needed to start one container.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerSpec {
+    /// The name: hostname inside, cgroup directory `kapsel/NAME` outside.
+    /// Letters, digits, `-`, `_` and `.`, at most [`MAX_NAME_LEN`].
+    pub name: String,
+    /// The root directory (a whole distribution userland, or a small one).
+    pub root: PathBuf,
+    /// The init: its path inside the root (or a name looked up in
+    /// [`DEFAULT_PATH`]) and its arguments.
+    pub init: Vec<String>,
+    /// The init's environment, `KEY=VALUE`. `PATH` and `container=kapsel`
+    /// are added when missing.
+    pub env: Vec<String>,
+    /// Memory limit in bytes (cgroup `memory.max` / `memory.limit_in_bytes`).
+    pub memory: Option<u64>,
+    /// CPU limit in CPUs (0.5 is half a CPU), enforced as a CFS quota.
+    pub cpus: Option<f64>,
+    /// Limit on the number of tasks (processes and threads).
+    pub pids: Option<u64>,
+    /// The hostname; `None` is the name.
+    pub hostname: Option<String>,
+    /// A veth pair: host side named by the caller, `eth0` inside.
+    pub network: Option<VethSpec>,
+    /// Where the init's standard input and output go.
+    pub console: ConsoleSpec,
+    /// A user namespace with this id mapping; `None` runs the container
+    /// as host root (confined by capabilities, seccomp and cgroups).
+    pub user_map: Option<IdMap>,
+    /// Capabilities kept (the bounding set); the rest are dropped.
+    pub capabilities: CapSet,
+    /// Set `no_new_privs`: setuid binaries gain nothing inside. Turn off
+    /// for system containers whose users need `su` or `passwd`.
+    pub no_new_privs: bool,
+    /// Install the default seccomp profile ([`crate::seccomp`]).
+    pub seccomp: bool,
+    /// The signal that asks the init to power off; `None` picks it from
+    /// the init (see [`ContainerSpec::stop_signal`]).
+    pub stop_signal: Option<i32>,
+}
+
+/// A veth pair for the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VethSpec {
+    /// The host-side interface name (the daemon attaches it to a bridge).
+    pub host_name: String,
+    /// The MAC of `eth0` inside; `None` lets the kernel pick one.
+    pub mac: Option<[u8; 6]>,
+}
+
+/// Where the init's standard input, output and error go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConsoleSpec {
+    /// The caller's own standard input, output and error, passed as they
+    /// are (fastest; what a script or a benchmark wants).
+    Inherit,
+    /// A new pseudo-terminal: its slave is the init's stdio and
+    /// `/dev/console`; the caller gets the master ([`crate::Container::console`]).
+    Pty,
+    /// Output appended to a file, input from `/dev/null`.
+    File(PathBuf),
+    /// `/dev/null` for all three.
+    None,
+}
+
+/// A user-namespace mapping: ids 0..count inside are host ids
+/// `host_uid..` and `host_gid..`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdMap {
+    /// The host uid of root inside.
+    pub host_uid: u32,
+    /// The host gid of root inside.
+    pub host_gid: u32,
+    /// How many ids are mapped.
+    pub count: u32,
+}
+
+impl ContainerSpec {
+    /// A container called `name` on `root` running `init`, with the
+    /// default confinement: capabilities [`CapSet::DEFAULT`], seccomp and
+    /// `no_new_privs` on, console inherited, no limits, no network.
+    pub fn new(name: impl Into<String>, root: impl Into<PathBuf>, init: Vec<String>) -> Self {
+        ContainerSpec {
+            name: name.into(),
+            root: root.into(),
+            init,
+            env: Vec::new(),
+            memory: None,
+            cpus: None,
+            pids: None,
+            hostname: None,
+            network: None,
+            console: ConsoleSpec::Inherit,
+            user_map: None,
+            capabilities: CapSet::DEFAULT,
+            no_new_privs: true,
+            seccomp: true,
+            stop_signal: None,
+        }
+    }
+
+    /// The signal [`crate::Container::stop`] sends first: the one set, or
+    /// the init's power-off signal: SIGRTMIN+3 for systemd (as LXC and
+    /// systemd's container interface use), SIGUSR2 for busybox init
+    /// (busybox takes SIGTERM as *reboot* and SIGUSR1 as halt), SIGTERM
+    /// for anything else.
+    pub fn stop_signal(&self) -> i32 {
+        if let Some(sig) = self.stop_signal {
+            return sig;
+        }
+        let Some(init) = self.init.first() else {
+            return libc::SIGTERM;
+        };
+        // The file the init is in the end (busybox installs init as a link).
+        let target = resolve_init(&self.root, init)
+            .ok()
+            .and_then(|inner| resolve_in_root(&self.root, &inner));
+        let named = |n: &str| {
+            Path::new(init).file_name() == Some(OsStr::new(n))
+                || target.as_ref().and_then(|t| t.file_name()) == Some(OsStr::new(n))
+        };
+        if named("systemd") {
+            libc::SIGRTMIN() + 3
+        } else if named("init")
+            && target.as_ref().and_then(|t| t.file_name()) == Some(OsStr::new("busybox"))
+        {
+            libc::SIGUSR2
+        } else {
+            libc::SIGTERM
+        }
+    }
+
+    /// Checks everything that can be checked without creating anything:
+    /// names, the root, the init, the limits against the host's cgroups.
+    /// Returns the init's path inside the root.
+    pub(crate) fn validate(&self, cgroups: &CgroupMode) -> Result<PathBuf> {
+        check_name(&self.name)?;
+        if let Some(h) = &self.hostname {
+            if h.is_empty() || h.len() > MAX_NAME_LEN {
+                return Err(Error::Invalid(format!(
+                    "hostname \"{h}\" must have 1 to {MAX_NAME_LEN} characters"
+                )));
+            }
+        }
+        match std::fs::metadata(&self.root) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(Error::Invalid(format!(
+                    "root {} is not a directory; give the directory holding the container's files",
+                    self.root.display()
+                )))
+            }
+            Err(e) => {
+                return Err(Error::Invalid(format!(
+                    "root {}: {e}; give an existing directory holding the container's files",
+                    self.root.display()
+                )))
+            }
+        }
+        // The runtime mounts /proc, /sys and /dev there; the child checks
+        // again (the root could change in between), but a root that is
+        // wrong from the start is the caller's to fix.
+        for dir in ["proc", "sys", "dev"] {
+            let path = self.root.join(dir);
+            if let Ok(m) = std::fs::symlink_metadata(&path) {
+                if !m.is_dir() {
+                    return Err(Error::Invalid(format!(
+                        "{} is not a directory (a link or a file); the container's /{dir} is mounted there: \
+                         replace it with an empty directory",
+                        path.display()
+                    )));
+                }
+            }
+        }
+        let Some(init) = self.init.first() else {
+            return Err(Error::Invalid(
+                "no init given; name the program to run (e.g. /sbin/init)".into(),
+            ));
+        };
+        if self.init.iter().chain(&self.env).any(|a| a.contains('\0')) {
+            return Err(Error::Invalid(
+                "an init argument or environment entry contains a NUL byte; remove it".into(),
+            ));
+        }
+        if let Some(bad) = self.env.iter().find(|e| !e.contains('=')) {
+            return Err(Error::Invalid(format!(
+                "environment entry \"{bad}\" has no '='; write KEY=VALUE"
+            )));
+        }
+        let init_path = resolve_init(&self.root, init)?;
+        if self.memory == Some(0) || self.pids == Some(0) {
+            return Err(Error::Invalid(
+                "a memory or pids limit of 0 leaves nothing to run; give a positive limit".into(),
+            ));
+        }
+        if let Some(c) = self.cpus {
+            if !(c.is_finite() && c >= 0.01) {
+                return Err(Error::Invalid(format!(
+                    "cpus {c} is not a CPU count; give a number like 0.5 or 2"
+                )));
+            }
+        }
+        let wanted = [
+            (self.memory.is_some(), Controller::Memory),
+            (self.pids.is_some(), Controller::Pids),
+            (self.cpus.is_some(), Controller::Cpu),
+        ];
+        for (needed, c) in wanted {
+            if needed && !cgroups.has(c) {
+                return Err(Error::Invalid(format!(
+                    "the host's cgroups have no {} controller, so the {} limit cannot be enforced; \
+                     enable it (cgroup_enable={} on the kernel command line, or in the parent's \
+                     cgroup.subtree_control) or drop the limit",
+                    c.name(),
+                    c.name(),
+                    c.name()
+                )));
+            }
+        }
+        if let Some(net) = &self.network {
+            check_ifname(&net.host_name)?;
+            if Path::new("/sys/class/net").join(&net.host_name).exists() {
+                return Err(Error::Invalid(format!(
+                    "network interface {} already exists on the host; pick another --net-veth name",
+                    net.host_name
+                )));
+            }
+        }
+        if let ConsoleSpec::File(p) = &self.console {
+            if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+                if !dir.is_dir() {
+                    return Err(Error::Invalid(format!(
+                        "console file {}: directory {} does not exist; create it or pick another path",
+                        p.display(),
+                        dir.display()
+                    )));
+                }
+            }
+        }
+        if let Some(m) = &self.user_map {
+            if m.count == 0 {
+                return Err(Error::Invalid(
+                    "user namespace map of 0 ids; map at least 1 (root)".into(),
+                ));
+            }
+        }
+        Ok(init_path)
+    }
+}
+
+/// Checks a container name.
+pub fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && !name.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "container name \"{name}\" is not valid; use 1 to {MAX_NAME_LEN} letters, digits, '-', '_' or '.' (not first)"
+        )))
+    }
+}
+
+fn check_ifname(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_IFNAME_LEN
+        && !name
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace());
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "interface name \"{name}\" is not valid; use 1 to {MAX_IFNAME_LEN} characters without '/', ':' or spaces"
+        )))
+    }
+}
+
+/// Finds the init inside `root` the way the kernel will once `root` is
+/// `/`: absolute symlinks are taken relative to `root`, never the host.
+/// Returns the path inside the container (what `execve` gets) after
+/// checking that the file it names is a regular, executable file.
+pub fn resolve_init(root: &Path, init: &str) -> Result<PathBuf> {
+    let candidates: Vec<PathBuf> = if init.starts_with('/') {
+        vec![PathBuf::from(init)]
+    } else if init.contains('/') {
+        return Err(Error::Invalid(format!(
+            "init \"{init}\" is a relative path; give an absolute path inside the root (e.g. /sbin/init)"
+        )));
+    } else {
+        DEFAULT_PATH
+            .split(':')
+            .map(|d| Path::new(d).join(init))
+            .collect()
+    };
+    for inner in &candidates {
+        if let Some(host) = resolve_in_root(root, inner) {
+            if let Ok(m) = std::fs::metadata(&host) {
+                if m.is_file() {
+                    if m.permissions().mode() & 0o111 == 0 {
+                        return Err(Error::Invalid(format!(
+                            "init {init} ({}) is not executable; chmod +x it or pick another init",
+                            host.display()
+                        )));
+                    }
+                    return Ok(inner.clone());
+                }
+            }
+        }
+    }
+    Err(Error::Invalid(format!(
+        "init {init} not found in root {}; give a program that exists inside the root (e.g. /sbin/init or /bin/sh)",
+        root.display()
+    )))
+}
+
+/// The host path of `inner` (absolute, inside the container) with every
+/// symlink followed as it would be inside the container. `None` when a
+/// component is missing or the links loop.
+pub(crate) fn resolve_in_root(root: &Path, inner: &Path) -> Option<PathBuf> {
+    let mut done = PathBuf::from("/");
+    let mut todo: Vec<PathBuf> = inner
+        .components()
+        .rev()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(PathBuf::from(n)),
+            Component::ParentDir => Some(PathBuf::from("..")),
+            _ => None,
+        })
+        .collect();
+    let mut hops = 0;
+    while let Some(next) = todo.pop() {
+        if next.as_os_str() == ".." {
+            done.pop();
+            continue;
+        }
+        let candidate = done.join(&next);
+        let host = root.join(candidate.strip_prefix("/").ok()?);
+        match std::fs::read_link(&host) {
+            Ok(target) => {
+                hops += 1;
+                if hops > 40 {
+                    return None;
+                }
+                if target.as_os_str().as_bytes().starts_with(b"/") {
+                    done = PathBuf::from("/");
+                }
+                todo.extend(target.components().rev().filter_map(|c| match c {
+                    Component::Normal(n) => Some(PathBuf::from(n)),
+                    Component::ParentDir => Some(PathBuf::from("..")),
+                    _ => None,
+                }));
+            }
+            Err(_) => done = candidate,
+        }
+    }
+    Some(root.join(done.strip_prefix("/").ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn tree(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("kapsel-spec-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("bin")).unwrap();
+        std::fs::create_dir_all(dir.join("sbin")).unwrap();
+        std::fs::write(dir.join("bin/busybox"), b"").unwrap();
+        std::fs::set_permissions(
+            dir.join("bin/busybox"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        std::fs::write(dir.join("bin/data"), b"").unwrap();
+        symlink("/bin/busybox", dir.join("sbin/init")).unwrap();
+        symlink("../bin/busybox", dir.join("bin/sh")).unwrap();
+        // A link that would escape to the host's /etc if followed outside.
+        symlink("/etc/passwd", dir.join("bin/escape")).unwrap();
+        dir
+    }
+
+    #[test]
+    fn init_is_resolved_inside_the_root() {
+        let root = tree("resolve");
+        assert_eq!(
+            resolve_init(&root, "/sbin/init").unwrap(),
+            PathBuf::from("/sbin/init")
+        );
+        assert_eq!(resolve_init(&root, "sh").unwrap(), PathBuf::from("/bin/sh"));
+        assert_eq!(
+            resolve_in_root(&root, Path::new("/sbin/init")).unwrap(),
+            root.join("bin/busybox")
+        );
+        let e = resolve_init(&root, "/bin/data").unwrap_err().to_string();
+        assert!(e.contains("not executable"), "{e}");
+        let e = resolve_init(&root, "/bin/escape").unwrap_err().to_string();
+        assert!(e.contains("not found"), "{e}");
+        assert!(resolve_init(&root, "bin/sh").is_err());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn stop_signal_follows_the_init() {
+        let root = tree("stop");
+        let spec = ContainerSpec::new("c", &root, vec!["/sbin/init".into()]);
+        assert_eq!(spec.stop_signal(), libc::SIGUSR2);
+        let spec = ContainerSpec::new("c", &root, vec!["/lib/systemd/systemd".into()]);
+        assert_eq!(spec.stop_signal(), libc::SIGRTMIN() + 3);
+        let spec = ContainerSpec::new("c", &root, vec!["/bin/sh".into()]);
+        assert_eq!(spec.stop_signal(), libc::SIGTERM);
+        // Debian's /sbin/init is a link to systemd.
+        std::fs::create_dir_all(root.join("lib/systemd")).unwrap();
+        std::fs::copy(root.join("bin/busybox"), root.join("lib/systemd/systemd")).unwrap();
+        symlink("/lib/systemd/systemd", root.join("sbin/sysinit")).unwrap();
+        let spec = ContainerSpec::new("c", &root, vec!["/sbin/sysinit".into()]);
+        assert_eq!(spec.stop_signal(), libc::SIGRTMIN() + 3);
+        let mut spec = ContainerSpec::new("c", &root, vec!["/sbin/init".into()]);
+        spec.stop_signal = Some(libc::SIGINT);
+        assert_eq!(spec.stop_signal(), libc::SIGINT);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn limits_need_their_controllers() {
+        let root = tree("limits");
+        let none = CgroupMode::Legacy { mounts: Vec::new() };
+        let all = CgroupMode::Unified {
+            root: "/sys/fs/cgroup".into(),
+            controllers: vec!["memory".into(), "pids".into(), "cpu".into()],
+        };
+        let mut spec = ContainerSpec::new("c", &root, vec!["/sbin/init".into()]);
+        assert!(
+            spec.validate(&none).is_ok(),
+            "no limit, no controller needed"
+        );
+        spec.memory = Some(64 << 20);
+        let e = spec.validate(&none).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("no memory controller"), "{e}");
+        assert!(e.to_string().contains("drop the limit"), "{e}");
+        assert!(spec.validate(&all).is_ok());
+        spec.memory = None;
+        spec.pids = Some(10);
+        assert!(spec
+            .validate(&none)
+            .unwrap_err()
+            .to_string()
+            .contains("pids"));
+        spec.pids = None;
+        spec.cpus = Some(0.0);
+        assert!(spec
+            .validate(&all)
+            .unwrap_err()
+            .to_string()
+            .contains("cpus"));
+        spec.cpus = Some(1.5);
+        assert!(spec
+            .validate(&none)
+            .unwrap_err()
+            .to_string()
+            .contains("cpu controller"));
+        assert!(spec.validate(&all).is_ok());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn names() {
+        assert!(check_name("web-1.example_a").is_ok());
+        assert!(check_name("").is_err());
+        assert!(check_name(".hidden").is_err());
+        assert!(check_name("a/b").is_err());
+        assert!(check_name(&"x".repeat(64)).is_err());
+        assert!(check_ifname("veth-web0").is_ok());
+        assert!(check_ifname("a-very-long-ifname").is_err());
+        assert!(check_ifname("a:b").is_err());
+    }
+}
