@@ -325,12 +325,21 @@ fn pause_unpause_and_a_killed_vm_process() {
     let pid = pid_of(&vm);
     d.ok(&["pause", "web"]);
     assert_eq!(d.vm("web")["state"], "paused");
+    // SIGSTOP takes effect asynchronously; the process stops soon after.
+    let until = Instant::now() + Duration::from_secs(5);
+    while process_state(pid) != Some('T') && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert_eq!(process_state(pid), Some('T'), "every thread is stopped");
     let (code, _, err) = d.run(&["pause", "web"]);
     assert_eq!(code, 1);
     assert!(err.contains("not running"), "{err}");
     d.ok(&["unpause", "web"]);
     assert_eq!(d.vm("web")["state"], "running");
+    let until = Instant::now() + Duration::from_secs(5);
+    while process_state(pid) == Some('T') && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert_ne!(process_state(pid), Some('T'));
 
     // A VM process that dies is reported; the daemon goes on.
