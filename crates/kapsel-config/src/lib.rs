@@ -1,5 +1,5 @@
 //! The vm.conf language of Kapsel: OpenBSD vmd's configuration file, for
-//! VMs and (soon) containers.
+//! VMs and containers.
 //!
 //! [`load`] reads a file (following `include`s), expands macros, checks
 //! the result and returns the typed [`Config`] with any warnings, or every

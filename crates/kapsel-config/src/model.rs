@@ -18,6 +18,13 @@ pub const MAX_VM_INTERFACES: u32 = 32;
 pub const MAX_INSTANCE_DEPTH: usize = 16;
 /// The longest VM, container or switch name (vmd's `VMM_MAX_NAME_LEN` less its NUL).
 pub const MAX_NAME_LEN: usize = 63;
+/// The program a container runs as its PID 1 when it does not say `init`.
+pub const DEFAULT_CONTAINER_INIT: &str = "/sbin/init";
+/// The highest `pids` limit: Linux's `PID_MAX_LIMIT` on 64-bit hosts.
+pub const MAX_CONTAINER_PIDS: u64 = 4_194_304;
+/// The file name endings `image` accepts for a tarball (anything else is
+/// taken for a directory holding an OCI image layout).
+pub const CONTAINER_IMAGE_EXTENSIONS: &[&str] = &[".tar", ".tar.gz", ".tgz", ".tar.xz", ".tar.zst"];
 /// The longest Linux network interface name (`IFNAMSIZ` less its NUL).
 pub const MAX_IFNAME_LEN: usize = 15;
 
@@ -481,15 +488,16 @@ impl VmSpec {
     }
 }
 
-/// A `container "name" { ... }` block. Reserved for the containers issue:
-/// today it takes the keywords it shares with VMs.
+/// A `container "name" { ... }` block: a system container (its own init,
+/// usually `/sbin/init`) or an application container (`init` names the
+/// command). A loaded container has exactly one of `root` and `image`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerSpec {
     /// The container name (shares the namespace of VM names).
     pub name: String,
-    /// `enable` (default) or `disable`.
+    /// `enable` (default) or `disable`: started at boot or not.
     pub enabled: bool,
-    /// `owner`.
+    /// `owner`: who may start, stop and use the console of this container.
     pub owner: Option<Owner>,
     /// `memory SIZE`: the memory limit; `None` is unlimited.
     pub memory: Option<ByteSize>,
@@ -497,6 +505,19 @@ pub struct ContainerSpec {
     pub cpus: Option<u32>,
     /// `interface` statements.
     pub interfaces: Vec<InterfaceSpec>,
+    /// `root PATH`: an absolute path to the directory that becomes the
+    /// container's `/`.
+    pub root: Option<PathBuf>,
+    /// `image PATH`: an absolute path to a tarball (`.tar`, `.tar.gz`,
+    /// `.tgz`, `.tar.xz`, `.tar.zst`) or a directory holding a local OCI
+    /// image layout, unpacked once into the container's root.
+    pub image: Option<PathBuf>,
+    /// `init PROGRAM [ARG ...]`: the command run as PID 1, program first;
+    /// empty means [`DEFAULT_CONTAINER_INIT`] (see [`ContainerSpec::init_command`]).
+    pub init: Vec<String>,
+    /// `pids N`: the most processes and threads, 1 to [`MAX_CONTAINER_PIDS`];
+    /// `None` is unlimited.
+    pub pids: Option<u64>,
     /// Where the block starts.
     pub span: Span,
 }
@@ -511,7 +532,21 @@ impl ContainerSpec {
             memory: None,
             cpus: None,
             interfaces: Vec::new(),
+            root: None,
+            image: None,
+            init: Vec::new(),
+            pids: None,
             span: Span::default(),
+        }
+    }
+
+    /// The command run as PID 1: `init` as given, or
+    /// [`DEFAULT_CONTAINER_INIT`] alone.
+    pub fn init_command(&self) -> Vec<String> {
+        if self.init.is_empty() {
+            vec![DEFAULT_CONTAINER_INIT.to_string()]
+        } else {
+            self.init.clone()
         }
     }
 }

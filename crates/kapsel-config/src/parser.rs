@@ -66,10 +66,14 @@ const CONTAINER_KEYWORDS: &[&str] = &[
     "cpus",
     "disable",
     "enable",
+    "image",
+    "init",
     "interface",
     "local",
     "memory",
     "owner",
+    "pids",
+    "root",
 ];
 
 /// The deepest `include` nesting we follow.
@@ -302,6 +306,8 @@ struct Parser<'c, 'o, 's> {
 /// A VM or container block being parsed.
 struct GuestState {
     vm: VmSpec,
+    /// The container-only settings (`root`, `image`, `init`, `pids`).
+    ct: ContainerSpec,
     notes: VmNotes,
     container: bool,
     desc: String,
@@ -515,6 +521,92 @@ impl Parser<'_, '_, '_> {
             return Err(self.error(pos, format!("{what} is empty"), None));
         }
         Ok((PathBuf::from(s), pos))
+    }
+
+    /// Reports `path` (of `kw`, at `pos`) unless it is absolute.
+    fn absolute(&mut self, path: &Path, kw: &str, pos: Pos, example: &str) -> PResult<()> {
+        if path.is_absolute() {
+            return Ok(());
+        }
+        Err(self.error(
+            pos,
+            format!("{kw} \"{}\" is not an absolute path", path.display()),
+            Some(format!(
+                "write the full path, starting with \"/\", e.g. {kw} \"{example}\""
+            )),
+        ))
+    }
+
+    /// `image PATH` must be a tarball Kapsel unpacks or a directory (an
+    /// OCI image layout). Whether it is a directory depends on the host
+    /// that runs the container, so only names that are certainly neither
+    /// are reported here; the daemon checks the rest when it unpacks.
+    fn check_image_name(&mut self, path: &Path, pos: Pos) -> PResult<()> {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_ascii_lowercase())
+            .unwrap_or_default();
+        if CONTAINER_IMAGE_EXTENSIONS.iter().any(|e| name.ends_with(e)) {
+            return Ok(());
+        }
+        let ext = name.rsplit_once('.').map(|(_, e)| e).unwrap_or_default();
+        let help = match ext {
+            "img" | "raw" | "qcow2" | "iso" | "vmdk" | "vdi" => {
+                "a disk image is for a VM (`disk PATH`); a container needs a tarball of its files or an OCI image directory"
+            }
+            "gz" | "xz" | "zst" | "bz2" | "tbz" | "tbz2" | "lz4" | "lzma" | "lz" | "zip" | "7z"
+            | "rar" | "txz" | "tzst" => {
+                "repack it as .tar, .tar.gz, .tgz, .tar.xz or .tar.zst, or unpack it and use `root PATH`"
+            }
+            _ => return Ok(()), // maybe a directory: an OCI image layout
+        };
+        Err(self.error(
+            pos,
+            format!(
+                "image {} is neither a tarball Kapsel can unpack (.tar, .tar.gz, .tgz, .tar.xz, .tar.zst) nor an OCI image directory",
+                path.display()
+            ),
+            Some(help.into()),
+        ))
+    }
+
+    /// One or more strings to the end of the statement, each one
+    /// argument. Strings written with no space between them (`$dir"/x"`)
+    /// join into one argument, and a macro may hold several.
+    fn arguments(&mut self, what: &str) -> PResult<(Vec<String>, Pos)> {
+        let first = self.peek_pos();
+        let mut args: Vec<String> = Vec::new();
+        let mut last: Option<Pos> = None;
+        let mut total = 0usize;
+        loop {
+            let pos = self.peek_pos();
+            let s = match self.peek() {
+                Tok::Word(w) => w.clone(),
+                Tok::Quoted(q) => q.clone(),
+                _ => break,
+            };
+            self.next();
+            total += s.len();
+            if total > MAX_STRING {
+                return Err(self.error(
+                    pos,
+                    format!("the {what} is longer than {MAX_STRING} bytes"),
+                    None,
+                ));
+            }
+            let glued = last.is_some_and(|l| {
+                l.line == pos.line && l.col.saturating_add(l.len) == pos.col && l.col != pos.col
+            });
+            match args.last_mut() {
+                Some(prev) if glued => prev.push_str(&s),
+                _ => args.push(s),
+            }
+            last = Some(pos);
+        }
+        if args.is_empty() {
+            return Err(self.unexpected(what, None));
+        }
+        Ok((args, first))
     }
 
     fn owner(&mut self, stops: &[&str]) -> PResult<Owner> {
@@ -1012,13 +1104,14 @@ impl Parser<'_, '_, '_> {
         vm.span = self.loc(pos).span();
         let desc = format!("{what} \"{}\"", vm.name);
         let mut st = GuestState {
+            ct: ContainerSpec::new(vm.name.clone()),
             vm,
             notes,
             container,
             desc: desc.clone(),
         };
         self.block(&mut st, &desc, pos, true, Self::guest_statement)?;
-        let GuestState { vm, notes, .. } = st;
+        let GuestState { vm, ct, notes, .. } = st;
         if container {
             self.ctx.config.containers.push(ContainerSpec {
                 name: vm.name,
@@ -1028,6 +1121,7 @@ impl Parser<'_, '_, '_> {
                 cpus: vm.cpus,
                 interfaces: vm.interfaces,
                 span: vm.span,
+                ..ct
             });
             self.ctx.container_notes.push(notes);
         } else {
@@ -1055,21 +1149,90 @@ impl Parser<'_, '_, '_> {
     fn guest_statement(&mut self, st: &mut GuestState, kw: &str, pos: Pos) -> PResult<()> {
         if st.container && !CONTAINER_KEYWORDS.contains(&kw) {
             if VM_KEYWORDS.contains(&kw) {
+                let help = match kw {
+                    "boot" | "initrd" | "cmdline" | "cdrom" | "disk" => format!(
+                        "a container runs on the host kernel: give its files with `root PATH` or `image PATH`; containers take: {}",
+                        CONTAINER_KEYWORDS.join(", ")
+                    ),
+                    _ => format!("containers take: {}", CONTAINER_KEYWORDS.join(", ")),
+                };
                 return Err(self.error(
                     pos,
                     format!("\"{kw}\" is not supported in a container block"),
-                    Some(format!(
-                        "containers take: {}",
-                        CONTAINER_KEYWORDS.join(", ")
-                    )),
+                    Some(help),
                 ));
             }
             let desc = format!("in {}", st.desc);
             return Err(self.unknown_keyword(kw, pos, CONTAINER_KEYWORDS, &desc));
         }
+        if !st.container {
+            let hint = match kw {
+                "root" => Some((
+                    "\"root\" is for containers; a VM boots a kernel with `boot`",
+                    "give the VM its root file system with `disk PATH`, or make this block a `container`",
+                )),
+                "image" => Some((
+                    "\"image\" is for containers; a VM's images are given with `disk` or `cdrom`",
+                    "write disk PATH, or make this block a `container`",
+                )),
+                "init" => Some((
+                    "\"init\" is for containers; a VM's kernel starts its init",
+                    "to choose it, pass it on the kernel command line: cmdline \"init=/sbin/init\"",
+                )),
+                "pids" => Some((
+                    "\"pids\" is for containers; a VM's processes are its guest kernel's business",
+                    "remove it, or make this block a `container`",
+                )),
+                _ => None,
+            };
+            if let Some((message, help)) = hint {
+                return Err(self.error(pos, message, Some(help.into())));
+            }
+        }
         match kw {
             "enable" => st.vm.enabled = true,
             "disable" => st.vm.enabled = false,
+            "root" => {
+                self.once(st, "root", pos)?;
+                let (path, ppos) = self.path("the root directory of the container", &[])?;
+                self.absolute(&path, "root", ppos, "/var/lib/kapsel/ct/NAME")?;
+                if path.components().all(|c| c == std::path::Component::RootDir) {
+                    return Err(self.error(
+                        ppos,
+                        "the root of a container cannot be the host's \"/\"",
+                        Some("give it a directory of its own, e.g. /var/lib/kapsel/ct/NAME".into()),
+                    ));
+                }
+                st.ct.root = Some(path);
+            }
+            "image" => {
+                self.once(st, "image", pos)?;
+                let (path, ppos) = self.path("the image: a tarball or an OCI image directory", &[])?;
+                self.absolute(&path, "image", ppos, "/srv/templates/debian-12.tar.zst")?;
+                self.check_image_name(&path, ppos)?;
+                st.ct.image = Some(path);
+            }
+            "init" => {
+                self.once(st, "init", pos)?;
+                let (argv, ipos) = self.arguments("the program to run as init, e.g. \"/sbin/init\"")?;
+                let program = argv.first().map(String::as_str).unwrap_or_default();
+                if !program.starts_with('/') {
+                    return Err(self.error(
+                        ipos,
+                        format!("init program \"{program}\" is not an absolute path"),
+                        Some(format!(
+                            "init is not looked up in $PATH; write the full path inside the container, e.g. init \"/bin/{}\"",
+                            if program.is_empty() { "sh" } else { program }
+                        )),
+                    ));
+                }
+                st.ct.init = argv;
+            }
+            "pids" => {
+                self.once(st, "pids", pos)?;
+                let max = u32::try_from(MAX_CONTAINER_PIDS).unwrap_or(u32::MAX);
+                st.ct.pids = Some(u64::from(self.number("pids", 1, max)?.0));
+            }
             "memory" => {
                 self.once(st, "memory", pos)?;
                 st.vm.memory = Some(self.size("memory")?);

@@ -222,6 +222,23 @@ fn print_container(out: &mut String, c: &ContainerSpec) {
     if let Some(n) = c.cpus {
         let _ = writeln!(out, "\tcpus {n}");
     }
+    if let Some(r) = &c.root {
+        let _ = writeln!(out, "\troot {}", quote_path(r));
+    }
+    if let Some(i) = &c.image {
+        let _ = writeln!(out, "\timage {}", quote_path(i));
+    }
+    if !c.init.is_empty() {
+        out.push_str("\tinit");
+        for arg in &c.init {
+            out.push(' ');
+            out.push_str(&quote(arg));
+        }
+        out.push('\n');
+    }
+    if let Some(p) = c.pids {
+        let _ = writeln!(out, "\tpids {p}");
+    }
     for i in &c.interfaces {
         print_interface(out, i);
     }

@@ -14,6 +14,7 @@ pub(crate) fn check(ctx: &mut Ctx) {
     instances(ctx);
     boot_devices(ctx);
     duplicate_disks(ctx);
+    container_files(ctx);
 }
 
 /// Fills in the defaults of VMs that are not instances, so that
@@ -328,6 +329,44 @@ fn duplicate_disks(ctx: &mut Ctx) {
                     Some("remove one of them".to_string()),
                 ));
             }
+        }
+    }
+    for (loc, msg, help) in errors {
+        ctx.error(&loc, msg, help);
+    }
+}
+
+/// A container has exactly one of `root` and `image`.
+fn container_files(ctx: &mut Ctx) {
+    let mut errors = Vec::new();
+    for (ct, notes) in ctx.config.containers.iter().zip(ctx.container_notes.iter()) {
+        match (notes.stmt("root"), notes.stmt("image")) {
+            (Some(root), Some(image)) => {
+                let second = if root.pos.line <= image.pos.line {
+                    image
+                } else {
+                    root
+                };
+                errors.push((
+                    second.clone(),
+                    format!("container \"{}\" has both a root and an image", ct.name),
+                    Some(format!(
+                        "its files come from one of them: remove `root` (line {}) or `image` (line {})",
+                        root.pos.line, image.pos.line
+                    )),
+                ));
+            }
+            (None, None) if ct.root.is_none() && ct.image.is_none() => {
+                errors.push((
+                    notes.header.clone(),
+                    format!("container \"{}\" has no files", ct.name),
+                    Some(
+                        "give it a root directory with `root PATH` or an image with `image PATH`"
+                            .into(),
+                    ),
+                ));
+            }
+            _ => {}
         }
     }
     for (loc, msg, help) in errors {
