@@ -605,6 +605,14 @@ impl Container {
     /// caller's child. Statuses 125 (joining failed) and 127 (no exec) are
     /// the runtime's, as with `env` and `nsenter`.
     pub fn exec(&self, argv: &[String]) -> Result<ExecProcess> {
+        self.exec_with(argv, None)
+    }
+
+    /// [`Container::exec`] with standard input, output and error on
+    /// `stdio` (a pty slave or a socket). A terminal becomes the command's
+    /// controlling terminal, in a session of its own.
+    pub fn exec_with(&self, argv: &[String], stdio: Option<BorrowedFd<'_>>) -> Result<ExecProcess> {
+        let stdio = stdio.map(|fd| fd.as_raw_fd());
         if self.status.is_some() {
             return Err(Error::Exited);
         }
@@ -678,6 +686,17 @@ impl Container {
             // SAFETY: system calls on descriptors and strings
             // prepared before fork; every path ends in _exit or execve.
             unsafe {
+                if let Some(fd) = stdio {
+                    for target in 0..3 {
+                        if libc::dup2(fd, target) < 0 {
+                            libc::_exit(125);
+                        }
+                    }
+                    if libc::isatty(0) == 1 {
+                        libc::setsid();
+                        libc::ioctl(0, libc::TIOCSCTTY, 0);
+                    }
+                }
                 for p in &procs {
                     if libc::write(p.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
                         libc::_exit(125);

@@ -55,7 +55,11 @@ impl Console {
 
     /// Attaches a client: it gets the history, then live output; what it
     /// sends goes to `input` (the guest's console) until it disconnects.
-    pub fn attach(&self, client: UnixStream, input: Option<UnixStream>) -> std::io::Result<()> {
+    pub fn attach(
+        &self,
+        client: UnixStream,
+        input: Option<Box<dyn Write + Send>>,
+    ) -> std::io::Result<()> {
         client.set_write_timeout(Some(CLIENT_WRITE_TIMEOUT))?;
         let mut writer = client.try_clone()?;
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
@@ -107,7 +111,7 @@ impl Console {
 
     /// Copies everything the VM writes on `from` into the console until it
     /// closes, then disconnects the clients.
-    pub fn pump(&self, mut from: UnixStream) {
+    pub fn pump(&self, mut from: impl Read) {
         let mut buf = [0u8; 4096];
         loop {
             match from.read(&mut buf) {
@@ -149,7 +153,7 @@ mod tests {
         c.output(b"boot\r\n");
         let (mut user, daemon_side) = UnixStream::pair().unwrap();
         let (guest_in, mut guest) = UnixStream::pair().unwrap();
-        c.attach(daemon_side, Some(guest_in)).unwrap();
+        c.attach(daemon_side, Some(Box::new(guest_in))).unwrap();
         assert_eq!(read_some(&mut user, 6), b"boot\r\n");
         c.output(b"login: ");
         assert_eq!(read_some(&mut user, 7), b"login: ");

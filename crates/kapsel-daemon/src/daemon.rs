@@ -5,6 +5,7 @@ use crate::accounts::{HostAccounts, Peer};
 use crate::console::Console;
 use crate::net;
 use crate::proto::{LogLevel, Request, ResetWhat, Response, StartRequest, VmState, VmStatus};
+use crate::ctproc::{self, ContainerProcess};
 use crate::vmproc::{self, ExitReport, VmProcess};
 use kapsel_config::{Config, Diagnostic, LoadOptions, Owner, VmSpec};
 use std::os::unix::net::UnixStream;
@@ -41,13 +42,32 @@ pub enum DaemonError {
     Setup(String),
 }
 
+/// A guest's running process: a VM's `kapsel run`, or a container's init.
+pub(crate) enum Proc {
+    Vm(VmProcess),
+    Container(ContainerProcess),
+}
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        match self {
+            Proc::Vm(p) => p.pid,
+            Proc::Container(c) => c.pid,
+        }
+    }
+}
+
 pub(crate) struct Vm {
     pub id: u32,
+    /// A VM's spec; for a container, the settings it shares with VMs
+    /// (name, owner, memory, cpus, interfaces, enable).
     pub spec: VmSpec,
+    /// Set for a container.
+    pub container: Option<kapsel_config::ContainerSpec>,
     /// Declared in a configuration file (else started ad hoc).
     pub configured: bool,
     pub state: VmState,
-    pub process: Option<VmProcess>,
+    pub process: Option<Proc>,
     pub last_exit: Option<String>,
     pub console: Console,
     /// Counts the runs, so a late exit report of an old run is ignored.
@@ -84,6 +104,8 @@ pub(crate) struct Inner {
     pub created_switches: Vec<kapsel_config::SwitchSpec>,
     /// `local interface` NAT and forwarding are set up.
     pub local_network: bool,
+    /// The host's cgroup layout, found on the first container start.
+    pub cgroups: Option<kapsel_container::cgroup::CgroupMode>,
 }
 
 /// The daemon: shared by the connection threads.
@@ -148,6 +170,7 @@ impl Daemon {
                 shutting_down: false,
                 created_switches: Vec::new(),
                 local_network: false,
+                cgroups: None,
             }),
             changed: Condvar::new(),
         });
@@ -166,14 +189,25 @@ impl Daemon {
     fn apply_config(&self, config: Config) -> Vec<String> {
         let mut inner = self.lock();
         let mut added = Vec::new();
-        let names: Vec<String> = config.vms.iter().map(|v| v.name.clone()).collect();
-        for name in &names {
-            let Some(spec) = config.effective_vm(name) else {
-                continue;
-            };
+        let mut guests: Vec<(VmSpec, Option<kapsel_config::ContainerSpec>)> = config
+            .vms
+            .iter()
+            .filter_map(|v| config.effective_vm(&v.name))
+            .map(|v| (v, None))
+            .collect();
+        guests.extend(
+            config
+                .containers
+                .iter()
+                .map(|c| (container_view(c), Some(c.clone()))),
+        );
+        let names: Vec<String> = guests.iter().map(|(v, _)| v.name.clone()).collect();
+        for (spec, container) in guests {
+            let name = &spec.name;
             match inner.vms.iter_mut().find(|v| &v.spec.name == name) {
                 Some(vm) => {
                     vm.spec = spec;
+                    vm.container = container;
                     vm.configured = true;
                 }
                 None => {
@@ -185,6 +219,7 @@ impl Daemon {
                     inner.vms.push(Vm {
                         id,
                         spec,
+                        container,
                         configured: true,
                         state: VmState::Stopped,
                         process: None,
@@ -256,7 +291,7 @@ impl Daemon {
             .vms
             .iter_mut()
             .find(|v| v.spec.name == target || Some(v.id) == by_id)
-            .ok_or_else(|| format!("no VM named {target}; `kapsel status` lists them"))
+            .ok_or_else(|| format!("no VM or container named {target}; `kapsel status` lists them"))
     }
 
     /// Starts a known VM. Errors are for the user.
@@ -276,38 +311,55 @@ impl Daemon {
             .join(format!("{}.log", vm.spec.name));
         let spec = vm.spec.clone();
         let id = vm.id;
-        let (taps, attachments) = self.attach_interfaces(&mut inner, &spec, id)?;
-        let launch = vmproc::Launch {
-            spec: &spec,
-            kapsel: &self.opts.kapsel,
-            log: &log,
-            shutdown_timeout: self.opts.shutdown_timeout,
-            taps,
-        };
-        let spawned = vmproc::spawn(&launch);
-        drop(launch); // the daemon's copies of the taps
-        let (process, console_out) = match spawned {
-            Ok(p) => p,
-            Err(e) => {
-                for a in attachments {
-                    a.release(&spec.name);
+        let (process, console_out, attachments) = match vm.container.clone() {
+            Some(ct) => self.spawn_container(&mut inner, &ct, &spec, id)?,
+            None => {
+                let (taps, attachments) = self.attach_interfaces(&mut inner, &spec, id)?;
+                let launch = vmproc::Launch {
+                    spec: &spec,
+                    kapsel: &self.opts.kapsel,
+                    log: &log,
+                    shutdown_timeout: self.opts.shutdown_timeout,
+                    taps,
+                };
+                let spawned = vmproc::spawn(&launch);
+                drop(launch); // the daemon's copies of the taps
+                match spawned {
+                    Ok((p, out)) => (
+                        Proc::Vm(p),
+                        Box::new(out) as Box<dyn std::io::Read + Send>,
+                        attachments,
+                    ),
+                    Err(e) => {
+                        for a in attachments {
+                            a.release(&spec.name);
+                        }
+                        return Err(e);
+                    }
                 }
-                return Err(e);
             }
+        };
+        let exit_fd = match &process {
+            Proc::Container(c) => Some(
+                c.exit_fd()
+                    .map_err(|e| format!("container {}: {e}", spec.name))?,
+            ),
+            Proc::Vm(_) => None,
         };
         let vm = Self::find(&mut inner, target)?;
         vm.net = attachments;
         vm.generation += 1;
         let generation = vm.generation;
         let name = vm.spec.name.clone();
-        let pid = process.pid;
+        let pid = process.pid();
+        let kind = vm.kind();
         vm.console.reopen();
         let console = vm.console.clone();
         vm.process = Some(process);
         vm.state = VmState::Running;
         vm.last_exit = None;
         drop(inner);
-        tracing::info!("vm {name}: started, pid {pid}");
+        tracing::info!("{kind} {name}: started, pid {pid}");
         std::thread::Builder::new()
             .name(format!("console-{pid}"))
             .spawn(move || console.pump(console_out))
@@ -316,33 +368,99 @@ impl Daemon {
         std::thread::Builder::new()
             .name(format!("wait-{pid}"))
             .spawn(move || {
-                let report = vmproc::wait(pid);
+                let report = match exit_fd {
+                    Some(fd) => {
+                        ctproc::wait_readable(&fd);
+                        None
+                    }
+                    None => Some(vmproc::wait(pid)),
+                };
                 daemon.exited(&name, generation, report);
             })
             .map_err(|e| format!("cannot start the supervisor thread: {e}"))?;
-        Ok(format!("started vm {target} (pid {pid})"))
+        Ok(format!("started {kind} {target} (pid {pid})"))
     }
 
-    fn exited(&self, name: &str, generation: u64, report: ExitReport) {
+    /// Starts a container in this process (its init is the daemon's
+    /// child), with its one interface as a veth on its switch.
+    #[allow(clippy::type_complexity)]
+    fn spawn_container(
+        &self,
+        inner: &mut Inner,
+        ct: &kapsel_config::ContainerSpec,
+        view: &VmSpec,
+        id: u32,
+    ) -> Result<(Proc, Box<dyn std::io::Read + Send>, Vec<Attachment>), String> {
+        let name = &ct.name;
+        if ct.interfaces.len() > 1 {
+            return Err(format!(
+                "container {name}: one interface per container is supported for now; remove the others"
+            ));
+        }
+        if inner.cgroups.is_none() {
+            inner.cgroups = Some(
+                kapsel_container::cgroup::CgroupMode::detect()
+                    .map_err(|e| format!("container {name}: {e}"))?,
+            );
+        }
+        let root = ctproc::root_dir(ct, &self.opts.state_dir)?;
+        let veth = match ct.interfaces.first() {
+            Some(ispec) => {
+                let host = format!("kct{id}-0");
+                let mac = net::guest_mac(name, 0, ispec);
+                Some((host, mac.0))
+            }
+            None => None,
+        };
+        let cgroups = inner.cgroups.clone().unwrap_or_else(|| unreachable!());
+        let launch = ctproc::Launch {
+            spec: ct,
+            root,
+            veth: veth.clone(),
+            cgroups: &cgroups,
+        };
+        let (process, out) = ctproc::spawn(&launch)?;
+        let mut attachments = Vec::new();
+        if let Some((host, _)) = veth {
+            match self.attach_one(inner, view, id, 0, Some(&host)) {
+                Ok((_, a)) => attachments.push(a),
+                Err(e) => {
+                    let _ = process.kill();
+                    process.finish();
+                    return Err(e);
+                }
+            }
+        }
+        Ok((Proc::Container(process), Box::new(out), attachments))
+    }
+
+    fn exited(&self, name: &str, generation: u64, report: Option<ExitReport>) {
         let mut inner = self.lock();
         if let Some(vm) = inner
             .vms
             .iter_mut()
             .find(|v| v.spec.name == name && v.generation == generation)
         {
-            let stderr_tail = vm
-                .process
-                .take()
-                .and_then(|p| p.finish())
-                .unwrap_or_default();
-            let reason = report.describe(&stderr_tail);
+            let kind = vm.kind();
+            let (reason, failure) = match (vm.process.take(), report) {
+                (Some(Proc::Vm(p)), Some(report)) => (
+                    report.describe(&p.finish().unwrap_or_default()),
+                    report.is_failure(),
+                ),
+                (Some(Proc::Container(c)), _) => {
+                    let reason = c.finish();
+                    let failure = !reason.starts_with("exited");
+                    (reason, failure)
+                }
+                _ => ("ended".to_string(), true),
+            };
             for a in vm.net.drain(..) {
                 a.release(name);
             }
-            if report.is_failure() {
-                tracing::warn!("vm {name}: {reason}");
+            if failure {
+                tracing::warn!("{kind} {name}: {reason}");
             } else {
-                tracing::info!("vm {name}: {reason}");
+                tracing::info!("{kind} {name}: {reason}");
             }
             vm.state = VmState::Stopped;
             vm.last_exit = Some(reason);
@@ -350,13 +468,25 @@ impl Daemon {
         self.changed.notify_all();
     }
 
+    /// Does `what` to a running guest: a VM's process gets the signal
+    /// (SIGTERM presses its power button); a container's init gets its
+    /// power-off signal, SIGKILL for everything in it, or its cgroup is
+    /// frozen (SIGSTOP) or thawed (SIGCONT).
     fn signal(vm: &Vm, sig: libc::c_int) -> Result<(), String> {
-        let pid = vm
-            .process
-            .as_ref()
-            .map(|p| p.pid)
-            .ok_or_else(|| format!("vm {} is not running", vm.spec.name))?;
-        vmproc::kill(pid, sig).map_err(|e| format!("vm {}: {e}", vm.spec.name))
+        let name = &vm.spec.name;
+        let kind = vm.kind();
+        match vm.process.as_ref() {
+            None => Err(format!("{kind} {name} is not running")),
+            Some(Proc::Vm(p)) => vmproc::kill(p.pid, sig).map_err(|e| format!("vm {name}: {e}")),
+            Some(Proc::Container(c)) => match sig {
+                libc::SIGTERM => c.shutdown(),
+                libc::SIGKILL => c.kill(),
+                libc::SIGSTOP => c.freeze(true),
+                libc::SIGCONT => c.freeze(false),
+                _ => Ok(()),
+            }
+            .map_err(|e| format!("container {name}: {e}")),
+        }
     }
 
     /// Asks a VM to stop (power button) or kills it; with `wait`, returns
@@ -466,14 +596,18 @@ impl Daemon {
             .iter()
             .filter(|v| target.is_none_or(|t| v.spec.name == t || Some(v.id) == by_id))
             .map(|v| {
-                let pid = v.process.as_ref().map(|p| p.pid);
+                let pid = v.process.as_ref().map(Proc::pid);
                 VmStatus {
                     id: v.id,
                     name: v.spec.name.clone(),
                     pid,
-                    vcpus: v.spec.cpus.unwrap_or(1),
+                    vcpus: v.spec.cpus.unwrap_or(if v.container.is_some() { 0 } else { 1 }),
                     max_mem: v.spec.memory.map_or(0, |m| m.bytes()),
-                    cur_mem: pid.and_then(vmproc::resident_bytes),
+                    cur_mem: match &v.process {
+                        Some(Proc::Container(c)) => c.memory(),
+                        _ => pid.and_then(vmproc::resident_bytes),
+                    },
+                    kind: v.kind().to_string(),
                     owner: describe_owner(v.spec.owner.as_ref()),
                     state: v.state,
                     last_exit: v.last_exit.clone(),
@@ -630,6 +764,7 @@ impl Daemon {
             spec,
             configured: false,
             state: VmState::Stopped,
+            container: None,
             process: None,
             last_exit: None,
             console: Console::new(),
@@ -737,80 +872,94 @@ impl Daemon {
         ),
         String,
     > {
-        let total = spec.interface_total();
         let mut taps = Vec::new();
         let mut attached: Vec<Attachment> = Vec::new();
-        let fail = |attached: Vec<Attachment>, e: String| {
-            for a in attached {
-                a.release(&spec.name);
-            }
-            Err(format!("vm {}: {e}", spec.name))
-        };
-        let default = kapsel_config::InterfaceSpec::default();
-        let dns = net::host_dns_servers(std::path::Path::new("/etc/resolv.conf"));
-        for index in 0..total {
-            let ispec = spec.interfaces.get(index).unwrap_or(&default);
-            let switch = match &ispec.switch {
-                Some(name) => match inner.config.switch(name) {
-                    Some(s) if s.enabled => Some(s.clone()),
-                    Some(_) => {
-                        return fail(
-                            attached,
-                            format!("switch \"{name}\" is disabled; enable it in vm.conf"),
-                        )
-                    }
-                    None => {
-                        return fail(
-                            attached,
-                            format!("no switch \"{name}\"; declare it in vm.conf"),
-                        )
-                    }
-                },
-                None => None,
-            };
-            if ispec.local && !inner.local_network {
-                let g = &inner.config.globals;
-                if let Err(e) = net::LocalNetwork::ensure(g.local_prefix, g.local_inet6) {
-                    return fail(attached, e.to_string());
+        for index in 0..spec.interface_total() {
+            match self.attach_one(inner, spec, id, index, None) {
+                Ok((tap, a)) => {
+                    taps.extend(tap);
+                    attached.push(a);
                 }
-                inner.local_network = true;
-            }
-            let req = net::InterfaceRequest {
-                guest: &spec.name,
-                guest_id: id,
-                index: index as u32,
-                spec: ispec,
-                switch: switch.as_ref(),
-                local_prefix: inner.config.globals.local_prefix,
-                dns: &dns,
-            };
-            let mut iface = match net::start_vm_interface(&req) {
-                Ok(i) => i,
-                Err(e) => return fail(attached, e.to_string()),
-            };
-            let dhcp = match iface.dhcp.take().map(|d| d.spawn()).transpose() {
-                Ok(d) => d,
                 Err(e) => {
-                    let _ = net::release_interface(&iface.ifname, iface.kind);
-                    return fail(attached, e.to_string());
+                    for a in attached {
+                        a.release(&spec.name);
+                    }
+                    return Err(e);
                 }
-            };
-            if let Some(tap) = iface.tap.take() {
-                taps.push((tap.into_fd(), iface.mac));
             }
-            tracing::info!(
-                "vm {}: interface {} ({})",
-                spec.name,
-                iface.ifname,
-                iface.mac
-            );
-            attached.push(Attachment {
+        }
+        Ok((taps, attached))
+    }
+
+    /// Sets up interface `index` of a guest: a new tap (returned open, with
+    /// the guest's MAC), or the host side `veth` of a container's pair, on
+    /// its switch or as a local interface with its DHCP server.
+    #[allow(clippy::type_complexity)]
+    fn attach_one(
+        &self,
+        inner: &mut Inner,
+        spec: &VmSpec,
+        id: u32,
+        index: usize,
+        veth: Option<&str>,
+    ) -> Result<(Option<(std::os::fd::OwnedFd, kapsel_config::MacAddr)>, Attachment), String> {
+        let default = kapsel_config::InterfaceSpec::default();
+        let ispec = spec.interfaces.get(index).unwrap_or(&default);
+        let err = |e: String| format!("{}: {e}", spec.name);
+        let switch = match &ispec.switch {
+            Some(name) => match inner.config.switch(name) {
+                Some(s) if s.enabled => Some(s.clone()),
+                Some(_) => {
+                    return Err(err(format!(
+                        "switch \"{name}\" is disabled; enable it in vm.conf"
+                    )))
+                }
+                None => {
+                    return Err(err(format!(
+                        "no switch \"{name}\"; declare it in vm.conf"
+                    )))
+                }
+            },
+            None => None,
+        };
+        if ispec.local && !inner.local_network {
+            let g = &inner.config.globals;
+            net::LocalNetwork::ensure(g.local_prefix, g.local_inet6)
+                .map_err(|e| err(e.to_string()))?;
+            inner.local_network = true;
+        }
+        let dns = net::host_dns_servers(std::path::Path::new("/etc/resolv.conf"));
+        let req = net::InterfaceRequest {
+            guest: &spec.name,
+            guest_id: id,
+            index: index as u32,
+            spec: ispec,
+            switch: switch.as_ref(),
+            local_prefix: inner.config.globals.local_prefix,
+            dns: &dns,
+        };
+        let mut iface = match veth {
+            Some(host) => net::attach_veth(&req, host),
+            None => net::start_vm_interface(&req),
+        }
+        .map_err(|e| err(e.to_string()))?;
+        let dhcp = match iface.dhcp.take().map(|d| d.spawn()).transpose() {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = net::release_interface(&iface.ifname, iface.kind);
+                return Err(err(e.to_string()));
+            }
+        };
+        let tap = iface.tap.take().map(|t| (t.into_fd(), iface.mac));
+        tracing::info!("{}: interface {} ({})", spec.name, iface.ifname, iface.mac);
+        Ok((
+            tap,
+            Attachment {
                 ifname: iface.ifname,
                 kind: iface.kind,
                 dhcp,
-            });
-        }
-        Ok((taps, attached))
+            },
+        ))
     }
 
     /// Answers one request from `peer`. `stream` is the connection, for
@@ -914,7 +1063,7 @@ impl Daemon {
                     None => Err("this daemon cannot change its log level".into()),
                 }
             }
-            Request::Status { .. } | Request::Console { .. } => {
+            Request::Status { .. } | Request::Console { .. } | Request::Exec { .. } => {
                 Err("internal error: handled by the connection".into())
             }
         }
@@ -947,20 +1096,54 @@ impl Daemon {
         }
     }
 
+    /// Checks an exec request; on success the caller replies and runs it
+    /// with [`ctproc::ExecTarget::run`], the daemon's lock released.
+    pub fn exec_in(
+        &self,
+        peer: &Peer,
+        target: &str,
+        argv: &[String],
+        tty: bool,
+        reply: impl FnOnce() -> Result<UnixStream, String>,
+    ) -> Result<(), String> {
+        self.authorize(peer, target, "run commands in")?;
+        if argv.is_empty() {
+            return Err("give the command to run: kapsel exec NAME -- CMD [ARG...]".into());
+        }
+        let mut inner = self.lock();
+        let vm = Self::find(&mut inner, target)?;
+        let name = vm.spec.name.clone();
+        let Some(Proc::Container(c)) = &vm.process else {
+            return Err(if vm.container.is_some() {
+                format!("container {name} is not running; start it with `kapsel start {name}`")
+            } else {
+                format!("{name} is a VM; `kapsel exec` runs commands in containers (use `kapsel console {name}`)")
+            });
+        };
+        let target = c.exec_target();
+        drop(inner);
+        target.run(argv, tty, reply)
+    }
+
     /// Checks a console request; on success the caller replies and hands
     /// the connection to [`Console::attach`].
     pub fn console_for(
         &self,
         peer: &Peer,
         target: &str,
-    ) -> Result<(Console, Option<UnixStream>), String> {
+    ) -> Result<(Console, Option<Box<dyn std::io::Write + Send>>), String> {
         self.authorize(peer, target, "open the console of")?;
         let mut inner = self.lock();
         let vm = Self::find(&mut inner, target)?;
         let input = vm
             .process
             .as_ref()
-            .map(|p| p.console_input())
+            .map(|p| -> std::io::Result<Box<dyn std::io::Write + Send>> {
+                Ok(match p {
+                    Proc::Vm(p) => Box::new(p.console_input()?),
+                    Proc::Container(c) => Box::new(c.console_input()?),
+                })
+            })
             .transpose()
             .map_err(|e| format!("console of vm {}: {e}", vm.spec.name))?;
         if input.is_none() && vm.console.history().is_empty() {
@@ -1028,4 +1211,28 @@ fn merge(config: &mut Config, extra: Config, file: &std::path::Path) -> Result<(
         config.vms.push(v);
     }
     Ok(())
+}
+
+/// The settings a container shares with VMs, as a VmSpec: what status,
+/// owners and interfaces read.
+fn container_view(c: &kapsel_config::ContainerSpec) -> VmSpec {
+    let mut v = VmSpec::new(c.name.clone());
+    v.enabled = c.enabled;
+    v.owner = c.owner.clone();
+    v.memory = c.memory;
+    v.cpus = c.cpus;
+    v.interfaces = c.interfaces.clone();
+    v.span = c.span.clone();
+    v
+}
+
+impl Vm {
+    /// "vm" or "container", for messages.
+    fn kind(&self) -> &'static str {
+        if self.container.is_some() {
+            "container"
+        } else {
+            "vm"
+        }
+    }
 }

@@ -10,6 +10,7 @@
 pub mod accounts;
 pub mod client;
 pub mod console;
+pub mod ctproc;
 pub mod daemon;
 pub mod net;
 pub mod proto;

@@ -54,6 +54,18 @@ pub enum Request {
         /// Name or ID.
         target: String,
     },
+    /// Run a command in a running container. After the Ok reply the
+    /// connection carries the command's input (client to daemon, raw) and
+    /// its output and exit status (daemon to client, framed: see
+    /// `ctproc::exec_frames`).
+    Exec {
+        /// Name or ID of the container.
+        target: String,
+        /// The command and its arguments.
+        argv: Vec<String>,
+        /// Give the command a terminal.
+        tty: bool,
+    },
     /// Stop the vCPUs of a running VM.
     Pause {
         /// Name or ID.
@@ -202,6 +214,13 @@ pub struct VmStatus {
     pub last_exit: Option<String>,
     /// Started automatically by the daemon (`enable`, the default).
     pub enabled: bool,
+    /// `vm` or `container`.
+    #[serde(default = "vm_kind")]
+    pub kind: String,
+}
+
+fn vm_kind() -> String {
+    "vm".into()
 }
 
 /// Errors reading or writing a message.

@@ -144,6 +144,28 @@ fn serve(daemon: &Arc<Daemon>, mut stream: UnixStream) {
             }
             Err(message) => reply(&mut stream, &Response::Error { message }),
         },
+        Request::Exec { target, argv, tty } => {
+            let mut reply_to = match stream.try_clone() {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("exec: {e}");
+                    return;
+                }
+            };
+            let ok = || -> Result<UnixStream, String> {
+                proto::write_message(
+                    &mut reply_to,
+                    &Response::Ok {
+                        message: String::new(),
+                    },
+                )
+                .map_err(|e| e.to_string())?;
+                Ok(reply_to)
+            };
+            if let Err(message) = daemon.exec_in(&peer, &target, &argv, tty, ok) {
+                reply(&mut stream, &Response::Error { message });
+            }
+        }
         request => {
             let response = daemon.handle(&peer, request, &stream);
             reply(&mut stream, &response);

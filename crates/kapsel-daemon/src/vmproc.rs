@@ -229,7 +229,8 @@ pub enum ExitReport {
     Unknown,
 }
 
-fn signal_name(sig: i32) -> String {
+/// A signal's name (SIGKILL), or its number.
+pub fn signal_name(sig: i32) -> String {
     match sig {
         libc::SIGKILL => "SIGKILL".into(),
         libc::SIGTERM => "SIGTERM".into(),

@@ -23,8 +23,10 @@ pub enum Verb {
     /// List the VMs: ID PID VCPUS MAXMEM CURMEM TTY OWNER STATE NAME.
     #[command(visible_alias = "show")]
     Status(StatusArgs),
-    /// Attach to a VM's serial console (type ~. to leave).
+    /// Attach to a VM's serial console or a container's console (type ~. to leave).
     Console(Target),
+    /// Run a command in a running container (with a terminal when stdin is one).
+    Exec(ExecArgs),
     /// Stop a VM's vCPUs.
     Pause(Target),
     /// Let a paused VM run again.
@@ -47,6 +49,17 @@ pub struct Target {
     /// The VM's name or ID.
     #[arg(value_name = "NAME|ID")]
     pub target: String,
+}
+
+/// `kapsel exec`.
+#[derive(Args, Debug)]
+pub struct ExecArgs {
+    /// The container's name or ID.
+    #[arg(value_name = "NAME|ID")]
+    pub target: String,
+    /// The command and its arguments (after `--`).
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub argv: Vec<String>,
 }
 
 /// `kapsel start`.
@@ -178,21 +191,22 @@ pub fn scaled(bytes: u64) -> String {
 /// The status table, aligned like vmctl's.
 pub fn table(vms: &[VmStatus]) -> String {
     let mut out = format!(
-        "{:>5} {:>7} {:>5} {:>7} {:>7} {:>5} {:>10} {:>8} {}\n",
-        "ID", "PID", "VCPUS", "MAXMEM", "CURMEM", "TTY", "OWNER", "STATE", "NAME"
+        "{:>5} {:>7} {:>5} {:>7} {:>7} {:>5} {:>10} {:>8} {:>9} {}\n",
+        "ID", "PID", "VCPUS", "MAXMEM", "CURMEM", "TTY", "OWNER", "STATE", "TYPE", "NAME"
     );
     for v in vms {
         let dash = || "-".to_string();
         out.push_str(&format!(
-            "{:>5} {:>7} {:>5} {:>7} {:>7} {:>5} {:>10} {:>8} {}\n",
+            "{:>5} {:>7} {:>5} {:>7} {:>7} {:>5} {:>10} {:>8} {:>9} {}\n",
             v.id,
             v.pid.map_or_else(dash, |p| p.to_string()),
-            v.vcpus,
-            scaled(v.max_mem),
+            if v.vcpus == 0 { dash() } else { v.vcpus.to_string() },
+            if v.max_mem == 0 { dash() } else { scaled(v.max_mem) },
             v.cur_mem.map_or_else(dash, scaled),
             "-",
             v.owner,
             v.state.to_string(),
+            v.kind,
             v.name
         ));
     }
@@ -265,6 +279,7 @@ pub fn main(socket: SocketArg, verb: Verb) -> u8 {
             other => answer(other),
         },
         Verb::Console(t) => console(&socket, t.target),
+        Verb::Exec(a) => exec(&socket, a),
         Verb::Pause(t) => answer(send(Request::Pause { target: t.target })),
         Verb::Unpause(t) => answer(send(Request::Unpause { target: t.target })),
         Verb::Wait(t) => answer(send(Request::Wait { target: t.target })),
@@ -286,6 +301,70 @@ pub fn main(socket: SocketArg, verb: Verb) -> u8 {
             path: absolute(a.file),
         })),
     }
+}
+
+/// `kapsel exec`: the command's output and exit status come back framed;
+/// what the user types goes to it. Exits with the command's status.
+fn exec(socket: &std::path::Path, a: ExecArgs) -> u8 {
+    use kapsel_daemon::ctproc::exec_frames;
+    use std::io::{IsTerminal, Read, Write};
+    let tty = std::io::stdin().is_terminal();
+    let (response, stream) = match client::send(
+        socket,
+        Request::Exec {
+            target: a.target,
+            argv: a.argv,
+            tty,
+        },
+    ) {
+        Ok(r) => r,
+        Err(e) => return fail(&e),
+    };
+    if let Response::Error { message } = response {
+        return fail(&message);
+    }
+    let raw = if tty {
+        kapsel_vmm::console::RawMode::enter(0)
+    } else {
+        None
+    };
+    if let Ok(mut to_cmd) = stream.try_clone() {
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            let mut stdin = std::io::stdin();
+            loop {
+                match stdin.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if to_cmd.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            let _ = to_cmd.shutdown(std::net::Shutdown::Write);
+        });
+    }
+    let mut from = stream;
+    let mut out = std::io::stdout();
+    let code = loop {
+        match exec_frames::read(&mut from) {
+            Ok((exec_frames::OUTPUT, bytes)) => {
+                let _ = out.write_all(&bytes);
+                let _ = out.flush();
+            }
+            Ok((exec_frames::EXIT, b)) if b.len() == 4 => {
+                break i32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+            }
+            Ok(_) => continue,
+            Err(e) => {
+                drop(raw);
+                return fail(&format!("exec: the connection to the daemon ended: {e}"));
+            }
+        }
+    };
+    drop(raw);
+    u8::try_from(code).unwrap_or(1)
 }
 
 /// `kapsel console`: the terminal in raw mode, `~.` leaves.
@@ -347,6 +426,7 @@ mod tests {
             state: VmState::Running,
             last_exit: None,
             enabled: true,
+            kind: "vm".into(),
         }];
         let t = table(&vms);
         let lines: Vec<&str> = t.lines().collect();

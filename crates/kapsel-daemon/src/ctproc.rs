@@ -1,0 +1,349 @@
+//! One container run by the daemon: started in-process with
+//! kapsel-container (the daemon is the init's parent; no monitor process),
+//! its console on a pty, how it ended, and `kapsel exec` into it.
+
+use kapsel_config::ContainerSpec;
+use kapsel_container::{cgroup::CgroupMode, ConsoleSpec, Container, ExitStatus, VethSpec};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+
+/// A running container.
+pub struct ContainerProcess {
+    ct: Arc<Mutex<Container>>,
+    /// The init's pid (in the host's PID namespace).
+    pub pid: u32,
+    console: File,
+}
+
+fn lock(ct: &Mutex<Container>) -> std::sync::MutexGuard<'_, Container> {
+    ct.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Where a container's root comes from: `root PATH` as it is, or `image
+/// PATH` unpacked once into `STATE_DIR/ct/NAME/root`.
+pub fn root_dir(spec: &ContainerSpec, state_dir: &Path) -> Result<PathBuf, String> {
+    let name = &spec.name;
+    if let Some(root) = &spec.root {
+        return Ok(root.clone());
+    }
+    let image = spec.image.as_ref().ok_or_else(|| {
+        format!("container {name} has neither `root` nor `image`; give it one in vm.conf")
+    })?;
+    if image.is_dir() {
+        return Err(format!(
+            "container {name}: OCI image layouts ({}) are not supported yet; use a tarball or `root`",
+            image.display()
+        ));
+    }
+    let dir = state_dir.join("ct").join(name);
+    let root = dir.join("root");
+    if root.join(".kapsel-unpacked").exists() {
+        return Ok(root);
+    }
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root)
+        .map_err(|e| format!("container {name}: {}: {e}", root.display()))?;
+    // GNU tar recognises gzip, xz and zstd by their contents.
+    let out = std::process::Command::new("tar")
+        .arg("-xpf")
+        .arg(image)
+        .arg("-C")
+        .arg(&root)
+        .output()
+        .map_err(|e| format!("container {name}: cannot run tar: {e}"))?;
+    if !out.status.success() {
+        let _ = std::fs::remove_dir_all(&root);
+        return Err(format!(
+            "container {name}: unpacking {} failed: {}; is it a .tar, .tar.gz, .tar.xz or .tar.zst?",
+            image.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    std::fs::write(root.join(".kapsel-unpacked"), b"")
+        .map_err(|e| format!("container {name}: {e}"))?;
+    Ok(root)
+}
+
+/// What a container needs to start.
+pub struct Launch<'a> {
+    /// The container as configured.
+    pub spec: &'a ContainerSpec,
+    /// Its root directory.
+    pub root: PathBuf,
+    /// The host side of its one interface, with the guest MAC.
+    pub veth: Option<(String, [u8; 6])>,
+    /// The host's cgroup layout.
+    pub cgroups: &'a CgroupMode,
+}
+
+/// Starts the container; returns it and its console output.
+pub fn spawn(launch: &Launch) -> Result<(ContainerProcess, File), String> {
+    let s = launch.spec;
+    let mut spec = kapsel_container::ContainerSpec::new(
+        s.name.clone(),
+        launch.root.clone(),
+        s.init_command(),
+    );
+    spec.memory = s.memory.map(|m| m.bytes());
+    spec.cpus = s.cpus.map(f64::from);
+    spec.pids = s.pids;
+    spec.hostname = Some(s.name.clone());
+    spec.console = ConsoleSpec::Pty;
+    spec.network = launch.veth.as_ref().map(|(host, mac)| VethSpec {
+        host_name: host.clone(),
+        mac: Some(*mac),
+    });
+    let ct = Container::start_in(&spec, launch.cgroups)
+        .map_err(|e| format!("container {}: {e}", s.name))?;
+    let console = ct
+        .console()
+        .ok_or_else(|| format!("container {}: no console", s.name))
+        .and_then(|f| {
+            f.try_clone()
+                .map_err(|e| format!("container {}: console: {e}", s.name))
+        })?;
+    let out = console
+        .try_clone()
+        .map_err(|e| format!("container {}: console: {e}", s.name))?;
+    let pid = ct.pid() as u32;
+    Ok((
+        ContainerProcess {
+            ct: Arc::new(Mutex::new(ct)),
+            pid,
+            console,
+        },
+        out,
+    ))
+}
+
+impl ContainerProcess {
+    /// A descriptor that becomes readable when the init has exited.
+    pub fn exit_fd(&self) -> std::io::Result<OwnedFd> {
+        lock(&self.ct).pidfd().try_clone_to_owned()
+    }
+
+    /// Where keyboard input for the console goes.
+    pub fn console_input(&self) -> std::io::Result<File> {
+        self.console.try_clone()
+    }
+
+    /// Asks the init to shut down (its power-off signal).
+    pub fn shutdown(&self) -> Result<(), String> {
+        let ct = lock(&self.ct);
+        let sig = ct.stop_signal();
+        ct.signal(sig).map_err(|e| e.to_string())
+    }
+
+    /// Kills every process of the container.
+    pub fn kill(&self) -> Result<(), String> {
+        lock(&self.ct).kill().map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    /// Freezes (`true`) or thaws the container's cgroup.
+    pub fn freeze(&self, freeze: bool) -> Result<(), String> {
+        let ct = lock(&self.ct);
+        if freeze { ct.freeze() } else { ct.thaw() }.map_err(|e| e.to_string())
+    }
+
+    /// Memory the container's cgroup counts.
+    pub fn memory(&self) -> Option<u64> {
+        lock(&self.ct).memory_usage().ok()
+    }
+
+    /// After the init has exited: reaps it, removes the cgroup and the
+    /// veth, and says how it ended.
+    pub fn finish(self) -> String {
+        let mut ct = lock(&self.ct);
+        let status = ct.wait();
+        let reason = match status {
+            Ok(ExitStatus::Exited(0)) => "exited (status 0)".to_string(),
+            Ok(ExitStatus::Exited(n)) => format!("failed (exit {n})"),
+            Ok(ExitStatus::Signaled(sig)) => {
+                format!("killed by {}", crate::vmproc::signal_name(sig))
+            }
+            Err(e) => format!("ended ({e})"),
+        };
+        drop(ct);
+        if let Ok(ct) = Arc::try_unwrap(self.ct) {
+            if let Err(e) = ct.into_inner().unwrap_or_else(|e| e.into_inner()).cleanup() {
+                tracing::warn!("cleaning up a container: {e}");
+            }
+        }
+        reason
+    }
+
+    /// A handle to run commands in the container without the daemon's
+    /// lock held (the container is cleaned up when the last one goes).
+    pub fn exec_target(&self) -> ExecTarget {
+        ExecTarget {
+            ct: self.ct.clone(),
+        }
+    }
+}
+
+/// A running container to run `kapsel exec` commands in.
+pub struct ExecTarget {
+    ct: Arc<Mutex<Container>>,
+}
+
+impl ExecTarget {
+    /// Runs `argv` in the container with its stdio on a pty (`tty`) or a
+    /// socket pair; once it has started, `reply` gives the client
+    /// connection, over which it is relayed ([`exec_frames`] framing; the
+    /// last frame carries the exit status).
+    pub fn run(
+        &self,
+        argv: &[String],
+        tty: bool,
+        reply: impl FnOnce() -> Result<UnixStream, String>,
+    ) -> Result<(), String> {
+        let (ours, theirs): (File, OwnedFd) = if tty {
+            let (master, slave) = openpty().map_err(|e| format!("exec: pty: {e}"))?;
+            (master, slave)
+        } else {
+            let (a, b) = UnixStream::pair().map_err(|e| format!("exec: {e}"))?;
+            (File::from(OwnedFd::from(a)), OwnedFd::from(b))
+        };
+        let mut proc = lock(&self.ct)
+            .exec_with(argv, Some(theirs.as_fd()))
+            .map_err(|e| format!("exec: {e}"))?;
+        drop(theirs);
+        let client = match reply() {
+            Ok(c) => c,
+            Err(e) => {
+                // SAFETY: kill has no memory-safety preconditions; the pid
+                // is our unreaped child.
+                unsafe { libc::kill(proc.pid(), libc::SIGKILL) };
+                let _ = proc.wait();
+                return Err(e);
+            }
+        };
+        let mut to_client = client
+            .try_clone()
+            .map_err(|e| format!("exec: {e}"))?;
+        let mut input_to = ours.try_clone().map_err(|e| format!("exec: {e}"))?;
+        let mut from_client = client;
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            loop {
+                match from_client.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if input_to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            // End of input: a socket pair's reader sees EOF.
+            // SAFETY: shutdown on a descriptor we own; harmless on a pty.
+            unsafe { libc::shutdown(input_to.as_raw_fd(), libc::SHUT_WR) };
+        });
+        let mut out = ours;
+        let mut buf = [0u8; 4096];
+        loop {
+            match out.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if exec_frames::write_output(&mut to_client, &buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                // A pty master reads EIO once every slave is closed.
+                Err(_) => break,
+            }
+        }
+        let code = proc.wait().map(|s| s.code()).unwrap_or(125);
+        let _ = exec_frames::write_exit(&mut to_client, code);
+        Ok(())
+    }
+}
+
+/// Blocks until `fd` (a pidfd) is readable: the process has exited.
+pub fn wait_readable(fd: &OwnedFd) {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: one valid pollfd, no timeout.
+        let n = unsafe { libc::poll(&mut pfd, 1, -1) };
+        if n > 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return;
+        }
+    }
+}
+
+/// A new pseudo-terminal: (master, slave).
+fn openpty() -> std::io::Result<(File, OwnedFd)> {
+    let mut master = -1;
+    let mut slave = -1;
+    // SAFETY: openpty writes two descriptors; the other arguments may be null.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: openpty returned two new descriptors that nothing else owns.
+    unsafe {
+        use std::os::fd::FromRawFd;
+        Ok((File::from_raw_fd(master), OwnedFd::from_raw_fd(slave)))
+    }
+}
+
+/// The framing of `kapsel exec`'s output stream (daemon to CLI): a byte
+/// for the kind, a big-endian u32 length, the payload. Output frames carry
+/// the command's bytes; the exit frame its status (i32, big-endian).
+pub mod exec_frames {
+    use std::io::{self, Read, Write};
+
+    /// Command output.
+    pub const OUTPUT: u8 = 0;
+    /// The command ended.
+    pub const EXIT: u8 = 1;
+
+    /// Sends output.
+    pub fn write_output(w: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
+        let mut frame = Vec::with_capacity(bytes.len() + 5);
+        frame.push(OUTPUT);
+        frame.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        frame.extend_from_slice(bytes);
+        w.write_all(&frame)
+    }
+
+    /// Sends the exit status.
+    pub fn write_exit(w: &mut impl Write, code: i32) -> io::Result<()> {
+        let mut frame = vec![EXIT];
+        frame.extend_from_slice(&4u32.to_be_bytes());
+        frame.extend_from_slice(&code.to_be_bytes());
+        w.write_all(&frame)
+    }
+
+    /// One frame: (kind, payload). Payloads over 1 MiB are refused.
+    pub fn read(r: &mut impl Read) -> io::Result<(u8, Vec<u8>)> {
+        let mut head = [0u8; 5];
+        r.read_exact(&mut head)?;
+        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]);
+        if len > 1 << 20 {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "frame too long"));
+        }
+        let mut body = vec![0u8; len as usize];
+        r.read_exact(&mut body)?;
+        Ok((head[0], body))
+    }
+}
+
