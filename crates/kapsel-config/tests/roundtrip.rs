@@ -285,6 +285,31 @@ proptest! {
     }
 
     #[test]
+    fn container_statements_never_panic(words in vec(prop::sample::select(vec![
+        "root", "image", "init", "pids", "memory", "cpus", "interface", "local", "boot",
+        "\"/r\"", "\"/i.tar.zst\"", "\"r\"", "\"/\"", "/bin/sh", "-c", "$m", "$m\"/x\"", "0", "1",
+        "4194305", "{", "}", ";", "\n", "\"\"", "vm", "container", "\"c\"", "\"/a.qcow2\"",
+    ]), 0..40)) {
+        let text = format!("m=\"/opt a\"\ncontainer \"c\" {{\n{}\n}}\n", words.join(" "));
+        match parse_str("vm.conf", &text, &LoadOptions::default()) {
+            Ok((c, _)) => {
+                let printed = c.to_vm_conf();
+                let (mut again, _) = parse_str("p.conf", &printed, &LoadOptions::default())
+                    .map_err(|d| TestCaseError::fail(format!("{printed}\n{d:?}")))?;
+                let mut c = c;
+                c.clear_spans();
+                again.clear_spans();
+                prop_assert_eq!(again, c);
+            }
+            Err(d) => {
+                for d in d {
+                    let _ = d.render();
+                }
+            }
+        }
+    }
+
+    #[test]
     fn arbitrary_text_never_panics(text in "[ -~\n\t]{0,200}") {
         if let Err(d) = parse_str("vm.conf", &text, &LoadOptions::default()) {
             for d in d {
