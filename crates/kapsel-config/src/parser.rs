@@ -1180,7 +1180,7 @@ impl Parser<'_, '_, '_> {
                     "to choose it, pass it on the kernel command line: cmdline \"init=/sbin/init\"",
                 )),
                 "pids" => Some((
-                    "\"pids\" is for containers; a VM's processes are its guest kernel's business",
+                    "\"pids\" is for containers; a VM's processes are limited inside its guest",
                     "remove it, or make this block a `container`",
                 )),
                 _ => None,
@@ -1196,7 +1196,10 @@ impl Parser<'_, '_, '_> {
                 self.once(st, "root", pos)?;
                 let (path, ppos) = self.path("the root directory of the container", &[])?;
                 self.absolute(&path, "root", ppos, "/var/lib/kapsel/ct/NAME")?;
-                if path.components().all(|c| c == std::path::Component::RootDir) {
+                if path
+                    .components()
+                    .all(|c| c == std::path::Component::RootDir)
+                {
                     return Err(self.error(
                         ppos,
                         "the root of a container cannot be the host's \"/\"",
@@ -1207,14 +1210,16 @@ impl Parser<'_, '_, '_> {
             }
             "image" => {
                 self.once(st, "image", pos)?;
-                let (path, ppos) = self.path("the image: a tarball or an OCI image directory", &[])?;
+                let (path, ppos) =
+                    self.path("the image: a tarball or an OCI image directory", &[])?;
                 self.absolute(&path, "image", ppos, "/srv/templates/debian-12.tar.zst")?;
                 self.check_image_name(&path, ppos)?;
                 st.ct.image = Some(path);
             }
             "init" => {
                 self.once(st, "init", pos)?;
-                let (argv, ipos) = self.arguments("the program to run as init, e.g. \"/sbin/init\"")?;
+                let (argv, ipos) =
+                    self.arguments("the program to run as init, e.g. \"/sbin/init\"")?;
                 let program = argv.first().map(String::as_str).unwrap_or_default();
                 if !program.starts_with('/') {
                     return Err(self.error(

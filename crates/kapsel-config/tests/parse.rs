@@ -383,7 +383,7 @@ fn owners_are_checked_against_the_host() {
 
 #[test]
 fn container_block() {
-    let c = parse("switch \"s\" { }\ncontainer \"web\" {\n\tmemory 256M\n\tcpus 2\n\towner alice\n\tinterface { switch \"s\" }\n\tdisable\n}\n");
+    let c = parse("switch \"s\" { }\ncontainer \"web\" {\n\troot \"/ct/web\"\n\tmemory 256M\n\tcpus 2\n\towner alice\n\tinterface { switch \"s\" }\n\tdisable\n}\n");
     let ct = &c.containers[0];
     assert_eq!(ct.memory, Some(ByteSize(256 * MIB)));
     assert_eq!(ct.cpus, Some(2));
@@ -394,6 +394,225 @@ fn container_block() {
         e.contains("\"disk\" is not supported in a container block"),
         "{e}"
     );
+}
+
+#[test]
+fn container_from_the_issue() {
+    let c = parse(concat!(
+        "switch \"uplink\" {\n}\n",
+        "container \"web\" {\n",
+        "    root \"/var/lib/kapsel/ct/web\"          # a directory\n",
+        "    init \"/sbin/init\"\n",
+        "    memory 512M\n",
+        "    cpus 2\n",
+        "    pids 512\n",
+        "    interface { switch \"uplink\" }\n",
+        "    owner alice\n",
+        "}\n",
+    ));
+    let ct = c.container("web").unwrap();
+    assert_eq!(ct.root, Some(PathBuf::from("/var/lib/kapsel/ct/web")));
+    assert_eq!(ct.image, None);
+    assert_eq!(ct.init, vec!["/sbin/init".to_string()]);
+    assert_eq!(ct.pids, Some(512));
+    assert_eq!(ct.memory, Some(ByteSize(512 * MIB)));
+    assert_eq!(ct.cpus, Some(2));
+    assert_eq!(ct.interfaces[0].switch.as_deref(), Some("uplink"));
+    assert_eq!(ct.owner.as_ref().unwrap().user.as_deref(), Some("alice"));
+}
+
+#[test]
+fn container_root() {
+    let c = parse("ct=\"/var/lib/kapsel/ct/\"\ncontainer \"a\" {\n\troot $ct \"a\"\n}\n");
+    assert_eq!(
+        c.containers[0].root,
+        Some(PathBuf::from("/var/lib/kapsel/ct/a"))
+    );
+    let e = errors("container \"a\" {\n\troot \"ct/a\"\n}\n");
+    assert!(
+        e.contains("vm.conf:2:7: root \"ct/a\" is not an absolute path"),
+        "{e}"
+    );
+    assert!(e.contains("help: write the full path"), "{e}");
+    let e = errors("container \"a\" {\n\troot \"//\"\n}\n");
+    assert!(e.contains("cannot be the host's \"/\""), "{e}");
+    let e = errors("container \"a\" {\n\troot \"\"\n}\n");
+    assert!(e.contains("vm.conf:2:7:"), "{e}");
+    let e = errors("container \"a\" {\n\troot \"/x\"\n\troot \"/y\"\n}\n");
+    assert!(
+        e.contains("vm.conf:3:2: \"root\" is given more than once"),
+        "{e}"
+    );
+}
+
+#[test]
+fn container_image() {
+    for name in [
+        "/t/a.tar",
+        "/t/a.tar.gz",
+        "/t/a.tgz",
+        "/t/a.tar.xz",
+        "/t/a.tar.zst",
+        "/t/A.TAR.ZST",
+        "/srv/oci/debian-12.1",
+        "/srv/oci/alpine/",
+    ] {
+        let c = parse(&format!("container \"a\" {{\n\timage \"{name}\"\n}}\n"));
+        assert_eq!(c.containers[0].image, Some(PathBuf::from(name)), "{name}");
+        assert_eq!(c.containers[0].root, None);
+    }
+    for name in [
+        "/t/a.img",
+        "/t/a.qcow2",
+        "/t/a.iso",
+        "/t/a.gz",
+        "/t/a.tar.bz2",
+        "/t/a.zip",
+    ] {
+        let e = errors(&format!("container \"a\" {{\n\timage \"{name}\"\n}}\n"));
+        assert!(
+            e.contains(&format!("vm.conf:2:8: image {name} is neither a tarball")),
+            "{e}"
+        );
+        assert!(e.contains("help: "), "{e}");
+    }
+    let e = errors("container \"a\" {\n\timage \"t/a.tar\"\n}\n");
+    assert!(
+        e.contains("vm.conf:2:8: image \"t/a.tar\" is not an absolute path"),
+        "{e}"
+    );
+}
+
+#[test]
+fn container_needs_exactly_one_of_root_and_image() {
+    let e = errors("container \"a\" {\n\tmemory 1G\n}\n");
+    assert!(
+        e.contains("vm.conf:1:1: container \"a\" has no files"),
+        "{e}"
+    );
+    assert!(
+        e.contains("give it a root directory with `root PATH` or an image with `image PATH`"),
+        "{e}"
+    );
+    let e = errors("container \"a\" {\n\timage \"/i.tar\"\n\troot \"/r\"\n}\n");
+    assert!(
+        e.contains("vm.conf:3:2: container \"a\" has both a root and an image"),
+        "{e}"
+    );
+    assert!(
+        e.contains("remove `root` (line 3) or `image` (line 2)"),
+        "{e}"
+    );
+    // A root that was itself wrong is not also "missing".
+    let e = errors("container \"a\" {\n\troot \"r\"\n}\n");
+    assert!(!e.contains("has no files"), "{e}");
+}
+
+#[test]
+fn container_init() {
+    let ct = |text: &str| parse(text).containers[0].clone();
+    let c = ct("container \"a\" {\n\troot \"/r\"\n}\n");
+    assert!(c.init.is_empty());
+    assert_eq!(c.init_command(), vec![DEFAULT_CONTAINER_INIT.to_string()]);
+    let c = ct("container \"a\" {\n\troot \"/r\"\n\tinit \"/bin/sh\" \"-c\" \"echo hi\"\n}\n");
+    assert_eq!(c.init, vec!["/bin/sh", "-c", "echo hi"]);
+    assert_eq!(c.init_command(), c.init);
+    // Bare words, macros holding several words, strings glued to a macro.
+    let c = ct(concat!(
+        "sh=\"/bin/sh -c\"\napp=\"/opt/app\"\n",
+        "container \"a\" {\n\troot \"/r\"\n\tinit $sh 'exec '$app\"/run\" --verbose\n}\n"
+    ));
+    assert_eq!(
+        c.init,
+        vec!["/bin/sh", "-c", "exec /opt/app/run", "--verbose"]
+    );
+    // `;` ends the statement; quoted, it is part of an argument.
+    let c = ct("container \"a\" {\n\troot \"/r\"; init /bin/sh \"-c\" \"a; b\"; pids 5\n}\n");
+    assert_eq!(c.init, vec!["/bin/sh", "-c", "a; b"]);
+    assert_eq!(c.pids, Some(5));
+    let e = errors("container \"a\" {\n\troot \"/r\"\n\tinit\n}\n");
+    assert!(
+        e.contains("vm.conf:3:6: expected the program to run as init"),
+        "{e}"
+    );
+    let e = errors("container \"a\" {\n\troot \"/r\"\n\tinit sh -c true\n}\n");
+    assert!(
+        e.contains("vm.conf:3:7: init program \"sh\" is not an absolute path"),
+        "{e}"
+    );
+    assert!(e.contains("init \"/bin/sh\""), "{e}");
+    let e = errors("container \"a\" {\n\troot \"/r\"\n\tinit \"/x\" { }\n}\n");
+    assert!(
+        e.contains("vm.conf:3:12: expected the end of the line after \"init\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn container_pids() {
+    let c = parse(&format!(
+        "container \"a\" {{\n\troot \"/r\"\n\tpids {MAX_CONTAINER_PIDS}\n}}\n"
+    ));
+    assert_eq!(c.containers[0].pids, Some(MAX_CONTAINER_PIDS));
+    for bad in ["0", "4194305", "99999999999999999999999", "-1", "many"] {
+        let e = errors(&format!(
+            "container \"a\" {{\n\troot \"/r\"\n\tpids {bad}\n}}\n"
+        ));
+        assert!(e.contains("vm.conf:3:7:"), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn container_keywords_in_a_vm_are_errors() {
+    let e = errors("vm \"a\" {\n\troot \"/r\"\n}\n");
+    assert!(
+        e.contains("vm.conf:2:2: \"root\" is for containers; a VM boots a kernel with `boot`"),
+        "{e}"
+    );
+    for kw in ["image \"/i.tar\"", "init \"/sbin/init\"", "pids 5"] {
+        let e = errors(&format!("vm \"a\" {{\n\t{kw}\n}}\n"));
+        let word = kw.split(' ').next().unwrap();
+        assert!(
+            e.contains(&format!("vm.conf:2:2: \"{word}\" is for containers")),
+            "{e}"
+        );
+        assert!(e.contains("help: "), "{e}");
+    }
+    let e = errors("container \"a\" {\n\troot \"/r\"\n\tboot \"/vmlinuz\"\n}\n");
+    assert!(e.contains("a container runs on the host kernel"), "{e}");
+}
+
+#[test]
+fn container_names_share_the_vm_namespace() {
+    let e = errors("container \"a\" {\n\troot \"/r\"\n}\nvm \"a\" {\n}\n");
+    assert!(e.contains("is declared twice"), "{e}");
+    assert!(e.contains("VMs and containers share one namespace"), "{e}");
+    let e = errors("container \"a\" {\n\troot \"/r\"\n\tinterface { switch \"s\" }\n}\n");
+    assert!(
+        e.contains("vm.conf:3:21: interface of container \"a\" is on unknown switch \"s\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn containers_print_and_read_back() {
+    let text = "container \"a\" {\n\timage \"/i \\\"q\\\".tar\"\n\tinit \"/bin/sh\" \"-c\" \"echo \\\"$x\\\"\" \"\"\n\tpids 7\n}\n";
+    let c = parse(text);
+    assert_eq!(
+        c.containers[0].init,
+        vec!["/bin/sh", "-c", "echo \"$x\"", ""]
+    );
+    let printed = c.to_vm_conf();
+    assert!(printed.contains("\tpids 7\n"), "{printed}");
+    assert!(
+        printed.contains("\tinit \"/bin/sh\" \"-c\" \"echo \\\"$x\\\"\" \"\"\n"),
+        "{printed}"
+    );
+    let mut again = parse(&printed);
+    let mut c = c;
+    again.clear_spans();
+    c.clear_spans();
+    assert_eq!(again, c);
 }
 
 #[test]

@@ -125,6 +125,33 @@ fn vm(switches: usize) -> impl Strategy<Value = VmSpec> {
         )
 }
 
+/// Exactly one of `root` and `image`, an optional `init`, optional `pids`.
+type ContainerFiles = (
+    Result<PathBuf, PathBuf>,
+    Option<(PathBuf, Vec<String>)>,
+    Option<u64>,
+);
+
+fn container_files() -> impl Strategy<Value = ContainerFiles> {
+    let root = path()
+        .prop_filter("not the host's /", |p| {
+            !p.components().all(|c| c == std::path::Component::RootDir)
+        })
+        .prop_map(Ok);
+    let tarball = (
+        "/[ -~]{0,16}",
+        prop::sample::select(CONTAINER_IMAGE_EXTENSIONS),
+    )
+        .prop_map(|(p, ext)| PathBuf::from(format!("{p}{ext}")));
+    let oci_dir = "/[a-z0-9_/-]{1,16}".prop_map(PathBuf::from);
+    let image = prop_oneof![tarball, oci_dir].prop_map(Err);
+    (
+        prop_oneof![root, image],
+        option::of((path(), vec(text(), 0..3))),
+        option::of(1u64..=MAX_CONTAINER_PIDS),
+    )
+}
+
 fn config() -> impl Strategy<Value = Config> {
     (0usize..3).prop_flat_map(|nsw| {
         (
@@ -150,8 +177,10 @@ fn config() -> impl Strategy<Value = Config> {
                     option::of(size()),
                     option::of(1u32..=8),
                     vec(interface(nsw), 0..2),
+                    container_files(),
+                    any::<bool>(),
                 ),
-                0..2,
+                0..3,
             ),
         )
             .prop_map(
@@ -205,8 +234,20 @@ fn config() -> impl Strategy<Value = Config> {
                             c.vms.push(inst);
                         }
                     }
-                    for (i, (memory, cpus, interfaces)) in containers.into_iter().enumerate() {
+                    for (i, (memory, cpus, interfaces, (files, init, pids), enabled)) in
+                        containers.into_iter().enumerate()
+                    {
                         let mut ct = ContainerSpec::new(format!("ct{i}"));
+                        match files {
+                            Ok(root) => ct.root = Some(root),
+                            Err(image) => ct.image = Some(image),
+                        }
+                        if let Some((program, args)) = init {
+                            ct.init.push(program.to_string_lossy().into_owned());
+                            ct.init.extend(args);
+                        }
+                        ct.pids = pids;
+                        ct.enabled = enabled;
                         ct.memory = memory;
                         ct.cpus = cpus;
                         ct.interfaces = interfaces;
@@ -241,6 +282,31 @@ proptest! {
     #[test]
     fn sizes_round_trip(n in any::<u64>()) {
         prop_assert_eq!(parse_size(&ByteSize(n).to_string()), Ok(ByteSize(n)));
+    }
+
+    #[test]
+    fn container_statements_never_panic(words in vec(prop::sample::select(vec![
+        "root", "image", "init", "pids", "memory", "cpus", "interface", "local", "boot",
+        "\"/r\"", "\"/i.tar.zst\"", "\"r\"", "\"/\"", "/bin/sh", "-c", "$m", "$m\"/x\"", "0", "1",
+        "4194305", "{", "}", ";", "\n", "\"\"", "vm", "container", "\"c\"", "\"/a.qcow2\"",
+    ]), 0..40)) {
+        let text = format!("m=\"/opt a\"\ncontainer \"c\" {{\n{}\n}}\n", words.join(" "));
+        match parse_str("vm.conf", &text, &LoadOptions::default()) {
+            Ok((c, _)) => {
+                let printed = c.to_vm_conf();
+                let (mut again, _) = parse_str("p.conf", &printed, &LoadOptions::default())
+                    .map_err(|d| TestCaseError::fail(format!("{printed}\n{d:?}")))?;
+                let mut c = c;
+                c.clear_spans();
+                again.clear_spans();
+                prop_assert_eq!(again, c);
+            }
+            Err(d) => {
+                for d in d {
+                    let _ = d.render();
+                }
+            }
+        }
     }
 
     #[test]
