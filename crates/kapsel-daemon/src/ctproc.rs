@@ -11,7 +11,6 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-
 /// A running container.
 pub struct ContainerProcess {
     ct: Arc<Mutex<Container>>,
@@ -84,11 +83,8 @@ pub struct Launch<'a> {
 /// Starts the container; returns it and its console output.
 pub fn spawn(launch: &Launch) -> Result<(ContainerProcess, File), String> {
     let s = launch.spec;
-    let mut spec = kapsel_container::ContainerSpec::new(
-        s.name.clone(),
-        launch.root.clone(),
-        s.init_command(),
-    );
+    let mut spec =
+        kapsel_container::ContainerSpec::new(s.name.clone(), launch.root.clone(), s.init_command());
     spec.memory = s.memory.map(|m| m.bytes());
     spec.cpus = s.cpus.map(f64::from);
     spec.pids = s.pids;
@@ -223,9 +219,7 @@ impl ExecTarget {
                 return Err(e);
             }
         };
-        let mut to_client = client
-            .try_clone()
-            .map_err(|e| format!("exec: {e}"))?;
+        let mut to_client = client.try_clone().map_err(|e| format!("exec: {e}"))?;
         let mut input_to = ours.try_clone().map_err(|e| format!("exec: {e}"))?;
         let mut from_client = client;
         std::thread::spawn(move || {
@@ -346,4 +340,3 @@ pub mod exec_frames {
         Ok((head[0], body))
     }
 }
-

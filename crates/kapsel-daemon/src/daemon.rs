@@ -3,9 +3,9 @@
 
 use crate::accounts::{HostAccounts, Peer};
 use crate::console::Console;
+use crate::ctproc::{self, ContainerProcess};
 use crate::net;
 use crate::proto::{LogLevel, Request, ResetWhat, Response, StartRequest, VmState, VmStatus};
-use crate::ctproc::{self, ContainerProcess};
 use crate::vmproc::{self, ExitReport, VmProcess};
 use kapsel_config::{Config, Diagnostic, LoadOptions, Owner, VmSpec};
 use std::os::unix::net::UnixStream;
@@ -601,7 +601,10 @@ impl Daemon {
                     id: v.id,
                     name: v.spec.name.clone(),
                     pid,
-                    vcpus: v.spec.cpus.unwrap_or(if v.container.is_some() { 0 } else { 1 }),
+                    vcpus: v
+                        .spec
+                        .cpus
+                        .unwrap_or(if v.container.is_some() { 0 } else { 1 }),
                     max_mem: v.spec.memory.map_or(0, |m| m.bytes()),
                     cur_mem: match &v.process {
                         Some(Proc::Container(c)) => c.memory(),
@@ -679,6 +682,11 @@ impl Daemon {
                         .map(|v| v.spec.clone())
                 })
                 .ok_or_else(|| format!("no VM named {template} to make an instance of"))?;
+            if inner.config.container(template).is_some() {
+                return Err(format!(
+                    "{template} is a container; -t makes instances of VMs"
+                ));
+            }
             let allow = parent.allow_instance.clone();
             if !peer.is_root() {
                 let permitted = allow
@@ -741,6 +749,12 @@ impl Daemon {
             self.authorize(peer, &req.name, "start")?;
             inner = self.lock();
             if overrides {
+                if Self::find(&mut inner, &req.name)?.container.is_some() {
+                    return Err(format!(
+                        "{} is a container: start options (-b, -d, -m, -i, -L, -n, -r) are for VMs; change it in vm.conf",
+                        req.name
+                    ));
+                }
                 if !peer.is_root() {
                     return Err("only root may change a configured VM with start options; use -t to make an instance".into());
                 }
@@ -902,7 +916,13 @@ impl Daemon {
         id: u32,
         index: usize,
         veth: Option<&str>,
-    ) -> Result<(Option<(std::os::fd::OwnedFd, kapsel_config::MacAddr)>, Attachment), String> {
+    ) -> Result<
+        (
+            Option<(std::os::fd::OwnedFd, kapsel_config::MacAddr)>,
+            Attachment,
+        ),
+        String,
+    > {
         let default = kapsel_config::InterfaceSpec::default();
         let ispec = spec.interfaces.get(index).unwrap_or(&default);
         let err = |e: String| format!("{}: {e}", spec.name);
@@ -914,11 +934,7 @@ impl Daemon {
                         "switch \"{name}\" is disabled; enable it in vm.conf"
                     )))
                 }
-                None => {
-                    return Err(err(format!(
-                        "no switch \"{name}\"; declare it in vm.conf"
-                    )))
-                }
+                None => return Err(err(format!("no switch \"{name}\"; declare it in vm.conf"))),
             },
             None => None,
         };

@@ -200,8 +200,16 @@ pub fn table(vms: &[VmStatus]) -> String {
             "{:>5} {:>7} {:>5} {:>7} {:>7} {:>5} {:>10} {:>8} {:>9} {}\n",
             v.id,
             v.pid.map_or_else(dash, |p| p.to_string()),
-            if v.vcpus == 0 { dash() } else { v.vcpus.to_string() },
-            if v.max_mem == 0 { dash() } else { scaled(v.max_mem) },
+            if v.vcpus == 0 {
+                dash()
+            } else {
+                v.vcpus.to_string()
+            },
+            if v.max_mem == 0 {
+                dash()
+            } else {
+                scaled(v.max_mem)
+            },
             v.cur_mem.map_or_else(dash, scaled),
             "-",
             v.owner,

@@ -755,3 +755,175 @@ fn a_seccomp_violation_kills_the_vm_process_and_the_daemon_reports_it() {
     // The daemon is unharmed and serves on.
     assert!(d.ok(&["status"]).contains("victim"));
 }
+
+// --- containers ---------------------------------------------------------------
+
+#[path = "../../kapsel-container/tests/common/mod.rs"]
+mod ctcommon;
+
+fn containers_ready() -> bool {
+    match ctcommon::skip_reason() {
+        Some(reason) => {
+            println!("SKIP: {reason}");
+            false
+        }
+        None => true,
+    }
+}
+
+/// A busybox system container root whose init says when it boots and
+/// when it shuts down.
+fn system_root(tag: &str) -> ctcommon::Rootfs {
+    let root = ctcommon::Rootfs::new(tag);
+    std::fs::write(
+        root.file("/etc/inittab"),
+        "::sysinit:/bin/echo kapsel-ct-booted\n::respawn:/bin/sleep 1000\n::shutdown:/bin/echo kapsel-ct-shutdown\n",
+    )
+    .unwrap();
+    root
+}
+
+#[test]
+fn containers_start_exec_pause_and_stop_like_vms() {
+    if !containers_ready() {
+        return;
+    }
+    let root = system_root("daemon-sys");
+    let web = ctcommon::name("web");
+    let app = ctcommon::name("app");
+    let conf = format!(
+        "container \"{web}\" {{\n\troot \"{r}\"\n\tmemory 64M\n\tpids 64\n\tcpus 1\n}}\n\
+         container \"{app}\" {{\n\troot \"{r}\"\n\tinit \"/bin/sh\" \"-c\" \"echo app-ran; exit 3\"\n\tdisable\n}}\n",
+        r = root.path.display()
+    );
+    let d = Kapseld::start(&conf);
+    let st = d.wait_state(&web, "running");
+    assert_eq!(st["kind"], "container");
+    assert_eq!(st["max_mem"], 64 << 20);
+    let init = pid_of(&st);
+    let table = d.ok(&["status"]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.ends_with(&web) && l.contains("container")),
+        "{table}"
+    );
+    d.console_text(&web, "kapsel-ct-booted");
+
+    // exec: output, exit status, the container's hostname and PID space.
+    let (code, out, err) = d.run(&[
+        "exec",
+        &web,
+        "--",
+        "/bin/sh",
+        "-c",
+        "hostname; echo pid1=$(cat /proc/1/comm); exit 5",
+    ]);
+    assert_eq!(code, 5, "{err}");
+    assert!(out.contains(&web) && out.contains("pid1=init"), "{out}");
+    // Input reaches the command.
+    let mut child = d
+        .cmd(&["exec", &web, "--", "/bin/cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"through exec\n")
+        .unwrap();
+    let (code, out, _) = out_of(child.wait_with_output().unwrap());
+    assert_eq!((code, out.as_str()), (0, "through exec\n"));
+
+    // pause freezes the cgroup; unpause thaws it.
+    d.ok(&["pause", &web]);
+    assert_eq!(d.vm(&web)["state"], "paused");
+    let frozen = || {
+        ctcommon::cgroup_dirs(&web).iter().any(|dir| {
+            std::fs::read_to_string(dir.join("cgroup.freeze")).is_ok_and(|s| s.trim() == "1")
+                || std::fs::read_to_string(dir.join("freezer.state"))
+                    .is_ok_and(|s| s.trim() == "FROZEN")
+        })
+    };
+    assert!(ctcommon::eventually(5, frozen), "the cgroup is frozen");
+    d.ok(&["unpause", &web]);
+    assert!(ctcommon::eventually(5, || !frozen()));
+
+    // stop: the init's power-off signal; the shutdown actions run.
+    let said = d.ok(&["stop", "-w", &web]);
+    assert!(said.contains("exited (status 0)"), "{said}");
+    assert_eq!(process_state(init), None);
+    assert!(ctcommon::cgroup_dirs(&web).is_empty(), "cgroup removed");
+    d.console_text(&web, "kapsel-ct-shutdown");
+    let (code, _, err) = d.run(&["exec", &web, "--", "/bin/true"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not running"), "{err}");
+
+    // An application container's status is its command's.
+    d.ok(&["start", &app]);
+    let st = d.wait_state(&app, "stopped");
+    assert_eq!(st["last_exit"], "failed (exit 3)", "{st}");
+    d.console_text(&app, "app-ran");
+}
+
+fn out_of(o: Output) -> (i32, String, String) {
+    out(o)
+}
+
+#[test]
+fn a_container_gets_its_address_by_dhcp_on_a_local_interface() {
+    if !containers_ready() || !kvm_usable() {
+        return;
+    }
+    if Command::new("nft").arg("--version").output().is_err() {
+        println!("SKIP: nft (Debian: nftables) is not installed");
+        return;
+    }
+    let Some(ns) = Netns::create("ctdhcp") else {
+        return;
+    };
+    let root = ctcommon::Rootfs::new("daemon-dhcp");
+    // udhcpc's script applies the lease and prints it; then the gateway
+    // (the host side) is pinged.
+    std::fs::write(
+        root.file("/bin/lease"),
+        "#!/bin/sh\ncase $1 in bound|renew)\n  ip addr add $ip/$mask dev $interface\n  [ -n \"$router\" ] && ip route add default via $router\n  echo \"LEASE ip=$ip mask=$mask router=$router dns=$dns\"\n;; esac\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        root.file("/bin/lease"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::write(
+        root.file("/bin/dhcp-test"),
+        "#!/bin/sh\nudhcpc -i eth0 -n -q -t 5 -T 1 -s /bin/lease 2>&1 | grep LEASE\ngw=$(ip route | awk '/default/ { print $3 }')\nif ping -c 1 -W 3 \"$gw\" >/dev/null 2>&1; then echo PING-OK; else echo PING-FAILED; fi\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        root.file("/bin/dhcp-test"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let name = ctcommon::name("dhcp");
+    let conf = format!(
+        "container \"{name}\" {{\n\troot \"{}\"\n\tinit \"/bin/dhcp-test\"\n\tlocal interface\n}}\n",
+        root.path.display()
+    );
+    let d = Kapseld::start_in(Some(&ns.0), &conf);
+    let st = d.wait_state(&name, "stopped");
+    let text = d.console_text(&name, "PING-");
+    // The first guest (id 1), interface 0: vmd's /31 is 100.64.1.2 (host)
+    // and 100.64.1.3 (guest).
+    assert!(
+        text.contains("LEASE ip=100.64.1.3 mask=31 router=100.64.1.2"),
+        "{text}\n{st}\n{}",
+        d.log()
+    );
+    assert!(text.contains("PING-OK"), "{text}");
+    // The veth went with the container.
+    let links = ns.exec("ip").args(["-o", "link"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&links.stdout).contains("kct"));
+}
