@@ -312,7 +312,7 @@ fn enabled_vms_start_and_are_listed_consoled_and_stopped() {
 
     let (code, _, err) = d.run(&["stop", "nosuchvm"]);
     assert_eq!(code, 1);
-    assert!(err.contains("no VM named nosuchvm"), "{err}");
+    assert!(err.contains("no VM or container named nosuchvm"), "{err}");
 }
 
 #[test]
