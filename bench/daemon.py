@@ -16,7 +16,12 @@ QEMU: the same N guests as `qemu-system-x86_64 -M microvm -enable-kvm`
 processes started directly (no manager), serial to a file each; the clock
 runs until every file shows "idle ready"; stopping is SIGTERM to each.
 
-Usage: bench/daemon.py [--vms N] [--memory 64M]
+With --containers N it also starts N busybox containers (init: a shell
+that sleeps) through the same daemon and reports the daemon's RSS growth
+per running container: kapseld runs containers without a monitor
+process, so that is all their management costs.
+
+Usage: bench/daemon.py [--vms N] [--memory 64M] [--containers N]
 Needs: root or /dev/kvm access, cargo, gcc, qemu-system-x86_64.
 """
 import argparse
@@ -50,6 +55,11 @@ def build():
     sys.exit("bench: cannot find the idle test guest")
 
 
+def parse_kib(size):
+    units = {"K": 1, "M": 1024, "G": 1024 * 1024}
+    return int(size[:-1]) * units[size[-1].upper()] if size[-1].upper() in units else int(size) // 1024
+
+
 def rss_kib(pid):
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -59,6 +69,25 @@ def rss_kib(pid):
     except OSError:
         pass
     return 0
+
+
+def guest_ram_kib(pid, memory_kib):
+    """Resident KiB of the guest-RAM mappings (anonymous, at least the
+    guest's memory size) of a VM process, from /proc/PID/smaps."""
+    total, size, anon_map = 0, 0, False
+    try:
+        with open(f"/proc/{pid}/smaps") as f:
+            for line in f:
+                parts = line.split()
+                if "-" in parts[0] and len(parts[0]) > 8 and ":" not in parts[0]:
+                    lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                    size = (hi - lo) // 1024
+                    anon_map = len(parts) < 6
+                elif parts[0] == "Rss:" and anon_map and size >= memory_kib:
+                    total += int(parts[1])
+    except OSError:
+        pass
+    return total
 
 
 def frame(obj):
@@ -138,6 +167,8 @@ def bench_kapsel(kapsel, guest, n, memory, tmp):
     if len(pids) != n:
         sys.exit(f"bench: {len(pids)} of {n} VMs running")
     rss = [rss_kib(p) for p in pids]
+    mem_kib = parse_kib(memory)
+    overhead = [rss_kib(p) - guest_ram_kib(p, mem_kib) for p in pids]
     daemon_rss = rss_kib(daemon.pid)
     t1 = time.monotonic()
     subprocess.run([kapsel, "stop", "-a", "-w"], env=env, check=True, stdout=subprocess.DEVNULL)
@@ -147,6 +178,7 @@ def bench_kapsel(kapsel, guest, n, memory, tmp):
     return {
         "start_cmds_s": t_started, "all_ready_s": t_ready, "stop_all_s": t_stop,
         "vm_rss_median_kib": statistics.median(rss), "vm_rss_max_kib": max(rss),
+        "vm_overhead_median_kib": statistics.median(overhead), "vm_overhead_max_kib": max(overhead),
         "daemon_rss_kib": daemon_rss, "daemon_per_vm_kib": (daemon_rss - daemon_rss0) / n,
     }
 
@@ -183,6 +215,7 @@ def bench_qemu(guest, n, memory, tmp):
         return {"error": f"{len(pending)} QEMU guests never printed 'idle ready'"}
     time.sleep(0.5)
     rss = [rss_kib(p.pid) for p in procs]
+    overhead = [rss_kib(p.pid) - guest_ram_kib(p.pid, parse_kib(memory)) for p in procs]
     t1 = time.monotonic()
     for p in procs:
         p.send_signal(signal.SIGTERM)
@@ -190,25 +223,72 @@ def bench_qemu(guest, n, memory, tmp):
         p.wait()
     t_stop = time.monotonic() - t1
     return {"all_ready_s": t_ready, "stop_all_s": t_stop,
-            "vm_rss_median_kib": statistics.median(rss), "vm_rss_max_kib": max(rss)}
+            "vm_rss_median_kib": statistics.median(rss), "vm_rss_max_kib": max(rss),
+            "vm_overhead_median_kib": statistics.median(overhead)}
+
+
+def busybox_root(path):
+    for d in ["bin", "sbin", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "tmp"]:
+        os.makedirs(os.path.join(path, d), exist_ok=True)
+    shutil.copy("/bin/busybox", os.path.join(path, "bin/busybox"))
+    out = subprocess.run(["/bin/busybox", "--list-full"], capture_output=True, text=True).stdout
+    for applet in out.split():
+        link = os.path.join(path, applet)
+        if applet != "bin/busybox" and not os.path.lexists(link):
+            os.symlink("/bin/busybox", link)
+
+
+def bench_containers(kapsel, n, tmp):
+    root = os.path.join(tmp, "ctroot")
+    busybox_root(root)
+    conf = os.path.join(tmp, "ct.conf")
+    with open(conf, "w") as f:
+        for i in range(n):
+            f.write(f'container "kbench{i}" {{\n\troot "{root}"\n\tinit "/bin/sh" "-c" "echo ct-ready; exec sleep 1000"\n\tdisable\n}}\n')
+    sock = os.path.join(tmp, "ct.sock")
+    daemon = subprocess.Popen([kapsel, "daemon", "-f", conf, "--socket", sock,
+                               "--state-dir", os.path.join(tmp, "ctstate"), "--shutdown-timeout", "5"],
+                              stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "ct.log"), "w"))
+    while not os.path.exists(sock):
+        time.sleep(0.01)
+    time.sleep(0.1)
+    rss0 = rss_kib(daemon.pid)
+    env = dict(os.environ, KAPSEL_SOCKET=sock)
+    t0 = time.monotonic()
+    for i in range(n):
+        subprocess.run([kapsel, "start", f"kbench{i}"], env=env, check=True, stdout=subprocess.DEVNULL)
+    for i in range(n):
+        if not console_shows(sock, f"kbench{i}", b"ct-ready", 30):
+            sys.exit(f"bench: kbench{i} never printed ct-ready")
+    t_ready = time.monotonic() - t0
+    time.sleep(0.5)
+    rss1 = rss_kib(daemon.pid)
+    subprocess.run([kapsel, "stop", "-a", "-f", "-w"], env=env, check=True, stdout=subprocess.DEVNULL)
+    daemon.send_signal(signal.SIGTERM)
+    daemon.wait(timeout=30)
+    return {"ready_s": t_ready, "daemon_rss0_kib": rss0, "daemon_rss_kib": rss1,
+            "per_ct_kib": (rss1 - rss0) / n}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--vms", type=int, default=50)
     ap.add_argument("--memory", default="64M")
+    ap.add_argument("--containers", type=int, default=0)
     args = ap.parse_args()
     kapsel, guest = build()
     tmp = tempfile.mkdtemp(prefix="kapsel-bench-daemon-")
     try:
         k = bench_kapsel(kapsel, guest, args.vms, args.memory, tmp)
         q = bench_qemu(guest, args.vms, args.memory, tmp)
+        c = bench_containers(kapsel, args.containers, tmp) if args.containers else None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     n = args.vms
     print(f"{n} VMs, idle guest, {args.memory} each")
     print(f"kapsel: {n} x `kapsel start` took {k['start_cmds_s']:.2f} s; all guests ready after {k['all_ready_s']:.2f} s")
-    print(f"kapsel: VM process RSS median {k['vm_rss_median_kib'] / 1024:.2f} MiB, max {k['vm_rss_max_kib'] / 1024:.2f} MiB")
+    print(f"kapsel: VM process RSS median {k['vm_rss_median_kib'] / 1024:.2f} MiB, max {k['vm_rss_max_kib'] / 1024:.2f} MiB; "
+          f"without guest RAM (VMM overhead) median {k['vm_overhead_median_kib'] / 1024:.2f} MiB, max {k['vm_overhead_max_kib'] / 1024:.2f} MiB")
     print(f"kapsel: daemon RSS {k['daemon_rss_kib'] / 1024:.2f} MiB, {k['daemon_per_vm_kib']:.0f} KiB per VM")
     print(f"kapsel: `kapsel stop -a -w` (power button, all powered off) took {k['stop_all_s']:.2f} s")
     if q is None:
@@ -217,10 +297,16 @@ def main():
         print(f"qemu: {q['error']}")
     else:
         print(f"qemu:   all guests ready after {q['all_ready_s']:.2f} s (processes started directly, no manager)")
-        print(f"qemu:   process RSS median {q['vm_rss_median_kib'] / 1024:.2f} MiB, max {q['vm_rss_max_kib'] / 1024:.2f} MiB")
+        print(f"qemu:   process RSS median {q['vm_rss_median_kib'] / 1024:.2f} MiB, max {q['vm_rss_max_kib'] / 1024:.2f} MiB; "
+              f"without guest RAM median {q['vm_overhead_median_kib'] / 1024:.2f} MiB")
         print(f"qemu:   SIGTERM to all, exited after {q['stop_all_s']:.2f} s")
         print(f"ratio kapsel/qemu: ready {k['all_ready_s'] / q['all_ready_s']:.2f}x, "
               f"RSS {k['vm_rss_median_kib'] / q['vm_rss_median_kib']:.2f}x")
+    if c:
+        n = args.containers
+        print(f"containers: {n} started through the daemon, all ready after {c['ready_s']:.2f} s")
+        print(f"containers: daemon RSS {c['daemon_rss0_kib'] / 1024:.2f} -> {c['daemon_rss_kib'] / 1024:.2f} MiB, "
+              f"{c['per_ct_kib']:.0f} KiB per running container (no monitor process)")
 
 
 if __name__ == "__main__":
