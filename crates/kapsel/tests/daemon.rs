@@ -927,3 +927,67 @@ fn a_container_gets_its_address_by_dhcp_on_a_local_interface() {
     let links = ns.exec("ip").args(["-o", "link"]).output().unwrap();
     assert!(!String::from_utf8_lossy(&links.stdout).contains("kct"));
 }
+
+#[test]
+fn two_containers_on_a_switch_reach_each_other() {
+    if !containers_ready() {
+        return;
+    }
+    let Some(ns) = Netns::create("ctsw") else {
+        return;
+    };
+    let root = ctcommon::Rootfs::new("daemon-sw");
+    let ct = |name: &str, me: &str, peer: &str| {
+        format!(
+            "container \"{name}\" {{\n\troot \"{}\"\n\tinit \"/bin/sh\" \"-c\" \"ip addr add {me}/24 dev eth0; sleep 1; ping -c 2 -W 3 {peer} >/dev/null && echo REACHED-{peer}; sleep 1000\"\n\tinterface {{ switch \"ctlan\" }}\n}}\n",
+            root.path.display()
+        )
+    };
+    let a = ctcommon::name("swa");
+    let b = ctcommon::name("swb");
+    let conf = format!(
+        "switch \"ctlan\" {{\n}}\n{}{}",
+        ct(&a, "10.77.0.1", "10.77.0.2"),
+        ct(&b, "10.77.0.2", "10.77.0.1")
+    );
+    let d = Kapseld::start_in(Some(&ns.0), &conf);
+    d.console_text(&a, "REACHED-10.77.0.2");
+    d.console_text(&b, "REACHED-10.77.0.1");
+    // Both host sides are ports of the switch's bridge.
+    let ports = ns
+        .exec("ip")
+        .args(["-o", "link", "show", "master", "kbr-ctlan"])
+        .output()
+        .unwrap();
+    let ports = String::from_utf8_lossy(&ports.stdout);
+    assert_eq!(ports.matches("kct").count(), 2, "{ports}");
+}
+
+#[test]
+fn load_log_and_reset() {
+    if !kvm_usable() {
+        return;
+    }
+    let d = Kapseld::start(&idle_vm("base", ""));
+    d.wait_state("base", "running");
+    let extra = d.dir.join("extra.conf");
+    std::fs::write(&extra, idle_vm("loaded", "")).unwrap();
+    let said = d.ok(&["load", extra.to_str().unwrap()]);
+    assert!(said.contains("1 new VM(s) started"), "{said}");
+    d.wait_state("loaded", "running");
+    // A name that exists already is refused, naming the file.
+    let (code, _, err) = d.run(&["load", d.dir.join("vm.conf").to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("already configured"), "{err}");
+    d.ok(&["log", "brief"]);
+    d.ok(&["log", "verbose"]);
+    // reset vms kills every VM.
+    d.ok(&["reset", "vms"]);
+    for name in ["base", "loaded"] {
+        assert_eq!(d.vm(name)["state"], "stopped");
+        assert_eq!(d.vm(name)["last_exit"], "killed by SIGKILL");
+    }
+    // Loaded files are read again on reload.
+    d.ok(&["reload"]);
+    assert!(d.status().iter().any(|v| v["name"] == "loaded"));
+}
