@@ -88,7 +88,7 @@ impl Attachment {
     fn release(self, vm: &str) {
         drop(self.dhcp);
         if let Err(e) = net::release_interface(&self.ifname, self.kind) {
-            tracing::warn!("vm {vm}: {e}");
+            tracing::warn!("{vm}: {e}");
         }
     }
 }
@@ -267,7 +267,7 @@ impl Daemon {
                             return;
                         }
                         if let Err(e) = daemon.start_vm(name) {
-                            tracing::error!("vm {name}: {e}");
+                            tracing::error!("{name}: {e}");
                         }
                     }
                 }
@@ -302,7 +302,12 @@ impl Daemon {
         }
         let vm = Self::find(&mut inner, target)?;
         if vm.state != VmState::Stopped {
-            return Err(format!("vm {} is already {}", vm.spec.name, vm.state));
+            return Err(format!(
+                "{} {} is already {}",
+                vm.kind(),
+                vm.spec.name,
+                vm.state
+            ));
         }
         let log = self
             .opts
@@ -497,7 +502,7 @@ impl Daemon {
         let vm = Self::find(&mut inner, target)?;
         let name = vm.spec.name.clone();
         if vm.state == VmState::Stopped {
-            return Err(format!("vm {name} is not running"));
+            return Err(format!("{} {name} is not running", vm.kind()));
         }
         let generation = vm.generation;
         if force {
@@ -527,7 +532,7 @@ impl Daemon {
                         }
                         let now = Instant::now();
                         if now >= until {
-                            tracing::warn!("vm {n}: did not stop in time, killing it");
+                            tracing::warn!("{n}: did not stop in time, killing it");
                             let _ = Self::signal(vm, libc::SIGKILL);
                             return;
                         }
@@ -540,23 +545,35 @@ impl Daemon {
                 });
         }
         if !wait {
+            let kind = vm_kind_of(&inner, &name);
             return Ok(if force {
-                format!("vm {name} killed")
+                format!("{kind} {name} killed")
             } else {
-                format!("stopping vm {name}")
+                format!("stopping {kind} {name}")
             });
         }
+        Ok(self.until_stopped(inner, &name, generation))
+    }
+
+    /// Waits (releasing the lock) until run `generation` of the guest
+    /// `name` has ended; says how it ended.
+    fn until_stopped(
+        &self,
+        mut inner: MutexGuard<'_, Inner>,
+        name: &str,
+        generation: u64,
+    ) -> String {
         loop {
-            let vm = inner.vms.iter().find(|v| v.spec.name == name);
-            match vm {
+            match inner.vms.iter().find(|v| v.spec.name == name) {
                 Some(v) if v.generation == generation && v.state != VmState::Stopped => {}
                 Some(v) => {
-                    return Ok(format!(
-                        "vm {name} stopped: {}",
+                    return format!(
+                        "{} {name} stopped: {}",
+                        v.kind(),
                         v.last_exit.as_deref().unwrap_or("stopped")
-                    ))
+                    )
                 }
-                None => return Ok(format!("vm {name} stopped")),
+                None => return format!("{name} stopped"),
             }
             inner = self.changed.wait(inner).unwrap_or_else(|e| e.into_inner());
         }
@@ -567,22 +584,10 @@ impl Daemon {
         let vm = Self::find(&mut inner, target)?;
         let name = vm.spec.name.clone();
         if vm.state == VmState::Stopped {
-            return Err(format!("vm {name} is not running"));
+            return Err(format!("{} {name} is not running", vm.kind()));
         }
         let generation = vm.generation;
-        loop {
-            match inner.vms.iter().find(|v| v.spec.name == name) {
-                Some(v) if v.generation == generation && v.state != VmState::Stopped => {}
-                Some(v) => {
-                    return Ok(format!(
-                        "vm {name}: {}",
-                        v.last_exit.as_deref().unwrap_or("stopped")
-                    ))
-                }
-                None => return Ok(format!("vm {name} stopped")),
-            }
-            inner = self.changed.wait(inner).unwrap_or_else(|e| e.into_inner());
-        }
+        Ok(self.until_stopped(inner, &name, generation))
     }
 
     fn status(&self, target: Option<&str>) -> Result<Vec<VmStatus>, String> {
@@ -1097,11 +1102,16 @@ impl Daemon {
         let mut inner = self.lock();
         let vm = Self::find(&mut inner, target)?;
         if vm.state != from {
-            return Err(format!("vm {} is {}, not {from}", vm.spec.name, vm.state));
+            return Err(format!(
+                "{} {} is {}, not {from}",
+                vm.kind(),
+                vm.spec.name,
+                vm.state
+            ));
         }
         Self::signal(vm, sig)?;
         vm.state = to;
-        Ok(format!("{verb}d vm {}", vm.spec.name))
+        Ok(format!("{verb}d {} {}", vm.kind(), vm.spec.name))
     }
 
     /// `kapsel status`.
@@ -1161,11 +1171,13 @@ impl Daemon {
                 })
             })
             .transpose()
-            .map_err(|e| format!("console of vm {}: {e}", vm.spec.name))?;
+            .map_err(|e| format!("console of {}: {e}", vm.spec.name))?;
         if input.is_none() && vm.console.history().is_empty() {
             return Err(format!(
-                "vm {} is not running; start it with `kapsel start -c {}`",
-                vm.spec.name, vm.spec.name
+                "{} {} is not running; start it with `kapsel start -c {}`",
+                vm.kind(),
+                vm.spec.name,
+                vm.spec.name
             ));
         }
         Ok((vm.console.clone(), input))
@@ -1227,6 +1239,15 @@ fn merge(config: &mut Config, extra: Config, file: &std::path::Path) -> Result<(
         config.vms.push(v);
     }
     Ok(())
+}
+
+/// "vm" or "container" for the guest called `name`.
+fn vm_kind_of(inner: &Inner, name: &str) -> &'static str {
+    inner
+        .vms
+        .iter()
+        .find(|v| v.spec.name == name)
+        .map_or("vm", Vm::kind)
 }
 
 /// The settings a container shares with VMs, as a VmSpec: what status,
