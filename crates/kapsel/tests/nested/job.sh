@@ -5,6 +5,7 @@
 # NAME.exit (kapsel's exit status), NAME.seen (L1's `date +%s` when the
 # guest printed its clock), NAME.secs (wall time of the run), NAME.sandbox
 # (kapsel's capability, no_new_privs and seccomp lines while the guest runs).
+# The daemon scenario leaves its own files (see daemon_scenario below).
 # Cheap knobs for the test only: `quiet mitigations=off` keep the L2 kernel
 # from spending its time on console output and Spectre work under TCG.
 OUT=$KAPSEL_OUT
@@ -61,9 +62,90 @@ boot() {
     echo "scenario $name: exit $(cat "$OUT/$name.exit") in $(cat "$OUT/$name.secs")s, $(grep -c KAPSEL-GUEST-UP "$log") boot(s)"
 }
 
+# snapshot FILE: what of kapseld's networking exists in L1 (links, nft).
+snapshot() {
+    {
+        echo "# links"
+        ip -o link show | awk -F': ' '{ print $2 }' | cut -d@ -f1
+        echo "# nft"
+        nft list tables 2>&1
+    } >"$1"
+}
+
+# The daemon scenario: kapseld runs three VMs of a vm.conf: "dhcp" on a
+# `local interface` (VM id 1: it must get 100.64.1.3 from the built-in DHCP
+# server and reach the host at 100.64.1.2), "switch-a" and "switch-b" on
+# `switch "lan"`, talking to each other. Leaves in $OUT: daemon-NAME.console
+# (each guest's console, replayed by `kapsel console` after it stopped),
+# daemon-NAME.wait (what `kapsel wait` said), daemon.err (the daemon's log),
+# daemon.exit (its exit status after SIGTERM), daemon.sandbox (the dhcp VM
+# process's /proc status lines while it ran), daemon.during and daemon.after
+# (links and nft tables while the daemon ran and after it stopped),
+# daemon.secs, daemon.log (a summary) and daemon.vmerr (the VMs' stderr).
+daemon_scenario() {
+    start=$(date +%s)
+    for m in tun bridge crc32c_generic nf_tables nft_chain_nat nft_masq; do
+        modprobe "$m" || echo "cannot load $m" >>"$OUT/daemon.err"
+    done
+    d=/tmp/kapseld
+    rm -rf $d && mkdir -p $d/state
+    sock=$d/kapsel.sock
+    vm() { # NAME TEST INTERFACE-LINE
+        printf 'vm "%s" {\n\tboot "%s"\n\tinitrd "%s"\n\tcmdline "%s kapsel.test=%s"\n\tmemory 192M\n\t%s\n}\n' \
+            "$1" "$KAPSEL_L2_KERNEL" "$KAPSEL_L2_INITRD" "$BASE" "$2" "$3"
+    }
+    {
+        echo 'switch "lan" { }'
+        vm dhcp dhcp 'local interface'
+        vm switch-a switch-a 'interface { switch "lan" }'
+        vm switch-b switch-b 'interface { switch "lan" }'
+    } >$d/vm.conf
+    cp $d/vm.conf "$OUT/daemon.conf"
+    "$KAPSEL" daemon -f $d/vm.conf --socket $sock --state-dir $d/state \
+        >>"$OUT/daemon.err" 2>&1 &
+    daemon=$!
+    k() { "$KAPSEL" --socket $sock "$@"; }
+    # Once the dhcp VM runs: what exists on the host, and (sampled until it
+    # stops, the last sample kept) its process's confinement.
+    seen=0
+    i=0
+    while [ $i -lt 600 ] && kill -0 $daemon 2>/dev/null; do
+        pid=$(k status dhcp 2>/dev/null | awk '$NF == "dhcp" && $2 ~ /^[0-9]+$/ { print $2 }')
+        if [ -n "$pid" ] && grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' "/proc/$pid/status" \
+            >$d/sandbox 2>/dev/null; then
+            cp $d/sandbox "$OUT/daemon.sandbox"
+            [ $seen = 1 ] || snapshot "$OUT/daemon.during"
+            seen=1
+        elif [ $seen = 1 ] || [ $i -ge 120 ]; then
+            # Stopped, or never started within a minute (see daemon.err).
+            break
+        fi
+        sleep 0.5
+        i=$((i + 1))
+    done
+    for name in dhcp switch-a switch-b; do
+        timeout $BOOT_TIMEOUT "$KAPSEL" --socket $sock wait $name >"$OUT/daemon-$name.wait" 2>&1
+        timeout 20 "$KAPSEL" --socket $sock console $name </dev/null >"$OUT/daemon-$name.console" 2>&1
+    done
+    k status >"$OUT/daemon.status" 2>&1
+    kill -TERM $daemon
+    wait $daemon
+    echo $? >"$OUT/daemon.exit"
+    snapshot "$OUT/daemon.after"
+    cat $d/state/* >"$OUT/daemon.vmerr" 2>/dev/null
+    echo $(($(date +%s) - start)) >"$OUT/daemon.secs"
+    {
+        for name in dhcp switch-a switch-b; do
+            echo "$name: $(cat "$OUT/daemon-$name.wait")"
+        done
+        echo "daemon exit $(cat "$OUT/daemon.exit")"
+    } >"$OUT/daemon.log"
+    echo "scenario daemon: exit $(cat "$OUT/daemon.exit") in $(cat "$OUT/daemon.secs")s"
+}
+
 K="--kernel $KAPSEL_L2_KERNEL --initrd $KAPSEL_L2_INITRD"
 # The list comes from SCENARIOS in nested_linux.rs; the default runs all.
-for scenario in ${KAPSEL_SCENARIOS:-cpus1 cpus2 cpus4 reboot restart panic vmlinux virtio net button}; do
+for scenario in ${KAPSEL_SCENARIOS:-cpus1 cpus2 cpus4 reboot restart panic vmlinux virtio net button daemon}; do
     case $scenario in
     cpus1) boot cpus1 0 $K --cpus 1 --memory 256M --cmdline "$BASE" ;;
     cpus2) boot cpus2 0 $K --cpus 2 --memory 512M --cmdline "$BASE" ;;
@@ -126,5 +208,6 @@ for scenario in ${KAPSEL_SCENARIOS:-cpus1 cpus2 cpus4 reboot restart panic vmlin
         kill $server 2>/dev/null || true
         rm -rf /tmp/www
         ;;
+    daemon) daemon_scenario ;;
     esac
 done
