@@ -105,26 +105,33 @@ daemon_scenario() {
         >>"$OUT/daemon.err" 2>&1 &
     daemon=$!
     k() { "$KAPSEL" --socket $sock "$@"; }
-    # Once the dhcp VM runs: what exists on the host, and (sampled until it
-    # stops, the last sample kept) its process's confinement.
-    seen=0
+    # Until all three run (at most a minute): then the host holds their
+    # taps, the switch's bridge and the NAT table.
     i=0
-    while [ $i -lt 600 ] && kill -0 $daemon 2>/dev/null; do
-        pid=$(k status dhcp 2>/dev/null | awk '$NF == "dhcp" && $2 ~ /^[0-9]+$/ { print $2 }')
-        if [ -n "$pid" ] && grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' "/proc/$pid/status" \
-            >$d/sandbox 2>/dev/null; then
-            cp $d/sandbox "$OUT/daemon.sandbox"
-            [ $seen = 1 ] || snapshot "$OUT/daemon.during"
-            seen=1
-        elif [ $seen = 1 ] || [ $i -ge 120 ]; then
-            # Stopped, or never started within a minute (see daemon.err).
-            break
-        fi
+    while [ $i -lt 120 ] && [ "$(k status 2>/dev/null | grep -c ' running ')" -lt 3 ]; do
         sleep 0.5
         i=$((i + 1))
     done
+    snapshot "$OUT/daemon.during"
+    # The dhcp VM's process confinement, sampled until it ends (the last
+    # sample is kept; the guest has run for seconds by then).
+    pid=$(k status dhcp 2>/dev/null | awk '$NF == "dhcp" && $2 ~ /^[0-9]+$/ { print $2 }')
+    if [ -n "$pid" ]; then
+        while grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' "/proc/$pid/status" \
+            >$d/sandbox 2>/dev/null; do
+            cp $d/sandbox "$OUT/daemon.sandbox"
+            sleep 0.5
+        done &
+    fi
+    # All three waits at once: a guest may power off before another's.
+    waits=""
     for name in dhcp switch-a switch-b; do
-        timeout $BOOT_TIMEOUT "$KAPSEL" --socket $sock wait $name >"$OUT/daemon-$name.wait" 2>&1
+        timeout $BOOT_TIMEOUT "$KAPSEL" --socket $sock wait $name >"$OUT/daemon-$name.wait" 2>&1 &
+        waits="$waits $!"
+    done
+    # shellcheck disable=SC2086 # one pid per word
+    wait $waits
+    for name in dhcp switch-a switch-b; do
         timeout 20 "$KAPSEL" --socket $sock console $name </dev/null >"$OUT/daemon-$name.console" 2>&1
     done
     k status >"$OUT/daemon.status" 2>&1
