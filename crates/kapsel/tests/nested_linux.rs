@@ -504,12 +504,19 @@ fn kapseld_switch_carries_traffic_between_two_linux_guests() {
 fn kapseld_leaves_no_links_or_rules_behind() {
     let Some(s) = scenario("daemon") else { return };
     assert_eq!(s.exit, 0, "kapseld after SIGTERM: {}", s.err);
-    // While the VMs ran: the three taps, the switch's bridge, the NAT table.
+    // While the VMs ran: the three taps, the switch's bridge, the NAT table
+    // and the tables locking the guests' MACs (switch and local interface).
     let during = daemon_file("daemon.during");
     for name in ["ktap1-0", "ktap2-0", "ktap3-0", "kbr-lan"] {
         assert!(during.lines().any(|l| l == name), "{name}: {during}");
     }
-    assert!(during.contains("table ip kapsel-nat"), "{during}");
+    for table in [
+        "table ip kapsel-nat",
+        "table ip kapsel",
+        "table bridge kapsel",
+    ] {
+        assert!(during.lines().any(|l| l == table), "{table}: {during}");
+    }
     // After the daemon stopped: none of them, and no table of Kapsel's.
     let after = daemon_file("daemon.after");
     assert!(

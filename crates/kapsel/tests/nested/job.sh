@@ -73,9 +73,9 @@ snapshot() {
 }
 
 # The daemon scenario: kapseld runs three VMs of a vm.conf: "dhcp" on a
-# `local interface` (VM id 1: it must get 100.64.1.3 from the built-in DHCP
+# locked `local interface` (VM id 1: it must get 100.64.1.3 from the built-in DHCP
 # server and reach the host at 100.64.1.2), "switch-a" and "switch-b" on
-# `switch "lan"`, talking to each other. Leaves in $OUT: daemon-NAME.console
+# `switch "lan"` (locked lladdr), talking to each other. Leaves in $OUT: daemon-NAME.console
 # (each guest's console, replayed by `kapsel console` after it stopped),
 # daemon-NAME.wait (what `kapsel wait` said), daemon.err (the daemon's log),
 # daemon.exit (its exit status after SIGTERM), daemon.sandbox (the dhcp VM
@@ -84,7 +84,7 @@ snapshot() {
 # daemon.secs, daemon.log (a summary) and daemon.vmerr (the VMs' stderr).
 daemon_scenario() {
     start=$(date +%s)
-    for m in tun bridge crc32c_generic nf_tables nft_chain_nat nft_masq; do
+    for m in tun bridge crc32c_generic nf_tables nft_chain_nat nft_masq nft_meta_bridge; do
         modprobe "$m" || echo "cannot load $m" >>"$OUT/daemon.err"
     done
     d=/tmp/kapseld
@@ -95,8 +95,10 @@ daemon_scenario() {
             "$1" "$KAPSEL_L2_KERNEL" "$KAPSEL_L2_INITRD" "$BASE" "$2" "$3"
     }
     {
-        echo 'switch "lan" { }'
-        vm dhcp dhcp 'local interface'
+        # Both locked to the guests' MACs: the locking must let each
+        # guest's own traffic (DHCP, ARP, IP) through.
+        printf 'switch "lan" {\n\tlocked lladdr\n}\n'
+        vm dhcp dhcp 'local interface { locked lladdr }'
         vm switch-a switch-a 'interface { switch "lan" }'
         vm switch-b switch-b 'interface { switch "lan" }'
     } >$d/vm.conf
