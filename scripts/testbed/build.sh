@@ -29,7 +29,12 @@ TB=${KAPSEL_TESTBED_DIR:-$REPO/.testbed}
 L1_BOOT_MODULES="irqbypass kvm kvm-amd virtio_ring virtio virtio_pci
     9pnet 9pnet_virtio netfs fscache 9p"
 # Shipped in the L1 initramfs but loaded by jobs on demand (modprobe NAME).
-L1_EXTRA_MODULES="tun veth bridge vhost_net? vhost_vsock?"
+# bridge, nf_tables, nft_chain_nat and nft_masq (with nf_nat, nf_conntrack,
+# nf_defrag_ipv4/6, libcrc32c, nfnetlink, stp, llc) are what kapseld's
+# switches and `local interface` NAT need; nft_meta_bridge the `bridge`
+# family rules of `locked lladdr`.
+L1_EXTRA_MODULES="tun veth bridge vhost_net? vhost_vsock? crc32c_generic nf_tables
+    nft_chain_nat nft_masq nft_ct nft_meta_bridge?"
 L2_BOOT_MODULES="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev
     virtio_pci virtio_mmio virtio_blk failover net_failover virtio_net
     virtio_console virtio_rng pvpanic? pvpanic-mmio? pvpanic-pci?"

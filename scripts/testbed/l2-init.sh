@@ -9,7 +9,13 @@
 #   KAPSEL-EPOCH=<s>              date +%s (the clock comes from the CMOS RTC)
 #   KAPSEL-MODULE-FAILED=<name>   only if a module could not be loaded
 #   KAPSEL-TEST=<action>          the action taken next
-# Kernel command line: kapsel.test=poweroff (default) | reboot | shell | panic | badinit
+#   KAPSEL-DHCP-IP=, -MASK=, -ROUTER=, -DNS=, -HOSTNAME=, -LEASE=
+#                                 (dhcp) what the DHCP server offered
+#   KAPSEL-DHCP-ADDR=<ip/len>     (dhcp) the address eth0 holds afterwards
+#   KAPSEL-PING=ok|failed         (net, dhcp, switch-*) the peer answered
+#   KAPSEL-SWITCH-TX-MD5=, -RX-MD5= (switch-*) what was sent and received
+# Kernel command line: kapsel.test=poweroff (default) | reboot | shell | panic
+# | badinit | button | virtio | net | dhcp | switch-a | switch-b
 # (The kernel hands parameters with a dot to no one but /proc/cmdline.)
 
 export PATH=/sbin:/bin:/usr/sbin:/usr/bin
@@ -139,9 +145,105 @@ virtio)
         fi
     fi
     ;;
+dhcp)
+    # The daemon's built-in DHCP server on a `local interface`: ask with
+    # busybox's udhcpc, apply what it offers, then ping the router (the
+    # host side of the /31).
+    ip link set lo up
+    ip link set eth0 up
+    echo "KAPSEL-NET-MAC=$(cat /sys/class/net/eth0/address)"
+    cat >/tmp/udhcpc.sh <<'SCRIPT'
+#!/bin/sh
+# udhcpc calls this with deconfig, bound, renew, nak; the options in $ip,
+# $mask (prefix length), $subnet, $router, $dns, $hostname, $lease.
+case $1 in
+deconfig) ip -4 addr flush dev "$interface" ;;
+bound | renew)
+    ip -4 addr flush dev "$interface"
+    ip addr add "$ip/$mask" dev "$interface"
+    for r in $router; do ip route add default via "$r" dev "$interface"; done
+    {
+        echo "KAPSEL-DHCP-IP=$ip"
+        echo "KAPSEL-DHCP-MASK=$subnet"
+        echo "KAPSEL-DHCP-ROUTER=$router"
+        echo "KAPSEL-DHCP-DNS=$dns"
+        echo "KAPSEL-DHCP-HOSTNAME=$hostname"
+        echo "KAPSEL-DHCP-LEASE=$lease"
+    } >/tmp/dhcp.env
+    ;;
+esac
+SCRIPT
+    chmod +x /tmp/udhcpc.sh
+    # -n: give up without a lease (after -t tries, -T s apart); -q: quit
+    # once configured; -f: stay in the foreground.
+    if udhcpc -i eth0 -f -q -n -t 10 -T 2 -s /tmp/udhcpc.sh >/dev/null 2>&1; then
+        cat /tmp/dhcp.env
+        echo "KAPSEL-DHCP-ADDR=$(ip -4 -o addr show dev eth0 | awk '{ print $4; exit }')"
+        router=$(awk -F= '/^KAPSEL-DHCP-ROUTER=/ { split($2, r, " "); print r[1] }' /tmp/dhcp.env)
+        if ping -c 2 -W 5 "$router" >/dev/null 2>&1; then
+            echo "KAPSEL-PING=ok"
+        else
+            echo "KAPSEL-PING=failed"
+        fi
+    else
+        echo "KAPSEL-DHCP-FAILED"
+    fi
+    ;;
+switch-a | switch-b)
+    # Two guests on one switch (198.51.100.0/24, TEST-NET-2): each pings the
+    # other; a serves 1 MiB over HTTP that b fetches, then b sends 1 MiB to
+    # a over TCP (nc). a stays up until b's data has arrived, so neither
+    # powers off while the other still needs it.
+    ip link set lo up
+    if [ "$action" = switch-a ]; then
+        me=198.51.100.1 peer=198.51.100.2
+    else
+        me=198.51.100.2 peer=198.51.100.1
+    fi
+    ip addr add "$me/24" dev eth0
+    ip link set eth0 up
+    echo "KAPSEL-NET-MAC=$(cat /sys/class/net/eth0/address)"
+    mkdir -p /tmp/www
+    dd if=/dev/urandom of=/tmp/www/blob bs=64k count=16 2>/dev/null
+    echo "KAPSEL-SWITCH-TX-MD5=$(md5sum </tmp/www/blob | cut -d' ' -f1)"
+    # The peer may still be booting: try for up to 2 minutes.
+    ping_peer() {
+        until=$(($(date +%s) + 120))
+        while [ "$(date +%s)" -lt $until ]; do
+            if ping -c 1 -W 1 "$peer" >/dev/null 2>&1; then
+                echo "KAPSEL-PING=ok"
+                return 0
+            fi
+            sleep 0.2
+        done
+        echo "KAPSEL-PING=failed"
+        return 1
+    }
+    if [ "$action" = switch-a ]; then
+        httpd -p "$me:80" -h /tmp/www
+        ping_peer
+        timeout 120 nc -l -p 5000 >/tmp/rx
+        echo "KAPSEL-SWITCH-RX-MD5=$(md5sum </tmp/rx | cut -d' ' -f1)"
+    else
+        ping_peer
+        i=0
+        while [ $i -lt 60 ] && ! wget -q -O /tmp/rx "http://$peer/blob" 2>/dev/null; do
+            sleep 1
+            i=$((i + 1))
+        done
+        echo "KAPSEL-SWITCH-RX-MD5=$(md5sum </tmp/rx | cut -d' ' -f1)"
+        # a listens once it has pinged us; retry until it does.
+        i=0
+        while [ $i -lt 60 ] && ! timeout 60 nc "$peer" 5000 </tmp/www/blob >/dev/null 2>&1; do
+            sleep 1
+            i=$((i + 1))
+        done
+        echo "KAPSEL-SWITCH-SENT=$i"
+    fi
+    ;;
 poweroff) ;;
 *)
-    echo "KAPSEL-TEST-UNKNOWN=$action (known: poweroff reboot shell panic badinit virtio net button)"
+    echo "KAPSEL-TEST-UNKNOWN=$action (known: poweroff reboot shell panic badinit virtio net button dhcp switch-a switch-b)"
     ;;
 esac
 poweroff -f

@@ -40,7 +40,9 @@
 #   /mnt/sysroot/            shipped shared libraries, linked into / by L1
 #   /mnt/.testbed/           run.sh <-> L1 bookkeeping (env, exit-status, error)
 # L1 offers: /dev/kvm (kvm-amd), 1 vCPU, 2 GiB, tmpfs /tmp, busybox; modules
-# tun, veth, bridge, vhost_net, vhost_vsock load with `modprobe NAME`.
+# tun, veth, bridge, vhost_net, vhost_vsock and the netfilter ones kapseld
+# needs (nf_tables, nft_chain_nat, nft_masq, ...) load with `modprobe NAME`;
+# nft comes with `--bin /usr/sbin/nft`.
 #
 # Exit status: the job's, or 125 when the testbed itself failed (L1 did not
 # finish within the timeout, the share did not mount, /dev/kvm did not

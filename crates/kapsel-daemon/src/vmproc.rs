@@ -120,25 +120,37 @@ pub fn run_args(
     Ok(args)
 }
 
+/// A close-on-exec duplicate of `fd` numbered above every descriptor number
+/// the child's `count` taps will get (`FIRST_TAP_FD..FIRST_TAP_FD + count`),
+/// so that moving one into place with dup2 cannot overwrite another.
+///
+/// The floor is the lowest such number, not a fixed high one: F_DUPFD fails
+/// with EINVAL when its floor is not below RLIMIT_NOFILE, and the soft limit
+/// is 1024 under systemd and busybox init alike (a floor of 1024 made every
+/// VM with an interface fail there with "tap descriptor: Invalid argument").
+fn dup_above_targets(fd: &OwnedFd, count: usize) -> std::io::Result<OwnedFd> {
+    let floor = FIRST_TAP_FD.saturating_add(i32::try_from(count).unwrap_or(i32::MAX));
+    // SAFETY: F_DUPFD_CLOEXEC duplicates a descriptor we own; it touches no
+    // memory.
+    let dup = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, floor) };
+    if dup < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: dup is a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(dup) })
+}
+
 /// Starts the VM process. Returns it and the console output stream.
 pub fn spawn(launch: &Launch) -> Result<(VmProcess, UnixStream), String> {
     let name = &launch.spec.name;
     let macs: Vec<MacAddr> = launch.taps.iter().map(|(_, m)| *m).collect();
     let args = run_args(launch.spec, launch.shutdown_timeout, &macs)?;
-    // Above every number the child's tap descriptors will get, so that
-    // moving one into place cannot overwrite another.
     let mut high = Vec::new();
     for (fd, _) in &launch.taps {
-        // SAFETY: F_DUPFD_CLOEXEC duplicates a descriptor we own.
-        let dup = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 1024) };
-        if dup < 0 {
-            return Err(format!(
-                "vm {name}: tap descriptor: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        // SAFETY: dup is a new descriptor that nothing else owns.
-        high.push(unsafe { OwnedFd::from_raw_fd(dup) });
+        high.push(
+            dup_above_targets(fd, launch.taps.len())
+                .map_err(|e| format!("vm {name}: tap descriptor: {e}"))?,
+        );
     }
     let raw: Vec<i32> = high.iter().map(|f| f.as_raw_fd()).collect();
     let (daemon_end, vm_end) =
@@ -317,6 +329,51 @@ pub fn resident_bytes(pid: u32) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tap_descriptors_are_moved_within_a_low_descriptor_limit() {
+        // The soft RLIMIT_NOFILE of a daemon started by systemd or busybox
+        // init is 1024; lower it to 64 in a child so the test process keeps
+        // its own limit.
+        let fd = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        // SAFETY: the child only calls async-signal-safe functions
+        // (getrlimit, setrlimit, fcntl, close, _exit) before it exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            let code = {
+                let mut lim = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                // SAFETY: lim is a valid rlimit to fill and then read.
+                let set = unsafe {
+                    libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && {
+                        lim.rlim_cur = 64;
+                        libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0
+                    }
+                };
+                match dup_above_targets(&fd, 4) {
+                    _ if !set => 2,
+                    Ok(d) if (FIRST_TAP_FD + 4..64).contains(&d.as_raw_fd()) => 0,
+                    Ok(_) => 3,
+                    Err(_) => 1,
+                }
+            };
+            // SAFETY: _exit ends the forked child without running the
+            // parent's destructors or atexit handlers.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: pid is our child; status is a valid out-parameter.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status), "child status {status:#x}");
+        assert_eq!(
+            libc::WEXITSTATUS(status),
+            0,
+            "1: dup failed, 2: setrlimit failed, 3: wrong number"
+        );
+    }
 
     #[test]
     fn run_args_from_a_spec() {

@@ -16,6 +16,7 @@ const KAPSEL: &str = env!("CARGO_BIN_EXE_kapsel");
 /// The scenarios tests/nested/job.sh runs, in order; each test checks one.
 const SCENARIOS: &[&str] = &[
     "cpus1", "cpus2", "cpus4", "reboot", "restart", "panic", "vmlinux", "virtio", "net", "button",
+    "daemon",
 ];
 const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 
@@ -50,9 +51,16 @@ fn run_testbed() -> Results {
     if !build.success() {
         return Err(format!("scripts/testbed/build.sh failed: {build}"));
     }
+    // kapseld's firewall and NAT rules go through nft (Debian: nftables).
+    let nft = ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .ok_or("nft not found (Debian: apt-get install nftables; scripts/setup.sh does)")?;
     let status = Command::new(repo.join("scripts/testbed/run.sh"))
         .arg("--kapsel")
         .arg(KAPSEL)
+        .arg("--bin")
+        .arg(nft)
         .arg("--add")
         .arg(format!("{}:files/vmlinux", vmlinux.display()))
         .arg("--add")
@@ -406,5 +414,119 @@ fn every_scenario_ran_in_the_sandbox() {
         assert_eq!(field("NoNewPrivs:"), "1", "{name}");
         assert_eq!(field("CapEff:"), "0000000000000000", "{name}");
         assert_eq!(field("CapBnd:"), "0000000000000000", "{name}");
+    }
+}
+
+/// A file of the daemon scenario in the output directory.
+fn daemon_file(name: &str) -> String {
+    std::fs::read_to_string(batch().unwrap().out.join(name)).unwrap_or_default()
+}
+
+/// One guest of the daemon scenario: its console (replayed by `kapsel
+/// console` after it stopped), after checking that `kapsel wait` saw it
+/// power off by itself.
+fn daemon_guest(s: &Scenario, name: &str) -> String {
+    let console = daemon_file(&format!("daemon-{name}.console"));
+    let wait = daemon_file(&format!("daemon-{name}.wait"));
+    assert_eq!(
+        wait.trim(),
+        format!("vm {name}: powered off"),
+        "daemon log:\n{}\nVM stderr:\n{}\nconsole:\n{console}",
+        s.err,
+        daemon_file("daemon.vmerr")
+    );
+    assert!(console.contains("KAPSEL-GUEST-UP"), "{name}: {console}");
+    console
+}
+
+#[test]
+fn kapseld_local_interface_gives_linux_its_address_by_dhcp() {
+    let Some(s) = scenario("daemon") else { return };
+    let log = daemon_guest(s, "dhcp");
+    // vm "dhcp" is the first VM of the vm.conf, so its id is 1; its only
+    // interface is 0. vmd's scheme (vm_priv_addr) gives the /31 at offset
+    // 1 << 8 | (0 + 1) * 2 of 100.64.0.0/10: the host 100.64.1.2, the
+    // guest 100.64.1.3; net::LocalLink computes the same.
+    let link =
+        kapsel_daemon::net::LocalLink::new(kapsel_config::Ipv4Prefix::default(), 1, 0).unwrap();
+    assert_eq!(link.gateway.to_string(), "100.64.1.2");
+    assert_eq!(link.guest.to_string(), "100.64.1.3");
+    assert_eq!(marker(&log, "KAPSEL-DHCP-IP="), Some("100.64.1.3"), "{log}");
+    assert_eq!(marker(&log, "KAPSEL-DHCP-MASK="), Some("255.255.255.254"));
+    assert_eq!(marker(&log, "KAPSEL-DHCP-ROUTER="), Some("100.64.1.2"));
+    // The outer VM has no /etc/resolv.conf: the host side is offered.
+    assert_eq!(marker(&log, "KAPSEL-DHCP-DNS="), Some("100.64.1.2"));
+    assert_eq!(marker(&log, "KAPSEL-DHCP-HOSTNAME="), Some("dhcp"));
+    assert_eq!(marker(&log, "KAPSEL-DHCP-LEASE="), Some("86400"));
+    // The guest applied the lease, and its MAC is the one the daemon
+    // derived for it (and logged with the tap).
+    assert_eq!(marker(&log, "KAPSEL-DHCP-ADDR="), Some("100.64.1.3/31"));
+    let mac = kapsel_daemon::net::guest_mac("dhcp", 0, &Default::default()).to_string();
+    assert_eq!(marker(&log, "KAPSEL-NET-MAC="), Some(mac.as_str()));
+    assert!(
+        s.err
+            .contains(&format!("vm dhcp: interface ktap1-0 ({mac})")),
+        "{}",
+        s.err
+    );
+}
+
+#[test]
+fn kapseld_local_interface_guest_reaches_the_host() {
+    let Some(s) = scenario("daemon") else { return };
+    let log = daemon_guest(s, "dhcp");
+    assert_eq!(marker(&log, "KAPSEL-PING="), Some("ok"), "{log}");
+}
+
+#[test]
+fn kapseld_switch_carries_traffic_between_two_linux_guests() {
+    let Some(s) = scenario("daemon") else { return };
+    let a = daemon_guest(s, "switch-a");
+    let b = daemon_guest(s, "switch-b");
+    assert_eq!(marker(&a, "KAPSEL-PING="), Some("ok"), "{a}");
+    assert_eq!(marker(&b, "KAPSEL-PING="), Some("ok"), "{b}");
+    let (a_mac, b_mac) = (marker(&a, "KAPSEL-NET-MAC="), marker(&b, "KAPSEL-NET-MAC="));
+    assert!(a_mac.is_some() && a_mac != b_mac, "{a_mac:?} {b_mac:?}");
+    // 1 MiB of random data each way (HTTP from a to b, nc from b to a).
+    let md5 = |log: &str, key: &str| marker(log, key).unwrap_or("").to_string();
+    let (a_tx, b_tx) = (
+        md5(&a, "KAPSEL-SWITCH-TX-MD5="),
+        md5(&b, "KAPSEL-SWITCH-TX-MD5="),
+    );
+    assert_eq!(a_tx.len(), 32, "{a}");
+    assert_eq!(b_tx.len(), 32, "{b}");
+    assert_ne!(a_tx, b_tx);
+    assert_eq!(md5(&b, "KAPSEL-SWITCH-RX-MD5="), a_tx, "a -> b\n{a}\n{b}");
+    assert_eq!(md5(&a, "KAPSEL-SWITCH-RX-MD5="), b_tx, "b -> a\n{a}\n{b}");
+}
+
+#[test]
+fn kapseld_leaves_no_links_or_rules_behind() {
+    let Some(s) = scenario("daemon") else { return };
+    assert_eq!(s.exit, 0, "kapseld after SIGTERM: {}", s.err);
+    // While the VMs ran: the three taps, the switch's bridge, the NAT table
+    // and the tables locking the guests' MACs (switch and local interface).
+    let during = daemon_file("daemon.during");
+    for name in ["ktap1-0", "ktap2-0", "ktap3-0", "kbr-lan"] {
+        assert!(during.lines().any(|l| l == name), "{name}: {during}");
+    }
+    for table in [
+        "table ip kapsel-nat",
+        "table ip kapsel",
+        "table bridge kapsel",
+    ] {
+        assert!(during.lines().any(|l| l == table), "{table}: {during}");
+    }
+    // After the daemon stopped: none of them, and no table of Kapsel's.
+    let after = daemon_file("daemon.after");
+    assert!(
+        after.contains("# links") && after.contains("# nft"),
+        "{after}"
+    );
+    for l in after.lines() {
+        assert!(
+            !l.starts_with("ktap") && !l.starts_with("kbr-") && !l.contains("kapsel"),
+            "left behind: {l}\n{after}"
+        );
     }
 }

@@ -5,6 +5,7 @@
 # NAME.exit (kapsel's exit status), NAME.seen (L1's `date +%s` when the
 # guest printed its clock), NAME.secs (wall time of the run), NAME.sandbox
 # (kapsel's capability, no_new_privs and seccomp lines while the guest runs).
+# The daemon scenario leaves its own files (see daemon_scenario below).
 # Cheap knobs for the test only: `quiet mitigations=off` keep the L2 kernel
 # from spending its time on console output and Spectre work under TCG.
 OUT=$KAPSEL_OUT
@@ -61,9 +62,99 @@ boot() {
     echo "scenario $name: exit $(cat "$OUT/$name.exit") in $(cat "$OUT/$name.secs")s, $(grep -c KAPSEL-GUEST-UP "$log") boot(s)"
 }
 
+# snapshot FILE: what of kapseld's networking exists in L1 (links, nft).
+snapshot() {
+    {
+        echo "# links"
+        ip -o link show | awk -F': ' '{ print $2 }' | cut -d@ -f1
+        echo "# nft"
+        nft list tables 2>&1
+    } >"$1"
+}
+
+# The daemon scenario: kapseld runs three VMs of a vm.conf: "dhcp" on a
+# locked `local interface` (VM id 1: it must get 100.64.1.3 from the built-in DHCP
+# server and reach the host at 100.64.1.2), "switch-a" and "switch-b" on
+# `switch "lan"` (locked lladdr), talking to each other. Leaves in $OUT: daemon-NAME.console
+# (each guest's console, replayed by `kapsel console` after it stopped),
+# daemon-NAME.wait (what `kapsel wait` said), daemon.err (the daemon's log),
+# daemon.exit (its exit status after SIGTERM), daemon.sandbox (the dhcp VM
+# process's /proc status lines while it ran), daemon.during and daemon.after
+# (links and nft tables while the daemon ran and after it stopped),
+# daemon.secs, daemon.log (a summary) and daemon.vmerr (the VMs' stderr).
+daemon_scenario() {
+    start=$(date +%s)
+    for m in tun bridge crc32c_generic nf_tables nft_chain_nat nft_masq nft_meta_bridge; do
+        modprobe "$m" || echo "cannot load $m" >>"$OUT/daemon.err"
+    done
+    d=/tmp/kapseld
+    rm -rf $d && mkdir -p $d/state
+    sock=$d/kapsel.sock
+    vm() { # NAME TEST INTERFACE-LINE
+        printf 'vm "%s" {\n\tboot "%s"\n\tinitrd "%s"\n\tcmdline "%s kapsel.test=%s"\n\tmemory 192M\n\t%s\n}\n' \
+            "$1" "$KAPSEL_L2_KERNEL" "$KAPSEL_L2_INITRD" "$BASE" "$2" "$3"
+    }
+    {
+        # Both locked to the guests' MACs: the locking must let each
+        # guest's own traffic (DHCP, ARP, IP) through.
+        printf 'switch "lan" {\n\tlocked lladdr\n}\n'
+        vm dhcp dhcp 'local interface { locked lladdr }'
+        vm switch-a switch-a 'interface { switch "lan" }'
+        vm switch-b switch-b 'interface { switch "lan" }'
+    } >$d/vm.conf
+    cp $d/vm.conf "$OUT/daemon.conf"
+    "$KAPSEL" daemon -f $d/vm.conf --socket $sock --state-dir $d/state \
+        >>"$OUT/daemon.err" 2>&1 &
+    daemon=$!
+    k() { "$KAPSEL" --socket $sock "$@"; }
+    # Until all three run (at most a minute): then the host holds their
+    # taps, the switch's bridge and the NAT table.
+    i=0
+    while [ $i -lt 120 ] && [ "$(k status 2>/dev/null | grep -c ' running ')" -lt 3 ]; do
+        sleep 0.5
+        i=$((i + 1))
+    done
+    snapshot "$OUT/daemon.during"
+    # The dhcp VM's process confinement, sampled until it ends (the last
+    # sample is kept; the guest has run for seconds by then).
+    pid=$(k status dhcp 2>/dev/null | awk '$NF == "dhcp" && $2 ~ /^[0-9]+$/ { print $2 }')
+    if [ -n "$pid" ]; then
+        while grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' "/proc/$pid/status" \
+            >$d/sandbox 2>/dev/null; do
+            cp $d/sandbox "$OUT/daemon.sandbox"
+            sleep 0.5
+        done &
+    fi
+    # All three waits at once: a guest may power off before another's.
+    waits=""
+    for name in dhcp switch-a switch-b; do
+        timeout $BOOT_TIMEOUT "$KAPSEL" --socket $sock wait $name >"$OUT/daemon-$name.wait" 2>&1 &
+        waits="$waits $!"
+    done
+    # shellcheck disable=SC2086 # one pid per word
+    wait $waits
+    for name in dhcp switch-a switch-b; do
+        timeout 20 "$KAPSEL" --socket $sock console $name </dev/null >"$OUT/daemon-$name.console" 2>&1
+    done
+    k status >"$OUT/daemon.status" 2>&1
+    kill -TERM $daemon
+    wait $daemon
+    echo $? >"$OUT/daemon.exit"
+    snapshot "$OUT/daemon.after"
+    cat $d/state/* >"$OUT/daemon.vmerr" 2>/dev/null
+    echo $(($(date +%s) - start)) >"$OUT/daemon.secs"
+    {
+        for name in dhcp switch-a switch-b; do
+            echo "$name: $(cat "$OUT/daemon-$name.wait")"
+        done
+        echo "daemon exit $(cat "$OUT/daemon.exit")"
+    } >"$OUT/daemon.log"
+    echo "scenario daemon: exit $(cat "$OUT/daemon.exit") in $(cat "$OUT/daemon.secs")s"
+}
+
 K="--kernel $KAPSEL_L2_KERNEL --initrd $KAPSEL_L2_INITRD"
 # The list comes from SCENARIOS in nested_linux.rs; the default runs all.
-for scenario in ${KAPSEL_SCENARIOS:-cpus1 cpus2 cpus4 reboot restart panic vmlinux virtio net button}; do
+for scenario in ${KAPSEL_SCENARIOS:-cpus1 cpus2 cpus4 reboot restart panic vmlinux virtio net button daemon}; do
     case $scenario in
     cpus1) boot cpus1 0 $K --cpus 1 --memory 256M --cmdline "$BASE" ;;
     cpus2) boot cpus2 0 $K --cpus 2 --memory 512M --cmdline "$BASE" ;;
@@ -126,5 +217,6 @@ for scenario in ${KAPSEL_SCENARIOS:-cpus1 cpus2 cpus4 reboot restart panic vmlin
         kill $server 2>/dev/null || true
         rm -rf /tmp/www
         ;;
+    daemon) daemon_scenario ;;
     esac
 done
