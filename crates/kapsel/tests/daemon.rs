@@ -991,3 +991,52 @@ fn load_log_and_reset() {
     d.ok(&["reload"]);
     assert!(d.status().iter().any(|v| v["name"] == "loaded"));
 }
+
+#[test]
+fn socket_owner_decides_who_may_connect() {
+    if !kvm_usable() {
+        return;
+    }
+    let Some((uid, gid)) = test_user() else {
+        return;
+    };
+    if !can_run_as(Path::new(KAPSEL)) {
+        println!("SKIP: {KAPSEL} is not reachable by other users");
+        return;
+    }
+    let d = Kapseld::start("socket owner kapsel-test-owner\n");
+    let meta = std::fs::metadata(d.socket()).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (uid, 0o660));
+    let mut as_owner = d.cmd(&["status"]);
+    as_owner.uid(uid).gid(gid);
+    let (code, _, err) = out(as_owner.output().unwrap());
+    assert_eq!(code, 0, "{err}");
+    let nobody = kapsel_daemon::accounts::uid_of("nobody").unwrap();
+    let nogroup = kapsel_daemon::accounts::gid_of("nogroup").unwrap();
+    let mut as_other = d.cmd(&["status"]);
+    as_other.uid(nobody).gid(nogroup);
+    let (code, _, err) = out(as_other.output().unwrap());
+    assert_eq!(code, 1);
+    assert!(err.contains("socket owner"), "{err}");
+}
+
+#[test]
+fn staggered_start_starts_vms_in_groups() {
+    if !kvm_usable() {
+        return;
+    }
+    let conf = format!(
+        "staggered start parallel 1 delay 3\n{}{}",
+        idle_vm("first", ""),
+        idle_vm("second", "")
+    );
+    let d = Kapseld::start(&conf);
+    d.wait_state("first", "running");
+    assert_eq!(
+        d.vm("second")["state"],
+        "stopped",
+        "the second group waits for the delay"
+    );
+    d.wait_state("second", "running");
+}
