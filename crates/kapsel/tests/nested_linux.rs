@@ -430,7 +430,7 @@ fn daemon_guest(s: &Scenario, name: &str) -> String {
     let wait = daemon_file(&format!("daemon-{name}.wait"));
     assert_eq!(
         wait.trim(),
-        format!("vm {name}: powered off"),
+        format!("vm {name} stopped: powered off"),
         "daemon log:\n{}\nVM stderr:\n{}\nconsole:\n{console}",
         s.err,
         daemon_file("daemon.vmerr")
