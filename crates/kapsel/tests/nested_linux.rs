@@ -464,8 +464,7 @@ fn kapseld_local_interface_gives_linux_its_address_by_dhcp() {
     let mac = kapsel_daemon::net::guest_mac("dhcp", 0, &Default::default()).to_string();
     assert_eq!(marker(&log, "KAPSEL-NET-MAC="), Some(mac.as_str()));
     assert!(
-        s.err
-            .contains(&format!("vm dhcp: interface ktap1-0 ({mac})")),
+        s.err.contains(&format!("dhcp: interface ktap1-0 ({mac})")),
         "{}",
         s.err
     );
