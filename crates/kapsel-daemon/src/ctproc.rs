@@ -188,18 +188,27 @@ pub struct ExecTarget {
 }
 
 impl ExecTarget {
-    /// Runs `argv` in the container with its stdio on a pty (`tty`) or a
-    /// socket pair; once it has started, `reply` gives the client
+    /// Runs `argv` in the container with its stdio on a pty (`tty`: of that
+    /// many rows and columns) or a socket pair; once it has started, `reply` gives the client
     /// connection, over which it is relayed ([`exec_frames`] framing; the
     /// last frame carries the exit status).
     pub fn run(
         &self,
         argv: &[String],
-        tty: bool,
+        tty: Option<(u16, u16)>,
         reply: impl FnOnce() -> Result<UnixStream, String>,
     ) -> Result<(), String> {
-        let (ours, theirs): (File, OwnedFd) = if tty {
-            let (master, slave) = openpty().map_err(|e| format!("exec: pty: {e}"))?;
+        let (ours, theirs): (File, OwnedFd) = if let Some((rows, cols)) = tty {
+            let pid = lock(&self.ct).pid() as u32;
+            let (master, slave) = container_pty(pid).map_err(|e| format!("exec: pty: {e}"))?;
+            let size = libc::winsize {
+                ws_row: rows,
+                ws_col: cols,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            };
+            // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer.
+            unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &size) };
             (master, slave)
         } else {
             let (a, b) = UnixStream::pair().map_err(|e| format!("exec: {e}"))?;
@@ -275,28 +284,47 @@ pub fn wait_readable(fd: &OwnedFd) {
     }
 }
 
-/// A new pseudo-terminal: (master, slave).
-fn openpty() -> std::io::Result<(File, OwnedFd)> {
-    let mut master = -1;
-    let mut slave = -1;
-    // SAFETY: openpty writes two descriptors; the other arguments may be null.
-    let rc = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
+/// A new pseudo-terminal of the container whose init is `pid`: the master
+/// from its own /dev/ptmx (its devpts instance, so that inside the
+/// container the slave is a /dev/pts/N that exists), the slave opened
+/// through the master (TIOCGPTPEER), never by a path the container
+/// controls.
+fn container_pty(pid: u32) -> std::io::Result<(File, OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let master = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        // Non-blocking: a container that made its /dev/ptmx a FIFO must not
+        // hold this thread in open(2); a regular file or FIFO then fails
+        // TIOCSPTLCK below.
+        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(format!("/proc/{pid}/root/dev/ptmx"))?;
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads one int from a valid pointer.
+    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    // SAFETY: openpty returned two new descriptors that nothing else owns.
-    unsafe {
-        use std::os::fd::FromRawFd;
-        Ok((File::from_raw_fd(master), OwnedFd::from_raw_fd(slave)))
+    // SAFETY: TIOCGPTPEER returns a new descriptor for the slave; the flags
+    // are plain integers.
+    let slave = unsafe {
+        libc::ioctl(
+            master.as_raw_fd(),
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    if slave < 0 {
+        return Err(std::io::Error::last_os_error());
     }
+    // SAFETY: slave is a new descriptor that nothing else owns.
+    let slave = unsafe { OwnedFd::from_raw_fd(slave) };
+    // The relay reads the master blocking.
+    // SAFETY: F_SETFL with plain flags on a descriptor we own.
+    if unsafe { libc::fcntl(master.as_raw_fd(), libc::F_SETFL, libc::O_RDWR) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((master, slave))
 }
 
 /// The framing of `kapsel exec`'s output stream (daemon to CLI): a byte

@@ -1129,7 +1129,7 @@ impl Daemon {
         peer: &Peer,
         target: &str,
         argv: &[String],
-        tty: bool,
+        tty: Option<(u16, u16)>,
         reply: impl FnOnce() -> Result<UnixStream, String>,
     ) -> Result<(), String> {
         self.authorize(peer, target, "run commands in")?;

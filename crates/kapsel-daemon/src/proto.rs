@@ -65,6 +65,9 @@ pub enum Request {
         argv: Vec<String>,
         /// Give the command a terminal.
         tty: bool,
+        /// The terminal's size (rows, columns), with `tty`.
+        #[serde(default)]
+        winsize: Option<(u16, u16)>,
     },
     /// Stop the vCPUs of a running VM.
     Pause {

@@ -144,7 +144,12 @@ fn serve(daemon: &Arc<Daemon>, mut stream: UnixStream) {
             }
             Err(message) => reply(&mut stream, &Response::Error { message }),
         },
-        Request::Exec { target, argv, tty } => {
+        Request::Exec {
+            target,
+            argv,
+            tty,
+            winsize,
+        } => {
             let mut reply_to = match stream.try_clone() {
                 Ok(s) => s,
                 Err(e) => {
@@ -162,6 +167,7 @@ fn serve(daemon: &Arc<Daemon>, mut stream: UnixStream) {
                 .map_err(|e| e.to_string())?;
                 Ok(reply_to)
             };
+            let tty = tty.then_some(winsize.unwrap_or((24, 80)));
             if let Err(message) = daemon.exec_in(&peer, &target, &argv, tty, ok) {
                 reply(&mut stream, &Response::Error { message });
             }

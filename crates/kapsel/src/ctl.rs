@@ -317,12 +317,14 @@ fn exec(socket: &std::path::Path, a: ExecArgs) -> u8 {
     use kapsel_daemon::ctproc::exec_frames;
     use std::io::{IsTerminal, Read, Write};
     let tty = std::io::stdin().is_terminal();
+    let winsize = tty.then(terminal_size).flatten();
     let (response, stream) = match client::send(
         socket,
         Request::Exec {
             target: a.target,
             argv: a.argv,
             tty,
+            winsize,
         },
     ) {
         Ok(r) => r,
@@ -373,6 +375,15 @@ fn exec(socket: &std::path::Path, a: ExecArgs) -> u8 {
     };
     drop(raw);
     u8::try_from(code).unwrap_or(1)
+}
+
+/// The size (rows, columns) of the terminal on stdin.
+fn terminal_size() -> Option<(u16, u16)> {
+    // SAFETY: winsize is plain old data that TIOCGWINSZ fills in.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: TIOCGWINSZ writes one winsize to a valid pointer.
+    let rc = unsafe { libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) };
+    (rc == 0 && ws.ws_row > 0 && ws.ws_col > 0).then_some((ws.ws_row, ws.ws_col))
 }
 
 /// `kapsel console`: the terminal in raw mode, `~.` leaves.

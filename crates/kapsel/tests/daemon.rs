@@ -837,6 +837,24 @@ fn containers_start_exec_pause_and_stop_like_vms() {
     let (code, out, _) = out_of(child.wait_with_output().unwrap());
     assert_eq!((code, out.as_str()), (0, "through exec\n"));
 
+    // On a terminal (script(1) gives the CLI one) the command gets a pty
+    // of the container's own devpts, sized like the user's terminal.
+    if Command::new("script").arg("--version").output().is_ok() {
+        let cli = format!(
+            "stty rows 30 cols 90; {KAPSEL} --socket {} exec {web} -- /bin/sh -c 'tty; stty size; exit 4'",
+            d.socket().display()
+        );
+        let (code, out, err) = out_of(
+            Command::new("script")
+                .args(["-qec", &cli, "/dev/null"])
+                .stdin(Stdio::null())
+                .output()
+                .unwrap(),
+        );
+        assert_eq!(code, 4, "{out}{err}");
+        assert!(out.contains("/dev/pts/") && out.contains("30 90"), "{out}");
+    }
+
     // pause freezes the cgroup; unpause thaws it.
     d.ok(&["pause", &web]);
     assert_eq!(d.vm(&web)["state"], "paused");
