@@ -561,7 +561,10 @@ fn limits_the_host_cannot_enforce_are_refused() {
         c.cleanup().unwrap();
     }
     // A controller the host lacks is an input error, before anything exists.
-    let lacking = CgroupMode::Legacy { mounts: vec![] };
+    let lacking = CgroupMode::Legacy {
+        mounts: vec![],
+        hybrid_v2: None,
+    };
     let e = Container::start_in(&spec, &lacking).unwrap_err();
     assert_eq!(e.exit_code(), 2, "{e}");
     assert!(e.to_string().contains("controller"), "{e}");
