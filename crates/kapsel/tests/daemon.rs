@@ -1024,10 +1024,8 @@ fn debian_root() -> Option<PathBuf> {
     std::fs::create_dir_all(parent).unwrap();
     let lock = std::fs::File::create(parent.join("debian-bookworm.lock")).unwrap();
     // SAFETY: flock on a descriptor we own; released when `lock` closes.
-    assert_eq!(
-        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) },
-        0
-    );
+    let locked = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
+    assert_eq!(locked, 0, "flock: {}", std::io::Error::last_os_error());
     if ready() {
         return Some(cache); // another test run made it meanwhile
     }
