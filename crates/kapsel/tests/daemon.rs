@@ -1221,8 +1221,10 @@ fn a_debian_container_boots_systemd_to_multi_user_and_stops_cleanly() {
     // systemd runs in unified mode in its own tree: it moved itself to
     // init.scope below the container's cgroup namespace root.
     assert!(probe.contains("0::/init.scope\n"), "{probe}");
-    // The console is the pty: systemd greets on it.
+    // The console is the pty: systemd greets on it, and its getty (which
+    // hangs the console up first) prompts there.
     d.console_text(&name, "Welcome to");
+    d.console_text(&name, &format!("{name} login:"));
 
     let t1 = Instant::now();
     let said = d.ok(&["stop", "-w", &name]);
