@@ -1142,6 +1142,22 @@ fn a_debian_container_boots_systemd_to_multi_user_and_stops_cleanly() {
         return;
     };
     let ovl = Overlay::new(&cache, "deb");
+    // A service sandboxed as many of Debian's are: systemd boots without
+    // CAP_SYS_ADMIN too, but then skips the sandbox silently (/usr stays
+    // writable); with it, ProtectSystem= holds.
+    let units = ovl.root().join("etc/systemd/system");
+    std::fs::write(
+        units.join("kapsel-probe.service"),
+        "[Service]\nType=oneshot\nRemainAfterExit=yes\nProtectSystem=strict\nPrivateTmp=yes\n\
+         ExecStart=/bin/sh -c 'touch /usr/probe 2>/dev/null && echo usr-writable || echo usr-readonly'\n\
+         [Install]\nWantedBy=multi-user.target\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(
+        "/etc/systemd/system/kapsel-probe.service",
+        units.join("multi-user.target.wants/kapsel-probe.service"),
+    )
+    .unwrap();
     let name = ctcommon::name("deb");
     // No init given: /sbin/init, Debian's link to systemd.
     let conf = format!(
@@ -1221,6 +1237,23 @@ fn a_debian_container_boots_systemd_to_multi_user_and_stops_cleanly() {
     // systemd runs in unified mode in its own tree: it moved itself to
     // init.scope below the container's cgroup namespace root.
     assert!(probe.contains("0::/init.scope\n"), "{probe}");
+    // The probe's line reaches the journal through journald's stream,
+    // possibly after the target is reached.
+    let mut probe = String::new();
+    ctcommon::eventually(10, || {
+        probe = d.ok(&[
+            "exec",
+            &name,
+            "--",
+            "journalctl",
+            "-u",
+            "kapsel-probe",
+            "-o",
+            "cat",
+        ]);
+        probe.contains("usr-")
+    });
+    assert!(probe.contains("usr-readonly"), "service sandbox: {probe}");
     // The console is the pty: systemd greets on it, and its getty (which
     // hangs the console up first) prompts there.
     d.console_text(&name, "Welcome to");
