@@ -787,9 +787,6 @@ impl Container {
     /// controllers in the root, which then may hold no process.
     fn exec_cgroup_files(&self) -> Vec<std::path::PathBuf> {
         let mut files = self.cgroup.v1_task_files();
-        if self.cgroup.unified_dir().is_some() {
-            files = Vec::new();
-        }
         let Some(v2) = self.cgroup.v2_dir() else {
             return files;
         };

@@ -1103,6 +1103,13 @@ fn a_debian_container_boots_systemd_to_multi_user_and_stops_cleanly() {
     d.console_text(&name, "Welcome to");
     d.console_text(&name, &format!("{name} login:"));
 
+    // pause freezes systemd with everything it started; it goes on after.
+    d.ok(&["pause", &name]);
+    assert_eq!(d.vm(&name)["state"], "paused");
+    d.ok(&["unpause", &name]);
+    let (_, state, _) = d.run(&["exec", &name, "--", "systemctl", "is-system-running"]);
+    assert_eq!(state.trim(), "running");
+
     let t1 = Instant::now();
     let said = d.ok(&["stop", "-w", &name]);
     let stopped = t1.elapsed();
