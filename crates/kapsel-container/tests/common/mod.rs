@@ -169,7 +169,9 @@ pub fn mirror_reachable(mirror: &str) -> bool {
 /// when it does not exist and cannot be made here.
 pub fn debian_root() -> Option<PathBuf> {
     let cache = PathBuf::from(DEBIAN_CACHE);
-    let ready = || cache.join("sbin/init").exists();
+    // The root appears whole (renamed into place when made); its
+    // /sbin/init is an absolute link, which must not be followed here.
+    let ready = || std::fs::symlink_metadata(cache.join("sbin/init")).is_ok();
     if ready() {
         return Some(cache);
     }
