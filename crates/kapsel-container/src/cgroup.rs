@@ -70,6 +70,10 @@ pub enum CgroupMode {
     Legacy {
         /// Each controller Kapsel uses that is mounted, and where.
         mounts: Vec<(Controller, PathBuf)>,
+        /// The v2 hierarchy of a hybrid host (normally
+        /// /sys/fs/cgroup/unified): no controllers, but the tree a
+        /// systemd container runs in ([`Cgroup::create`] with `delegate`).
+        hybrid_v2: Option<PathBuf>,
     },
 }
 
@@ -90,6 +94,7 @@ impl CgroupMode {
     pub fn from_mountinfo(info: &str, controllers: impl Fn(&Path) -> String) -> CgroupMode {
         let mut v1 = Vec::new();
         let mut v2_root = None;
+        let mut hybrid_v2 = None;
         for line in info.lines() {
             // "ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTS"
             let Some((left, right)) = line.split_once(" - ") else {
@@ -102,6 +107,9 @@ impl CgroupMode {
             match fstype {
                 "cgroup2" if mountpoint == "/sys/fs/cgroup" => {
                     v2_root = Some(PathBuf::from(mountpoint))
+                }
+                "cgroup2" if mountpoint.starts_with("/sys/fs/cgroup/") && hybrid_v2.is_none() => {
+                    hybrid_v2 = Some(PathBuf::from(mountpoint))
                 }
                 "cgroup" => {
                     for c in Controller::ALL {
@@ -123,7 +131,10 @@ impl CgroupMode {
                     .collect();
                 CgroupMode::Unified { root, controllers }
             }
-            _ => CgroupMode::Legacy { mounts: v1 },
+            _ => CgroupMode::Legacy {
+                mounts: v1,
+                hybrid_v2,
+            },
         }
     }
 
@@ -134,13 +145,23 @@ impl CgroupMode {
                 Controller::Freezer | Controller::Devices => true,
                 _ => controllers.iter().any(|n| n == c.name()),
             },
-            CgroupMode::Legacy { mounts } => mounts.iter().any(|(have, _)| *have == c),
+            CgroupMode::Legacy { mounts, .. } => mounts.iter().any(|(have, _)| *have == c),
         }
     }
 
     /// Whether this is cgroup v2.
     pub fn is_unified(&self) -> bool {
         matches!(self, CgroupMode::Unified { .. })
+    }
+
+    /// Whether a container can get a cgroup2 tree of its own to delegate
+    /// to its init (systemd): always on v2, on hybrid hosts through their
+    /// v2 hierarchy, never on pure v1.
+    pub fn can_delegate(&self) -> bool {
+        match self {
+            CgroupMode::Unified { .. } => true,
+            CgroupMode::Legacy { hybrid_v2, .. } => hybrid_v2.is_some(),
+        }
     }
 }
 
@@ -161,18 +182,30 @@ pub struct Cgroup {
     unified: bool,
     /// The directories: on v1, paired with their controller.
     dirs: Vec<(Controller, PathBuf)>,
+    /// On a hybrid host, for a delegated cgroup: the directory in the v2
+    /// hierarchy (no controllers there; the container's init owns the
+    /// tree below it).
+    hybrid_v2: Option<PathBuf>,
 }
 
 impl Cgroup {
-    /// Creates the cgroup of container `name` and writes `limits`. On an
-    /// error, whatever was created is removed again.
-    pub fn create(mode: &CgroupMode, name: &str, limits: &Limits) -> Result<Cgroup> {
+    /// Creates the cgroup of container `name` and writes `limits`. With
+    /// `delegate` on a hybrid host, the container also gets a directory in
+    /// the v2 hierarchy (see [`CgroupMode::can_delegate`]). On an error,
+    /// whatever was created is removed again.
+    pub fn create(
+        mode: &CgroupMode,
+        name: &str,
+        limits: &Limits,
+        delegate: bool,
+    ) -> Result<Cgroup> {
         let mut cg = Cgroup {
             unified: mode.is_unified(),
             dirs: Vec::new(),
+            hybrid_v2: None,
         };
         let made = cg
-            .create_dirs(mode, name, limits)
+            .create_dirs(mode, name, limits, delegate)
             .and_then(|()| cg.apply(limits));
         match made {
             Ok(()) => Ok(cg),
@@ -183,7 +216,13 @@ impl Cgroup {
         }
     }
 
-    fn create_dirs(&mut self, mode: &CgroupMode, name: &str, limits: &Limits) -> Result<()> {
+    fn create_dirs(
+        &mut self,
+        mode: &CgroupMode,
+        name: &str,
+        limits: &Limits,
+        delegate: bool,
+    ) -> Result<()> {
         match mode {
             CgroupMode::Unified { root, controllers } => {
                 let parent = root.join(PARENT);
@@ -217,13 +256,20 @@ impl Cgroup {
                 mkdir_leaf(&dir, name)?;
                 self.dirs.push((Controller::Memory, dir));
             }
-            CgroupMode::Legacy { mounts } => {
+            CgroupMode::Legacy { mounts, hybrid_v2 } => {
                 for (c, mount) in mounts {
                     let parent = mount.join(PARENT);
                     mkdir_parent(&parent)?;
                     let dir = parent.join(name);
                     mkdir_leaf(&dir, name)?;
                     self.dirs.push((*c, dir));
+                }
+                if let (true, Some(v2)) = (delegate, hybrid_v2) {
+                    let parent = v2.join(PARENT);
+                    mkdir_parent(&parent)?;
+                    let dir = parent.join(name);
+                    mkdir_leaf(&dir, name)?;
+                    self.hybrid_v2 = Some(dir);
                 }
             }
         }
@@ -414,38 +460,74 @@ impl Cgroup {
     /// a thread moving itself through `tasks` skips the global threadgroup
     /// lock that a move through `cgroup.procs` takes for writing, which
     /// waits for an RCU grace period (milliseconds). Empty on v2.
+    /// With a hybrid v2 directory, its `cgroup.procs` comes last (v2
+    /// has no `tasks`; the init is single-threaded when it writes).
     pub fn v1_task_files(&self) -> Vec<PathBuf> {
         if self.unified {
             Vec::new()
         } else {
-            self.dirs.iter().map(|(_, d)| d.join("tasks")).collect()
+            self.dirs
+                .iter()
+                .map(|(_, d)| d.join("tasks"))
+                .chain(self.hybrid_v2.iter().map(|d| d.join("cgroup.procs")))
+                .collect()
         }
     }
 
-    /// The cgroup's directories (one on v2).
+    /// The cgroup's directories (one on v2; on a hybrid host with a
+    /// delegated tree, its v2 directory last).
     pub fn paths(&self) -> impl Iterator<Item = &Path> {
-        self.dirs.iter().map(|(_, d)| d.as_path())
+        self.dirs
+            .iter()
+            .map(|(_, d)| d.as_path())
+            .chain(self.hybrid_v2.as_deref())
+    }
+
+    /// The container's directory in a cgroup2 hierarchy, if it has one:
+    /// the v2 directory, or the hybrid host's delegated one.
+    pub fn v2_dir(&self) -> Option<&Path> {
+        self.unified_dir().or(self.hybrid_v2.as_deref())
     }
 
     /// Removes the directories. The tasks must be gone; a directory whose
     /// last task is still being torn down by the kernel is retried for up
     /// to a second. Returns whether everything was removed.
+    /// Sub-groups (a systemd init makes its own tree) go first, deepest
+    /// first.
     pub fn remove(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(1);
-        self.dirs.retain(|(_, dir)| loop {
-            match fs::remove_dir(dir) {
-                Ok(()) => break false,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => break false,
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                Err(e) => {
-                    tracing::warn!("cannot remove cgroup {}: {e}", dir.display());
-                    break true;
-                }
+        if let Some(dir) = &self.hybrid_v2 {
+            if remove_tree(dir, deadline) {
+                self.hybrid_v2 = None;
             }
-        });
-        self.dirs.is_empty()
+        }
+        self.dirs.retain(|(_, dir)| !remove_tree(dir, deadline));
+        self.dirs.is_empty() && self.hybrid_v2.is_none()
+    }
+}
+
+/// Removes the cgroup directory `dir` and every group below it; true once
+/// it is gone.
+fn remove_tree(dir: &Path, deadline: Instant) -> bool {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_tree(&e.path(), deadline);
+            }
+        }
+    }
+    loop {
+        match fs::remove_dir(dir) {
+            Ok(()) => return true,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return true,
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err(e) => {
+                tracing::warn!("cannot remove cgroup {}: {e}", dir.display());
+                return false;
+            }
+        }
     }
 }
 
@@ -531,10 +613,11 @@ mod tests {
         for c in Controller::ALL {
             assert!(m.has(c), "{c:?}");
         }
-        let CgroupMode::Legacy { mounts } = m else {
+        let CgroupMode::Legacy { mounts, hybrid_v2 } = m else {
             unreachable!()
         };
         assert!(mounts.contains(&(Controller::Cpu, PathBuf::from("/sys/fs/cgroup/cpu"))));
+        assert_eq!(hybrid_v2, Some(PathBuf::from("/sys/fs/cgroup/unified")));
     }
 
     #[test]
@@ -543,7 +626,7 @@ mod tests {
             assert_eq!(p, Path::new("/sys/fs/cgroup"));
             "cpuset cpu io memory pids".into()
         });
-        assert!(m.is_unified());
+        assert!(m.is_unified() && m.can_delegate());
         assert!(m.has(Controller::Memory) && m.has(Controller::Cpu) && m.has(Controller::Pids));
         assert!(m.has(Controller::Freezer) && m.has(Controller::Devices));
         let m = CgroupMode::from_mountinfo(UNIFIED, |_| "cpu pids".into());
@@ -554,6 +637,7 @@ mod tests {
     fn comounted_v1_controllers() {
         let m = CgroupMode::from_mountinfo(DEBIAN_V1, |_| String::new());
         assert!(m.has(Controller::Cpu));
+        assert!(!m.can_delegate(), "pure v1 has no cgroup2 tree to give");
         assert!(!m.has(Controller::Memory));
     }
 }

@@ -12,8 +12,10 @@
 //! joined on v2, id maps written, veth created) →
 //! id switch (user namespace only) → new cgroup namespace → hostname →
 //! mounts private → root bind-mounted onto itself → /proc, /sys (ro),
-//! cgroup2 (v2 hosts), /dev on tmpfs with its nodes, devpts, shm,
-//! /dev/console → masked and read-only paths → `pivot_root` → loopback up
+//! cgroup2 (v2 hosts: read-only; writable for a systemd init, on hybrid
+//! hosts too), /dev on tmpfs with its nodes, devpts, shm, /dev/console →
+//! /run, /run/lock and /tmp on tmpfs (systemd init) → masked and
+//! read-only paths → `pivot_root` → loopback up
 //! → stdio, session → signals, umask → no_new_privs → seccomp →
 //! capabilities → `execve`.
 
@@ -53,6 +55,7 @@ pub(crate) const STEPS: &[&str] = &[
     "installing the seccomp profile",          // 25
     "executing the init (a script needs its #! interpreter inside the root)", // 26
     "joining the container's cgroups",         // 27
+    "mounting /run, /run/lock or /tmp (each must be a directory in the root, not a link)", // 28
 ];
 
 /// A device node of the container's /dev: name, major, minor.
@@ -107,6 +110,18 @@ const MASKED_DIRS: &[&[u8]] = &[
 /// /proc paths made read-only: the kernel's knobs are host-wide.
 const READ_ONLY: &[&[u8]] = &[b"proc/sys\0", b"proc/bus\0", b"proc/fs\0", b"proc/irq\0"];
 
+/// What the child mounts on /sys/fs/cgroup: the container's cgroup
+/// namespace root, seen through cgroup2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cgroup2Mount {
+    /// Nothing (v1 hosts; hybrid hosts unless delegated).
+    None,
+    /// Read-only: the container sees its usage and limits.
+    ReadOnly,
+    /// Writable: its init (systemd) manages the tree below its root.
+    Delegated,
+}
+
 /// Everything the child needs, prepared before `clone`.
 pub(crate) struct ChildPlan {
     pub root: CString,
@@ -128,7 +143,11 @@ pub(crate) struct ChildPlan {
     pub no_new_privs: bool,
     pub seccomp: Option<BpfProgram>,
     pub user_ns: bool,
-    pub mount_cgroup2: bool,
+    /// What goes on /sys/fs/cgroup.
+    pub cgroup2: Cgroup2Mount,
+    /// Mount tmpfs on /run, /run/lock and /tmp (what systemd expects of a
+    /// container manager).
+    pub tmpfs_run: bool,
     /// The parent created eth0 in the container's network namespace.
     pub veth: bool,
     /// Open v1 `tasks` files the child writes "0" to, moving itself into
@@ -264,16 +283,21 @@ pub(crate) fn run(plan: &ChildPlan) -> ! {
         ) {
             fail(plan, 9);
         }
-        if plan.mount_cgroup2
-            && !mount(
+        let cgroup_flags = match plan.cgroup2 {
+            Cgroup2Mount::None => None,
+            Cgroup2Mount::ReadOnly => Some(hard | libc::MS_RDONLY),
+            Cgroup2Mount::Delegated => Some(hard),
+        };
+        if let Some(flags) = cgroup_flags {
+            if !mount(
                 Some(b"cgroup2\0"),
                 b"sys/fs/cgroup\0",
                 Some(b"cgroup2\0"),
-                hard | libc::MS_RDONLY,
+                flags,
                 None,
-            )
-        {
-            fail(plan, 10);
+            ) {
+                fail(plan, 10);
+            }
         }
         if !mount(
             Some(b"tmpfs\0"),
@@ -351,6 +375,42 @@ pub(crate) fn run(plan: &ChildPlan) -> ! {
                 None,
             ) {
                 fail(plan, 16);
+            }
+        }
+        if plan.tmpfs_run {
+            // The root's own /run and /tmp are mount points here: a link
+            // would put the tmpfs on the host, so refuse one (as above).
+            // /run/lock is inside the fresh /run.
+            for (dir, mode, flags) in [
+                (
+                    &b"run\0"[..],
+                    &b"mode=755,size=20%\0"[..],
+                    libc::MS_NOSUID | libc::MS_NODEV,
+                ),
+                (b"run/lock\0", b"mode=1777,size=5m\0", hard),
+                (
+                    b"tmp\0",
+                    b"mode=1777,size=50%\0",
+                    libc::MS_NOSUID | libc::MS_NODEV,
+                ),
+            ] {
+                libc::mkdir(cstr(dir), 0o755);
+                let mut st: libc::stat = std::mem::zeroed();
+                if libc::lstat(cstr(dir), &mut st) != 0 {
+                    fail(plan, 28);
+                }
+                if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+                    fail_with(plan, 28, libc::ENOTDIR);
+                }
+                if !mount(
+                    Some(b"tmpfs\0"),
+                    dir,
+                    Some(b"tmpfs\0"),
+                    flags | libc::MS_STRICTATIME,
+                    Some(mode),
+                ) {
+                    fail(plan, 28);
+                }
             }
         }
         for &f in MASKED_FILES {

@@ -1,7 +1,8 @@
 //! A running container: [`Container::start`] and the handle it returns.
 
+use crate::caps::cap;
 use crate::cgroup::{Cgroup, CgroupMode, Limits};
-use crate::child::{self, ChildPlan, STEPS};
+use crate::child::{self, Cgroup2Mount, ChildPlan, STEPS};
 use crate::error::{Error, Result};
 use crate::spec::{resolve_init, ConsoleSpec, ContainerSpec, DEFAULT_PATH};
 use crate::{caps, netlink, seccomp};
@@ -155,6 +156,26 @@ impl Container {
         let mode = mode.clone();
         let init = spec.validate(&mode)?;
         let stop_signal = spec.stop_signal();
+        // systemd as init (see systemd's CONTAINER_INTERFACE) mounts file
+        // systems for its services and manages a cgroup2 tree of its own:
+        // it gets CAP_SYS_ADMIN (as under LXC) and its cgroup namespace's
+        // root writable at /sys/fs/cgroup. Everything else stays: the
+        // seccomp denylist, the device cgroup, no CAP_SYS_BOOT (so its
+        // power-off ends in exit(0) instead of reboot(2)), no /dev/kvm.
+        let systemd = spec.init_is_systemd();
+        if systemd && !mode.can_delegate() {
+            return Err(Error::Invalid(format!(
+                "container {}: systemd as init needs a cgroup2 hierarchy (a v2 or hybrid host); \
+                 this host has cgroup v1 only: boot with systemd.unified_cgroup_hierarchy=1 \
+                 or use another init",
+                spec.name
+            )));
+        }
+        let keep_caps = if systemd {
+            spec.capabilities.with(cap::SYS_ADMIN)
+        } else {
+            spec.capabilities
+        };
 
         // Everything the child uses is built now: after clone it must not allocate.
         let mut strings: Vec<CString> = Vec::new();
@@ -254,7 +275,7 @@ impl Container {
             envp,
             stdio,
             console: slave_path,
-            keep_caps: spec.capabilities,
+            keep_caps,
             last_cap: caps::last_cap(),
             no_new_privs: spec.no_new_privs,
             seccomp: if spec.seccomp {
@@ -263,7 +284,12 @@ impl Container {
                 None
             },
             user_ns: spec.user_map.is_some(),
-            mount_cgroup2: mode.is_unified(),
+            cgroup2: match (systemd, mode.is_unified()) {
+                (true, _) => Cgroup2Mount::Delegated,
+                (false, true) => Cgroup2Mount::ReadOnly,
+                (false, false) => Cgroup2Mount::None,
+            },
+            tmpfs_run: systemd,
             veth: spec.network.is_some(),
             cgroup_tasks: Vec::new(),
             go_read: go_read.as_raw_fd(),
@@ -275,7 +301,7 @@ impl Container {
             cpus: spec.cpus,
             pids: spec.pids,
         };
-        let cgroup = Cgroup::create(&mode, &spec.name, &limits)?;
+        let cgroup = Cgroup::create(&mode, &spec.name, &limits, systemd)?;
         // v1: the child moves itself in through these (see
         // Cgroup::v1_task_files); empty on v2.
         let task_files: Vec<File> = match cgroup
@@ -376,7 +402,7 @@ impl Container {
             console,
             status: None,
             root,
-            keep_caps: spec.capabilities,
+            keep_caps,
             no_new_privs: spec.no_new_privs,
             seccomp: spec.seccomp,
             cleaned: false,
@@ -650,16 +676,7 @@ impl Container {
             })?;
             ns.push(f);
         }
-        // The forked helper moves itself in: through `tasks` on v1 (no
-        // global lock, see Cgroup::v1_task_files), `cgroup.procs` on v2.
-        let mut join = self.cgroup.v1_task_files();
-        if join.is_empty() {
-            join = self
-                .cgroup
-                .paths()
-                .map(|d| d.join("cgroup.procs"))
-                .collect();
-        }
+        let join = self.exec_cgroup_files();
         let procs: Vec<File> = join
             .iter()
             .map(|f| File::options().write(true).open(f))
@@ -761,6 +778,37 @@ impl Container {
             }
         }
         Ok(ExecProcess { pid, status: None })
+    }
+
+    /// The files a process joining the container writes "0" to: `tasks`
+    /// on v1 (no global lock, see Cgroup::v1_task_files), `cgroup.procs`
+    /// on v2. In a cgroup2 tree the process joins the init where it is
+    /// now: a systemd init moves itself to `init.scope` and enables
+    /// controllers in the root, which then may hold no process.
+    fn exec_cgroup_files(&self) -> Vec<std::path::PathBuf> {
+        let mut files = self.cgroup.v1_task_files();
+        let Some(v2) = self.cgroup.v2_dir() else {
+            return files;
+        };
+        // A hybrid host's v2 `cgroup.procs` is last among the v1 files.
+        files.retain(|f| !f.starts_with(v2));
+        let own = Path::new(crate::cgroup::PARENT).join(&self.name);
+        let now = std::fs::read_to_string(format!("/proc/{}/cgroup", self.pid))
+            .ok()
+            .and_then(|text| {
+                let line = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+                let path = Path::new(line.trim());
+                // The init's path relative to the container's directory.
+                let below = path
+                    .ancestors()
+                    .find(|a| a.ends_with(&own))
+                    .and_then(|a| path.strip_prefix(a).ok())?;
+                Some(v2.join(below))
+            })
+            .filter(|d| d.is_dir())
+            .unwrap_or_else(|| v2.to_path_buf());
+        files.push(now.join("cgroup.procs"));
+        files
     }
 
     /// Kills whatever still runs, reaps the init, removes the cgroup and

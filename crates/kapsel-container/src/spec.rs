@@ -59,6 +59,13 @@ pub struct ContainerSpec {
     pub stop_signal: Option<i32>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InitKind {
+    Systemd,
+    Busybox,
+    Other,
+}
+
 /// A veth pair for the container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VethSpec {
@@ -128,8 +135,23 @@ impl ContainerSpec {
         if let Some(sig) = self.stop_signal {
             return sig;
         }
+        match self.init_kind() {
+            InitKind::Systemd => libc::SIGRTMIN() + 3,
+            InitKind::Busybox => libc::SIGUSR2,
+            InitKind::Other => libc::SIGTERM,
+        }
+    }
+
+    /// Whether the init is systemd (by its name, or the name of the file
+    /// it links to): such a container gets what systemd's container
+    /// interface asks of a container manager (see [`crate::Container::start`]).
+    pub fn init_is_systemd(&self) -> bool {
+        self.init_kind() == InitKind::Systemd
+    }
+
+    fn init_kind(&self) -> InitKind {
         let Some(init) = self.init.first() else {
-            return libc::SIGTERM;
+            return InitKind::Other;
         };
         // The file the init is in the end (busybox installs init as a link).
         let target = resolve_init(&self.root, init)
@@ -140,13 +162,13 @@ impl ContainerSpec {
                 || target.as_ref().and_then(|t| t.file_name()) == Some(OsStr::new(n))
         };
         if named("systemd") {
-            libc::SIGRTMIN() + 3
+            InitKind::Systemd
         } else if named("init")
             && target.as_ref().and_then(|t| t.file_name()) == Some(OsStr::new("busybox"))
         {
-            libc::SIGUSR2
+            InitKind::Busybox
         } else {
-            libc::SIGTERM
+            InitKind::Other
         }
     }
 
@@ -430,8 +452,10 @@ mod tests {
         let root = tree("stop");
         let spec = ContainerSpec::new("c", &root, vec!["/sbin/init".into()]);
         assert_eq!(spec.stop_signal(), libc::SIGUSR2);
+        assert!(!spec.init_is_systemd());
         let spec = ContainerSpec::new("c", &root, vec!["/lib/systemd/systemd".into()]);
         assert_eq!(spec.stop_signal(), libc::SIGRTMIN() + 3);
+        assert!(spec.init_is_systemd());
         let spec = ContainerSpec::new("c", &root, vec!["/bin/sh".into()]);
         assert_eq!(spec.stop_signal(), libc::SIGTERM);
         // Debian's /sbin/init is a link to systemd.
@@ -440,6 +464,7 @@ mod tests {
         symlink("/lib/systemd/systemd", root.join("sbin/sysinit")).unwrap();
         let spec = ContainerSpec::new("c", &root, vec!["/sbin/sysinit".into()]);
         assert_eq!(spec.stop_signal(), libc::SIGRTMIN() + 3);
+        assert!(spec.init_is_systemd(), "through the link");
         let mut spec = ContainerSpec::new("c", &root, vec!["/sbin/init".into()]);
         spec.stop_signal = Some(libc::SIGINT);
         assert_eq!(spec.stop_signal(), libc::SIGINT);
@@ -449,7 +474,10 @@ mod tests {
     #[test]
     fn limits_need_their_controllers() {
         let root = tree("limits");
-        let none = CgroupMode::Legacy { mounts: Vec::new() };
+        let none = CgroupMode::Legacy {
+            mounts: Vec::new(),
+            hybrid_v2: None,
+        };
         let all = CgroupMode::Unified {
             root: "/sys/fs/cgroup".into(),
             controllers: vec!["memory".into(), "pids".into(), "cpu".into()],

@@ -561,7 +561,10 @@ fn limits_the_host_cannot_enforce_are_refused() {
         c.cleanup().unwrap();
     }
     // A controller the host lacks is an input error, before anything exists.
-    let lacking = CgroupMode::Legacy { mounts: vec![] };
+    let lacking = CgroupMode::Legacy {
+        mounts: vec![],
+        hybrid_v2: None,
+    };
     let e = Container::start_in(&spec, &lacking).unwrap_err();
     assert_eq!(e.exit_code(), 2, "{e}");
     assert!(e.to_string().contains("controller"), "{e}");
@@ -650,6 +653,99 @@ fn cgroup_v2_freezer_on_the_unified_hierarchy() {
     c.kill().unwrap();
     c.cleanup().unwrap();
     assert!(!dir.exists());
+}
+
+/// systemd in a cgroup2 tree as on a pure v2 host (the host's own layout
+/// there; on a hybrid host its v2 hierarchy taken as if it were the
+/// host's): born into its cgroup, it makes its tree below (init.scope,
+/// system.slice), the device filter on the container's directory still
+/// holds for what runs inside it, it powers off with status 0, and the
+/// whole tree is removed.
+#[test]
+fn systemd_in_a_v2_tree() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("SKIP: containers need root");
+        return;
+    }
+    let host = CgroupMode::detect().unwrap();
+    let mode = if host.is_unified() {
+        host
+    } else {
+        let unified = Path::new("/sys/fs/cgroup/unified");
+        if !unified.join("cgroup.controllers").exists() {
+            println!("SKIP: no cgroup v2 hierarchy at {}", unified.display());
+            return;
+        }
+        CgroupMode::Unified {
+            root: unified.to_path_buf(),
+            controllers: Vec::new(),
+        }
+    };
+    let CgroupMode::Unified { root: v2, .. } = &mode else {
+        unreachable!()
+    };
+    let Some(cache) = common::debian_root() else {
+        return;
+    };
+    let ovl = common::Overlay::new(&cache, "v2sd");
+    let n = name("v2sd");
+    let mut spec = ContainerSpec::new(&n, ovl.root(), vec!["/sbin/init".into()]);
+    let console = std::env::temp_dir().join(format!("{n}.console"));
+    spec.console = ConsoleSpec::File(console.clone());
+    // CAP_MKNOD given back: only the device filter stands before /dev/kvm.
+    spec.capabilities =
+        kapsel_container::caps::CapSet::DEFAULT.with(kapsel_container::caps::cap::MKNOD);
+    assert!(spec.init_is_systemd());
+    let mut c = Container::start_in(&spec, &mode).unwrap();
+    let sh_in = |c: &Container, script: &str| {
+        c.exec(&["/bin/sh".into(), "-c".into(), script.into()])
+            .unwrap()
+            .wait()
+            .unwrap()
+    };
+    let booted = eventually(60, || {
+        sh_in(&c, "systemctl is-active --quiet multi-user.target") == ExitStatus::Exited(0)
+    });
+    assert!(booted, "multi-user.target not active within 60 s");
+    assert_eq!(
+        sh_in(
+            &c,
+            "test \"$(systemctl is-system-running --wait)\" = running"
+        ),
+        ExitStatus::Exited(0),
+        "{}",
+        std::fs::read_to_string(&console).unwrap_or_default()
+    );
+    let dir = v2.join("kapsel").join(&n);
+    for sub in ["init.scope", "system.slice"] {
+        assert!(dir.join(sub).is_dir(), "{sub} in {}", dir.display());
+    }
+    // exec joined the init's group, not the namespace root.
+    assert_eq!(
+        sh_in(&c, "grep -qx '0::/init.scope' /proc/self/cgroup"),
+        ExitStatus::Exited(0)
+    );
+    // (The /tmp tmpfs is nodev: a node made there cannot be opened anyway.)
+    assert_eq!(
+        sh_in(&c, "mknod /tmp/null2 c 1 3"),
+        ExitStatus::Exited(0),
+        "an allowed node can be made"
+    );
+    assert_eq!(
+        sh_in(
+            &c,
+            "mknod /tmp/kvm c 10 232 2>&1 | grep -q 'Operation not permitted'"
+        ),
+        ExitStatus::Exited(0)
+    );
+    assert_eq!(
+        c.stop(Duration::from_secs(10)).unwrap(),
+        ExitStatus::Exited(0)
+    );
+    c.cleanup().unwrap();
+    assert!(!dir.exists(), "{} left", dir.display());
+    let _ = std::fs::remove_file(&console);
 }
 
 /// The seccomp profile is a wall of its own: with CAP_SYS_MODULE given

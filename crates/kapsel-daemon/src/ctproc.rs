@@ -80,8 +80,48 @@ pub struct Launch<'a> {
     pub cgroups: &'a CgroupMode,
 }
 
+/// The container's console output: the pty master, read until the init
+/// has exited. A pty master reads EIO while no process holds the slave
+/// open, which happens while the container runs: systemd opens
+/// /dev/console for each status message and closes it again, and a getty
+/// hangs it up. Such a moment is waited out, not taken for the end.
+pub struct ConsoleOutput {
+    master: File,
+    exited: OwnedFd,
+}
+
+impl ConsoleOutput {
+    fn init_exited(&self) -> bool {
+        let mut pfd = libc::pollfd {
+            fd: self.exited.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: polls one pollfd we own, without waiting.
+        unsafe { libc::poll(&mut pfd, 1, 0) == 1 }
+    }
+}
+
+impl Read for ConsoleOutput {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            match self.master.read(buf) {
+                Err(e) if e.raw_os_error() == Some(libc::EIO) => {
+                    // What was written before the last close has been
+                    // read (the master returns it before EIO).
+                    if self.init_exited() {
+                        return Ok(0);
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
 /// Starts the container; returns it and its console output.
-pub fn spawn(launch: &Launch) -> Result<(ContainerProcess, File), String> {
+pub fn spawn(launch: &Launch) -> Result<(ContainerProcess, ConsoleOutput), String> {
     let s = launch.spec;
     let mut spec =
         kapsel_container::ContainerSpec::new(s.name.clone(), launch.root.clone(), s.init_command());
@@ -103,9 +143,15 @@ pub fn spawn(launch: &Launch) -> Result<(ContainerProcess, File), String> {
             f.try_clone()
                 .map_err(|e| format!("container {}: console: {e}", s.name))
         })?;
-    let out = console
-        .try_clone()
-        .map_err(|e| format!("container {}: console: {e}", s.name))?;
+    let out = ConsoleOutput {
+        master: console
+            .try_clone()
+            .map_err(|e| format!("container {}: console: {e}", s.name))?,
+        exited: ct
+            .pidfd()
+            .try_clone_to_owned()
+            .map_err(|e| format!("container {}: pidfd: {e}", s.name))?,
+    };
     let pid = ct.pid() as u32;
     Ok((
         ContainerProcess {

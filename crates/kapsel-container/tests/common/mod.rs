@@ -1,10 +1,13 @@
 //! Shared by the container tests: a busybox root directory built from
-//! Debian's busybox-static, and the SKIP checks.
+//! Debian's busybox-static, the SKIP checks, and a Debian root with
+//! systemd (debootstrap, cached between runs) seen through an overlay.
 
 #![allow(dead_code)]
 
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 /// Where Debian's busybox-static installs busybox.
 pub const BUSYBOX: &str = "/bin/busybox";
@@ -111,4 +114,162 @@ pub fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     f()
+}
+
+/// Where the Debian root for the systemd test is kept between runs.
+pub const DEBIAN_CACHE: &str = "/var/cache/kapsel-test/debian-bookworm";
+
+/// The Debian mirror apt uses here (deb822 `URIs:` or a `deb` line for
+/// the main archive), or `KAPSEL_DEBIAN_MIRROR`, or deb.debian.org.
+pub fn debian_mirror() -> String {
+    if let Ok(m) = std::env::var("KAPSEL_DEBIAN_MIRROR") {
+        return m;
+    }
+    let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
+    if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
+        files.extend(dir.flatten().map(|e| e.path()));
+    }
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        for line in text.lines().map(str::trim) {
+            let url = line
+                .strip_prefix("URIs:")
+                .or_else(|| line.strip_prefix("deb "))
+                .and_then(|rest| rest.split_whitespace().find(|w| w.starts_with("http")));
+            if let Some(url) = url.filter(|u| u.trim_end_matches('/').ends_with("/debian")) {
+                return url.to_string();
+            }
+        }
+    }
+    "http://deb.debian.org/debian".into()
+}
+
+/// Whether the mirror's host answers on its port (a few seconds at most).
+pub fn mirror_reachable(mirror: &str) -> bool {
+    use std::net::{TcpStream, ToSocketAddrs};
+    let rest = mirror.split_once("://").map_or(mirror, |(_, r)| r);
+    let host = rest.split('/').next().unwrap_or(rest);
+    let port = if mirror.starts_with("https:") {
+        443
+    } else {
+        80
+    };
+    let with_port = if host.contains(':') {
+        host.to_string()
+    } else {
+        format!("{host}:{port}")
+    };
+    with_port.to_socket_addrs().is_ok_and(|mut addrs| {
+        addrs.any(|a| TcpStream::connect_timeout(&a, Duration::from_secs(5)).is_ok())
+    })
+}
+
+/// The cached Debian bookworm root (minbase with systemd), made with
+/// debootstrap on the first run under a lock; `None` (after a SKIP line)
+/// when it does not exist and cannot be made here.
+pub fn debian_root() -> Option<PathBuf> {
+    let cache = PathBuf::from(DEBIAN_CACHE);
+    // The root appears whole (renamed into place when made); its
+    // /sbin/init is an absolute link, which must not be followed here.
+    let ready = || std::fs::symlink_metadata(cache.join("sbin/init")).is_ok();
+    if ready() {
+        return Some(cache);
+    }
+    let parent = cache.parent().unwrap();
+    std::fs::create_dir_all(parent).unwrap();
+    let lock = std::fs::File::create(parent.join("debian-bookworm.lock")).unwrap();
+    // SAFETY: flock on a descriptor we own; released when `lock` closes.
+    let locked = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
+    assert_eq!(locked, 0, "flock: {}", std::io::Error::last_os_error());
+    if ready() {
+        return Some(cache); // another test run made it meanwhile
+    }
+    if Command::new("debootstrap")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!("SKIP: debootstrap is not installed (apt-get install debootstrap)");
+        return None;
+    }
+    let mirror = debian_mirror();
+    if !mirror_reachable(&mirror) {
+        println!("SKIP: the Debian mirror {mirror} cannot be reached to make the test root");
+        return None;
+    }
+    let tmp = parent.join("debian-bookworm.tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    let t0 = Instant::now();
+    let o = Command::new("debootstrap")
+        .args([
+            "--variant=minbase",
+            "--include=systemd,systemd-sysv",
+            "bookworm",
+        ])
+        .arg(&tmp)
+        .arg(&mirror)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "debootstrap from {mirror} failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // Every copy boots with a machine id of its own (systemd makes a
+    // transient one for an empty file) and the hostname the container
+    // manager set (debootstrap copied the host's /etc/hostname).
+    std::fs::write(tmp.join("etc/machine-id"), b"").unwrap();
+    let _ = std::fs::remove_file(tmp.join("etc/hostname"));
+    std::fs::rename(&tmp, &cache).unwrap();
+    println!(
+        "made the Debian test root {DEBIAN_CACHE} in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    Some(cache)
+}
+
+/// A writable view of a read-only root: an overlay on a temporary upper
+/// directory (milliseconds, where a copy takes a second or more), gone
+/// on drop.
+pub struct Overlay {
+    dir: PathBuf,
+}
+
+impl Overlay {
+    pub fn new(lower: &Path, tag: &str) -> Overlay {
+        let dir = std::env::temp_dir().join(format!("kapsel-ovl-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for d in ["upper", "work", "root"] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.display(),
+            dir.join("upper").display(),
+            dir.join("work").display()
+        );
+        let o = Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &opts])
+            .arg(dir.join("root"))
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "overlay mount: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        Overlay { dir }
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.dir.join("root")
+    }
+}
+
+impl Drop for Overlay {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.root()).status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
