@@ -41,7 +41,9 @@ pub fn root_dir(spec: &ContainerSpec, state_dir: &Path) -> Result<PathBuf, Strin
     }
     let dir = state_dir.join("ct").join(name);
     let root = dir.join("root");
-    if root.join(".kapsel-unpacked").exists() {
+    // Beside the root, not in it: the container cannot fake it.
+    let done = dir.join("unpacked");
+    if done.exists() && root.is_dir() {
         return Ok(root);
     }
     let _ = std::fs::remove_dir_all(&root);
@@ -63,8 +65,8 @@ pub fn root_dir(spec: &ContainerSpec, state_dir: &Path) -> Result<PathBuf, Strin
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
-    std::fs::write(root.join(".kapsel-unpacked"), b"")
-        .map_err(|e| format!("container {name}: {e}"))?;
+    std::fs::write(&done, image.display().to_string())
+        .map_err(|e| format!("container {name}: {}: {e}", done.display()))?;
     Ok(root)
 }
 

@@ -1216,7 +1216,8 @@ fn apply_overrides(spec: &mut VmSpec, req: &StartRequest) -> Result<(), String> 
     Ok(())
 }
 
-/// Adds the switches and VMs of `extra` (read from `file`) to `config`.
+/// Adds the switches, VMs and containers of `extra` (read from `file`) to
+/// `config`.
 fn merge(config: &mut Config, extra: Config, file: &std::path::Path) -> Result<(), String> {
     for s in extra.switches {
         if config.switch(&s.name).is_some() {
@@ -1228,8 +1229,9 @@ fn merge(config: &mut Config, extra: Config, file: &std::path::Path) -> Result<(
         }
         config.switches.push(s);
     }
+    let taken = |c: &Config, name: &str| c.vm(name).is_some() || c.container(name).is_some();
     for v in extra.vms {
-        if config.vm(&v.name).is_some() {
+        if taken(config, &v.name) {
             return Err(format!(
                 "{}: vm \"{}\" is already configured; rename it",
                 file.display(),
@@ -1237,6 +1239,16 @@ fn merge(config: &mut Config, extra: Config, file: &std::path::Path) -> Result<(
             ));
         }
         config.vms.push(v);
+    }
+    for c in extra.containers {
+        if taken(config, &c.name) {
+            return Err(format!(
+                "{}: container \"{}\" is already configured; rename it",
+                file.display(),
+                c.name
+            ));
+        }
+        config.containers.push(c);
     }
     Ok(())
 }

@@ -1230,3 +1230,62 @@ fn staggered_start_starts_vms_in_groups() {
     );
     d.wait_state("second", "running");
 }
+
+#[test]
+fn a_container_from_an_image_tarball_is_unpacked_once() {
+    if !containers_ready() {
+        return;
+    }
+    let root = ctcommon::Rootfs::new("daemon-image");
+    std::fs::write(root.file("/etc/motd"), "from the image\n").unwrap();
+    let tarball = std::env::temp_dir().join(format!("kapsel-image-{}.tar.gz", std::process::id()));
+    let ok = Command::new("tar")
+        .arg("-czf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&root.path)
+        .arg(".")
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "tar -czf");
+    let name = ctcommon::name("img");
+    let conf = format!(
+        "container \"{name}\" {{\n\timage \"{}\"\n\tinit \"/bin/sh\" \"-c\" \"cat /etc/motd; echo run >> /runs; wc -l < /runs\"\n\tdisable\n}}\n",
+        tarball.display()
+    );
+    let d = Kapseld::start(&conf);
+    d.ok(&["start", &name]);
+    assert_eq!(
+        d.wait_state(&name, "stopped")["last_exit"],
+        "exited (status 0)"
+    );
+    let text = d.console_text(&name, "from the image");
+    assert!(text.contains('1'), "{text}");
+    // The second start uses the same unpacked root: its file has two lines.
+    d.ok(&["start", &name]);
+    d.wait_state(&name, "stopped");
+    d.console_text(&name, "2");
+    let unpacked = d.dir.join("state/ct").join(&name).join("root/runs");
+    assert_eq!(std::fs::read_to_string(unpacked).unwrap(), "run\nrun\n");
+    let _ = std::fs::remove_file(&tarball);
+    // A file that is no archive is refused, naming it.
+    let bad = d.dir.join("bad.tar.gz");
+    std::fs::write(&bad, "not an archive").unwrap();
+    let other = ctcommon::name("badimg");
+    std::fs::write(
+        d.dir.join("more.conf"),
+        format!(
+            "container \"{other}\" {{\n\timage \"{}\"\n\tdisable\n}}\n",
+            bad.display()
+        ),
+    )
+    .unwrap();
+    d.ok(&["load", d.dir.join("more.conf").to_str().unwrap()]);
+    let (code, _, err) = d.run(&["start", &other]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("unpacking") && err.contains("bad.tar.gz"),
+        "{err}"
+    );
+}
