@@ -1229,25 +1229,22 @@ fn merge(config: &mut Config, extra: Config, file: &std::path::Path) -> Result<(
         }
         config.switches.push(s);
     }
-    let taken = |c: &Config, name: &str| c.vm(name).is_some() || c.container(name).is_some();
-    for v in extra.vms {
-        if taken(config, &v.name) {
-            return Err(format!(
-                "{}: vm \"{}\" is already configured; rename it",
-                file.display(),
-                v.name
-            ));
+    let check = |c: &Config, kind: &str, name: &str| {
+        if c.vm(name).is_some() || c.container(name).is_some() {
+            Err(format!(
+                "{}: {kind} \"{name}\" is already configured; rename it",
+                file.display()
+            ))
+        } else {
+            Ok(())
         }
+    };
+    for v in extra.vms {
+        check(config, "vm", &v.name)?;
         config.vms.push(v);
     }
     for c in extra.containers {
-        if taken(config, &c.name) {
-            return Err(format!(
-                "{}: container \"{}\" is already configured; rename it",
-                file.display(),
-                c.name
-            ));
-        }
+        check(config, "container", &c.name)?;
         config.containers.push(c);
     }
     Ok(())

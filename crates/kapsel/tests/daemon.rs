@@ -570,18 +570,25 @@ fn can_run_as(path: &Path) -> bool {
         .all(|p| std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o001 != 0))
 }
 
-#[test]
-fn owners_control_their_vms_and_nothing_else() {
+/// KVM, the test user, and a kapsel binary that user can run; prints the
+/// SKIP line otherwise.
+fn owner_tests_ready() -> Option<(u32, u32)> {
     if !kvm_usable() {
-        return;
+        return None;
     }
-    let Some((uid, gid)) = test_user() else {
-        return;
-    };
+    let ids = test_user()?;
     if !can_run_as(Path::new(KAPSEL)) {
         println!("SKIP: {KAPSEL} is not reachable by other users");
-        return;
+        return None;
     }
+    Some(ids)
+}
+
+#[test]
+fn owners_control_their_vms_and_nothing_else() {
+    let Some((uid, gid)) = owner_tests_ready() else {
+        return;
+    };
     let conf = format!(
         "{}{}",
         idle_vm("mine", "\towner kapsel-test-owner\n"),
@@ -1184,16 +1191,9 @@ fn load_log_and_reset() {
 
 #[test]
 fn socket_owner_decides_who_may_connect() {
-    if !kvm_usable() {
-        return;
-    }
-    let Some((uid, gid)) = test_user() else {
+    let Some((uid, gid)) = owner_tests_ready() else {
         return;
     };
-    if !can_run_as(Path::new(KAPSEL)) {
-        println!("SKIP: {KAPSEL} is not reachable by other users");
-        return;
-    }
     let d = Kapseld::start("socket owner kapsel-test-owner\n");
     let meta = std::fs::metadata(d.socket()).unwrap();
     use std::os::unix::fs::MetadataExt;
