@@ -402,12 +402,12 @@ impl Daemon {
                 "container {name}: one interface per container is supported for now; remove the others"
             ));
         }
-        if inner.cgroups.is_none() {
-            inner.cgroups = Some(
-                kapsel_container::cgroup::CgroupMode::detect()
-                    .map_err(|e| format!("container {name}: {e}"))?,
-            );
-        }
+        let cgroups = match &inner.cgroups {
+            Some(c) => c.clone(),
+            None => kapsel_container::cgroup::CgroupMode::detect()
+                .map_err(|e| format!("container {name}: {e}"))?,
+        };
+        inner.cgroups = Some(cgroups.clone());
         let root = ctproc::root_dir(ct, &self.opts.state_dir)?;
         let veth = match ct.interfaces.first() {
             Some(ispec) => {
@@ -417,7 +417,6 @@ impl Daemon {
             }
             None => None,
         };
-        let cgroups = inner.cgroups.clone().unwrap_or_else(|| unreachable!());
         let launch = ctproc::Launch {
             spec: ct,
             root,
@@ -499,12 +498,8 @@ impl Daemon {
     /// the shutdown timeout.
     fn stop_vm(self: &Arc<Self>, target: &str, force: bool, wait: bool) -> Result<String, String> {
         let mut inner = self.lock();
-        let vm = Self::find(&mut inner, target)?;
+        let (vm, generation) = Self::running(&mut inner, target)?;
         let name = vm.spec.name.clone();
-        if vm.state == VmState::Stopped {
-            return Err(format!("{} {name} is not running", vm.kind()));
-        }
-        let generation = vm.generation;
         if force {
             Self::signal(vm, libc::SIGKILL)?;
         } else if vm.state != VmState::Stopping {
@@ -581,13 +576,20 @@ impl Daemon {
 
     fn wait_vm(&self, target: &str) -> Result<String, String> {
         let mut inner = self.lock();
-        let vm = Self::find(&mut inner, target)?;
+        let (vm, generation) = Self::running(&mut inner, target)?;
         let name = vm.spec.name.clone();
+        Ok(self.until_stopped(inner, &name, generation))
+    }
+
+    /// The guest `target` and the generation of its current run; an error
+    /// if it is not running.
+    fn running<'a>(inner: &'a mut Inner, target: &str) -> Result<(&'a mut Vm, u64), String> {
+        let vm = Self::find(inner, target)?;
         if vm.state == VmState::Stopped {
-            return Err(format!("{} {name} is not running", vm.kind()));
+            return Err(format!("{} {} is not running", vm.kind(), vm.spec.name));
         }
         let generation = vm.generation;
-        Ok(self.until_stopped(inner, &name, generation))
+        Ok((vm, generation))
     }
 
     fn status(&self, target: Option<&str>) -> Result<Vec<VmStatus>, String> {
@@ -985,28 +987,16 @@ impl Daemon {
 
     /// Answers one request from `peer`. `stream` is the connection, for
     /// requests (console) that keep it.
-    pub fn handle(
-        self: &Arc<Self>,
-        peer: &Peer,
-        request: Request,
-        stream: &UnixStream,
-    ) -> Response {
-        let result = self.dispatch(peer, request, stream);
-        match result {
-            Ok(Some(message)) => Response::Ok { message },
-            Ok(None) => Response::Status { vms: Vec::new() },
+    pub fn handle(self: &Arc<Self>, peer: &Peer, request: Request) -> Response {
+        match self.dispatch(peer, request) {
+            Ok(message) => Response::Ok { message },
             Err(message) => Response::Error { message },
         }
     }
 
-    fn dispatch(
-        self: &Arc<Self>,
-        peer: &Peer,
-        request: Request,
-        _stream: &UnixStream,
-    ) -> Result<Option<String>, String> {
+    fn dispatch(self: &Arc<Self>, peer: &Peer, request: Request) -> Result<String, String> {
         match request {
-            Request::Start(req) => self.start(peer, &req).map(Some),
+            Request::Start(req) => self.start(peer, &req),
             Request::Stop {
                 targets,
                 all,
@@ -1042,22 +1032,22 @@ impl Daemon {
                 }
                 match failed {
                     Some(e) => Err(e),
-                    None => Ok(Some(lines.join("\n"))),
+                    None => Ok(lines.join("\n")),
                 }
             }
-            Request::Pause { target } => self.pause(peer, &target, true).map(Some),
-            Request::Unpause { target } => self.pause(peer, &target, false).map(Some),
+            Request::Pause { target } => self.pause(peer, &target, true),
+            Request::Unpause { target } => self.pause(peer, &target, false),
             Request::Wait { target } => {
                 self.authorize(peer, &target, "wait for")?;
-                self.wait_vm(&target).map(Some)
+                self.wait_vm(&target)
             }
             Request::Reload => {
                 Self::require_root(peer, "reload the configuration")?;
-                self.reload().map(Some)
+                self.reload()
             }
             Request::Load { path } => {
                 Self::require_root(peer, "load configuration files")?;
-                self.load(&path).map(Some)
+                self.load(&path)
             }
             Request::Reset { what } => {
                 Self::require_root(peer, "reset the daemon's state")?;
@@ -1072,14 +1062,14 @@ impl Daemon {
                 if matches!(what, ResetWhat::All | ResetWhat::Switches) {
                     self.ensure_switches()?;
                 }
-                Ok(Some("reset done".into()))
+                Ok("reset done".into())
             }
             Request::Log { level } => {
                 Self::require_root(peer, "change the log level")?;
                 match &self.opts.set_log_level {
                     Some(set) => {
                         set(level);
-                        Ok(Some(format!("logging {level:?}").to_lowercase()))
+                        Ok(format!("logging {level:?}").to_lowercase())
                     }
                     None => Err("this daemon cannot change its log level".into()),
                 }

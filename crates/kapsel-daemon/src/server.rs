@@ -173,7 +173,7 @@ fn serve(daemon: &Arc<Daemon>, mut stream: UnixStream) {
             }
         }
         request => {
-            let response = daemon.handle(&peer, request, &stream);
+            let response = daemon.handle(&peer, request);
             reply(&mut stream, &response);
         }
     }

@@ -8,7 +8,6 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -198,18 +197,17 @@ pub fn spawn(launch: &Launch) -> Result<(VmProcess, UnixStream), String> {
     let stderr = std::thread::Builder::new()
         .name(format!("stderr-{pid}"))
         .spawn(move || {
-            let last = Arc::new(Mutex::new(None));
+            let mut last = None;
             if let Some(err) = stderr {
                 for line in BufReader::new(err).lines() {
                     let Ok(line) = line else { break };
                     let _ = writeln!(log, "{line}");
                     tracing::debug!("vm {tag}: {line}");
                     if !line.trim().is_empty() {
-                        *last.lock().unwrap_or_else(|e| e.into_inner()) = Some(line);
+                        last = Some(line);
                     }
                 }
             }
-            let last = last.lock().unwrap_or_else(|e| e.into_inner()).take();
             last
         })
         .map_err(|e| format!("vm {name}: {e}"))?;
