@@ -38,6 +38,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import container as container_bench  # noqa: E402  (its busybox root builder)
 READY = b"idle ready"
 
 
@@ -138,29 +140,48 @@ def console_shows(sock_path, name, want, timeout):
     return want in seen
 
 
-def bench_kapsel(kapsel, guest, n, memory, tmp):
-    conf = os.path.join(tmp, "vm.conf")
+def start_daemon(kapsel, tmp, tag, conf_text, shutdown_timeout):
+    """A release kapsel daemon on a vm.conf of `conf_text`; returns the
+    process, its socket and an environment for the verbs."""
+    conf = os.path.join(tmp, f"{tag}.conf")
     with open(conf, "w") as f:
-        for i in range(n):
-            f.write(f'vm "b{i}" {{\n\tboot "{guest}"\n\tmemory {memory}\n\tdisable\n}}\n')
-    sock = os.path.join(tmp, "kapsel.sock")
+        f.write(conf_text)
+    sock = os.path.join(tmp, f"{tag}.sock")
     daemon = subprocess.Popen([kapsel, "daemon", "-f", conf, "--socket", sock,
-                               "--state-dir", os.path.join(tmp, "state"),
-                               "--shutdown-timeout", "10"],
-                              stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "d.log"), "w"))
+                               "--state-dir", os.path.join(tmp, f"{tag}-state"),
+                               "--shutdown-timeout", str(shutdown_timeout)],
+                              stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, f"{tag}.log"), "w"))
     while not os.path.exists(sock):
         time.sleep(0.01)
     time.sleep(0.1)
-    daemon_rss0 = rss_kib(daemon.pid)
-    env = dict(os.environ, KAPSEL_SOCKET=sock)
+    return daemon, sock, dict(os.environ, KAPSEL_SOCKET=sock)
+
+
+def start_all(kapsel, env, sock, names, marker):
+    """`kapsel start` for each name, one after another, then waits until
+    each console shows `marker`; returns (seconds for the starts, seconds
+    until all were ready)."""
     t0 = time.monotonic()
-    for i in range(n):
-        subprocess.run([kapsel, "start", f"b{i}"], env=env, check=True, stdout=subprocess.DEVNULL)
+    for name in names:
+        subprocess.run([kapsel, "start", name], env=env, check=True, stdout=subprocess.DEVNULL)
     t_started = time.monotonic() - t0
-    for i in range(n):
-        if not console_shows(sock, f"b{i}", READY, 30):
-            sys.exit(f"bench: b{i} never printed 'idle ready'")
-    t_ready = time.monotonic() - t0
+    for name in names:
+        if not console_shows(sock, name, marker, 30):
+            sys.exit(f"bench: {name} never printed {marker!r}")
+    return t_started, time.monotonic() - t0
+
+
+def stop_daemon(daemon):
+    daemon.send_signal(signal.SIGTERM)
+    daemon.wait(timeout=30)
+
+
+def bench_kapsel(kapsel, guest, n, memory, tmp):
+    conf = "".join(f'vm "b{i}" {{\n\tboot "{guest}"\n\tmemory {memory}\n\tdisable\n}}\n'
+                   for i in range(n))
+    daemon, sock, env = start_daemon(kapsel, tmp, "vm", conf, 10)
+    daemon_rss0 = rss_kib(daemon.pid)
+    t_started, t_ready = start_all(kapsel, env, sock, [f"b{i}" for i in range(n)], READY)
     time.sleep(0.5)
     _, reply = request(sock, {"kind": "status", "target": None})
     pids = [v["pid"] for v in reply["vms"] if v["pid"]]
@@ -173,8 +194,7 @@ def bench_kapsel(kapsel, guest, n, memory, tmp):
     t1 = time.monotonic()
     subprocess.run([kapsel, "stop", "-a", "-w"], env=env, check=True, stdout=subprocess.DEVNULL)
     t_stop = time.monotonic() - t1
-    daemon.send_signal(signal.SIGTERM)
-    daemon.wait(timeout=30)
+    stop_daemon(daemon)
     return {
         "start_cmds_s": t_started, "all_ready_s": t_ready, "stop_all_s": t_stop,
         "vm_rss_median_kib": statistics.median(rss), "vm_rss_max_kib": max(rss),
@@ -227,45 +247,18 @@ def bench_qemu(guest, n, memory, tmp):
             "vm_overhead_median_kib": statistics.median(overhead)}
 
 
-def busybox_root(path):
-    for d in ["bin", "sbin", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "tmp"]:
-        os.makedirs(os.path.join(path, d), exist_ok=True)
-    shutil.copy("/bin/busybox", os.path.join(path, "bin/busybox"))
-    out = subprocess.run(["/bin/busybox", "--list-full"], capture_output=True, text=True).stdout
-    for applet in out.split():
-        link = os.path.join(path, applet)
-        if applet != "bin/busybox" and not os.path.lexists(link):
-            os.symlink("/bin/busybox", link)
-
-
 def bench_containers(kapsel, n, tmp):
-    root = os.path.join(tmp, "ctroot")
-    busybox_root(root)
-    conf = os.path.join(tmp, "ct.conf")
-    with open(conf, "w") as f:
-        for i in range(n):
-            f.write(f'container "kbench{i}" {{\n\troot "{root}"\n\tinit "/bin/sh" "-c" "echo ct-ready; exec sleep 1000"\n\tdisable\n}}\n')
-    sock = os.path.join(tmp, "ct.sock")
-    daemon = subprocess.Popen([kapsel, "daemon", "-f", conf, "--socket", sock,
-                               "--state-dir", os.path.join(tmp, "ctstate"), "--shutdown-timeout", "5"],
-                              stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "ct.log"), "w"))
-    while not os.path.exists(sock):
-        time.sleep(0.01)
-    time.sleep(0.1)
+    root = container_bench.busybox_root(tmp)
+    conf = "".join(f'container "kbench{i}" {{\n\troot "{root}"\n'
+                   f'\tinit "/bin/sh" "-c" "echo ct-ready; exec sleep 1000"\n\tdisable\n}}\n'
+                   for i in range(n))
+    daemon, sock, env = start_daemon(kapsel, tmp, "ct", conf, 5)
     rss0 = rss_kib(daemon.pid)
-    env = dict(os.environ, KAPSEL_SOCKET=sock)
-    t0 = time.monotonic()
-    for i in range(n):
-        subprocess.run([kapsel, "start", f"kbench{i}"], env=env, check=True, stdout=subprocess.DEVNULL)
-    for i in range(n):
-        if not console_shows(sock, f"kbench{i}", b"ct-ready", 30):
-            sys.exit(f"bench: kbench{i} never printed ct-ready")
-    t_ready = time.monotonic() - t0
+    _, t_ready = start_all(kapsel, env, sock, [f"kbench{i}" for i in range(n)], b"ct-ready")
     time.sleep(0.5)
     rss1 = rss_kib(daemon.pid)
     subprocess.run([kapsel, "stop", "-a", "-f", "-w"], env=env, check=True, stdout=subprocess.DEVNULL)
-    daemon.send_signal(signal.SIGTERM)
-    daemon.wait(timeout=30)
+    stop_daemon(daemon)
     return {"ready_s": t_ready, "daemon_rss0_kib": rss0, "daemon_rss_kib": rss1,
             "per_ct_kib": (rss1 - rss0) / n}
 
