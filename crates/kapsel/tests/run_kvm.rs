@@ -132,14 +132,7 @@ fn reset_restarts_the_guest_under_on_reboot_restart() {
     let dir = tempdir("restart");
     let log = dir.join("console.log");
     let console = format!("file:{}", log.display());
-    let mut child = Command::new(KAPSEL)
-        .args([
-            "run",
-            "--kernel",
-            kapsel_testguest::RESET,
-            "--memory",
-            "64M",
-        ])
+    let mut child = common::kapsel_run(kapsel_testguest::RESET)
         .args(["--on-reboot", "restart", "--console", &console])
         .stdin(Stdio::null())
         .spawn()
@@ -303,14 +296,7 @@ fn bad_disks_get_exit_code_2_and_a_fix() {
 /// Starts `kapsel run` on the CPL-0 loop guest (busy for seconds here,
 /// deaf to the power button) and waits until its vCPU runs.
 fn start_busy_guest(extra: &[&str]) -> std::process::Child {
-    let child = Command::new(KAPSEL)
-        .args([
-            "run",
-            "--kernel",
-            kapsel_testguest::CPL0LOOP,
-            "--memory",
-            "64M",
-        ])
+    let child = common::kapsel_run(kapsel_testguest::CPL0LOOP)
         .args(["--console", "none"])
         .args(extra)
         .stdin(Stdio::null())

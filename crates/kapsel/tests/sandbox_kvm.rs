@@ -179,14 +179,7 @@ fn a_forbidden_syscall_kills_the_vm_process_with_sigsys() {
     // SIGSYS (128 + 31 to the shell), and the parent goes on.
     assert_eq!(under_a_shell("violate"), "status=159\nparent-alive\n");
 
-    let out = Command::new(KAPSEL)
-        .args([
-            "run",
-            "--kernel",
-            kapsel_testguest::HELLO,
-            "--memory",
-            "64M",
-        ])
+    let out = common::kapsel_run(kapsel_testguest::HELLO)
         .env("KAPSEL_DEBUG_SECCOMP", "violate")
         .stdin(Stdio::null())
         .output()
@@ -207,14 +200,7 @@ fn the_guest_reboots_inside_the_sandbox() {
     let dir = std::env::temp_dir().join(format!("kapsel-sandbox-restart-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let log = dir.join("console.log");
-    let mut child = Command::new(KAPSEL)
-        .args([
-            "run",
-            "--kernel",
-            kapsel_testguest::RESET,
-            "--memory",
-            "64M",
-        ])
+    let mut child = common::kapsel_run(kapsel_testguest::RESET)
         .args(["--on-reboot", "restart"])
         .arg("--console")
         .arg(format!("file:{}", log.display()))

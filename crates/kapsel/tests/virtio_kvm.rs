@@ -10,6 +10,8 @@
 //! namespace of their own, `kapsel-tg-<pid>-<n>`, run the VMM inside it on a
 //! tap `ktg0` and delete it afterwards: nothing leaves that namespace.
 
+mod common;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -320,19 +322,12 @@ fn virtio_blk_pattern_flush_get_id_errors_and_read_only() {
 
 /// `kapsel run` with the writable disk and the read-only one.
 fn kapsel_blk(disks: &Disks, cmdline: &str) -> Finished {
-    let mut cmd = Command::new(KAPSEL);
-    cmd.args([
-        "run",
-        "--kernel",
-        kapsel_testguest::VIRTIO,
-        "--memory",
-        "64M",
-    ])
-    .arg("--disk")
-    .arg(format!("{},serial={SERIAL}", disks.rw.display()))
-    .arg("--disk")
-    .arg(format!("{},ro", disks.ro.display()))
-    .args(["--cmdline", cmdline]);
+    let mut cmd = common::kapsel_run(kapsel_testguest::VIRTIO);
+    cmd.arg("--disk")
+        .arg(format!("{},serial={SERIAL}", disks.rw.display()))
+        .arg("--disk")
+        .arg(format!("{},ro", disks.ro.display()))
+        .args(["--cmdline", cmdline]);
     Vm::spawn(cmd).finish(Instant::now(), RUN_TIMEOUT)
 }
 
@@ -357,17 +352,10 @@ fn virtio_blk_ro_only_refuses_a_writable_disk() {
         return;
     }
     let disks = make_disks("blkro");
-    let mut cmd = Command::new(KAPSEL);
-    cmd.args([
-        "run",
-        "--kernel",
-        kapsel_testguest::VIRTIO,
-        "--memory",
-        "64M",
-    ])
-    .arg("--disk")
-    .arg(format!("{},ro,serial=ro-disk", disks.ro.display()))
-    .args(["--cmdline", "blk-ro"]);
+    let mut cmd = common::kapsel_run(kapsel_testguest::VIRTIO);
+    cmd.arg("--disk")
+        .arg(format!("{},ro,serial=ro-disk", disks.ro.display()))
+        .args(["--cmdline", "blk-ro"]);
     let run = Vm::spawn(cmd).finish(Instant::now(), RUN_TIMEOUT);
     run.assert_passed(0);
     run.assert_line(&virtio::blk_ro_ok(
@@ -377,17 +365,10 @@ fn virtio_blk_ro_only_refuses_a_writable_disk() {
     ));
 
     // The guest's own failure path: `blk-ro` with a writable disk.
-    let mut cmd = Command::new(KAPSEL);
-    cmd.args([
-        "run",
-        "--kernel",
-        kapsel_testguest::VIRTIO,
-        "--memory",
-        "64M",
-    ])
-    .arg("--disk")
-    .arg(disks.rw.display().to_string())
-    .args(["--cmdline", "blk-ro"]);
+    let mut cmd = common::kapsel_run(kapsel_testguest::VIRTIO);
+    cmd.arg("--disk")
+        .arg(disks.rw.display().to_string())
+        .args(["--cmdline", "blk-ro"]);
     let run = Vm::spawn(cmd).finish(Instant::now(), RUN_TIMEOUT);
     let fail = run.line_starting(virtio::FAIL);
     assert!(fail.contains("the disk is writable"), "{}", run.describe());
@@ -713,16 +694,9 @@ fn with_inherited_tap(cmd: &mut Command, ns: &Netns, fd: i32) {
 #[test]
 fn virtio_net_through_an_inherited_tap_descriptor() {
     let Some((run, summary)) = net_exchange(|ns| {
-        let mut cmd = Command::new(KAPSEL);
-        cmd.args([
-            "run",
-            "--kernel",
-            kapsel_testguest::VIRTIO,
-            "--memory",
-            "64M",
-        ])
-        .args(["--net", "fd=7"])
-        .args(["--cmdline", &format!("net net-tx={NET_TX}")]);
+        let mut cmd = common::kapsel_run(kapsel_testguest::VIRTIO);
+        cmd.args(["--net", "fd=7"])
+            .args(["--cmdline", &format!("net net-tx={NET_TX}")]);
         with_inherited_tap(&mut cmd, ns, 7);
         cmd
     }) else {
@@ -738,15 +712,8 @@ fn a_descriptor_that_is_not_a_tap_is_refused() {
         return;
     }
     use std::os::unix::process::CommandExt;
-    let mut cmd = Command::new(KAPSEL);
-    cmd.args([
-        "run",
-        "--kernel",
-        kapsel_testguest::HELLO,
-        "--memory",
-        "64M",
-    ])
-    .args(["--net", "fd=7"]);
+    let mut cmd = common::kapsel_run(kapsel_testguest::HELLO);
+    cmd.args(["--net", "fd=7"]);
     // Descriptor 7: /dev/null, open but no tap.
     // SAFETY: open and dup2 between fork and exec.
     unsafe {
@@ -764,14 +731,7 @@ fn a_descriptor_that_is_not_a_tap_is_refused() {
     assert!(err.contains("--net fd=7"), "{err}");
     assert!(err.contains("not an attached tun/tap device"), "{err}");
     // Not open at all.
-    let out = Command::new(KAPSEL)
-        .args([
-            "run",
-            "--kernel",
-            kapsel_testguest::HELLO,
-            "--memory",
-            "64M",
-        ])
+    let out = common::kapsel_run(kapsel_testguest::HELLO)
         .args(["--net", "fd=1000"])
         .stdin(Stdio::null())
         .output()

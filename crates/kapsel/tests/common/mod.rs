@@ -1,5 +1,7 @@
 //! What the KVM test files share.
 
+#![allow(dead_code)] // each test file uses its own part
+
 /// Whether /dev/kvm can be used; prints the `SKIP:` line when not.
 pub fn kvm_usable() -> bool {
     match std::fs::OpenOptions::new()
@@ -13,4 +15,12 @@ pub fn kvm_usable() -> bool {
             false
         }
     }
+}
+
+/// `kapsel run --kernel GUEST --memory 64M`: a test guest's VM, to which a
+/// test adds its own options.
+pub fn kapsel_run(guest: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kapsel"));
+    cmd.args(["run", "--kernel", guest, "--memory", "64M"]);
+    cmd
 }
