@@ -76,6 +76,19 @@ pub(crate) struct Vm {
     pub net: Vec<Attachment>,
 }
 
+/// What the daemon does to a running guest.
+#[derive(Debug, Clone, Copy)]
+enum Act {
+    /// Ask it to shut down.
+    PowerButton,
+    /// End it at once.
+    Kill,
+    /// Stop it where it is.
+    Pause,
+    /// Let a paused guest go on.
+    Resume,
+}
+
 /// One host interface of a running guest.
 pub(crate) struct Attachment {
     ifname: String,
@@ -472,22 +485,29 @@ impl Daemon {
         self.changed.notify_all();
     }
 
-    /// Does `what` to a running guest: a VM's process gets the signal
-    /// (SIGTERM presses its power button); a container's init gets its
-    /// power-off signal, SIGKILL for everything in it, or its cgroup is
-    /// frozen (SIGSTOP) or thawed (SIGCONT).
-    fn signal(vm: &Vm, sig: libc::c_int) -> Result<(), String> {
+    /// Does `act` to a running guest. A VM's process gets a signal
+    /// (SIGTERM presses its power button, SIGSTOP/SIGCONT stop and resume
+    /// every vCPU); a container's init gets its power-off signal, everything
+    /// in it SIGKILL, or its cgroup is frozen or thawed.
+    fn act(vm: &Vm, act: Act) -> Result<(), String> {
         let name = &vm.spec.name;
         let kind = vm.kind();
         match vm.process.as_ref() {
             None => Err(format!("{kind} {name} is not running")),
-            Some(Proc::Vm(p)) => vmproc::kill(p.pid, sig).map_err(|e| format!("vm {name}: {e}")),
-            Some(Proc::Container(c)) => match sig {
-                libc::SIGTERM => c.shutdown(),
-                libc::SIGKILL => c.kill(),
-                libc::SIGSTOP => c.freeze(true),
-                libc::SIGCONT => c.freeze(false),
-                _ => Ok(()),
+            Some(Proc::Vm(p)) => {
+                let sig = match act {
+                    Act::PowerButton => libc::SIGTERM,
+                    Act::Kill => libc::SIGKILL,
+                    Act::Pause => libc::SIGSTOP,
+                    Act::Resume => libc::SIGCONT,
+                };
+                vmproc::kill(p.pid, sig).map_err(|e| format!("vm {name}: {e}"))
+            }
+            Some(Proc::Container(c)) => match act {
+                Act::PowerButton => c.shutdown(),
+                Act::Kill => c.kill(),
+                Act::Pause => c.freeze(true),
+                Act::Resume => c.freeze(false),
             }
             .map_err(|e| format!("container {name}: {e}")),
         }
@@ -501,11 +521,11 @@ impl Daemon {
         let (vm, generation) = Self::running(&mut inner, target)?;
         let name = vm.spec.name.clone();
         if force {
-            Self::signal(vm, libc::SIGKILL)?;
+            Self::act(vm, Act::Kill)?;
         } else if vm.state != VmState::Stopping {
-            Self::signal(vm, libc::SIGTERM)?;
+            Self::act(vm, Act::PowerButton)?;
             if vm.state == VmState::Paused {
-                Self::signal(vm, libc::SIGCONT)?;
+                Self::act(vm, Act::Resume)?;
             }
             vm.state = VmState::Stopping;
             // kapsel run stops the VM itself after the timeout; this is the
@@ -528,7 +548,7 @@ impl Daemon {
                         let now = Instant::now();
                         if now >= until {
                             tracing::warn!("{n}: did not stop in time, killing it");
-                            let _ = Self::signal(vm, libc::SIGKILL);
+                            let _ = Self::act(vm, Act::Kill);
                             return;
                         }
                         inner = daemon
@@ -1080,13 +1100,12 @@ impl Daemon {
         }
     }
 
-    /// Pauses (SIGSTOP of the VM process: every vCPU leaves KVM_RUN) or
-    /// unpauses (SIGCONT) a VM.
+    /// Pauses or unpauses a guest (see [`Daemon::act`]).
     fn pause(&self, peer: &Peer, target: &str, pause: bool) -> Result<String, String> {
-        let (verb, from, to, sig) = if pause {
-            ("pause", VmState::Running, VmState::Paused, libc::SIGSTOP)
+        let (verb, from, to, act) = if pause {
+            ("pause", VmState::Running, VmState::Paused, Act::Pause)
         } else {
-            ("unpause", VmState::Paused, VmState::Running, libc::SIGCONT)
+            ("unpause", VmState::Paused, VmState::Running, Act::Resume)
         };
         self.authorize(peer, target, verb)?;
         let mut inner = self.lock();
@@ -1099,7 +1118,7 @@ impl Daemon {
                 vm.state
             ));
         }
-        Self::signal(vm, sig)?;
+        Self::act(vm, act)?;
         vm.state = to;
         Ok(format!("{verb}d {} {}", vm.kind(), vm.spec.name))
     }
