@@ -266,6 +266,9 @@ def main():
     ap.add_argument("--frames", type=int, default=50000, help="frames per network run")
     ap.add_argument("--only", choices=("blk", "net"))
     ap.add_argument("--dir", default="/var/tmp", help="where the image file goes")
+    ap.add_argument("--zram", action="store_true",
+                    help="the image is a zram block device (RAM, 4 KiB sectors): no disk "
+                         "in the way, so the VMMs' own costs show")
     args = ap.parse_args()
     qemu = shutil.which("qemu-system-x86_64")
     if not qemu:
@@ -289,10 +292,15 @@ def main():
     results = {}
     if args.only != "net":
         workdir = tempfile.mkdtemp(prefix="kapsel-iobench-", dir=args.dir)
-        image = os.path.join(workdir, "disk.raw")
+        zram = None
         try:
+            if args.zram:
+                zram = zram_add(args.image_mib)
+                image = f"/dev/zram{zram}"
+            else:
+                image = os.path.join(workdir, "disk.raw")
             print(f"filling {args.image_mib} MiB image {image} ...", flush=True)
-            with open(image, "wb") as f:
+            with open(image, "r+b" if zram is not None else "wb") as f:
                 for _ in range(args.image_mib):
                     f.write(os.urandom(1 << 20))
                 f.flush()
@@ -300,12 +308,28 @@ def main():
             blk_bench(args, image, measure, kapsel_cmd, qemu_cmd, results)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
+            if zram is not None:
+                with open("/sys/class/zram-control/hot_remove", "w") as f:
+                    f.write(str(zram))
         report(args, results)
     if args.only != "blk":
         net_bench(args, measure, kapsel_cmd, qemu_cmd, results)
         report(args, {"net": results["net"]} if "net" in results else {})
     load = os.getloadavg()
     print(f"load average after {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+
+
+def zram_add(mib):
+    """A new zram device of `mib` MiB (Linux's compressed RAM disk; random
+    data is stored as is); its number."""
+    try:
+        with open("/sys/class/zram-control/hot_add") as f:
+            n = int(f.read())
+    except OSError as e:
+        sys.exit(f"bench: cannot add a zram device ({e}); is CONFIG_ZRAM on (modprobe zram)?")
+    with open(f"/sys/block/zram{n}/disksize", "w") as f:
+        f.write(f"{mib}M")
+    return n
 
 
 def blk_bench(args, image, measure, kapsel_cmd, qemu_cmd, results):
@@ -381,7 +405,8 @@ def report(args, results):
 
     if "rand" in results:
         print()
-        print(f"virtio-blk, {args.image_mib} MiB raw image, QEMU cache=none,aio=native "
+        what = "zram device" if args.zram else "raw image"
+        print(f"virtio-blk, {args.image_mib} MiB {what}, QEMU cache=none,aio=native "
               "(guest-timed; VMM CPU = process CPU - vCPU guest time, minus a zero-work run)")
         print(f"{'':26} {'kapsel':>10} {'qemu':>10} {'kapsel/qemu':>12}")
         rows = [("rand", "rate", f"4K rand read IOPS (qd {results['rand']['kapsel'].get('qd', 32)})"

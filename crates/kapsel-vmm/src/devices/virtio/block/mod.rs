@@ -55,6 +55,8 @@ pub const VIRTIO_BLK_F_RO: u32 = 5;
 pub const VIRTIO_BLK_F_BLK_SIZE: u32 = 6;
 /// Feature bit: FLUSH is supported.
 pub const VIRTIO_BLK_F_FLUSH: u32 = 9;
+/// Feature bit: the topology fields (physical block size) are valid.
+pub const VIRTIO_BLK_F_TOPOLOGY: u32 = 10;
 /// Feature bit: DISCARD is supported.
 pub const VIRTIO_BLK_F_DISCARD: u32 = 13;
 /// Feature bit: WRITE_ZEROES is supported.
@@ -64,6 +66,8 @@ pub const VIRTIO_BLK_F_WRITE_ZEROES: u32 = 14;
 const CFG_CAPACITY: usize = 0;
 const CFG_SEG_MAX: usize = 12;
 const CFG_BLK_SIZE: usize = 20;
+const CFG_PHYSICAL_BLOCK_EXP: usize = 24;
+const CFG_MIN_IO_SIZE: usize = 26;
 const CFG_MAX_DISCARD_SECTORS: usize = 36;
 const CFG_MAX_DISCARD_SEG: usize = 40;
 const CFG_DISCARD_SECTOR_ALIGNMENT: usize = 44;
@@ -148,6 +152,9 @@ pub struct VirtioBlock {
     uring: Option<UringDisk>,
     /// The caching in effect (after any fallback).
     cache: CacheMode,
+    /// Whether the config space shows a physical block larger than 512
+    /// bytes (the O_DIRECT alignment of a 4Kn file).
+    topology: bool,
     /// Completions being put on the used ring (kept to reuse its memory).
     done: Vec<(InFlight, Outcome)>,
 }
@@ -204,6 +211,20 @@ impl VirtioBlock {
             &MAX_WRITE_ZEROES_SEGMENTS.to_le_bytes(),
         );
         put(CFG_WRITE_ZEROES_MAY_UNMAP, &[1]);
+        // A file that takes O_DIRECT only in larger blocks (4Kn) is shown as
+        // a disk with 512-byte logical and larger physical blocks, as such
+        // drives are: guests then align their I/O to it, and it stays on
+        // the fast path. The logical size stays 512 bytes so that an image
+        // means the same (partition tables count 512-byte sectors).
+        let physical = fast
+            .as_ref()
+            .and_then(FastFile::direct_align)
+            .filter(|&a| a > SECTOR_SIZE);
+        if let Some(align) = physical {
+            let blocks = align / SECTOR_SIZE;
+            put(CFG_PHYSICAL_BLOCK_EXP, &[blocks.trailing_zeros() as u8]);
+            put(CFG_MIN_IO_SIZE, &(blocks as u16).to_le_bytes());
+        }
         let (uring, cache) = fast_path(fast);
         VirtioBlock {
             disk,
@@ -215,6 +236,7 @@ impl VirtioBlock {
             active: None,
             uring,
             cache,
+            topology: physical.is_some(),
             done: Vec::new(),
         }
     }
@@ -367,13 +389,20 @@ impl Drop for VirtioBlock {
 #[derive(Debug, Clone)]
 pub struct FastFile {
     file: Arc<File>,
-    direct: bool,
+    /// With O_DIRECT: the alignment the file needs of offsets, lengths and
+    /// buffers (512 bytes, or 4 KiB on a 4Kn device).
+    direct_align: Option<u64>,
 }
 
 impl FastFile {
     /// Whether the file bypasses the page cache (O_DIRECT).
     pub fn is_direct(&self) -> bool {
-        self.direct
+        self.direct_align.is_some()
+    }
+
+    /// The alignment O_DIRECT needs of this file, when it is open so.
+    pub fn direct_align(&self) -> Option<u64> {
+        self.direct_align
     }
 
     /// The fast-path file of `disk`; None for images without one (qcow2)
@@ -390,11 +419,11 @@ impl FastFile {
             },
             CacheMode::Writeback => None,
         };
-        let direct_flag = direct.is_some();
-        match direct.map_or_else(|| file.try_clone(), Ok) {
+        let direct_align = direct.as_ref().map(|(_, align)| *align);
+        match direct.map_or_else(|| file.try_clone(), |(f, _)| Ok(f)) {
             Ok(f) => Some(FastFile {
                 file: Arc::new(f),
-                direct: direct_flag,
+                direct_align,
             }),
             Err(e) => {
                 tracing::debug!("virtio-blk: cannot share the disk file ({e}); synchronous I/O");
@@ -419,9 +448,9 @@ fn fast_path(fast: Option<FastFile>) -> (Option<UringDisk>, CacheMode) {
             return (None, CacheMode::Writeback);
         }
     };
-    match UringDisk::new(file, fast.direct, BLOCK_QUEUE_SIZE) {
+    match UringDisk::new(file, fast.direct_align, BLOCK_QUEUE_SIZE) {
         Ok(u) => {
-            let mode = if fast.direct {
+            let mode = if fast.is_direct() {
                 CacheMode::None
             } else {
                 CacheMode::Writeback
@@ -437,28 +466,44 @@ fn fast_path(fast: Option<FastFile>) -> (Option<UringDisk>, CacheMode) {
 
 /// The disk file opened again, with O_DIRECT: a new open file description
 /// of the same file (through /proc, so the same inode even if renamed),
-/// whose flag leaves the backend's buffered descriptor alone. A 512-byte
-/// read at a 512-byte aligned buffer checks that the file system takes
-/// O_DIRECT with the sector size the device advertises.
-fn open_direct(file: &File, writable: bool, size: u64) -> io::Result<File> {
+/// whose flag leaves the backend's buffered descriptor alone; and the
+/// alignment it needs. Reads of one aligned block at an aligned buffer find
+/// the smallest alignment the file takes: 512 bytes on most, 4 KiB on a
+/// device with 4 KiB logical blocks (4Kn NVMe, zram, an XFS made with
+/// 4 KiB sectors). Requests the guest aligns less than that take the
+/// buffered path ([`UringDisk::start`] gives them back).
+fn open_direct(file: &File, writable: bool, size: u64) -> io::Result<(File, u64)> {
     let direct = OpenOptions::new()
         .read(true)
         .write(writable)
         .custom_flags(libc::O_DIRECT)
         .open(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
-    let sector = SECTOR_SIZE as usize;
-    if size >= 2 * SECTOR_SIZE {
-        let mut buf = vec![0u8; 4 * 4096];
-        // An odd multiple of 512 bytes past a page boundary: aligned to the
-        // sector and no more, as a guest buffer may be.
-        let at = buf.as_ptr().align_offset(4096) + sector;
+    let mut last = io::Error::other("no probe");
+    for align in DIRECT_ALIGNS {
+        if size < 2 * align {
+            // Too small to probe: nothing to read past the first block.
+            return Ok((direct, align));
+        }
+        let mut buf = vec![0u8; 4 * MAX_DIRECT_ALIGN as usize];
+        // An odd multiple of `align` past a MAX_DIRECT_ALIGN boundary:
+        // aligned to `align` and no more, as a guest buffer may be.
+        let at = buf.as_ptr().align_offset(MAX_DIRECT_ALIGN as usize) + align as usize;
         let probe = buf
-            .get_mut(at..at + sector)
+            .get_mut(at..at + align as usize)
             .ok_or_else(|| io::Error::other("probe buffer"))?;
-        direct.read_at(probe, SECTOR_SIZE)?;
+        match direct.read_at(probe, align) {
+            Ok(_) => return Ok((direct, align)),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => last = e,
+            Err(e) => return Err(e),
+        }
     }
-    Ok(direct)
+    Err(last)
 }
+
+/// The O_DIRECT alignments tried, smallest first.
+const DIRECT_ALIGNS: [u64; 4] = [SECTOR_SIZE, 1024, 2048, MAX_DIRECT_ALIGN];
+/// The largest O_DIRECT alignment the fast path takes (a page).
+const MAX_DIRECT_ALIGN: u64 = 4096;
 
 /// Bytes a finished read put in the guest's buffers (the used length less
 /// the status byte).
@@ -625,6 +670,9 @@ impl VirtioDevice for VirtioBlock {
         let mut f = feature(VIRTIO_BLK_F_SEG_MAX)
             | feature(VIRTIO_BLK_F_BLK_SIZE)
             | feature(VIRTIO_BLK_F_FLUSH);
+        if self.topology {
+            f |= feature(VIRTIO_BLK_F_TOPOLOGY);
+        }
         if self.read_only {
             f |= feature(VIRTIO_BLK_F_RO);
         } else {
@@ -1795,6 +1843,92 @@ mod tests {
             .parse::<CacheMode>()
             .unwrap_err()
             .contains("none or writeback"));
+    }
+
+    /// A loop device over `file` with `sector`-byte logical blocks (a 4Kn
+    /// disk), detached on drop; None where loop devices cannot be made
+    /// (not root, no loop driver).
+    struct LoopDev(String);
+
+    impl LoopDev {
+        fn new(file: &std::path::Path, sector: u32) -> Option<LoopDev> {
+            let out = std::process::Command::new("losetup")
+                .args(["--find", "--show", "--sector-size", &sector.to_string()])
+                .arg(file)
+                .output()
+                .ok()?;
+            let dev = String::from_utf8(out.stdout).ok()?.trim().to_string();
+            (out.status.success() && !dev.is_empty()).then_some(LoopDev(dev))
+        }
+    }
+
+    impl Drop for LoopDev {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("losetup")
+                .args(["-d", &self.0])
+                .status();
+        }
+    }
+
+    #[test]
+    fn a_disk_with_4k_logical_blocks_keeps_o_direct() {
+        let file = disk();
+        let Some(lo) = LoopDev::new(file.path(), 4096) else {
+            eprintln!("SKIP: cannot make a loop device with 4 KiB sectors (root, losetup)");
+            return;
+        };
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&lo.0)
+            .unwrap();
+        let dev = VirtioBlock::new(f, BlockOptions::default()).unwrap();
+        // 512-byte O_DIRECT reads fail on it; 4 KiB ones work.
+        assert_eq!(
+            (dev.cache_mode(), dev.asynchronous()),
+            (CacheMode::None, true)
+        );
+        // Shown as 512-byte logical, 4 KiB physical blocks.
+        assert_ne!(dev.features() & feature(VIRTIO_BLK_F_TOPOLOGY), 0);
+        let mut cfg = [0u8; 8];
+        dev.read_config(CFG_BLK_SIZE as u64, &mut cfg);
+        assert_eq!(
+            cfg,
+            [0, 2, 0, 0, 3, 0, 8, 0],
+            "blk_size 512, exp 3, min_io 8"
+        );
+        let (mut b, vq) = start(dev, file);
+        // Aligned to 4 KiB: the fast path.
+        let r = b.request(&vq, VIRTIO_BLK_T_IN, 16, &[(BUF, 4096, DESC_F_WRITE)]);
+        assert_eq!(r, (VIRTIO_BLK_S_OK, 4097));
+        let want: Vec<u8> = (16..24).flat_map(pattern).collect();
+        assert_eq!(b.guest(BUF, 4096), want);
+        // One 512-byte sector, aligned to no more: the buffered path.
+        let r = b.request(
+            &vq,
+            VIRTIO_BLK_T_IN,
+            19,
+            &[(BUF + 0x2200, 512, DESC_F_WRITE)],
+        );
+        assert_eq!(r, (VIRTIO_BLK_S_OK, 513));
+        assert_eq!(b.guest(BUF + 0x2200, 512), pattern(19));
+        // A 512-byte write through the buffered path is seen by an aligned
+        // read through O_DIRECT.
+        let data = vec![0x5au8; 512];
+        b.d.mem
+            .write_slice(&data, GuestAddress(BUF + 0x4200))
+            .unwrap();
+        let r = b.request(&vq, VIRTIO_BLK_T_OUT, 21, &[(BUF + 0x4200, 512, 0)]);
+        assert_eq!(r, (VIRTIO_BLK_S_OK, 1));
+        let r = b.request(
+            &vq,
+            VIRTIO_BLK_T_IN,
+            16,
+            &[(BUF + 0x8000, 4096, DESC_F_WRITE)],
+        );
+        assert_eq!(r, (VIRTIO_BLK_S_OK, 4097));
+        assert_eq!(b.guest(BUF + 0x8000 + 5 * 512, 512), data);
+        assert_eq!(b.guest(BUF + 0x8000 + 4 * 512, 512), pattern(20));
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //! memory mapping (and the ring) rather than unmap memory the kernel may
 //! still write.
 
-use super::request::{Request, RequestKind, SECTOR_SHIFT, SECTOR_SIZE};
+use super::request::{Request, RequestKind, SECTOR_SHIFT};
 use crate::memory::GuestMem;
 use io_uring::register::Restriction;
 use io_uring::{opcode, squeue, types, IoUring};
@@ -59,11 +59,16 @@ pub(super) enum Outcome {
     Failed(i32),
 }
 
+/// At most this many kernel worker threads serve one disk's blocking
+/// requests (QEMU's thread pool allows 64 per I/O context).
+const MAX_WORKERS: u32 = 16;
+
 /// An io_uring instance serving one disk file.
 pub(super) struct UringDisk {
     ring: IoUring,
     file: File,
-    direct: bool,
+    /// O_DIRECT's alignment of offsets, lengths and buffers, if open so.
+    direct_align: Option<u64>,
     event: EventFd,
     slots: Vec<Option<InFlight>>,
     free: Vec<u32>,
@@ -74,10 +79,11 @@ pub(super) struct UringDisk {
 
 impl UringDisk {
     /// A ring of `depth` entries over `file` (opened with O_DIRECT when
-    /// `direct`: then every buffer and length must be sector-aligned). Fails
+    /// `direct_align` is given: then every offset, buffer and length must be
+    /// aligned to it). Fails
     /// where io_uring is unavailable (old kernel, disabled by sysctl, or
     /// forbidden by a seccomp filter).
-    pub fn new(file: File, direct: bool, depth: u16) -> io::Result<Self> {
+    pub fn new(file: File, direct_align: Option<u64>, depth: u16) -> io::Result<Self> {
         // The ring starts disabled so that it can be restricted first to
         // the three operations the device submits: io_uring operations run
         // in the kernel, past any seccomp filter of the thread, so a
@@ -88,6 +94,12 @@ impl UringDisk {
             .build(u32::from(depth))?;
         let event = EventFd::new(EFD_NONBLOCK)?;
         let submitter = ring.submitter();
+        // Requests the kernel cannot start without blocking (buffered I/O
+        // that misses the page cache, files and devices without NOWAIT
+        // support) go to kernel worker threads, by default up to the ring's
+        // size per VMM thread: a guest keeping 256 requests in flight must
+        // not get 256 host threads.
+        submitter.register_iowq_max_workers(&mut [MAX_WORKERS, MAX_WORKERS])?;
         submitter.register_eventfd(event.as_raw_fd())?;
         submitter.register_restrictions(&mut [
             Restriction::sqe_op(opcode::Readv::CODE),
@@ -98,7 +110,7 @@ impl UringDisk {
         Ok(UringDisk {
             ring,
             file,
-            direct,
+            direct_align,
             event,
             slots: (0..depth).map(|_| None).collect(),
             free: (0..u32::from(depth)).rev().collect(),
@@ -153,15 +165,18 @@ impl UringDisk {
                 {
                     return Err(request);
                 }
+                // The parser checked sector + length against the capacity,
+                // itself a file size: no overflow.
+                let offset = request.sector << SECTOR_SHIFT;
+                if self.direct_align.is_some_and(|a| !offset.is_multiple_of(a)) {
+                    return Err(request);
+                }
                 let Some(iovecs) = self.iovecs(mem, &request) else {
                     return Err(request);
                 };
                 let Ok(count) = u32::try_from(iovecs.len()) else {
                     return Err(request);
                 };
-                // The parser checked sector + length against the capacity,
-                // itself a file size: no overflow.
-                let offset = request.sector << SECTOR_SHIFT;
                 let entry = if request.kind == RequestKind::Read {
                     opcode::Readv::new(fd, iovecs.as_ptr(), count)
                         .offset(offset)
@@ -212,10 +227,9 @@ impl UringDisk {
             // No dirty-page bitmap on guest memory (GuestMem has `()`), so
             // the guard has nothing to record when the kernel writes.
             let base = slice.ptr_guard_mut().as_ptr();
-            if self.direct
-                && (!(base as u64).is_multiple_of(SECTOR_SIZE)
-                    || !u64::from(seg.len).is_multiple_of(SECTOR_SIZE))
-            {
+            if self.direct_align.is_some_and(|a| {
+                !(base as u64).is_multiple_of(a) || !u64::from(seg.len).is_multiple_of(a)
+            }) {
                 return None;
             }
             iovecs.push(libc::iovec {
@@ -307,7 +321,7 @@ mod tests {
     #[test]
     fn the_ring_refuses_operations_the_device_does_not_use() {
         let file = tempfile::tempfile().unwrap();
-        let Ok(mut ring) = UringDisk::new(file, false, 8) else {
+        let Ok(mut ring) = UringDisk::new(file, None, 8) else {
             eprintln!("SKIP: io_uring unavailable on this kernel");
             return;
         };
