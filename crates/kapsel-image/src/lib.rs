@@ -167,6 +167,25 @@ pub enum ImageError {
         /// What is wrong with the chain.
         reason: String,
     },
+    /// Another process (another VM, `kapsel create`, QEMU) holds a lock on
+    /// the image that this use conflicts with.
+    #[error(
+        "disk image {}: {}; stop that VM or program first, or give each VM its own \
+         copy-on-write overlay (kapsel create -b {} NEW.qcow2)",
+        path.display(),
+        if *write {
+            "it is in use by another VM or program, and a disk that is written cannot be shared"
+        } else {
+            "it is in use: another VM or program is writing it, so it cannot be read consistently here"
+        },
+        path.display()
+    )]
+    Locked {
+        /// The image.
+        path: PathBuf,
+        /// Whether this open wanted to write.
+        write: bool,
+    },
     /// The file is not a valid qcow2 image, or uses a feature Kapsel does
     /// not support.
     #[error(
@@ -222,6 +241,88 @@ pub fn detect_file(file: &std::fs::File) -> io::Result<Format> {
     })
 }
 
+/// Locks the image in `file` (at `path`) for as long as this open file
+/// description lives, so that two VMs never write one image, nor does one
+/// read an image another writes; many may read one (a base image under
+/// overlays). The locks are QEMU's: open file description locks on single
+/// bytes, a shared lock on byte 100 + P for each permission P held and on
+/// byte 200 + P for each permission not shared with others, so QEMU, its
+/// tools and Kapsel see each other's locks. Kapsel holds consistent-read
+/// (and write and write-unchanged when writing) and shares neither write
+/// nor resize. Where the file system has no locks (some network file
+/// systems), the image is used unlocked.
+pub fn lock(file: &std::fs::File, path: &Path, write: bool) -> Result<(), ImageError> {
+    const PERM_BYTE: i64 = 100;
+    const SHARED_BYTE: i64 = 200;
+    const CONSISTENT_READ: i64 = 0;
+    const WRITE: i64 = 1;
+    const WRITE_UNCHANGED: i64 = 2;
+    const RESIZE: i64 = 3;
+    let held: &[i64] = if write {
+        &[CONSISTENT_READ, WRITE, WRITE_UNCHANGED]
+    } else {
+        &[CONSISTENT_READ]
+    };
+    let unshared = [WRITE, RESIZE];
+    let mine = held
+        .iter()
+        .map(|p| PERM_BYTE + p)
+        .chain(unshared.iter().map(|p| SHARED_BYTE + p));
+    for byte in mine {
+        match byte_lock(file, libc::F_OFD_SETLK, libc::F_RDLCK, byte) {
+            Ok(_) => {}
+            // Someone holds a write lock there: not QEMU's protocol, but a
+            // conflict all the same.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EACCES)) => {
+                return Err(ImageError::Locked {
+                    path: path.to_owned(),
+                    write,
+                })
+            }
+            // No lock support here (ENOLCK, EINVAL, EOPNOTSUPP): unlocked.
+            Err(_) => return Ok(()),
+        }
+    }
+    // Others deny what this open needs, or hold what it does not share.
+    let theirs = held
+        .iter()
+        .map(|p| SHARED_BYTE + p)
+        .chain(unshared.iter().map(|p| PERM_BYTE + p));
+    for byte in theirs {
+        if byte_lock(file, libc::F_OFD_GETLK, libc::F_WRLCK, byte).unwrap_or(false) {
+            return Err(ImageError::Locked {
+                path: path.to_owned(),
+                write,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// One byte's open file description lock: `cmd` F_OFD_SETLK takes it (Ok
+/// with any value), F_OFD_GETLK asks whether another open file
+/// description holds a lock that conflicts with `kind` there (Ok(true)).
+fn byte_lock(
+    file: &std::fs::File,
+    cmd: libc::c_int,
+    kind: libc::c_int,
+    byte: i64,
+) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: an all-zero flock is a valid value of the plain C struct.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = byte;
+    fl.l_len = 1;
+    // SAFETY: F_OFD_SETLK reads and F_OFD_GETLK fills the flock we pass,
+    // which lives across the call; the fd is open (borrowed from `file`).
+    if unsafe { libc::fcntl(file.as_raw_fd(), cmd, &mut fl) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fl.l_type != libc::F_UNLCK as libc::c_short)
+}
+
 /// Opens the image at `path`. With `format` `None` the format is detected
 /// from the magic; a given `format` must match the file. A qcow2 image's
 /// backing chain is opened read-only, each file resolved against the
@@ -240,6 +341,7 @@ pub fn open(
         .write(!read_only)
         .open(path)
         .map_err(open_err)?;
+    lock(&file, path, !read_only)?;
     let found = detect_file(&file).map_err(open_err)?;
     if let Some(given) = format.filter(|&g| g != found) {
         return Err(ImageError::FormatMismatch {

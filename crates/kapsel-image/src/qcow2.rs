@@ -36,6 +36,7 @@ impl Qcow2Backend {
                 path: path.to_owned(),
                 source,
             })?;
+        crate::lock(&file, path, !read_only)?;
         Self::open_file(path, file, read_only)
     }
 
@@ -127,6 +128,8 @@ fn open_layer(
     }
     chain.push(canonical);
     let backing_file = std::fs::File::open(&backing).map_err(missing)?;
+    // Many overlays may read one base; none may while it is written.
+    crate::lock(&backing_file, &backing, false)?;
     let format = match qcow2.implicit_backing_format().map(String::as_str) {
         Some("qcow2") => Format::Qcow2,
         Some("raw") | Some("file") => Format::Raw,

@@ -423,3 +423,77 @@ fn convert_copies_through_backing_chains_and_stays_sparse() {
     assert!(kapsel_image::convert(&missing, &dir.path().join("x.raw"), Format::Raw).is_err());
     assert!(!dir.path().join("x.raw").exists());
 }
+
+#[test]
+fn images_in_use_are_locked() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.raw");
+    std::fs::write(&base, vec![0u8; MIB as usize]).unwrap();
+    let locked = |r: Result<Box<dyn BlockBackend>, ImageError>, want_write: bool| match r {
+        Err(ImageError::Locked { path, write }) => {
+            assert_eq!((path, write), (base.clone(), want_write));
+        }
+        Err(e) => panic!("expected a lock error, got {e}"),
+        Ok(_) => panic!("expected a lock error, the image opened"),
+    };
+    {
+        let _writer = open(&base, None, false).unwrap();
+        locked(open(&base, None, false), true);
+        locked(open(&base, None, true), false);
+        let msg = open(&base, None, false).err().unwrap().to_string();
+        assert!(
+            msg.contains("base.raw") && msg.contains("kapsel create -b"),
+            "{msg}"
+        );
+    }
+    // Closed: free again. Readers share.
+    let r1 = open(&base, None, true).unwrap();
+    let r2 = open(&base, None, true).unwrap();
+    locked(open(&base, None, false), true);
+    drop((r1, r2));
+    if !have_qemu_img() {
+        return;
+    }
+    // Overlays over one base share it; the base cannot be written meanwhile.
+    let a = dir.path().join("a.qcow2");
+    let b = dir.path().join("b.qcow2");
+    for o in [&a, &b] {
+        qemu_img(&["create", "-f", "qcow2", "-b", "base.raw", "-F", "raw", s(o)]);
+    }
+    let ta = open(&a, None, false).unwrap();
+    let tb = open(&b, None, false).unwrap();
+    locked(open(&base, None, false), true);
+    // QEMU's tools see Kapsel's lock, and Kapsel sees theirs.
+    let out = Command::new("qemu-img")
+        .args(["info", s(&a)])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "qemu-img info opened an image in use"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lock"));
+    drop((ta, tb));
+    let mut qemu = Command::new("qemu-io")
+        .args(["-f", "qcow2", s(&a)])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // qemu-io holds the image open (and locked) until its stdin closes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut seen = false;
+    while std::time::Instant::now() < deadline {
+        match open(&a, None, false) {
+            Err(ImageError::Locked { .. }) => {
+                seen = true;
+                break;
+            }
+            Ok(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    drop(qemu.stdin.take());
+    qemu.wait().unwrap();
+    assert!(seen, "Kapsel opened an image qemu-io holds");
+}

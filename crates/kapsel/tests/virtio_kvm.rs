@@ -764,3 +764,62 @@ fn virtio_net_guest_under_qemu_q35() {
     check_net_run(&run, &summary);
     println!("qemu: {summary} in {:?}", run.elapsed);
 }
+
+#[test]
+fn a_disk_in_use_by_a_running_vm_is_refused() {
+    if let Some(reason) = kvm_usable() {
+        println!("SKIP: {reason}");
+        return;
+    }
+    let disks = make_disks("blklock");
+    let disk = disks.rw.display().to_string();
+    // The idle guest runs until it is killed, holding its disk; its
+    // serial output goes to a file, watched for its ready line.
+    let serial = disks._dir.join("first.out");
+    let mut first = common::kapsel_run(kapsel_testguest::IDLE);
+    first
+        .args(["--disk", &disk])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&serial).unwrap())
+        .stderr(Stdio::null());
+    let mut first = first.spawn().unwrap();
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    while !std::fs::read_to_string(&serial)
+        .unwrap_or_default()
+        .contains("idle ready")
+    {
+        assert!(
+            matches!(first.try_wait(), Ok(None)) && Instant::now() < deadline,
+            "the first VM did not come up"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    for opts in ["", ",ro"] {
+        let mut second = common::kapsel_run(kapsel_testguest::HELLO);
+        second.args(["--disk", &format!("{disk}{opts}")]);
+        let run = Vm::spawn(second).finish(Instant::now(), RUN_TIMEOUT);
+        assert_eq!(
+            run.status.and_then(|s| s.code()),
+            Some(2),
+            "{}",
+            run.describe()
+        );
+        assert!(
+            run.stderr.contains(&disk) && run.stderr.contains("in use"),
+            "{}",
+            run.describe()
+        );
+    }
+    let _ = first.kill();
+    let _ = first.wait();
+    // Free once the first VM is gone.
+    let mut again = common::kapsel_run(kapsel_testguest::HELLO);
+    again.args(["--disk", &disk]);
+    let run = Vm::spawn(again).finish(Instant::now(), RUN_TIMEOUT);
+    assert_eq!(
+        run.status.and_then(|s| s.code()),
+        Some(0),
+        "{}",
+        run.describe()
+    );
+}
