@@ -12,7 +12,13 @@ PSS, private memory) of the process that stays with a running container
 (`kapsel run-container` itself; `runc run` for runc) while it runs
 `sleep`.
 
-Usage: bench/container.py [--runs N]
+crun 1.8 refuses a host with cgroup v1 controllers and a cgroup2 mount
+that has controllers of its own ("hybrid", as this project's machines): then,
+unless --no-v1-view is given, the whole benchmark runs in a private mount
+namespace without the cgroup2 mount (/sys/fs/cgroup/unified), so that all
+three runtimes see the same cgroup v1 host and crun runs.
+
+Usage: bench/container.py [--runs N] [--no-v1-view]
 Needs: root, cargo, gcc, busybox-static, runc (crun optional).
 """
 import argparse
@@ -64,6 +70,30 @@ def oci_bundle(where, rootfs, args):
     with open(path, "w") as f:
         json.dump(cfg, f)
     return bundle
+
+
+UNIFIED = "/sys/fs/cgroup/unified"
+
+
+def hybrid():
+    """cgroup v1 controllers plus a cgroup2 mount with controllers."""
+    try:
+        with open(os.path.join(UNIFIED, "cgroup.controllers")) as f:
+            return bool(f.read().split())
+    except OSError:
+        return False
+
+
+def enter_v1_view():
+    """A private mount namespace for this process and its children in which
+    the cgroup2 mount is gone: the host looks like a cgroup v1 host."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    clone_newns = 0x00020000
+    if libc.unshare(clone_newns) != 0:
+        sys.exit(f"bench: unshare(CLONE_NEWNS): {os.strerror(ctypes.get_errno())}")
+    subprocess.run(["mount", "--make-rprivate", "/"], check=True)
+    subprocess.run(["umount", UNIFIED], check=True)
 
 
 def run(measure, cmd):
@@ -124,6 +154,8 @@ def monitor_memory(cmds, marker, stop=None):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=100)
+    ap.add_argument("--no-v1-view", action="store_true",
+                    help="on a hybrid cgroup host, run as is (crun then refuses)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench: containers need root")
@@ -131,6 +163,10 @@ def main():
         if not shutil.which(tool):
             sys.exit(f"bench: {tool} not found (scripts/setup.sh installs it)")
     kapsel, measure = build()
+    view = "as the host has them"
+    if hybrid() and shutil.which("crun") and not args.no_v1_view:
+        enter_v1_view()
+        view = f"v1 only (hybrid host; {UNIFIED} unmounted in a private mount namespace)"
     work = tempfile.mkdtemp(prefix="kapsel-bench-")
     try:
         rootfs = busybox_root(work)
@@ -159,7 +195,7 @@ def main():
             return statistics.median(r[key] for r in results[name])
 
         print(f"container benchmark: {args.runs} runs each, alternating, /bin/true in a busybox root")
-        print(f"crun: {crun_note}")
+        print(f"crun: {crun_note}; cgroups: {view}")
         print(f"{'':8} {'wall ms':>9} {'CPU ms':>9} {'peak RSS MiB':>13}")
         for name in peers:
             print(f"{name:8} {med(name, 'wall_ms'):9.1f} {med(name, 'cpu_ms'):9.1f} {med(name, 'rss_mib'):13.2f}")
