@@ -47,6 +47,13 @@ pub struct ContainerSpec {
     /// A user namespace with this id mapping; `None` runs the container
     /// as host root (confined by capabilities, seccomp and cgroups).
     pub user_map: Option<IdMap>,
+    /// With [`ContainerSpec::user_map`]: show the root through an idmapped
+    /// mount (mount_setattr(2) with `MOUNT_ATTR_IDMAP`; Linux 5.12, and a
+    /// file system that supports it), so the files host ids 0..count own
+    /// appear owned by the container's 0..count and nothing is chowned.
+    /// Off, the root is used as it is: its files must already be owned by
+    /// the mapped host ids ("shifted").
+    pub idmap_root: bool,
     /// Capabilities kept (the bounding set); the rest are dropped.
     pub capabilities: CapSet,
     /// Set `no_new_privs`: setuid binaries gain nothing inside. Turn off
@@ -119,6 +126,7 @@ impl ContainerSpec {
             network: None,
             console: ConsoleSpec::Inherit,
             user_map: None,
+            idmap_root: false,
             capabilities: CapSet::DEFAULT,
             no_new_privs: true,
             seccomp: true,
@@ -285,6 +293,10 @@ impl ContainerSpec {
                     "user namespace map of 0 ids; map at least 1 (root)".into(),
                 ));
             }
+        } else if self.idmap_root {
+            return Err(Error::Invalid(
+                "an idmapped root needs a user namespace; give the id map too".into(),
+            ));
         }
         Ok(init_path)
     }

@@ -519,6 +519,117 @@ fn user_namespace_maps_root() {
 }
 
 #[test]
+fn idmapped_root_belongs_to_the_container() {
+    skip_unless_ready!();
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let root = Rootfs::new("idmap");
+    let n = name("idmap");
+    // A host-root file only root may read, and one of an id outside the map.
+    std::fs::write(root.file("/etc/secret"), "inside-only\n").unwrap();
+    std::fs::set_permissions(root.file("/etc/secret"), PermissionsExt::from_mode(0o600)).unwrap();
+    std::fs::write(root.file("/etc/foreign"), "foreign\n").unwrap();
+    std::fs::set_permissions(root.file("/etc/foreign"), PermissionsExt::from_mode(0o600)).unwrap();
+    std::os::unix::fs::chown(root.file("/etc/foreign"), Some(4_000_000), Some(4_000_000)).unwrap();
+    let script = "echo uid=$(id -u); stat -c 'owner=%u:%g' /; cat /etc/secret; \
+                  cat /etc/foreign || echo foreign-denied; \
+                  mknod /tmp/blk b 8 0 || echo mknod-denied; \
+                  mkdir /tmp/made && touch /tmp/made/file && chown 1000:1000 /tmp/made/file; \
+                  grep -E '^(Uid|CapEff)' /proc/self/status";
+    let mut spec = sh(&n, &root, script);
+    spec.user_map = Some(IdMap {
+        host_uid: 300000,
+        host_gid: 300000,
+        count: 65536,
+    });
+    spec.idmap_root = true;
+    spec.capabilities = spec.capabilities.with(kapsel_container::caps::cap::MKNOD);
+    let (status, out) = run(&spec, &root);
+    assert_eq!(status, ExitStatus::Exited(0), "{out}");
+    assert!(out.contains("uid=0\n"), "{out}");
+    // Host root's files are the container root's.
+    assert!(out.contains("owner=0:0\n"), "{out}");
+    assert!(out.contains("inside-only\n"), "{out}");
+    // ... but a host id outside the map is nobody: not even root inside
+    // may read it, and no block device can be made.
+    assert!(out.contains("foreign-denied"), "{out}");
+    assert!(out.contains("mknod-denied"), "{out}");
+    // On disk, what the container made is owned by the ids it wrote,
+    // not shifted ones.
+    let made = std::fs::metadata(root.file("/tmp/made")).unwrap();
+    assert_eq!((made.uid(), made.gid()), (0, 0));
+    let file = std::fs::metadata(root.file("/tmp/made/file")).unwrap();
+    assert_eq!((file.uid(), file.gid()), (1000, 1000));
+    assert!(!root.file("/tmp/blk").exists());
+    assert!(cgroup_dirs(&n).is_empty());
+    // The root's mount never reached the host.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(root.path.to_str().unwrap()), "{mounts}");
+
+    // A root on a file system without idmapped mounts (ramfs) is refused
+    // as bad input, naming the root and the fix; nothing is left.
+    let ramfs = std::env::temp_dir().join(format!("kapsel-ramfs-{}", std::process::id()));
+    std::fs::create_dir_all(&ramfs).unwrap();
+    assert!(Command::new("mount")
+        .args(["-t", "ramfs", "ramfs"])
+        .arg(&ramfs)
+        .status()
+        .unwrap()
+        .success());
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(root.path.join("."))
+        .arg(&ramfs)
+        .status()
+        .unwrap();
+    let on_ramfs = ContainerSpec {
+        root: ramfs.clone(),
+        ..spec.clone()
+    };
+    let e = copied.success().then(|| Container::start(&on_ramfs));
+    let _ = Command::new("umount").arg(&ramfs).status();
+    let _ = std::fs::remove_dir(&ramfs);
+    let e = e.expect("copying the root onto ramfs").unwrap_err();
+    assert_eq!(e.exit_code(), 2, "{e}");
+    let msg = e.to_string();
+    println!("{msg}");
+    assert!(
+        msg.contains(ramfs.to_str().unwrap()) && msg.contains("idmapped"),
+        "{msg}"
+    );
+    assert!(cgroup_dirs(&n).is_empty());
+    // The cgroup2 directory is handed to the mapped root while it runs.
+    let mut spec = sh(&n, &root, "exec sleep 100");
+    spec.user_map = Some(IdMap {
+        host_uid: 300000,
+        host_gid: 300000,
+        count: 65536,
+    });
+    spec.idmap_root = true;
+    let c = Container::start(&spec).unwrap();
+    if let Some(v2) = c.cgroup().v2_dir() {
+        for f in [
+            "",
+            "cgroup.procs",
+            "cgroup.subtree_control",
+            "cgroup.threads",
+        ] {
+            let m = std::fs::metadata(v2.join(f)).unwrap();
+            assert_eq!(
+                (m.uid(), m.gid()),
+                (300000, 300000),
+                "{}",
+                v2.join(f).display()
+            );
+        }
+        // The limits stay the host's.
+        let m = std::fs::metadata(v2.join("cgroup.max.depth")).unwrap();
+        assert_eq!(m.uid(), 0);
+    }
+    c.cleanup().unwrap();
+    assert!(cgroup_dirs(&n).is_empty());
+}
+
+#[test]
 fn limits_the_host_cannot_enforce_are_refused() {
     skip_unless_ready!();
     let mode = CgroupMode::detect().unwrap();
