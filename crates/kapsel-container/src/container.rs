@@ -241,6 +241,16 @@ impl Container {
                         what: "opening the console pty",
                         source,
                     })?;
+                if let Some(map) = &spec.user_map {
+                    // The container's root owns its console (as on a
+                    // machine of its own): systemd and getty reopen and
+                    // chmod /dev/console, which a host-root pty refuses them.
+                    std::os::unix::fs::fchown(&slave, Some(map.host_uid), Some(map.host_gid))
+                        .map_err(|source| Error::Os {
+                            what: "handing the console pty to the container's root",
+                            source,
+                        })?;
+                }
                 console = Some(master);
                 slave_fd = Some(slave);
                 slave_path = Some(path);
