@@ -81,10 +81,10 @@ fn unsupported(root: &Path, e: io::Error) -> Error {
     let fs = fs_name(root);
     Error::Invalid(format!(
         "root {} (on {fs}) cannot be given to a user namespace through an idmapped mount: {e}; \
-         put it on a file system that supports idmapped mounts (ext4, xfs, btrfs, tmpfs; \
-         overlayfs since Linux 5.19) on Linux 5.12 or later, or shift its files to the \
-         container's host ids yourself (then the root directory must be owned by the first \
-         host id of the map, and it is used as it is)",
+         put it on a file system that supports idmapped mounts (ext4, xfs, btrfs, and \
+         tmpfs since Linux 6.3; an overlay cannot be idmapped itself, only its layers), or \
+         shift its files to the container's host ids yourself (then the root directory must \
+         be owned by the first host id of the map, and it is used as it is)",
         root.display()
     ))
 }

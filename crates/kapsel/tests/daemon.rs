@@ -893,6 +893,46 @@ fn containers_start_exec_pause_and_stop_like_vms() {
     d.console_text(&app, "app-ran");
 }
 
+/// A writable Debian root for one test: an overlay on the cached root, or
+/// a copy of it.
+enum DebianRoot {
+    Overlay(ctcommon::Overlay),
+    Copy(CopiedRoot),
+}
+
+impl DebianRoot {
+    fn root(&self) -> PathBuf {
+        match self {
+            DebianRoot::Overlay(o) => o.root(),
+            DebianRoot::Copy(c) => c.0.clone(),
+        }
+    }
+}
+
+/// A copy of a root (`cp -a`) in a temporary directory, removed on drop.
+struct CopiedRoot(PathBuf);
+
+impl CopiedRoot {
+    fn new(from: &Path, tag: &str) -> CopiedRoot {
+        let dir = std::env::temp_dir().join(format!("kapsel-copy-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let ok = Command::new("cp")
+            .arg("-a")
+            .arg(from)
+            .arg(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "cp -a {} {}", from.display(), dir.display());
+        CopiedRoot(dir)
+    }
+}
+
+impl Drop for CopiedRoot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// The `Uid:` or `Gid:` line of a host process, its four ids.
 fn proc_ids(pid: i32, key: &str) -> Vec<u32> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -1135,6 +1175,17 @@ fn mounts_under(dir: &Path) -> Vec<String> {
 
 #[test]
 fn a_debian_container_boots_systemd_to_multi_user_and_stops_cleanly() {
+    debian_systemd_boots_and_stops(false);
+}
+
+/// The same Debian container with `unprivileged`: systemd as root of a
+/// user namespace on an idmapped overlay, its cgroup2 tree delegated.
+#[test]
+fn an_unprivileged_debian_container_boots_systemd_and_stops_cleanly() {
+    debian_systemd_boots_and_stops(true);
+}
+
+fn debian_systemd_boots_and_stops(unprivileged: bool) {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         println!("SKIP: containers need root");
@@ -1143,7 +1194,14 @@ fn a_debian_container_boots_systemd_to_multi_user_and_stops_cleanly() {
     let Some(cache) = ctcommon::debian_root() else {
         return;
     };
-    let ovl = ctcommon::Overlay::new(&cache, "deb");
+    let tag = if unprivileged { "deb-unpriv" } else { "deb" };
+    // An overlay cannot be idmapped itself (only its layers can): the
+    // unprivileged container gets a copy on the host's file system.
+    let ovl = if unprivileged {
+        DebianRoot::Copy(CopiedRoot::new(&cache, tag))
+    } else {
+        DebianRoot::Overlay(ctcommon::Overlay::new(&cache, tag))
+    };
     // A service sandboxed as many of Debian's are: systemd boots without
     // CAP_SYS_ADMIN too, but then skips the sandbox silently (/usr stays
     // writable); with it, ProtectSystem= holds.
@@ -1160,11 +1218,12 @@ fn a_debian_container_boots_systemd_to_multi_user_and_stops_cleanly() {
         units.join("multi-user.target.wants/kapsel-probe.service"),
     )
     .unwrap();
-    let name = ctcommon::name("deb");
+    let name = ctcommon::name(tag);
     // No init given: /sbin/init, Debian's link to systemd.
     let conf = format!(
-        "container \"{name}\" {{\n\troot \"{}\"\n}}\n",
-        ovl.root().display()
+        "container \"{name}\" {{\n\troot \"{}\"\n{}}}\n",
+        ovl.root().display(),
+        if unprivileged { "\tunprivileged\n" } else { "" }
     );
     let t0 = Instant::now();
     let d = Kapseld::start(&conf);
@@ -1195,8 +1254,29 @@ fn a_debian_container_boots_systemd_to_multi_user_and_stops_cleanly() {
     }
     let booted = t0.elapsed();
     let analyze = d.ok(&["exec", &name, "--", "systemd-analyze"]);
+    let host_id = if unprivileged { 100000 } else { 0 };
+    assert_eq!(proc_ids(init, "Uid:"), [host_id; 4]);
+    if unprivileged {
+        let maps = d.ok(&["exec", &name, "--", "cat", "/proc/1/uid_map"]);
+        assert_eq!(
+            maps.split_whitespace().collect::<Vec<_>>(),
+            ["0", "100000", "65536"]
+        );
+        // Its cgroup2 directory is the mapped root's, its sub-groups
+        // (init.scope, system.slice) are systemd's own.
+        use std::os::unix::fs::MetadataExt;
+        let tree = ctcommon::cgroup_dirs(&name)
+            .into_iter()
+            .find(|d| d.join("init.scope").is_dir())
+            .expect("systemd's tree");
+        for f in ["", "cgroup.procs", "init.scope"] {
+            let m = std::fs::metadata(tree.join(f)).unwrap();
+            assert_eq!((m.uid(), m.gid()), (host_id, host_id), "{f}");
+        }
+    }
     println!(
-        "systemd container: multi-user.target active {:.2} s after the daemon started; systemd-analyze: {}",
+        "systemd container{}: multi-user.target active {:.2} s after the daemon started; systemd-analyze: {}",
+        if unprivileged { " (unprivileged)" } else { "" },
         booted.as_secs_f64(),
         analyze.lines().next().unwrap_or("").trim()
     );
@@ -1272,7 +1352,8 @@ fn a_debian_container_boots_systemd_to_multi_user_and_stops_cleanly() {
     let said = d.ok(&["stop", "-w", &name]);
     let stopped = t1.elapsed();
     println!(
-        "systemd container: stopped in {:.2} s",
+        "systemd container{}: stopped in {:.2} s",
+        if unprivileged { " (unprivileged)" } else { "" },
         stopped.as_secs_f64()
     );
     // A clean power-off (no SIGKILL after the daemon's 5 s timeout):
