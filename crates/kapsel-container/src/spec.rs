@@ -530,6 +530,37 @@ mod tests {
     }
 
     #[test]
+    fn an_idmapped_root_needs_a_user_namespace() {
+        let root = tree("idmap");
+        let none = CgroupMode::Legacy {
+            mounts: Vec::new(),
+            hybrid_v2: None,
+        };
+        let mut spec = ContainerSpec::new("c", &root, vec!["/sbin/init".into()]);
+        spec.idmap_root = true;
+        let e = spec.validate(&none).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("needs a user namespace"), "{e}");
+        spec.user_map = Some(IdMap {
+            host_uid: 100000,
+            host_gid: 100000,
+            count: 0,
+        });
+        assert!(spec
+            .validate(&none)
+            .unwrap_err()
+            .to_string()
+            .contains("0 ids"));
+        spec.user_map = Some(IdMap {
+            host_uid: 100000,
+            host_gid: 100000,
+            count: 65536,
+        });
+        assert!(spec.validate(&none).is_ok());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
     fn names() {
         assert!(check_name("web-1.example_a").is_ok());
         assert!(check_name("").is_err());
