@@ -859,6 +859,111 @@ fn systemd_in_a_v2_tree() {
     let _ = std::fs::remove_file(&console);
 }
 
+/// systemd as root of a user namespace on an idmapped copy of the Debian
+/// root, in a cgroup2 tree handed to the mapped root (the pure v2 host's
+/// path, on this host's v2 hierarchy where it has one).
+#[test]
+fn unprivileged_systemd_in_a_v2_tree() {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("SKIP: containers need root");
+        return;
+    }
+    let host = CgroupMode::detect().unwrap();
+    let mode = if host.is_unified() {
+        host
+    } else {
+        let unified = Path::new("/sys/fs/cgroup/unified");
+        if !unified.join("cgroup.controllers").exists() {
+            println!("SKIP: no cgroup v2 hierarchy at {}", unified.display());
+            return;
+        }
+        CgroupMode::Unified {
+            root: unified.to_path_buf(),
+            controllers: Vec::new(),
+        }
+    };
+    let CgroupMode::Unified { root: v2, .. } = &mode else {
+        unreachable!()
+    };
+    let Some(cache) = common::debian_root() else {
+        return;
+    };
+    let copy = common::CopiedRoot::new(&cache, "v2usd");
+    let n = name("v2usd");
+    let mut spec = ContainerSpec::new(&n, &copy.0, vec!["/sbin/init".into()]);
+    let console = std::env::temp_dir().join(format!("{n}.console"));
+    spec.console = ConsoleSpec::File(console.clone());
+    spec.user_map = Some(IdMap {
+        host_uid: 300000,
+        host_gid: 300000,
+        count: 65536,
+    });
+    spec.idmap_root = true;
+    let mut c = Container::start_in(&spec, &mode).unwrap();
+    let sh_in = |c: &Container, script: &str| {
+        c.exec(&["/bin/sh".into(), "-c".into(), script.into()])
+            .unwrap()
+            .wait()
+            .unwrap()
+    };
+    let booted = eventually(60, || {
+        sh_in(&c, "systemctl is-active --quiet multi-user.target") == ExitStatus::Exited(0)
+    });
+    assert!(
+        booted,
+        "multi-user.target not active within 60 s:\n{}",
+        std::fs::read_to_string(&console).unwrap_or_default()
+    );
+    assert_eq!(
+        sh_in(
+            &c,
+            "test \"$(systemctl is-system-running --wait)\" = running"
+        ),
+        ExitStatus::Exited(0),
+        "{}",
+        std::fs::read_to_string(&console).unwrap_or_default()
+    );
+    let dir = v2.join("kapsel").join(&n);
+    for f in [
+        "",
+        "cgroup.procs",
+        "cgroup.subtree_control",
+        "init.scope",
+        "system.slice",
+    ] {
+        let m = std::fs::metadata(dir.join(f)).unwrap();
+        assert_eq!(
+            (m.uid(), m.gid()),
+            (300000, 300000),
+            "{f} in {}",
+            dir.display()
+        );
+    }
+    // Root inside owns the root (idmapped); the host's disk keeps host root.
+    assert_eq!(
+        sh_in(
+            &c,
+            "test \"$(stat -c %u:%g /usr/bin)\" = 0:0 && touch /var/made-inside"
+        ),
+        ExitStatus::Exited(0)
+    );
+    assert_eq!(
+        std::fs::metadata(copy.0.join("var/made-inside"))
+            .unwrap()
+            .uid(),
+        0
+    );
+    assert_eq!(
+        c.stop(Duration::from_secs(10)).unwrap(),
+        ExitStatus::Exited(0)
+    );
+    c.cleanup().unwrap();
+    assert!(!dir.exists(), "{} left", dir.display());
+    let _ = std::fs::remove_file(&console);
+}
+
 /// The seccomp profile is a wall of its own: with CAP_SYS_MODULE given
 /// back, init_module still fails with EPERM, and only because of the
 /// profile (without it the kernel gets to reject the file itself).

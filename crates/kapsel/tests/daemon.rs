@@ -897,7 +897,7 @@ fn containers_start_exec_pause_and_stop_like_vms() {
 /// a copy of it.
 enum DebianRoot {
     Overlay(ctcommon::Overlay),
-    Copy(CopiedRoot),
+    Copy(ctcommon::CopiedRoot),
 }
 
 impl DebianRoot {
@@ -906,30 +906,6 @@ impl DebianRoot {
             DebianRoot::Overlay(o) => o.root(),
             DebianRoot::Copy(c) => c.0.clone(),
         }
-    }
-}
-
-/// A copy of a root (`cp -a`) in a temporary directory, removed on drop.
-struct CopiedRoot(PathBuf);
-
-impl CopiedRoot {
-    fn new(from: &Path, tag: &str) -> CopiedRoot {
-        let dir = std::env::temp_dir().join(format!("kapsel-copy-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let ok = Command::new("cp")
-            .arg("-a")
-            .arg(from)
-            .arg(&dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "cp -a {} {}", from.display(), dir.display());
-        CopiedRoot(dir)
-    }
-}
-
-impl Drop for CopiedRoot {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -1198,7 +1174,7 @@ fn debian_systemd_boots_and_stops(unprivileged: bool) {
     // An overlay cannot be idmapped itself (only its layers can): the
     // unprivileged container gets a copy on the host's file system.
     let ovl = if unprivileged {
-        DebianRoot::Copy(CopiedRoot::new(&cache, tag))
+        DebianRoot::Copy(ctcommon::CopiedRoot::new(&cache, tag))
     } else {
         DebianRoot::Overlay(ctcommon::Overlay::new(&cache, tag))
     };
