@@ -109,6 +109,16 @@ pub struct IdMap {
     pub count: u32,
 }
 
+impl IdMap {
+    /// Whether `root` was shifted to this map by hand: the directory
+    /// belongs to [`IdMap::host_uid`]. Such a root is used as it is; any
+    /// other wants [`ContainerSpec::idmap_root`].
+    pub fn shifted(&self, root: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(root).is_ok_and(|m| m.uid() == self.host_uid)
+    }
+}
+
 impl ContainerSpec {
     /// A container called `name` on `root` running `init`, with the
     /// default confinement: capabilities [`CapSet::DEFAULT`], seccomp and

@@ -137,7 +137,9 @@ pub fn spawn(launch: &Launch) -> Result<(ContainerProcess, ConsoleOutput), Strin
         mac: Some(*mac),
     });
     if let Some(map) = s.unprivileged {
-        (spec.user_map, spec.idmap_root) = (Some(user_map(map)), idmap_root(&launch.root, map));
+        let map = user_map(map);
+        spec.idmap_root = !map.shifted(&launch.root);
+        spec.user_map = Some(map);
     }
     let ct = Container::start_in(&spec, launch.cgroups)
         .map_err(|e| format!("container {}: {e}", s.name))?;
@@ -175,14 +177,6 @@ fn user_map(map: UserMap) -> IdMap {
         host_gid: map.host_id,
         count: map.count,
     }
-}
-
-/// Whether an `unprivileged` container sees its root through an idmapped
-/// mount: yes, unless the root directory belongs to the map's first host
-/// id (its files were shifted to the mapped ids: used as they are).
-fn idmap_root(root: &Path, map: UserMap) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(root).map_or(true, |m| m.uid() != map.host_id)
 }
 
 impl ContainerProcess {
