@@ -655,6 +655,31 @@ fn container_unprivileged() {
             "{bad}: {e}"
         );
     }
+    // The same map twice is a choice; maps that partly overlap are warned of.
+    let two = |a: &str, b: &str| {
+        warnings(&format!(
+            "container \"a\" {{\n\troot \"/r\"\n\t{a}\n}}\ncontainer \"b\" {{\n\troot \"/r\"\n\t{b}\n}}\n"
+        ))
+    };
+    assert_eq!(two("unprivileged", "unprivileged map 100000 65536"), "");
+    assert_eq!(two("unprivileged", "unprivileged map 165536 65536"), "");
+    assert_eq!(two("unprivileged map 1 1", "unprivileged map 2 1"), "");
+    let w = two("unprivileged", "unprivileged map 1 99999");
+    assert!(w.is_empty(), "{w}");
+    let w = two("unprivileged", "unprivileged map 1 100000");
+    assert!(
+        w.contains("vm.conf:7:2: warning: container \"b\" shares host ids 100000 to 100000 with container \"a\""),
+        "{w}"
+    );
+    let w = two(
+        "unprivileged map 4294967000 295",
+        "unprivileged map 4294967294 1",
+    );
+    assert!(w.contains("host ids 4294967294 to 4294967294"), "{w}");
+    assert!(
+        w.contains("help: give it a range of its own, or the same map"),
+        "{w}"
+    );
     let e = errors("container \"a\" {\n\troot \"/r\"\n\tunprivileged\n\tunprivileged\n}\n");
     assert!(
         e.contains("vm.conf:4:2: \"unprivileged\" is given more than once"),
