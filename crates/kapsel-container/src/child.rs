@@ -11,7 +11,8 @@
 //! join the v1 cgroups (through `tasks`) → wait for the parent (cgroup
 //! joined on v2, id maps written, veth created) →
 //! id switch (user namespace only) → new cgroup namespace → hostname →
-//! mounts private → root bind-mounted onto itself → /proc, /sys (ro),
+//! mounts private → root bind-mounted onto itself (or the idmapped copy the
+//! parent sent moved there: idmap.rs) → /proc, /sys (ro),
 //! cgroup2 (v2 hosts: read-only; writable for a systemd init, on hybrid
 //! hosts too), /dev on tmpfs with its nodes, devpts, shm, /dev/console →
 //! /run, /run/lock and /tmp on tmpfs (systemd init) → masked and
@@ -157,7 +158,8 @@ pub(crate) struct ChildPlan {
     /// Open v1 `tasks` files the child writes "0" to, moving itself into
     /// the container's cgroups (empty when the parent placed it).
     pub cgroup_tasks: Vec<RawFd>,
-    /// The child's ends of the sync pipes.
+    /// The child's ends of the sync channels: a socket for the parent's
+    /// release byte (which may carry the idmapped root), a pipe for errors.
     pub go_read: RawFd,
     pub err_write: RawFd,
 }
