@@ -80,7 +80,8 @@ pub(crate) fn idmapped_root(root: &Path, pid: i32) -> Result<OwnedFd> {
 fn unsupported(root: &Path, e: io::Error) -> Error {
     let fs = fs_name(root);
     Error::Invalid(format!(
-        "root {} (on {fs}) cannot be given to a user namespace through an idmapped mount: {e}; \
+        "root {} (on {fs}), or a mount below it, cannot be given to a user namespace through \
+         an idmapped mount: {e}; \
          put it on a file system that supports idmapped mounts (ext4, xfs, btrfs, and \
          tmpfs since Linux 6.3; an overlay cannot be idmapped itself, only its layers), or \
          shift its files to the container's host ids yourself (then the root directory must \
