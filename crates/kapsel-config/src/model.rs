@@ -488,6 +488,27 @@ impl VmSpec {
     }
 }
 
+/// The id mapping of an `unprivileged` container: the container's uids and
+/// gids 0..count are the host's `host_id..host_id + count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserMap {
+    /// The host id of the container's root (never 0).
+    pub host_id: u32,
+    /// How many ids are mapped, at least 1; `host_id + count` fits in 32
+    /// bits (the last host id is at most 4294967294, as (uid_t)-1 is none).
+    pub count: u32,
+}
+
+impl UserMap {
+    /// `unprivileged` alone: container ids 0..65535 are host ids
+    /// 100000..165535 (Proxmox VE's default, and enough for a
+    /// distribution's users, `nobody` 65534 included).
+    pub const DEFAULT: UserMap = UserMap {
+        host_id: 100_000,
+        count: 65_536,
+    };
+}
+
 /// A `container "name" { ... }` block: a system container (its own init,
 /// usually `/sbin/init`) or an application container (`init` names the
 /// command). A loaded container has exactly one of `root` and `image`.
@@ -518,6 +539,10 @@ pub struct ContainerSpec {
     /// `pids N`: the most processes and threads, 1 to [`MAX_CONTAINER_PIDS`];
     /// `None` is unlimited.
     pub pids: Option<u64>,
+    /// `unprivileged [map HOSTID COUNT]`: run in a user namespace whose
+    /// ids 0..COUNT are the host's HOSTID.. (uids and gids alike);
+    /// `None` runs the container as the host's root.
+    pub unprivileged: Option<UserMap>,
     /// Where the block starts.
     pub span: Span,
 }
@@ -536,6 +561,7 @@ impl ContainerSpec {
             image: None,
             init: Vec::new(),
             pids: None,
+            unprivileged: None,
             span: Span::default(),
         }
     }

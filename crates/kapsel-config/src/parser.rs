@@ -74,6 +74,7 @@ const CONTAINER_KEYWORDS: &[&str] = &[
     "owner",
     "pids",
     "root",
+    "unprivileged",
 ];
 
 /// The deepest `include` nesting we follow.
@@ -462,6 +463,59 @@ impl Parser<'_, '_, '_> {
                 None,
             )),
         }
+    }
+
+    /// What follows `unprivileged`: nothing (the default map) or
+    /// `map HOSTID COUNT`.
+    fn user_map(&mut self) -> PResult<UserMap> {
+        if !self.eat_word("map") {
+            if let Tok::Word(w) = self.peek().clone() {
+                if !w.is_empty() && w.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(self.unexpected(
+                        "\"map\" before the host ids",
+                        Some(format!("write: unprivileged map {w} COUNT")),
+                    ));
+                }
+            }
+            return Ok(UserMap::DEFAULT);
+        }
+        let (host_id, hpos) = self.number("the first host id", 0, u32::MAX - 1)?;
+        if host_id == 0 {
+            return Err(self.error(
+                hpos,
+                "host id 0 would make the container's root the host's root",
+                Some(format!(
+                    "map it to ids no host user has, e.g. unprivileged map {} {} (what `unprivileged` alone does)",
+                    UserMap::DEFAULT.host_id,
+                    UserMap::DEFAULT.count
+                )),
+            ));
+        }
+        let (count, cpos) = self.number("the number of ids", 0, u32::MAX)?;
+        if count == 0 {
+            return Err(self.error(
+                cpos,
+                "a map of 0 ids leaves the container no root",
+                Some(format!(
+                    "map at least 1 id; {} holds a distribution's users and groups",
+                    UserMap::DEFAULT.count
+                )),
+            ));
+        }
+        let max = u32::MAX - host_id;
+        if count > max {
+            return Err(self.error(
+                cpos,
+                format!(
+                    "host ids {host_id} to {} run past 4294967294, the last id there is",
+                    u64::from(host_id) + u64::from(count) - 1
+                ),
+                Some(format!(
+                    "map at most {max} ids from {host_id}, or start lower"
+                )),
+            ));
+        }
+        Ok(UserMap { host_id, count })
     }
 
     /// A name of a VM, container or switch.
@@ -1183,6 +1237,10 @@ impl Parser<'_, '_, '_> {
                     "\"pids\" is for containers; a VM's processes are limited inside its guest",
                     "remove it, or make this block a `container`",
                 )),
+                "unprivileged" => Some((
+                    "\"unprivileged\" is for containers; a VM's guest has a kernel of its own and its process runs sandboxed already",
+                    "remove it, or make this block a `container`",
+                )),
                 _ => None,
             };
             if let Some((message, help)) = hint {
@@ -1237,6 +1295,10 @@ impl Parser<'_, '_, '_> {
                 self.once(st, "pids", pos)?;
                 let max = u32::try_from(MAX_CONTAINER_PIDS).unwrap_or(u32::MAX);
                 st.ct.pids = Some(u64::from(self.number("pids", 1, max)?.0));
+            }
+            "unprivileged" => {
+                self.once(st, "unprivileged", pos)?;
+                st.ct.unprivileged = Some(self.user_map()?);
             }
             "memory" => {
                 self.once(st, "memory", pos)?;

@@ -239,6 +239,13 @@ fn print_container(out: &mut String, c: &ContainerSpec) {
     if let Some(p) = c.pids {
         let _ = writeln!(out, "\tpids {p}");
     }
+    match c.unprivileged {
+        None => {}
+        Some(UserMap::DEFAULT) => out.push_str("\tunprivileged\n"),
+        Some(m) => {
+            let _ = writeln!(out, "\tunprivileged map {} {}", m.host_id, m.count);
+        }
+    }
     for i in &c.interfaces {
         print_interface(out, i);
     }

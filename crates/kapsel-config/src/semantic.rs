@@ -3,7 +3,7 @@
 
 use crate::diag::did_you_mean;
 use crate::model::{
-    BootDevice, Config, VmSpec, DEFAULT_VM_CPUS, DEFAULT_VM_MEMORY, MAX_INSTANCE_DEPTH,
+    BootDevice, Config, UserMap, VmSpec, DEFAULT_VM_CPUS, DEFAULT_VM_MEMORY, MAX_INSTANCE_DEPTH,
 };
 use crate::parser::{Ctx, Loc};
 use std::collections::{HashMap, HashSet};
@@ -15,6 +15,7 @@ pub(crate) fn check(ctx: &mut Ctx) {
     boot_devices(ctx);
     duplicate_disks(ctx);
     container_files(ctx);
+    overlapping_user_maps(ctx);
 }
 
 /// Fills in the defaults of VMs that are not instances, so that
@@ -337,6 +338,50 @@ fn duplicate_disks(ctx: &mut Ctx) {
 }
 
 /// A container has exactly one of `root` and `image`.
+/// Two `unprivileged` containers whose different maps share host ids: a
+/// mistake, surely (the same map for several containers is a choice, as
+/// Proxmox VE makes it by default; a partial overlap is not).
+fn overlapping_user_maps(ctx: &mut Ctx) {
+    let last = |m: &UserMap| u64::from(m.host_id) + u64::from(m.count) - 1;
+    let maps: Vec<(&str, UserMap, Option<&Loc>)> = ctx
+        .config
+        .containers
+        .iter()
+        .zip(ctx.container_notes.iter())
+        .filter_map(|(c, n)| Some((c.name.as_str(), c.unprivileged?, n.stmt("unprivileged"))))
+        .collect();
+    let mut warnings = Vec::new();
+    for (i, (name, map, loc)) in maps.iter().enumerate() {
+        let Some((other, first, _)) = maps[..i].iter().find(|(_, m, _)| {
+            m != map && u64::from(m.host_id) <= last(map) && u64::from(map.host_id) <= last(m)
+        }) else {
+            continue;
+        };
+        let Some(loc) = loc else { continue };
+        let from = first.host_id.max(map.host_id);
+        let to = last(first).min(last(map));
+        let free = last(first).max(last(map)) + 1;
+        let help = if free + u64::from(map.count) <= u64::from(u32::MAX) {
+            format!(
+                "give it a range of its own, e.g. unprivileged map {free} {}, or the same map as \"{other}\"",
+                map.count
+            )
+        } else {
+            format!("give it a range of its own, or the same map as \"{other}\"")
+        };
+        warnings.push((
+            (*loc).clone(),
+            format!(
+                "container \"{name}\" shares host ids {from} to {to} with container \"{other}\", whose map differs"
+            ),
+            Some(help),
+        ));
+    }
+    for (loc, msg, help) in warnings {
+        ctx.warning(&loc, msg, help);
+    }
+}
+
 fn container_files(ctx: &mut Ctx) {
     let mut errors = Vec::new();
     for (ct, notes) in ctx.config.containers.iter().zip(ctx.container_notes.iter()) {

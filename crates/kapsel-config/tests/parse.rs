@@ -563,13 +563,144 @@ fn container_pids() {
 }
 
 #[test]
+fn container_unprivileged() {
+    let ct = |line: &str| {
+        parse(&format!(
+            "container \"a\" {{\n\troot \"/r\"\n\t{line}\n}}\n"
+        ))
+        .containers[0]
+            .unprivileged
+    };
+    assert_eq!(
+        ct("unprivileged"),
+        Some(UserMap {
+            host_id: 100_000,
+            count: 65_536
+        })
+    );
+    assert_eq!(
+        ct("unprivileged map 200000 1000"),
+        Some(UserMap {
+            host_id: 200_000,
+            count: 1000
+        })
+    );
+    // The largest map there is: host ids 1..4294967294.
+    assert_eq!(
+        ct("unprivileged map 1 4294967294"),
+        Some(UserMap {
+            host_id: 1,
+            count: u32::MAX - 1
+        })
+    );
+    assert_eq!(
+        ct("unprivileged map 4294967294 1"),
+        Some(UserMap {
+            host_id: u32::MAX - 1,
+            count: 1
+        })
+    );
+    assert_eq!(ct("pids 5"), None);
+    // The default map prints as the bare keyword; others in full.
+    let c = parse("container \"a\" {\n\troot \"/r\"\n\tunprivileged map 100000 65536\n}\n");
+    assert!(
+        c.to_vm_conf().contains("\tunprivileged\n"),
+        "{}",
+        c.to_vm_conf()
+    );
+    let c = parse("container \"a\" {\n\troot \"/r\"\n\tunprivileged map 7 8\n}\n");
+    assert!(c.to_vm_conf().contains("\tunprivileged map 7 8\n"));
+    for (bad, at, what) in [
+        (
+            "map 0 65536",
+            "3:19",
+            "host id 0 would make the container's root the host's root",
+        ),
+        (
+            "map 100000 0",
+            "3:26",
+            "a map of 0 ids leaves the container no root",
+        ),
+        (
+            "map 4294967295 1",
+            "3:19",
+            "the first host id must be between 0 and 4294967294",
+        ),
+        (
+            "map 4294967000 296",
+            "3:30",
+            "host ids 4294967000 to 4294967295 run past 4294967294",
+        ),
+        (
+            "map 100000",
+            "3:25",
+            "expected a number for the number of ids",
+        ),
+        (
+            "100000 65536",
+            "3:15",
+            "expected \"map\" before the host ids",
+        ),
+        ("map x 1", "3:19", "expected a number for the first host id"),
+    ] {
+        let e = errors(&format!(
+            "container \"a\" {{\n\troot \"/r\"\n\tunprivileged {bad}\n}}\n"
+        ));
+        assert!(e.contains(&format!("vm.conf:{at}: {what}")), "{bad}: {e}");
+        assert!(
+            e.contains("help: ")
+                || bad.contains('x')
+                || bad == "map 100000"
+                || bad.starts_with("map 4294967295"),
+            "{bad}: {e}"
+        );
+    }
+    // The same map twice is a choice; maps that partly overlap are warned of.
+    let two = |a: &str, b: &str| {
+        warnings(&format!(
+            "container \"a\" {{\n\troot \"/r\"\n\t{a}\n}}\ncontainer \"b\" {{\n\troot \"/r\"\n\t{b}\n}}\n"
+        ))
+    };
+    assert_eq!(two("unprivileged", "unprivileged map 100000 65536"), "");
+    assert_eq!(two("unprivileged", "unprivileged map 165536 65536"), "");
+    assert_eq!(two("unprivileged map 1 1", "unprivileged map 2 1"), "");
+    let w = two("unprivileged", "unprivileged map 1 99999");
+    assert!(w.is_empty(), "{w}");
+    let w = two("unprivileged", "unprivileged map 1 100000");
+    assert!(
+        w.contains("vm.conf:7:2: warning: container \"b\" shares host ids 100000 to 100000 with container \"a\""),
+        "{w}"
+    );
+    let w = two(
+        "unprivileged map 4294967000 295",
+        "unprivileged map 4294967294 1",
+    );
+    assert!(w.contains("host ids 4294967294 to 4294967294"), "{w}");
+    assert!(
+        w.contains("help: give it a range of its own, or the same map"),
+        "{w}"
+    );
+    let e = errors("container \"a\" {\n\troot \"/r\"\n\tunprivileged\n\tunprivileged\n}\n");
+    assert!(
+        e.contains("vm.conf:4:2: \"unprivileged\" is given more than once"),
+        "{e}"
+    );
+}
+
+#[test]
 fn container_keywords_in_a_vm_are_errors() {
     let e = errors("vm \"a\" {\n\troot \"/r\"\n}\n");
     assert!(
         e.contains("vm.conf:2:2: \"root\" is for containers; a VM boots a kernel with `boot`"),
         "{e}"
     );
-    for kw in ["image \"/i.tar\"", "init \"/sbin/init\"", "pids 5"] {
+    for kw in [
+        "image \"/i.tar\"",
+        "init \"/sbin/init\"",
+        "pids 5",
+        "unprivileged",
+        "unprivileged map 200000 65536",
+    ] {
         let e = errors(&format!("vm \"a\" {{\n\t{kw}\n}}\n"));
         let word = kw.split(' ').next().unwrap();
         assert!(

@@ -125,12 +125,24 @@ fn vm(switches: usize) -> impl Strategy<Value = VmSpec> {
         )
 }
 
-/// Exactly one of `root` and `image`, an optional `init`, optional `pids`.
+/// Exactly one of `root` and `image`, an optional `init`, optional `pids`,
+/// an optional user namespace.
 type ContainerFiles = (
     Result<PathBuf, PathBuf>,
     Option<(PathBuf, Vec<String>)>,
     Option<u64>,
+    Option<UserMap>,
 );
+
+/// The default map, or any valid one (host id 1.., within 32 bits).
+fn user_map() -> impl Strategy<Value = UserMap> {
+    prop_oneof![
+        Just(UserMap::DEFAULT),
+        (1u32..u32::MAX).prop_flat_map(|host_id| {
+            (1u32..=u32::MAX - host_id).prop_map(move |count| UserMap { host_id, count })
+        }),
+    ]
+}
 
 fn container_files() -> impl Strategy<Value = ContainerFiles> {
     let root = path()
@@ -149,6 +161,7 @@ fn container_files() -> impl Strategy<Value = ContainerFiles> {
         prop_oneof![root, image],
         option::of((path(), vec(text(), 0..3))),
         option::of(1u64..=MAX_CONTAINER_PIDS),
+        option::of(user_map()),
     )
 }
 
@@ -234,8 +247,10 @@ fn config() -> impl Strategy<Value = Config> {
                             c.vms.push(inst);
                         }
                     }
-                    for (i, (memory, cpus, interfaces, (files, init, pids), enabled)) in
-                        containers.into_iter().enumerate()
+                    for (
+                        i,
+                        (memory, cpus, interfaces, (files, init, pids, unprivileged), enabled),
+                    ) in containers.into_iter().enumerate()
                     {
                         let mut ct = ContainerSpec::new(format!("ct{i}"));
                         match files {
@@ -247,6 +262,7 @@ fn config() -> impl Strategy<Value = Config> {
                             ct.init.extend(args);
                         }
                         ct.pids = pids;
+                        ct.unprivileged = unprivileged;
                         ct.enabled = enabled;
                         ct.memory = memory;
                         ct.cpus = cpus;
@@ -286,7 +302,7 @@ proptest! {
 
     #[test]
     fn container_statements_never_panic(words in vec(prop::sample::select(vec![
-        "root", "image", "init", "pids", "memory", "cpus", "interface", "local", "boot",
+        "root", "image", "init", "pids", "unprivileged", "map", "100000", "4294967295", "memory", "cpus", "interface", "local", "boot",
         "\"/r\"", "\"/i.tar.zst\"", "\"r\"", "\"/\"", "/bin/sh", "-c", "$m", "$m\"/x\"", "0", "1",
         "4194305", "{", "}", ";", "\n", "\"\"", "vm", "container", "\"c\"", "\"/a.qcow2\"",
     ]), 0..40)) {

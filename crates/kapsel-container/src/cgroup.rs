@@ -489,6 +489,33 @@ impl Cgroup {
         self.unified_dir().or(self.hybrid_v2.as_deref())
     }
 
+    /// Hands the cgroup2 directory (if there is one) to `uid`:`gid`, the
+    /// host ids of a user namespace's root, as cgroups(7) describes
+    /// delegation: the directory and its `cgroup.procs`, `cgroup.threads`
+    /// and `cgroup.subtree_control`. The init (systemd) can then make its
+    /// sub-groups and move its processes; the limits stay the host's.
+    pub fn delegate_to(&self, uid: u32, gid: u32) -> Result<()> {
+        let Some(dir) = self.v2_dir() else {
+            return Ok(());
+        };
+        let files = [
+            "",
+            "cgroup.procs",
+            "cgroup.threads",
+            "cgroup.subtree_control",
+        ];
+        for f in files {
+            let path = if f.is_empty() {
+                dir.to_path_buf()
+            } else {
+                dir.join(f)
+            };
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                .map_err(|source| Error::Cgroup { path, source })?;
+        }
+        Ok(())
+    }
+
     /// Removes the directories. The tasks must be gone; a directory whose
     /// last task is still being torn down by the kernel is retried for up
     /// to a second. Returns whether everything was removed.

@@ -11,7 +11,8 @@
 //! join the v1 cgroups (through `tasks`) → wait for the parent (cgroup
 //! joined on v2, id maps written, veth created) →
 //! id switch (user namespace only) → new cgroup namespace → hostname →
-//! mounts private → root bind-mounted onto itself → /proc, /sys (ro),
+//! mounts private → root bind-mounted onto itself (or the idmapped copy the
+//! parent sent moved there: idmap.rs) → /proc, /sys (ro),
 //! cgroup2 (v2 hosts: read-only; writable for a systemd init, on hybrid
 //! hosts too), /dev on tmpfs with its nodes, devpts, shm, /dev/console →
 //! /run, /run/lock and /tmp on tmpfs (systemd init) → masked and
@@ -56,6 +57,7 @@ pub(crate) const STEPS: &[&str] = &[
     "executing the init (a script needs its #! interpreter inside the root)", // 26
     "joining the container's cgroups",         // 27
     "mounting /run, /run/lock or /tmp (each must be a directory in the root, not a link)", // 28
+    "mounting the idmapped root",              // 29
 ];
 
 /// A device node of the container's /dev: name, major, minor.
@@ -143,6 +145,9 @@ pub(crate) struct ChildPlan {
     pub no_new_privs: bool,
     pub seccomp: Option<BpfProgram>,
     pub user_ns: bool,
+    /// The parent sends an idmapped copy of the root with its byte; it is
+    /// mounted instead of binding the root onto itself (see [`crate::idmap`]).
+    pub idmap_root: bool,
     /// What goes on /sys/fs/cgroup.
     pub cgroup2: Cgroup2Mount,
     /// Mount tmpfs on /run, /run/lock and /tmp (what systemd expects of a
@@ -153,7 +158,8 @@ pub(crate) struct ChildPlan {
     /// Open v1 `tasks` files the child writes "0" to, moving itself into
     /// the container's cgroups (empty when the parent placed it).
     pub cgroup_tasks: Vec<RawFd>,
-    /// The child's ends of the sync pipes.
+    /// The child's ends of the sync channels: a socket for the parent's
+    /// release byte (which may carry the idmapped root), a pipe for errors.
     pub go_read: RawFd,
     pub err_write: RawFd,
 }
@@ -206,6 +212,50 @@ fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
+/// Waits for the parent's byte on the socket `sock`; returns the
+/// descriptor sent along with it, or -1. Ends the child when the parent
+/// gave up (end-of-file).
+fn wait_for_parent(sock: RawFd) -> RawFd {
+    let mut byte = 0u8;
+    // Room for one descriptor, aligned for cmsghdr.
+    let mut control = [0u64; 4];
+    loop {
+        let mut iov = libc::iovec {
+            iov_base: (&mut byte as *mut u8).cast(),
+            iov_len: 1,
+        };
+        // SAFETY: a zeroed msghdr is valid; the buffers it points to are
+        // locals that outlive the call; recvmsg writes at most their sizes.
+        let (n, msg) = unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = std::mem::size_of_val(&control);
+            let n = libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC);
+            (n, msg)
+        };
+        if n == 1 {
+            // SAFETY: the control data was written by the kernel; the
+            // CMSG macros walk it within `msg_controllen`.
+            unsafe {
+                let cmsg = libc::CMSG_FIRSTHDR(&msg);
+                if !cmsg.is_null()
+                    && (*cmsg).cmsg_level == libc::SOL_SOCKET
+                    && (*cmsg).cmsg_type == libc::SCM_RIGHTS
+                {
+                    return ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>());
+                }
+            }
+            return -1;
+        }
+        if n == 0 || errno() != libc::EINTR {
+            // SAFETY: ends the child without running the parent's handlers.
+            unsafe { libc::_exit(127) }
+        }
+    }
+}
+
 /// Runs in the cloned child; never returns.
 pub(crate) fn run(plan: &ChildPlan) -> ! {
     // First into the cgroups (v1), while the parent writes the id maps and
@@ -218,18 +268,7 @@ pub(crate) fn run(plan: &ChildPlan) -> ! {
     }
     // Step 0: the parent writes one byte when the cgroup, the id maps and
     // the network are ready; end-of-file means it gave up.
-    let mut byte = 0u8;
-    loop {
-        // SAFETY: reads at most one byte into a local.
-        let n = unsafe { libc::read(plan.go_read, (&mut byte as *mut u8).cast(), 1) };
-        if n == 1 {
-            break;
-        }
-        if n == 0 || errno() != libc::EINTR {
-            // SAFETY: ends the child without running the parent's handlers.
-            unsafe { libc::_exit(127) }
-        }
-    }
+    let tree = wait_for_parent(plan.go_read);
     // SAFETY: each call below is a plain system call on NUL-terminated
     // strings from the plan or constants; results are checked one by one.
     unsafe {
@@ -251,7 +290,23 @@ pub(crate) fn run(plan: &ChildPlan) -> ! {
             fail(plan, 4);
         }
         let root = plan.root.as_bytes_with_nul();
-        if !mount(Some(root), root, None, libc::MS_BIND | libc::MS_REC, None) {
+        if plan.idmap_root {
+            if tree < 0 {
+                fail_with(plan, 29, libc::EBADF);
+            }
+            if libc::syscall(
+                libc::SYS_move_mount,
+                tree,
+                c"".as_ptr(),
+                libc::AT_FDCWD,
+                plan.root.as_ptr(),
+                libc::MOVE_MOUNT_F_EMPTY_PATH,
+            ) != 0
+            {
+                fail(plan, 29);
+            }
+            libc::close(tree);
+        } else if !mount(Some(root), root, None, libc::MS_BIND | libc::MS_REC, None) {
             fail(plan, 5);
         }
         if libc::chdir(plan.root.as_ptr()) != 0 {

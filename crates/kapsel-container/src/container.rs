@@ -5,7 +5,7 @@ use crate::cgroup::{Cgroup, CgroupMode, Limits};
 use crate::child::{self, Cgroup2Mount, ChildPlan, STEPS};
 use crate::error::{Error, Result};
 use crate::spec::{resolve_init, ConsoleSpec, ContainerSpec, DEFAULT_PATH};
-use crate::{caps, netlink, seccomp};
+use crate::{caps, idmap, netlink, seccomp};
 use std::ffi::CString;
 use std::fmt;
 use std::fs::File;
@@ -97,6 +97,26 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     // SAFETY: pipe2 writes two descriptors into `fds`.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         return Err(Error::last_os("creating a pipe"));
+    }
+    // SAFETY: both descriptors are new and ours.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// A connected pair of Unix stream sockets: the parent's byte that
+/// releases the child can carry a descriptor (the idmapped root).
+fn socket_pair() -> Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: socketpair writes two descriptors into `fds`.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    if r != 0 {
+        return Err(Error::last_os("creating a socket pair"));
     }
     // SAFETY: both descriptors are new and ours.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
@@ -221,6 +241,16 @@ impl Container {
                         what: "opening the console pty",
                         source,
                     })?;
+                if let Some(map) = &spec.user_map {
+                    // The container's root owns its console (as on a
+                    // machine of its own): systemd and getty reopen and
+                    // chmod /dev/console, which a host-root pty refuses them.
+                    std::os::unix::fs::fchown(&slave, Some(map.host_uid), Some(map.host_gid))
+                        .map_err(|source| Error::Os {
+                            what: "handing the console pty to the container's root",
+                            source,
+                        })?;
+                }
                 console = Some(master);
                 slave_fd = Some(slave);
                 slave_path = Some(path);
@@ -264,7 +294,7 @@ impl Container {
             _ => [0, 1, 2],
         };
 
-        let (go_read, go_write) = pipe()?;
+        let (go_read, go_write) = socket_pair()?;
         let (err_read, err_write) = pipe()?;
         let mut plan = ChildPlan {
             root: cstring(root.as_os_str().as_bytes())?,
@@ -284,6 +314,7 @@ impl Container {
                 None
             },
             user_ns: spec.user_map.is_some(),
+            idmap_root: spec.idmap_root,
             cgroup2: match (systemd, mode.is_unified()) {
                 (true, _) => Cgroup2Mount::Delegated,
                 (false, true) => Cgroup2Mount::ReadOnly,
@@ -302,6 +333,14 @@ impl Container {
             pids: spec.pids,
         };
         let cgroup = Cgroup::create(&mode, &spec.name, &limits, systemd)?;
+        if let Some(map) = &spec.user_map {
+            // The cgroup2 tree belongs to the container's root.
+            if let Err(e) = cgroup.delegate_to(map.host_uid, map.host_gid) {
+                let mut cgroup = cgroup;
+                cgroup.remove();
+                return Err(e);
+            }
+        }
         // v1: the child moves itself in through these (see
         // Cgroup::v1_task_files); empty on v2.
         let task_files: Vec<File> = match cgroup
@@ -424,15 +463,23 @@ impl Container {
                 })?;
             }
         }
+        // After the maps: the idmapping is the user namespace's.
+        let tree = if spec.idmap_root {
+            Some(idmap::idmapped_root(&c.root, c.pid)?)
+        } else {
+            None
+        };
         if let Some(net) = &spec.network {
             netlink::create_veth(&net.host_name, c.pid, net.mac)?;
             c.veth = Some(net.host_name.clone());
         }
-        let go = [1u8];
-        // SAFETY: writes one byte from a local buffer to our pipe.
-        if unsafe { libc::write(go_write.as_raw_fd(), go.as_ptr().cast(), 1) } != 1 {
-            return Err(Error::last_os("starting the container's init"));
-        }
+        idmap::release(go_write.as_raw_fd(), tree.as_ref().map(|t| t.as_fd())).map_err(
+            |source| Error::Os {
+                what: "starting the container's init",
+                source,
+            },
+        )?;
+        drop(tree);
         drop(go_write);
         let mut report = [0u8; 8];
         let n = read_full(&err_read, &mut report);

@@ -47,6 +47,13 @@ pub struct ContainerSpec {
     /// A user namespace with this id mapping; `None` runs the container
     /// as host root (confined by capabilities, seccomp and cgroups).
     pub user_map: Option<IdMap>,
+    /// With [`ContainerSpec::user_map`]: show the root through an idmapped
+    /// mount (mount_setattr(2) with `MOUNT_ATTR_IDMAP`; Linux 5.12, and a
+    /// file system that supports it), so the files host ids 0..count own
+    /// appear owned by the container's 0..count and nothing is chowned.
+    /// Off, the root is used as it is: its files must already be owned by
+    /// the mapped host ids ("shifted").
+    pub idmap_root: bool,
     /// Capabilities kept (the bounding set); the rest are dropped.
     pub capabilities: CapSet,
     /// Set `no_new_privs`: setuid binaries gain nothing inside. Turn off
@@ -102,6 +109,16 @@ pub struct IdMap {
     pub count: u32,
 }
 
+impl IdMap {
+    /// Whether `root` was shifted to this map by hand: the directory
+    /// belongs to [`IdMap::host_uid`]. Such a root is used as it is; any
+    /// other wants [`ContainerSpec::idmap_root`].
+    pub fn shifted(&self, root: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(root).is_ok_and(|m| m.uid() == self.host_uid)
+    }
+}
+
 impl ContainerSpec {
     /// A container called `name` on `root` running `init`, with the
     /// default confinement: capabilities [`CapSet::DEFAULT`], seccomp and
@@ -119,6 +136,7 @@ impl ContainerSpec {
             network: None,
             console: ConsoleSpec::Inherit,
             user_map: None,
+            idmap_root: false,
             capabilities: CapSet::DEFAULT,
             no_new_privs: true,
             seccomp: true,
@@ -285,6 +303,10 @@ impl ContainerSpec {
                     "user namespace map of 0 ids; map at least 1 (root)".into(),
                 ));
             }
+        } else if self.idmap_root {
+            return Err(Error::Invalid(
+                "an idmapped root needs a user namespace; give the id map too".into(),
+            ));
         }
         Ok(init_path)
     }
@@ -514,6 +536,37 @@ mod tests {
             .to_string()
             .contains("cpu controller"));
         assert!(spec.validate(&all).is_ok());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn an_idmapped_root_needs_a_user_namespace() {
+        let root = tree("idmap");
+        let none = CgroupMode::Legacy {
+            mounts: Vec::new(),
+            hybrid_v2: None,
+        };
+        let mut spec = ContainerSpec::new("c", &root, vec!["/sbin/init".into()]);
+        spec.idmap_root = true;
+        let e = spec.validate(&none).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("needs a user namespace"), "{e}");
+        spec.user_map = Some(IdMap {
+            host_uid: 100000,
+            host_gid: 100000,
+            count: 0,
+        });
+        assert!(spec
+            .validate(&none)
+            .unwrap_err()
+            .to_string()
+            .contains("0 ids"));
+        spec.user_map = Some(IdMap {
+            host_uid: 100000,
+            host_gid: 100000,
+            count: 65536,
+        });
+        assert!(spec.validate(&none).is_ok());
         std::fs::remove_dir_all(&root).unwrap();
     }
 

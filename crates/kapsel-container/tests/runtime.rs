@@ -519,6 +519,117 @@ fn user_namespace_maps_root() {
 }
 
 #[test]
+fn idmapped_root_belongs_to_the_container() {
+    skip_unless_ready!();
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let root = Rootfs::new("idmap");
+    let n = name("idmap");
+    // A host-root file only root may read, and one of an id outside the map.
+    std::fs::write(root.file("/etc/secret"), "inside-only\n").unwrap();
+    std::fs::set_permissions(root.file("/etc/secret"), PermissionsExt::from_mode(0o600)).unwrap();
+    std::fs::write(root.file("/etc/foreign"), "foreign\n").unwrap();
+    std::fs::set_permissions(root.file("/etc/foreign"), PermissionsExt::from_mode(0o600)).unwrap();
+    std::os::unix::fs::chown(root.file("/etc/foreign"), Some(4_000_000), Some(4_000_000)).unwrap();
+    let script = "echo uid=$(id -u); stat -c 'owner=%u:%g' /; cat /etc/secret; \
+                  cat /etc/foreign || echo foreign-denied; \
+                  mknod /tmp/blk b 8 0 || echo mknod-denied; \
+                  mkdir /tmp/made && touch /tmp/made/file && chown 1000:1000 /tmp/made/file; \
+                  grep -E '^(Uid|CapEff)' /proc/self/status";
+    let mut spec = sh(&n, &root, script);
+    spec.user_map = Some(IdMap {
+        host_uid: 300000,
+        host_gid: 300000,
+        count: 65536,
+    });
+    spec.idmap_root = true;
+    spec.capabilities = spec.capabilities.with(kapsel_container::caps::cap::MKNOD);
+    let (status, out) = run(&spec, &root);
+    assert_eq!(status, ExitStatus::Exited(0), "{out}");
+    assert!(out.contains("uid=0\n"), "{out}");
+    // Host root's files are the container root's.
+    assert!(out.contains("owner=0:0\n"), "{out}");
+    assert!(out.contains("inside-only\n"), "{out}");
+    // ... but a host id outside the map is nobody: not even root inside
+    // may read it, and no block device can be made.
+    assert!(out.contains("foreign-denied"), "{out}");
+    assert!(out.contains("mknod-denied"), "{out}");
+    // On disk, what the container made is owned by the ids it wrote,
+    // not shifted ones.
+    let made = std::fs::metadata(root.file("/tmp/made")).unwrap();
+    assert_eq!((made.uid(), made.gid()), (0, 0));
+    let file = std::fs::metadata(root.file("/tmp/made/file")).unwrap();
+    assert_eq!((file.uid(), file.gid()), (1000, 1000));
+    assert!(!root.file("/tmp/blk").exists());
+    assert!(cgroup_dirs(&n).is_empty());
+    // The root's mount never reached the host.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(root.path.to_str().unwrap()), "{mounts}");
+
+    // A root on a file system without idmapped mounts (ramfs) is refused
+    // as bad input, naming the root and the fix; nothing is left.
+    let ramfs = std::env::temp_dir().join(format!("kapsel-ramfs-{}", std::process::id()));
+    std::fs::create_dir_all(&ramfs).unwrap();
+    assert!(Command::new("mount")
+        .args(["-t", "ramfs", "ramfs"])
+        .arg(&ramfs)
+        .status()
+        .unwrap()
+        .success());
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(root.path.join("."))
+        .arg(&ramfs)
+        .status()
+        .unwrap();
+    let on_ramfs = ContainerSpec {
+        root: ramfs.clone(),
+        ..spec.clone()
+    };
+    let e = copied.success().then(|| Container::start(&on_ramfs));
+    let _ = Command::new("umount").arg(&ramfs).status();
+    let _ = std::fs::remove_dir(&ramfs);
+    let e = e.expect("copying the root onto ramfs").unwrap_err();
+    assert_eq!(e.exit_code(), 2, "{e}");
+    let msg = e.to_string();
+    println!("{msg}");
+    assert!(
+        msg.contains(ramfs.to_str().unwrap()) && msg.contains("idmapped"),
+        "{msg}"
+    );
+    assert!(cgroup_dirs(&n).is_empty());
+    // The cgroup2 directory is handed to the mapped root while it runs.
+    let mut spec = sh(&n, &root, "exec sleep 100");
+    spec.user_map = Some(IdMap {
+        host_uid: 300000,
+        host_gid: 300000,
+        count: 65536,
+    });
+    spec.idmap_root = true;
+    let c = Container::start(&spec).unwrap();
+    if let Some(v2) = c.cgroup().v2_dir() {
+        for f in [
+            "",
+            "cgroup.procs",
+            "cgroup.subtree_control",
+            "cgroup.threads",
+        ] {
+            let m = std::fs::metadata(v2.join(f)).unwrap();
+            assert_eq!(
+                (m.uid(), m.gid()),
+                (300000, 300000),
+                "{}",
+                v2.join(f).display()
+            );
+        }
+        // The limits stay the host's.
+        let m = std::fs::metadata(v2.join("cgroup.max.depth")).unwrap();
+        assert_eq!(m.uid(), 0);
+    }
+    c.cleanup().unwrap();
+    assert!(cgroup_dirs(&n).is_empty());
+}
+
+#[test]
 fn limits_the_host_cannot_enforce_are_refused() {
     skip_unless_ready!();
     let mode = CgroupMode::detect().unwrap();
@@ -738,6 +849,111 @@ fn systemd_in_a_v2_tree() {
             "mknod /tmp/kvm c 10 232 2>&1 | grep -q 'Operation not permitted'"
         ),
         ExitStatus::Exited(0)
+    );
+    assert_eq!(
+        c.stop(Duration::from_secs(10)).unwrap(),
+        ExitStatus::Exited(0)
+    );
+    c.cleanup().unwrap();
+    assert!(!dir.exists(), "{} left", dir.display());
+    let _ = std::fs::remove_file(&console);
+}
+
+/// systemd as root of a user namespace on an idmapped copy of the Debian
+/// root, in a cgroup2 tree handed to the mapped root (the pure v2 host's
+/// path, on this host's v2 hierarchy where it has one).
+#[test]
+fn unprivileged_systemd_in_a_v2_tree() {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("SKIP: containers need root");
+        return;
+    }
+    let host = CgroupMode::detect().unwrap();
+    let mode = if host.is_unified() {
+        host
+    } else {
+        let unified = Path::new("/sys/fs/cgroup/unified");
+        if !unified.join("cgroup.controllers").exists() {
+            println!("SKIP: no cgroup v2 hierarchy at {}", unified.display());
+            return;
+        }
+        CgroupMode::Unified {
+            root: unified.to_path_buf(),
+            controllers: Vec::new(),
+        }
+    };
+    let CgroupMode::Unified { root: v2, .. } = &mode else {
+        unreachable!()
+    };
+    let Some(cache) = common::debian_root() else {
+        return;
+    };
+    let copy = common::CopiedRoot::new(&cache, "v2usd");
+    let n = name("v2usd");
+    let mut spec = ContainerSpec::new(&n, &copy.0, vec!["/sbin/init".into()]);
+    let console = std::env::temp_dir().join(format!("{n}.console"));
+    spec.console = ConsoleSpec::File(console.clone());
+    spec.user_map = Some(IdMap {
+        host_uid: 300000,
+        host_gid: 300000,
+        count: 65536,
+    });
+    spec.idmap_root = true;
+    let mut c = Container::start_in(&spec, &mode).unwrap();
+    let sh_in = |c: &Container, script: &str| {
+        c.exec(&["/bin/sh".into(), "-c".into(), script.into()])
+            .unwrap()
+            .wait()
+            .unwrap()
+    };
+    let booted = eventually(60, || {
+        sh_in(&c, "systemctl is-active --quiet multi-user.target") == ExitStatus::Exited(0)
+    });
+    assert!(
+        booted,
+        "multi-user.target not active within 60 s:\n{}",
+        std::fs::read_to_string(&console).unwrap_or_default()
+    );
+    assert_eq!(
+        sh_in(
+            &c,
+            "test \"$(systemctl is-system-running --wait)\" = running"
+        ),
+        ExitStatus::Exited(0),
+        "{}",
+        std::fs::read_to_string(&console).unwrap_or_default()
+    );
+    let dir = v2.join("kapsel").join(&n);
+    for f in [
+        "",
+        "cgroup.procs",
+        "cgroup.subtree_control",
+        "init.scope",
+        "system.slice",
+    ] {
+        let m = std::fs::metadata(dir.join(f)).unwrap();
+        assert_eq!(
+            (m.uid(), m.gid()),
+            (300000, 300000),
+            "{f} in {}",
+            dir.display()
+        );
+    }
+    // Root inside owns the root (idmapped); the host's disk keeps host root.
+    assert_eq!(
+        sh_in(
+            &c,
+            "test \"$(stat -c %u:%g /usr/bin)\" = 0:0 && touch /var/made-inside"
+        ),
+        ExitStatus::Exited(0)
+    );
+    assert_eq!(
+        std::fs::metadata(copy.0.join("var/made-inside"))
+            .unwrap()
+            .uid(),
+        0
     );
     assert_eq!(
         c.stop(Duration::from_secs(10)).unwrap(),

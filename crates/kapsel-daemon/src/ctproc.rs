@@ -2,8 +2,8 @@
 //! kapsel-container (the daemon is the init's parent; no monitor process),
 //! its console on a pty, how it ended, and `kapsel exec` into it.
 
-use kapsel_config::ContainerSpec;
-use kapsel_container::{cgroup::CgroupMode, ConsoleSpec, Container, ExitStatus, VethSpec};
+use kapsel_config::{ContainerSpec, UserMap};
+use kapsel_container::{cgroup::CgroupMode, ConsoleSpec, Container, ExitStatus, IdMap, VethSpec};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -136,6 +136,11 @@ pub fn spawn(launch: &Launch) -> Result<(ContainerProcess, ConsoleOutput), Strin
         host_name: host.clone(),
         mac: Some(*mac),
     });
+    if let Some(map) = s.unprivileged {
+        let map = user_map(map);
+        spec.idmap_root = !map.shifted(&launch.root);
+        spec.user_map = Some(map);
+    }
     let ct = Container::start_in(&spec, launch.cgroups)
         .map_err(|e| format!("container {}: {e}", s.name))?;
     let console = ct
@@ -163,6 +168,15 @@ pub fn spawn(launch: &Launch) -> Result<(ContainerProcess, ConsoleOutput), Strin
         },
         out,
     ))
+}
+
+/// `unprivileged`'s map for the runtime: the same ids for users and groups.
+fn user_map(map: UserMap) -> IdMap {
+    IdMap {
+        host_uid: map.host_id,
+        host_gid: map.host_id,
+        count: map.count,
+    }
 }
 
 impl ContainerProcess {

@@ -119,6 +119,8 @@ pub fn main(args: RunContainerArgs) -> u8 {
     spec.network = args.net_veth;
     spec.env = args.env;
     spec.user_map = args.userns;
+    // The root as it is when shifted to the map by hand, else idmapped.
+    spec.idmap_root = args.userns.is_some_and(|m| !m.shifted(&spec.root));
     spec.console = match args.console {
         ConsoleArg::Stdio if tty => ConsoleSpec::Pty,
         ConsoleArg::Stdio => ConsoleSpec::Inherit,

@@ -893,6 +893,155 @@ fn containers_start_exec_pause_and_stop_like_vms() {
     d.console_text(&app, "app-ran");
 }
 
+/// A writable Debian root for one test: an overlay on the cached root, or
+/// a copy of it.
+enum DebianRoot {
+    Overlay(ctcommon::Overlay),
+    Copy(ctcommon::CopiedRoot),
+}
+
+impl DebianRoot {
+    fn root(&self) -> PathBuf {
+        match self {
+            DebianRoot::Overlay(o) => o.root(),
+            DebianRoot::Copy(c) => c.0.clone(),
+        }
+    }
+}
+
+/// The `Uid:` or `Gid:` line of a host process, its four ids.
+fn proc_ids(pid: i32, key: &str) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .map(|ids| {
+            ids.split_whitespace()
+                .filter_map(|i| i.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn an_unprivileged_container_is_root_inside_only() {
+    use std::os::unix::fs::MetadataExt;
+    if !containers_ready() {
+        return;
+    }
+    let root = system_root("daemon-unpriv");
+    // A host file of an id outside the map, which only the host's root
+    // (or a privileged container's) may read.
+    std::fs::write(root.file("/etc/foreign"), "foreign-secret\n").unwrap();
+    std::fs::set_permissions(
+        root.file("/etc/foreign"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    std::os::unix::fs::chown(root.file("/etc/foreign"), Some(4_000_000), Some(4_000_000)).unwrap();
+    let name = ctcommon::name("unpriv");
+    let twin = ctcommon::name("priv");
+    let conf = format!(
+        "container \"{name}\" {{\n\troot \"{r}\"\n\tunprivileged\n}}\n\
+         container \"{twin}\" {{\n\troot \"{r}\"\n\tdisable\n}}\n",
+        r = root.path.display()
+    );
+    let d = Kapseld::start(&conf);
+    let init = pid_of(&d.wait_state(&name, "running"));
+    d.console_text(&name, "kapsel-ct-booted");
+    // The host sees an ordinary user.
+    assert_eq!(proc_ids(init, "Uid:"), [100000; 4]);
+    assert_eq!(proc_ids(init, "Gid:"), [100000; 4]);
+
+    let probe = "echo uid=$(id -u) gid=$(id -g); cat /proc/self/uid_map /proc/self/gid_map; \
+                 stat -c owner=%u:%g / /etc/inittab; \
+                 cat /etc/foreign 2>/dev/null || echo foreign-denied; \
+                 mknod /tmp/blk b 8 0 2>/dev/null || echo mknod-denied; \
+                 mount -t proc proc /mnt 2>/dev/null || echo mount-denied; \
+                 echo 1 2>/dev/null >/proc/sys/kernel/sysrq || echo sysctl-denied";
+    let (code, inside, err) = d.run(&["exec", &name, "--", "/bin/sh", "-c", probe]);
+    assert_eq!(code, 0, "{err}");
+    assert!(inside.contains("uid=0 gid=0\n"), "{inside}");
+    let maps: Vec<Vec<&str>> = inside
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .filter(|w: &Vec<&str>| w.len() == 3)
+        .collect();
+    assert_eq!(
+        maps,
+        [["0", "100000", "65536"], ["0", "100000", "65536"]],
+        "{inside}"
+    );
+    // The root, owned by the host's root, is the container's root's
+    // (idmapped), without a chown on disk.
+    assert!(inside.contains("owner=0:0\nowner=0:0\n"), "{inside}");
+    for denied in [
+        "foreign-denied",
+        "mknod-denied",
+        "mount-denied",
+        "sysctl-denied",
+    ] {
+        assert!(inside.contains(denied), "{denied}: {inside}");
+    }
+    // What it writes is stored with the ids it wrote.
+    d.ok(&[
+        "exec",
+        &name,
+        "--",
+        "/bin/sh",
+        "-c",
+        "touch /made-inside && mkdir /tmp/u && chown 1000:1000 /tmp/u",
+    ]);
+    let made = std::fs::symlink_metadata(root.file("/made-inside")).unwrap();
+    assert_eq!((made.uid(), made.gid()), (0, 0));
+    let u = std::fs::symlink_metadata(root.file("/tmp/u")).unwrap();
+    assert_eq!((u.uid(), u.gid()), (1000, 1000));
+    assert_eq!(
+        std::fs::metadata(root.file("/etc/foreign")).unwrap().uid(),
+        4_000_000
+    );
+
+    let said = d.ok(&["stop", "-w", &name]);
+    assert!(said.contains("exited (status 0)"), "{said}\n{}", d.log());
+    d.console_text(&name, "kapsel-ct-shutdown");
+    assert_eq!(process_state(init), None);
+    assert!(ctcommon::cgroup_dirs(&name).is_empty(), "cgroup removed");
+    assert!(
+        mounts_under(&root.path).is_empty(),
+        "{:?}",
+        mounts_under(&root.path)
+    );
+
+    // The same probe in a privileged container on the same root: host
+    // root with its capabilities, which is what the above must not be.
+    d.ok(&["start", &twin]);
+    let priv_init = pid_of(&d.wait_state(&twin, "running"));
+    assert_eq!(proc_ids(priv_init, "Uid:"), [0; 4]);
+    let (_, privileged, _) = d.run(&["exec", &twin, "--", "/bin/sh", "-c", probe]);
+    assert!(privileged.contains("foreign-secret"), "{privileged}");
+    d.ok(&["stop", "-w", &twin]);
+
+    // A root shifted by hand (owned by the map's first host id) is used
+    // as it is: no idmapped mount, files stay with the host's ids.
+    let shifted = Command::new("chown")
+        .args(["-hR", "100000:100000"])
+        .arg(&root.path)
+        .status()
+        .unwrap();
+    assert!(shifted.success());
+    d.ok(&["start", &name]);
+    d.wait_state(&name, "running");
+    d.ok(&["exec", &name, "--", "/bin/touch", "/tmp/shifted-inside"]);
+    assert_eq!(
+        std::fs::metadata(root.file("/tmp/shifted-inside"))
+            .unwrap()
+            .uid(),
+        100000
+    );
+    d.ok(&["stop", "-w", &name]);
+    assert!(ctcommon::cgroup_dirs(&name).is_empty());
+}
+
 fn out_of(o: Output) -> (i32, String, String) {
     out(o)
 }
@@ -1002,6 +1151,17 @@ fn mounts_under(dir: &Path) -> Vec<String> {
 
 #[test]
 fn a_debian_container_boots_systemd_to_multi_user_and_stops_cleanly() {
+    debian_systemd_boots_and_stops(false);
+}
+
+/// The same Debian container with `unprivileged`: systemd as root of a
+/// user namespace on an idmapped overlay, its cgroup2 tree delegated.
+#[test]
+fn an_unprivileged_debian_container_boots_systemd_and_stops_cleanly() {
+    debian_systemd_boots_and_stops(true);
+}
+
+fn debian_systemd_boots_and_stops(unprivileged: bool) {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         println!("SKIP: containers need root");
@@ -1010,7 +1170,14 @@ fn a_debian_container_boots_systemd_to_multi_user_and_stops_cleanly() {
     let Some(cache) = ctcommon::debian_root() else {
         return;
     };
-    let ovl = ctcommon::Overlay::new(&cache, "deb");
+    let tag = if unprivileged { "deb-unpriv" } else { "deb" };
+    // An overlay cannot be idmapped itself (only its layers can): the
+    // unprivileged container gets a copy on the host's file system.
+    let ovl = if unprivileged {
+        DebianRoot::Copy(ctcommon::CopiedRoot::new(&cache, tag))
+    } else {
+        DebianRoot::Overlay(ctcommon::Overlay::new(&cache, tag))
+    };
     // A service sandboxed as many of Debian's are: systemd boots without
     // CAP_SYS_ADMIN too, but then skips the sandbox silently (/usr stays
     // writable); with it, ProtectSystem= holds.
@@ -1027,11 +1194,12 @@ fn a_debian_container_boots_systemd_to_multi_user_and_stops_cleanly() {
         units.join("multi-user.target.wants/kapsel-probe.service"),
     )
     .unwrap();
-    let name = ctcommon::name("deb");
+    let name = ctcommon::name(tag);
     // No init given: /sbin/init, Debian's link to systemd.
     let conf = format!(
-        "container \"{name}\" {{\n\troot \"{}\"\n}}\n",
-        ovl.root().display()
+        "container \"{name}\" {{\n\troot \"{}\"\n{}}}\n",
+        ovl.root().display(),
+        if unprivileged { "\tunprivileged\n" } else { "" }
     );
     let t0 = Instant::now();
     let d = Kapseld::start(&conf);
@@ -1062,8 +1230,29 @@ fn a_debian_container_boots_systemd_to_multi_user_and_stops_cleanly() {
     }
     let booted = t0.elapsed();
     let analyze = d.ok(&["exec", &name, "--", "systemd-analyze"]);
+    let host_id = if unprivileged { 100000 } else { 0 };
+    assert_eq!(proc_ids(init, "Uid:"), [host_id; 4]);
+    if unprivileged {
+        let maps = d.ok(&["exec", &name, "--", "cat", "/proc/1/uid_map"]);
+        assert_eq!(
+            maps.split_whitespace().collect::<Vec<_>>(),
+            ["0", "100000", "65536"]
+        );
+        // Its cgroup2 directory is the mapped root's, its sub-groups
+        // (init.scope, system.slice) are systemd's own.
+        use std::os::unix::fs::MetadataExt;
+        let tree = ctcommon::cgroup_dirs(&name)
+            .into_iter()
+            .find(|d| d.join("init.scope").is_dir())
+            .expect("systemd's tree");
+        for f in ["", "cgroup.procs", "init.scope"] {
+            let m = std::fs::metadata(tree.join(f)).unwrap();
+            assert_eq!((m.uid(), m.gid()), (host_id, host_id), "{f}");
+        }
+    }
     println!(
-        "systemd container: multi-user.target active {:.2} s after the daemon started; systemd-analyze: {}",
+        "systemd container{}: multi-user.target active {:.2} s after the daemon started; systemd-analyze: {}",
+        if unprivileged { " (unprivileged)" } else { "" },
         booted.as_secs_f64(),
         analyze.lines().next().unwrap_or("").trim()
     );
@@ -1139,7 +1328,8 @@ fn a_debian_container_boots_systemd_to_multi_user_and_stops_cleanly() {
     let said = d.ok(&["stop", "-w", &name]);
     let stopped = t1.elapsed();
     println!(
-        "systemd container: stopped in {:.2} s",
+        "systemd container{}: stopped in {:.2} s",
+        if unprivileged { " (unprivileged)" } else { "" },
         stopped.as_secs_f64()
     );
     // A clean power-off (no SIGKILL after the daemon's 5 s timeout):

@@ -72,6 +72,52 @@ fn status_of_the_command_is_the_exit_status() {
 }
 
 #[test]
+fn userns_shows_a_host_root_idmapped_and_a_shifted_root_as_it_is() {
+    use std::os::unix::fs::MetadataExt;
+    skip_unless_ready!();
+    let root = Rootfs::new("cli-userns");
+    let run = |script: &str| {
+        kapsel()
+            .args(["run-container", "--root"])
+            .arg(&root.path)
+            .args([
+                "--name",
+                &name("cli-userns"),
+                "--userns",
+                "200000:65536",
+                "--",
+                "/bin/sh",
+                "-c",
+                script,
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = run("echo uid=$(id -u) owner=$(stat -c %u /); touch /tmp/idmapped");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(said, "uid=0 owner=0\n");
+    let uid = |p: &str| std::fs::symlink_metadata(root.file(p)).unwrap().uid();
+    assert_eq!(uid("/tmp/idmapped"), 0);
+    // Shifted by hand: the root is used as it is.
+    let st = Command::new("chown")
+        .args(["-hR", "200000:200000"])
+        .arg(&root.path)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = run("echo uid=$(id -u) owner=$(stat -c %u /); touch /tmp/shifted");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "uid=0 owner=0\n");
+    assert_eq!(uid("/tmp/shifted"), 200000);
+    assert!(cgroup_dirs(&name("cli-userns")).is_empty());
+}
+
+#[test]
 fn bad_input_is_exit_2_with_the_fix() {
     skip_unless_ready!();
     let root = Rootfs::new("cli-bad");

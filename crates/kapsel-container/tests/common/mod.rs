@@ -229,6 +229,31 @@ pub fn debian_root() -> Option<PathBuf> {
     Some(cache)
 }
 
+/// A copy of a root (`cp -a`) in a temporary directory, removed on drop:
+/// for an idmapped root, which an overlay cannot be.
+pub struct CopiedRoot(pub PathBuf);
+
+impl CopiedRoot {
+    pub fn new(from: &Path, tag: &str) -> CopiedRoot {
+        let dir = std::env::temp_dir().join(format!("kapsel-copy-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let ok = Command::new("cp")
+            .arg("-a")
+            .arg(from)
+            .arg(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "cp -a {} {}", from.display(), dir.display());
+        CopiedRoot(dir)
+    }
+}
+
+impl Drop for CopiedRoot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A writable view of a read-only root: an overlay on a temporary upper
 /// directory (milliseconds, where a copy takes a second or more), gone
 /// on drop.
