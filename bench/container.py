@@ -215,6 +215,11 @@ def main():
                                                                        capture_output=True)
                                                         for i in range(k)]),
         }
+        if "crun" in peers:
+            mons["crun"] = monitor_memory(
+                [["crun", "run", "--bundle", sleep_bundle, f"cm{i}"] for i in range(k)], "sleep 31",
+                lambda: [subprocess.run(["crun", "delete", "-f", f"cm{i}"], capture_output=True)
+                         for i in range(k)])
         print(f"supervising process per running container ({k} running at once, median; KiB):")
         print(f"{'':8} {'RSS':>8} {'PSS':>8} {'private':>8} {'priv.dirty':>10}")
         for name, samples in mons.items():
