@@ -119,6 +119,17 @@ impl IdMap {
     }
 }
 
+/// The smallest memory limit a container is given (Docker's minimum):
+/// below it the init is killed as it starts.
+pub const MIN_MEMORY: u64 = 6 << 20;
+
+/// CPUs online on the host.
+fn host_cpus() -> u64 {
+    // SAFETY: sysconf reads a system value and has no memory effects.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    u64::try_from(n).unwrap_or(1).max(1)
+}
+
 impl ContainerSpec {
     /// A container called `name` on `root` running `init`, with the
     /// default confinement: capabilities [`CapSet::DEFAULT`], seccomp and
@@ -259,6 +270,22 @@ impl ContainerSpec {
                     "cpus {c} is not a CPU count; give a number like 0.5 or 2"
                 )));
             }
+            // A quota above the host's CPUs limits nothing (Docker refuses
+            // it the same way).
+            let host = host_cpus();
+            if c > host as f64 {
+                return Err(Error::Invalid(format!(
+                    "cpus {c} is more than the {host} CPUs this host has, so it would limit \
+                     nothing; give a number from 0.01 to {host}"
+                )));
+            }
+        }
+        if let Some(m) = self.memory.filter(|&m| m < MIN_MEMORY) {
+            return Err(Error::Invalid(format!(
+                "a memory limit of {m} bytes is too little for a container to start (its init \
+                 would be killed at once); give at least {}M",
+                MIN_MEMORY >> 20
+            )));
         }
         let wanted = [
             (self.memory.is_some(), Controller::Memory),
@@ -490,6 +517,27 @@ mod tests {
         let mut spec = ContainerSpec::new("c", &root, vec!["/sbin/init".into()]);
         spec.stop_signal = Some(libc::SIGINT);
         assert_eq!(spec.stop_signal(), libc::SIGINT);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn limits_the_host_cannot_enforce_are_refused() {
+        let root = tree("unenforceable");
+        let all = CgroupMode::Unified {
+            root: "/sys/fs/cgroup".into(),
+            controllers: vec!["memory".into(), "pids".into(), "cpu".into()],
+        };
+        let mut spec = ContainerSpec::new("c", &root, vec!["/sbin/init".into()]);
+        spec.cpus = Some(host_cpus() as f64 + 1.0);
+        let e = spec.validate(&all).unwrap_err().to_string();
+        assert!(e.contains("CPUs this host has"), "{e}");
+        spec.cpus = Some(host_cpus() as f64);
+        assert!(spec.validate(&all).is_ok());
+        spec.memory = Some(MIN_MEMORY - 1);
+        let e = spec.validate(&all).unwrap_err().to_string();
+        assert!(e.contains("at least 6M"), "{e}");
+        spec.memory = Some(MIN_MEMORY);
+        assert!(spec.validate(&all).is_ok());
         std::fs::remove_dir_all(&root).unwrap();
     }
 

@@ -132,6 +132,8 @@ fn bad_input_is_exit_2_with_the_fix() {
         (&["--", "/bin/noexec"], "not executable"),
         (&["--name", "a/b", "--", "/bin/true"], "container name"),
         (&["--cpus", "0", "--", "/bin/true"], "cpus"),
+        (&["--cpus", "4096", "--", "/bin/true"], "CPUs this host has"),
+        (&["--memory", "1M", "--", "/bin/true"], "at least 6M"),
         (
             &[
                 "--net-veth",
