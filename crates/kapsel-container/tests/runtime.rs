@@ -9,7 +9,7 @@ use kapsel_container::{
     cgroup::{CgroupMode, Controller},
     ConsoleSpec, Container, ContainerSpec, Error, ExitStatus, IdMap, VethSpec,
 };
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -766,18 +766,14 @@ fn cgroup_v2_freezer_on_the_unified_hierarchy() {
     assert!(!dir.exists());
 }
 
-/// systemd in a cgroup2 tree as on a pure v2 host (the host's own layout
-/// there; on a hybrid host its v2 hierarchy taken as if it were the
-/// host's): born into its cgroup, it makes its tree below (init.scope,
-/// system.slice), the device filter on the container's directory still
-/// holds for what runs inside it, it powers off with status 0, and the
-/// whole tree is removed.
-#[test]
-fn systemd_in_a_v2_tree() {
+/// The host's cgroup v2 mode, or on a hybrid host its v2 hierarchy taken as
+/// if it were the host's, and that hierarchy's root; None (with a `SKIP:`
+/// line) when not root or there is no v2 hierarchy.
+fn v2_tree() -> Option<(CgroupMode, PathBuf)> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         println!("SKIP: containers need root");
-        return;
+        return None;
     }
     let host = CgroupMode::detect().unwrap();
     let mode = if host.is_unified() {
@@ -786,16 +782,31 @@ fn systemd_in_a_v2_tree() {
         let unified = Path::new("/sys/fs/cgroup/unified");
         if !unified.join("cgroup.controllers").exists() {
             println!("SKIP: no cgroup v2 hierarchy at {}", unified.display());
-            return;
+            return None;
         }
         CgroupMode::Unified {
             root: unified.to_path_buf(),
             controllers: Vec::new(),
         }
     };
-    let CgroupMode::Unified { root: v2, .. } = &mode else {
+    let CgroupMode::Unified { root, .. } = &mode else {
         unreachable!()
     };
+    Some((mode.clone(), root.clone()))
+}
+
+/// systemd in a cgroup2 tree as on a pure v2 host (the host's own layout
+/// there; on a hybrid host its v2 hierarchy taken as if it were the
+/// host's): born into its cgroup, it makes its tree below (init.scope,
+/// system.slice), the device filter on the container's directory still
+/// holds for what runs inside it, it powers off with status 0, and the
+/// whole tree is removed.
+#[test]
+fn systemd_in_a_v2_tree() {
+    let Some((mode, v2)) = v2_tree() else {
+        return;
+    };
+    let v2 = &v2;
     let Some(cache) = common::debian_root() else {
         return;
     };
@@ -865,28 +876,10 @@ fn systemd_in_a_v2_tree() {
 #[test]
 fn unprivileged_systemd_in_a_v2_tree() {
     use std::os::unix::fs::MetadataExt;
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        println!("SKIP: containers need root");
+    let Some((mode, v2)) = v2_tree() else {
         return;
-    }
-    let host = CgroupMode::detect().unwrap();
-    let mode = if host.is_unified() {
-        host
-    } else {
-        let unified = Path::new("/sys/fs/cgroup/unified");
-        if !unified.join("cgroup.controllers").exists() {
-            println!("SKIP: no cgroup v2 hierarchy at {}", unified.display());
-            return;
-        }
-        CgroupMode::Unified {
-            root: unified.to_path_buf(),
-            controllers: Vec::new(),
-        }
     };
-    let CgroupMode::Unified { root: v2, .. } = &mode else {
-        unreachable!()
-    };
+    let v2 = &v2;
     let Some(cache) = common::debian_root() else {
         return;
     };
