@@ -29,6 +29,7 @@ pub mod child;
 mod container;
 pub mod devices;
 mod error;
+pub mod image;
 pub mod netlink;
 pub mod seccomp;
 mod spec;
