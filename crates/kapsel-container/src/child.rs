@@ -56,6 +56,7 @@ pub(crate) const STEPS: &[&str] = &[
     "executing the init (a script needs its #! interpreter inside the root)", // 26
     "joining the container's cgroups",         // 27
     "mounting /run, /run/lock or /tmp (each must be a directory in the root, not a link)", // 28
+    "changing to the working directory (it must be a directory in the root)", // 29
 ];
 
 /// A device node of the container's /dev: name, major, minor.
@@ -127,6 +128,8 @@ pub(crate) struct ChildPlan {
     pub root: CString,
     pub hostname: CString,
     pub init: CString,
+    /// The init's working directory (after pivot_root).
+    pub cwd: CString,
     /// Owns the argument and environment strings the pointers below point into.
     pub _strings: Vec<CString>,
     /// NULL-terminated argv for execve.
@@ -458,6 +461,9 @@ pub(crate) fn run(plan: &ChildPlan) -> ! {
         }
         if libc::chdir(cstr(b"/\0")) != 0 {
             fail(plan, 20);
+        }
+        if libc::chdir(plan.cwd.as_ptr()) != 0 {
+            fail(plan, 29);
         }
         if let Err(e) = crate::netlink::link_up(b"lo\0") {
             fail_with(plan, 21, e);

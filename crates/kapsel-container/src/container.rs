@@ -270,6 +270,7 @@ impl Container {
             root: cstring(root.as_os_str().as_bytes())?,
             hostname: cstring(spec.hostname.as_deref().unwrap_or(&spec.name).as_bytes())?,
             init: cstring(init.as_os_str().as_bytes())?,
+            cwd: cstring(spec.cwd.as_deref().unwrap_or("/").as_bytes())?,
             _strings: strings,
             argv,
             envp,
