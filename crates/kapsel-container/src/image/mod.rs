@@ -223,7 +223,7 @@ pub fn prepare(image: &Path, dir: &Path) -> Result<Prepared, ImageError> {
         Ok(d) => d,
         Err(e) => {
             let _ = remove_tree(&tmp);
-            return Err(e.context(&format!("image {}", source.path().display())));
+            return Err(e.context(&format!("unpacking image {}", source.path().display())));
         }
     };
     // The marker goes first: if anything below fails, the next start
