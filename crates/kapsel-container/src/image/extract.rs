@@ -156,7 +156,12 @@ impl Extractor {
                 return self.whiteout(&parent, hidden);
             }
         }
-        self.this_layer.insert(path.clone());
+        // With its parents: they hold what this layer adds.
+        for p in path.ancestors() {
+            if !self.this_layer.insert(p.to_path_buf()) {
+                break;
+            }
+        }
         let dir = self.make_dirs(&parent)?;
         let dirfd = dir.as_raw_fd();
         let cname = cstring(&name)?;
@@ -311,17 +316,45 @@ impl Extractor {
             Err(e) => return Err(ImageError::io("opening its directory", e)),
         };
         if format!("{WHITEOUT_PREFIX}{hidden}") == OPAQUE_WHITEOUT {
-            for child in read_dir_fd(dir.as_raw_fd())? {
-                if !self.this_layer.contains(&parent.join(&child)) {
-                    remove_at(dir.as_raw_fd(), &cstring(&child)?)?;
-                }
-            }
-            return Ok(());
+            return self.hide_lower(dir.as_raw_fd(), parent);
         }
         if hidden.is_empty() || hidden == "." || hidden == ".." || hidden.contains('/') {
             return Err(ImageError::new("a whiteout that names no file"));
         }
         remove_if_present(dir.as_raw_fd(), &cstring(OsStr::new(hidden))?)
+    }
+
+    /// Removes what the layers below put in `dir` (at `rel`): every entry
+    /// this layer did not write, and the same inside the directories it
+    /// wrote into (the opaque marker may come before or after them).
+    fn hide_lower(&self, dirfd: RawFd, rel: &Path) -> Result<(), ImageError> {
+        for child in read_dir_fd(dirfd)? {
+            let path = rel.join(&child);
+            let cname = cstring(&child)?;
+            if !self.this_layer.contains(&path) {
+                remove_at(dirfd, &cname)?;
+            } else if file_type_at(dirfd, &cname)? == Some(libc::S_IFDIR) {
+                // SAFETY: a valid name relative to a directory we own;
+                // O_NOFOLLOW|O_DIRECTORY opens only a real directory.
+                let fd = unsafe {
+                    libc::openat(
+                        dirfd,
+                        cname.as_ptr(),
+                        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                    )
+                };
+                if fd < 0 {
+                    return Err(ImageError::io(
+                        format!("opening {}", path.display()),
+                        io::Error::last_os_error(),
+                    ));
+                }
+                // SAFETY: fd is a new descriptor that nothing else owns.
+                let sub = unsafe { OwnedFd::from_raw_fd(fd) };
+                self.hide_lower(sub.as_raw_fd(), &path)?;
+            }
+        }
+        Ok(())
     }
 
     /// Opens the directory `rel` inside the root, creating what is missing.

@@ -205,7 +205,15 @@ pub fn prepare(image: &Path, dir: &Path) -> Result<Prepared, ImageError> {
     let root = dir.join("root");
     let marker = dir.join("unpacked");
     let config = dir.join("image.json");
-    if root.is_dir() && std::fs::read_to_string(&marker).ok().as_deref() == Some(&identity) {
+    let done = std::fs::read_to_string(&marker).ok();
+    // Before the image module, the daemon wrote the tarball's path: that root
+    // is kept (it may hold the container's state) and the marker updated.
+    let legacy = matches!(source, Source::Tarball { .. })
+        && done.as_deref() == Some(&*image.display().to_string());
+    if legacy && root.is_dir() {
+        let _ = std::fs::write(&marker, &identity);
+    }
+    if root.is_dir() && (legacy || done.as_deref() == Some(&identity)) {
         let defaults = std::fs::read(&config)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
@@ -322,10 +330,14 @@ pub fn decompress<'a, R: BufRead + 'a>(mut r: R) -> Result<Box<dyn Read + 'a>, I
         Ok(Box::new(flate2::bufread::MultiGzDecoder::new(r)))
     } else if starts(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
         Ok(Box::new(lzma_rust2::XzReader::new(r, true)))
-    } else if starts(&[0x28, 0xb5, 0x2f, 0xfd]) {
+    } else if starts(&[0x28, 0xb5, 0x2f, 0xfd])
+        // A skippable frame (0x184D2A50 to 0x184D2A5F) first.
+        || (head.len() >= 4 && head[0] & 0xf0 == 0x50 && head[1..4] == [0x2a, 0x4d, 0x18])
+    {
         Ok(Box::new(ZstdFrames {
-            src: Some(r),
-            frame: None,
+            src: r,
+            dec: ruzstd::decoding::FrameDecoder::new(),
+            in_frame: false,
         }))
     } else if starts(b"BZh") {
         Err(ImageError::new(
@@ -336,31 +348,53 @@ pub fn decompress<'a, R: BufRead + 'a>(mut r: R) -> Result<Box<dyn Read + 'a>, I
     }
 }
 
-/// A zstd stream of one or more frames (as `zstd -T0` and pzstd write).
+/// A zstd stream of one or more frames (as `zstd -T0` and pzstd write),
+/// skippable frames skipped.
 struct ZstdFrames<R: BufRead> {
-    src: Option<R>,
-    frame: Option<ruzstd::decoding::StreamingDecoder<R, ruzstd::decoding::FrameDecoder>>,
+    src: R,
+    dec: ruzstd::decoding::FrameDecoder,
+    in_frame: bool,
 }
 
 impl<R: BufRead> Read for ZstdFrames<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use ruzstd::decoding::errors::{FrameDecoderError, ReadFrameHeaderError};
+        use ruzstd::decoding::BlockDecodingStrategy;
+        let bad =
+            |e: FrameDecoderError| io::Error::new(io::ErrorKind::InvalidData, format!("zstd: {e}"));
+        if buf.is_empty() {
+            return Ok(0);
+        }
         loop {
-            if let Some(frame) = &mut self.frame {
-                let n = frame.read(buf)?;
-                if n > 0 || buf.is_empty() {
-                    return Ok(n);
+            if self.in_frame {
+                if self.dec.can_collect() > 0 {
+                    return self.dec.read(buf);
                 }
-                self.src = self.frame.take().map(|f| f.into_inner());
+                if self.dec.is_finished() {
+                    self.in_frame = false;
+                    continue;
+                }
+                self.dec
+                    .decode_blocks(&mut self.src, BlockDecodingStrategy::UptoBlocks(1))
+                    .map_err(bad)?;
+                continue;
             }
-            let Some(mut src) = self.src.take() else {
-                return Ok(0);
-            };
-            if src.fill_buf()?.is_empty() {
+            if self.src.fill_buf()?.is_empty() {
                 return Ok(0);
             }
-            let frame = ruzstd::decoding::StreamingDecoder::new(src)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("zstd: {e}")))?;
-            self.frame = Some(frame);
+            match self.dec.init(&mut self.src) {
+                Ok(()) => self.in_frame = true,
+                Err(FrameDecoderError::ReadFrameHeaderError(ReadFrameHeaderError::SkipFrame {
+                    length,
+                    ..
+                })) => {
+                    io::copy(
+                        &mut (&mut self.src).take(u64::from(length)),
+                        &mut io::sink(),
+                    )?;
+                }
+                Err(e) => return Err(bad(e)),
+            }
         }
     }
 }

@@ -179,7 +179,20 @@ fn gzip_xz_and_zstd_are_told_by_their_magic() {
         &plain[plain.len() / 2..],
         ruzstd::encoding::CompressionLevel::Fastest,
     ));
-    for (name, bytes) in [("tar", plain.clone()), ("gz", gz), ("xz", xz), ("zst", zst)] {
+    // A skippable frame (magic 0x184D2A50, length 3) between them.
+    let mut zst_skip = Vec::new();
+    zst_skip.extend(ruzstd::encoding::compress_to_vec(
+        &plain[..],
+        ruzstd::encoding::CompressionLevel::Fastest,
+    ));
+    zst_skip.splice(0..0, [0x50, 0x2a, 0x4d, 0x18, 3, 0, 0, 0, 1, 2, 3]);
+    for (name, bytes) in [
+        ("tar", plain.clone()),
+        ("gz", gz),
+        ("xz", xz),
+        ("zst", zst),
+        ("zst-skippable", zst_skip),
+    ] {
         let t = TempDir::new(name);
         let file = t.0.join(format!("image.{name}"));
         std::fs::write(&file, &bytes).unwrap();
@@ -406,10 +419,15 @@ fn two_layers() -> Vec<Vec<u8>> {
         .file("d/lower", b"hidden by the opaque whiteout")
         .dir("d/sub/")
         .file("d/sub/lower", b"hidden too")
+        .dir("d/both/")
+        .file("d/both/lower", b"hidden as well")
         .bytes();
+    // The opaque marker after entries of its directory: they stay, what
+    // was below them goes (also inside a directory both layers have).
     let top = Tar::new()
         .file("etc/.wh.gone", b"")
         .file("d/new", b"this layer")
+        .file("d/both/mine", b"this layer")
         .file("d/.wh..wh..opq", b"")
         .file("etc/added", b"new")
         .bytes();
@@ -433,6 +451,14 @@ fn oci_layout_layers_apply_in_order_with_whiteouts() {
     assert!(!root.join("d/sub").exists(), "opaque directory");
     assert!(!root.join("d/.wh..wh..opq").exists());
     assert_eq!(std::fs::read(root.join("d/new")).unwrap(), b"this layer");
+    assert_eq!(
+        std::fs::read(root.join("d/both/mine")).unwrap(),
+        b"this layer"
+    );
+    assert!(
+        !root.join("d/both/lower").exists(),
+        "opaque below a shared directory"
+    );
     assert_eq!(
         p.defaults.command(),
         Some(vec!["/bin/app".to_string(), "--flag".to_string()])
@@ -569,6 +595,13 @@ fn a_tarball_is_unpacked_once_and_again_when_it_changes() {
     std::fs::write(p.root.join("local"), b"state").unwrap();
     prepare(&image, &ct).unwrap();
     assert!(p.root.join("local").exists());
+    // A marker in the old format (the tarball's path) keeps the root.
+    std::fs::write(ct.join("unpacked"), image.display().to_string()).unwrap();
+    prepare(&image, &ct).unwrap();
+    assert!(p.root.join("local").exists());
+    assert!(std::fs::read_to_string(ct.join("unpacked"))
+        .unwrap()
+        .starts_with("tar "));
     // A new image replaces the root.
     std::fs::write(&image, Tar::new().file("v", b"22").bytes()).unwrap();
     let p = prepare(&image, &ct).unwrap();
