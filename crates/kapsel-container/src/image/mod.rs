@@ -16,7 +16,9 @@
 //! Naming a tag: `image "/srv/oci/alpine:3.19"` is the layout
 //! `/srv/oci/alpine` and the manifest whose `org.opencontainers.image.ref.name`
 //! is `3.19`, unless `/srv/oci/alpine:3.19` itself exists (then that is the
-//! image, a directory or an OCI archive, and no reference is given).
+//! image, a directory or an OCI archive, and no reference is given). The
+//! path is the longest existing one that ends before a `:`, so a reference
+//! may hold `:` and `/` (`/srv/alpine.tar:docker.io/library/alpine:3.19`).
 
 pub mod extract;
 pub mod oci;
@@ -126,18 +128,21 @@ impl Source {
         let (path, reference) = match std::fs::metadata(image) {
             Ok(_) => (image.to_path_buf(), None),
             Err(e) => {
+                // The longest existing PATH before a ':'; the rest is the
+                // reference (which may hold ':' and '/' itself, as
+                // `docker.io/library/alpine:3.19` does).
                 let s = image.as_os_str().to_string_lossy();
                 let split = s
-                    .rsplit_once(':')
-                    .filter(|(p, r)| !r.is_empty() && !r.contains('/') && !p.is_empty());
+                    .match_indices(':')
+                    .rev()
+                    .map(|(i, _)| (&s[..i], &s[i + 1..]))
+                    .find(|(p, r)| !p.is_empty() && !r.is_empty() && Path::new(p).exists());
                 match split {
-                    Some((p, r)) if Path::new(p).exists() => {
-                        (PathBuf::from(p), Some(r.to_string()))
-                    }
-                    _ => {
+                    Some((p, r)) => (PathBuf::from(p), Some(r.to_string())),
+                    None => {
                         return Err(ImageError::io(
                             format!(
-                                "image {} (a tarball, an OCI layout directory, or DIR:TAG)",
+                                "image {} (a tarball, an OCI layout directory, or one of them and :TAG)",
                                 image.display()
                             ),
                             e,

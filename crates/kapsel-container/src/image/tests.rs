@@ -566,6 +566,13 @@ fn an_oci_archive_is_unpacked_like_its_layout() {
     let archive = t.0.join("image.tar");
     std::fs::write(&archive, b.into_inner().unwrap()).unwrap();
     let p = prepare(&archive, &t.0.join("ct")).unwrap();
+    // A reference with ':' and '/' in it.
+    let full = PathBuf::from(format!("{}:docker.io/library/app:v1", archive.display()));
+    let err = prepare(&full, &t.0.join("ct2")).unwrap_err().to_string();
+    assert!(
+        err.contains("no manifest named \"docker.io/library/app:v1\""),
+        "{err}"
+    );
     assert!(p.root.join("etc/keep").is_file());
     assert!(!p.root.join("etc/gone").exists());
     assert!(!p.root.join("oci-layout").exists());
