@@ -529,6 +529,22 @@ mod tests {
     }
 
     #[test]
+    fn the_working_directory_is_absolute() {
+        let root = tree("cwd");
+        let none = CgroupMode::Legacy {
+            mounts: Vec::new(),
+            hybrid_v2: None,
+        };
+        let mut spec = ContainerSpec::new("c", &root, vec!["/sbin/init".into()]);
+        spec.cwd = Some("/srv/app".into());
+        assert!(spec.validate(&none).is_ok());
+        spec.cwd = Some("srv/app".into());
+        let e = spec.validate(&none).unwrap_err().to_string();
+        assert!(e.contains("working directory"), "{e}");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
     fn names() {
         assert!(check_name("web-1.example_a").is_ok());
         assert!(check_name("").is_err());
