@@ -329,6 +329,59 @@ fn hard_links_cannot_reach_host_files() {
     }
 }
 
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+    /// Any mix of files, directories, symlinks (absolute, relative, to the
+    /// outside) and hard links, with `..` and absolute names, leaves
+    /// everything outside the root as it was, as plain files or as OCI
+    /// layers with whiteouts.
+    #[test]
+    fn no_archive_writes_outside_the_root(
+        entries in proptest::collection::vec(
+            (0u8..4, proptest::collection::vec(0usize..6, 1..4), 0usize..6),
+            1..8,
+        ),
+        whiteouts: bool,
+    ) {
+        let tg = target("prop");
+        let out = tg.outside.display().to_string();
+        let parts = ["a", "b", "..", "victim", ".wh.victim", "."];
+        let links = [
+            out.clone(),
+            format!("{out}/victim"),
+            "../outside".to_string(),
+            "../../outside/victim".to_string(),
+            "/etc".to_string(),
+            "a".to_string(),
+        ];
+        let hard = [
+            format!("{out}/victim"),
+            "../outside/victim".to_string(),
+            "/etc/passwd".to_string(),
+            "a/victim".to_string(),
+            "a".to_string(),
+            "b/../../outside/victim".to_string(),
+        ];
+        let mut tar = Tar::new();
+        for (kind, path, t) in entries {
+            let name: Vec<&str> = path.iter().map(|&i| parts[i]).collect();
+            let name = name.join("/");
+            if name.len() >= 100 || links[t].len() >= 100 || hard[t].len() >= 100 {
+                continue;
+            }
+            match kind {
+                0 => { tar.file(&name, b"written"); }
+                1 => { tar.dir(&name); }
+                2 => { tar.symlink(&name, &links[t]); }
+                _ => { tar.hardlink(&name, &hard[t]); }
+            }
+        }
+        let _ = extract(&tg.root, &tar.bytes(), whiteouts);
+        tg.assert_outside_untouched();
+    }
+}
+
 #[test]
 fn whiteouts_are_plain_files_outside_oci_layers() {
     let t = TempDir::new("wh-plain");
