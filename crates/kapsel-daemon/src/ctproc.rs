@@ -43,13 +43,15 @@ pub fn root_dir(
     let dir = state_dir.join("ct").join(name);
     let prepared = kapsel_container::image::prepare(image, &dir).map_err(|e| {
         let at = if spec.span.line > 0 {
-            format!(" named at {}:{}", spec.span.file.display(), spec.span.line)
+            format!(
+                " (container block at {}:{})",
+                spec.span.file.display(),
+                spec.span.line
+            )
         } else {
             String::new()
         };
-        format!(
-            "container {name}: {e}; fix or replace the image{at}, or give the container a `root` directory"
-        )
+        format!("container {name}: {e}; repair or replace the image{at}")
     })?;
     Ok((prepared.root, prepared.defaults))
 }

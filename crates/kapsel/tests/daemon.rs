@@ -1411,4 +1411,27 @@ fn a_container_runs_the_app_of_an_oci_image_with_two_layers() {
     assert!(said.contains("exited (status 0)"), "{said}");
     d.console_text(&name, "app-stopped");
     let _ = std::fs::remove_dir_all(&layout);
+
+    // A directory that is no OCI layout is refused at start, naming it
+    // and the vm.conf line.
+    let plain = d.dir.join("plain-dir");
+    std::fs::create_dir_all(&plain).unwrap();
+    let other = ctcommon::name("notoci");
+    let more = d.dir.join("more.conf");
+    std::fs::write(
+        &more,
+        format!(
+            "container \"{other}\" {{\n\timage \"{}\"\n\tdisable\n}}\n",
+            plain.display()
+        ),
+    )
+    .unwrap();
+    d.ok(&["load", more.to_str().unwrap()]);
+    let (code, _, err) = d.run(&["start", &other]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("not an OCI image layout") && err.contains(&plain.display().to_string()),
+        "{err}"
+    );
+    assert!(err.contains("more.conf:1"), "{err}");
 }
