@@ -219,11 +219,19 @@ pub fn prepare(image: &Path, dir: &Path) -> Result<Prepared, ImageError> {
         let _ = std::fs::write(&marker, &identity);
     }
     if root.is_dir() && (legacy || done.as_deref() == Some(&identity)) {
-        let defaults = std::fs::read(&config)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
-        return Ok(Prepared { root, defaults });
+        // The old daemon kept no configuration (its images had none); a
+        // lost or damaged one means unpacking again, not running the
+        // wrong command.
+        let defaults = match std::fs::read(&config) {
+            Err(e) if legacy && e.kind() == io::ErrorKind::NotFound => {
+                Some(ImageDefaults::default())
+            }
+            Err(_) => None,
+            Ok(b) => serde_json::from_slice(&b).ok(),
+        };
+        if let Some(defaults) = defaults {
+            return Ok(Prepared { root, defaults });
+        }
     }
     std::fs::create_dir_all(dir).map_err(|e| ImageError::io(dir.display().to_string(), e))?;
     let tmp = dir.join(".root.tmp");

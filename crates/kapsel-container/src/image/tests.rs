@@ -655,7 +655,13 @@ fn a_tarball_is_unpacked_once_and_again_when_it_changes() {
     std::fs::write(p.root.join("local"), b"state").unwrap();
     prepare(&image, &ct).unwrap();
     assert!(p.root.join("local").exists());
+    // A damaged image.json means unpacking again.
+    std::fs::write(ct.join("image.json"), b"{").unwrap();
+    prepare(&image, &ct).unwrap();
+    assert!(!p.root.join("local").exists());
+    std::fs::write(p.root.join("local"), b"state").unwrap();
     // A marker in the old format (the tarball's path) keeps the root.
+    std::fs::remove_file(ct.join("image.json")).unwrap();
     std::fs::write(ct.join("unpacked"), image.display().to_string()).unwrap();
     prepare(&image, &ct).unwrap();
     assert!(p.root.join("local").exists());
