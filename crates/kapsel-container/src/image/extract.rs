@@ -43,8 +43,11 @@ struct DirMeta {
     uid: u32,
     gid: u32,
     mode: u32,
-    mtime: i64,
+    mtime: Mtime,
 }
+
+/// Seconds and nanoseconds.
+type Mtime = (i64, i64);
 
 /// Unpacks tar streams into one root directory.
 pub struct Extractor {
@@ -131,12 +134,13 @@ impl Extractor {
 
     fn entry<R: Read>(&mut self, entry: &mut tar::Entry<R>) -> Result<(), ImageError> {
         let path = clean(&entry.path().map_err(|e| ImageError::new(e.to_string()))?)?;
+        let pax = pax_mtime(entry);
         let header = entry.header();
         let kind = header.entry_type();
         let mode = header.mode().unwrap_or(0o644) & 0o7777;
         let uid = header.uid().unwrap_or(0) as u32;
         let gid = header.gid().unwrap_or(0) as u32;
-        let mtime = header.mtime().unwrap_or(0) as i64;
+        let mtime = pax.unwrap_or((header.mtime().unwrap_or(0) as i64, 0));
         let Some(name) = path.file_name().map(|n| n.to_owned()) else {
             // "./": the root itself.
             if kind.is_dir() {
@@ -415,7 +419,7 @@ impl Extractor {
     }
 
     /// Owner first: chown clears setuid and setgid bits, chmod sets them.
-    fn set_meta(&self, fd: RawFd, uid: u32, gid: u32, mode: u32, mtime: i64) -> io::Result<()> {
+    fn set_meta(&self, fd: RawFd, uid: u32, gid: u32, mode: u32, mtime: Mtime) -> io::Result<()> {
         // SAFETY: fchown, fchmod and futimens on a descriptor we own; the
         // timespec array is valid for the call.
         unsafe {
@@ -442,7 +446,7 @@ impl Extractor {
         uid: u32,
         gid: u32,
         mode: Option<u32>,
-        mtime: i64,
+        mtime: Mtime,
     ) -> io::Result<()> {
         // SAFETY: valid names relative to a directory descriptor we own;
         // the timespec array is valid for the call.
@@ -495,11 +499,33 @@ fn cstring(s: &OsStr) -> Result<CString, ImageError> {
     CString::new(s.as_bytes()).map_err(|_| ImageError::new("a name with a NUL byte"))
 }
 
-fn timespec(secs: i64) -> libc::timespec {
+fn timespec((secs, nsec): Mtime) -> libc::timespec {
     libc::timespec {
         tv_sec: secs as libc::time_t,
-        tv_nsec: 0,
+        tv_nsec: nsec as libc::c_long,
     }
+}
+
+/// A PAX `mtime` record (`SECONDS[.FRACTION]`), which keeps what the
+/// header's whole seconds lose.
+fn pax_mtime<R: Read>(entry: &mut tar::Entry<R>) -> Option<Mtime> {
+    let exts = entry.pax_extensions().ok()??;
+    let value = exts
+        .flatten()
+        .find(|e| e.key() == Ok("mtime"))?
+        .value()
+        .ok()?
+        .to_string();
+    let (secs, frac) = value.split_once('.').unwrap_or((&value, ""));
+    let secs: i64 = secs.parse().ok()?;
+    let digits: String = frac.chars().take(9).collect();
+    let nsec = if digits.is_empty() {
+        0
+    } else {
+        digits.parse::<i64>().ok()? * 10i64.pow(9 - digits.len() as u32)
+    };
+    // Times before 1970 keep whole seconds from the header.
+    (secs >= 0 && digits.bytes().all(|b| b.is_ascii_digit())).then_some((secs, nsec))
 }
 
 /// The `S_IFMT` bits of `name` in `dirfd` (not following a symlink), or

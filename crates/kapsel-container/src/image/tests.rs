@@ -161,6 +161,22 @@ fn unpacks_files_dirs_links_modes_and_special_files() {
 }
 
 #[test]
+fn pax_mtimes_keep_their_fraction() {
+    let t = TempDir::new("pax");
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_pax_extensions([("mtime", &b"1600000000.123456789"[..])])
+        .unwrap();
+    let mut h = tar::Header::new_ustar();
+    h.set_size(1);
+    h.set_mode(0o644);
+    h.set_mtime(1_600_000_000);
+    b.append_data(&mut h, "f", &b"x"[..]).unwrap();
+    extract(&t.0, &b.into_inner().unwrap(), false).unwrap();
+    let m = std::fs::metadata(t.0.join("f")).unwrap();
+    assert_eq!((m.mtime(), m.mtime_nsec()), (1_600_000_000, 123_456_789));
+}
+
+#[test]
 fn gzip_xz_and_zstd_are_told_by_their_magic() {
     let plain = Tar::new().file("hello", b"world").bytes();
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
