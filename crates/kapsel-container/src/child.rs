@@ -58,7 +58,27 @@ pub(crate) const STEPS: &[&str] = &[
     "joining the container's cgroups",         // 27
     "mounting /run, /run/lock or /tmp (each must be a directory in the root, not a link)", // 28
     "mounting the idmapped root",              // 29
+    "changing to the working directory (it must be a directory in the root)", // 30
 ];
+
+/// Becomes root of the user namespace this process is in: no
+/// supplementary groups, gid and uid 0. Raw system calls, not libc's
+/// wrappers: in a child cloned from a multi-threaded process, glibc still
+/// counts the parent's threads and would wait forever for them to take
+/// the change too (its setxid broadcast).
+///
+/// # Safety
+/// Only for a process with one thread (the cloned child): the raw calls
+/// change the calling thread's credentials alone.
+pub(crate) unsafe fn become_root() -> bool {
+    // SAFETY: plain system calls with integer arguments (and a null list
+    // of zero groups); the caller is single-threaded.
+    unsafe {
+        libc::syscall(libc::SYS_setgroups, 0, ptr::null::<libc::gid_t>()) == 0
+            && libc::syscall(libc::SYS_setresgid, 0, 0, 0) == 0
+            && libc::syscall(libc::SYS_setresuid, 0, 0, 0) == 0
+    }
+}
 
 /// A device node of the container's /dev: name, major, minor.
 const DEVICES: &[(&[u8], u32, u32)] = &[
@@ -129,6 +149,8 @@ pub(crate) struct ChildPlan {
     pub root: CString,
     pub hostname: CString,
     pub init: CString,
+    /// The init's working directory (after pivot_root).
+    pub cwd: CString,
     /// Owns the argument and environment strings the pointers below point into.
     pub _strings: Vec<CString>,
     /// NULL-terminated argv for execve.
@@ -272,11 +294,7 @@ pub(crate) fn run(plan: &ChildPlan) -> ! {
     // SAFETY: each call below is a plain system call on NUL-terminated
     // strings from the plan or constants; results are checked one by one.
     unsafe {
-        if plan.user_ns
-            && (libc::setgroups(0, ptr::null()) != 0
-                || libc::setresgid(0, 0, 0) != 0
-                || libc::setresuid(0, 0, 0) != 0)
-        {
+        if plan.user_ns && !become_root() {
             fail(plan, 1);
         }
         if libc::unshare(libc::CLONE_NEWCGROUP) != 0 {
@@ -513,6 +531,9 @@ pub(crate) fn run(plan: &ChildPlan) -> ! {
         }
         if libc::chdir(cstr(b"/\0")) != 0 {
             fail(plan, 20);
+        }
+        if libc::chdir(plan.cwd.as_ptr()) != 0 {
+            fail(plan, 30);
         }
         if let Err(e) = crate::netlink::link_up(b"lo\0") {
             fail_with(plan, 21, e);

@@ -300,6 +300,7 @@ impl Container {
             root: cstring(root.as_os_str().as_bytes())?,
             hostname: cstring(spec.hostname.as_deref().unwrap_or(&spec.name).as_bytes())?,
             init: cstring(init.as_os_str().as_bytes())?,
+            cwd: cstring(spec.cwd.as_deref().unwrap_or("/").as_bytes())?,
             _strings: strings,
             argv,
             envp,
@@ -773,11 +774,7 @@ impl Container {
                 }
                 // Host root is not mapped in the container's user
                 // namespace: become its root, as the init did.
-                if user_ns
-                    && (libc::setgroups(0, std::ptr::null()) != 0
-                        || libc::setresgid(0, 0, 0) != 0
-                        || libc::setresuid(0, 0, 0) != 0)
-                {
+                if user_ns && !crate::child::become_root() {
                     libc::_exit(125);
                 }
                 // The PID namespace applies to children: fork once more.

@@ -30,6 +30,7 @@ mod container;
 pub mod devices;
 mod error;
 mod idmap;
+pub mod image;
 pub mod netlink;
 pub mod seccomp;
 mod spec;

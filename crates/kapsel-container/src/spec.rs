@@ -32,6 +32,9 @@ pub struct ContainerSpec {
     /// The init's environment, `KEY=VALUE`. `PATH` and `container=kapsel`
     /// are added when missing.
     pub env: Vec<String>,
+    /// The init's working directory, an absolute path inside the root;
+    /// `None` is `/`.
+    pub cwd: Option<String>,
     /// Memory limit in bytes (cgroup `memory.max` / `memory.limit_in_bytes`).
     pub memory: Option<u64>,
     /// CPU limit in CPUs (0.5 is half a CPU), enforced as a CFS quota.
@@ -140,6 +143,7 @@ impl ContainerSpec {
             root: root.into(),
             init,
             env: Vec::new(),
+            cwd: None,
             memory: None,
             cpus: None,
             pids: None,
@@ -257,6 +261,13 @@ impl ContainerSpec {
             return Err(Error::Invalid(format!(
                 "environment entry \"{bad}\" has no '='; write KEY=VALUE"
             )));
+        }
+        if let Some(cwd) = &self.cwd {
+            if !cwd.starts_with('/') || cwd.contains('\0') {
+                return Err(Error::Invalid(format!(
+                    "working directory \"{cwd}\" is not an absolute path; write it from the container's /"
+                )));
+            }
         }
         let init_path = resolve_init(&self.root, init)?;
         if self.memory == Some(0) || self.pids == Some(0) {
@@ -615,6 +626,22 @@ mod tests {
             count: 65536,
         });
         assert!(spec.validate(&none).is_ok());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn the_working_directory_is_absolute() {
+        let root = tree("cwd");
+        let none = CgroupMode::Legacy {
+            mounts: Vec::new(),
+            hybrid_v2: None,
+        };
+        let mut spec = ContainerSpec::new("c", &root, vec!["/sbin/init".into()]);
+        spec.cwd = Some("/srv/app".into());
+        assert!(spec.validate(&none).is_ok());
+        spec.cwd = Some("srv/app".into());
+        let e = spec.validate(&none).unwrap_err().to_string();
+        assert!(e.contains("working directory"), "{e}");
         std::fs::remove_dir_all(&root).unwrap();
     }
 

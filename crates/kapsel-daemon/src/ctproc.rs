@@ -3,6 +3,7 @@
 //! its console on a pty, how it ended, and `kapsel exec` into it.
 
 use kapsel_config::{ContainerSpec, UserMap};
+use kapsel_container::image::ImageDefaults;
 use kapsel_container::{cgroup::CgroupMode, ConsoleSpec, Container, ExitStatus, IdMap, VethSpec};
 use std::fs::File;
 use std::io::{Read, Write};
@@ -24,50 +25,49 @@ fn lock(ct: &Mutex<Container>) -> std::sync::MutexGuard<'_, Container> {
 }
 
 /// Where a container's root comes from: `root PATH` as it is, or `image
-/// PATH` unpacked once into `STATE_DIR/ct/NAME/root`.
-pub fn root_dir(spec: &ContainerSpec, state_dir: &Path) -> Result<PathBuf, String> {
+/// PATH` (a tarball, an OCI image layout or archive, `PATH:TAG` for a
+/// tagged manifest) unpacked into `STATE_DIR/ct/NAME/root`, again only
+/// when the image changes. Returns the root and, for an OCI image, its
+/// configuration's defaults (command, environment, working directory).
+pub fn root_dir(
+    spec: &ContainerSpec,
+    state_dir: &Path,
+) -> Result<(PathBuf, ImageDefaults), String> {
     let name = &spec.name;
     if let Some(root) = &spec.root {
-        return Ok(root.clone());
+        return Ok((root.clone(), ImageDefaults::default()));
     }
     let image = spec.image.as_ref().ok_or_else(|| {
         format!("container {name} has neither `root` nor `image`; give it one in vm.conf")
     })?;
-    if image.is_dir() {
-        return Err(format!(
-            "container {name}: OCI image layouts ({}) are not supported yet; use a tarball or `root`",
-            image.display()
-        ));
-    }
     let dir = state_dir.join("ct").join(name);
-    let root = dir.join("root");
-    // Beside the root, not in it: the container cannot fake it.
-    let done = dir.join("unpacked");
-    if done.exists() && root.is_dir() {
-        return Ok(root);
-    }
-    let _ = std::fs::remove_dir_all(&root);
-    std::fs::create_dir_all(&root)
-        .map_err(|e| format!("container {name}: {}: {e}", root.display()))?;
-    // GNU tar recognises gzip, xz and zstd by their contents.
-    let out = std::process::Command::new("tar")
-        .arg("-xpf")
-        .arg(image)
-        .arg("-C")
-        .arg(&root)
-        .output()
-        .map_err(|e| format!("container {name}: cannot run tar: {e}"))?;
-    if !out.status.success() {
-        let _ = std::fs::remove_dir_all(&root);
-        return Err(format!(
-            "container {name}: unpacking {} failed: {}; is it a .tar, .tar.gz, .tar.xz or .tar.zst?",
-            image.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    std::fs::write(&done, image.display().to_string())
-        .map_err(|e| format!("container {name}: {}: {e}", done.display()))?;
-    Ok(root)
+    let prepared = kapsel_container::image::prepare(image, &dir).map_err(|e| {
+        let at = if spec.span.line > 0 {
+            format!(
+                " (container block at {}:{})",
+                spec.span.file.display(),
+                spec.span.line
+            )
+        } else {
+            String::new()
+        };
+        format!("container {name}: {e}; repair or replace the image{at}")
+    })?;
+    Ok((prepared.root, prepared.defaults))
+}
+
+/// The init and its settings: `init` from vm.conf wins; without it, the
+/// image's `Entrypoint` followed by `Cmd`; without those, `/sbin/init`.
+/// The image's `Env` and `WorkingDir` apply either way.
+fn init_settings(
+    s: &ContainerSpec,
+    defaults: &ImageDefaults,
+) -> (Vec<String>, Vec<String>, Option<String>) {
+    let init = match defaults.command() {
+        Some(cmd) if s.init.is_empty() => cmd,
+        _ => s.init_command(),
+    };
+    (init, defaults.env.clone(), defaults.working_dir.clone())
 }
 
 /// What a container needs to start.
@@ -76,6 +76,8 @@ pub struct Launch<'a> {
     pub spec: &'a ContainerSpec,
     /// Its root directory.
     pub root: PathBuf,
+    /// What its image's configuration asks for (empty without an OCI image).
+    pub defaults: ImageDefaults,
     /// The host side of its one interface, with the guest MAC.
     pub veth: Option<(String, [u8; 6])>,
     /// The host's cgroup layout.
@@ -125,8 +127,10 @@ impl Read for ConsoleOutput {
 /// Starts the container; returns it and its console output.
 pub fn spawn(launch: &Launch) -> Result<(ContainerProcess, ConsoleOutput), String> {
     let s = launch.spec;
-    let mut spec =
-        kapsel_container::ContainerSpec::new(s.name.clone(), launch.root.clone(), s.init_command());
+    let (init, env, cwd) = init_settings(s, &launch.defaults);
+    let mut spec = kapsel_container::ContainerSpec::new(s.name.clone(), launch.root.clone(), init);
+    spec.env = env;
+    spec.cwd = cwd;
     spec.memory = s.memory.map(|m| m.bytes());
     spec.cpus = s.cpus.map(f64::from);
     spec.pids = s.pids;
@@ -428,5 +432,45 @@ pub mod exec_frames {
         let mut body = vec![0u8; len as usize];
         r.read_exact(&mut body)?;
         Ok((head[0], body))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defaults() -> ImageDefaults {
+        ImageDefaults {
+            entrypoint: vec!["/bin/app".into()],
+            cmd: vec!["--serve".into()],
+            env: vec!["PATH=/usr/bin".into()],
+            working_dir: Some("/srv".into()),
+        }
+    }
+
+    #[test]
+    fn the_image_command_runs_when_vm_conf_names_no_init() {
+        let ct = ContainerSpec::new("app");
+        let (init, env, cwd) = init_settings(&ct, &defaults());
+        assert_eq!(init, ["/bin/app", "--serve"]);
+        assert_eq!(env, ["PATH=/usr/bin"]);
+        assert_eq!(cwd.as_deref(), Some("/srv"));
+    }
+
+    #[test]
+    fn init_in_vm_conf_wins_over_the_image() {
+        let mut ct = ContainerSpec::new("app");
+        ct.init = vec!["/bin/sh".into(), "-c".into(), "true".into()];
+        let (init, env, _) = init_settings(&ct, &defaults());
+        assert_eq!(init, ["/bin/sh", "-c", "true"]);
+        assert_eq!(env, ["PATH=/usr/bin"], "the image's Env still applies");
+    }
+
+    #[test]
+    fn without_either_the_init_is_sbin_init() {
+        let ct = ContainerSpec::new("sys");
+        let (init, env, cwd) = init_settings(&ct, &ImageDefaults::default());
+        assert_eq!(init, [kapsel_config::DEFAULT_CONTAINER_INIT]);
+        assert!(env.is_empty() && cwd.is_none());
     }
 }

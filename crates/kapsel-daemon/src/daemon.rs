@@ -421,7 +421,7 @@ impl Daemon {
                 .map_err(|e| format!("container {name}: {e}"))?,
         };
         inner.cgroups = Some(cgroups.clone());
-        let root = ctproc::root_dir(ct, &self.opts.state_dir)?;
+        let (root, defaults) = ctproc::root_dir(ct, &self.opts.state_dir)?;
         let veth = match ct.interfaces.first() {
             Some(ispec) => {
                 let host = format!("kct{id}-0");
@@ -433,6 +433,7 @@ impl Daemon {
         let launch = ctproc::Launch {
             spec: ct,
             root,
+            defaults,
             veth: veth.clone(),
             cgroups: &cgroups,
         };

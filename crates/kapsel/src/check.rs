@@ -1,7 +1,8 @@
 //! `kapsel check`: validate a vm.conf and report every problem (like `vmd -n`).
 
 use clap::Args;
-use kapsel_config::{Diagnostic, LoadOptions, DEFAULT_CONFIG_PATH};
+use kapsel_config::{Config, Diagnostic, LoadOptions, Severity, DEFAULT_CONFIG_PATH};
+use kapsel_container::image::{ImageError, Source};
 use kapsel_daemon::accounts::HostAccounts;
 use std::path::PathBuf;
 
@@ -41,6 +42,11 @@ pub fn main(args: CheckArgs) -> u8 {
     match kapsel_config::load(&args.file, &opts) {
         Ok((config, warnings)) => {
             report(&warnings);
+            let host = image_checks(&config, args.other_host);
+            report(&host);
+            if host.iter().any(Diagnostic::is_error) {
+                return 1;
+            }
             if args.print {
                 print!("{}", config.to_vm_conf());
             }
@@ -59,5 +65,85 @@ pub fn main(args: CheckArgs) -> u8 {
             );
             1
         }
+    }
+}
+
+/// What only this host can tell about container images: an image that
+/// is not there (a warning: it may come later) or a directory that is no
+/// OCI image layout (an error). Nothing with `--other-host`.
+fn image_checks(config: &Config, other_host: bool) -> Vec<Diagnostic> {
+    if other_host {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for ct in &config.containers {
+        let Some(image) = &ct.image else { continue };
+        let (severity, message, help) = match Source::locate(image) {
+            Ok(_) => continue,
+            Err(ImageError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                (
+                    Severity::Warning,
+                    format!(
+                        "container \"{}\": image {} does not exist on this host",
+                        ct.name,
+                        image.display()
+                    ),
+                    "create it before the container starts, or fix the path".to_string(),
+                )
+            }
+            Err(e) => (
+                Severity::Error,
+                format!("container \"{}\": {e}", ct.name),
+                "point `image` at a tarball or an OCI image layout, or use `root DIR`".to_string(),
+            ),
+        };
+        out.push(Diagnostic {
+            severity,
+            file: ct.span.file.clone(),
+            line: ct.span.line,
+            col: 0,
+            len: 1,
+            message,
+            help: Some(help),
+            source_line: None,
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_that_is_no_oci_layout_is_an_error_here_only() {
+        let dir = std::env::temp_dir().join(format!("kapsel-check-img-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut config = Config::default();
+        let mut ct = kapsel_config::ContainerSpec::new("web");
+        ct.image = Some(dir.clone());
+        ct.span.file = "vm.conf".into();
+        ct.span.line = 7;
+        config.containers.push(ct.clone());
+        ct.name = "gone".into();
+        ct.image = Some(dir.join("missing.tar"));
+        config.containers.push(ct);
+        let diags = image_checks(&config, false);
+        assert_eq!(diags.len(), 2, "{diags:?}");
+        assert!(diags[0].is_error());
+        assert!(
+            diags[0]
+                .render()
+                .starts_with("vm.conf:7: container \"web\""),
+            "{}",
+            diags[0].render()
+        );
+        assert!(diags[0].message.contains("not an OCI image layout"));
+        assert!(!diags[1].is_error());
+        assert!(image_checks(&config, true).is_empty());
+        std::fs::write(dir.join("oci-layout"), "{}").unwrap();
+        std::fs::write(dir.join("index.json"), "{}").unwrap();
+        assert_eq!(image_checks(&config, false).len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

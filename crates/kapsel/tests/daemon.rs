@@ -1479,3 +1479,149 @@ fn a_container_from_an_image_tarball_is_unpacked_once() {
         "{err}"
     );
 }
+
+/// Writes `bytes` as a blob of the OCI layout `dir`; returns its descriptor.
+fn oci_blob(dir: &Path, media_type: &str, bytes: &[u8]) -> serde_json::Value {
+    use sha2::Digest as _;
+    let hex: String = sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+    std::fs::write(dir.join("blobs/sha256").join(&hex), bytes).unwrap();
+    serde_json::json!({"mediaType": media_type, "digest": format!("sha256:{hex}"), "size": bytes.len()})
+}
+
+/// A tar entry of a small file.
+fn tar_file(b: &mut tar::Builder<Vec<u8>>, path: &str, mode: u32, data: &[u8]) {
+    let mut h = tar::Header::new_gnu();
+    h.set_size(data.len() as u64);
+    h.set_mode(mode);
+    b.append_data(&mut h, path, data).unwrap();
+}
+
+#[test]
+fn a_container_runs_the_app_of_an_oci_image_with_two_layers() {
+    if !containers_ready() {
+        return;
+    }
+    // Layer 1 (gzip): a busybox root with a file the next layer deletes.
+    let base = ctcommon::Rootfs::new("daemon-oci");
+    std::fs::write(base.file("/etc/doomed"), "deleted by layer 2\n").unwrap();
+    std::fs::write(base.file("/etc/motd"), "from layer 1\n").unwrap();
+    let mut b = tar::Builder::new(Vec::new());
+    b.follow_symlinks(false);
+    b.append_dir_all(".", &base.path).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&b.into_inner().unwrap()).unwrap();
+    let layer1 = gz.finish().unwrap();
+    // Layer 2 (plain tar): the whiteout and the application.
+    let mut b = tar::Builder::new(Vec::new());
+    tar_file(&mut b, "etc/.wh.doomed", 0o644, b"");
+    tar_file(
+        &mut b,
+        "app/run.sh",
+        0o755,
+        b"#!/bin/sh\ntrap 'echo app-stopped; exit 0' TERM\necho \"app-ran $GREETING in $(pwd) with $1\"\nwhile :; do sleep 1; done\n",
+    );
+    let layer2 = b.into_inner().unwrap();
+
+    let layout = std::env::temp_dir().join(format!("kapsel-oci-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&layout);
+    std::fs::create_dir_all(&layout).unwrap();
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {
+            "Entrypoint": ["/app/run.sh"], "Cmd": ["an-argument"],
+            "Env": ["PATH=/bin:/sbin", "GREETING=hello"], "WorkingDir": "/app",
+        },
+        "rootfs": {"type": "layers", "diff_ids": []},
+    });
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": oci_blob(&layout, "application/vnd.oci.image.config.v1+json", config.to_string().as_bytes()),
+        "layers": [
+            oci_blob(&layout, "application/vnd.oci.image.layer.v1.tar+gzip", &layer1),
+            oci_blob(&layout, "application/vnd.oci.image.layer.v1.tar", &layer2),
+        ],
+    });
+    let mut desc = oci_blob(
+        &layout,
+        "application/vnd.oci.image.manifest.v1+json",
+        manifest.to_string().as_bytes(),
+    );
+    desc["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": "v1"});
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        layout.join("index.json"),
+        serde_json::json!({"schemaVersion": 2, "manifests": [desc]}).to_string(),
+    )
+    .unwrap();
+
+    // No `init`: the image's Entrypoint and Cmd run, with its Env and
+    // WorkingDir. The manifest is named by its tag.
+    let name = ctcommon::name("oci");
+    let conf = format!(
+        "container \"{name}\" {{\n\timage \"{}:v1\"\n}}\n",
+        layout.display()
+    );
+    let d = Kapseld::start(&conf);
+    d.wait_state(&name, "running");
+    d.console_text(&name, "app-ran hello in /app with an-argument");
+    let (code, out, err) = d.run(&[
+        "exec",
+        &name,
+        "--",
+        "/bin/sh",
+        "-c",
+        "test -e /etc/doomed && echo doomed-present || echo doomed-gone; ls /etc/.wh.doomed 2>&1; cat /etc/motd",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("doomed-gone"),
+        "the whiteout removed the file: {out}"
+    );
+    assert!(
+        out.contains("No such file"),
+        "the whiteout itself is not in the root: {out}"
+    );
+    assert!(out.contains("from layer 1"), "{out}");
+    let marker =
+        std::fs::read_to_string(d.dir.join("state/ct").join(&name).join("unpacked")).unwrap();
+    assert!(
+        marker.starts_with("oci ") && marker.contains("sha256:"),
+        "{marker}"
+    );
+    let said = d.ok(&["stop", "-w", &name]);
+    assert!(said.contains("exited (status 0)"), "{said}");
+    d.console_text(&name, "app-stopped");
+    let _ = std::fs::remove_dir_all(&layout);
+
+    // A directory that is no OCI layout is refused at start, naming it
+    // and the vm.conf line.
+    let plain = d.dir.join("plain-dir");
+    std::fs::create_dir_all(&plain).unwrap();
+    let other = ctcommon::name("notoci");
+    let more = d.dir.join("more.conf");
+    std::fs::write(
+        &more,
+        format!(
+            "container \"{other}\" {{\n\timage \"{}\"\n\tdisable\n}}\n",
+            plain.display()
+        ),
+    )
+    .unwrap();
+    d.ok(&["load", more.to_str().unwrap()]);
+    let (code, _, err) = d.run(&["start", &other]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("not an OCI image layout") && err.contains(&plain.display().to_string()),
+        "{err}"
+    );
+    assert!(err.contains("more.conf:1"), "{err}");
+}
