@@ -588,6 +588,7 @@ fn cgroup_v2_freezer_on_the_unified_hierarchy() {
     }
     let mode = CgroupMode::Unified {
         root: unified.to_path_buf(),
+        base: unified.to_path_buf(),
         controllers: Vec::new(),
     };
     let root = Rootfs::new("v2");
@@ -679,6 +680,7 @@ fn systemd_in_a_v2_tree() {
         }
         CgroupMode::Unified {
             root: unified.to_path_buf(),
+            base: unified.to_path_buf(),
             controllers: Vec::new(),
         }
     };
