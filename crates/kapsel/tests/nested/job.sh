@@ -165,19 +165,22 @@ daemon_scenario() {
 # stderr and the daemon's log), cgroup2.exit (0 once the job got through),
 # cgroup2.secs.
 # pivot_root(2) refuses to move a root that is the initramfs itself (rootfs
-# has no parent mount), so the scenario runs chrooted into a bind mount of
-# L1's root, as a system that switched from its initramfs would be.
+# has no parent mount), so the scenario runs in a mount namespace whose /
+# is a bind mount of L1's root moved over it, as switch_root leaves a
+# system (a mere chroot would not do: setns(2) into a container's mount
+# namespace, as exec does, finds the namespace's top mount).
 cgroup2_scenario() {
     : >"$OUT/cgroup2.log"
     : >"$OUT/cgroup2.err"
     mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup 2>>"$OUT/cgroup2.err" ||
         echo MOUNT=failed >>"$OUT/cgroup2.log"
     mkdir -p /tmp/l1root
-    mount --rbind / /tmp/l1root
-    KAPSEL_SCENARIOS=cgroup2-chrooted chroot /tmp/l1root /bin/sh /mnt/job.sh
+    KAPSEL_SCENARIOS=cgroup2-rooted unshare -m sh -c \
+        'mount --rbind / /tmp/l1root && cd /tmp/l1root && mount --move . / &&
+         exec chroot . /bin/sh /mnt/job.sh' 2>>"$OUT/cgroup2.err"
 }
 
-cgroup2_chrooted() {
+cgroup2_rooted() {
     start=$(date +%s)
     log=$OUT/cgroup2.log err=$OUT/cgroup2.err
     r() { echo "$1=$2" >>"$log"; }
@@ -276,11 +279,17 @@ EOS
     r WEB_MEMORY_MAX "$(cat $web/memory.max)"
     r WEB_PIDS_MAX "$(cat $web/pids.max)"
     r WEB_CPU_MAX "$(cat $web/cpu.max)"
-    k exec web -- /bin/limits 2>>"$err" | sed -n 's/^CT_/EXEC_/p' >>"$log"
-    k exec web -- /bin/oom 2>>"$err" | sed -n 's/^CT_/EXEC_/p' >>"$log"
+    k exec web -- /bin/limits </dev/null >$d/exec.out 2>>"$err"
+    r EXEC_LIMITS_STATUS $?
+    sed -n 's/^CT_/EXEC_/p' $d/exec.out >>"$log"
+    k exec web -- /bin/oom </dev/null >$d/exec.out 2>>"$err"
+    r EXEC_OOM_STATUS $?
+    sed -n 's/^CT_/EXEC_/p' $d/exec.out >>"$log"
     r WEB_OOM_KILL "$(sed -n 's/^oom_kill //p' $web/memory.events)"
     r WEB_AFTER_OOM "$(k status web 2>&1 | awk '$NF == "web" { print $(NF - 2) }')"
-    k exec web -- /bin/forks 2>>"$err" | sed -n 's/^CT_/EXEC_/p' >>"$log"
+    k exec web -- /bin/forks </dev/null >$d/exec.out 2>>"$err"
+    r EXEC_FORKS_STATUS $?
+    sed -n 's/^CT_/EXEC_/p' $d/exec.out >>"$log"
     r WEB_PIDS_EVENTS_MAX "$(sed -n 's/^max //p' $web/pids.events)"
     k pause web 2>>"$err"
     r PAUSED_FREEZE "$(cat $web/cgroup.freeze)"
@@ -368,6 +377,6 @@ for scenario in ${KAPSEL_SCENARIOS:-cpus1 cpus2 cpus4 reboot restart panic vmlin
         ;;
     daemon) daemon_scenario ;;
     cgroup2) cgroup2_scenario ;;
-    cgroup2-chrooted) cgroup2_chrooted ;;
+    cgroup2-rooted) cgroup2_rooted ;;
     esac
 done
