@@ -5,7 +5,8 @@
 # NAME.exit (kapsel's exit status), NAME.seen (L1's `date +%s` when the
 # guest printed its clock), NAME.secs (wall time of the run), NAME.sandbox
 # (kapsel's capability, no_new_privs and seccomp lines while the guest runs).
-# The daemon scenario leaves its own files (see daemon_scenario below).
+# The daemon and cgroup2 scenarios leave their own files (see daemon_scenario
+# and cgroup2_scenario below).
 # Cheap knobs for the test only: `quiet mitigations=off` keep the L2 kernel
 # from spending its time on console output and Spectre work under TCG.
 OUT=$KAPSEL_OUT
