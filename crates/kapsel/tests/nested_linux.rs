@@ -567,6 +567,18 @@ fn containers_on_a_pure_cgroup_v2_host() {
     // L1 is a pure v2 host.
     expect("V1_MOUNTS", "0");
     expect("V2_MOUNTS", "1");
+    // On a fresh hierarchy Kapsel enabled the controllers itself, in the
+    // root and in kapsel/.
+    expect("BARE_SUBTREE", "");
+    expect("BARE_EXIT", "0");
+    expect("BARE_MEMORY_MAX", &(16u64 << 20).to_string());
+    expect("BARE_PIDS_MAX", "24");
+    expect("BARE_CPU_MAX", "50000 100000");
+    for c in ["cpu", "io", "memory", "pids"] {
+        for key in ["BARE_ROOT_SUBTREE", "BARE_KAPSEL_SUBTREE"] {
+            assert!(get(key).split(' ').any(|h| h == c), "{key} {c}: {}", ctx());
+        }
+    }
     for c in ["cpu", "io", "memory", "pids"] {
         assert!(
             get("ROOT_SUBTREE").split(' ').any(|h| h == c),

@@ -188,10 +188,6 @@ cgroup2_rooted() {
     cg=/sys/fs/cgroup
     r V1_MOUNTS "$(grep -c ' cgroup ' /proc/mounts)"
     r V2_MOUNTS "$(grep -c ' cgroup2 ' /proc/mounts)"
-    for c in $(cat $cg/cgroup.controllers); do
-        echo "+$c" >$cg/cgroup.subtree_control 2>>"$err"
-    done
-    r ROOT_SUBTREE "$(cat $cg/cgroup.subtree_control)"
 
     # A busybox root from L1's own static busybox.
     ct=/tmp/ctroot
@@ -236,6 +232,20 @@ timeout 2 sh -c 'while :; do :; done'
 echo "CT_THROTTLED=$(sed -n 's/^nr_throttled //p' /sys/fs/cgroup/cpu.stat)"
 EOS
     chmod +x $ct/bin/limits $ct/bin/oom $ct/bin/forks $ct/bin/spin
+
+    # 0. A fresh hierarchy: Kapsel enables what its limits need itself.
+    r BARE_SUBTREE "$(cat $cg/cgroup.subtree_control)"
+    "$KAPSEL" run-container --root $ct --name cg2-bare --memory 16M --pids 24 --cpus 0.5 \
+        --console "file:$OUT/cgroup2-bare.console" -- /bin/limits 2>>"$err"
+    r BARE_EXIT $?
+    sed -n 's/^CT_/BARE_/p' "$OUT/cgroup2-bare.console" >>"$log"
+    r BARE_ROOT_SUBTREE "$(cat $cg/cgroup.subtree_control)"
+    r BARE_KAPSEL_SUBTREE "$(cat $cg/kapsel/cgroup.subtree_control)"
+    # Then every controller, as systemd leaves a pure v2 host.
+    for c in $(cat $cg/cgroup.controllers); do
+        echo "+$c" >$cg/cgroup.subtree_control 2>>"$err"
+    done
+    r ROOT_SUBTREE "$(cat $cg/cgroup.subtree_control)"
 
     # 1. kapsel run-container from the root cgroup (an application container).
     t=$(date +%s)
