@@ -28,7 +28,7 @@ pub const PARENT: &str = "kapsel";
 pub const SUPERVISOR: &str = "supervisor";
 /// The extended attributes systemd sets to "1" on a cgroup it delegates
 /// (`trusted.` for system services, `user.` for a user's manager).
-const DELEGATE_XATTRS: [&str; 2] = ["trusted.delegate", "user.delegate"];
+const DELEGATE_XATTRS: [&std::ffi::CStr; 2] = [c"trusted.delegate", c"user.delegate"];
 /// The CFS period Kapsel uses for CPU limits, in microseconds.
 pub const CPU_PERIOD_US: u64 = 100_000;
 
@@ -114,7 +114,7 @@ impl CgroupMode {
     /// is `own`, the nearest one going up from its group; `controllers`
     /// reads that group's `cgroup.controllers`. Unchanged when there is
     /// none: then Kapsel's groups go below the root, beside systemd's
-    /// slices (and a non-root process gets a warning).
+    /// slices (logged for a process outside the root group).
     pub fn in_delegated(
         self,
         own: &str,
@@ -625,7 +625,6 @@ fn is_delegated(dir: &Path) -> bool {
         return false;
     };
     DELEGATE_XATTRS.iter().any(|name| {
-        let name = std::ffi::CString::new(*name).unwrap_or_default();
         let mut value = [0u8; 8];
         // SAFETY: getxattr reads two NUL-terminated strings and writes at
         // most `value.len()` bytes into `value`.
@@ -643,27 +642,33 @@ fn is_delegated(dir: &Path) -> bool {
 
 /// Moves every process of the group `dir` into its leaf [`SUPERVISOR`]
 /// (made if missing), so that `dir` may enable controllers for its
-/// children. Nothing to do when it holds none.
+/// children. Nothing to do when it holds none. A process forked while
+/// the others move is caught by the next round (of a few).
 fn leave_for_leaf(dir: &Path) -> Result<()> {
-    let procs = read(&dir.join("cgroup.procs"))?;
-    if procs.trim().is_empty() {
-        return Ok(());
-    }
+    let procs = dir.join("cgroup.procs");
     let leaf = dir.join(SUPERVISOR);
-    mkdir_parent(&leaf)?;
-    for pid in procs.split_whitespace() {
-        match write(&leaf.join("cgroup.procs"), pid) {
-            Ok(()) => {}
-            // Gone meanwhile.
-            Err(Error::Cgroup { source, .. }) if source.raw_os_error() == Some(libc::ESRCH) => {}
-            Err(e) => return Err(e),
+    for _ in 0..10 {
+        let pids = read(&procs)?;
+        if pids.trim().is_empty() {
+            return Ok(());
         }
+        mkdir_parent(&leaf)?;
+        for pid in pids.split_whitespace() {
+            match write(&leaf.join("cgroup.procs"), pid) {
+                Ok(()) => {}
+                // Gone meanwhile.
+                Err(Error::Cgroup { source, .. }) if source.raw_os_error() == Some(libc::ESRCH) => {
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        tracing::info!(
+            "moved the processes of the delegated cgroup {} into {}",
+            dir.display(),
+            leaf.display()
+        );
     }
-    tracing::info!(
-        "moved the processes of the delegated cgroup {} into {}",
-        dir.display(),
-        leaf.display()
-    );
+    // Still not empty: enabling a controller below reports EBUSY.
     Ok(())
 }
 
