@@ -7,11 +7,12 @@
 #   (testbed images), iproute2 and nftables (switches, MAC locking and NAT of kapsel-daemon's
 #   networking, and its network-namespace tests; busybox's udhcpc is their DHCP client), runc and
 #   crun (peers in bench/container.py), debootstrap (the Debian root of the systemd container
-#   test, made once into /var/cache/kapsel-test).
+#   test, made once into /var/cache/kapsel-test), attr (setfattr: the nested cgroup2 scenario
+#   marks a cgroup delegated as systemd does).
 set -euo pipefail
 
 PACKAGES=(gcc libc6-dev make qemu-system-x86 qemu-utils busybox-static kmod cpio xz-utils zstd lz4
-          iproute2 nftables ca-certificates runc crun debootstrap)
+          iproute2 nftables ca-certificates runc crun debootstrap attr)
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then

@@ -1,9 +1,15 @@
 //! Control groups: one group per container, on cgroup v2 (unified) or v1
 //! (legacy and hybrid hosts), detected at run time.
 //!
-//! v2: `/sys/fs/cgroup/kapsel/NAME`, with `memory`, `pids` and `cpu`
-//! enabled in the parents' `cgroup.subtree_control`; freezing is
-//! `cgroup.freeze`, devices an eBPF filter ([`crate::devices`]). v1 (and hybrid, where the controllers live in v1 and
+//! v2: `BASE/kapsel/NAME`, with `memory`, `pids`, `cpu` and `io` enabled
+//! in the `cgroup.subtree_control` of BASE and `BASE/kapsel`; freezing is
+//! `cgroup.freeze`, devices an eBPF filter ([`crate::devices`]). BASE is
+//! the root (`/sys/fs/cgroup`), or the cgroup this process runs in when
+//! it was delegated to it (systemd's `Delegate=yes`, which marks the
+//! cgroup with the `trusted.delegate` attribute): then the processes in
+//! BASE (the daemon and its VMs) first move to `BASE/supervisor`, since a
+//! non-root cgroup that hands controllers to its children may hold no
+//! process itself. v1 (and hybrid, where the controllers live in v1 and
 //! the v2 hierarchy holds none of ours): `/sys/fs/cgroup/CTRL/kapsel/NAME`
 //! in each of the `memory`, `pids`, `cpu`, `freezer` and `devices`
 //! hierarchies that exist; the `devices` controller gets an allow-list.
@@ -17,6 +23,12 @@ use std::time::{Duration, Instant};
 
 /// The directory under each hierarchy that holds Kapsel's containers.
 pub const PARENT: &str = "kapsel";
+/// The leaf that the processes of a delegated BASE move into (v2): see
+/// the module's documentation.
+pub const SUPERVISOR: &str = "supervisor";
+/// The extended attributes systemd sets to "1" on a cgroup it delegates
+/// (`trusted.` for system services, `user.` for a user's manager).
+const DELEGATE_XATTRS: [&std::ffi::CStr; 2] = [c"trusted.delegate", c"user.delegate"];
 /// The CFS period Kapsel uses for CPU limits, in microseconds.
 pub const CPU_PERIOD_US: u64 = 100_000;
 
@@ -59,11 +71,15 @@ impl Controller {
 /// How this host's cgroups are laid out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CgroupMode {
-    /// cgroup v2 mounted at `root`, offering `controllers`.
+    /// cgroup v2 mounted at `root`; Kapsel's groups live below `base`,
+    /// which offers `controllers`.
     Unified {
         /// The mount point (normally /sys/fs/cgroup).
         root: PathBuf,
-        /// The controllers in the root's `cgroup.controllers`.
+        /// The group that holds `kapsel/`: `root`, or the delegated group
+        /// this process runs in (see the module's documentation).
+        base: PathBuf,
+        /// The controllers in `base`'s `cgroup.controllers`.
         controllers: Vec<String>,
     },
     /// cgroup v1 hierarchies (pure v1, or hybrid with an empty v2 beside).
@@ -78,15 +94,69 @@ pub enum CgroupMode {
 }
 
 impl CgroupMode {
-    /// Reads the host's layout from `/proc/self/mountinfo`.
+    /// Reads the host's layout from `/proc/self/mountinfo`; on v2, the
+    /// base is the delegated group this process runs in, if any (from
+    /// `/proc/self/cgroup`).
     pub fn detect() -> Result<CgroupMode> {
         let info = fs::read_to_string("/proc/self/mountinfo").map_err(|e| Error::Os {
             what: "reading /proc/self/mountinfo",
             source: e,
         })?;
-        Ok(Self::from_mountinfo(&info, |root| {
-            fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default()
-        }))
+        let controllers =
+            |dir: &Path| fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+        let mode = Self::from_mountinfo(&info, controllers);
+        let own = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        Ok(mode.in_delegated(&own, is_delegated, controllers))
+    }
+
+    /// On v2: the same layout with the base moved to the delegated group
+    /// (per `delegated`) that holds the process whose `/proc/PID/cgroup`
+    /// is `own`, the nearest one going up from its group; `controllers`
+    /// reads that group's `cgroup.controllers`. Unchanged when there is
+    /// none: then Kapsel's groups go below the root, beside systemd's
+    /// slices (logged for a process outside the root group).
+    pub fn in_delegated(
+        self,
+        own: &str,
+        delegated: impl Fn(&Path) -> bool,
+        controllers: impl Fn(&Path) -> String,
+    ) -> CgroupMode {
+        let CgroupMode::Unified { root, base, .. } = &self else {
+            return self;
+        };
+        let path = own
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .map(|p| p.trim().trim_start_matches('/'))
+            .unwrap_or("");
+        if path.is_empty() || path.split('/').any(|c| c == "..") {
+            return self;
+        }
+        let mine = root.join(path);
+        let found = mine
+            .ancestors()
+            .take_while(|d| *d != root.as_path())
+            .find(|d| delegated(d));
+        match found {
+            Some(dir) if dir != base => CgroupMode::Unified {
+                root: root.clone(),
+                base: dir.to_path_buf(),
+                controllers: controllers(dir)
+                    .split_whitespace()
+                    .map(str::to_string)
+                    .collect(),
+            },
+            Some(_) => self,
+            None => {
+                tracing::info!(
+                    "this process runs in cgroup /{path}, which was not delegated to it: \
+                     containers go to {}, outside it; under systemd, give the unit \
+                     Delegate=yes (contrib/kapseld.service does)",
+                    root.join(PARENT).display()
+                );
+                self
+            }
+        }
     }
 
     /// The layout described by a mountinfo text; `controllers` reads a v2
@@ -129,7 +199,11 @@ impl CgroupMode {
                     .split_whitespace()
                     .map(str::to_string)
                     .collect();
-                CgroupMode::Unified { root, controllers }
+                CgroupMode::Unified {
+                    base: root.clone(),
+                    root,
+                    controllers,
+                }
             }
             _ => CgroupMode::Legacy {
                 mounts: v1,
@@ -224,30 +298,42 @@ impl Cgroup {
         delegate: bool,
     ) -> Result<()> {
         match mode {
-            CgroupMode::Unified { root, controllers } => {
-                let parent = root.join(PARENT);
+            CgroupMode::Unified {
+                root,
+                base,
+                controllers,
+            } => {
+                let parent = base.join(PARENT);
+                // A non-root group that hands controllers to its children
+                // may hold no process ("no internal processes"): those in
+                // a delegated base (this one among them) go to a leaf.
+                if base != root {
+                    leave_for_leaf(base)?;
+                }
                 mkdir_parent(&parent)?;
-                // Controllers must be enabled in every ancestor's
-                // subtree_control, one by one: the kernel may refuse one
-                // (cpu, while a real-time task sits outside the root), which
-                // only matters when a limit needs it; memory is wanted for
-                // the usage figures but not required.
+                // Controllers must be enabled in the base's and the
+                // parent's subtree_control, one by one: the kernel may
+                // refuse one (cpu, while a real-time task sits outside the
+                // root), which only matters when a limit needs it; memory
+                // and io are wanted for the usage figures (and a systemd
+                // container's own accounting) but not required.
                 let wanted = [
-                    (Controller::Memory, limits.memory.is_some()),
-                    (Controller::Pids, limits.pids.is_some()),
-                    (Controller::Cpu, limits.cpus.is_some()),
+                    (Controller::Memory.name(), limits.memory.is_some()),
+                    (Controller::Pids.name(), limits.pids.is_some()),
+                    (Controller::Cpu.name(), limits.cpus.is_some()),
+                    ("io", false),
                 ];
                 for (c, needed) in wanted {
-                    if !controllers.iter().any(|h| h == c.name()) {
+                    if !controllers.iter().any(|h| h == c) {
                         continue;
                     }
-                    for dir in [root, &parent] {
+                    for dir in [base, &parent] {
                         let file = dir.join("cgroup.subtree_control");
-                        match write(&file, &format!("+{}", c.name())) {
+                        match write(&file, &format!("+{c}")) {
                             Ok(()) => {}
                             Err(e) if needed => return Err(e),
                             Err(e) => {
-                                tracing::debug!("{e}: the container runs without {}", c.name())
+                                tracing::debug!("{e}: the container runs without {c}")
                             }
                         }
                     }
@@ -558,6 +644,61 @@ fn remove_tree(dir: &Path, deadline: Instant) -> bool {
     }
 }
 
+/// Whether systemd delegated the cgroup directory `dir`
+/// ([`DELEGATE_XATTRS`] is "1").
+fn is_delegated(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    DELEGATE_XATTRS.iter().any(|name| {
+        let mut value = [0u8; 8];
+        // SAFETY: getxattr reads two NUL-terminated strings and writes at
+        // most `value.len()` bytes into `value`.
+        let n = unsafe {
+            libc::getxattr(
+                path.as_ptr(),
+                name.as_ptr(),
+                value.as_mut_ptr().cast(),
+                value.len(),
+            )
+        };
+        n == 1 && value[0] == b'1'
+    })
+}
+
+/// Moves every process of the group `dir` into its leaf [`SUPERVISOR`]
+/// (made if missing), so that `dir` may enable controllers for its
+/// children. Nothing to do when it holds none. A process forked while
+/// the others move is caught by the next round (of a few).
+fn leave_for_leaf(dir: &Path) -> Result<()> {
+    let procs = dir.join("cgroup.procs");
+    let leaf = dir.join(SUPERVISOR);
+    for _ in 0..10 {
+        let pids = read(&procs)?;
+        if pids.trim().is_empty() {
+            return Ok(());
+        }
+        mkdir_parent(&leaf)?;
+        for pid in pids.split_whitespace() {
+            match write(&leaf.join("cgroup.procs"), pid) {
+                Ok(()) => {}
+                // Gone meanwhile.
+                Err(Error::Cgroup { source, .. }) if source.raw_os_error() == Some(libc::ESRCH) => {
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        tracing::info!(
+            "moved the processes of the delegated cgroup {} into {}",
+            dir.display(),
+            leaf.display()
+        );
+    }
+    // Still not empty: enabling a controller below reports EBUSY.
+    Ok(())
+}
+
 fn missing(what: &'static str) -> impl Fn() -> Error {
     move || Error::Cgroup {
         path: PathBuf::from(what),
@@ -658,6 +799,116 @@ mod tests {
         assert!(m.has(Controller::Freezer) && m.has(Controller::Devices));
         let m = CgroupMode::from_mountinfo(UNIFIED, |_| "cpu pids".into());
         assert!(!m.has(Controller::Memory));
+    }
+
+    #[test]
+    fn a_delegated_group_becomes_the_base() {
+        let root = Path::new("/sys/fs/cgroup");
+        let svc = root.join("system.slice/kapseld.service");
+        let unified =
+            || CgroupMode::from_mountinfo(UNIFIED, |_| "cpuset cpu io memory pids".into());
+        let delegated = |d: &Path| d == svc;
+        let controllers = |d: &Path| {
+            assert_eq!(d, svc);
+            "cpu memory pids".to_string()
+        };
+        // systemd starts kapseld in its unit's group, marked delegated.
+        let m =
+            unified().in_delegated("0::/system.slice/kapseld.service\n", delegated, controllers);
+        let CgroupMode::Unified {
+            base,
+            controllers: offered,
+            ..
+        } = &m
+        else {
+            unreachable!()
+        };
+        assert_eq!(base, &svc);
+        assert_eq!(offered, &["cpu", "memory", "pids"]);
+        // Already moved to the leaf (a second start in the same unit, or
+        // systemd's DelegateSubgroup=): the same base.
+        let m = unified().in_delegated(
+            "0::/system.slice/kapseld.service/supervisor\n",
+            delegated,
+            controllers,
+        );
+        assert!(matches!(&m, CgroupMode::Unified { base, .. } if base == &svc));
+        // The root, and a group nobody delegated: Kapsel's own top-level group.
+        for own in [
+            "0::/\n",
+            "0::/user.slice/session-1.scope\n",
+            "",
+            "0::/../x\n",
+        ] {
+            let m = unified().in_delegated(own, delegated, controllers);
+            assert_eq!(m, unified(), "{own:?}");
+        }
+        // v1 and hybrid hosts keep their layout.
+        let hybrid = CgroupMode::from_mountinfo(HYBRID, |_| String::new());
+        let m = hybrid.clone().in_delegated(
+            "0::/system.slice/kapseld.service\n",
+            |_| true,
+            controllers,
+        );
+        assert_eq!(m, hybrid);
+    }
+
+    /// A directory tree that stands in for cgroupfs (plain files).
+    fn fake_cgroupfs(tag: &str) -> PathBuf {
+        let root = std::env::temp_dir().join(format!("kapsel-cgfs-{}-{tag}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(root.join("system.slice/kapseld.service")).unwrap();
+        root
+    }
+
+    #[test]
+    fn processes_of_a_delegated_base_move_to_a_leaf() {
+        let root = fake_cgroupfs("leaf");
+        let svc = root.join("system.slice/kapseld.service");
+        fs::write(svc.join("cgroup.procs"), "4242\n4343\n").unwrap();
+        let mode = CgroupMode::Unified {
+            root: root.clone(),
+            base: svc.clone(),
+            controllers: vec!["cpu".into(), "memory".into(), "pids".into()],
+        };
+        let limits = Limits {
+            memory: Some(32 << 20),
+            cpus: Some(0.5),
+            pids: Some(24),
+        };
+        let cg = Cgroup::create(&mode, "web", &limits, false).unwrap();
+        // The last pid written is the last moved (a plain file keeps one).
+        let moved = fs::read_to_string(svc.join("supervisor/cgroup.procs")).unwrap();
+        assert_eq!(moved, "4343");
+        let dir = svc.join("kapsel/web");
+        assert_eq!(cg.unified_dir(), Some(dir.as_path()));
+        assert_eq!(
+            fs::read_to_string(dir.join("memory.max")).unwrap(),
+            "33554432"
+        );
+        assert_eq!(fs::read_to_string(dir.join("pids.max")).unwrap(), "24");
+        assert_eq!(
+            fs::read_to_string(dir.join("cpu.max")).unwrap(),
+            "50000 100000"
+        );
+        // Controllers go into the base's and kapsel/'s subtree_control,
+        // never into a group above the base.
+        for d in [&svc, &svc.join("kapsel")] {
+            assert!(d.join("cgroup.subtree_control").exists(), "{}", d.display());
+        }
+        assert!(!root.join("cgroup.subtree_control").exists());
+        assert!(!root.join("system.slice/cgroup.subtree_control").exists());
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn an_empty_delegated_base_makes_no_leaf() {
+        let root = fake_cgroupfs("empty");
+        let svc = root.join("system.slice/kapseld.service");
+        fs::write(svc.join("cgroup.procs"), "").unwrap();
+        leave_for_leaf(&svc).unwrap();
+        assert!(!svc.join(SUPERVISOR).exists());
+        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

@@ -65,6 +65,10 @@ const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_ATTACH: libc::c_long = 8;
 const BPF_PROG_TYPE_CGROUP_DEVICE: u32 = 15;
 const BPF_CGROUP_DEVICE: u32 = 6;
+/// `BPF_F_ALLOW_MULTI`: groups below may attach programs of their own,
+/// which run after this one; a device is allowed only if every program
+/// on the path allows it, so none below can widen the list.
+const BPF_F_ALLOW_MULTI: u32 = 1 << 1;
 
 /// One eBPF instruction, `struct bpf_insn`.
 #[repr(C)]
@@ -127,6 +131,10 @@ fn bpf(cmd: libc::c_long, attr: &mut [u8; 128]) -> io::Result<libc::c_long> {
 
 /// Loads the filter for [`ALLOWED`] and attaches it to the cgroup v2
 /// directory open as `cgroup`. The attachment lives as long as the cgroup.
+/// It is attached with `BPF_F_ALLOW_MULTI`: attached without flags, it
+/// would make the kernel refuse every program in the groups below, so a
+/// systemd init could not apply its services' `DeviceAllow=` and
+/// `PrivateDevices=` in its delegated tree.
 pub fn attach(cgroup: &impl AsRawFd) -> io::Result<()> {
     let prog = program(ALLOWED);
     let license = b"Apache-2.0\0";
@@ -142,6 +150,7 @@ pub fn attach(cgroup: &impl AsRawFd) -> io::Result<()> {
     attr[0..4].copy_from_slice(&(cgroup.as_raw_fd() as u32).to_ne_bytes());
     attr[4..8].copy_from_slice(&(prog_fd.as_raw_fd() as u32).to_ne_bytes());
     attr[8..12].copy_from_slice(&BPF_CGROUP_DEVICE.to_ne_bytes());
+    attr[12..16].copy_from_slice(&BPF_F_ALLOW_MULTI.to_ne_bytes());
     bpf(BPF_PROG_ATTACH, &mut attr)?;
     Ok(())
 }
@@ -193,6 +202,46 @@ mod tests {
         assert_eq!(interpret(&p, CHAR, 1, 4), 0, "/dev/port");
         assert_eq!(interpret(&p, BLOCK, 253, 0), 0, "a disk");
         assert_eq!(interpret(&p, CHAR, 5, 3), 0);
+    }
+
+    /// A fresh group in this host's cgroup2 hierarchy, if it can be made.
+    fn v2_group(tag: &str) -> Option<std::path::PathBuf> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return None;
+        }
+        let mode = crate::cgroup::CgroupMode::detect().ok()?;
+        let v2 = match &mode {
+            crate::cgroup::CgroupMode::Unified { base, .. } => base.clone(),
+            crate::cgroup::CgroupMode::Legacy { hybrid_v2, .. } => hybrid_v2.clone()?,
+        };
+        let dir = v2.join(format!("kapsel-devtest-{}-{tag}", std::process::id()));
+        std::fs::create_dir(&dir).ok()?;
+        Some(dir)
+    }
+
+    #[test]
+    fn groups_below_the_filter_may_attach_their_own() {
+        let Some(dir) = v2_group("multi") else {
+            println!("SKIP: needs root and a cgroup2 hierarchy");
+            return;
+        };
+        let child = dir.join("init.scope");
+        std::fs::create_dir(&child).unwrap();
+        let attached = std::fs::File::open(&dir).and_then(|d| attach(&d));
+        // What systemd does in a container's delegated tree.
+        let below = std::fs::File::open(&child).and_then(|d| attach(&d));
+        std::fs::remove_dir(&child).unwrap();
+        std::fs::remove_dir(&dir).unwrap();
+        match attached {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                println!("SKIP: no cgroup device programs here ({e})")
+            }
+            other => {
+                other.unwrap();
+                below.expect("a program below Kapsel's filter");
+            }
+        }
     }
 
     #[test]

@@ -699,6 +699,7 @@ fn cgroup_v2_freezer_on_the_unified_hierarchy() {
     }
     let mode = CgroupMode::Unified {
         root: unified.to_path_buf(),
+        base: unified.to_path_buf(),
         controllers: Vec::new(),
     };
     let root = Rootfs::new("v2");
@@ -786,6 +787,7 @@ fn v2_tree() -> Option<(CgroupMode, PathBuf)> {
         }
         CgroupMode::Unified {
             root: unified.to_path_buf(),
+            base: unified.to_path_buf(),
             controllers: Vec::new(),
         }
     };

@@ -16,7 +16,7 @@ const KAPSEL: &str = env!("CARGO_BIN_EXE_kapsel");
 /// The scenarios tests/nested/job.sh runs, in order; each test checks one.
 const SCENARIOS: &[&str] = &[
     "cpus1", "cpus2", "cpus4", "reboot", "restart", "panic", "vmlinux", "virtio", "net", "button",
-    "daemon",
+    "daemon", "cgroup2",
 ];
 const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 
@@ -56,11 +56,18 @@ fn run_testbed() -> Results {
         .into_iter()
         .find(|p| Path::new(p).exists())
         .ok_or("nft not found (Debian: apt-get install nftables; scripts/setup.sh does)")?;
+    // The cgroup2 scenario marks a cgroup delegated as systemd does.
+    let setfattr = ["/usr/bin/setfattr", "/bin/setfattr"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .ok_or("setfattr not found (Debian: apt-get install attr; scripts/setup.sh does)")?;
     let status = Command::new(repo.join("scripts/testbed/run.sh"))
         .arg("--kapsel")
         .arg(KAPSEL)
         .arg("--bin")
         .arg(nft)
+        .arg("--bin")
+        .arg(setfattr)
         .arg("--add")
         .arg(format!("{}:files/vmlinux", vmlinux.display()))
         .arg("--add")
@@ -400,7 +407,8 @@ fn sigterm_presses_the_acpi_power_button_and_linux_powers_off() {
 
 #[test]
 fn every_scenario_ran_in_the_sandbox() {
-    for &name in SCENARIOS {
+    // cgroup2 runs containers, not VMs.
+    for &name in SCENARIOS.iter().filter(|&&n| n != "cgroup2") {
         let Some(s) = scenario(name) else { return };
         let field = |key: &str| {
             s.sandbox
@@ -528,4 +536,116 @@ fn kapseld_leaves_no_links_or_rules_behind() {
             "left behind: {l}\n{after}"
         );
     }
+}
+
+/// The cgroup2 scenario's KEY=VALUE results (tests/nested/job.sh).
+fn cgroup2_results() -> Option<(&'static Scenario, HashMap<String, String>)> {
+    let s = scenario("cgroup2")?;
+    let values = s
+        .log
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        .collect();
+    Some((s, values))
+}
+
+/// On a pure cgroup v2 host (L1 with cgroup2 alone, every controller in
+/// the root's subtree_control): `kapsel run-container` from the root
+/// cgroup and a vm.conf container of kapseld in a delegated service
+/// cgroup get their limits enforced, pause through cgroup.freeze, and
+/// leave nothing behind.
+#[test]
+fn containers_on_a_pure_cgroup_v2_host() {
+    let Some((s, v)) = cgroup2_results() else {
+        return;
+    };
+    let get = |key: &str| v.get(key).map(String::as_str).unwrap_or("<missing>");
+    let ctx = || format!("results:\n{}\nstderr:\n{}", s.log, s.err);
+    assert_eq!(s.exit, 0, "the scenario did not finish: {}", ctx());
+    let expect = |key: &str, want: &str| assert_eq!(get(key), want, "{key}: {}", ctx());
+    // L1 is a pure v2 host.
+    expect("V1_MOUNTS", "0");
+    expect("V2_MOUNTS", "1");
+    // On a fresh hierarchy Kapsel enabled the controllers itself, in the
+    // root and in kapsel/.
+    expect("BARE_SUBTREE", "");
+    expect("BARE_EXIT", "0");
+    expect("BARE_MEMORY_MAX", &(16u64 << 20).to_string());
+    expect("BARE_PIDS_MAX", "24");
+    expect("BARE_CPU_MAX", "50000 100000");
+    for c in ["cpu", "io", "memory", "pids"] {
+        for key in ["BARE_ROOT_SUBTREE", "BARE_KAPSEL_SUBTREE"] {
+            assert!(get(key).split(' ').any(|h| h == c), "{key} {c}: {}", ctx());
+        }
+    }
+    for c in ["cpu", "io", "memory", "pids"] {
+        assert!(
+            get("ROOT_SUBTREE").split(' ').any(|h| h == c),
+            "{c}: {}",
+            ctx()
+        );
+    }
+    // run-container: limits as the container sees them in its cgroup
+    // namespace, an allocation past memory OOM-killed (SIGKILL: 137),
+    // forks stopped at pids, the CPU quota throttling a busy loop.
+    expect("RUN_EXIT", "0");
+    expect("RUN_DONE", "1");
+    expect("RUN_CGROUP", "/");
+    expect("RUN_MEMORY_MAX", &(16u64 << 20).to_string());
+    expect("RUN_SWAP_MAX", "0");
+    expect("RUN_PIDS_MAX", "24");
+    expect("RUN_CPU_MAX", "50000 100000");
+    expect("RUN_ALLOC_EXIT", "137");
+    expect("RUN_OOM_KILL", "1");
+    expect("RUN_PIDS_CURRENT", "24");
+    let forked: u32 = get("RUN_FORKED").parse().unwrap_or(0);
+    assert!((1..100).contains(&forked), "forks: {}", ctx());
+    assert_ne!(get("RUN_PIDS_EVENTS_MAX"), "0", "{}", ctx());
+    let throttled: u64 = get("RUN_THROTTLED").parse().unwrap_or(0);
+    assert!(throttled > 0, "no throttling at cpus 0.5: {}", ctx());
+    expect("RUN_LEFT", "");
+    // kapseld in system.slice/kapseld.service (trusted.delegate=1): it
+    // moved itself to a leaf and put the container below its own group,
+    // with the controllers enabled there.
+    expect("DAEMON_CGROUP", "/system.slice/kapseld.service/supervisor");
+    expect("WEB_CGROUP", "/system.slice/kapseld.service/kapsel/web");
+    expect("SVC_PROCS", "0");
+    for c in ["cpu", "io", "memory", "pids"] {
+        assert!(
+            get("SVC_SUBTREE").split(' ').any(|h| h == c),
+            "{c}: {}",
+            ctx()
+        );
+    }
+    expect("WEB_MEMORY_MAX", &(16u64 << 20).to_string());
+    expect("WEB_PIDS_MAX", "24");
+    expect("WEB_CPU_MAX", "100000 100000");
+    expect("EXEC_CGROUP", "/");
+    expect("EXEC_MEMORY_MAX", &(16u64 << 20).to_string());
+    expect("EXEC_ALLOC_EXIT", "137");
+    expect("WEB_OOM_KILL", "1");
+    // The OOM kill took the exec'd process, not the container or kapseld.
+    expect("WEB_AFTER_OOM", "running");
+    let forked: u32 = get("EXEC_FORKED").parse().unwrap_or(0);
+    assert!((1..100).contains(&forked), "forks: {}", ctx());
+    assert_ne!(get("WEB_PIDS_EVENTS_MAX"), "0", "{}", ctx());
+    // pause and unpause through cgroup.freeze.
+    expect("PAUSED_FREEZE", "1");
+    expect("PAUSED_EVENTS", "frozen 1");
+    expect("PAUSED_STATE", "paused");
+    expect("UNPAUSED_EVENTS", "frozen 0");
+    // stop: a clean power-off; nothing left.
+    expect("STOP", "container web stopped: exited (status 0)");
+    expect("WEB_LEFT", "");
+    expect("MOUNTS_LEFT", "0");
+    expect("DAEMON_EXIT", "0");
+    let tree = get("TREE_LEFT");
+    assert!(
+        tree.split_whitespace()
+            .all(|d| d == "./supervisor" || d == "./kapsel"),
+        "left in kapseld.service: {tree}\n{}",
+        ctx()
+    );
+    expect("ROOT_LEFT", "");
 }

@@ -5,7 +5,8 @@
 # NAME.exit (kapsel's exit status), NAME.seen (L1's `date +%s` when the
 # guest printed its clock), NAME.secs (wall time of the run), NAME.sandbox
 # (kapsel's capability, no_new_privs and seccomp lines while the guest runs).
-# The daemon scenario leaves its own files (see daemon_scenario below).
+# The daemon and cgroup2 scenarios leave their own files (see daemon_scenario
+# and cgroup2_scenario below).
 # Cheap knobs for the test only: `quiet mitigations=off` keep the L2 kernel
 # from spending its time on console output and Spectre work under TCG.
 OUT=$KAPSEL_OUT
@@ -152,9 +153,177 @@ daemon_scenario() {
     echo "scenario daemon: exit $(cat "$OUT/daemon.exit") in $(cat "$OUT/daemon.secs")s"
 }
 
+# The cgroup2 scenario: L1 becomes a pure cgroup v2 host (cgroup2 alone at
+# /sys/fs/cgroup with nsdelegate, every controller enabled in the root's
+# subtree_control, as systemd leaves it) and runs busybox containers:
+# `kapsel run-container` with memory, pids and cpus limits (from the
+# root), then kapseld in a systemd-like delegated service cgroup
+# (system.slice/kapseld.service, Delegate=yes: trusted.delegate=1) with a
+# vm.conf container: limits, an OOM kill through exec, a pids-limited fork
+# loop, pause/unpause through cgroup.freeze, stop, and what is left.
+# Leaves in $OUT: cgroup2.log (KEY=VALUE lines, read by nested_linux.rs),
+# cgroup2-run.console (the run-container's output), cgroup2.err (kapsel's
+# stderr and the daemon's log), cgroup2.exit (0 once the job got through),
+# cgroup2.secs.
+# pivot_root(2) refuses to move a root that is the initramfs itself (rootfs
+# has no parent mount), so the scenario runs in a mount namespace whose /
+# is a bind mount of L1's root moved over it, as switch_root leaves a
+# system (a mere chroot would not do: setns(2) into a container's mount
+# namespace, as exec does, finds the namespace's top mount).
+cgroup2_scenario() {
+    : >"$OUT/cgroup2.log"
+    : >"$OUT/cgroup2.err"
+    mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup 2>>"$OUT/cgroup2.err" ||
+        echo MOUNT=failed >>"$OUT/cgroup2.log"
+    mkdir -p /tmp/l1root
+    KAPSEL_SCENARIOS=cgroup2-rooted unshare -m sh -c \
+        'mount --rbind / /tmp/l1root && cd /tmp/l1root && mount --move . / &&
+         exec chroot . /bin/sh /mnt/job.sh' 2>>"$OUT/cgroup2.err"
+}
+
+cgroup2_rooted() {
+    start=$(date +%s)
+    log=$OUT/cgroup2.log err=$OUT/cgroup2.err
+    r() { echo "$1=$2" >>"$log"; }
+    cg=/sys/fs/cgroup
+    r V1_MOUNTS "$(grep -c ' cgroup ' /proc/mounts)"
+    r V2_MOUNTS "$(grep -c ' cgroup2 ' /proc/mounts)"
+
+    # A busybox root from L1's own static busybox.
+    ct=/tmp/ctroot
+    rm -rf $ct && mkdir -p $ct/bin $ct/sbin $ct/etc $ct/proc $ct/sys $ct/dev $ct/tmp
+    cp /bin/busybox $ct/bin/busybox
+    for a in $(busybox --list); do
+        [ -e $ct/bin/$a ] || ln -s busybox $ct/bin/$a
+    done
+    ln -s ../bin/busybox $ct/sbin/init
+    printf '::sysinit:/bin/echo kapsel-ct-booted\n::respawn:/bin/sleep 1000\n::shutdown:/bin/echo kapsel-ct-shutdown\n' >$ct/etc/inittab
+    # What the checks inside a container do: each prints KEY=VALUE.
+    cat >$ct/bin/limits <<'EOS'
+#!/bin/sh
+cd /sys/fs/cgroup || exit 1
+echo "CT_CGROUP=$(cut -d: -f3 /proc/self/cgroup)"
+echo "CT_MEMORY_MAX=$(cat memory.max)"
+echo "CT_SWAP_MAX=$(cat memory.swap.max)"
+echo "CT_PIDS_MAX=$(cat pids.max)"
+echo "CT_CPU_MAX=$(cat cpu.max)"
+EOS
+    cat >$ct/bin/oom <<'EOS'
+#!/bin/sh
+# A 48 MiB buffer, filled: far beyond the limit; the OOM killer ends dd.
+dd if=/dev/zero of=/dev/null bs=48M count=1 2>/dev/null
+echo "CT_ALLOC_EXIT=$?"
+echo "CT_OOM_KILL=$(sed -n 's/^oom_kill //p' /sys/fs/cgroup/memory.events)"
+EOS
+    cat >$ct/bin/forks <<'EOS'
+#!/bin/sh
+# Up to 100 background sleeps; the subshell dies at the first refused fork.
+rm -f /tmp/forked
+sh -c 'i=0; while [ $i -lt 100 ]; do sleep 60 & i=$((i + 1)); echo $i >/tmp/forked; done' 2>/dev/null
+echo "CT_FORKED=$(cat /tmp/forked)"
+echo "CT_PIDS_CURRENT=$(cat /sys/fs/cgroup/pids.current)"
+echo "CT_PIDS_EVENTS_MAX=$(sed -n 's/^max //p' /sys/fs/cgroup/pids.events)"
+killall sleep 2>/dev/null
+EOS
+    cat >$ct/bin/spin <<'EOS'
+#!/bin/sh
+# Two seconds of a busy loop at a 0.5 CPU quota: throttled.
+timeout 2 sh -c 'while :; do :; done'
+echo "CT_THROTTLED=$(sed -n 's/^nr_throttled //p' /sys/fs/cgroup/cpu.stat)"
+EOS
+    chmod +x $ct/bin/limits $ct/bin/oom $ct/bin/forks $ct/bin/spin
+
+    # 0. A fresh hierarchy: Kapsel enables what its limits need itself.
+    r BARE_SUBTREE "$(cat $cg/cgroup.subtree_control)"
+    "$KAPSEL" run-container --root $ct --name cg2-bare --memory 16M --pids 24 --cpus 0.5 \
+        --console "file:$OUT/cgroup2-bare.console" -- /bin/limits 2>>"$err"
+    r BARE_EXIT $?
+    sed -n 's/^CT_/BARE_/p' "$OUT/cgroup2-bare.console" >>"$log"
+    r BARE_ROOT_SUBTREE "$(cat $cg/cgroup.subtree_control)"
+    r BARE_KAPSEL_SUBTREE "$(cat $cg/kapsel/cgroup.subtree_control)"
+    # Then every controller, as systemd leaves a pure v2 host.
+    for c in $(cat $cg/cgroup.controllers); do
+        echo "+$c" >$cg/cgroup.subtree_control 2>>"$err"
+    done
+    r ROOT_SUBTREE "$(cat $cg/cgroup.subtree_control)"
+
+    # 1. kapsel run-container from the root cgroup (an application container).
+    t=$(date +%s)
+    "$KAPSEL" run-container --root $ct --name cg2-run --memory 16M --pids 24 --cpus 0.5 \
+        --console "file:$OUT/cgroup2-run.console" -- \
+        /bin/sh -c 'limits; oom; forks; spin; echo CT_DONE=1' 2>>"$err"
+    r RUN_EXIT $?
+    r RUN_SECS $(($(date +%s) - t))
+    sed -n 's/^CT_/RUN_/p' "$OUT/cgroup2-run.console" >>"$log"
+    r RUN_LEFT "$(ls -d $cg/kapsel/cg2-run 2>/dev/null)"
+
+    # 2. kapseld in a delegated service cgroup, as systemd starts it with
+    # contrib/kapseld.service (Delegate=yes).
+    svc=$cg/system.slice/kapseld.service
+    mkdir -p $svc
+    for c in $(cat $cg/system.slice/cgroup.controllers); do
+        echo "+$c" >$cg/system.slice/cgroup.subtree_control 2>>"$err"
+    done
+    setfattr -n trusted.delegate -v 1 $svc 2>>"$err" || r SETFATTR failed
+    d=/tmp/kapseld-cg2
+    rm -rf $d && mkdir -p $d/state
+    sock=$d/kapsel.sock
+    printf 'container "web" {\n\troot "%s"\n\tmemory 16M\n\tpids 24\n\tcpus 1\n}\n' $ct >$d/vm.conf
+    t=$(date +%s)
+    sh -c "echo \$\$ >$svc/cgroup.procs && exec \"$KAPSEL\" daemon -f $d/vm.conf --socket $sock --state-dir $d/state" \
+        >>"$err" 2>&1 &
+    daemon=$!
+    k() { "$KAPSEL" --socket $sock "$@"; }
+    i=0
+    while [ $i -lt 60 ] && kill -0 $daemon 2>/dev/null &&
+        ! k status web 2>/dev/null | grep -q ' running '; do
+        sleep 0.5
+        i=$((i + 1))
+    done
+    r DAEMON_UP_SECS $(($(date +%s) - t))
+    pid=$(k status web 2>/dev/null | awk '$NF == "web" && $2 ~ /^[0-9]+$/ { print $2 }')
+    r DAEMON_CGROUP "$(cut -d: -f3 /proc/$daemon/cgroup)"
+    r WEB_CGROUP "$(cut -d: -f3 /proc/$pid/cgroup 2>/dev/null)"
+    web=$svc/kapsel/web
+    r SVC_SUBTREE "$(cat $svc/cgroup.subtree_control)"
+    r SVC_PROCS "$(wc -l <$svc/cgroup.procs)"
+    r WEB_MEMORY_MAX "$(cat $web/memory.max)"
+    r WEB_PIDS_MAX "$(cat $web/pids.max)"
+    r WEB_CPU_MAX "$(cat $web/cpu.max)"
+    k exec web -- /bin/limits </dev/null >$d/exec.out 2>>"$err"
+    r EXEC_LIMITS_STATUS $?
+    sed -n 's/^CT_/EXEC_/p' $d/exec.out >>"$log"
+    k exec web -- /bin/oom </dev/null >$d/exec.out 2>>"$err"
+    r EXEC_OOM_STATUS $?
+    sed -n 's/^CT_/EXEC_/p' $d/exec.out >>"$log"
+    r WEB_OOM_KILL "$(sed -n 's/^oom_kill //p' $web/memory.events)"
+    r WEB_AFTER_OOM "$(k status web 2>&1 | awk '$NF == "web" { print $(NF - 2) }')"
+    k exec web -- /bin/forks </dev/null >$d/exec.out 2>>"$err"
+    r EXEC_FORKS_STATUS $?
+    sed -n 's/^CT_/EXEC_/p' $d/exec.out >>"$log"
+    r WEB_PIDS_EVENTS_MAX "$(sed -n 's/^max //p' $web/pids.events)"
+    k pause web 2>>"$err"
+    r PAUSED_FREEZE "$(cat $web/cgroup.freeze)"
+    r PAUSED_EVENTS "$(grep frozen $web/cgroup.events)"
+    r PAUSED_STATE "$(k status web 2>&1 | awk '$NF == "web" { print $(NF - 2) }')"
+    k unpause web 2>>"$err"
+    r UNPAUSED_EVENTS "$(grep frozen $web/cgroup.events)"
+    r STOP "$(k stop -w web 2>&1)"
+    r WEB_LEFT "$(ls -d $web 2>/dev/null)"
+    r MOUNTS_LEFT "$(grep -c $ct /proc/mounts)"
+    kill -TERM $daemon
+    wait $daemon
+    r DAEMON_EXIT $?
+    r TREE_LEFT "$(cd $svc && find . -mindepth 1 -type d | tr '\n' ' ')"
+    r ROOT_LEFT "$(cd $cg/kapsel && find . -mindepth 1 -type d | tr '\n' ' ')"
+    echo 0 >"$OUT/cgroup2.exit"
+    echo $(($(date +%s) - start)) >"$OUT/cgroup2.secs"
+    echo "scenario cgroup2: in $(cat "$OUT/cgroup2.secs")s"
+}
+
 K="--kernel $KAPSEL_L2_KERNEL --initrd $KAPSEL_L2_INITRD"
 # The list comes from SCENARIOS in nested_linux.rs; the default runs all.
-for scenario in ${KAPSEL_SCENARIOS:-cpus1 cpus2 cpus4 reboot restart panic vmlinux virtio net button daemon}; do
+for scenario in ${KAPSEL_SCENARIOS:-cpus1 cpus2 cpus4 reboot restart panic vmlinux virtio net button daemon cgroup2}; do
     case $scenario in
     cpus1) boot cpus1 0 $K --cpus 1 --memory 256M --cmdline "$BASE" ;;
     cpus2) boot cpus2 0 $K --cpus 2 --memory 512M --cmdline "$BASE" ;;
@@ -218,5 +387,7 @@ for scenario in ${KAPSEL_SCENARIOS:-cpus1 cpus2 cpus4 reboot restart panic vmlin
         rm -rf /tmp/www
         ;;
     daemon) daemon_scenario ;;
+    cgroup2) cgroup2_scenario ;;
+    cgroup2-rooted) cgroup2_rooted ;;
     esac
 done
