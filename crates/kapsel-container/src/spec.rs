@@ -536,6 +536,7 @@ mod tests {
         let root = tree("unenforceable");
         let all = CgroupMode::Unified {
             root: "/sys/fs/cgroup".into(),
+            base: "/sys/fs/cgroup".into(),
             controllers: vec!["memory".into(), "pids".into(), "cpu".into()],
         };
         let mut spec = ContainerSpec::new("c", &root, vec!["/sbin/init".into()]);
