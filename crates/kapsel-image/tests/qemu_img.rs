@@ -481,18 +481,23 @@ fn images_in_use_are_locked() {
         .spawn()
         .unwrap();
     // qemu-io holds the image open (and locked) until its stdin closes.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let mut seen = false;
-    while std::time::Instant::now() < deadline {
-        match open(&a, None, false) {
-            Err(ImageError::Locked { .. }) => {
-                seen = true;
-                break;
-            }
-            Ok(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
-            Err(e) => panic!("{e}"),
-        }
+    // Wait until its locks show in /proc/locks (trying to open the image
+    // meanwhile could take the lock first and make qemu-io give up).
+    use std::os::unix::fs::MetadataExt;
+    let inode = format!(":{} ", std::fs::metadata(&a).unwrap().ino());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !std::fs::read_to_string("/proc/locks")
+        .unwrap()
+        .lines()
+        .any(|l| l.contains("OFDLCK") && l.contains(&inode))
+    {
+        assert!(
+            std::time::Instant::now() < deadline && qemu.try_wait().unwrap().is_none(),
+            "qemu-io did not lock the image"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    let seen = matches!(open(&a, None, false), Err(ImageError::Locked { .. }));
     drop(qemu.stdin.take());
     qemu.wait().unwrap();
     assert!(seen, "Kapsel opened an image qemu-io holds");
