@@ -14,7 +14,7 @@
 
 use super::ImageError;
 use std::collections::HashSet;
-use std::ffi::{CString, OsStr};
+use std::ffi::{CStr, CString, OsStr};
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -69,22 +69,8 @@ impl Extractor {
     /// instead of being written.
     pub fn new(root: &Path, whiteouts: bool) -> Result<Extractor, ImageError> {
         let c = cstring(root.as_os_str())?;
-        // SAFETY: a valid NUL-terminated path; the result is checked.
-        let fd = unsafe {
-            libc::open(
-                c.as_ptr(),
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
-            )
-        };
-        if fd < 0 {
-            return Err(ImageError::io(
-                format!("opening {}", root.display()),
-                io::Error::last_os_error(),
-            ));
-        }
         Ok(Extractor {
-            // SAFETY: fd is a new descriptor that nothing else owns.
-            root: unsafe { OwnedFd::from_raw_fd(fd) },
+            root: open_dir_at(libc::AT_FDCWD, &c, root)?,
             // SAFETY: geteuid cannot fail.
             chown: unsafe { libc::geteuid() } == 0,
             whiteouts,
@@ -338,23 +324,7 @@ impl Extractor {
             if !self.this_layer.contains(&path) {
                 remove_at(dirfd, &cname)?;
             } else if file_type_at(dirfd, &cname)? == Some(libc::S_IFDIR) {
-                // SAFETY: a valid name relative to a directory we own;
-                // O_NOFOLLOW|O_DIRECTORY opens only a real directory.
-                let fd = unsafe {
-                    libc::openat(
-                        dirfd,
-                        cname.as_ptr(),
-                        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                    )
-                };
-                if fd < 0 {
-                    return Err(ImageError::io(
-                        format!("opening {}", path.display()),
-                        io::Error::last_os_error(),
-                    ));
-                }
-                // SAFETY: fd is a new descriptor that nothing else owns.
-                let sub = unsafe { OwnedFd::from_raw_fd(fd) };
+                let sub = open_dir_at(dirfd, &cname, &path)?;
                 self.hide_lower(sub.as_raw_fd(), &path)?;
             }
         }
@@ -603,4 +573,27 @@ fn set_xattr(fd: RawFd, name: &str, value: &[u8]) {
             io::Error::last_os_error()
         );
     }
+}
+
+/// Opens the directory `name` (relative to `dirfd`, or AT_FDCWD) itself:
+/// O_NOFOLLOW|O_DIRECTORY opens a real directory and never a link to one.
+/// `shown` names it in the error.
+fn open_dir_at(dirfd: RawFd, name: &CStr, shown: &Path) -> Result<OwnedFd, ImageError> {
+    // SAFETY: a valid NUL-terminated name relative to an open directory
+    // (or the working directory); the result is checked.
+    let fd = unsafe {
+        libc::openat(
+            dirfd,
+            name.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(ImageError::io(
+            format!("opening {}", shown.display()),
+            io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: fd is a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
