@@ -3,9 +3,17 @@
 //! small raw disk: no input may panic, and what the parser accepts must
 //! respect the disk's and guest memory's bounds.
 //!
+//! Accepted reads and writes also go through the device's io_uring fast
+//! path first (over the same disk file, opened with O_DIRECT or through the
+//! page cache): what it takes must complete (no error: its alignment and
+//! bounds checks must give back what the kernel would refuse), and leave
+//! guest memory (reads, when the buffers do not overlap) or the disk
+//! (writes) exactly as the synchronous path does.
+//!
 //! Input: `[flags] [repeat] [mem_len] [memory bytes...] [descriptors...]`.
 //! flags bit 0-2: read-only / discard / write-zeroes negotiated; bit 3:
-//! repeat the last descriptor `repeat * 300` times (long chains). Memory
+//! repeat the last descriptor `repeat * 300` times (long chains); bit 4:
+//! the fast path through the page cache instead of O_DIRECT. Memory
 //! bytes (`mem_len * 16`) are written at guest address 0, where headers
 //! usually point. A descriptor is `[ctl] [addr: u16 or u64] [len: u16 or
 //! u32]`; ctl bit 0 = device-writable, bit 1 = full 64-bit address (else
@@ -14,30 +22,131 @@
 #![no_main]
 
 use kapsel_image::{BlockBackend, RawBackend};
-use kapsel_vmm::devices::virtio::block::execute;
+use kapsel_vmm::devices::virtio::block::fuzzing::{FastOutcome, FastPath};
 use kapsel_vmm::devices::virtio::block::request::{
-    parse_request, DiskLimits, RequestKind, MAX_DISCARD_SECTORS, SECTOR_SIZE, SEG_MAX,
-    VIRTIO_BLK_S_OK,
+    parse_request, DiskLimits, Request, RequestKind, Segment, MAX_DISCARD_SECTORS, SECTOR_SIZE,
+    SEG_MAX, VIRTIO_BLK_S_OK,
 };
+use kapsel_vmm::devices::virtio::block::{execute, CacheMode, FastFile};
 use libfuzzer_sys::fuzz_target;
 use std::cell::RefCell;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap};
 
 const CAPACITY_SECTORS: u64 = 128;
+const DISK_BYTES: usize = (CAPACITY_SECTORS * SECTOR_SIZE) as usize;
 const DESC_F_WRITE: u16 = 2;
+const REGIONS: [(u64, usize); 2] = [(0, 0x1_0000), (0x2_0000, 0x1_0000)];
 
 thread_local! {
-    static MEM: GuestMemoryMmap<()> = GuestMemoryMmap::from_ranges(&[
-        (GuestAddress(0), 0x1_0000),
-        (GuestAddress(0x2_0000), 0x1_0000),
-    ])
+    static MEM: GuestMemoryMmap<()> = GuestMemoryMmap::from_ranges(
+        &REGIONS.map(|(a, l)| (GuestAddress(a), l)),
+    )
     .unwrap();
     static DISK: RefCell<RawBackend> = RefCell::new({
+        // In the system temporary directory (not a tmpfs here, so O_DIRECT
+        // works); a pattern, so that reads show which bytes they got.
         let f = tempfile::tempfile().unwrap();
-        f.set_len(CAPACITY_SECTORS * SECTOR_SIZE).unwrap();
+        let pattern: Vec<u8> = (0..DISK_BYTES).map(|i| (i * 7 + i / 512) as u8).collect();
+        f.write_all_at(&pattern, 0).unwrap();
         RawBackend::from_file(f, false).unwrap()
     });
+    /// The fast path over DISK's file: [O_DIRECT, page cache]. The first is
+    /// the page cache too where O_DIRECT is refused.
+    static FAST: RefCell<[FastPath; 2]> = DISK.with(|disk| {
+        let disk = disk.borrow();
+        let ring = |cache| {
+            let fast = FastFile::open(&*disk, cache, false).expect("a raw file");
+            eprintln!("fast path {cache:?}: O_DIRECT alignment {:?}", fast.direct_align());
+            FastPath::new(&fast).expect("io_uring is needed for this target")
+        };
+        RefCell::new([ring(CacheMode::None), ring(CacheMode::Writeback)])
+    });
+}
+
+fn memory_snapshot(mem: &GuestMemoryMmap<()>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (addr, len) in REGIONS {
+        let start = out.len();
+        out.resize(start + len, 0);
+        mem.read_slice(&mut out[start..], GuestAddress(addr))
+            .unwrap();
+    }
+    out
+}
+
+fn memory_restore(mem: &GuestMemoryMmap<()>, snapshot: &[u8]) {
+    let mut at = 0;
+    for (addr, len) in REGIONS {
+        mem.write_slice(&snapshot[at..at + len], GuestAddress(addr))
+            .unwrap();
+        at += len;
+    }
+}
+
+fn disk_snapshot(disk: &RawBackend) -> Vec<u8> {
+    let mut out = vec![0; DISK_BYTES];
+    disk.file().read_exact_at(&mut out, 0).unwrap();
+    out
+}
+
+/// Whether two data buffers share a byte (the order in which the kernel
+/// fills them is then its own).
+fn overlapping(segments: &[Segment]) -> bool {
+    let mut spans: Vec<(u64, u64)> = segments
+        .iter()
+        .map(|s| (s.addr.0, s.addr.0 + u64::from(s.len)))
+        .collect();
+    spans.sort_unstable();
+    spans.windows(2).any(|w| w[1].0 < w[0].1)
+}
+
+/// Fast-path outcomes per ring (O_DIRECT, page cache): not taken, done,
+/// retried; printed every 2^12 requests so that a run shows the fast path
+/// was exercised.
+static OUTCOMES: [[AtomicU64; 3]; 2] = [const { [const { AtomicU64::new(0) }; 3] }; 2];
+
+fn count(ring: usize, outcome: FastOutcome) {
+    let i = match outcome {
+        FastOutcome::NotTaken => 0,
+        FastOutcome::Done => 1,
+        FastOutcome::Retry | FastOutcome::Failed(_) => 2,
+    };
+    OUTCOMES[ring][i].fetch_add(1, Ordering::Relaxed);
+    let all: Vec<Vec<u64>> = OUTCOMES
+        .iter()
+        .map(|r| r.iter().map(|c| c.load(Ordering::Relaxed)).collect())
+        .collect();
+    if all.iter().flatten().sum::<u64>() % (1 << 12) == 0 {
+        eprintln!(
+            "fast path [not taken, done, retried]: O_DIRECT {:?}, page cache {:?}",
+            all[0], all[1]
+        );
+    }
+}
+
+/// Runs `req` on the fast path (`ring` 0: O_DIRECT, 1: page cache), then
+/// puts memory and disk back as they were; returns what the fast path did
+/// and the guest memory and disk it left.
+fn fast_path(
+    ring: usize,
+    req: &Request,
+    mem: &GuestMemoryMmap<()>,
+    disk: &RawBackend,
+) -> Option<(FastOutcome, Vec<u8>, Vec<u8>)> {
+    let (mem_before, disk_before) = (memory_snapshot(mem), disk_snapshot(disk));
+    let outcome = FAST.with(|f| f.borrow_mut()[ring].run(mem, req)).unwrap();
+    count(ring, outcome);
+    if outcome == FastOutcome::NotTaken {
+        assert_eq!(memory_snapshot(mem), mem_before);
+        return None;
+    }
+    let after = (memory_snapshot(mem), disk_snapshot(disk));
+    memory_restore(mem, &mem_before);
+    disk.file().write_all_at(&disk_before, 0).unwrap();
+    Some((outcome, after.0, after.1))
 }
 
 struct Input<'a>(&'a [u8]);
@@ -117,8 +226,13 @@ fuzz_target!(|data: &[u8]| {
             RequestKind::Flush | RequestKind::GetId => {}
         }
 
+        // FAST is made from DISK: before DISK is borrowed mutably.
+        FAST.with(|_| {});
         DISK.with(|disk| {
             let mut disk = disk.borrow_mut();
+            let fast = matches!(req.kind, RequestKind::Read | RequestKind::Write)
+                .then(|| fast_path(usize::from(flags & 16 != 0), req, mem, &disk))
+                .flatten();
             let (status, written) = execute(
                 req,
                 mem,
@@ -129,6 +243,20 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(status, VIRTIO_BLK_S_OK, "{req:?}");
             if req.kind == RequestKind::Read {
                 assert_eq!(u64::from(written), req.data_len);
+            }
+            match fast {
+                None | Some((FastOutcome::NotTaken, ..)) => {}
+                // Redone on the synchronous path by the device, as above.
+                Some((FastOutcome::Retry, ..)) => {}
+                Some((FastOutcome::Failed(errno), ..)) => {
+                    panic!("the fast path failed with errno {errno}: {req:?}")
+                }
+                Some((FastOutcome::Done, fast_mem, fast_disk)) => {
+                    assert!(fast_disk == disk_snapshot(&disk), "disk differs: {req:?}");
+                    if !overlapping(&req.data) {
+                        assert!(fast_mem == memory_snapshot(mem), "memory differs: {req:?}");
+                    }
+                }
             }
         });
     });
