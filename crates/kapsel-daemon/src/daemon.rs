@@ -126,6 +126,9 @@ pub struct Daemon {
     pub(crate) opts: Options,
     inner: Mutex<Inner>,
     changed: Condvar,
+    /// Held while a container image is unpacked, outside `inner`: one
+    /// unpack at a time, while every other request is served.
+    unpacking: Mutex<()>,
 }
 
 fn render(diags: &[Diagnostic]) -> String {
@@ -186,6 +189,7 @@ impl Daemon {
                 cgroups: None,
             }),
             changed: Condvar::new(),
+            unpacking: Mutex::new(()),
         });
         daemon.apply_config(config);
         daemon.ensure_switches().map_err(DaemonError::Setup)?;
@@ -298,6 +302,27 @@ impl Daemon {
             .collect()
     }
 
+    /// Unpacks a stopped container's image (the slow part of its first
+    /// start, seconds for a distribution) without the daemon's lock, so
+    /// that status, consoles and other starts go on meanwhile. The start
+    /// then finds the root unpacked (unless the configuration changed in
+    /// between, when it unpacks the new image itself).
+    fn unpack_image(&self, target: &str) -> Result<(), String> {
+        let ct = {
+            let mut inner = self.lock();
+            match Self::find(&mut inner, target) {
+                Ok(vm) if vm.state == VmState::Stopped => vm.container.clone(),
+                // start_vm reports these.
+                _ => None,
+            }
+        };
+        let Some(ct) = ct.filter(|c| c.image.is_some()) else {
+            return Ok(());
+        };
+        let _one = self.unpacking.lock().unwrap_or_else(|e| e.into_inner());
+        ctproc::root_dir(&ct, &self.opts.state_dir).map(|_| ())
+    }
+
     fn find<'a>(inner: &'a mut Inner, target: &str) -> Result<&'a mut Vm, String> {
         let by_id = target.parse::<u32>().ok();
         inner
@@ -309,6 +334,7 @@ impl Daemon {
 
     /// Starts a known VM. Errors are for the user.
     pub fn start_vm(self: &Arc<Self>, target: &str) -> Result<String, String> {
+        self.unpack_image(target)?;
         let mut inner = self.lock();
         if inner.shutting_down {
             return Err("the daemon is shutting down".into());
@@ -421,7 +447,12 @@ impl Daemon {
                 .map_err(|e| format!("container {name}: {e}"))?,
         };
         inner.cgroups = Some(cgroups.clone());
-        let (root, defaults) = ctproc::root_dir(ct, &self.opts.state_dir)?;
+        // Normally unpacked already (`unpack_image`); never two at once in
+        // one directory. Lock order: `inner`, then `unpacking`.
+        let (root, defaults) = {
+            let _one = self.unpacking.lock().unwrap_or_else(|e| e.into_inner());
+            ctproc::root_dir(ct, &self.opts.state_dir)?
+        };
         let veth = match ct.interfaces.first() {
             Some(ispec) => {
                 let host = format!("kct{id}-0");

@@ -1480,6 +1480,61 @@ fn a_container_from_an_image_tarball_is_unpacked_once() {
     );
 }
 
+#[test]
+fn the_daemon_answers_while_an_image_unpacks() {
+    if !containers_ready() {
+        return;
+    }
+    // 64 MiB that do not compress: seconds to unpack in a debug build.
+    let root = ctcommon::Rootfs::new("daemon-bigimage");
+    let mut big = std::fs::File::create(root.file("/big")).unwrap();
+    let mut urandom = std::fs::File::open("/dev/urandom").unwrap();
+    std::io::copy(&mut std::io::Read::take(&mut urandom, 64 << 20), &mut big).unwrap();
+    drop(big);
+    let tarball = std::env::temp_dir().join(format!("kapsel-big-{}.tar.gz", std::process::id()));
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "tar -C {} -cf - . | gzip -1 > {}",
+            root.path.display(),
+            tarball.display()
+        ))
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "tar | gzip");
+    let name = ctcommon::name("bigimg");
+    let conf = format!(
+        "container \"{name}\" {{\n\timage \"{}\"\n\tinit \"/bin/true\"\n\tdisable\n}}\n",
+        tarball.display()
+    );
+    let d = Kapseld::start(&conf);
+    let mut start = d.cmd(&["start", &name]).spawn().unwrap();
+    let tmp = d.dir.join("state/ct").join(&name).join(".root.tmp");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !tmp.exists() {
+        assert!(Instant::now() < deadline, "the unpack never began");
+        assert!(
+            start.try_wait().unwrap().is_none(),
+            "start ended before unpacking"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Served while the unpack goes on: the directory is still there after.
+    let status = d.ok(&["status"]);
+    assert!(status.contains(&name), "{status}");
+    assert!(
+        tmp.exists(),
+        "status was answered only after the unpack had ended"
+    );
+    assert!(start.wait().unwrap().success());
+    assert_eq!(
+        d.wait_state(&name, "stopped")["last_exit"],
+        "exited (status 0)"
+    );
+    let _ = std::fs::remove_file(&tarball);
+}
+
 /// Writes `bytes` as a blob of the OCI layout `dir`; returns its descriptor.
 fn oci_blob(dir: &Path, media_type: &str, bytes: &[u8]) -> serde_json::Value {
     use sha2::Digest as _;
