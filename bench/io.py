@@ -338,7 +338,7 @@ def blk_bench(args, image, measure, kapsel_cmd, qemu_cmd, results):
               "-device", "virtio-blk-pci,drive=d0,disable-legacy=on"]
     tests = [("rand", "blk-bench-rand", args.rand), ("seqread", "blk-bench-seqread", args.seq_mib),
              ("seqwrite", "blk-bench-seqwrite", args.seq_mib)]
-    dd_read, dd_write = [], []
+    dd_read, dd_write, fio_iops = [], [], []
     for test, word, n in tests:
         work = {"kapsel": [], "qemu": []}
         zero = {"kapsel": [], "qemu": []}
@@ -348,6 +348,9 @@ def blk_bench(args, image, measure, kapsel_cmd, qemu_cmd, results):
                     drop_cache(image)
                     r = run_vm(measure, mk(f"{word}={count}", extra), f"{name} {word}={count}")
                     into[name].append(r)
+            if test == "rand" and shutil.which("fio"):
+                drop_cache(image)
+                fio_iops.append(fio_randread(image))
             if test == "seqread":
                 drop_cache(image)
                 dd_read.append(dd([f"if={image}", "of=/dev/null", "bs=1M", f"count={n}",
@@ -359,6 +362,17 @@ def blk_bench(args, image, measure, kapsel_cmd, qemu_cmd, results):
                 f"{k} {work[k][-1]['guest_us'] / 1e3:.0f} ms" for k in work), flush=True)
         results[test] = {k: summarize(work[k], zero[k]) for k in work}
     results["dd"] = {"read": med(dd_read), "write": med(dd_write)}
+    results["fio"] = med(fio_iops) if fio_iops else None
+
+
+def fio_randread(image):
+    """The host's own 4 KiB random-read IOPS on `image`, as the guests read
+    it: 32 in flight, O_DIRECT, io_uring, 3 s."""
+    p = subprocess.run(["fio", "--name=host", f"--filename={image}", "--direct=1",
+                        "--rw=randread", "--bs=4k", "--iodepth=32", "--ioengine=io_uring",
+                        "--runtime=3", "--time_based", "--output-format=json"],
+                       capture_output=True, text=True, check=True)
+    return json.loads(p.stdout)["jobs"][0]["read"]["iops"]
 
 
 def net_bench(args, measure, kapsel_cmd, qemu_cmd, results):
@@ -419,6 +433,11 @@ def report(args, results):
         for test, key, label, fmt in rows:
             print(f"{label:26} {fmt.format(results[test]['kapsel'][key])} "
                   f"{fmt.format(results[test]['qemu'][key])} {ratio(test, key):11.2f}x")
+        if results.get("fio"):
+            f = results["fio"]
+            k, q = results["rand"]["kapsel"]["rate"], results["rand"]["qemu"]["rate"]
+            print(f"host fio 4K random read (qd 32, direct) {f:8.0f} IOPS: kapsel {100 * k / f:.0f} %, "
+                  f"qemu {100 * q / f:.0f} %; 1.5x qemu would be {100 * 1.5 * q / f:.0f} % of it")
         dd = results["dd"]
         for test, key, label in (("seqread", "read", "read"), ("seqwrite", "write", "write")):
             k, q = results[test]["kapsel"]["mbps"], results[test]["qemu"]["mbps"]
