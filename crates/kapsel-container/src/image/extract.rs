@@ -209,10 +209,7 @@ impl Extractor {
                     .map_err(|e| ImageError::io("setting its owner, mode or time", e))?;
             }
             T::Symlink => {
-                let target = entry
-                    .link_name()
-                    .map_err(|e| ImageError::new(e.to_string()))?
-                    .ok_or_else(|| ImageError::new("a symbolic link without a target"))?;
+                let target = link_target(entry, "a symbolic link")?;
                 let ctarget = cstring(target.as_os_str())?;
                 remove_if_present(dirfd, &cname)?;
                 // SAFETY: valid NUL-terminated strings; a symlink's target
@@ -224,10 +221,7 @@ impl Extractor {
                     .map_err(|e| ImageError::io("setting its owner or time", e))?;
             }
             T::Link => {
-                let target = entry
-                    .link_name()
-                    .map_err(|e| ImageError::new(e.to_string()))?
-                    .ok_or_else(|| ImageError::new("a hard link without a target"))?;
+                let target = link_target(entry, "a hard link")?;
                 let target = clean(&target)?;
                 if target == path {
                     return Ok(());
@@ -596,4 +590,13 @@ fn open_dir_at(dirfd: RawFd, name: &CStr, shown: &Path) -> Result<OwnedFd, Image
     }
     // SAFETY: fd is a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The target a link entry names; `what` says which kind in the error.
+fn link_target<R: Read>(entry: &tar::Entry<'_, R>, what: &str) -> Result<PathBuf, ImageError> {
+    entry
+        .link_name()
+        .map_err(|e| ImageError::new(e.to_string()))?
+        .map(|t| t.into_owned())
+        .ok_or_else(|| ImageError::new(format!("{what} without a target")))
 }
