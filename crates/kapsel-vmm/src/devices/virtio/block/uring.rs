@@ -59,8 +59,9 @@ pub(super) enum Outcome {
     Failed(i32),
 }
 
-/// At most this many kernel worker threads serve one disk's blocking
-/// requests (QEMU's thread pool allows 64 per I/O context).
+/// At most this many kernel worker threads serve the blocking requests of
+/// the thread that submits to the ring (the kernel keeps one pool per
+/// submitting thread; QEMU's thread pool allows 64 per I/O context).
 const MAX_WORKERS: u32 = 16;
 
 /// An io_uring instance serving one disk file.
