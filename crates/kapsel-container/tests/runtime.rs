@@ -239,12 +239,7 @@ fn exec_joins_the_container() {
     let root = Rootfs::new("exec");
     let n = name("exec");
     let c = Container::start(&sh(&n, &root, "exec sleep 100")).unwrap();
-    let check = |script: &str| {
-        c.exec(&["/bin/sh".into(), "-c".into(), script.into()])
-            .unwrap()
-            .wait()
-            .unwrap()
-    };
+    let check = |script: &str| sh_in(&c, script);
     assert_eq!(
         check(&format!("test \"$(hostname)\" = {n}")),
         ExitStatus::Exited(0)
@@ -357,12 +352,7 @@ fn veth_carries_a_ping() {
         .success());
     assert!(ns.ip(&format!("addr add 10.199.77.1/24 dev {host_if}")));
     assert!(ns.ip(&format!("link set {host_if} up")));
-    let run = |script: &str| {
-        c.exec(&["/bin/sh".into(), "-c".into(), script.into()])
-            .unwrap()
-            .wait()
-            .unwrap()
-    };
+    let run = |script: &str| sh_in(&c, script);
     assert_eq!(
         run("test $(cat /sys/class/net/eth0/address) = 52:54:00:12:34:56"),
         ExitStatus::Exited(0)
@@ -745,12 +735,7 @@ fn cgroup_v2_freezer_on_the_unified_hierarchy() {
         .wait()
         .unwrap();
     assert_eq!(st, ExitStatus::Exited(0));
-    let sh_in = |script: &str| {
-        c.exec(&["/bin/sh".into(), "-c".into(), script.into()])
-            .unwrap()
-            .wait()
-            .unwrap()
-    };
+    let sh_in = |script: &str| sh_in(&c, script);
     // The filter lets the allowed devices through (a new node of /dev/null
     // works) and refuses the rest, even to root with CAP_MKNOD.
     assert_eq!(
@@ -765,6 +750,49 @@ fn cgroup_v2_freezer_on_the_unified_hierarchy() {
     c.kill().unwrap();
     c.cleanup().unwrap();
     assert!(!dir.exists());
+}
+
+/// Runs `script` with /bin/sh in the running container; its exit status.
+fn sh_in(c: &Container, script: &str) -> ExitStatus {
+    c.exec(&["/bin/sh".into(), "-c".into(), script.into()])
+        .unwrap()
+        .wait()
+        .unwrap()
+}
+
+/// A systemd init reaches multi-user.target within 60 s and reports the
+/// system `running`; the console log (file `console`) tells why not.
+fn boots_to_running(c: &Container, console: &Path) {
+    let log = || std::fs::read_to_string(console).unwrap_or_default();
+    let booted = eventually(60, || {
+        sh_in(c, "systemctl is-active --quiet multi-user.target") == ExitStatus::Exited(0)
+    });
+    assert!(
+        booted,
+        "multi-user.target not active within 60 s:\n{}",
+        log()
+    );
+    assert_eq!(
+        sh_in(
+            c,
+            "test \"$(systemctl is-system-running --wait)\" = running"
+        ),
+        ExitStatus::Exited(0),
+        "{}",
+        log()
+    );
+}
+
+/// The init powers off with status 0 when stopped, and the cleanup
+/// removes its cgroup directory `dir`; the console file goes too.
+fn powers_off_and_leaves_nothing(mut c: Container, dir: &Path, console: &Path) {
+    assert_eq!(
+        c.stop(Duration::from_secs(10)).unwrap(),
+        ExitStatus::Exited(0)
+    );
+    c.cleanup().unwrap();
+    assert!(!dir.exists(), "{} left", dir.display());
+    let _ = std::fs::remove_file(console);
 }
 
 /// The host's cgroup v2 mode, or on a hybrid host its v2 hierarchy taken as
@@ -821,26 +849,8 @@ fn systemd_in_a_v2_tree() {
     spec.capabilities =
         kapsel_container::caps::CapSet::DEFAULT.with(kapsel_container::caps::cap::MKNOD);
     assert!(spec.init_is_systemd());
-    let mut c = Container::start_in(&spec, &mode).unwrap();
-    let sh_in = |c: &Container, script: &str| {
-        c.exec(&["/bin/sh".into(), "-c".into(), script.into()])
-            .unwrap()
-            .wait()
-            .unwrap()
-    };
-    let booted = eventually(60, || {
-        sh_in(&c, "systemctl is-active --quiet multi-user.target") == ExitStatus::Exited(0)
-    });
-    assert!(booted, "multi-user.target not active within 60 s");
-    assert_eq!(
-        sh_in(
-            &c,
-            "test \"$(systemctl is-system-running --wait)\" = running"
-        ),
-        ExitStatus::Exited(0),
-        "{}",
-        std::fs::read_to_string(&console).unwrap_or_default()
-    );
+    let c = Container::start_in(&spec, &mode).unwrap();
+    boots_to_running(&c, &console);
     let dir = v2.join("kapsel").join(&n);
     for sub in ["init.scope", "system.slice"] {
         assert!(dir.join(sub).is_dir(), "{sub} in {}", dir.display());
@@ -863,13 +873,7 @@ fn systemd_in_a_v2_tree() {
         ),
         ExitStatus::Exited(0)
     );
-    assert_eq!(
-        c.stop(Duration::from_secs(10)).unwrap(),
-        ExitStatus::Exited(0)
-    );
-    c.cleanup().unwrap();
-    assert!(!dir.exists(), "{} left", dir.display());
-    let _ = std::fs::remove_file(&console);
+    powers_off_and_leaves_nothing(c, &dir, &console);
 }
 
 /// systemd as root of a user namespace on an idmapped copy of the Debian
@@ -896,30 +900,8 @@ fn unprivileged_systemd_in_a_v2_tree() {
         count: 65536,
     });
     spec.idmap_root = true;
-    let mut c = Container::start_in(&spec, &mode).unwrap();
-    let sh_in = |c: &Container, script: &str| {
-        c.exec(&["/bin/sh".into(), "-c".into(), script.into()])
-            .unwrap()
-            .wait()
-            .unwrap()
-    };
-    let booted = eventually(60, || {
-        sh_in(&c, "systemctl is-active --quiet multi-user.target") == ExitStatus::Exited(0)
-    });
-    assert!(
-        booted,
-        "multi-user.target not active within 60 s:\n{}",
-        std::fs::read_to_string(&console).unwrap_or_default()
-    );
-    assert_eq!(
-        sh_in(
-            &c,
-            "test \"$(systemctl is-system-running --wait)\" = running"
-        ),
-        ExitStatus::Exited(0),
-        "{}",
-        std::fs::read_to_string(&console).unwrap_or_default()
-    );
+    let c = Container::start_in(&spec, &mode).unwrap();
+    boots_to_running(&c, &console);
     let dir = v2.join("kapsel").join(&n);
     for f in [
         "",
@@ -950,13 +932,7 @@ fn unprivileged_systemd_in_a_v2_tree() {
             .uid(),
         0
     );
-    assert_eq!(
-        c.stop(Duration::from_secs(10)).unwrap(),
-        ExitStatus::Exited(0)
-    );
-    c.cleanup().unwrap();
-    assert!(!dir.exists(), "{} left", dir.display());
-    let _ = std::fs::remove_file(&console);
+    powers_off_and_leaves_nothing(c, &dir, &console);
 }
 
 /// The seccomp profile is a wall of its own: with CAP_SYS_MODULE given
