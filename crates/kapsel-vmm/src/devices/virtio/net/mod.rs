@@ -71,18 +71,6 @@ pub trait FrameIo: AsRawFd + Send {
     }
 }
 
-impl FrameIo for tap::Tap {
-    fn read_frame(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.read(buf)
-    }
-    fn write_frame(&self, frame: &[u8]) -> io::Result<usize> {
-        self.write(frame)
-    }
-    fn set_offload(&self, flags: u32) -> io::Result<()> {
-        tap::Tap::set_offload(self, flags)
-    }
-}
-
 /// A tap shared across guest reboots: the VMM opens it once, before its
 /// sandbox, and each boot's device uses the same descriptor.
 impl FrameIo for Arc<tap::Tap> {
