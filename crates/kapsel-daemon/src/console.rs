@@ -77,17 +77,8 @@ impl Console {
             std::thread::Builder::new()
                 .name("console-input".into())
                 .spawn(move || {
-                    let mut buf = [0u8; 1024];
-                    loop {
-                        match client.read(&mut buf) {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => {
-                                if input.write_all(&buf[..n]).is_err() {
-                                    break;
-                                }
-                            }
-                        }
-                    }
+                    // Until either side ends.
+                    let _ = std::io::copy(&mut client, &mut input);
                 })?;
         }
         Ok(())

@@ -6,7 +6,7 @@ use kapsel_config::{ContainerSpec, UserMap};
 use kapsel_container::image::ImageDefaults;
 use kapsel_container::{cgroup::CgroupMode, ConsoleSpec, Container, ExitStatus, IdMap, VethSpec};
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -298,17 +298,7 @@ impl ExecTarget {
         let mut input_to = ours.try_clone().map_err(|e| format!("exec: {e}"))?;
         let mut from_client = client;
         std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            loop {
-                match from_client.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if input_to.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                    }
-                }
-            }
+            let _ = std::io::copy(&mut from_client, &mut input_to);
             // End of input: a socket pair's reader sees EOF.
             // SAFETY: shutdown on a descriptor we own; harmless on a pty.
             unsafe { libc::shutdown(input_to.as_raw_fd(), libc::SHUT_WR) };

@@ -315,7 +315,7 @@ pub fn main(socket: SocketArg, verb: Verb) -> u8 {
 /// what the user types goes to it. Exits with the command's status.
 fn exec(socket: &std::path::Path, a: ExecArgs) -> u8 {
     use kapsel_daemon::ctproc::exec_frames;
-    use std::io::{IsTerminal, Read, Write};
+    use std::io::{IsTerminal, Write};
     let tty = std::io::stdin().is_terminal();
     let winsize = tty.then(terminal_size).flatten();
     let (response, stream) = match client::send(
@@ -340,18 +340,9 @@ fn exec(socket: &std::path::Path, a: ExecArgs) -> u8 {
     };
     if let Ok(mut to_cmd) = stream.try_clone() {
         std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            let mut stdin = std::io::stdin();
-            loop {
-                match stdin.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if to_cmd.write_all(&buf[..n]).is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
+            // Until the user's input ends (or the connection breaks, when
+            // the shutdown below changes nothing).
+            let _ = std::io::copy(&mut std::io::stdin(), &mut to_cmd);
             let _ = to_cmd.shutdown(std::net::Shutdown::Write);
         });
     }
