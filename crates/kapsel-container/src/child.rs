@@ -192,6 +192,23 @@ fn fail(plan: &ChildPlan, step: u32) -> ! {
     fail_with(plan, step, errno)
 }
 
+/// Makes `dir` (NUL-terminated, relative to the working directory) if it
+/// is missing, and fails `step` unless it is a directory itself, not a
+/// link to one. Allocation-free, as everything in the child.
+fn real_dir(plan: &ChildPlan, dir: &[u8], step: u32) {
+    // SAFETY: `dir` is NUL-terminated; `st` is a local the call fills.
+    unsafe {
+        libc::mkdir(cstr(dir), 0o755);
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::lstat(cstr(dir), &mut st) != 0 {
+            fail(plan, step);
+        }
+        if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            fail_with(plan, step, libc::ENOTDIR);
+        }
+    }
+}
+
 fn fail_with(plan: &ChildPlan, step: u32, errno: i32) -> ! {
     let mut msg = [0u8; 8];
     msg[..4].copy_from_slice(&step.to_ne_bytes());
@@ -334,14 +351,7 @@ pub(crate) fn run(plan: &ChildPlan) -> ! {
         // everything below them is inside file systems mounted here. A
         // link there would point a mount at the host, so refuse it.
         for dir in [&b"proc\0"[..], b"sys\0", b"dev\0"] {
-            libc::mkdir(cstr(dir), 0o755);
-            let mut st: libc::stat = std::mem::zeroed();
-            if libc::lstat(cstr(dir), &mut st) != 0 {
-                fail(plan, 7);
-            }
-            if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
-                fail_with(plan, 7, libc::ENOTDIR);
-            }
+            real_dir(plan, dir, 7);
         }
         let hard = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
         if !mount(Some(b"proc\0"), b"proc\0", Some(b"proc\0"), hard, None) {
@@ -467,14 +477,7 @@ pub(crate) fn run(plan: &ChildPlan) -> ! {
                     libc::MS_NOSUID | libc::MS_NODEV,
                 ),
             ] {
-                libc::mkdir(cstr(dir), 0o755);
-                let mut st: libc::stat = std::mem::zeroed();
-                if libc::lstat(cstr(dir), &mut st) != 0 {
-                    fail(plan, 28);
-                }
-                if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
-                    fail_with(plan, 28, libc::ENOTDIR);
-                }
+                real_dir(plan, dir, 28);
                 if !mount(
                     Some(b"tmpfs\0"),
                     dir,
