@@ -479,12 +479,12 @@ fn open_direct(file: &File, writable: bool, size: u64) -> io::Result<(File, u64)
         .custom_flags(libc::O_DIRECT)
         .open(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
     let mut last = io::Error::other("no probe");
+    let mut buf = vec![0u8; 4 * MAX_DIRECT_ALIGN as usize];
     for align in DIRECT_ALIGNS {
         if size < 2 * align {
             // Too small to probe: nothing to read past the first block.
             return Ok((direct, align));
         }
-        let mut buf = vec![0u8; 4 * MAX_DIRECT_ALIGN as usize];
         // An odd multiple of `align` past a MAX_DIRECT_ALIGN boundary:
         // aligned to `align` and no more, as a guest buffer may be.
         let at = buf.as_ptr().align_offset(MAX_DIRECT_ALIGN as usize) + align as usize;
