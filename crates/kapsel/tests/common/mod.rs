@@ -2,6 +2,8 @@
 
 #![allow(dead_code)] // each test file uses its own part
 
+pub mod kapseld;
+
 /// Whether /dev/kvm can be used; prints the `SKIP:` line when not.
 pub fn kvm_usable() -> bool {
     match std::fs::OpenOptions::new()
