@@ -129,6 +129,8 @@ pub struct Daemon {
     /// Held while a container image is unpacked, outside `inner`: one
     /// unpack at a time, while every other request is served.
     unpacking: Mutex<()>,
+    /// One daemon per state directory, until this process ends.
+    _state_lock: crate::statelock::StateLock,
 }
 
 fn render(diags: &[Diagnostic]) -> String {
@@ -176,8 +178,12 @@ impl Daemon {
                 opts.state_dir.display()
             ))
         })?;
+        // Before anything on the host is touched (switches, NAT, guests).
+        let state_lock = crate::statelock::StateLock::take(&opts.state_dir)
+            .map_err(|e| DaemonError::Setup(e.to_string()))?;
         let daemon = Arc::new(Daemon {
             opts,
+            _state_lock: state_lock,
             inner: Mutex::new(Inner {
                 config: Config::default(),
                 loaded: Vec::new(),

@@ -15,4 +15,5 @@ pub mod daemon;
 pub mod net;
 pub mod proto;
 pub mod server;
+pub mod statelock;
 pub mod vmproc;

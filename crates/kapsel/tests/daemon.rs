@@ -317,6 +317,43 @@ fn a_broken_config_keeps_the_daemon_from_starting() {
 }
 
 #[test]
+fn a_second_daemon_on_the_same_state_directory_is_refused() {
+    let d = Kapseld::start("");
+    let first = d.child.as_ref().unwrap().id();
+    let mut second = Command::new(KAPSEL)
+        .arg("daemon")
+        .arg("-f")
+        .arg(d.dir.join("vm.conf"))
+        .arg("--socket")
+        .arg(d.dir.join("second.sock"))
+        .arg("--state-dir")
+        .arg(d.dir.join("state"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    while second.try_wait().unwrap().is_none() {
+        if Instant::now() > until {
+            let _ = second.kill();
+            let _ = second.wait();
+            panic!("a second daemon started on the same state directory and kept running");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (code, _, err) = out(second.wait_with_output().unwrap());
+    assert_ne!(code, 0, "a second daemon started: {err}");
+    assert!(
+        err.contains("another kapseld") && err.contains(&format!("(pid {first})")),
+        "{err}"
+    );
+    assert!(!d.dir.join("second.sock").exists());
+    // The first one serves on.
+    d.ok(&["status"]);
+}
+
+#[test]
 fn owners_control_their_vms_and_nothing_else() {
     let Some((uid, gid)) = owner_tests_ready() else {
         return;
