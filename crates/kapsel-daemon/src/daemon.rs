@@ -176,6 +176,7 @@ impl Daemon {
                 opts.state_dir.display()
             ))
         })?;
+        ctproc::close_container_dirs(&opts.state_dir).map_err(DaemonError::Setup)?;
         let daemon = Arc::new(Daemon {
             opts,
             inner: Mutex::new(Inner {
