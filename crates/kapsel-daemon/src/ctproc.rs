@@ -153,14 +153,25 @@ pub fn check_root_private(name: &str, root: &Path) -> Result<(), String> {
             return Ok(());
         }
     }
+    // Closing the parent is the fix, unless it is `/` or a shared
+    // directory such as /tmp (sticky), which must stay open.
     let parent = canon.parent().unwrap_or(&canon);
+    let shared = parent == Path::new("/")
+        || std::fs::metadata(parent).is_ok_and(|m| m.mode() & libc::S_ISVTX != 0);
+    let fix = if shared {
+        format!(
+            "move it into a directory that only root may enter (`install -d -m 700 \
+             /var/lib/kapsel/ct`, then the root below it), not {}",
+            parent.display()
+        )
+    } else {
+        format!("run `chmod 700 {}`", parent.display())
+    };
     Err(format!(
         "container {name}: its root {} can be reached by users other than root (no \
          directory on its path is closed to them), and a setuid file the container's \
-         root makes there is a setuid-root program on the host; run `chmod 700 {}` \
-         (vm.conf(5), root)",
+         root makes there is a setuid-root program on the host; {fix} (vm.conf(5), root)",
         canon.display(),
-        parent.display()
     ))
 }
 
@@ -635,6 +646,24 @@ mod tests {
         let err = reachable.unwrap_err();
         assert!(
             err.contains(&format!("chmod 700 {}", closed.display())),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_root_in_tmp_is_moved_not_tmp_closed() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            println!("SKIP: the check wants directories of root's");
+            return;
+        }
+        let root = std::env::temp_dir().join(format!("kapsel-ctproc-t-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let err = check_root_private("t", &root).unwrap_err();
+        let _ = std::fs::remove_dir_all(&root);
+        assert!(
+            err.contains("install -d -m 700") && !err.contains("chmod 700"),
             "{err}"
         );
     }
