@@ -10,9 +10,11 @@
 //! The sequence, all in the new mount namespace and before the init runs:
 //! join the v1 cgroups (through `tasks`) → wait for the parent (cgroup
 //! joined on v2, id maps written, veth created) →
-//! id switch (user namespace only) → new cgroup namespace → hostname →
-//! mounts private → root bind-mounted onto itself (or the idmapped copy the
-//! parent sent moved there: idmap.rs) → /proc, /sys (ro),
+//! new cgroup namespace → hostname → mounts private → root bind-mounted
+//! onto itself (or the idmapped copy the parent sent moved there:
+//! idmap.rs) and entered → id switch (user namespace only: after the
+//! root's path was walked with the host uid 0, as the directories above a
+//! root are closed to every other host user) → /proc, /sys (ro),
 //! cgroup2 (v2 hosts: read-only; writable for a systemd init, on hybrid
 //! hosts too), /dev on tmpfs with its nodes, devpts, shm, /dev/console →
 //! /run, /run/lock and /tmp on tmpfs (systemd init) → masked and
@@ -165,7 +167,8 @@ pub(crate) struct ChildPlan {
     pub keep_caps: CapSet,
     pub last_cap: u32,
     pub no_new_privs: bool,
-    pub seccomp: Option<BpfProgram>,
+    /// The seccomp programs, installed in order (empty: none).
+    pub seccomp: Vec<BpfProgram>,
     pub user_ns: bool,
     /// The parent sends an idmapped copy of the root with its byte; it is
     /// mounted instead of binding the root onto itself (see [`crate::idmap`]).
@@ -311,9 +314,6 @@ pub(crate) fn run(plan: &ChildPlan) -> ! {
     // SAFETY: each call below is a plain system call on NUL-terminated
     // strings from the plan or constants; results are checked one by one.
     unsafe {
-        if plan.user_ns && !become_root() {
-            fail(plan, 1);
-        }
         if libc::unshare(libc::CLONE_NEWCGROUP) != 0 {
             fail(plan, 2);
         }
@@ -346,6 +346,15 @@ pub(crate) fn run(plan: &ChildPlan) -> ! {
         }
         if libc::chdir(plan.root.as_ptr()) != 0 {
             fail(plan, 6);
+        }
+        // Only now, with the root reached and entered, the id switch: the
+        // root lies below a directory that only the host's root may enter
+        // (kapseld requires it: vm.conf(5), `root`), which this process
+        // still is for permission checks (its host uid is 0 until here).
+        // Everything after this is relative to the root or on the host's
+        // /dev, which every user may search.
+        if plan.user_ns && !become_root() {
+            fail(plan, 1);
         }
         // Only the top-level mount points come from the (untrusted) root;
         // everything below them is inside file systems mounted here. A
@@ -591,7 +600,7 @@ pub(crate) fn run(plan: &ChildPlan) -> ! {
         // The filter goes in while CAP_SYS_ADMIN is still held, so it needs
         // no no_new_privs when the caller turned that off; it denies
         // neither prctl nor capset, which come next.
-        if let Some(prog) = &plan.seccomp {
+        for prog in &plan.seccomp {
             let fprog = libc::sock_fprog {
                 len: prog.len() as u16,
                 filter: prog.as_ptr() as *mut libc::sock_filter,

@@ -12,6 +12,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -233,9 +234,14 @@ impl Container {
             ConsoleSpec::Inherit => {}
             ConsoleSpec::Pty => {
                 let (master, path) = open_pty()?;
+                // O_NOCTTY: a caller that is a session leader without a
+                // terminal (kapseld under systemd) would otherwise get the
+                // pty as its controlling terminal, which the init's
+                // TIOCSCTTY then cannot take, and a SIGHUP when it closes.
                 let slave = File::options()
                     .read(true)
                     .write(true)
+                    .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
                     .open(Path::new(std::ffi::OsStr::from_bytes(path.as_bytes())))
                     .map_err(|source| Error::Os {
                         what: "opening the console pty",
@@ -310,9 +316,9 @@ impl Container {
             last_cap: caps::last_cap(),
             no_new_privs: spec.no_new_privs,
             seccomp: if spec.seccomp {
-                Some(seccomp::default_profile()?)
+                seccomp::profile(keep_caps)?
             } else {
-                None
+                Vec::new()
             },
             user_ns: spec.user_map.is_some(),
             idmap_root: spec.idmap_root,
@@ -735,11 +741,18 @@ impl Container {
             })?;
         let keep = self.keep_caps;
         let last = caps::last_cap();
-        let prog = if self.seccomp {
-            seccomp::default_profile()?
+        let progs = if self.seccomp {
+            seccomp::profile(keep)?
         } else {
             Vec::new()
         };
+        let fprogs: Vec<libc::sock_fprog> = progs
+            .iter()
+            .map(|prog| libc::sock_fprog {
+                len: prog.len() as u16,
+                filter: prog.as_ptr() as *mut libc::sock_filter,
+            })
+            .collect();
         let no_new_privs = self.no_new_privs;
         // SAFETY: fork; the child below only makes system calls on data
         // prepared above and ends with _exit or execve.
@@ -796,23 +809,20 @@ impl Container {
                 let mut empty: libc::sigset_t = std::mem::zeroed();
                 libc::sigemptyset(&mut empty);
                 libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-                let fprog = libc::sock_fprog {
-                    len: prog.len() as u16,
-                    filter: prog.as_ptr() as *mut libc::sock_filter,
-                };
                 // The same order as the init's: no_new_privs, seccomp
                 // (while CAP_SYS_ADMIN is held), capabilities.
                 if no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
                     libc::_exit(125);
                 }
-                if !prog.is_empty()
-                    && libc::prctl(
+                for fprog in &fprogs {
+                    if libc::prctl(
                         libc::PR_SET_SECCOMP,
                         libc::SECCOMP_MODE_FILTER,
-                        &fprog as *const libc::sock_fprog,
+                        fprog as *const libc::sock_fprog,
                     ) != 0
-                {
-                    libc::_exit(125);
+                    {
+                        libc::_exit(125);
+                    }
                 }
                 if caps::drop_to(keep, last).is_err() {
                     libc::_exit(125);

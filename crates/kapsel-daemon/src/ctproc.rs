@@ -8,6 +8,7 @@ use kapsel_container::{cgroup::CgroupMode, ConsoleSpec, Container, ExitStatus, I
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -35,12 +36,20 @@ pub fn root_dir(
 ) -> Result<(PathBuf, ImageDefaults), String> {
     let name = &spec.name;
     if let Some(root) = &spec.root {
+        check_root_private(name, root)?;
         return Ok((root.clone(), ImageDefaults::default()));
     }
     let image = spec.image.as_ref().ok_or_else(|| {
         format!("container {name} has neither `root` nor `image`; give it one in vm.conf")
     })?;
     let dir = state_dir.join("ct").join(name);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| format!("container {name}: {}: {e}", dir.display()))?;
+    close_dir(&state_dir.join("ct"))?;
+    close_dir(&dir)?;
     let prepared = kapsel_container::image::prepare(image, &dir).map_err(|e| {
         let at = if spec.span.line > 0 {
             format!(
@@ -54,6 +63,116 @@ pub fn root_dir(
         format!("container {name}: {e}; repair or replace the image{at}")
     })?;
     Ok((prepared.root, prepared.defaults))
+}
+
+/// Makes a directory of the daemon's state root's alone: owned by root,
+/// mode 0700 (an older kapseld left them open).
+fn close_dir(dir: &Path) -> Result<(), String> {
+    let fix = |e: std::io::Error| format!("{}: {e}; make it root's, mode 0700", dir.display());
+    let meta = std::fs::symlink_metadata(dir).map_err(fix)?;
+    if !meta.is_dir() {
+        return Err(format!(
+            "{} is not a directory; remove it (kapseld keeps container roots there)",
+            dir.display()
+        ));
+    }
+    if meta.uid() != 0 || meta.gid() != 0 {
+        std::os::unix::fs::lchown(dir, Some(0), Some(0)).map_err(fix)?;
+    }
+    if meta.mode() & 0o7777 != 0o700 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(fix)?;
+    }
+    Ok(())
+}
+
+/// `STATE_DIR/ct` and every `STATE_DIR/ct/NAME` in it closed to every user
+/// but root, on each daemon start: the image containers' roots below them
+/// hold what the containers' roots wrote, setuid files of host uid 0
+/// included (in `unprivileged` containers too: their idmapped mount stores
+/// container root as uid 0). Roots of containers no longer configured are
+/// covered too. Incus closes its container directories the same way.
+pub fn close_container_dirs(state_dir: &Path) -> Result<(), String> {
+    let ct = state_dir.join("ct");
+    if !ct.exists() {
+        return Ok(());
+    }
+    close_dir(&ct)?;
+    let entries = std::fs::read_dir(&ct).map_err(|e| format!("{}: {e}", ct.display()))?;
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            close_dir(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a `root PATH` that a host user other than root can reach: what
+/// the container's root writes there is stored as host uid 0 (with
+/// `unprivileged` too, through the idmapped mount), so a setuid file it
+/// makes would be a setuid-root program for whoever can reach it. Like
+/// sshd's StrictModes, the path is checked from `/` down: some directory
+/// on it (the root itself or one above) must be root's with no search
+/// permission for group and others, and every directory above that one
+/// root's and not writable by others (a world-writable one only with the
+/// sticky bit, like /tmp), so nobody else can swap what lies below.
+pub fn check_root_private(name: &str, root: &Path) -> Result<(), String> {
+    let canon = std::fs::canonicalize(root).map_err(|e| {
+        format!(
+            "container {name}: root {}: {e}; give an existing directory",
+            root.display()
+        )
+    })?;
+    let path: Vec<&Path> = canon.ancestors().collect();
+    for dir in path.into_iter().rev() {
+        let meta = std::fs::metadata(dir)
+            .map_err(|e| format!("container {name}: root {}: {e}", dir.display()))?;
+        let mode = meta.mode();
+        if meta.uid() != 0 {
+            return Err(format!(
+                "container {name}: its root {} lies below {}, which belongs to uid {} and so \
+                 is not closed to that user; keep the root in a directory of root's that \
+                 only root may enter (`mkdir -m 700 /srv/ct` and the root below it; \
+                 vm.conf(5), root)",
+                canon.display(),
+                dir.display(),
+                meta.uid()
+            ));
+        }
+        if mode & 0o022 != 0 && mode & libc::S_ISVTX == 0 {
+            return Err(format!(
+                "container {name}: its root {} lies below {}, which users other than root \
+                 may write (mode {:04o}), so they could replace what lies below it; \
+                 run `chmod go-w {}` (vm.conf(5), root)",
+                canon.display(),
+                dir.display(),
+                mode & 0o7777,
+                dir.display()
+            ));
+        }
+        if mode & 0o011 == 0 {
+            return Ok(());
+        }
+    }
+    // Closing the parent is the fix, unless it is `/` or a shared
+    // directory such as /tmp (sticky), which must stay open.
+    let parent = canon.parent().unwrap_or(&canon);
+    let shared = parent == Path::new("/")
+        || std::fs::metadata(parent).is_ok_and(|m| m.mode() & libc::S_ISVTX != 0);
+    let fix = if shared {
+        format!(
+            "move it into a directory that only root may enter (`install -d -m 700 \
+             /var/lib/kapsel/ct`, then the root below it), not {}",
+            parent.display()
+        )
+    } else {
+        format!("run `chmod 700 {}`", parent.display())
+    };
+    Err(format!(
+        "container {name}: its root {} can be reached by users other than root (no \
+         directory on its path is closed to them), and a setuid file the container's \
+         root makes there is a setuid-root program on the host; {fix} (vm.conf(5), root)",
+        canon.display(),
+    ))
 }
 
 /// The init and its settings: `init` from vm.conf wins; without it, the
@@ -345,17 +464,61 @@ pub fn wait_readable(fd: &OwnedFd) {
 /// container the slave is a /dev/pts/N that exists), the slave opened
 /// through the master (TIOCGPTPEER), never by a path the container
 /// controls.
+///
+/// The container owns every name below its root, /dev/ptmx included (it
+/// is normally a link to `pts/ptmx`). The path is resolved beneath the
+/// container's root (`openat2` with `RESOLVE_IN_ROOT`, so an absolute link
+/// such as `/dev/ptmx -> /etc/shadow` names the container's /etc/shadow,
+/// never the host's), opened `O_PATH` first and only reopened for reading
+/// and writing once it is the pty multiplexer (character device 5:2): the
+/// daemon, host root, never opens anything else the container points at.
 fn container_pty(pid: u32) -> std::io::Result<(File, OwnedFd)> {
     use std::os::fd::FromRawFd;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+    let not_ptmx = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the container's /dev/ptmx is not the pty multiplexer (character device 5:2); \
+             link it to pts/ptmx inside the container",
+        )
+    };
+    let root = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(format!("/proc/{pid}/root"))?;
+    // SAFETY: open_how is plain data; zeroed is a valid value.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: openat2 reads a NUL-terminated constant path and an open_how
+    // of the given size; the result is checked.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root.as_raw_fd(),
+            c"dev/ptmx".as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(std::io::Error::new(
+            e.kind(),
+            format!("the container's /dev/ptmx: {e}"),
+        ));
+    }
+    // SAFETY: fd is a new descriptor that nothing else owns.
+    let path = File::from(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+    let meta = path.metadata()?;
+    if !meta.file_type().is_char_device() || meta.rdev() != libc::makedev(5, 2) {
+        return Err(not_ptmx());
+    }
     let master = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        // Non-blocking: a container that made its /dev/ptmx a FIFO must not
-        // hold this thread in open(2); a regular file or FIFO then fails
-        // TIOCSPTLCK below.
         .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(format!("/proc/{pid}/root/dev/ptmx"))?;
+        .open(format!("/proc/self/fd/{}", path.as_raw_fd()))?;
     let unlock: libc::c_int = 0;
     // SAFETY: TIOCSPTLCK reads one int from a valid pointer.
     if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) } != 0 {
@@ -454,6 +617,55 @@ mod tests {
         let (init, env, _) = init_settings(&ct, &defaults());
         assert_eq!(init, ["/bin/sh", "-c", "true"]);
         assert_eq!(env, ["PATH=/usr/bin"], "the image's Env still applies");
+    }
+
+    #[test]
+    fn a_root_below_a_directory_others_may_write_is_refused() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            println!("SKIP: the check wants directories of root's");
+            return;
+        }
+        let open = std::env::temp_dir().join(format!("kapsel-ctproc-w-{}", std::process::id()));
+        let closed = open.join("closed");
+        std::fs::create_dir_all(closed.join("root")).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let writable = check_root_private("w", &closed.join("root"));
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let fine = check_root_private("w", &closed.join("root"));
+        std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let reachable = check_root_private("w", &closed.join("root"));
+        let _ = std::fs::remove_dir_all(&open);
+        let err = writable.unwrap_err();
+        assert!(
+            err.contains("may write") && err.contains("chmod go-w"),
+            "{err}"
+        );
+        fine.unwrap();
+        let err = reachable.unwrap_err();
+        assert!(
+            err.contains(&format!("chmod 700 {}", closed.display())),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_root_in_tmp_is_moved_not_tmp_closed() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            println!("SKIP: the check wants directories of root's");
+            return;
+        }
+        let root = std::env::temp_dir().join(format!("kapsel-ctproc-t-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let err = check_root_private("t", &root).unwrap_err();
+        let _ = std::fs::remove_dir_all(&root);
+        assert!(
+            err.contains("install -d -m 700") && !err.contains("chmod 700"),
+            "{err}"
+        );
     }
 
     #[test]

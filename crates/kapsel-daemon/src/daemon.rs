@@ -181,6 +181,7 @@ impl Daemon {
         // Before anything on the host is touched (switches, NAT, guests).
         let state_lock = crate::statelock::StateLock::take(&opts.state_dir)
             .map_err(|e| DaemonError::Setup(e.to_string()))?;
+        ctproc::close_container_dirs(&opts.state_dir).map_err(DaemonError::Setup)?;
         let daemon = Arc::new(Daemon {
             opts,
             _state_lock: state_lock,

@@ -37,7 +37,20 @@ macro_rules! skip_unless_ready {
     };
 }
 
-/// A busybox root in a fresh temporary directory, removed on drop.
+/// A fresh directory `/tmp/NAME` that only root may enter (0700): what
+/// holds a container root, as kapseld requires (vm.conf(5), `root`): a
+/// setuid file the container's root makes is host root's on disk.
+pub fn private_dir(name: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    dir
+}
+
+/// A busybox root in a fresh temporary directory (`root` in a directory
+/// only root may enter), removed on drop.
 pub struct Rootfs {
     pub path: PathBuf,
 }
@@ -46,8 +59,7 @@ impl Rootfs {
     /// `busybox --install -s` done by hand (no chroot needed): one link per
     /// applet, pointing at /bin/busybox inside the root.
     pub fn new(tag: &str) -> Rootfs {
-        let path = std::env::temp_dir().join(format!("kapsel-ct-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
+        let path = private_dir(&format!("kapsel-ct-{}-{tag}", std::process::id())).join("root");
         for d in [
             "bin", "sbin", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "tmp", "mnt",
         ] {
@@ -75,7 +87,9 @@ impl Rootfs {
 
 impl Drop for Rootfs {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
+        if let Some(parent) = self.path.parent() {
+            let _ = std::fs::remove_dir_all(parent);
+        }
     }
 }
 
@@ -235,8 +249,7 @@ pub struct CopiedRoot(pub PathBuf);
 
 impl CopiedRoot {
     pub fn new(from: &Path, tag: &str) -> CopiedRoot {
-        let dir = std::env::temp_dir().join(format!("kapsel-copy-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = private_dir(&format!("kapsel-copy-{}-{tag}", std::process::id())).join("root");
         let ok = Command::new("cp")
             .arg("-a")
             .arg(from)
@@ -250,7 +263,9 @@ impl CopiedRoot {
 
 impl Drop for CopiedRoot {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if let Some(parent) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(parent);
+        }
     }
 }
 
@@ -263,8 +278,7 @@ pub struct Overlay {
 
 impl Overlay {
     pub fn new(lower: &Path, tag: &str) -> Overlay {
-        let dir = std::env::temp_dir().join(format!("kapsel-ovl-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = private_dir(&format!("kapsel-ovl-{}-{tag}", std::process::id()));
         for d in ["upper", "work", "root"] {
             std::fs::create_dir_all(dir.join(d)).unwrap();
         }

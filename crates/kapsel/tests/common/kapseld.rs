@@ -8,6 +8,7 @@ use super::kvm_usable;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -65,6 +66,18 @@ impl Kapseld {
             }
             None => Command::new(KAPSEL),
         };
+        // As systemd starts a service: a session leader without a
+        // controlling terminal, stdin from /dev/null.
+        // SAFETY: setsid is async-signal-safe; nothing else runs between
+        // fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let child = cmd
             .args(["daemon", "-v", "--shutdown-timeout", "5", "-f"])
             .arg(self.dir.join("vm.conf"))
