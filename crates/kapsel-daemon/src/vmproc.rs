@@ -23,6 +23,37 @@ pub struct Launch<'a> {
     pub shutdown_timeout: Duration,
     /// The open taps of its interfaces, in order, with the guest's MAC.
     pub taps: Vec<(OwnedFd, MacAddr)>,
+    /// The files a non-root user named, opened with that user's rights.
+    pub open_as: Option<&'a OpenAs>,
+}
+
+/// The user who made a VM (an instance) and the files of its spec that
+/// this user named: the VM process opens those with the user's rights
+/// (`kapsel run --open-as`), so that a user cannot have root open a file
+/// that the user may not read or write. Files that root wrote in vm.conf
+/// are opened with the VM process's own rights.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenAs {
+    /// The user's uid.
+    pub uid: u32,
+    /// Its primary gid.
+    pub gid: u32,
+    /// Its groups (the primary one may be among them).
+    pub groups: Vec<u32>,
+    /// The kernel (`boot`) is the user's.
+    pub kernel: bool,
+    /// The initrd is the user's.
+    pub initrd: bool,
+    /// The indexes in the spec's `disks` of the user's disks.
+    pub disks: Vec<usize>,
+}
+
+impl OpenAs {
+    /// The `--open-as` argument: UID:GID[:GID,...].
+    fn credentials(&self) -> String {
+        let groups: Vec<String> = self.groups.iter().map(u32::to_string).collect();
+        format!("{}:{}:{}", self.uid, self.gid, groups.join(","))
+    }
 }
 
 /// The descriptor number the first tap gets in the VM process (the next
@@ -59,6 +90,7 @@ pub fn run_args(
     spec: &VmSpec,
     shutdown_timeout: Duration,
     macs: &[MacAddr],
+    open_as: Option<&OpenAs>,
 ) -> Result<Vec<String>, String> {
     let name = &spec.name;
     if spec.cdrom.is_some() || spec.boot_device == Some(BootDevice::Cdrom) {
@@ -103,11 +135,24 @@ pub fn run_args(
         args.push("--cmdline".into());
         args.push(cmdline.clone());
     }
-    for disk in &spec.disks {
+    if let Some(user) = open_as {
+        args.push("--open-as".into());
+        args.push(user.credentials());
+        if user.kernel {
+            args.push("--kernel-as-user".into());
+        }
+        if user.initrd && spec.initrd.is_some() {
+            args.push("--initrd-as-user".into());
+        }
+    }
+    for (i, disk) in spec.disks.iter().enumerate() {
         let mut d = disk.path.display().to_string();
         if let Some(f) = disk.format {
             d.push_str(",format=");
             d.push_str(f.keyword());
+        }
+        if open_as.is_some_and(|u| u.disks.contains(&i)) {
+            d.push_str(",as-user");
         }
         args.push("--disk".into());
         args.push(d);
@@ -143,7 +188,7 @@ fn dup_above_targets(fd: &OwnedFd, count: usize) -> std::io::Result<OwnedFd> {
 pub fn spawn(launch: &Launch) -> Result<(VmProcess, UnixStream), String> {
     let name = &launch.spec.name;
     let macs: Vec<MacAddr> = launch.taps.iter().map(|(_, m)| *m).collect();
-    let args = run_args(launch.spec, launch.shutdown_timeout, &macs)?;
+    let args = run_args(launch.spec, launch.shutdown_timeout, &macs, launch.open_as)?;
     let mut high = Vec::new();
     for (fd, _) in &launch.taps {
         high.push(
@@ -376,7 +421,7 @@ mod tests {
     #[test]
     fn run_args_from_a_spec() {
         let mut spec = VmSpec::new("web");
-        assert!(run_args(&spec, Duration::from_secs(30), &[])
+        assert!(run_args(&spec, Duration::from_secs(30), &[], None)
             .unwrap_err()
             .contains("add `boot"));
         spec.boot = Some("/vm/vmlinuz".into());
@@ -388,7 +433,7 @@ mod tests {
             format: Some(kapsel_config::DiskFormat::Qcow2),
         });
         let mac = MacAddr([0xfe, 0xe1, 0xbb, 1, 2, 3]);
-        let args = run_args(&spec, Duration::from_secs(7), &[mac, mac])
+        let args = run_args(&spec, Duration::from_secs(7), &[mac, mac], None)
             .unwrap()
             .join(" ");
         assert!(args.contains("--net fd=3,mac=fe:e1:bb:01:02:03 --net fd=4,mac="));
@@ -396,8 +441,28 @@ mod tests {
         assert!(args.contains("--shutdown-timeout 7"));
         assert!(args.contains("--cmdline console=ttyS0 quiet"));
         assert!(args.contains("--disk /vm/web.qcow2,format=qcow2"));
+        assert!(!args.contains("as-user"));
+        // The files a user named are opened with that user's rights.
+        spec.disks.push(kapsel_config::DiskSpec {
+            path: "/home/u/mine.img".into(),
+            format: None,
+        });
+        let user = OpenAs {
+            uid: 1000,
+            gid: 100,
+            groups: vec![100, 24],
+            kernel: true,
+            initrd: true,
+            disks: vec![1],
+        };
+        let args = run_args(&spec, Duration::from_secs(7), &[], Some(&user))
+            .unwrap()
+            .join(" ");
+        assert!(args.contains("--open-as 1000:100:100,24 --kernel-as-user --disk"));
+        assert!(!args.contains("--initrd-as-user"), "no initrd: {args}");
+        assert!(args.contains("--disk /vm/web.qcow2,format=qcow2 --disk /home/u/mine.img,as-user"));
         spec.cdrom = Some("/x.iso".into());
-        assert!(run_args(&spec, Duration::ZERO, &[])
+        assert!(run_args(&spec, Duration::ZERO, &[], None)
             .unwrap_err()
             .contains("cdrom"));
     }

@@ -1062,7 +1062,7 @@ fn load_log_and_reset() {
     // A name that exists already is refused, naming the file.
     let (code, _, err) = d.run(&["load", d.dir.join("vm.conf").to_str().unwrap()]);
     assert_eq!(code, 1);
-    assert!(err.contains("already configured"), "{err}");
+    assert!(err.contains("declared twice"), "{err}");
     d.ok(&["log", "brief"]);
     d.ok(&["log", "verbose"]);
     // reset vms kills every VM.
