@@ -130,9 +130,12 @@ fn parse_disk(text: &str) -> Result<DiskConfig, String> {
             }
             Some(("serial", _)) => return Err("serial=ID takes 1 to 20 characters".into()),
             Some(("cache", c)) => disk.cache = c.parse::<CacheMode>()?,
-            _ => return Err(format!(
-                "unknown disk option \"{opt}\"; use ro, format=raw, serial=ID, cache=none, as-user"
-            )),
+            _ => {
+                return Err(format!(
+                    "unknown disk option \"{opt}\"; \
+                     use ro, format=raw, serial=ID, cache=none, as-user"
+                ))
+            }
         }
     }
     Ok(disk)
