@@ -400,6 +400,7 @@ impl Daemon {
             .join(format!("{}.log", vm.spec.name));
         let spec = vm.spec.clone();
         let id = vm.id;
+        let mut ready = None;
         let (process, console_out, attachments) = match vm.container.clone() {
             Some(ct) => self.spawn_container(&mut inner, &ct, &spec, id)?,
             None => {
@@ -416,11 +417,14 @@ impl Daemon {
                 let spawned = vmproc::spawn(&launch);
                 drop(launch); // the daemon's copies of the taps
                 match spawned {
-                    Ok((p, out)) => (
-                        Proc::Vm(p),
-                        Box::new(out) as Box<dyn std::io::Read + Send>,
-                        attachments,
-                    ),
+                    Ok((p, out, r)) => {
+                        ready = Some(r);
+                        (
+                            Proc::Vm(p),
+                            Box::new(out) as Box<dyn std::io::Read + Send>,
+                            attachments,
+                        )
+                    }
                     Err(e) => {
                         for a in attachments {
                             a.release(&spec.name);
@@ -469,6 +473,28 @@ impl Daemon {
                 daemon.exited(&name, generation, report);
             })
             .map_err(|e| format!("cannot start the supervisor thread: {e}"))?;
+        // Like vmctl, say whether it could start: a VM process that cannot
+        // open its kernel or a disk (a user's file the user may not open,
+        // say) ends before it is ready, and its reason is the reply.
+        if let Some(ready) = ready {
+            if vmproc::wait_ready(&ready, READY_TIMEOUT) == vmproc::Ready::Failed {
+                let name = &spec.name;
+                let mut inner = self.lock();
+                loop {
+                    match inner.vms.iter().find(|v| &v.spec.name == name) {
+                        Some(v) if v.generation == generation && v.state != VmState::Stopped => {}
+                        Some(v) if v.generation == generation => {
+                            return Err(format!(
+                                "{kind} {name} could not start: {}",
+                                v.last_exit.as_deref().unwrap_or("it ended")
+                            ))
+                        }
+                        _ => return Err(format!("{kind} {name} could not start")),
+                    }
+                    inner = self.changed.wait(inner).unwrap_or_else(|e| e.into_inner());
+                }
+            }
+        }
         Ok(format!("started {kind} {target} (pid {pid})"))
     }
 
@@ -1361,6 +1387,11 @@ impl Daemon {
         Ok((vm.console.clone(), input))
     }
 }
+
+/// How long `start` waits for a VM process to open its resources before
+/// it replies "started" all the same (a user's disk on a slow network
+/// file system, a FIFO that blocks its open).
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The most instances one non-root user may have (running or stopped):
 /// each costs the host memory, interfaces and a process while it runs,

@@ -184,18 +184,75 @@ fn dup_above_targets(fd: &OwnedFd, count: usize) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(dup) })
 }
 
-/// Starts the VM process. Returns it and the console output stream.
-pub fn spawn(launch: &Launch) -> Result<(VmProcess, UnixStream), String> {
+/// A pipe: (read end, write end), both close-on-exec.
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills the two-element array it is given.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 returned two new descriptors that nothing else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Whether a VM process has opened its resources, from the read end of
+/// its `--ready-fd` pipe (see [`spawn`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ready {
+    /// It has: the guest is about to run.
+    Yes,
+    /// It ended before (its exit report says why).
+    Failed,
+    /// It did not say within the time given.
+    Unknown,
+}
+
+/// Waits up to `timeout` for the VM process to say it has opened its
+/// kernel, disks and taps (one byte on `ready`), or to end first.
+pub fn wait_ready(ready: &OwnedFd, timeout: Duration) -> Ready {
+    let mut pfd = libc::pollfd {
+        fd: ready.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    loop {
+        // SAFETY: pfd is one valid pollfd for the call.
+        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if rc < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        if rc <= 0 {
+            return Ready::Unknown;
+        }
+        let mut byte = 0u8;
+        // SAFETY: reads at most one byte into a live local.
+        let n = unsafe { libc::read(ready.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) };
+        return if n == 1 { Ready::Yes } else { Ready::Failed };
+    }
+}
+
+/// Starts the VM process. Returns it, the console output stream, and the
+/// read end of a pipe on which it says when its resources are open (see
+/// [`wait_ready`]).
+pub fn spawn(launch: &Launch) -> Result<(VmProcess, UnixStream, OwnedFd), String> {
     let name = &launch.spec.name;
     let macs: Vec<MacAddr> = launch.taps.iter().map(|(_, m)| *m).collect();
-    let args = run_args(launch.spec, launch.shutdown_timeout, &macs, launch.open_as)?;
+    let mut args = run_args(launch.spec, launch.shutdown_timeout, &macs, launch.open_as)?;
+    // The write end of the readiness pipe follows the taps.
+    let (ready_read, ready_write) =
+        pipe().map_err(|e| format!("vm {name}: readiness pipe: {e}"))?;
+    let inherited = launch.taps.len() + 1;
     let mut high = Vec::new();
-    for (fd, _) in &launch.taps {
+    for fd in launch.taps.iter().map(|(fd, _)| fd).chain([&ready_write]) {
         high.push(
-            dup_above_targets(fd, launch.taps.len())
+            dup_above_targets(fd, inherited)
                 .map_err(|e| format!("vm {name}: tap descriptor: {e}"))?,
         );
     }
+    drop(ready_write);
+    args.push("--ready-fd".into());
+    args.push((FIRST_TAP_FD + launch.taps.len() as i32).to_string());
     let raw: Vec<i32> = high.iter().map(|f| f.as_raw_fd()).collect();
     let (daemon_end, vm_end) =
         UnixStream::pair().map_err(|e| format!("vm {name}: console socket: {e}"))?;
@@ -270,6 +327,7 @@ pub fn spawn(launch: &Launch) -> Result<(VmProcess, UnixStream), String> {
             stderr: Some(stderr),
         },
         console_out,
+        ready_read,
     ))
 }
 
@@ -465,6 +523,17 @@ mod tests {
         assert!(run_args(&spec, Duration::ZERO, &[], None)
             .unwrap_err()
             .contains("cdrom"));
+    }
+
+    #[test]
+    fn readiness_from_the_pipe() {
+        let (r, w) = pipe().unwrap();
+        assert_eq!(wait_ready(&r, Duration::from_millis(10)), Ready::Unknown);
+        std::fs::File::from(w).write_all(b"1").unwrap();
+        assert_eq!(wait_ready(&r, Duration::from_secs(5)), Ready::Yes);
+        let (r, w) = pipe().unwrap();
+        drop(w); // the process ended before it was ready
+        assert_eq!(wait_ready(&r, Duration::from_secs(5)), Ready::Failed);
     }
 
     #[test]

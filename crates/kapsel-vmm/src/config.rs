@@ -113,6 +113,10 @@ pub struct VmConfig {
     pub kernel_as_user: bool,
     /// The initrd is opened with the rights of `open_as`.
     pub initrd_as_user: bool,
+    /// An inherited descriptor (the write end of a pipe) on which the VM
+    /// process writes one byte and which it closes once every resource is
+    /// open: the supervisor then knows the VM could start.
+    pub ready_fd: Option<i32>,
 }
 
 impl VmConfig {
@@ -137,6 +141,7 @@ impl VmConfig {
             open_as: None,
             kernel_as_user: false,
             initrd_as_user: false,
+            ready_fd: None,
         }
     }
 }

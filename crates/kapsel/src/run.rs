@@ -61,6 +61,11 @@ pub struct RunArgs {
     /// gives it for the files a non-root user named; needs root.
     #[arg(long, value_name = "UID:GID[:GROUPS]", value_parser = UserCredentials::parse)]
     pub open_as: Option<UserCredentials>,
+    /// Write one byte on the inherited descriptor N (a pipe), and close
+    /// it, once every file, device and tap is open: a supervisor (kapseld)
+    /// learns that the VM could start.
+    #[arg(long, value_name = "N")]
+    pub ready_fd: Option<i32>,
     /// Open the kernel with the rights of --open-as.
     #[arg(long, requires = "open_as")]
     pub kernel_as_user: bool,
@@ -221,6 +226,7 @@ pub fn main(args: RunArgs) -> u8 {
         open_as: args.open_as,
         kernel_as_user: args.kernel_as_user,
         initrd_as_user: args.initrd_as_user,
+        ready_fd: args.ready_fd,
     };
     if cfg.disks.iter().any(|d| d.as_user) && cfg.open_as.is_none() {
         eprintln!("kapsel run: the disk option as-user needs --open-as UID:GID");
