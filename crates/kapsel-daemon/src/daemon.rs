@@ -1028,8 +1028,14 @@ impl Daemon {
         }
         loaded.push(path.clone());
         let config = self.read_config(&loaded)?;
-        self.lock().loaded = loaded;
+        {
+            let mut inner = self.lock();
+            if !inner.loaded.contains(&path) {
+                inner.loaded.push(path.clone());
+            }
+        }
         let added = self.apply_config(config);
+        self.ensure_switches()?;
         let n = added.len();
         self.start_enabled(added);
         Ok(format!("loaded {}; {n} new VM(s) started", path.display()))
