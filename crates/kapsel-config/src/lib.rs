@@ -174,6 +174,18 @@ pub fn load(path: impl AsRef<Path>, opts: &LoadOptions) -> LoadResult {
     finish(ctx)
 }
 
+/// Reads several configuration files as one, in order (the daemon's
+/// vm.conf, then the files added with `kapsel load`): they are checked
+/// together, so that a VM of one may use a switch or template of another,
+/// and every diagnostic names the file and line it is about.
+pub fn load_all(paths: &[&Path], opts: &LoadOptions) -> LoadResult {
+    let mut ctx = parser::Ctx::new(opts);
+    for path in paths {
+        ctx.load_file(path, None);
+    }
+    finish(ctx)
+}
+
 /// Like [`load`], for text in memory that claims to come from `name`.
 /// `include`s are still read with `opts.loader`.
 pub fn parse_str(name: impl AsRef<Path>, text: &str, opts: &LoadOptions) -> LoadResult {

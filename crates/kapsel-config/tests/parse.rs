@@ -120,6 +120,37 @@ fn include_relative_to_including_file() {
 }
 
 #[test]
+fn files_loaded_together_see_each_other() {
+    let loader = MemoryLoader::default()
+        .with(
+            "/etc/vm.conf",
+            "switch \"lan\" {\n}\nvm \"tmpl\" {\n\tallow instance { memory; interface }\n}\n",
+        )
+        .with(
+            "/srv/more.conf",
+            "vm \"tmpl\" instance \"child\" {\n\tmemory 1G\n\tinterface { switch \"lan\" }\n}\n",
+        )
+        .with(
+            "/srv/bad.conf",
+            "vm \"x\" {\n\tinterface { switch \"wan\" }\n}\nvm \"tmpl\" {\n}\n",
+        );
+    let opts = LoadOptions {
+        loader: &loader,
+        ..LoadOptions::default()
+    };
+    let main = std::path::Path::new("/etc/vm.conf");
+    let (c, _) = load_all(&[main, std::path::Path::new("/srv/more.conf")], &opts).unwrap();
+    assert_eq!(c.effective_vm("child").unwrap().memory, Some(ByteSize(GIB)));
+    let d = load_all(&[main, std::path::Path::new("/srv/bad.conf")], &opts).unwrap_err();
+    let text: String = d.iter().map(|d| d.render()).collect();
+    assert!(text.contains("/srv/bad.conf:2:"), "{text}");
+    assert!(
+        text.contains("/srv/bad.conf:4:") && text.contains("declared twice"),
+        "{text}"
+    );
+}
+
+#[test]
 fn include_cycle_is_detected() {
     let loader = MemoryLoader::default()
         .with("/a.conf", "include \"b.conf\"\n")

@@ -126,6 +126,8 @@ fn user_and_groups(uid: u32, primary: u32) -> (Option<String>, Vec<u32>) {
 pub struct Peer {
     /// Effective uid of the connecting process.
     pub uid: u32,
+    /// Its primary gid.
+    pub gid: u32,
     /// Its primary gid and supplementary groups.
     pub groups: Vec<u32>,
     /// Its user name, when it has one.
@@ -160,7 +162,12 @@ impl Peer {
     /// A peer with this uid and primary gid, its other groups from NSS.
     pub fn from_ids(uid: u32, gid: u32) -> Peer {
         let (name, groups) = user_and_groups(uid, gid);
-        Peer { uid, groups, name }
+        Peer {
+            uid,
+            gid,
+            groups,
+            name,
+        }
     }
 
     /// Root may do everything.

@@ -74,6 +74,13 @@ pub(crate) struct Vm {
     pub generation: u64,
     /// Host interfaces of the current run, released when it ends.
     pub net: Vec<Attachment>,
+    /// For an instance a non-root user made: that user, and the files of
+    /// its spec the user named (opened with the user's rights at every
+    /// start).
+    pub open_as: Option<vmproc::OpenAs>,
+    /// Declared in the configuration until a reload removed it while it
+    /// ran: it disappears when it stops.
+    pub removed: bool,
 }
 
 /// What the daemon does to a running guest.
@@ -119,6 +126,9 @@ pub(crate) struct Inner {
     pub local_network: bool,
     /// The host's cgroup layout, found on the first container start.
     pub cgroups: Option<kapsel_container::cgroup::CgroupMode>,
+    /// Guests the last reload removed from the configuration, so that
+    /// `start` can say so once they are gone.
+    pub removed: Vec<String>,
 }
 
 /// The daemon: shared by the connection threads.
@@ -139,13 +149,22 @@ fn render(diags: &[Diagnostic]) -> String {
 
 /// Reads a configuration file the way the daemon does.
 pub fn load_config(path: &std::path::Path, defines: &[(String, String)]) -> Result<Config, String> {
+    load_configs(&[path], defines)
+}
+
+/// Reads vm.conf and the files added with `kapsel load` as one
+/// configuration (see [`kapsel_config::load_all`]).
+fn load_configs(
+    paths: &[&std::path::Path],
+    defines: &[(String, String)],
+) -> Result<Config, String> {
     let accounts = HostAccounts::read();
     let opts = LoadOptions {
         defines: defines.to_vec(),
         accounts: Some(&accounts),
         ..LoadOptions::default()
     };
-    match kapsel_config::load(path, &opts) {
+    match kapsel_config::load_all(paths, &opts) {
         Ok((config, warnings)) => {
             for w in &warnings {
                 tracing::warn!("{}", w.render().trim_end());
@@ -194,6 +213,7 @@ impl Daemon {
                 created_switches: Vec::new(),
                 local_network: false,
                 cgroups: None,
+                removed: Vec::new(),
             }),
             changed: Condvar::new(),
             unpacking: Mutex::new(()),
@@ -233,6 +253,9 @@ impl Daemon {
                     vm.spec = spec;
                     vm.container = container;
                     vm.configured = true;
+                    vm.removed = false;
+                    // Root's file now: its next start opens it as root.
+                    vm.open_as = None;
                 }
                 None => {
                     if spec.enabled {
@@ -251,18 +274,31 @@ impl Daemon {
                         console: Console::new(),
                         generation: 0,
                         net: Vec::new(),
+                        open_as: None,
+                        removed: false,
                     });
                 }
             }
         }
+        let mut removed: Vec<String> = inner
+            .vms
+            .iter()
+            .filter(|v| v.configured && !names.contains(&v.spec.name))
+            .map(|v| v.spec.name.clone())
+            .collect();
         inner
             .vms
             .retain(|v| names.contains(&v.spec.name) || v.state != VmState::Stopped);
         for vm in inner.vms.iter_mut() {
             if !names.contains(&vm.spec.name) {
+                // Running guests that are no longer configured go when
+                // they stop (vmd forgets them the same way).
+                vm.removed |= vm.configured;
                 vm.configured = false;
             }
         }
+        removed.retain(|n| !names.contains(n));
+        inner.removed = removed;
         inner.config = config;
         added
     }
@@ -332,11 +368,20 @@ impl Daemon {
 
     fn find<'a>(inner: &'a mut Inner, target: &str) -> Result<&'a mut Vm, String> {
         let by_id = target.parse::<u32>().ok();
+        let removed = inner.removed.iter().any(|n| n == target);
         inner
             .vms
             .iter_mut()
             .find(|v| v.spec.name == target || Some(v.id) == by_id)
-            .ok_or_else(|| format!("no VM or container named {target}; `kapsel status` lists them"))
+            .ok_or_else(|| {
+                if removed {
+                    format!(
+                        "{target} was removed from the configuration; declare it in vm.conf again and run `kapsel reload`"
+                    )
+                } else {
+                    format!("no VM or container named {target}; `kapsel status` lists them")
+                }
+            })
     }
 
     /// Starts a known VM. Errors are for the user.
@@ -362,25 +407,31 @@ impl Daemon {
             .join(format!("{}.log", vm.spec.name));
         let spec = vm.spec.clone();
         let id = vm.id;
+        let mut ready = None;
         let (process, console_out, attachments) = match vm.container.clone() {
             Some(ct) => self.spawn_container(&mut inner, &ct, &spec, id)?,
             None => {
                 let (taps, attachments) = self.attach_interfaces(&mut inner, &spec, id)?;
+                let open_as = Self::find(&mut inner, target)?.open_as.clone();
                 let launch = vmproc::Launch {
                     spec: &spec,
                     kapsel: &self.opts.kapsel,
                     log: &log,
                     shutdown_timeout: self.opts.shutdown_timeout,
                     taps,
+                    open_as: open_as.as_ref(),
                 };
                 let spawned = vmproc::spawn(&launch);
                 drop(launch); // the daemon's copies of the taps
                 match spawned {
-                    Ok((p, out)) => (
-                        Proc::Vm(p),
-                        Box::new(out) as Box<dyn std::io::Read + Send>,
-                        attachments,
-                    ),
+                    Ok((p, out, r)) => {
+                        ready = Some(r);
+                        (
+                            Proc::Vm(p),
+                            Box::new(out) as Box<dyn std::io::Read + Send>,
+                            attachments,
+                        )
+                    }
                     Err(e) => {
                         for a in attachments {
                             a.release(&spec.name);
@@ -429,6 +480,28 @@ impl Daemon {
                 daemon.exited(&name, generation, report);
             })
             .map_err(|e| format!("cannot start the supervisor thread: {e}"))?;
+        // Like vmctl, say whether it could start: a VM process that cannot
+        // open its kernel or a disk (a user's file the user may not open,
+        // say) ends before it is ready, and its reason is the reply.
+        if let Some(ready) = ready {
+            if vmproc::wait_ready(&ready, READY_TIMEOUT) == vmproc::Ready::Failed {
+                let name = &spec.name;
+                let mut inner = self.lock();
+                loop {
+                    match inner.vms.iter().find(|v| &v.spec.name == name) {
+                        Some(v) if v.generation == generation && v.state != VmState::Stopped => {}
+                        Some(v) if v.generation == generation => {
+                            return Err(format!(
+                                "{kind} {name} could not start: {}",
+                                v.last_exit.as_deref().unwrap_or("it ended")
+                            ))
+                        }
+                        _ => return Err(format!("{kind} {name} could not start")),
+                    }
+                    inner = self.changed.wait(inner).unwrap_or_else(|e| e.into_inner());
+                }
+            }
+        }
         Ok(format!("started {kind} {target} (pid {pid})"))
     }
 
@@ -492,6 +565,7 @@ impl Daemon {
 
     fn exited(&self, name: &str, generation: u64, report: Option<ExitReport>) {
         let mut inner = self.lock();
+        let mut forget = false;
         if let Some(vm) = inner
             .vms
             .iter_mut()
@@ -520,6 +594,16 @@ impl Daemon {
             }
             vm.state = VmState::Stopped;
             vm.last_exit = Some(reason);
+            if vm.removed {
+                tracing::info!("{kind} {name}: removed from the configuration, forgotten");
+                forget = true;
+            }
+        }
+        if forget {
+            inner.vms.retain(|v| v.spec.name != name);
+            if !inner.removed.iter().any(|n| n == name) {
+                inner.removed.push(name.to_string());
+            }
         }
         self.changed.notify_all();
     }
@@ -627,7 +711,7 @@ impl Daemon {
                         v.last_exit.as_deref().unwrap_or("stopped")
                     )
                 }
-                None => return format!("{name} stopped"),
+                None => return format!("{name} stopped; it was removed from the configuration"),
             }
             inner = self.changed.wait(inner).unwrap_or_else(|e| e.into_inner());
         }
@@ -694,8 +778,9 @@ impl Daemon {
             Ok(())
         } else {
             Err(format!(
-                "{} may not {what} vm {}: it belongs to {}; ask root or its owner",
+                "{} may not {what} {} {}: it belongs to {}; ask root or its owner",
                 peer.describe(),
+                vm.kind(),
                 vm.spec.name,
                 describe_owner(vm.spec.owner.as_ref())
             ))
@@ -731,7 +816,8 @@ impl Daemon {
         if let Some(template) = &req.template {
             if known {
                 return Err(format!(
-                    "vm {} exists; give the new instance another name",
+                    "{} {} exists; give the new instance another name",
+                    vm_kind_of(&inner, &req.name),
                     req.name
                 ));
             }
@@ -753,6 +839,13 @@ impl Daemon {
                     "{template} is a container; -t makes instances of VMs"
                 ));
             }
+            // The user files of a parent that is itself a user's instance
+            // stay that user's in its instances.
+            let parent_open_as = inner
+                .vms
+                .iter()
+                .find(|v| &v.spec.name == template && !v.configured)
+                .and_then(|v| v.open_as.clone());
             let allow = parent.allow_instance.clone();
             if !peer.is_root() {
                 let permitted = allow
@@ -782,20 +875,69 @@ impl Daemon {
                         "vm {template} does not allow instances to change `{what}`; add it to its `allow instance` block"
                     ));
                 }
+                // vmd: an instance of an instance needs `instance` in the
+                // allow list the parent inherited.
+                if parent.instance_of.is_some() && !a.instance {
+                    return Err(format!(
+                        "vm {template} is itself an instance and does not allow instances of its own; \
+                         add `instance` to the `allow instance` block it inherits"
+                    ));
+                }
+                let made = inner
+                    .vms
+                    .iter()
+                    .filter(|v| {
+                        !v.configured && v.open_as.as_ref().is_some_and(|u| u.uid == peer.uid)
+                    })
+                    .count();
+                if made >= MAX_INSTANCES_PER_USER {
+                    return Err(format!(
+                        "{} has {made} instances, the most one user may have; \
+                         stopped ones are forgotten at the next `kapsel reload` (ask root), \
+                         or start one of them again",
+                        peer.describe()
+                    ));
+                }
             }
             let mut spec = parent;
             spec.name = req.name.clone();
             spec.instance_of = Some(template.clone());
             spec.disks.clear();
-            spec.allow_instance = None;
+            // Inherited, as in vmd: it says whether instances of this
+            // instance may be made, and what they may change.
             spec.owner = if peer.is_root() {
                 spec.owner
             } else {
                 Some(owner_of(peer))
             };
+            // Which files of the new VM the requester named (opened with
+            // that user's rights); root's own choices are opened as root.
+            let inherited = parent_open_as.as_ref();
+            let open_as = if peer.is_root() {
+                inherited.map(|p| vmproc::OpenAs {
+                    kernel: p.kernel && req.kernel.is_none(),
+                    disks: Vec::new(),
+                    ..p.clone()
+                })
+            } else {
+                Some(vmproc::OpenAs {
+                    uid: peer.uid,
+                    gid: peer.gid,
+                    groups: peer.groups.clone(),
+                    kernel: req.kernel.is_some() || inherited.is_some_and(|p| p.kernel),
+                    initrd: inherited.is_some_and(|p| p.initrd),
+                    disks: (0..req.disks.len()).collect(),
+                })
+            };
             apply_overrides(&mut spec, req)?;
-            self.add_adhoc(&mut inner, spec);
+            self.add_adhoc(&mut inner, spec, open_as);
         } else if !known {
+            if req.kernel.is_none() && inner.removed.contains(&req.name) {
+                return Err(format!(
+                    "{} was removed from the configuration; declare it in vm.conf again and run `kapsel reload`",
+                    req.name
+                ));
+            }
             Self::require_root(peer, "create VMs that vm.conf does not declare")?;
             kapsel_config::validate_name(&req.name)
                 .map_err(|e| format!("{e}: choose another name"))?;
@@ -809,7 +951,7 @@ impl Daemon {
             spec.memory = Some(kapsel_config::DEFAULT_VM_MEMORY);
             spec.cpus = Some(kapsel_config::DEFAULT_VM_CPUS);
             apply_overrides(&mut spec, req)?;
-            self.add_adhoc(&mut inner, spec);
+            self.add_adhoc(&mut inner, spec, None);
         } else {
             drop(inner);
             self.authorize(peer, &req.name, "start")?;
@@ -829,6 +971,11 @@ impl Daemon {
                     let mut spec = vm.spec.clone();
                     apply_overrides(&mut spec, req)?;
                     vm.spec = spec;
+                    // Root's -b replaces a user's kernel; root's disks
+                    // are added after the user's, opened as root.
+                    if let Some(user) = vm.open_as.as_mut().filter(|_| req.kernel.is_some()) {
+                        user.kernel = false;
+                    }
                 }
             }
         }
@@ -836,7 +983,7 @@ impl Daemon {
         self.start_vm(&req.name)
     }
 
-    fn add_adhoc(&self, inner: &mut Inner, spec: VmSpec) {
+    fn add_adhoc(&self, inner: &mut Inner, spec: VmSpec, open_as: Option<vmproc::OpenAs>) {
         let id = inner.next_id;
         inner.next_id += 1;
         inner.vms.push(Vm {
@@ -850,16 +997,15 @@ impl Daemon {
             console: Console::new(),
             generation: 0,
             net: Vec::new(),
+            open_as,
+            removed: false,
         });
     }
 
     /// Reads the configuration (and files added by `load`) again.
     pub fn reload(self: &Arc<Self>) -> Result<String, String> {
-        let mut config = load_config(&self.opts.config, &self.opts.defines)?;
         let loaded = self.lock().loaded.clone();
-        for file in &loaded {
-            merge(&mut config, load_config(file, &self.opts.defines)?, file)?;
-        }
+        let config = self.read_config(&loaded)?;
         let added = self.apply_config(config);
         self.ensure_switches()?;
         let n = added.len();
@@ -867,13 +1013,36 @@ impl Daemon {
         Ok(format!("configuration reloaded; {n} new VM(s) started"))
     }
 
+    /// vm.conf and `loaded`, read and checked as one configuration.
+    fn read_config(&self, loaded: &[PathBuf]) -> Result<Config, String> {
+        let paths: Vec<&std::path::Path> = std::iter::once(self.opts.config.as_path())
+            .chain(loaded.iter().map(PathBuf::as_path))
+            .collect();
+        load_configs(&paths, &self.opts.defines)
+    }
+
+    /// `kapsel load FILE`: FILE is read and checked together with vm.conf
+    /// and the files loaded before (so its VMs may use their switches and
+    /// templates), and the whole takes effect as on a reload.
     fn load(self: &Arc<Self>, path: &str) -> Result<String, String> {
         let path = PathBuf::from(path);
-        let extra = load_config(&path, &self.opts.defines)?;
-        let mut config = self.lock().config.clone();
-        merge(&mut config, extra, &path)?;
-        self.lock().loaded.push(path.clone());
+        let mut loaded = self.lock().loaded.clone();
+        if loaded.contains(&path) {
+            return Err(format!(
+                "{} is loaded already; `kapsel reload` reads it again",
+                path.display()
+            ));
+        }
+        loaded.push(path.clone());
+        let config = self.read_config(&loaded)?;
+        {
+            let mut inner = self.lock();
+            if !inner.loaded.contains(&path) {
+                inner.loaded.push(path.clone());
+            }
+        }
         let added = self.apply_config(config);
+        self.ensure_switches()?;
         let n = added.len();
         self.start_enabled(added);
         Ok(format!("loaded {}; {n} new VM(s) started", path.display()))
@@ -1232,6 +1401,16 @@ impl Daemon {
     }
 }
 
+/// How long `start` waits for a VM process to open its resources before
+/// it replies "started" all the same (a user's disk on a slow network
+/// file system, a FIFO that blocks its open).
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The most instances one non-root user may have (running or stopped):
+/// each costs the host memory, interfaces and a process while it runs,
+/// and the daemon's memory while it is known. vmd has no such limit.
+pub const MAX_INSTANCES_PER_USER: usize = 16;
+
 /// vmctl's start options on a VM spec.
 fn apply_overrides(spec: &mut VmSpec, req: &StartRequest) -> Result<(), String> {
     if let Some(k) = &req.kernel {
@@ -1260,40 +1439,6 @@ fn apply_overrides(spec: &mut VmSpec, req: &StartRequest) -> Result<(), String> 
             switch: Some(sw.clone()),
             ..kapsel_config::InterfaceSpec::default()
         });
-    }
-    Ok(())
-}
-
-/// Adds the switches, VMs and containers of `extra` (read from `file`) to
-/// `config`.
-fn merge(config: &mut Config, extra: Config, file: &std::path::Path) -> Result<(), String> {
-    for s in extra.switches {
-        if config.switch(&s.name).is_some() {
-            return Err(format!(
-                "{}: switch \"{}\" is already configured; rename it",
-                file.display(),
-                s.name
-            ));
-        }
-        config.switches.push(s);
-    }
-    let check = |c: &Config, kind: &str, name: &str| {
-        if c.vm(name).is_some() || c.container(name).is_some() {
-            Err(format!(
-                "{}: {kind} \"{name}\" is already configured; rename it",
-                file.display()
-            ))
-        } else {
-            Ok(())
-        }
-    };
-    for v in extra.vms {
-        check(config, "vm", &v.name)?;
-        config.vms.push(v);
-    }
-    for c in extra.containers {
-        check(config, "container", &c.name)?;
-        config.containers.push(c);
     }
     Ok(())
 }

@@ -23,6 +23,37 @@ pub struct Launch<'a> {
     pub shutdown_timeout: Duration,
     /// The open taps of its interfaces, in order, with the guest's MAC.
     pub taps: Vec<(OwnedFd, MacAddr)>,
+    /// The files a non-root user named, opened with that user's rights.
+    pub open_as: Option<&'a OpenAs>,
+}
+
+/// The user who made a VM (an instance) and the files of its spec that
+/// this user named: the VM process opens those with the user's rights
+/// (`kapsel run --open-as`), so that a user cannot have root open a file
+/// that the user may not read or write. Files that root wrote in vm.conf
+/// are opened with the VM process's own rights.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenAs {
+    /// The user's uid.
+    pub uid: u32,
+    /// Its primary gid.
+    pub gid: u32,
+    /// Its groups (the primary one may be among them).
+    pub groups: Vec<u32>,
+    /// The kernel (`boot`) is the user's.
+    pub kernel: bool,
+    /// The initrd is the user's.
+    pub initrd: bool,
+    /// The indexes in the spec's `disks` of the user's disks.
+    pub disks: Vec<usize>,
+}
+
+impl OpenAs {
+    /// The `--open-as` argument: UID:GID[:GID,...].
+    fn credentials(&self) -> String {
+        let groups: Vec<String> = self.groups.iter().map(u32::to_string).collect();
+        format!("{}:{}:{}", self.uid, self.gid, groups.join(","))
+    }
 }
 
 /// The descriptor number the first tap gets in the VM process (the next
@@ -59,6 +90,7 @@ pub fn run_args(
     spec: &VmSpec,
     shutdown_timeout: Duration,
     macs: &[MacAddr],
+    open_as: Option<&OpenAs>,
 ) -> Result<Vec<String>, String> {
     let name = &spec.name;
     if spec.cdrom.is_some() || spec.boot_device == Some(BootDevice::Cdrom) {
@@ -103,11 +135,24 @@ pub fn run_args(
         args.push("--cmdline".into());
         args.push(cmdline.clone());
     }
-    for disk in &spec.disks {
+    if let Some(user) = open_as {
+        args.push("--open-as".into());
+        args.push(user.credentials());
+        if user.kernel {
+            args.push("--kernel-as-user".into());
+        }
+        if user.initrd && spec.initrd.is_some() {
+            args.push("--initrd-as-user".into());
+        }
+    }
+    for (i, disk) in spec.disks.iter().enumerate() {
         let mut d = disk.path.display().to_string();
         if let Some(f) = disk.format {
             d.push_str(",format=");
             d.push_str(f.keyword());
+        }
+        if open_as.is_some_and(|u| u.disks.contains(&i)) {
+            d.push_str(",as-user");
         }
         args.push("--disk".into());
         args.push(d);
@@ -139,18 +184,75 @@ fn dup_above_targets(fd: &OwnedFd, count: usize) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(dup) })
 }
 
-/// Starts the VM process. Returns it and the console output stream.
-pub fn spawn(launch: &Launch) -> Result<(VmProcess, UnixStream), String> {
+/// A pipe: (read end, write end), both close-on-exec.
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills the two-element array it is given.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 returned two new descriptors that nothing else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Whether a VM process has opened its resources, from the read end of
+/// its `--ready-fd` pipe (see [`spawn`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ready {
+    /// It has: the guest is about to run.
+    Yes,
+    /// It ended before (its exit report says why).
+    Failed,
+    /// It did not say within the time given.
+    Unknown,
+}
+
+/// Waits up to `timeout` for the VM process to say it has opened its
+/// kernel, disks and taps (one byte on `ready`), or to end first.
+pub fn wait_ready(ready: &OwnedFd, timeout: Duration) -> Ready {
+    let mut pfd = libc::pollfd {
+        fd: ready.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    loop {
+        // SAFETY: pfd is one valid pollfd for the call.
+        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if rc < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        if rc <= 0 {
+            return Ready::Unknown;
+        }
+        let mut byte = 0u8;
+        // SAFETY: reads at most one byte into a live local.
+        let n = unsafe { libc::read(ready.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) };
+        return if n == 1 { Ready::Yes } else { Ready::Failed };
+    }
+}
+
+/// Starts the VM process. Returns it, the console output stream, and the
+/// read end of a pipe on which it says when its resources are open (see
+/// [`wait_ready`]).
+pub fn spawn(launch: &Launch) -> Result<(VmProcess, UnixStream, OwnedFd), String> {
     let name = &launch.spec.name;
     let macs: Vec<MacAddr> = launch.taps.iter().map(|(_, m)| *m).collect();
-    let args = run_args(launch.spec, launch.shutdown_timeout, &macs)?;
+    let mut args = run_args(launch.spec, launch.shutdown_timeout, &macs, launch.open_as)?;
+    // The write end of the readiness pipe follows the taps.
+    let (ready_read, ready_write) =
+        pipe().map_err(|e| format!("vm {name}: readiness pipe: {e}"))?;
+    let inherited = launch.taps.len() + 1;
     let mut high = Vec::new();
-    for (fd, _) in &launch.taps {
+    for fd in launch.taps.iter().map(|(fd, _)| fd).chain([&ready_write]) {
         high.push(
-            dup_above_targets(fd, launch.taps.len())
+            dup_above_targets(fd, inherited)
                 .map_err(|e| format!("vm {name}: tap descriptor: {e}"))?,
         );
     }
+    drop(ready_write);
+    args.push("--ready-fd".into());
+    args.push((FIRST_TAP_FD + launch.taps.len() as i32).to_string());
     let raw: Vec<i32> = high.iter().map(|f| f.as_raw_fd()).collect();
     let (daemon_end, vm_end) =
         UnixStream::pair().map_err(|e| format!("vm {name}: console socket: {e}"))?;
@@ -225,6 +327,7 @@ pub fn spawn(launch: &Launch) -> Result<(VmProcess, UnixStream), String> {
             stderr: Some(stderr),
         },
         console_out,
+        ready_read,
     ))
 }
 
@@ -376,7 +479,7 @@ mod tests {
     #[test]
     fn run_args_from_a_spec() {
         let mut spec = VmSpec::new("web");
-        assert!(run_args(&spec, Duration::from_secs(30), &[])
+        assert!(run_args(&spec, Duration::from_secs(30), &[], None)
             .unwrap_err()
             .contains("add `boot"));
         spec.boot = Some("/vm/vmlinuz".into());
@@ -388,7 +491,7 @@ mod tests {
             format: Some(kapsel_config::DiskFormat::Qcow2),
         });
         let mac = MacAddr([0xfe, 0xe1, 0xbb, 1, 2, 3]);
-        let args = run_args(&spec, Duration::from_secs(7), &[mac, mac])
+        let args = run_args(&spec, Duration::from_secs(7), &[mac, mac], None)
             .unwrap()
             .join(" ");
         assert!(args.contains("--net fd=3,mac=fe:e1:bb:01:02:03 --net fd=4,mac="));
@@ -396,10 +499,41 @@ mod tests {
         assert!(args.contains("--shutdown-timeout 7"));
         assert!(args.contains("--cmdline console=ttyS0 quiet"));
         assert!(args.contains("--disk /vm/web.qcow2,format=qcow2"));
+        assert!(!args.contains("as-user"));
+        // The files a user named are opened with that user's rights.
+        spec.disks.push(kapsel_config::DiskSpec {
+            path: "/home/u/mine.img".into(),
+            format: None,
+        });
+        let user = OpenAs {
+            uid: 1000,
+            gid: 100,
+            groups: vec![100, 24],
+            kernel: true,
+            initrd: true,
+            disks: vec![1],
+        };
+        let args = run_args(&spec, Duration::from_secs(7), &[], Some(&user))
+            .unwrap()
+            .join(" ");
+        assert!(args.contains("--open-as 1000:100:100,24 --kernel-as-user --disk"));
+        assert!(!args.contains("--initrd-as-user"), "no initrd: {args}");
+        assert!(args.contains("--disk /vm/web.qcow2,format=qcow2 --disk /home/u/mine.img,as-user"));
         spec.cdrom = Some("/x.iso".into());
-        assert!(run_args(&spec, Duration::ZERO, &[])
+        assert!(run_args(&spec, Duration::ZERO, &[], None)
             .unwrap_err()
             .contains("cdrom"));
+    }
+
+    #[test]
+    fn readiness_from_the_pipe() {
+        let (r, w) = pipe().unwrap();
+        assert_eq!(wait_ready(&r, Duration::from_millis(10)), Ready::Unknown);
+        std::fs::File::from(w).write_all(b"1").unwrap();
+        assert_eq!(wait_ready(&r, Duration::from_secs(5)), Ready::Yes);
+        let (r, w) = pipe().unwrap();
+        drop(w); // the process ended before it was ready
+        assert_eq!(wait_ready(&r, Duration::from_secs(5)), Ready::Failed);
     }
 
     #[test]

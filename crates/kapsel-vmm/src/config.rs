@@ -37,6 +37,9 @@ pub struct DiskConfig {
     pub format: Option<kapsel_image::Format>,
     /// Host caching of a raw image (O_DIRECT by default).
     pub cache: crate::devices::virtio::block::CacheMode,
+    /// Opened (with its backing chain) with the rights of
+    /// [`VmConfig::open_as`], not the VM process's own.
+    pub as_user: bool,
 }
 
 /// Where a network card's tap comes from.
@@ -102,6 +105,18 @@ pub struct VmConfig {
     /// Confine the VMM process before the guest runs (see
     /// [`crate::sandbox`]); off only for debugging.
     pub sandbox: bool,
+    /// The user whose rights open the files marked as that user's (see
+    /// [`crate::user_files`]): the kernel and initrd when `kernel_as_user`
+    /// and `initrd_as_user` are set, disks whose `as_user` is.
+    pub open_as: Option<crate::user_files::UserCredentials>,
+    /// The kernel is opened with the rights of `open_as`.
+    pub kernel_as_user: bool,
+    /// The initrd is opened with the rights of `open_as`.
+    pub initrd_as_user: bool,
+    /// An inherited descriptor (the write end of a pipe) on which the VM
+    /// process writes one byte and which it closes once every resource is
+    /// open: the supervisor then knows the VM could start.
+    pub ready_fd: Option<i32>,
 }
 
 impl VmConfig {
@@ -123,6 +138,10 @@ impl VmConfig {
             virtio_console: None,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             sandbox: true,
+            open_as: None,
+            kernel_as_user: false,
+            initrd_as_user: false,
+            ready_fd: None,
         }
     }
 }

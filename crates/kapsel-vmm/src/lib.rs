@@ -19,6 +19,7 @@ pub mod resources;
 pub mod sandbox;
 #[cfg(test)]
 mod test_util;
+pub mod user_files;
 pub mod vcpu;
 pub mod vm;
 

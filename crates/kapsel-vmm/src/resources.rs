@@ -9,7 +9,8 @@ use crate::devices::virtio::block::{BlockOptions, FastFile};
 use crate::devices::virtio::net::tap::Tap;
 use crate::devices::virtio::net::VNET_HDR_LEN;
 use crate::error::{Error, Result};
-use kapsel_image::BlockBackend;
+use crate::user_files::UserCredentials;
+use kapsel_image::{BlockBackend, ImageError};
 use kvm_ioctls::Kvm;
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -101,13 +102,26 @@ impl Resources {
         let nets = cfg.nets.iter().map(open_net).collect::<Result<_>>()?;
         let kvm = crate::vm::open_kvm()?;
         crate::vm::validate(cfg, &kvm)?;
-        let kernel = BootFile::open("kernel", &cfg.kernel)?;
+        let kernel = open_as(cfg, cfg.kernel_as_user, "kernel", || {
+            BootFile::open("kernel", &cfg.kernel)
+        })?;
         let initrd = cfg
             .initrd
             .as_deref()
-            .map(|p| BootFile::open("initrd", p))
+            .map(|p| {
+                open_as(cfg, cfg.initrd_as_user, "initrd", || {
+                    BootFile::open("initrd", p)
+                })
+            })
             .transpose()?;
-        let disks = cfg.disks.iter().map(open_disk).collect::<Result<_>>()?;
+        let disks = cfg
+            .disks
+            .iter()
+            .map(|d| {
+                let user = cfg.open_as.as_ref().filter(|_| d.as_user);
+                open_as(cfg, d.as_user, "disk", || open_disk(d, user))
+            })
+            .collect::<Result<_>>()?;
         // The console last: it puts the terminal in raw mode.
         let console = Console::open(&cfg.console, cfg.virtio_console.as_ref())?;
         Ok(Resources {
@@ -121,10 +135,33 @@ impl Resources {
     }
 }
 
+/// Writes one byte on the inherited descriptor `fd` (`--ready-fd`) and
+/// closes it: every resource is open. A supervisor that is gone is no
+/// reason to stop the guest, so errors are ignored.
+pub fn say_ready(fd: i32) {
+    // SAFETY: fd is the inherited descriptor check_inherited_fds checked is
+    // open and no tap's; it is written from a live byte and then closed,
+    // once, here.
+    unsafe {
+        libc::write(fd, b"1".as_ptr().cast(), 1);
+        libc::close(fd);
+    }
+}
+
 /// Refuses one inherited descriptor named twice (two owners would close
-/// it twice).
+/// it twice), and a `--ready-fd` that is not open.
 fn check_inherited_fds(cfg: &VmConfig) -> Result<()> {
     let mut seen = Vec::new();
+    if let Some(fd) = cfg.ready_fd {
+        // SAFETY: F_GETFD only asks whether the descriptor is open.
+        if fd < 3 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            return Err(Error::InvalidConfig(format!(
+                "--ready-fd {fd}: not an inherited descriptor; pass the write end of a pipe \
+                 left open across exec, numbered 3 or more"
+            )));
+        }
+        seen.push(fd);
+    }
     for net in &cfg.nets {
         if let TapSource::Fd(fd) = net.tap {
             if seen.contains(&fd) {
@@ -138,11 +175,78 @@ fn check_inherited_fds(cfg: &VmConfig) -> Result<()> {
     Ok(())
 }
 
-fn open_disk(disk: &DiskConfig) -> Result<OpenDisk> {
+/// Runs `open` with the rights of `cfg.open_as` when `as_user` (see
+/// [`crate::user_files`]), else with the VM process's own; `what` names
+/// the file in messages.
+fn open_as<T: Send>(
+    cfg: &VmConfig,
+    as_user: bool,
+    what: &str,
+    open: impl FnOnce() -> Result<T> + Send,
+) -> Result<T> {
+    if !as_user {
+        return open();
+    }
+    let Some(user) = &cfg.open_as else {
+        return Err(Error::InvalidConfig(format!(
+            "the {what} is to be opened with a user's rights, but no user is given; \
+             add --open-as UID:GID"
+        )));
+    };
+    let opened = user.run(open).map_err(|e| {
+        Error::io(
+            format!("opening the {what} with the rights of {}", user.describe()),
+            e,
+        )
+    })?;
+    opened.map_err(|e| match e {
+        Error::File { what, path, source } if source.kind() == io::ErrorKind::PermissionDenied => {
+            Error::InvalidConfig(format!(
+                "{what} {}: permission denied for user {}: the user who starts the VM \
+                 must be able to read it",
+                path.display(),
+                user.describe()
+            ))
+        }
+        other => other,
+    })
+}
+
+/// Opens a disk and its backing chain; `user` is the user whose rights
+/// this thread has, when it has a user's.
+fn open_disk(disk: &DiskConfig, user: Option<&UserCredentials>) -> Result<OpenDisk> {
     // The message names the image and the fix (format mismatch, missing
     // backing file, unreadable file). The backing chain is opened here too.
-    let backend = kapsel_image::open(&disk.path, disk.format, disk.read_only)
-        .map_err(|e| Error::InvalidConfig(format!("--disk: {e}")))?;
+    let backend =
+        kapsel_image::open(&disk.path, disk.format, disk.read_only).map_err(|e| {
+            let denied = |source: &io::Error| source.kind() == io::ErrorKind::PermissionDenied;
+            Error::InvalidConfig(match (user, &e) {
+                (Some(u), ImageError::Open { path, source }) if denied(source) => {
+                    format!(
+                "disk {}: permission denied for user {}: the user who starts the VM must be \
+                 able to {} it",
+                path.display(),
+                u.describe(),
+                if disk.read_only { "read" } else { "read and write" }
+            )
+                }
+                (
+                    Some(u),
+                    ImageError::MissingBacking {
+                        image,
+                        backing,
+                        source,
+                    },
+                ) if denied(source) => format!(
+                    "disk {}: its backing file {}: permission denied for user {}: the user who \
+                 starts the VM must be able to read every file of the image's backing chain",
+                    image.display(),
+                    backing.display(),
+                    u.describe()
+                ),
+                _ => format!("--disk: {e}"),
+            })
+        })?;
     let read_only = disk.read_only || backend.read_only();
     let fast = FastFile::open(backend.as_ref(), disk.cache, read_only);
     tracing::debug!(

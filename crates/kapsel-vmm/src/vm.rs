@@ -176,6 +176,9 @@ impl Drop for StopSignals {
 /// open resources under the same sandbox.
 pub fn run(cfg: &VmConfig) -> Result<VmExit> {
     let resources = Resources::open(cfg)?;
+    if let Some(fd) = cfg.ready_fd {
+        crate::resources::say_ready(fd);
+    }
     vcpu::install_kick_handler()?;
     let signals = StopSignals::block()?;
     let filters = if cfg.sandbox {

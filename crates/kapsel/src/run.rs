@@ -3,6 +3,7 @@
 use clap::{Args, ValueEnum};
 use kapsel_vmm::config::{DiskConfig, NetConfig, TapSource};
 use kapsel_vmm::devices::virtio::block::CacheMode;
+use kapsel_vmm::user_files::UserCredentials;
 use kapsel_vmm::{ConsoleSpec, OnReboot, VmConfig, VmExit};
 use std::path::PathBuf;
 
@@ -34,7 +35,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "FEATURES", value_delimiter = ',')]
     pub hide_cpuid: Vec<String>,
     /// A virtio-blk disk (repeatable: vda, vdb, ...):
-    /// PATH[,ro][,format=raw|qcow2][,serial=ID][,cache=none|writeback].
+    /// PATH[,ro][,format=raw|qcow2][,serial=ID][,cache=none|writeback][,as-user];
+    /// as-user opens it, and its backing chain, with the rights of --open-as.
     #[arg(long = "disk", value_name = "SPEC", value_parser = parse_disk)]
     pub disks: Vec<DiskConfig>,
     /// Give the guest a virtio-rng entropy device.
@@ -53,6 +55,23 @@ pub struct RunArgs {
     /// inherited descriptor N: tap=NAME|fd=N[,mac=52:54:00:12:34:56].
     #[arg(long = "net", value_name = "SPEC", value_parser = parse_net)]
     pub nets: Vec<NetConfig>,
+    /// Open the files marked as a user's (--kernel-as-user,
+    /// --initrd-as-user, the disk option as-user) with that user's rights:
+    /// UID:GID[:GID,GID...], the supplementary groups last. The daemon
+    /// gives it for the files a non-root user named; needs root.
+    #[arg(long, value_name = "UID:GID[:GROUPS]", value_parser = UserCredentials::parse)]
+    pub open_as: Option<UserCredentials>,
+    /// Write one byte on the inherited descriptor N (a pipe), and close
+    /// it, once every file, device and tap is open: a supervisor (kapseld)
+    /// learns that the VM could start.
+    #[arg(long, value_name = "N")]
+    pub ready_fd: Option<i32>,
+    /// Open the kernel with the rights of --open-as.
+    #[arg(long, requires = "open_as")]
+    pub kernel_as_user: bool,
+    /// Open the initrd with the rights of --open-as.
+    #[arg(long, requires = "open_as")]
+    pub initrd_as_user: bool,
     /// Run without the sandbox (empty mount namespace, no capabilities,
     /// seccomp filters). For debugging only: a guest that escapes a device
     /// model then has everything this process has.
@@ -99,10 +118,12 @@ fn parse_disk(text: &str) -> Result<DiskConfig, String> {
         serial: None,
         format: None,
         cache: CacheMode::default(),
+        as_user: false,
     };
     for opt in parts {
         match opt.split_once('=') {
             None if opt == "ro" => disk.read_only = true,
+            None if opt == "as-user" => disk.as_user = true,
             Some(("format", f)) => {
                 disk.format = Some(
                     f.parse::<kapsel_image::Format>()
@@ -116,7 +137,8 @@ fn parse_disk(text: &str) -> Result<DiskConfig, String> {
             Some(("cache", c)) => disk.cache = c.parse::<CacheMode>()?,
             _ => {
                 return Err(format!(
-                    "unknown disk option \"{opt}\"; use ro, format=raw, serial=ID, cache=none"
+                    "unknown disk option \"{opt}\"; \
+                     use ro, format=raw, serial=ID, cache=none, as-user"
                 ))
             }
         }
@@ -201,7 +223,15 @@ pub fn main(args: RunArgs) -> u8 {
         virtio_console: args.virtio_console,
         shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout),
         sandbox: !args.no_sandbox,
+        open_as: args.open_as,
+        kernel_as_user: args.kernel_as_user,
+        initrd_as_user: args.initrd_as_user,
+        ready_fd: args.ready_fd,
     };
+    if cfg.disks.iter().any(|d| d.as_user) && cfg.open_as.is_none() {
+        eprintln!("kapsel run: the disk option as-user needs --open-as UID:GID");
+        return 2;
+    }
     match kapsel_vmm::run(&cfg) {
         Ok(exit) => {
             tracing::info!("{exit}");
@@ -254,6 +284,8 @@ mod tests {
             .unwrap_err()
             .contains("unknown disk option"));
         assert!(parse_disk(",ro").is_err());
+        assert!(parse_disk("g.img,as-user").unwrap().as_user);
+        assert!(!parse_disk("g.img").unwrap().as_user);
         assert!(parse_disk("e.img,serial=123456789012345678901").is_err());
         // O_DIRECT unless asked otherwise.
         assert_eq!(parse_disk("f.img").unwrap().cache, CacheMode::None);
