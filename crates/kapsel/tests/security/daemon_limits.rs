@@ -223,7 +223,8 @@ fn slowloris(
 fn refused(c: &mut UnixStream) -> bool {
     let mut b = [0u8; 64];
     match c.read(&mut b) {
-        Ok(_) => true,
+        // An answer (n > 0) or the end (0): either way it is over.
+        Ok(_n) => true,
         Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
     }
 }
@@ -475,4 +476,67 @@ fn users_cannot_forge_log_lines_or_read_vm_logs() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// Findings 5 and 6: waiting requests (`wait`, `stop -w`) hold a
+/// connection each; a user gets only its share of them, and a wait whose
+/// client hangs up gives its place back.
+#[test]
+fn waits_count_against_their_user_and_end_with_their_clients() {
+    if !kvm_usable() {
+        return;
+    }
+    let Some(ids) = test_user() else {
+        return;
+    };
+    let d = Kapseld::start(&idle_vm("mine", &format!("\towner {USER}\n")));
+    d.wait_state("mine", "running");
+    let socket = d.socket();
+    let (waits, over) = as_user(ids, move || {
+        let mut waits = Vec::new();
+        // More waits than a user may hold.
+        for _ in 0..40 {
+            let Ok(mut s) = UnixStream::connect(&socket) else {
+                break;
+            };
+            let _ = send_raw(
+                &mut s,
+                serde_json::to_value(Request::Wait {
+                    target: "mine".into(),
+                })
+                .unwrap(),
+            );
+            waits.push(s);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let over = ask(&socket, &Request::Status { target: None });
+        (waits, over)
+    });
+    println!("the user's status while it holds 40 waits: {over:?}");
+    assert!(
+        matches!(&over, Ok(Response::Error { message }) if message.contains("too many connections")),
+        "a user holds any number of waiting connections: {over:?}"
+    );
+    // Root is served all the while.
+    assert!(matches!(
+        ask(&d.socket(), &Request::Status { target: None }),
+        Ok(Response::Status { .. })
+    ));
+    drop(waits);
+    let socket = d.socket();
+    let again = as_user(ids, move || {
+        let until = Instant::now() + Duration::from_secs(5);
+        loop {
+            let r = ask(&socket, &Request::Status { target: None });
+            if matches!(r, Ok(Response::Status { .. })) || Instant::now() > until {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    assert!(
+        matches!(again, Ok(Response::Status { .. })),
+        "the waits of a client that left still hold its places: {again:?}"
+    );
+    assert_eq!(d.vm("mine")["state"], "running");
 }
