@@ -277,6 +277,10 @@ fn serve(daemon: &Arc<Daemon>, mut stream: UnixStream) {
             tty,
             winsize,
         } => {
+            // The command's output waits for its reader as long as it
+            // takes (a pager may pause it); the session holds this
+            // connection's slot meanwhile.
+            let _ = stream.set_write_timeout(None);
             let mut reply_to = match stream.try_clone() {
                 Ok(s) => s,
                 Err(e) => {

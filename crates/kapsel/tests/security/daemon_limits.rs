@@ -540,3 +540,75 @@ fn waits_count_against_their_user_and_end_with_their_clients() {
     );
     assert_eq!(d.vm("mine")["state"], "running");
 }
+
+/// Threads bounded in total: an `exec` client that keeps its connection
+/// open after the command's exit status left the daemon's input thread
+/// (and its descriptors) behind, one per exec, while its connection slot
+/// was already free.
+#[test]
+fn finished_execs_leave_no_threads_behind() {
+    if let Some(reason) = ctcommon::skip_reason() {
+        println!("SKIP: {reason}");
+        return;
+    }
+    let Some(ids) = test_user() else {
+        return;
+    };
+    let root = ctcommon::Rootfs::new("execs");
+    let name = ctcommon::name("execs");
+    let conf = format!(
+        "container \"{name}\" {{\n\troot \"{}\"\n\towner {USER}\n\tinit \"/bin/sleep\" \"1000000\"\n}}\n",
+        root.path.display()
+    );
+    let d = Kapseld::start(&conf);
+    d.wait_state(&name, "running");
+    let pid = pid(&d);
+    let (threads_before, fds_before) = (threads(pid), open_fds(pid));
+    const EXECS: usize = 100;
+    let socket = d.socket();
+    let held = as_user(ids, move || {
+        let mut held = Vec::new();
+        for _ in 0..EXECS {
+            let mut s = UnixStream::connect(&socket).expect("connect");
+            send(
+                &mut s,
+                &Request::Exec {
+                    target: name.clone(),
+                    argv: vec!["/bin/true".into()],
+                    tty: false,
+                    winsize: None,
+                },
+            );
+            match answer(&mut s) {
+                Ok(Response::Ok { .. }) => {}
+                other => panic!("exec refused: {other:?}"),
+            }
+            // Up to the exit status, then keep the connection open.
+            loop {
+                let (kind, _) =
+                    kapsel_daemon::ctproc::exec_frames::read(&mut s).expect("the exit status");
+                if kind == kapsel_daemon::ctproc::exec_frames::EXIT {
+                    break;
+                }
+            }
+            held.push(s);
+        }
+        held
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let (threads_after, fds_after) = (threads(pid), open_fds(pid));
+    println!(
+        "daemon after {EXECS} execs whose clients stay connected: threads {threads_before} -> {threads_after}, descriptors {fds_before} -> {fds_after}"
+    );
+    assert!(
+        threads_after < threads_before + 10,
+        "{} threads stay behind {EXECS} finished execs",
+        threads_after - threads_before
+    );
+    assert!(
+        fds_after < fds_before + 10,
+        "{} descriptors stay behind {EXECS} finished execs",
+        fds_after - fds_before
+    );
+    drop(held);
+}
