@@ -29,6 +29,10 @@ pub const VIEWER_QUEUE_BYTES: usize = 256 * 1024;
 /// detached.
 pub const VIEWER_STALL: Duration = Duration::from_secs(10);
 
+/// How long a viewer's input may wait for a VM to take it; then that
+/// viewer's input is dropped (its output goes on).
+pub const INPUT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The most viewers of one console, root's beyond them not counted.
 pub const MAX_VIEWERS: usize = 16;
 

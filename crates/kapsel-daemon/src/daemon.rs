@@ -1262,7 +1262,13 @@ impl Daemon {
             .as_ref()
             .map(|p| -> std::io::Result<Box<dyn std::io::Write + Send>> {
                 Ok(match p {
-                    Proc::Vm(p) => Box::new(p.console_input()?),
+                    Proc::Vm(p) => {
+                        // A guest that takes no input costs the viewer its
+                        // input, never the viewer's thread.
+                        let input = p.console_input()?;
+                        input.set_write_timeout(Some(crate::console::INPUT_TIMEOUT))?;
+                        Box::new(input)
+                    }
                     Proc::Container(c) => Box::new(c.console_input()?),
                 })
             })
