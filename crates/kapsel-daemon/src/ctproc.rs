@@ -439,6 +439,9 @@ impl ExecTarget {
         }
         let code = proc.wait().map(|s| s.code()).unwrap_or(125);
         let _ = exec_frames::write_exit(&mut to_client, code);
+        // The input thread's read ends here, even for a client that keeps
+        // its end open: the thread and its descriptors go with the request.
+        let _ = to_client.shutdown(std::net::Shutdown::Both);
         Ok(())
     }
 }

@@ -191,12 +191,7 @@ impl Daemon {
     /// Reads the configuration; nothing is started yet.
     pub fn new(opts: Options) -> Result<Arc<Daemon>, DaemonError> {
         let config = load_config(&opts.config, &opts.defines).map_err(DaemonError::Config)?;
-        std::fs::create_dir_all(opts.state_dir.join("vms")).map_err(|e| {
-            DaemonError::Setup(format!(
-                "state directory {}: {e}; give a writable one with --state-dir",
-                opts.state_dir.display()
-            ))
-        })?;
+        private_state_dir(&opts.state_dir).map_err(DaemonError::Setup)?;
         // Before anything on the host is touched (switches, NAT, guests).
         let state_lock = crate::statelock::StateLock::take(&opts.state_dir)
             .map_err(|e| DaemonError::Setup(e.to_string()))?;
@@ -327,7 +322,7 @@ impl Daemon {
                             return;
                         }
                         if let Err(e) = daemon.start_vm(name) {
-                            tracing::error!("{name}: {e}");
+                            tracing::error!("{name}: {}", crate::proto::log_safe(&e));
                         }
                     }
                 }
@@ -587,10 +582,12 @@ impl Daemon {
             for a in vm.net.drain(..) {
                 a.release(name);
             }
+            // The reason can be the VM process's last line of stderr.
+            let logged = crate::proto::log_safe(&reason);
             if failure {
-                tracing::warn!("{kind} {name}: {reason}");
+                tracing::warn!("{kind} {name}: {logged}");
             } else {
-                tracing::info!("{kind} {name}: {reason}");
+                tracing::info!("{kind} {name}: {logged}");
             }
             vm.state = VmState::Stopped;
             vm.last_exit = Some(reason);
@@ -636,10 +633,57 @@ impl Daemon {
         }
     }
 
-    /// Asks a VM to stop (power button) or kills it; with `wait`, returns
-    /// once it has stopped. A guest that ignores the button is killed after
-    /// the shutdown timeout.
-    fn stop_vm(self: &Arc<Self>, target: &str, force: bool, wait: bool) -> Result<String, String> {
+    /// `stop`: the guests `targets` (names or IDs, each checked against
+    /// `peer`, resolved and deduplicated: at most one power button per
+    /// guest, however often a request names it), all from this thread:
+    /// every power button first, then, with `wait`, one wait for all. A
+    /// target that fails does not keep the others from stopping; its error
+    /// is the answer.
+    fn stop_many(
+        self: &Arc<Self>,
+        peer: &Peer,
+        targets: &[String],
+        force: bool,
+        wait: bool,
+        gone: &dyn Fn() -> bool,
+    ) -> Result<String, String> {
+        let mut names: Vec<String> = Vec::new();
+        for t in targets {
+            self.authorize(peer, t, "stop")?;
+            let name = Self::find(&mut self.lock(), t)?.spec.name.clone();
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        let mut lines = Vec::new();
+        let mut pressed = Vec::new();
+        let mut failed = None;
+        for name in names {
+            match self.stop_vm(&name, force) {
+                Ok((generation, line)) => {
+                    pressed.push((name, generation));
+                    lines.push(line);
+                }
+                Err(e) => failed = Some(e),
+            }
+        }
+        if wait {
+            lines.clear();
+            for (name, generation) in &pressed {
+                let inner = self.lock();
+                lines.push(self.until_stopped(inner, name, *generation, gone));
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(lines.join("\n")),
+        }
+    }
+
+    /// Asks a VM to stop (power button) or kills it; returns the
+    /// generation of the run that stops and a line for the user. A guest
+    /// that ignores the button is killed after the shutdown timeout.
+    fn stop_vm(self: &Arc<Self>, target: &str, force: bool) -> Result<(u64, String), String> {
         let mut inner = self.lock();
         let (vm, generation) = Self::running(&mut inner, target)?;
         let name = vm.spec.name.clone();
@@ -682,25 +726,29 @@ impl Daemon {
                     }
                 });
         }
-        if !wait {
-            let kind = vm_kind_of(&inner, &name);
-            return Ok(if force {
+        let kind = vm_kind_of(&inner, &name);
+        Ok((
+            generation,
+            if force {
                 format!("{kind} {name} killed")
             } else {
                 format!("stopping {kind} {name}")
-            });
-        }
-        Ok(self.until_stopped(inner, &name, generation))
+            },
+        ))
     }
 
     /// Waits (releasing the lock) until run `generation` of the guest
-    /// `name` has ended; says how it ended.
+    /// `name` has ended, or until `gone` (the client hung up); says how it
+    /// ended.
     fn until_stopped(
         &self,
         mut inner: MutexGuard<'_, Inner>,
         name: &str,
         generation: u64,
+        gone: &dyn Fn() -> bool,
     ) -> String {
+        /// How often a waiting request looks whether its client is gone.
+        const HANGUP_CHECK: Duration = Duration::from_secs(1);
         loop {
             match inner.vms.iter().find(|v| v.spec.name == name) {
                 Some(v) if v.generation == generation && v.state != VmState::Stopped => {}
@@ -713,15 +761,22 @@ impl Daemon {
                 }
                 None => return format!("{name} stopped; it was removed from the configuration"),
             }
-            inner = self.changed.wait(inner).unwrap_or_else(|e| e.into_inner());
+            if gone() {
+                return format!("{name}: the client left before it stopped");
+            }
+            inner = self
+                .changed
+                .wait_timeout(inner, HANGUP_CHECK)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 
-    fn wait_vm(&self, target: &str) -> Result<String, String> {
+    fn wait_vm(&self, target: &str, gone: &dyn Fn() -> bool) -> Result<String, String> {
         let mut inner = self.lock();
         let (vm, generation) = Self::running(&mut inner, target)?;
         let name = vm.spec.name.clone();
-        Ok(self.until_stopped(inner, &name, generation))
+        Ok(self.until_stopped(inner, &name, generation, gone))
     }
 
     /// The guest `target` and the generation of its current run; an error
@@ -1066,7 +1121,7 @@ impl Daemon {
             tracing::info!("stopping {} VM(s)", names.len());
         }
         for name in &names {
-            let _ = self.stop_vm(name, false, false);
+            let _ = self.stop_vm(name, false);
         }
         let mut inner = self.lock();
         while inner.vms.iter().any(|v| v.state != VmState::Stopped) {
@@ -1213,16 +1268,34 @@ impl Daemon {
         ))
     }
 
-    /// Answers one request from `peer`. `stream` is the connection, for
-    /// requests (console) that keep it.
+    /// Answers one request from `peer`.
     pub fn handle(self: &Arc<Self>, peer: &Peer, request: Request) -> Response {
-        match self.dispatch(peer, request) {
+        self.handle_for(peer, request, None)
+    }
+
+    /// Answers one request from `peer` on the connection `client`: a
+    /// request that waits (`wait`, `stop -w`) gives up when the client
+    /// hangs up, so that it holds nothing for nobody.
+    pub fn handle_for(
+        self: &Arc<Self>,
+        peer: &Peer,
+        request: Request,
+        client: Option<&UnixStream>,
+    ) -> Response {
+        let gone = || client.is_some_and(crate::server::hung_up);
+        match self.dispatch(peer, request, &gone) {
             Ok(message) => Response::Ok { message },
             Err(message) => Response::Error { message },
         }
     }
 
-    fn dispatch(self: &Arc<Self>, peer: &Peer, request: Request) -> Result<String, String> {
+    fn dispatch(
+        self: &Arc<Self>,
+        peer: &Peer,
+        request: Request,
+        gone: &dyn Fn() -> bool,
+    ) -> Result<String, String> {
+        request.check()?;
         match request {
             Request::Start(req) => self.start(peer, &req),
             Request::Stop {
@@ -1240,34 +1313,13 @@ impl Daemon {
                 if targets.is_empty() && !all {
                     return Err("name the VM to stop, or give -a for all".into());
                 }
-                for t in &targets {
-                    self.authorize(peer, t, "stop")?;
-                }
-                let mut lines = Vec::new();
-                let waiters: Vec<_> = targets
-                    .into_iter()
-                    .map(|t| {
-                        let d = self.clone();
-                        std::thread::spawn(move || d.stop_vm(&t, force, wait))
-                    })
-                    .collect();
-                let mut failed = None;
-                for w in waiters {
-                    match w.join().unwrap_or_else(|_| Err("internal error".into())) {
-                        Ok(line) => lines.push(line),
-                        Err(e) => failed = Some(e),
-                    }
-                }
-                match failed {
-                    Some(e) => Err(e),
-                    None => Ok(lines.join("\n")),
-                }
+                self.stop_many(peer, &targets, force, wait, gone)
             }
             Request::Pause { target } => self.pause(peer, &target, true),
             Request::Unpause { target } => self.pause(peer, &target, false),
             Request::Wait { target } => {
                 self.authorize(peer, &target, "wait for")?;
-                self.wait_vm(&target)
+                self.wait_vm(&target, gone)
             }
             Request::Reload => {
                 Self::require_root(peer, "reload the configuration")?;
@@ -1281,7 +1333,10 @@ impl Daemon {
                 Self::require_root(peer, "reset the daemon's state")?;
                 if matches!(what, ResetWhat::All | ResetWhat::Vms) {
                     for name in self.running_names() {
-                        let _ = self.stop_vm(&name, true, true);
+                        if let Ok((generation, _)) = self.stop_vm(&name, true) {
+                            let inner = self.lock();
+                            self.until_stopped(inner, &name, generation, &|| false);
+                        }
                     }
                 }
                 if what == ResetWhat::All {
@@ -1383,12 +1438,19 @@ impl Daemon {
             .as_ref()
             .map(|p| -> std::io::Result<Box<dyn std::io::Write + Send>> {
                 Ok(match p {
-                    Proc::Vm(p) => Box::new(p.console_input()?),
+                    Proc::Vm(p) => {
+                        // A guest that takes no input costs the viewer its
+                        // input, never the viewer's thread.
+                        let input = p.console_input()?;
+                        input.set_write_timeout(Some(crate::console::INPUT_TIMEOUT))?;
+                        Box::new(input)
+                    }
                     Proc::Container(c) => Box::new(c.console_input()?),
                 })
             })
             .transpose()
             .map_err(|e| format!("console of {}: {e}", vm.spec.name))?;
+        vm.console.may_attach(peer.is_root())?;
         if input.is_none() && vm.console.history().is_empty() {
             return Err(format!(
                 "{} {} is not running; start it with `kapsel start -c {}`",
@@ -1410,6 +1472,37 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// each costs the host memory, interfaces and a process while it runs,
 /// and the daemon's memory while it is known. vmd has no such limit.
 pub const MAX_INSTANCES_PER_USER: usize = 16;
+
+/// Makes the state directory and its `vms/` (the VMs' logs: command lines,
+/// disk paths) exist, closed to other users, and closes existing ones
+/// made by older releases. The state directory is 0711, as Incus keeps
+/// /var/lib/incus: others may pass through it (an unprivileged
+/// container's mapped root reaches its root tree under `ct/`) but not
+/// list it; `vms/` is 0700 and each log 0600.
+fn private_state_dir(dir: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let vms = dir.join("vms");
+    for (path, mode) in [(dir, 0o711), (vms.as_path(), 0o700)] {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(path)
+            .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)))
+            .map_err(|e| {
+                format!(
+                    "state directory {}: {e}; give a writable one with --state-dir",
+                    path.display()
+                )
+            })?;
+    }
+    for entry in std::fs::read_dir(&vms).map_err(|e| format!("{}: {e}", vms.display()))? {
+        let Ok(entry) = entry else { continue };
+        if entry.file_type().is_ok_and(|t| t.is_file()) {
+            let _ = std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o600));
+        }
+    }
+    Ok(())
+}
 
 /// vmctl's start options on a VM spec.
 fn apply_overrides(spec: &mut VmSpec, req: &StartRequest) -> Result<(), String> {

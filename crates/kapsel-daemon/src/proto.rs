@@ -6,15 +6,48 @@
 //! kind) with an error reply and keeps serving. After a successful
 //! [`Request::Console`] reply the connection carries the console's raw bytes
 //! both ways.
+//!
+//! # Bounds
+//!
+//! Every request is bounded in size, time and the work it may cause
+//! ([`Request::check`] refuses one over its bounds before any work):
+//!
+//! | request | bound |
+//! |---|---|
+//! | any | [`MAX_MESSAGE`] bytes, arriving whole within the daemon's request deadline; names and IDs at most [`MAX_TARGET_LEN`] bytes |
+//! | `stop` | at most [`MAX_TARGETS`] names; the daemon resolves and dedupes them, so the work is at most one power button per guest, from the connection's own thread |
+//! | `start` | paths at most [`MAX_PATH_LEN`] bytes, at most [`MAX_START_DISKS`] disks, at most `MAX_VM_INTERFACES` interfaces |
+//! | `exec` | at most [`MAX_EXEC_ARGS`] arguments (their total is bounded by the message) |
+//! | `load` | a path of at most [`MAX_PATH_LEN`] bytes (root only) |
+//! | `console`, `exec`, `wait`, `stop -w` | hold their connection (one of the caller's connection slots) while they last; a waiting request ends when its client hangs up |
+//! | `status`, `pause`, `unpause`, `reload`, `reset`, `log` | one name at most; the last three are root's |
 
 use serde::{Deserialize, Serialize};
 use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Instant;
 
 /// The version of the protocol; a daemon refuses requests of another.
 pub const PROTOCOL_VERSION: u32 = 1;
 
 /// The largest message either side accepts.
 pub const MAX_MESSAGE: u32 = 1 << 20;
+
+/// The longest guest name or ID a request may give: names are at most
+/// `kapsel_config::MAX_NAME_LEN` bytes, IDs fewer digits.
+pub const MAX_TARGET_LEN: usize = kapsel_config::MAX_NAME_LEN;
+
+/// The most names one `stop` may give (more guests: `stop -a`).
+pub const MAX_TARGETS: usize = 1024;
+
+/// The longest path a request may give (Linux's `PATH_MAX`).
+pub const MAX_PATH_LEN: usize = 4096;
+
+/// The most disks `start -d` may add (vmd's `VM_MAX_DISKS_PER_VM`).
+pub const MAX_START_DISKS: usize = 16;
+
+/// The most arguments of an `exec` command.
+pub const MAX_EXEC_ARGS: usize = 4096;
 
 /// What the command line asks for, with the protocol version.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -101,6 +134,108 @@ pub enum Request {
         /// `brief` or `verbose`.
         level: LogLevel,
     },
+}
+
+impl Request {
+    /// Checks the request against its bounds (the module's table): an
+    /// error names the field and the limit.
+    pub fn check(&self) -> Result<(), String> {
+        let name = |what: &str, s: &str| {
+            if s.len() > MAX_TARGET_LEN {
+                Err(format!(
+                    "{what} of {} bytes is longer than any VM or container name (at most {MAX_TARGET_LEN})",
+                    s.len()
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        let path = |what: &str, s: &str| {
+            if s.len() > MAX_PATH_LEN {
+                Err(format!(
+                    "{what} of {} bytes is over the limit of {MAX_PATH_LEN}",
+                    s.len()
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        match self {
+            Request::Start(s) => {
+                name("the name", &s.name)?;
+                for (what, p) in [("the kernel path", &s.kernel), ("the cdrom path", &s.cdrom)] {
+                    if let Some(p) = p {
+                        path(what, p)?;
+                    }
+                }
+                if s.disks.len() > MAX_START_DISKS {
+                    return Err(format!(
+                        "{} disks given; a start adds at most {MAX_START_DISKS}",
+                        s.disks.len()
+                    ));
+                }
+                for d in &s.disks {
+                    path("a disk path", d)?;
+                }
+                if let Some(n) = s.interfaces {
+                    if n > kapsel_config::MAX_VM_INTERFACES {
+                        return Err(format!(
+                            "{n} interfaces asked; a VM has at most {}",
+                            kapsel_config::MAX_VM_INTERFACES
+                        ));
+                    }
+                }
+                if let Some(sw) = &s.switch {
+                    name("the switch name", sw)?;
+                }
+                if let Some(t) = &s.template {
+                    name("the template name", t)?;
+                }
+                Ok(())
+            }
+            Request::Stop { targets, .. } => {
+                if targets.len() > MAX_TARGETS {
+                    return Err(format!(
+                        "{} names given; one stop takes at most {MAX_TARGETS} (stop -a stops every VM)",
+                        targets.len()
+                    ));
+                }
+                targets.iter().try_for_each(|t| name("a name", t))
+            }
+            Request::Status { target } => target.as_deref().map_or(Ok(()), |t| name("the name", t)),
+            Request::Console { target }
+            | Request::Pause { target }
+            | Request::Unpause { target }
+            | Request::Wait { target } => name("the name", target),
+            Request::Exec { target, argv, .. } => {
+                name("the name", target)?;
+                if argv.len() > MAX_EXEC_ARGS {
+                    return Err(format!(
+                        "a command of {} arguments; exec takes at most {MAX_EXEC_ARGS}",
+                        argv.len()
+                    ));
+                }
+                Ok(())
+            }
+            Request::Load { path: p } => path("the path", p),
+            Request::Reload | Request::Reset { .. } | Request::Log { .. } => Ok(()),
+        }
+    }
+}
+
+/// `text` fit for one log line: control characters (newlines, carriage
+/// returns, terminal escapes) are escaped as `\n`, `\u{1b}`..., so that
+/// text from users or guests cannot forge or hide log lines.
+pub fn log_safe(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// What `kapsel reset` resets.
@@ -263,9 +398,40 @@ pub fn read_frame(r: &mut impl Read) -> Result<Vec<u8>, ProtoError> {
     if len > MAX_MESSAGE {
         return Err(ProtoError::TooLong(len));
     }
-    let mut body = vec![0u8; len as usize];
-    r.read_exact(&mut body)?;
+    // Grows with what arrives, not with what the header claims.
+    let mut body = Vec::with_capacity((len as usize).min(64 * 1024));
+    r.take(u64::from(len)).read_to_end(&mut body)?;
+    if body.len() != len as usize {
+        return Err(ProtoError::Io(io::ErrorKind::UnexpectedEof.into()));
+    }
     Ok(body)
+}
+
+/// Reads one message's bytes from `stream`, which must deliver all of it
+/// by `deadline` (a slow sender cannot hold the reader longer by sending a
+/// byte now and then: the socket timeout shrinks as time passes).
+pub fn read_frame_by(stream: &UnixStream, deadline: Instant) -> Result<Vec<u8>, ProtoError> {
+    read_frame(&mut DeadlineReader { stream, deadline })
+}
+
+struct DeadlineReader<'a> {
+    stream: &'a UnixStream,
+    deadline: Instant,
+}
+
+impl Read for DeadlineReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the request did not arrive in time",
+            ));
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        let mut stream = self.stream;
+        stream.read(buf)
+    }
 }
 
 /// Reads and decodes one message.
@@ -316,6 +482,89 @@ mod tests {
             read_message::<Envelope>(&mut short.as_slice()),
             Err(ProtoError::Io(_))
         ));
+    }
+
+    #[test]
+    fn a_slow_sender_meets_the_deadline() {
+        let (mut client, server) = UnixStream::pair().unwrap();
+        let start = Instant::now();
+        let sender = std::thread::spawn(move || {
+            // A byte every 100 ms: each read is quick, the whole is not.
+            for b in [0u8, 0, 0, 10] {
+                if client.write_all(&[b]).is_err() {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            let _ = client.write_all(b"0123456789");
+        });
+        let deadline = start + std::time::Duration::from_millis(250);
+        let err = read_frame_by(&server, deadline).unwrap_err();
+        let waited = start.elapsed();
+        assert!(
+            matches!(&err, ProtoError::Io(e) if matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock)),
+            "{err}"
+        );
+        assert!(waited < std::time::Duration::from_millis(400), "{waited:?}");
+        drop(server);
+        sender.join().unwrap();
+        // In time, it is read.
+        let (mut client, server) = UnixStream::pair().unwrap();
+        let mut msg = 2u32.to_be_bytes().to_vec();
+        msg.extend_from_slice(b"{}");
+        client.write_all(&msg).unwrap();
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        assert_eq!(read_frame_by(&server, deadline).unwrap(), b"{}");
+    }
+
+    #[test]
+    fn requests_over_their_bounds_are_refused() {
+        let stop = |targets: Vec<String>| Request::Stop {
+            targets,
+            all: false,
+            force: false,
+            wait: false,
+        };
+        assert!(stop(vec!["web".into(); MAX_TARGETS]).check().is_ok());
+        let e = stop(vec!["web".into(); MAX_TARGETS + 1])
+            .check()
+            .unwrap_err();
+        assert!(e.contains("at most 1024"), "{e}");
+        assert!(stop(vec!["x".repeat(MAX_TARGET_LEN + 1)]).check().is_err());
+        let exec = |n: usize| Request::Exec {
+            target: "ct".into(),
+            argv: vec!["a".into(); n],
+            tty: false,
+            winsize: None,
+        };
+        assert!(exec(MAX_EXEC_ARGS).check().is_ok());
+        assert!(exec(MAX_EXEC_ARGS + 1).check().is_err());
+        let start = |f: &dyn Fn(&mut StartRequest)| {
+            let mut s = StartRequest {
+                name: "vm".into(),
+                ..StartRequest::default()
+            };
+            f(&mut s);
+            Request::Start(s).check()
+        };
+        assert!(start(&|_| {}).is_ok());
+        assert!(start(&|s| s.disks = vec!["/d".into(); MAX_START_DISKS + 1]).is_err());
+        assert!(start(&|s| s.interfaces = Some(u32::MAX)).is_err());
+        assert!(start(&|s| s.kernel = Some("/".repeat(MAX_PATH_LEN + 1))).is_err());
+        assert!(Request::Wait {
+            target: "w".repeat(1 << 16)
+        }
+        .check()
+        .is_err());
+    }
+
+    #[test]
+    fn log_lines_cannot_be_forged() {
+        assert_eq!(
+            log_safe("x\nkapseld: vm web: powered off\r\u{1b}[2K"),
+            "x\\nkapseld: vm web: powered off\\r\\u{1b}[2K"
+        );
+        assert_eq!(log_safe("plain é"), "plain é");
     }
 
     #[test]

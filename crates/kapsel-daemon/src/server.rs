@@ -4,19 +4,33 @@
 use crate::accounts::{gid_of, uid_of, Peer};
 use crate::daemon::{Daemon, DaemonError, Options};
 use crate::proto::{self, Envelope, ProtoError, Request, Response, PROTOCOL_VERSION};
+use std::collections::HashMap;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-/// Connections served at once; more get an error reply, so that a flood of
-/// clients cannot exhaust the daemon's threads.
-const MAX_CONNECTIONS: usize = 256;
+/// Connections served at once (one thread each); more get an error reply,
+/// so that a flood of clients cannot exhaust the daemon's threads.
+pub const MAX_CONNECTIONS: usize = 256;
 
-/// A client has this long to send its request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections of all users but root together: the rest, at least
+/// `MAX_CONNECTIONS - MAX_UNPRIVILEGED`, is kept for root, so that no user
+/// can lock root out.
+pub const MAX_UNPRIVILEGED: usize = 192;
+
+/// Connections of one user other than root (consoles, execs and waits
+/// included: each holds its connection while it lasts).
+pub const MAX_PER_USER: usize = 32;
+
+/// A client has this long, in all, to send its request: a deadline for the
+/// whole message, not a timeout per read.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+
+/// A client that does not take a reply for this long loses it.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The control socket path used when none is given.
 pub const DEFAULT_SOCKET: &str = "/run/kapsel/kapsel.sock";
@@ -82,8 +96,109 @@ fn reply(stream: &mut UnixStream, response: &Response) {
     }
 }
 
+/// Who may still connect: connection counts per uid, checked by the
+/// accept loop before a connection gets its thread.
+#[derive(Default)]
+struct Slots {
+    counts: Mutex<SlotCounts>,
+}
+
+#[derive(Default)]
+struct SlotCounts {
+    total: usize,
+    unprivileged: usize,
+    per_user: HashMap<u32, usize>,
+}
+
+/// One connection's place; given back when dropped.
+struct Slot {
+    slots: Arc<Slots>,
+    uid: u32,
+}
+
+impl Slots {
+    /// A place for a connection of `uid`, or why there is none.
+    fn take(self: &Arc<Self>, uid: u32) -> Result<Slot, &'static str> {
+        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if c.total >= MAX_CONNECTIONS {
+            return Err("the daemon is busy (too many connections); try again");
+        }
+        if uid != 0 {
+            if c.per_user.get(&uid).copied().unwrap_or(0) >= MAX_PER_USER {
+                return Err("you have too many connections to the daemon open (consoles, execs, waits); close some and try again");
+            }
+            if c.unprivileged >= MAX_UNPRIVILEGED {
+                return Err("the daemon is busy (too many connections of users); try again");
+            }
+            c.unprivileged += 1;
+            *c.per_user.entry(uid).or_insert(0) += 1;
+        }
+        c.total += 1;
+        Ok(Slot {
+            slots: self.clone(),
+            uid,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut c = self.slots.counts.lock().unwrap_or_else(|e| e.into_inner());
+        c.total -= 1;
+        if self.uid != 0 {
+            c.unprivileged -= 1;
+            if let Some(n) = c.per_user.get_mut(&self.uid) {
+                *n -= 1;
+                if *n == 0 {
+                    c.per_user.remove(&self.uid);
+                }
+            }
+        }
+    }
+}
+
+/// The effective uid of the process that connected `stream` (SO_PEERCRED),
+/// without the name service look-ups of [`Peer::of`]: the accept loop
+/// must not wait on NSS.
+fn peer_uid(stream: &UnixStream) -> std::io::Result<u32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: cred and len are valid for writes of the sizes given.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cred.uid)
+}
+
+/// Whether the client of `stream` has closed its end (it no longer waits
+/// for the reply).
+pub(crate) fn hung_up(stream: &UnixStream) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: stream.as_raw_fd(),
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd; a zero timeout does not block.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n > 0 && pfd.revents & (libc::POLLHUP | libc::POLLERR) != 0
+}
+
 /// Serves one connection: one request, one reply (a console keeps going).
 fn serve(daemon: &Arc<Daemon>, mut stream: UnixStream) {
+    let deadline = Instant::now() + REQUEST_DEADLINE;
     let peer = match Peer::of(&stream) {
         Ok(p) => p,
         Err(e) => {
@@ -91,8 +206,8 @@ fn serve(daemon: &Arc<Daemon>, mut stream: UnixStream) {
             return;
         }
     };
-    let _ = stream.set_read_timeout(Some(REQUEST_TIMEOUT));
-    let envelope = match proto::read_frame(&mut stream)
+    let _ = stream.set_write_timeout(Some(REPLY_TIMEOUT));
+    let envelope = match proto::read_frame_by(&stream, deadline)
         .and_then(|body| serde_json::from_slice::<Envelope>(&body).map_err(ProtoError::from))
     {
         Ok(e) => e,
@@ -101,7 +216,13 @@ fn serve(daemon: &Arc<Daemon>, mut stream: UnixStream) {
             return;
         }
         Err(e) => {
-            tracing::info!("bad request from {}: {e}", peer.describe());
+            // serde's text quotes the request (an unknown kind, say)
+            // verbatim: escaped, it cannot forge log lines.
+            tracing::info!(
+                "bad request from {}: {}",
+                peer.describe(),
+                proto::log_safe(&e.to_string())
+            );
             reply(
                 &mut stream,
                 &Response::Error {
@@ -125,6 +246,10 @@ fn serve(daemon: &Arc<Daemon>, mut stream: UnixStream) {
     }
     let _ = stream.set_read_timeout(None);
     tracing::debug!("{} asks {:?}", peer.describe(), envelope.request);
+    if let Err(message) = envelope.request.check() {
+        reply(&mut stream, &Response::Error { message });
+        return;
+    }
     match envelope.request {
         Request::Status { target } => {
             let response = daemon.status_response(target.as_deref());
@@ -138,8 +263,10 @@ fn serve(daemon: &Arc<Daemon>, mut stream: UnixStream) {
                         message: String::new(),
                     },
                 );
-                if let Err(e) = console.attach(stream, input) {
-                    tracing::debug!("console of {target}: {e}");
+                // The session runs in this thread, on this connection's
+                // slot, until the client leaves or the guest stops.
+                if let Err(e) = console.attach(stream, input, peer.is_root()) {
+                    tracing::debug!("console of {target:?}: {e}");
                 }
             }
             Err(message) => reply(&mut stream, &Response::Error { message }),
@@ -150,6 +277,10 @@ fn serve(daemon: &Arc<Daemon>, mut stream: UnixStream) {
             tty,
             winsize,
         } => {
+            // The command's output waits for its reader as long as it
+            // takes (a pager may pause it); the session holds this
+            // connection's slot meanwhile.
+            let _ = stream.set_write_timeout(None);
             let mut reply_to = match stream.try_clone() {
                 Ok(s) => s,
                 Err(e) => {
@@ -173,7 +304,7 @@ fn serve(daemon: &Arc<Daemon>, mut stream: UnixStream) {
             }
         }
         request => {
-            let response = daemon.handle(&peer, request);
+            let response = daemon.handle_for(&peer, request, Some(&stream));
             reply(&mut stream, &response);
         }
     }
@@ -238,7 +369,7 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
             .map_err(|e| DaemonError::Setup(format!("signal thread: {e}")))?;
     }
     daemon.start_enabled(daemon.enabled_vms());
-    let active = Arc::new(AtomicUsize::new(0));
+    let slots = Arc::new(Slots::default());
     for stream in listener.incoming() {
         let mut stream = match stream {
             Ok(s) => s,
@@ -248,27 +379,81 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
                 continue;
             }
         };
-        if active.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
-            reply(
-                &mut stream,
-                &Response::Error {
-                    message: "the daemon is busy (too many connections); try again".into(),
-                },
-            );
-            continue;
-        }
-        active.fetch_add(1, Ordering::SeqCst);
+        let slot = match peer_uid(&stream)
+            .map_err(|_| "no credentials")
+            .and_then(|uid| slots.take(uid))
+        {
+            Ok(slot) => slot,
+            Err(message) => {
+                // A fresh socket takes this short reply without blocking;
+                // if it does not, the client loses it, never the loop.
+                let _ = stream.set_nonblocking(true);
+                reply(
+                    &mut stream,
+                    &Response::Error {
+                        message: message.into(),
+                    },
+                );
+                continue;
+            }
+        };
         let daemon = daemon.clone();
-        let counter = active.clone();
         let spawned = std::thread::Builder::new()
             .name("control".into())
             .spawn(move || {
+                let _slot = slot;
                 serve(&daemon, stream);
-                counter.fetch_sub(1, Ordering::SeqCst);
             });
-        if spawned.is_err() {
-            active.fetch_sub(1, Ordering::SeqCst);
+        if let Err(e) = spawned {
+            tracing::warn!("no thread for a control connection: {e}");
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_keeps_room_when_users_hold_every_slot_they_may() {
+        let slots = Arc::new(Slots::default());
+        let mut held = Vec::new();
+        // One user gets its share, then no more.
+        for _ in 0..MAX_PER_USER {
+            held.push(slots.take(1000).unwrap());
+        }
+        assert!(slots
+            .take(1000)
+            .err()
+            .is_some_and(|e| e.contains("too many connections")));
+        // Many users together get the unprivileged share.
+        let mut uid = 2000;
+        while held.len() < MAX_UNPRIVILEGED {
+            match slots.take(uid) {
+                Ok(s) => held.push(s),
+                Err(_) => uid += 1,
+            }
+        }
+        assert!(slots.take(99_999).is_err());
+        // Root gets the rest.
+        for _ in MAX_UNPRIVILEGED..MAX_CONNECTIONS {
+            held.push(slots.take(0).unwrap());
+        }
+        assert!(slots.take(0).is_err());
+        // Closing gives the places back.
+        held.clear();
+        let c = slots.counts.lock().unwrap();
+        assert_eq!((c.total, c.unprivileged, c.per_user.len()), (0, 0, 0));
+    }
+
+    #[test]
+    fn a_closed_client_is_seen_as_gone() {
+        let (client, server) = UnixStream::pair().unwrap();
+        assert!(!hung_up(&server));
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        assert!(!hung_up(&server), "a half-closed client still waits");
+        drop(client);
+        assert!(hung_up(&server));
+    }
 }

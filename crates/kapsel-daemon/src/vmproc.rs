@@ -259,9 +259,12 @@ pub fn spawn(launch: &Launch) -> Result<(VmProcess, UnixStream, OwnedFd), String
     let vm_out = vm_end
         .try_clone()
         .map_err(|e| format!("vm {name}: console socket: {e}"))?;
+    // Root's only: the log holds command lines and disk paths.
+    use std::os::unix::fs::OpenOptionsExt;
     let mut log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(launch.log)
         .map_err(|e| format!("vm {name}: log {}: {e}", launch.log.display()))?;
     let _ = writeln!(log, "--- kapsel {}", args.join(" "));
@@ -304,7 +307,7 @@ pub fn spawn(launch: &Launch) -> Result<(VmProcess, UnixStream, OwnedFd), String
                 for line in BufReader::new(err).lines() {
                     let Ok(line) = line else { break };
                     let _ = writeln!(log, "{line}");
-                    tracing::debug!("vm {tag}: {line}");
+                    tracing::debug!("vm {tag}: {}", crate::proto::log_safe(&line));
                     if !line.trim().is_empty() {
                         last = Some(line);
                     }

@@ -9,8 +9,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-#[path = "../../../kapsel-container/tests/common/mod.rs"]
-mod ctcommon;
+use crate::ctcommon;
 
 fn containers_ready() -> bool {
     match ctcommon::skip_reason() {

@@ -6,4 +6,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod containers;
+#[path = "../../../kapsel-container/tests/common/mod.rs"]
+mod ctcommon;
+mod daemon_limits;
 mod user_paths;
