@@ -23,17 +23,21 @@ pub fn connect(socket: &Path) -> Result<UnixStream, String> {
 /// Sends `request` and returns the daemon's answer and the connection.
 pub fn send(socket: &Path, request: Request) -> Result<(Response, UnixStream), String> {
     let mut stream = connect(socket)?;
-    proto::write_message(
+    let sent = proto::write_message(
         &mut stream,
         &Envelope {
             version: PROTOCOL_VERSION,
             request,
         },
-    )
-    .map_err(|e| format!("sending to the daemon: {e}"))?;
-    let response =
-        proto::read_message(&mut stream).map_err(|e| format!("the daemon did not answer: {e}"))?;
-    Ok((response, stream))
+    );
+    // A daemon that refuses the connection (too many of this user's) replies
+    // at once and closes: the write may then fail, but the reply says why.
+    let response = proto::read_message(&mut stream);
+    match (sent, response) {
+        (_, Ok(response)) => Ok((response, stream)),
+        (Err(e), Err(_)) => Err(format!("sending to the daemon: {e}")),
+        (Ok(()), Err(e)) => Err(format!("the daemon did not answer: {e}")),
+    }
 }
 
 /// Sends `request` and returns the answer.

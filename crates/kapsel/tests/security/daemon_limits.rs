@@ -74,11 +74,13 @@ fn answer(stream: &mut UnixStream) -> Result<Response, String> {
 /// One request on a new connection (as whoever calls it), its answer.
 fn ask(socket: &Path, request: &Request) -> Result<Response, String> {
     let mut s = UnixStream::connect(socket).map_err(|e| e.to_string())?;
-    send_raw(
+    let sent = send_raw(
         &mut s,
         serde_json::to_value(request).map_err(|e| e.to_string())?,
-    )?;
-    answer(&mut s)
+    );
+    // A refused connection gets its reply at once and is closed: the send
+    // may fail, the reply is there all the same (as the CLI reads it).
+    answer(&mut s).or_else(|e| sent.and(Err(e)))
 }
 
 fn pid(d: &Kapseld) -> u32 {
