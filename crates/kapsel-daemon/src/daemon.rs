@@ -203,7 +203,7 @@ impl Daemon {
     /// Makes `config` the configuration: new VMs are added, changed ones
     /// take effect at their next start, removed ones that are stopped
     /// disappear. Returns the names of enabled VMs that are new.
-    fn apply_config(&self, config: Config) -> Vec<String> {
+    pub(crate) fn apply_config(&self, config: Config) -> Vec<String> {
         let mut inner = self.lock();
         let mut added = Vec::new();
         let mut guests: Vec<(VmSpec, Option<kapsel_config::ContainerSpec>)> = config
@@ -756,6 +756,14 @@ impl Daemon {
                 if !permitted {
                     return Err(format!(
                         "{} may not make instances of vm {template}; its `allow instance` block must name you as owner",
+                        peer.describe()
+                    ));
+                }
+                // vm.conf's rule for instances of instances (semantic.rs),
+                // also for the instances `kapsel start -t` made.
+                if parent.instance_of.is_some() && !allow.as_ref().is_some_and(|a| a.instance) {
+                    return Err(format!(
+                        "{} may not make instances of vm {template}: it is itself an instance, and the `allow instance` block it inherits does not allow `instance`",
                         peer.describe()
                     ));
                 }
