@@ -225,7 +225,7 @@ impl Daemon {
     /// Makes `config` the configuration: new VMs are added, changed ones
     /// take effect at their next start, removed ones that are stopped
     /// disappear. Returns the names of enabled VMs that are new.
-    fn apply_config(&self, config: Config) -> Vec<String> {
+    pub(crate) fn apply_config(&self, config: Config) -> Vec<String> {
         let mut inner = self.lock();
         let mut added = Vec::new();
         let mut guests: Vec<(VmSpec, Option<kapsel_config::ContainerSpec>)> = config
@@ -934,8 +934,9 @@ impl Daemon {
                 // allow list the parent inherited.
                 if parent.instance_of.is_some() && !a.instance {
                     return Err(format!(
-                        "vm {template} is itself an instance and does not allow instances of its own; \
-                         add `instance` to the `allow instance` block it inherits"
+                        "{} may not make instances of vm {template}: it is itself an instance and does not allow instances of its own; \
+                         add `instance` to the `allow instance` block it inherits",
+                        peer.describe()
                     ));
                 }
                 let made = inner

@@ -12,6 +12,9 @@ pub mod client;
 pub mod console;
 pub mod ctproc;
 pub mod daemon;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod net;
 pub mod proto;
 pub mod server;

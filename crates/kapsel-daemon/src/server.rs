@@ -196,6 +196,118 @@ pub(crate) fn hung_up(stream: &UnixStream) -> bool {
     n > 0 && pfd.revents & (libc::POLLHUP | libc::POLLERR) != 0
 }
 
+/// The longest error message the daemon sends: one that echoes a long
+/// name from the request is cut, so that the reply stays deliverable
+/// (under [`proto::MAX_MESSAGE`]) and readable.
+pub const MAX_ERROR_MESSAGE: usize = 4096;
+
+/// Characters that are not control characters but move or reorder text on
+/// a terminal: Unicode line and paragraph separators and the bidirectional
+/// overrides and isolates ("Trojan Source").
+fn is_text_control(c: char) -> bool {
+    matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// An error message made safe to print and to log: control characters
+/// (escape sequences, carriage returns) are escaped as `\u{..}`, and the
+/// message is cut at [`MAX_ERROR_MESSAGE`] bytes. Messages echo names and
+/// paths from the request, and end up in the daemon's log and on the
+/// terminal of whoever reads it. Only root gets several lines (the
+/// diagnostics of a configuration it reloads or loads, with tabs that
+/// keep their carets aligned); everyone else gets one line.
+pub fn printable(message: &str, lines: bool) -> String {
+    let mut out = String::with_capacity(message.len().min(MAX_ERROR_MESSAGE));
+    for c in message.trim_end_matches('\n').chars() {
+        if out.len() >= MAX_ERROR_MESSAGE {
+            out.push_str(&format!(" [cut: the message had {} bytes]", message.len()));
+            break;
+        }
+        if lines && (c == '\n' || c == '\t') {
+            out.push(c);
+        } else if c.is_control() || is_text_control(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The error reply to `peer`, made [`printable`].
+pub fn refusal(peer: &Peer, message: &str) -> Response {
+    Response::Error {
+        message: printable(message, peer.is_root()),
+    }
+}
+
+/// Why [`read_request`] gives no request.
+#[derive(Debug)]
+pub enum Unreadable {
+    /// The connection failed or ended before a whole message: nothing to
+    /// answer.
+    Gone(std::io::Error),
+    /// Bytes that are not a request of this protocol and version: the
+    /// error reply.
+    Refused(Response),
+}
+
+/// Reads one request as the control socket does: the framing, then
+/// [`decode_request`].
+pub fn read_request(r: &mut impl std::io::Read) -> Result<Request, Unreadable> {
+    decode_request(proto::read_frame(r))
+}
+
+/// A request from one frame's bytes (or the error that reading it gave):
+/// the JSON, the protocol version and the request's bounds
+/// ([`Request::check`]).
+pub fn decode_request(frame: Result<Vec<u8>, ProtoError>) -> Result<Request, Unreadable> {
+    let envelope = match frame
+        .and_then(|body| serde_json::from_slice::<Envelope>(&body).map_err(ProtoError::from))
+    {
+        Ok(e) => e,
+        Err(ProtoError::Io(e)) => return Err(Unreadable::Gone(e)),
+        // serde's messages quote unknown names from the input as they are.
+        Err(e) => {
+            return Err(Unreadable::Refused(Response::Error {
+                message: printable(&format!("bad request: {e}"), false),
+            }))
+        }
+    };
+    if envelope.version != PROTOCOL_VERSION {
+        return Err(Unreadable::Refused(Response::Error {
+            message: format!(
+                "protocol version {} is not this daemon's {PROTOCOL_VERSION}; use the kapsel command of the same release",
+                envelope.version
+            ),
+        }));
+    }
+    envelope
+        .request
+        .check()
+        .map_err(|message| Unreadable::Refused(Response::Error { message }))?;
+    Ok(envelope.request)
+}
+
+/// Answers a request that does not keep the connection (every one but
+/// [`Request::Console`] and [`Request::Exec`], which [`serve`] hands the
+/// connection to after [`Daemon::console_for`] and [`Daemon::exec_in`]);
+/// a waiting request gives up when `client` hangs up.
+pub fn answer(
+    daemon: &Arc<Daemon>,
+    peer: &Peer,
+    request: Request,
+    client: Option<&UnixStream>,
+) -> Response {
+    let response = match request {
+        Request::Status { target } => daemon.status_response(target.as_deref()),
+        request => daemon.handle_for(peer, request, client),
+    };
+    match response {
+        Response::Error { message } => refusal(peer, &message),
+        other => other,
+    }
+}
+
 /// Serves one connection: one request, one reply (a console keeps going).
 fn serve(daemon: &Arc<Daemon>, mut stream: UnixStream) {
     let deadline = Instant::now() + REQUEST_DEADLINE;
@@ -207,54 +319,29 @@ fn serve(daemon: &Arc<Daemon>, mut stream: UnixStream) {
         }
     };
     let _ = stream.set_write_timeout(Some(REPLY_TIMEOUT));
-    let envelope = match proto::read_frame_by(&stream, deadline)
-        .and_then(|body| serde_json::from_slice::<Envelope>(&body).map_err(ProtoError::from))
-    {
-        Ok(e) => e,
-        Err(ProtoError::Io(e)) => {
+    let request = match decode_request(proto::read_frame_by(&stream, deadline)) {
+        Ok(r) => r,
+        Err(Unreadable::Gone(e)) => {
             tracing::debug!("control connection from {}: {e}", peer.describe());
             return;
         }
-        Err(e) => {
-            // serde's text quotes the request (an unknown kind, say)
-            // verbatim: escaped, it cannot forge log lines.
-            tracing::info!(
-                "bad request from {}: {}",
-                peer.describe(),
-                proto::log_safe(&e.to_string())
-            );
-            reply(
-                &mut stream,
-                &Response::Error {
-                    message: format!("bad request: {e}"),
-                },
-            );
+        Err(Unreadable::Refused(response)) => {
+            if let Response::Error { message } = &response {
+                // serde's text quotes the request (an unknown kind, say)
+                // verbatim: escaped, it cannot forge log lines.
+                tracing::info!(
+                    "bad request from {}: {}",
+                    peer.describe(),
+                    proto::log_safe(message)
+                );
+            }
+            reply(&mut stream, &response);
             return;
         }
     };
-    if envelope.version != PROTOCOL_VERSION {
-        reply(
-            &mut stream,
-            &Response::Error {
-                message: format!(
-                    "protocol version {} is not this daemon's {PROTOCOL_VERSION}; use the kapsel command of the same release",
-                    envelope.version
-                ),
-            },
-        );
-        return;
-    }
     let _ = stream.set_read_timeout(None);
-    tracing::debug!("{} asks {:?}", peer.describe(), envelope.request);
-    if let Err(message) = envelope.request.check() {
-        reply(&mut stream, &Response::Error { message });
-        return;
-    }
-    match envelope.request {
-        Request::Status { target } => {
-            let response = daemon.status_response(target.as_deref());
-            reply(&mut stream, &response);
-        }
+    tracing::debug!("{} asks {:?}", peer.describe(), request);
+    match request {
         Request::Console { target } => match daemon.console_for(&peer, &target) {
             Ok((console, input)) => {
                 reply(
@@ -269,7 +356,7 @@ fn serve(daemon: &Arc<Daemon>, mut stream: UnixStream) {
                     tracing::debug!("console of {target:?}: {e}");
                 }
             }
-            Err(message) => reply(&mut stream, &Response::Error { message }),
+            Err(message) => reply(&mut stream, &refusal(&peer, &message)),
         },
         Request::Exec {
             target,
@@ -300,11 +387,11 @@ fn serve(daemon: &Arc<Daemon>, mut stream: UnixStream) {
             };
             let tty = tty.then_some(winsize.unwrap_or((24, 80)));
             if let Err(message) = daemon.exec_in(&peer, &target, &argv, tty, ok) {
-                reply(&mut stream, &Response::Error { message });
+                reply(&mut stream, &refusal(&peer, &message));
             }
         }
         request => {
-            let response = daemon.handle_for(&peer, request, Some(&stream));
+            let response = answer(daemon, &peer, request, Some(&stream));
             reply(&mut stream, &response);
         }
     }

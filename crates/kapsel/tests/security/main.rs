@@ -5,8 +5,10 @@
 
 #[path = "../common/mod.rs"]
 mod common;
-mod containers;
 #[path = "../../../kapsel-container/tests/common/mod.rs"]
 mod ctcommon;
+
+mod containers;
+mod control;
 mod daemon_limits;
 mod user_paths;
