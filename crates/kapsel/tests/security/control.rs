@@ -65,8 +65,10 @@ fn request_bytes_do_not_reach_the_log_or_replies_raw() {
     // An unknown kind: serde quotes it in "unknown variant", which the
     // daemon logs (info) and replies.
     let kind = serde_json::json!({"version": 1, "request": {"kind": forged}});
-    // A target that is no guest: "no VM or container named ...".
-    let target = serde_json::json!({"version": 1, "request": {"kind": "pause", "target": forged}});
+    // A target that is no guest: "no VM or container named ..." (short
+    // enough to pass the bound on names).
+    let short = "\u{1b}[2J\r\n2026-12-07T00:00:00Z  INFO root";
+    let target = serde_json::json!({"version": 1, "request": {"kind": "pause", "target": short}});
     for body in [kind, target] {
         let reply = send_as(uid, gid, &d.socket(), body.to_string().as_bytes());
         assert_eq!(reply["kind"], "error", "{reply}");
