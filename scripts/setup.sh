@@ -28,6 +28,12 @@ if [ ${#missing[@]} -gt 0 ]; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# Debian's qemu-system-x86 replaces a newer qemu-utils (from backports) by
+# removing it: put back the one that matches, so that qemu-img is there.
+if ! command -v qemu-img >/dev/null 2>&1; then
+    echo "setup: installing qemu-utils again (qemu-img is missing)"
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends qemu-utils >/dev/null
+fi
 
 if ! command -v cargo >/dev/null 2>&1; then
     if [ -x "$HOME/.cargo/bin/cargo" ]; then
