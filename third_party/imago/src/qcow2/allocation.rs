@@ -548,7 +548,13 @@ impl<S: Storage> Allocator<S> {
             new_rb.lock_write().await.increment(0)?;
             None
         };
+        // If the new refblock was allocated in another refblock, that refcount must be on disk
+        // before the refcount table points to the new one, and so must the new refblock itself.
+        if new_rb_allocation.is_some() {
+            self.caches.flush_rb().await?;
+        }
         new_rb.write(self.file.as_ref()).await?;
+        self.file.sync().await?;
 
         self.reftable
             .enter_refblock(rt_index, &new_rb, new_rb_allocation)?;
@@ -676,11 +682,15 @@ impl<S: Storage> Allocator<S> {
         // TODO: Try to clean that up, though it seems quite hard for little gain.
         self.caches.flush_rb().await?;
         new_rt.write(self.file.as_ref()).await?;
+        // The new reftable must be on disk before the header points to it, and the header must
+        // point to it before the old one can be freed.
+        self.file.sync().await?;
 
         self.header.set_reftable(&new_rt)?;
         self.header
             .write_reftable_pointer(self.file.as_ref())
             .await?;
+        self.file.sync().await?;
 
         // Must set new reftable before freeing the old reftable’s clusters
         let mut old_reftable = mem::replace(&mut self.reftable, new_rt);

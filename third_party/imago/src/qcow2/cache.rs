@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::async_lru_cache::AsyncLruCacheBackend;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tracing::trace;
 
 /// I/O back-end for the L2 table cache.
@@ -11,6 +12,13 @@ struct L2CacheBackend<S: Storage> {
 
     /// Qcow2 header.
     header: Arc<Header>,
+
+    /// Set when an L2 table has been written since the metadata file was last synced.
+    written: Arc<AtomicBool>,
+
+    /// Set when data that L2 entries in this cache point to (copy-on-write data) must be made
+    /// durable before any L2 table is written.
+    data_sync_pending: Arc<AtomicBool>,
 }
 
 /// I/O back-end for the refblock cache.
@@ -20,14 +28,27 @@ struct RefBlockCacheBackend<S: Storage> {
 
     /// Qcow2 header.
     header: Arc<Header>,
+
+    /// Set when a refblock has been written since the metadata file was last synced.
+    written: Arc<AtomicBool>,
 }
 
 impl<S: Storage> L2CacheBackend<S> {
     /// Create a new `L2CacheBackend`.
     ///
     /// `file` is the qcow2 metadata (image) file.
-    pub fn new(file: Arc<S>, header: Arc<Header>) -> Self {
-        L2CacheBackend { file, header }
+    pub fn new(
+        file: Arc<S>,
+        header: Arc<Header>,
+        written: Arc<AtomicBool>,
+        data_sync_pending: Arc<AtomicBool>,
+    ) -> Self {
+        L2CacheBackend {
+            file,
+            header,
+            written,
+            data_sync_pending,
+        }
     }
 }
 
@@ -50,9 +71,20 @@ impl<S: Storage> AsyncLruCacheBackend for L2CacheBackend<S> {
 
     async fn flush(&self, l2_cluster: HostCluster, l2_table: &L2Table) -> io::Result<()> {
         trace!("Flushing L2 table");
-        l2_table
+        if l2_table.is_modified() && self.data_sync_pending.swap(false, Ordering::AcqRel) {
+            // Data this table may point to must be on disk before the table is
+            if let Err(err) = self.file.sync().await {
+                self.data_sync_pending.store(true, Ordering::Release);
+                return Err(err);
+            }
+        }
+        if l2_table
             .write_if_modified(self.file.as_ref(), l2_cluster)
-            .await
+            .await?
+        {
+            self.written.store(true, Ordering::Release);
+        }
+        Ok(())
     }
 
     unsafe fn evict(&self, _l2_cluster: HostCluster, l2_table: L2Table) {
@@ -68,8 +100,12 @@ impl<S: Storage> RefBlockCacheBackend<S> {
     /// Create a new `RefBlockCacheBackend`.
     ///
     /// `file` is the qcow2 metadata (image) file.
-    pub fn new(file: Arc<S>, header: Arc<Header>) -> Self {
-        RefBlockCacheBackend { file, header }
+    pub fn new(file: Arc<S>, header: Arc<Header>, written: Arc<AtomicBool>) -> Self {
+        RefBlockCacheBackend {
+            file,
+            header,
+            written,
+        }
     }
 }
 
@@ -83,9 +119,13 @@ impl<S: Storage> AsyncLruCacheBackend for RefBlockCacheBackend<S> {
     }
 
     async fn flush(&self, rb_cluster: HostCluster, refblock: &RefBlock) -> io::Result<()> {
-        refblock
+        if refblock
             .write_if_modified(self.file.as_ref(), rb_cluster)
-            .await
+            .await?
+        {
+            self.written.store(true, Ordering::Release);
+        }
+        Ok(())
     }
 
     unsafe fn evict(&self, _rb_cluster: HostCluster, refblock: RefBlock) {
@@ -119,6 +159,14 @@ enum CacheDependency {
 /// to announce them by calling `.l2_depends_on_rb()` for allocations and `.rb_depends_on_l2()` for
 /// freeing).
 ///
+/// Writing the dependency is not enough on its own: Without a sync between the two, the storage
+/// may persist the writes in any order (e.g. on power loss, from the host page cache).  Therefore,
+/// whenever one cache is flushed because the other depends on it, the metadata file is synced
+/// before anything from the other cache is written (if anything was written at all), as QEMU does
+/// (`qcow2_cache_flush_dependency()` flushes the file).  That way, a crash or power loss at any
+/// point can leak clusters, but never leave a table pointing to a cluster whose refcount is 0, nor
+/// a cluster with refcount 0 reused while a table still points to it.
+///
 /// Announcing a dependency takes the `direction` lock and flushes the other cache while holding
 /// it, so `direction` is the innermost lock: Never acquire a metadata table’s `writer_lock` (the
 /// lock guarding modifications to its entries, e.g. on [`L2Table`]) while holding that direction
@@ -144,6 +192,18 @@ pub(super) struct MetadataCaches<S: Storage> {
     /// preventing the direction from changing mid-operation.  Direction
     /// switch methods take a write guard.
     direction: RwLock<CacheDependency>,
+
+    /// Qcow2 metadata file, to sync between dependent writes.
+    file: Arc<S>,
+
+    /// An L2 table was written since the last sync.
+    l2_written: Arc<AtomicBool>,
+
+    /// A refblock was written since the last sync.
+    rb_written: Arc<AtomicBool>,
+
+    /// The next L2 table write must be preceded by a sync (see [`Self::l2_depends_on_flush()`]).
+    l2_data_sync_pending: Arc<AtomicBool>,
 }
 
 #[maybe_async]
@@ -153,14 +213,61 @@ impl<S: Storage> MetadataCaches<S> {
     /// The L2 cache is going to hold `l2_entries` tables, the refblock cache will have
     /// `rb_entries` refcount blocks.
     pub fn new(file: &Arc<S>, header: &Arc<Header>, l2_entries: usize, rb_entries: usize) -> Self {
-        let l2_backend = L2CacheBackend::new(Arc::clone(file), Arc::clone(header));
-        let rb_backend = RefBlockCacheBackend::new(Arc::clone(file), Arc::clone(header));
+        let l2_written = Arc::new(AtomicBool::new(false));
+        let rb_written = Arc::new(AtomicBool::new(false));
+        let l2_data_sync_pending = Arc::new(AtomicBool::new(false));
+        let l2_backend = L2CacheBackend::new(
+            Arc::clone(file),
+            Arc::clone(header),
+            Arc::clone(&l2_written),
+            Arc::clone(&l2_data_sync_pending),
+        );
+        let rb_backend = RefBlockCacheBackend::new(
+            Arc::clone(file),
+            Arc::clone(header),
+            Arc::clone(&rb_written),
+        );
 
         MetadataCaches {
             l2: AsyncLruCache::new(l2_backend, l2_entries),
             rb: AsyncLruCache::new(rb_backend, rb_entries),
             direction: Default::default(),
+            file: Arc::clone(file),
+            l2_written,
+            rb_written,
+            l2_data_sync_pending,
         }
+    }
+
+    /// Sync the metadata file if `written` says something was written since the last sync.
+    async fn sync_if_written(&self, written: &AtomicBool) -> io::Result<()> {
+        if written.swap(false, Ordering::AcqRel) {
+            if let Err(err) = self.file.sync().await {
+                written.store(true, Ordering::Release);
+                return Err(err);
+            }
+        }
+        Ok(())
+    }
+
+    /// Flush the L2 cache as a dependency: write it, then sync.
+    async fn flush_l2_dependency(&self) -> io::Result<()> {
+        self.l2.flush().await?;
+        self.sync_if_written(&self.l2_written).await
+    }
+
+    /// Flush the refblock cache as a dependency: write it, then sync.
+    async fn flush_rb_dependency(&self) -> io::Result<()> {
+        self.rb.flush().await?;
+        self.sync_if_written(&self.rb_written).await
+    }
+
+    /// Make sure data written so far is synced before any L2 table is written.
+    ///
+    /// Use after copy-on-write, so that an L2 entry pointing to the new cluster never becomes
+    /// durable before the data copied into it (QEMU’s `qcow2_cache_depends_on_flush()`).
+    pub fn l2_depends_on_flush(&self) {
+        self.l2_data_sync_pending.store(true, Ordering::Release);
     }
 
     /// Make sure the refblock cache is flushed before the L2 cache.
@@ -172,7 +279,7 @@ impl<S: Storage> MetadataCaches<S> {
             return Ok(());
         }
         if *dir == CacheDependency::RbDependsOnL2 {
-            self.l2.flush().await?;
+            self.flush_l2_dependency().await?;
         }
         *dir = CacheDependency::L2DependsOnRb;
         Ok(())
@@ -187,20 +294,23 @@ impl<S: Storage> MetadataCaches<S> {
             return Ok(());
         }
         if *dir == CacheDependency::L2DependsOnRb {
-            self.rb.flush().await?;
+            self.flush_rb_dependency().await?;
         }
         *dir = CacheDependency::RbDependsOnL2;
         Ok(())
     }
 
     /// Flush both L2 and refblock cache to disk.
+    ///
+    /// The cache written first is synced before the other one is written; the caller must sync
+    /// the file afterwards to make both durable.
     pub async fn flush_all(&self) -> io::Result<()> {
         let dir = self.direction.read().await;
         if *dir == CacheDependency::L2DependsOnRb {
-            self.rb.flush().await?;
+            self.flush_rb_dependency().await?;
             self.l2.flush().await?;
         } else {
-            self.l2.flush().await?;
+            self.flush_l2_dependency().await?;
             self.rb.flush().await?;
         }
 
@@ -217,7 +327,7 @@ impl<S: Storage> MetadataCaches<S> {
         }
 
         if *dir == CacheDependency::L2DependsOnRb {
-            self.rb.flush().await?;
+            self.flush_rb_dependency().await?;
         }
 
         // `unwrap()` is safe: Will never return `Ok(None)` with `may_flush` set to true.
@@ -237,7 +347,7 @@ impl<S: Storage> MetadataCaches<S> {
         let dir = self.direction.read().await;
         if !self.l2.insert(cluster, Arc::clone(&table), false).await? {
             if *dir == CacheDependency::L2DependsOnRb {
-                self.rb.flush().await?;
+                self.flush_rb_dependency().await?;
             }
 
             let inserted = self.l2.insert(cluster, table, true).await?;
@@ -266,7 +376,7 @@ impl<S: Storage> MetadataCaches<S> {
         }
 
         if *dir == CacheDependency::RbDependsOnL2 {
-            self.l2.flush().await?;
+            self.flush_l2_dependency().await?;
         }
 
         // `unwrap()` is safe: Will never return `Ok(None)` with `may_flush` set to true.
@@ -286,7 +396,7 @@ impl<S: Storage> MetadataCaches<S> {
         let dir = self.direction.read().await;
         if !self.rb.insert(cluster, Arc::clone(&rb), false).await? {
             if *dir == CacheDependency::RbDependsOnL2 {
-                self.l2.flush().await?;
+                self.flush_l2_dependency().await?;
             }
 
             let inserted = self.rb.insert(cluster, rb, true).await?;
@@ -297,13 +407,16 @@ impl<S: Storage> MetadataCaches<S> {
         Ok(())
     }
 
-    /// Flush the refblock cache to disk.
+    /// Flush the refblock cache to disk, and sync it.
+    ///
+    /// Use before writing anything outside of the caches (L1 table, refcount table, image
+    /// header) that references newly allocated clusters: Their refcounts must be durable first.
     pub async fn flush_rb(&self) -> io::Result<()> {
         let dir = self.direction.read().await;
         if *dir == CacheDependency::RbDependsOnL2 {
-            self.l2.flush().await?;
+            self.flush_l2_dependency().await?;
         }
-        self.rb.flush().await
+        self.flush_rb_dependency().await
     }
 
     /// Invalidate the refblock cache.

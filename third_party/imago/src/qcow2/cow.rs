@@ -150,6 +150,10 @@ impl<S: Storage, F: WrappedFormat<S>> Qcow2<S, F> {
                     length: _,
                 } => self.cow_compressed(l2_table, cluster, new_cluster).await?,
             }
+
+            // The copied data must be on disk before an L2 entry pointing to it is.  (Syncs the
+            // metadata file only, which holds the data unless there is an external data file.)
+            self.caches.l2_depends_on_flush();
         }
 
         let l2i = cluster.l2_index(self.header.cluster_bits());

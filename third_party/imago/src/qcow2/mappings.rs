@@ -330,7 +330,14 @@ impl<S: Storage, F: WrappedFormat<S>> Qcow2<S, F> {
 
         let l2_allocation = self.allocate_meta_cluster().await?;
         l2_table.set_cluster(l2_allocation.cluster());
+
+        // The new table's refcount must be on disk before the L1 table points to it, and so must
+        // the table itself; otherwise, a crash leaves the L1 table pointing to a cluster with
+        // refcount 0 (which will be reused for other data) or to garbage.  (As QEMU's
+        // `l2_allocate()` does.)
+        self.caches.flush_rb().await?;
         l2_table.write(self.metadata.as_ref()).await?;
+        self.metadata.sync().await?;
 
         l1_locked.enter_l2_table(l1_index, &l2_table, Some(l2_allocation))?;
         l1_locked
@@ -339,6 +346,8 @@ impl<S: Storage, F: WrappedFormat<S>> Qcow2<S, F> {
 
         // Free old L2 table, if any
         if let Some(l2_offset) = l1_entry.l2_offset() {
+            // Its refcount must not drop before the L1 table no longer points to it.
+            self.metadata.sync().await?;
             self.clusters_to_free.push(ClustersToFreeEntry::metadata(
                 l2_offset.cluster(cb),
                 ClusterCount(1),
@@ -364,7 +373,11 @@ impl<S: Storage, F: WrappedFormat<S>> Qcow2<S, F> {
         let l1_allocation = self.allocate_meta_clusters(new_l1.cluster_count()).await?;
 
         new_l1.set_cluster(l1_allocation.cluster());
+
+        // Refcounts and the new table must be on disk before the header points to it.
+        self.caches.flush_rb().await?;
         new_l1.write(self.metadata.as_ref()).await?;
+        self.metadata.sync().await?;
 
         self.header.set_l1_table(&new_l1, Some(l1_allocation))?;
         self.header
@@ -372,6 +385,8 @@ impl<S: Storage, F: WrappedFormat<S>> Qcow2<S, F> {
             .await?;
 
         if let Some(old_l1_cluster) = l1_locked.get_cluster() {
+            // The header must not point to the old table any more before it is freed.
+            self.metadata.sync().await?;
             let old_l1_size = l1_locked.cluster_count();
             l1_locked.unset_cluster();
             self.clusters_to_free

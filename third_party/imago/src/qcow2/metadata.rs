@@ -1835,19 +1835,22 @@ impl L2Table {
     ///
     /// `cluster` is the cluster this table is expected to belong to; an `assert!()` verifies that
     /// it really is the table’s cluster.
+    ///
+    /// Return whether anything was written.
     pub async fn write_if_modified<S: Storage>(
         &self,
         image: &S,
         cluster: HostCluster,
-    ) -> io::Result<()> {
+    ) -> io::Result<bool> {
         let _lock = self.writeback_lock.lock().await;
 
         if !self.is_modified() {
-            return Ok(());
+            return Ok(false);
         }
 
         assert!(self.get_cluster().unwrap() == cluster);
-        self.write(image).await
+        self.write(image).await?;
+        Ok(true)
     }
 }
 
@@ -2591,19 +2594,22 @@ impl RefBlock {
     ///
     /// `cluster` is the cluster this block is expected to belong to; an `assert!()` verifies that
     /// it really is the block’s cluster.
+    ///
+    /// Return whether anything was written.
     pub async fn write_if_modified<S: Storage>(
         &self,
         image: &S,
         cluster: HostCluster,
-    ) -> io::Result<()> {
+    ) -> io::Result<bool> {
         let _lock = self.writeback_lock.lock().await;
 
         if !self.is_modified() {
-            return Ok(());
+            return Ok(false);
         }
 
         assert!(self.get_cluster().unwrap() == cluster);
-        self.write(image).await
+        self.write(image).await?;
+        Ok(true)
     }
 
     /// Check whether this block has been modified since it was last written.
