@@ -502,6 +502,16 @@ impl<S: Storage> Allocator<S> {
         }
     }
 
+    /// Return the offset of a refcount block that overlaps the given byte range of the image
+    /// file, if any.
+    pub(super) fn refblock_overlapping(&self, range: &Range<u64>) -> Option<u64> {
+        let cluster_size = self.header.cluster_size() as u64;
+        (0..self.reftable.entries()).find_map(|i| {
+            let rb = self.reftable.get(i).refblock_offset()?.0;
+            (rb < range.end && range.start < rb.saturating_add(cluster_size)).then_some(rb)
+        })
+    }
+
     /// Get a refblock for the given reftable index.
     ///
     /// If there already is a refblock at that index, return it.  Otherwise, create one and hook it

@@ -137,6 +137,7 @@ impl<S: Storage, F: WrappedFormat<S>> Qcow2<S, F> {
         } = existing.0
         {
             if existing.1 >= length {
+                self.check_metadata_overlap(offset, existing.1).await?;
                 return Ok((offset, existing.1, None));
             }
         }
@@ -166,6 +167,13 @@ impl<S: Storage, F: WrappedFormat<S>> Qcow2<S, F> {
             }
         };
 
+        if let Err(err) = self.check_metadata_overlap(host_offset, length).await {
+            drop(l2_changes);
+            drop(l2_table);
+            self.process_clusters_to_free().await;
+            return Err(err);
+        }
+
         // Everything may turn out to be mapped already, e.g. when a concurrent request has mapped
         // it while we were waiting for the lock
         let prepared_mapping = (!l2_changes.is_empty()).then(|| PreparedMappingState {
@@ -175,6 +183,68 @@ impl<S: Storage, F: WrappedFormat<S>> Qcow2<S, F> {
         });
 
         Ok((host_offset, length, prepared_mapping))
+    }
+
+    /// Refuse a data write to `length` bytes at `host_offset` in the image file if that would
+    /// overwrite metadata.
+    ///
+    /// A corrupted (or hostile) image may map guest data onto its own metadata; writing there
+    /// would destroy the image further.  Like QEMU’s overlap check (in its default `cached`
+    /// mode), this checks the header cluster, the active L1 table, the L2 tables it references,
+    /// the refcount table and the refcount blocks.  (Snapshot tables and inactive L1 tables,
+    /// which QEMU checks too, are not, as imago does not load them.)
+    pub(super) async fn check_metadata_overlap(
+        &self,
+        host_offset: u64,
+        length: u64,
+    ) -> io::Result<()> {
+        if self.header.external_data_file() || length == 0 {
+            return Ok(());
+        }
+        let range = host_offset..host_offset.saturating_add(length);
+        let cluster_size = self.header.cluster_size() as u64;
+        let overlaps =
+            |start: u64, len: u64| start < range.end && range.start < start.saturating_add(len);
+        let refuse = |what: &str, at: u64| {
+            Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "qcow2 image is corrupt: a data write to {length} bytes at host offset                      {host_offset:#x} would overwrite the {what} at {at:#x}; refusing it                      (check the image with `qemu-img check`)"
+                ),
+            ))
+        };
+
+        if overlaps(0, cluster_size) {
+            return refuse("image header", 0);
+        }
+        let reftable = self.header.reftable_offset().0;
+        if overlaps(
+            reftable,
+            self.header.reftable_clusters().0.saturating_mul(cluster_size),
+        ) {
+            return refuse("refcount table", reftable);
+        }
+        {
+            let l1 = self.l1_table.read().await;
+            if let Some(l1_offset) = l1.get_offset() {
+                if overlaps(l1_offset.0, l1.byte_size() as u64) {
+                    return refuse("L1 table", l1_offset.0);
+                }
+            }
+            for i in 0..l1.entries() {
+                if let Some(l2) = l1.get(i).l2_offset() {
+                    if overlaps(l2.0, cluster_size) {
+                        return refuse("L2 table", l2.0);
+                    }
+                }
+            }
+        }
+        if let Some(allocator) = self.allocator.as_ref() {
+            if let Some(rb) = allocator.lock().await.refblock_overlapping(&range) {
+                return refuse("refcount block", rb);
+            }
+        }
+        Ok(())
     }
 
     /// Make a mapping prepared by [`Qcow2::do_prepare_data_mapping()`] visible.
