@@ -402,7 +402,9 @@ fn crash_case(kind: Kind, kills: u64, rng: &mut Rng, root: &Path) {
             case.fresh();
         }
         let on_flush = (rng.below(2) == 0).then(|| 1 + rng.below(12));
-        let delay = Duration::from_micros(rng.below(full.as_micros() as u64));
+        // Within the first three quarters of a run, so that most kills
+        // land before its end.
+        let delay = Duration::from_micros(rng.below(full.as_micros() as u64 * 3 / 4));
         let jitter = rng.below(500);
         let what = match on_flush {
             Some(k) => format!("killed at FLUSH {k} (+{jitter} us), kill {i}"),

@@ -117,6 +117,14 @@ impl ClustersToFreeEntry {
     }
 }
 
+/// One past the last entry of `reftable` that references a refcount block.
+fn refblocks_end(reftable: &RefTable) -> usize {
+    (0..reftable.entries())
+        .rev()
+        .find(|&i| reftable.get(i).refblock_offset().is_some())
+        .map_or(0, |i| i + 1)
+}
+
 /// Central facility for cluster allocation.
 pub(super) struct Allocator<S: Storage> {
     /// Qcow2 metadata file.
@@ -124,6 +132,10 @@ pub(super) struct Allocator<S: Storage> {
 
     /// Qcow2 refcount table.
     reftable: RefTable,
+
+    /// One past the last refcount table entry that references a refcount block (QEMU’s
+    /// `max_refcount_table_index + 1`), so the overlap check need not scan the whole table.
+    refblocks_end: usize,
 
     /// The first free cluster index in the qcow2 file, to speed up allocation.
     first_free_cluster: HostCluster,
@@ -290,6 +302,7 @@ impl<S: Storage> Allocator<S> {
 
         Ok(Allocator {
             file: image,
+            refblocks_end: refblocks_end(&reftable),
             reftable,
             first_free_cluster: HostCluster(0),
             header,
@@ -506,7 +519,7 @@ impl<S: Storage> Allocator<S> {
     /// file, if any.
     pub(super) fn refblock_overlapping(&self, range: &Range<u64>) -> Option<u64> {
         let cluster_size = self.header.cluster_size() as u64;
-        (0..self.reftable.entries()).find_map(|i| {
+        (0..self.refblocks_end).find_map(|i| {
             let rb = self.reftable.get(i).refblock_offset()?.0;
             (rb < range.end && range.start < rb.saturating_add(cluster_size)).then_some(rb)
         })
@@ -568,6 +581,7 @@ impl<S: Storage> Allocator<S> {
 
         self.reftable
             .enter_refblock(rt_index, &new_rb, new_rb_allocation)?;
+        self.refblocks_end = self.refblocks_end.max(rt_index + 1);
         self.reftable
             .write_entry(self.file.as_ref(), rt_index)
             .await?;
@@ -704,6 +718,7 @@ impl<S: Storage> Allocator<S> {
 
         // Must set new reftable before freeing the old reftable’s clusters
         let mut old_reftable = mem::replace(&mut self.reftable, new_rt);
+        self.refblocks_end = refblocks_end(&self.reftable);
         if let Some(old_rt_cluster) = old_reftable.get_cluster() {
             let old_rt_size = old_reftable.cluster_count();
             old_reftable.unset_cluster();
@@ -864,6 +879,7 @@ mod tests {
 
         let mut allocator = Allocator {
             file: Arc::clone(&null),
+            refblocks_end: refblocks_end(&old_reftable),
             reftable: old_reftable,
             first_free_cluster: rb_a_cluster,
             header: Arc::clone(&header),

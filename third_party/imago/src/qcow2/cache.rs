@@ -242,8 +242,13 @@ impl<S: Storage> MetadataCaches<S> {
     /// Sync the metadata file if `written` says something was written since the last sync.
     async fn sync_if_written(&self, written: &AtomicBool) -> io::Result<()> {
         if written.swap(false, Ordering::AcqRel) {
+            // This sync covers the data written so far, too
+            let data_pending = self.l2_data_sync_pending.swap(false, Ordering::AcqRel);
             if let Err(err) = self.file.sync().await {
                 written.store(true, Ordering::Release);
+                if data_pending {
+                    self.l2_data_sync_pending.store(true, Ordering::Release);
+                }
                 return Err(err);
             }
         }

@@ -190,8 +190,8 @@ impl<S: Storage, F: WrappedFormat<S>> Qcow2<S, F> {
     ///
     /// A corrupted (or hostile) image may map guest data onto its own metadata; writing there
     /// would destroy the image further.  Like QEMU’s overlap check (in its default `cached`
-    /// mode), this checks the header cluster, the active L1 table, the L2 tables it references,
-    /// the refcount table and the refcount blocks.  (Snapshot tables and inactive L1 tables,
+    /// mode), this checks the header cluster, the active L1 table, the L2 tables it references
+    /// (through the entries that cover the disk), the refcount table and the refcount blocks.  (Snapshot tables and inactive L1 tables,
     /// which QEMU checks too, are not, as imago does not load them.)
     pub(super) async fn check_metadata_overlap(
         &self,
@@ -231,7 +231,13 @@ impl<S: Storage, F: WrappedFormat<S>> Qcow2<S, F> {
                     return refuse("L1 table", l1_offset.0);
                 }
             }
-            for i in 0..l1.entries() {
+            // Only the entries that can map guest data: imago sizes new L1 tables to whole
+            // clusters, and scanning thousands of unused entries on every write would cost.
+            let l1_used = match self.header.size() {
+                0 => 0,
+                size => GuestOffset(size - 1).l1_index(self.header.cluster_bits()) + 1,
+            };
+            for i in 0..cmp::min(l1.entries(), l1_used) {
                 if let Some(l2) = l1.get(i).l2_offset() {
                     if overlaps(l2.0, cluster_size) {
                         return refuse("L2 table", l2.0);
