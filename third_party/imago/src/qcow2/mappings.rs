@@ -862,6 +862,44 @@ mod tests {
         );
     }
 
+    /// Without any flush, whatever is on disk must be consistent: every L2 table the L1 table
+    /// points to must have its refcount on disk (a crash must not leave a referenced cluster
+    /// with refcount 0, which would be handed out again).  Also, data must not be written over
+    /// metadata.
+    #[maybe_async::test(feature = "sync", async(feature = "async", tokio::test))]
+    async fn test_new_l2_tables_are_refcounted_on_disk_before_use() {
+        let state = Arc::new(MemStorageState::default());
+        let qcow2 = create_image(&state, 1024 * 1024, 16).await;
+        qcow2.flush().await.unwrap();
+        let image = FormatAccess::new(qcow2);
+
+        // 512-byte clusters: an L2 table covers 32 KiB; make four of them, never flushing
+        for i in 0..4u64 {
+            image
+                .write(&[0x33u8; 512][..], i * 32 * 1024)
+                .await
+                .unwrap();
+        }
+
+        let data = state.data.lock().clone();
+        let be64 = |at: u64| u64::from_be_bytes(data[at as usize..][..8].try_into().unwrap());
+        let l1 = be64(40);
+        let reftable = be64(48);
+        for i in 0..4u64 {
+            let l2 = be64(l1 + 8 * i) & 0x00ff_ffff_ffff_fe00;
+            if l2 == 0 {
+                continue;
+            }
+            let cluster = l2 / 512;
+            // 16-bit refcounts: 256 per 512-byte refblock
+            let rb = be64(reftable + 8 * (cluster / 256)) & 0x00ff_ffff_ffff_fe00;
+            assert_ne!(rb, 0, "L2 table {i} at {l2:#x}: no refblock on disk");
+            let at = (rb + 2 * (cluster % 256)) as usize;
+            let refcount = u16::from_be_bytes(data[at..at + 2].try_into().unwrap());
+            assert_eq!(refcount, 1, "L2 table {i} at {l2:#x}: refcount on disk");
+        }
+    }
+
     /// Fully discarding (to the backing file) must work on qcow2 v2 images, too, because it only
     /// requires setting L2 entries to 0.
     #[maybe_async::test(feature = "sync", async(feature = "async", tokio::test))]
