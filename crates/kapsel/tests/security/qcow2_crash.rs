@@ -178,12 +178,17 @@ impl Case {
     }
 }
 
+/// Start of the line the guest prints right before it starts writing.
+const BLK_DEV: &str = "kapsel-testguest: blk dev=";
+
 /// What the killed run printed that matters.
 #[derive(Debug, Default)]
 struct Seen {
     /// Per pass (0 write, 1 mixed): blocks below this were flushed.
     flushed: [u64; 2],
     completed: bool,
+    /// From the guest's first write to the end of its output.
+    writing: Option<Duration>,
     output: Vec<String>,
 }
 
@@ -205,10 +210,10 @@ fn guest(case: &Case, cmdline: &str) -> Command {
     cmd
 }
 
-/// Runs the guest's write test and SIGKILLs the VM process after `delay`,
-/// or, with `on_flush = Some(k)`, when the guest announces its k-th FLUSH
-/// (plus up to half a millisecond), so that the kill lands inside the
-/// flush.
+/// Runs the guest's write test and SIGKILLs the VM process `delay` after
+/// the guest starts writing, or, with `on_flush = Some(k)`, when the guest
+/// announces its k-th FLUSH (plus up to half a millisecond), so that the
+/// kill lands inside the flush.
 fn killed_run(case: &Case, delay: Duration, on_flush: Option<u64>, jitter_us: u64) -> Seen {
     let cmdline = if on_flush.is_some() {
         format!("blk blk-mib={WRITE_MIB} blk-flush={FLUSH_EVERY}")
@@ -226,9 +231,9 @@ fn killed_run(case: &Case, delay: Duration, on_flush: Option<u64>, jitter_us: u6
             }
         }
     });
-    let started = Instant::now();
     let mut seen = Seen::default();
     let mut flushes = 0;
+    let mut writing_since = None;
     let note = |seen: &mut Seen, line: String| {
         if let Some(rest) = line.strip_prefix(virtio::BLK_FLUSHED) {
             if let Some((pass, upto)) = parse_pass_upto(rest) {
@@ -240,10 +245,11 @@ fn killed_run(case: &Case, delay: Duration, on_flush: Option<u64>, jitter_us: u6
         }
         seen.output.push(line);
     };
+    let started = Instant::now();
     loop {
-        let deadline = match on_flush {
-            None => started + delay,
-            Some(_) => started + RUN_TIMEOUT,
+        let deadline = match (on_flush, writing_since) {
+            (None, Some(since)) => since + delay,
+            _ => started + RUN_TIMEOUT,
         };
         let now = Instant::now();
         if now >= deadline {
@@ -251,6 +257,9 @@ fn killed_run(case: &Case, delay: Duration, on_flush: Option<u64>, jitter_us: u6
         }
         match rx.recv_timeout(deadline - now) {
             Ok(line) => {
+                if line.starts_with(BLK_DEV) {
+                    writing_since = Some(Instant::now());
+                }
                 let announce = line.starts_with(virtio::BLK_FLUSH);
                 note(&mut seen, line);
                 if announce {
@@ -266,6 +275,7 @@ fn killed_run(case: &Case, delay: Duration, on_flush: Option<u64>, jitter_us: u6
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
+    seen.writing = writing_since.map(|since| since.elapsed());
     // SIGKILL, as `kill -9`: no chance for the VMM to write anything back.
     let _ = child.kill();
     let _ = child.wait();
@@ -388,11 +398,17 @@ fn qemu_img_usable() -> bool {
 
 fn crash_case(kind: Kind, kills: u64, rng: &mut Rng, root: &Path) {
     let case = Case::new(kind, root);
-    // How long a whole run takes here, to spread the kills over it.
+    // How long the guest writes in a whole run here, to spread the kills
+    // over that time.
     case.fresh();
-    let started = Instant::now();
+    let first = killed_run(&case, RUN_TIMEOUT, None, 0);
+    assert!(
+        first.completed,
+        "{kind:?} image: the first run did not complete:\n{}",
+        first.output.join("\n")
+    );
+    let full = first.writing.unwrap_or(Duration::from_secs(1));
     clean_run(&case, "(first run)");
-    let full = started.elapsed();
     let mut during_flush = 0;
     let mut completed = 0;
     for i in 0..kills {
@@ -402,8 +418,8 @@ fn crash_case(kind: Kind, kills: u64, rng: &mut Rng, root: &Path) {
             case.fresh();
         }
         let on_flush = (rng.below(2) == 0).then(|| 1 + rng.below(12));
-        // Within the first three quarters of a run, so that most kills
-        // land before its end.
+        // Within the first three quarters of the guest's writing, so that
+        // most kills land before its end.
         let delay = Duration::from_micros(rng.below(full.as_micros() as u64 * 3 / 4));
         let jitter = rng.below(500);
         let what = match on_flush {
@@ -422,7 +438,7 @@ fn crash_case(kind: Kind, kills: u64, rng: &mut Rng, root: &Path) {
     }
     println!(
         "{kind:?}: {kills} kills ({during_flush} at a FLUSH, {completed} after the run ended), \
-         image clean each time; a whole run takes {full:?}"
+         image clean each time; the guest writes for {full:?} in a whole run"
     );
 }
 
