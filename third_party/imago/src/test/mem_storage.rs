@@ -58,6 +58,10 @@ pub struct MemStorageState {
     /// Offsets of writes that have failed.
     pub failed: Mutex<Vec<u64>>,
 
+    /// While `Some`, every write and sync is entered here, in order, so that a test can replay
+    /// what a power loss at any point could have left on disk.
+    pub journal: Mutex<Option<Vec<JournalEntry>>>,
+
     /// While set, reads do not complete until `release_reads` is set (their offsets are entered
     /// into `held_reads`).
     #[cfg(feature = "async")]
@@ -70,6 +74,15 @@ pub struct MemStorageState {
     /// Allows held reads to complete (reading the data present at that point).
     #[cfg(feature = "async")]
     pub release_reads: AtomicBool,
+}
+
+/// A write or sync entered into [`MemStorageState::journal`].
+#[derive(Clone, Debug)]
+pub enum JournalEntry {
+    /// Data written at an offset.
+    Write(u64, Vec<u8>),
+    /// A sync: everything written before is durable.
+    Sync,
 }
 
 impl MemStorageState {
@@ -270,6 +283,9 @@ impl Storage for MemStorage {
             return Ok(());
         }
 
+        if let Some(journal) = self.state.journal.lock().as_mut() {
+            journal.push(JournalEntry::Write(offset, bounce.clone()));
+        }
         self.state.write(offset, &bounce);
         Ok(())
     }
@@ -279,6 +295,9 @@ impl Storage for MemStorage {
     }
 
     async fn sync(&self) -> io::Result<()> {
+        if let Some(journal) = self.state.journal.lock().as_mut() {
+            journal.push(JournalEntry::Sync);
+        }
         Ok(())
     }
 
