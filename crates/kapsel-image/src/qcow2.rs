@@ -274,6 +274,61 @@ mod tests {
         );
     }
 
+    /// A corrupt image that maps guest data onto its own metadata: writes
+    /// there are refused (QEMU's overlap check), not let through to
+    /// destroy the image further.
+    #[test]
+    fn writes_onto_metadata_are_refused() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.qcow2");
+        crate::create(&path, Format::Qcow2, Some(4 << 20), None).unwrap();
+        {
+            let b = crate::open(&path, Some(Format::Qcow2), false).unwrap();
+            b.write_at(&[0x5a; 4096], 0).unwrap();
+            b.flush().unwrap();
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let be64 = |at: u64| {
+            let mut w = [0u8; 8];
+            file.read_exact_at(&mut w, at).unwrap();
+            u64::from_be_bytes(w)
+        };
+        const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+        const COPIED: u64 = 1 << 63;
+        let l1 = be64(40);
+        let l2 = be64(l1) & OFFSET_MASK;
+        let reftable = be64(48);
+        let refblock = be64(reftable) & OFFSET_MASK;
+        for (target, what) in [
+            (l1, "L1"),
+            (l2, "L2"),
+            (reftable, "reftable"),
+            (refblock, "refblock"),
+        ] {
+            // Guest cluster 1 mapped onto the metadata cluster (offset 0, the
+            // header, would mean "unallocated" in an L2 entry).
+            file.write_all_at(&(target | COPIED).to_be_bytes(), l2 + 8)
+                .unwrap();
+            file.sync_all().unwrap();
+            let before = std::fs::read(&path).unwrap();
+            let b = crate::open(&path, Some(Format::Qcow2), false).unwrap();
+            let Err(err) = b.write_at(&[0xa5; 512], 1 << 16) else {
+                panic!("a write onto the {what} went through");
+            };
+            assert!(err.to_string().contains("would overwrite"), "{what}: {err}");
+            drop(b);
+            assert!(
+                std::fs::read(&path).unwrap() == before,
+                "{what} was overwritten"
+            );
+        }
+    }
+
     #[test]
     fn create_then_open_round_trip() {
         let dir = tempfile::tempdir().unwrap();

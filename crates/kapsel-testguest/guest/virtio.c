@@ -23,6 +23,11 @@
  *   blk-layout   with blk: also requests in other valid descriptor layouts
  *                (header split, header+data, data+status in one descriptor).
  *   blk-mib=N    test at most the first N MiB of a writable disk (default 64).
+ *   blk-flush=N  with blk: in the write and mixed passes, a FLUSH after every
+ *                N batches of requests, announced by "blk flush pass=P
+ *                upto=B" before and "blk flushed pass=P upto=B" after it
+ *                completed (blocks 0..B of pass P are then on stable
+ *                storage); the crash-consistency test kills the VMM on them.
  *   net          the frame exchange with the host described below.
  *   net-tx=N     number of frames to send (default 1000, at most 65536).
  *
@@ -847,6 +852,8 @@ static void blk_serial(struct blk *b, char *serial)
  */
 static void blk_pass(struct blk *b, u64 blocks, int mode)
 {
+    u64 flush_every = mode == 2 ? 0 : word_value("blk-flush", 0);
+    u64 batches = 0;
     for (u64 start = 0; start < blocks; start += b->nslots) {
         unsigned n = (unsigned)(blocks - start < b->nslots ? blocks - start : b->nslots);
         for (unsigned s = 0; s < n; s++) {
@@ -873,6 +880,12 @@ static void blk_pass(struct blk *b, u64 blocks, int mode)
                   write ? "write" : "read", blk, b->used_len[s], want_len);
             if (!write)
                 check_pattern(b, slot_data(b, s), blk, mode == 1 ? 0 : final_gen(blk));
+        }
+        if (flush_every && ++batches % flush_every == 0) {
+            tg_printf(TG "blk flush pass=%d upto=%lu\n", mode, start + n);
+            u8 st = blk_one(b, BLK_T_FLUSH, 0, NULL, 0);
+            CHECK(st == BLK_S_OK, "blk %02x.%u: FLUSH status %u", b->d->dev, b->d->fn, st);
+            tg_printf(TG "blk flushed pass=%d upto=%lu\n", mode, start + n);
         }
     }
 }

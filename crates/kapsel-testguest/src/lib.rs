@@ -183,6 +183,13 @@ pub mod expect {
 ///   rewrite blocks 0 to 2 with what they hold. Prints
 ///   [`BLK_LAYOUT_OK`](virtio::BLK_LAYOUT_OK) after a `blk layout ...`
 ///   line with each request's status and used length.
+/// - `blk-flush=N`: with `blk`, the write pass and the mixed pass issue a
+///   FLUSH after every N batches (of up to 64 requests), printing
+///   [`BLK_FLUSH`](virtio::BLK_FLUSH) before it and
+///   [`BLK_FLUSHED`](virtio::BLK_FLUSHED) once it completed, both followed
+///   by `pass=P upto=B`: the blocks below B written in pass P (0: write,
+///   1: mixed) are then on stable storage. The crash-consistency test
+///   kills the VMM on these lines.
 /// - `blk-ro`: as `blk`, but every disk must be read-only.
 /// - `net`: the frame exchange of [`net`](virtio::net) on the first
 ///   virtio-net card; `net-tx=N` frames from the guest (default 1000).
@@ -262,6 +269,13 @@ pub mod virtio {
     /// Start of the line a writable disk that passed prints; it goes on with
     /// `requests=N serial=S sectors=C blocks=B kicks=K`.
     pub const BLK_OK: &str = "kapsel-testguest: blk ok ";
+
+    /// Start of the line `blk-flush=N` prints before a FLUSH; it goes on
+    /// with `pass=P upto=B`.
+    pub const BLK_FLUSH: &str = "kapsel-testguest: blk flush ";
+    /// Start of the line `blk-flush=N` prints after a FLUSH completed; it
+    /// goes on with `pass=P upto=B`.
+    pub const BLK_FLUSHED: &str = "kapsel-testguest: blk flushed ";
 
     /// The beginning of a passed writable disk's line, through its serial.
     pub fn blk_ok(requests: u64, serial: &str) -> String {

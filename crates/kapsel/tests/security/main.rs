@@ -12,3 +12,4 @@ mod containers;
 mod control;
 mod daemon_limits;
 mod user_paths;
+mod qcow2_crash;
