@@ -507,34 +507,12 @@ fn a_seccomp_violation_kills_the_vm_process_and_the_daemon_reports_it() {
 #[path = "../../kapsel-container/tests/common/mod.rs"]
 mod ctcommon;
 
-fn containers_ready() -> bool {
-    match ctcommon::skip_reason() {
-        Some(reason) => {
-            println!("SKIP: {reason}");
-            false
-        }
-        None => true,
-    }
-}
-
-/// A busybox system container root whose init says when it boots and
-/// when it shuts down.
-fn system_root(tag: &str) -> ctcommon::Rootfs {
-    let root = ctcommon::Rootfs::new(tag);
-    std::fs::write(
-        root.file("/etc/inittab"),
-        "::sysinit:/bin/echo kapsel-ct-booted\n::respawn:/bin/sleep 1000\n::shutdown:/bin/echo kapsel-ct-shutdown\n",
-    )
-    .unwrap();
-    root
-}
-
 #[test]
 fn containers_start_exec_pause_and_stop_like_vms() {
-    if !containers_ready() {
+    if !ctcommon::ready() {
         return;
     }
-    let root = system_root("daemon-sys");
+    let root = ctcommon::Rootfs::system("daemon-sys");
     let web = ctcommon::name("web");
     let app = ctcommon::name("app");
     let conf = format!(
@@ -665,10 +643,10 @@ fn proc_ids(pid: i32, key: &str) -> Vec<u32> {
 #[test]
 fn an_unprivileged_container_is_root_inside_only() {
     use std::os::unix::fs::MetadataExt;
-    if !containers_ready() {
+    if !ctcommon::ready() {
         return;
     }
-    let root = system_root("daemon-unpriv");
+    let root = ctcommon::Rootfs::system("daemon-unpriv");
     // A host file of an id outside the map, which only the host's root
     // (or a privileged container's) may read.
     std::fs::write(root.file("/etc/foreign"), "foreign-secret\n").unwrap();
@@ -787,7 +765,7 @@ fn out_of(o: Output) -> (i32, String, String) {
 
 #[test]
 fn a_container_gets_its_address_by_dhcp_on_a_local_interface() {
-    if !containers_ready() || !kvm_usable() {
+    if !ctcommon::ready() || !kvm_usable() {
         return;
     }
     if Command::new("nft").arg("--version").output().is_err() {
@@ -843,7 +821,7 @@ fn a_container_gets_its_address_by_dhcp_on_a_local_interface() {
 
 #[test]
 fn two_containers_on_a_switch_reach_each_other() {
-    if !containers_ready() {
+    if !ctcommon::ready() {
         return;
     }
     let Some(ns) = Netns::create("ctsw") else {
@@ -1162,7 +1140,7 @@ fn staggered_start_starts_vms_in_groups() {
 
 #[test]
 fn a_container_from_an_image_tarball_is_unpacked_once() {
-    if !containers_ready() {
+    if !ctcommon::ready() {
         return;
     }
     let root = ctcommon::Rootfs::new("daemon-image");
@@ -1221,7 +1199,7 @@ fn a_container_from_an_image_tarball_is_unpacked_once() {
 
 #[test]
 fn the_daemon_answers_while_an_image_unpacks() {
-    if !containers_ready() {
+    if !ctcommon::ready() {
         return;
     }
     // 64 MiB that do not compress: seconds to unpack in a debug build.
@@ -1296,7 +1274,7 @@ fn tar_file(b: &mut tar::Builder<Vec<u8>>, path: &str, mode: u32, data: &[u8]) {
 
 #[test]
 fn a_container_runs_the_app_of_an_oci_image_with_two_layers() {
-    if !containers_ready() {
+    if !ctcommon::ready() {
         return;
     }
     // Layer 1 (gzip): a busybox root with a file the next layer deletes.

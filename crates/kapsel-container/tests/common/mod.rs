@@ -12,6 +12,17 @@ use std::time::{Duration, Instant};
 /// Where Debian's busybox-static installs busybox.
 pub const BUSYBOX: &str = "/bin/busybox";
 
+/// Whether container tests can run here; prints the `SKIP:` line when not.
+pub fn ready() -> bool {
+    match skip_reason() {
+        Some(reason) => {
+            println!("SKIP: {reason}");
+            false
+        }
+        None => true,
+    }
+}
+
 /// Why container tests cannot run here, if they cannot.
 pub fn skip_reason() -> Option<String> {
     // SAFETY: geteuid has no preconditions.
@@ -56,6 +67,19 @@ pub struct Rootfs {
 }
 
 impl Rootfs {
+    /// A busybox system container root whose init says when it boots
+    /// (`kapsel-ct-booted` on the console) and when it shuts down, and
+    /// otherwise runs until it is stopped.
+    pub fn system(tag: &str) -> Rootfs {
+        let root = Rootfs::new(tag);
+        std::fs::write(
+            root.file("/etc/inittab"),
+            "::sysinit:/bin/echo kapsel-ct-booted\n::respawn:/bin/sleep 1000\n::shutdown:/bin/echo kapsel-ct-shutdown\n",
+        )
+        .unwrap();
+        root
+    }
+
     /// `busybox --install -s` done by hand (no chroot needed): one link per
     /// applet, pointing at /bin/busybox inside the root.
     pub fn new(tag: &str) -> Rootfs {

@@ -189,9 +189,11 @@ cgroup2_rooted() {
     r V1_MOUNTS "$(grep -c ' cgroup ' /proc/mounts)"
     r V2_MOUNTS "$(grep -c ' cgroup2 ' /proc/mounts)"
 
-    # A busybox root from L1's own static busybox.
-    ct=/tmp/ctroot
-    rm -rf $ct && mkdir -p $ct/bin $ct/sbin $ct/etc $ct/proc $ct/sys $ct/dev $ct/tmp
+    # A busybox root from L1's own static busybox, in a directory only root
+    # may enter (kapseld refuses a root other users can reach: vm.conf(5)).
+    rm -rf /tmp/ctdir && mkdir -m 700 /tmp/ctdir
+    ct=/tmp/ctdir/root
+    mkdir -p $ct/bin $ct/sbin $ct/etc $ct/proc $ct/sys $ct/dev $ct/tmp
     cp /bin/busybox $ct/bin/busybox
     for a in $(busybox --list); do
         [ -e $ct/bin/$a ] || ln -s busybox $ct/bin/$a

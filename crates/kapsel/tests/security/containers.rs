@@ -11,27 +11,6 @@ use std::process::{Command, Stdio};
 
 use crate::ctcommon;
 
-fn containers_ready() -> bool {
-    match ctcommon::skip_reason() {
-        Some(reason) => {
-            println!("SKIP: {reason}");
-            false
-        }
-        None => true,
-    }
-}
-
-/// A busybox root whose init runs until it is stopped.
-fn system_root(tag: &str) -> ctcommon::Rootfs {
-    let root = ctcommon::Rootfs::new(tag);
-    std::fs::write(
-        root.file("/etc/inittab"),
-        "::sysinit:/bin/echo booted\n::respawn:/bin/sleep 1000\n",
-    )
-    .unwrap();
-    root
-}
-
 /// What the test user sees of `path`: `Ok("UID:MODE")` or the error.
 fn as_user(ids: (u32, u32), path: &Path) -> Result<String, String> {
     let (code, stdout, stderr) = out(Command::new(ctcommon::BUSYBOX)
@@ -54,7 +33,7 @@ fn as_user(ids: (u32, u32), path: &Path) -> Result<String, String> {
 /// Also the directories an older kapseld left open must be closed.
 #[test]
 fn a_setuid_file_in_an_image_root_is_out_of_reach() {
-    if !containers_ready() {
+    if !ctcommon::ready() {
         return;
     }
     let Some(ids) = test_user() else {
@@ -121,13 +100,13 @@ fn a_setuid_file_in_an_image_root_is_out_of_reach() {
 /// the setuid-root file its root makes stays out of the test user's reach.
 #[test]
 fn a_root_other_users_can_reach_is_refused_with_the_fix() {
-    if !containers_ready() {
+    if !ctcommon::ready() {
         return;
     }
     let Some(ids) = test_user() else {
         return;
     };
-    let root = system_root("sec-open");
+    let root = ctcommon::Rootfs::system("sec-open");
     let parent = root.path.parent().unwrap().to_path_buf();
     // Open, as a root under /tmp usually is.
     std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -180,10 +159,10 @@ fn a_root_other_users_can_reach_is_refused_with_the_fix() {
 /// SIGHUP, which reloaded its configuration.
 #[test]
 fn containers_start_under_a_daemon_run_as_systemd_runs_it() {
-    if !containers_ready() {
+    if !ctcommon::ready() {
         return;
     }
-    let root = system_root("sec-setsid");
+    let root = ctcommon::Rootfs::system("sec-setsid");
     let name = ctcommon::name("setsid");
     let conf = format!(
         "container \"{name}\" {{\n\troot \"{}\"\n}}\n",
@@ -284,14 +263,14 @@ impl OpenWatch {
 /// read-write), and the error told whether a host path exists.
 #[test]
 fn exec_t_never_opens_the_host_file_dev_ptmx_names() {
-    if !containers_ready() {
+    if !ctcommon::ready() {
         return;
     }
     if Command::new("script").arg("--version").output().is_err() {
         println!("SKIP: script (Debian: bsdutils) is not installed");
         return;
     }
-    let root = system_root("sec-ptmx");
+    let root = ctcommon::Rootfs::system("sec-ptmx");
     let name = ctcommon::name("ptmx");
     let conf = format!(
         "container \"{name}\" {{\n\troot \"{}\"\n}}\n",
@@ -396,10 +375,10 @@ int main(void) {
 /// without CAP_SYS_ADMIN.
 #[test]
 fn seccomp_refuses_namespaces_vsock_and_personalities() {
-    if !containers_ready() {
+    if !ctcommon::ready() {
         return;
     }
-    let root = system_root("sec-seccomp");
+    let root = ctcommon::Rootfs::system("sec-seccomp");
     let src = root.path.parent().unwrap().join("probe.c");
     std::fs::write(&src, PROBE).unwrap();
     let built = Command::new("gcc")
