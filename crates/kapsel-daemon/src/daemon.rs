@@ -323,7 +323,10 @@ impl Daemon {
             .retain(|s| !kept.contains(&bridge_of(s)));
         for (bridge, spec) in bridges(&inner.config) {
             if !kept.contains(&bridge)
-                && !inner.retired_switches.iter().any(|s| bridge_of(s) == bridge)
+                && !inner
+                    .retired_switches
+                    .iter()
+                    .any(|s| bridge_of(s) == bridge)
             {
                 inner.retired_switches.push(spec);
             }

@@ -367,10 +367,8 @@ pub fn reattach_port(port: &SwitchPort) -> Result<PortState, NetError> {
             return Ok(PortState::Gone);
         };
         if link.master != Some(bridge) {
-            nl.set_master(index, Some(bridge)).map_err(kernel(format!(
-                "adding {ifname} to bridge {}",
-                port.bridge
-            )))?;
+            nl.set_master(index, Some(bridge))
+                .map_err(kernel(format!("adding {ifname} to bridge {}", port.bridge)))?;
         }
         if port.up && !link.is_up() {
             nl.set_up(index, true)

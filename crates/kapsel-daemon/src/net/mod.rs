@@ -37,8 +37,8 @@ pub use dhcp::DhcpReply;
 pub use dhcp::{handle_packet, DhcpLease, DhcpServer, DhcpServerThread};
 pub use iface::{
     attach_veth, guest_mac, local_lease, port_state, reattach_port, release_interface,
-    remove_firewall, start_vm_interface, tap_name, GuestInterface, InterfaceKind,
-    InterfaceRequest, PortState, SwitchPort, GUEST_MAC_PREFIX,
+    remove_firewall, start_vm_interface, tap_name, GuestInterface, InterfaceKind, InterfaceRequest,
+    PortState, SwitchPort, GUEST_MAC_PREFIX,
 };
 pub use local::{host_dns_servers, LocalLink, LocalNetwork, LOCAL_LINK_PREFIX_LEN};
 pub use switch::{bridge_mac, bridge_name, ensure_switch, remove_switch, Switch, BRIDGE_PREFIX};

@@ -11,5 +11,5 @@ mod ctcommon;
 mod containers;
 mod control;
 mod daemon_limits;
-mod user_paths;
 mod qcow2_crash;
+mod user_paths;
