@@ -18,8 +18,13 @@
 //!    exited and the DHCP server was dropped);
 //! 4. daemon restart while guests run: [`ensure_switch`] again (idempotent);
 //!    only the DHCP servers need restarting, with [`local_lease`];
-//! 5. switch removed on reload, or shutdown: [`remove_switch`],
-//!    [`LocalNetwork::remove`] and, at shutdown, [`remove_firewall`].
+//! 5. reload and `reset switches`: [`ensure_switch`] again (a bridge
+//!    deleted behind the daemon's back is made again, without ports), then
+//!    [`reattach_port`] for each running guest's [`SwitchPort`];
+//!    [`port_state`] checks one cheaply (netlink only);
+//! 6. switch removed on reload (once no running guest uses it), or
+//!    shutdown: [`remove_switch`], [`LocalNetwork::remove`] and, at
+//!    shutdown, [`remove_firewall`].
 //!
 //! Changes are made through rtnetlink and ioctls; only the firewall rules go
 //! through the `nft` program (nftables' netlink ABI is not worth
