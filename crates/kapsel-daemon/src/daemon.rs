@@ -96,6 +96,16 @@ enum Act {
     Resume,
 }
 
+/// A running guest's switch port, collected under the state lock to be
+/// checked or put back outside it.
+struct RunningPort {
+    guest: String,
+    /// The guest's run it belongs to.
+    generation: u64,
+    kind: net::InterfaceKind,
+    port: net::SwitchPort,
+}
+
 /// One host interface of a running guest.
 pub(crate) struct Attachment {
     ifname: String,
@@ -1308,17 +1318,21 @@ impl Daemon {
         }
     }
 
-    /// The switch ports of the running guests: (guest, port).
-    fn running_ports(&self) -> Vec<(String, net::SwitchPort)> {
+    /// The switch ports of the running guests.
+    fn running_ports(&self) -> Vec<RunningPort> {
         self.lock()
             .vms
             .iter()
             .filter(|v| v.process.is_some())
             .flat_map(|v| {
-                v.net
-                    .iter()
-                    .filter_map(|a| a.port.clone())
-                    .map(|p| (v.spec.name.clone(), p))
+                v.net.iter().filter_map(|a| {
+                    Some(RunningPort {
+                        guest: v.spec.name.clone(),
+                        generation: v.generation,
+                        kind: a.kind,
+                        port: a.port.clone()?,
+                    })
+                })
             })
             .collect()
     }
@@ -1326,23 +1340,48 @@ impl Daemon {
     /// Puts every running guest's switch port back on its bridge, locked
     /// and up ([`net::reattach_port`]), outside the state lock.
     fn reattach_ports(&self) {
-        for (guest, port) in self.running_ports() {
-            match net::reattach_port(&port) {
+        for rp in self.running_ports() {
+            let (guest, port) = (&rp.guest, &rp.port);
+            match net::reattach_port(port) {
                 Ok(net::PortState::Detached) => tracing::info!(
                     "{guest}: interface {} is a port of bridge {} again",
                     port.ifname,
                     port.bridge
                 ),
                 Ok(net::PortState::NoBridge) => tracing::warn!(
-                    "{guest}: interface {} stays off the network: its bridge {} is gone and \
-                     no configured switch has it; it joins a switch at the guest's next start",
+                    "{guest}: interface {} stays off the network: its bridge {} is gone \
+                     (its switch is no longer configured, or could not be made); it joins \
+                     a switch at the guest's next start",
                     port.ifname,
                     port.bridge
                 ),
                 Ok(net::PortState::Attached | net::PortState::Gone) => {}
                 Err(e) => tracing::warn!("{guest}: {e}"),
             }
+            self.undo_if_stopped(&rp);
         }
+    }
+
+    /// After [`net::reattach_port`] outside the lock: if the guest stopped
+    /// meanwhile (its interfaces released), what the reattachment did
+    /// to a surviving interface (an administrator's persistent tap) is
+    /// released again, under the lock so that a new run of the guest,
+    /// which may reuse the name, cannot interleave.
+    fn undo_if_stopped(&self, rp: &RunningPort) {
+        let inner = self.lock();
+        let still = inner.vms.iter().any(|v| {
+            v.spec.name == rp.guest && v.generation == rp.generation && v.process.is_some()
+        });
+        let reused = inner
+            .vms
+            .iter()
+            .any(|v| v.net.iter().any(|a| a.ifname == rp.port.ifname));
+        if !still && !reused {
+            if let Err(e) = net::release_interface(&rp.port.ifname, rp.kind) {
+                tracing::warn!("{}: {e}", rp.guest);
+            }
+        }
+        drop(inner);
     }
 
     /// Which running guests' interfaces are not ports of their bridges:
@@ -1350,10 +1389,10 @@ impl Daemon {
     fn detached_ports(&self) -> Vec<(String, String)> {
         self.running_ports()
             .into_iter()
-            .filter_map(|(guest, port)| match net::port_state(&port) {
+            .filter_map(|rp| match net::port_state(&rp.port) {
                 Ok(s @ (net::PortState::Detached | net::PortState::NoBridge)) => Some((
-                    guest,
-                    format!("{} (bridge {}: {s})", port.ifname, port.bridge),
+                    rp.guest,
+                    format!("{} (bridge {}: {s})", rp.port.ifname, rp.port.bridge),
                 )),
                 _ => None,
             })
