@@ -431,10 +431,21 @@ print("done from", " ".join(sorted(done)), flush=True)
 
 #[test]
 fn two_vms_on_a_switch_exchange_frames() {
+    vms_exchange_frames(false);
+}
+
+/// The bridge deleted by hand while the VMs run, and made again by
+/// `kapsel reset switches`: their taps are its ports again.
+#[test]
+fn two_vms_exchange_frames_after_their_bridge_was_deleted_and_reset() {
+    vms_exchange_frames(true);
+}
+
+fn vms_exchange_frames(delete_bridge: bool) {
     if !kvm_usable() {
         return;
     }
-    let Some(ns) = Netns::create("sw") else {
+    let Some(ns) = Netns::create(if delete_bridge { "swdel" } else { "sw" }) else {
         return;
     };
     let vm = |name: &str| {
@@ -447,6 +458,22 @@ fn two_vms_on_a_switch_exchange_frames() {
     let d = Kapseld::start_in(Some(&ns.0), &conf);
     d.console_text("left", "net ready");
     d.console_text("right", "net ready");
+    if delete_bridge {
+        let del = ns
+            .exec("ip")
+            .args(["link", "del", "kbr-lan"])
+            .output()
+            .unwrap();
+        assert!(del.status.success(), "{del:?}");
+        d.ok(&["reset", "switches"]);
+        let ports = ns
+            .exec("ip")
+            .args(["-o", "link", "show", "master", "kbr-lan"])
+            .output()
+            .unwrap();
+        let ports = String::from_utf8_lossy(&ports.stdout);
+        assert_eq!(ports.matches("ktap").count(), 2, "{ports}\n{}", d.log());
+    }
     let sender = ns
         .exec("python3")
         .args(["-c", GO_SENDER, "kbr-lan", "100", "2"])
