@@ -1012,7 +1012,9 @@ fn a_deleted_bridge_gets_its_ports_back_on_reset_and_reload() {
     p.must(&["nft", "delete", "table", "bridge", "kapsel"]);
     // `reset switches` makes the bridge and puts both veths back on it,
     // locked and up.
+    let t0 = Instant::now();
     d.ok(&["reset", "switches"]);
+    println!("reset switches with 2 guests: {:?}", t0.elapsed());
     assert_eq!(p.ports("kbr-rc"), p.veths, "{}", d.log());
     for veth in &p.veths {
         let chain = format!("lock-{veth}");
