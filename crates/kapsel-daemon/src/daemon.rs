@@ -96,12 +96,25 @@ enum Act {
     Resume,
 }
 
+/// A running guest's switch port, collected under the state lock to be
+/// checked or put back outside it.
+struct RunningPort {
+    guest: String,
+    /// The guest's run it belongs to.
+    generation: u64,
+    kind: net::InterfaceKind,
+    port: net::SwitchPort,
+}
+
 /// One host interface of a running guest.
 pub(crate) struct Attachment {
     ifname: String,
     kind: net::InterfaceKind,
     /// The DHCP server of a local interface; dropping it stops it.
     dhcp: Option<net::DhcpServerThread>,
+    /// The interface as a port of its switch's bridge, to put back when
+    /// the bridge was made again (reset, reload).
+    port: Option<net::SwitchPort>,
 }
 
 impl Attachment {
@@ -122,6 +135,10 @@ pub(crate) struct Inner {
     pub shutting_down: bool,
     /// Bridges this daemon created (removed at shutdown).
     pub created_switches: Vec<kapsel_config::SwitchSpec>,
+    /// Switches a reload removed from the configuration (or renamed, or
+    /// disabled) whose bridges running guests still use: each is removed
+    /// once the last of them stops (see [`Daemon::retire_switches`]).
+    pub retired_switches: Vec<kapsel_config::SwitchSpec>,
     /// `local interface` NAT and forwarding are set up.
     pub local_network: bool,
     /// The host's cgroup layout, found on the first container start.
@@ -139,6 +156,10 @@ pub struct Daemon {
     /// Held while a container image is unpacked, outside `inner`: one
     /// unpack at a time, while every other request is served.
     unpacking: Mutex<()>,
+    /// Held while switches are reconciled (outside `inner`; lock order:
+    /// `reconciling`, then `inner`), so that two reloads or resets do not
+    /// interleave creating and removing the same bridge.
+    reconciling: Mutex<()>,
     /// One daemon per state directory, until this process ends.
     _state_lock: crate::statelock::StateLock,
 }
@@ -206,15 +227,17 @@ impl Daemon {
                 next_id: 1,
                 shutting_down: false,
                 created_switches: Vec::new(),
+                retired_switches: Vec::new(),
                 local_network: false,
                 cgroups: None,
                 removed: Vec::new(),
             }),
             changed: Condvar::new(),
             unpacking: Mutex::new(()),
+            reconciling: Mutex::new(()),
         });
         daemon.apply_config(config);
-        daemon.ensure_switches().map_err(DaemonError::Setup)?;
+        daemon.reconcile_switches().map_err(DaemonError::Setup)?;
         Ok(daemon)
     }
 
@@ -294,6 +317,30 @@ impl Daemon {
         }
         removed.retain(|n| !names.contains(n));
         inner.removed = removed;
+        // Switches whose bridges the new configuration no longer has: a
+        // switch removed, renamed, disabled, or given another `interface`.
+        let bridges = |c: &Config| -> Vec<(String, kapsel_config::SwitchSpec)> {
+            c.switches
+                .iter()
+                .filter(|s| s.enabled)
+                .filter_map(|s| Some((net::bridge_name(s).ok()?, s.clone())))
+                .collect()
+        };
+        let kept: Vec<String> = bridges(&config).into_iter().map(|(b, _)| b).collect();
+        let bridge_of = |s: &kapsel_config::SwitchSpec| net::bridge_name(s).unwrap_or_default();
+        inner
+            .retired_switches
+            .retain(|s| !kept.contains(&bridge_of(s)));
+        for (bridge, spec) in bridges(&inner.config) {
+            if !kept.contains(&bridge)
+                && !inner
+                    .retired_switches
+                    .iter()
+                    .any(|s| bridge_of(s) == bridge)
+            {
+                inner.retired_switches.push(spec);
+            }
+        }
         inner.config = config;
         added
     }
@@ -602,7 +649,13 @@ impl Daemon {
                 inner.removed.push(name.to_string());
             }
         }
+        let retiring = !inner.retired_switches.is_empty();
+        drop(inner);
         self.changed.notify_all();
+        if retiring {
+            // Its switch may have been removed by a reload while it ran.
+            self.retire_switches(false);
+        }
     }
 
     /// Does `act` to a running guest. A VM's process gets a signal
@@ -796,7 +849,7 @@ impl Daemon {
             Self::find(&mut inner, t)?;
         }
         let by_id = target.and_then(|t| t.parse::<u32>().ok());
-        Ok(inner
+        let mut list: Vec<VmStatus> = inner
             .vms
             .iter()
             .filter(|v| target.is_none_or(|t| v.spec.name == t || Some(v.id) == by_id))
@@ -820,9 +873,18 @@ impl Daemon {
                     state: v.state,
                     last_exit: v.last_exit.clone(),
                     enabled: v.configured && v.spec.enabled,
+                    detached: Vec::new(),
                 }
             })
-            .collect())
+            .collect();
+        drop(inner);
+        // Netlink lookups, outside the lock.
+        for (guest, what) in self.detached_ports() {
+            if let Some(st) = list.iter_mut().find(|st| st.name == guest) {
+                st.detached.push(what);
+            }
+        }
+        Ok(list)
     }
 
     /// Checks that `peer` may act on the VM `target`.
@@ -1063,7 +1125,7 @@ impl Daemon {
         let loaded = self.lock().loaded.clone();
         let config = self.read_config(&loaded)?;
         let added = self.apply_config(config);
-        self.ensure_switches()?;
+        self.reconcile_switches()?;
         let n = added.len();
         self.start_enabled(added);
         Ok(format!("configuration reloaded; {n} new VM(s) started"))
@@ -1098,7 +1160,7 @@ impl Daemon {
             }
         }
         let added = self.apply_config(config);
-        self.ensure_switches()?;
+        self.reconcile_switches()?;
         let n = added.len();
         self.start_enabled(added);
         Ok(format!("loaded {}; {n} new VM(s) started", path.display()))
@@ -1128,7 +1190,8 @@ impl Daemon {
         while inner.vms.iter().any(|v| v.state != VmState::Stopped) {
             inner = self.changed.wait(inner).unwrap_or_else(|e| e.into_inner());
         }
-        for sw in inner.created_switches.drain(..) {
+        let retired = std::mem::take(&mut inner.retired_switches);
+        for sw in inner.created_switches.drain(..).chain(retired) {
             if let Err(e) = net::remove_switch(&sw) {
                 tracing::warn!("{e}");
             }
@@ -1140,25 +1203,227 @@ impl Daemon {
         }
     }
 
-    /// Makes the bridges of the enabled switches exist (idempotent: at
-    /// startup, reload and `reset switches`).
-    fn ensure_switches(&self) -> Result<(), String> {
-        let mut inner = self.lock();
-        let switches: Vec<_> = inner
+    /// Makes the host's switches what the configuration says (at startup,
+    /// reload, `load` and `reset switches`): the bridges of the enabled
+    /// switches exist (made again if deleted), switches the configuration
+    /// no longer has go once no running guest uses them, and every running
+    /// guest's switch port is a port of its bridge again, locked and up.
+    /// Netlink and `nft` run outside the state lock.
+    fn reconcile_switches(&self) -> Result<(), String> {
+        let _one = self.reconciling.lock().unwrap_or_else(|e| e.into_inner());
+        let switches: Vec<_> = self
+            .lock()
             .config
             .switches
             .iter()
             .filter(|s| s.enabled)
             .cloned()
             .collect();
+        let mut errors = Vec::new();
+        let mut created = Vec::new();
         for spec in switches {
-            let sw = net::ensure_switch(&spec).map_err(|e| e.to_string())?;
-            tracing::info!("switch {}: bridge {}", sw.name, sw.bridge);
-            if sw.created && !inner.created_switches.iter().any(|s| s.name == spec.name) {
-                inner.created_switches.push(spec);
+            match net::ensure_switch(&spec) {
+                Ok(sw) => {
+                    if sw.created {
+                        tracing::info!("switch {}: bridge {} created", sw.name, sw.bridge);
+                        created.push((spec, sw.bridge));
+                    } else {
+                        tracing::info!("switch {}: bridge {}", sw.name, sw.bridge);
+                    }
+                }
+                Err(e) => errors.push(e.to_string()),
             }
         }
-        Ok(())
+        {
+            let mut inner = self.lock();
+            for (spec, bridge) in created {
+                let known = inner
+                    .created_switches
+                    .iter()
+                    .any(|s| net::bridge_name(s).is_ok_and(|b| b == bridge));
+                if !known {
+                    inner.created_switches.push(spec);
+                }
+            }
+        }
+        self.retire_switches_locked(true);
+        self.reattach_ports();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+
+    /// Removes the switches a reload took out of the configuration whose
+    /// bridges no running guest uses any more ([`net::remove_switch`]: a
+    /// bridge Kapsel made is deleted, one the administrator made only
+    /// loses its `add` ports). A bridge still in use stays, with its
+    /// guests on it, until the last of them stops (Incus likewise refuses
+    /// to delete a network instances use); `announce` logs that.
+    fn retire_switches(&self, announce: bool) {
+        let _one = self.reconciling.lock().unwrap_or_else(|e| e.into_inner());
+        self.retire_switches_locked(announce);
+    }
+
+    /// [`Daemon::retire_switches`] with `reconciling` held.
+    fn retire_switches_locked(&self, announce: bool) {
+        let (remove, stay) = {
+            let mut inner = self.lock();
+            let mut remove = Vec::new();
+            let mut stay = Vec::new();
+            for spec in std::mem::take(&mut inner.retired_switches) {
+                let Ok(bridge) = net::bridge_name(&spec) else {
+                    continue;
+                };
+                let users: Vec<String> = inner
+                    .vms
+                    .iter()
+                    .filter(|v| {
+                        v.net
+                            .iter()
+                            .any(|a| a.port.as_ref().is_some_and(|p| p.bridge == bridge))
+                    })
+                    .map(|v| v.spec.name.clone())
+                    .collect();
+                if users.is_empty() {
+                    inner
+                        .created_switches
+                        .retain(|s| net::bridge_name(s).ok().as_deref() != Some(&bridge));
+                    remove.push((spec, bridge));
+                } else {
+                    stay.push((spec.name.clone(), bridge, users));
+                    inner.retired_switches.push(spec);
+                }
+            }
+            (remove, stay)
+        };
+        for (spec, bridge) in remove {
+            match net::remove_switch(&spec) {
+                Ok(()) => tracing::info!(
+                    "switch {}: no longer configured, bridge {bridge} removed (if Kapsel made it)",
+                    spec.name
+                ),
+                Err(e) => tracing::warn!("{e}"),
+            }
+        }
+        if announce {
+            for (name, bridge, users) in stay {
+                tracing::warn!(
+                    "switch {name}: no longer configured, but {} still on its bridge {bridge}; \
+                     the bridge stays, with their interfaces on it, until they stop",
+                    users.join(", ")
+                );
+            }
+        }
+    }
+
+    /// The switch ports of the running guests.
+    fn running_ports(&self) -> Vec<RunningPort> {
+        self.lock()
+            .vms
+            .iter()
+            .filter(|v| v.process.is_some())
+            .flat_map(|v| {
+                v.net.iter().filter_map(|a| {
+                    Some(RunningPort {
+                        guest: v.spec.name.clone(),
+                        generation: v.generation,
+                        kind: a.kind,
+                        port: a.port.clone()?,
+                    })
+                })
+            })
+            .collect()
+    }
+
+    /// Puts every running guest's switch port back on its bridge, locked
+    /// and up ([`net::reattach_port`]), outside the state lock.
+    fn reattach_ports(&self) {
+        for rp in self.running_ports() {
+            let (guest, port) = (&rp.guest, &rp.port);
+            match net::reattach_port(port) {
+                Ok(net::PortState::Detached) => tracing::info!(
+                    "{guest}: interface {} is a port of bridge {} again",
+                    port.ifname,
+                    port.bridge
+                ),
+                Ok(net::PortState::NoBridge) => tracing::warn!(
+                    "{guest}: interface {} stays off the network: its bridge {} is gone \
+                     (its switch is no longer configured, or could not be made); it joins \
+                     a switch at the guest's next start",
+                    port.ifname,
+                    port.bridge
+                ),
+                Ok(net::PortState::Attached | net::PortState::Gone) => {}
+                Err(e) => tracing::warn!("{guest}: {e}"),
+            }
+            self.undo_if_stopped(&rp);
+        }
+    }
+
+    /// After [`net::reattach_port`] outside the lock: if the guest stopped
+    /// meanwhile (its interfaces released), what the reattachment did
+    /// to a surviving interface (an administrator's persistent tap) is
+    /// released again, under the lock so that a new run of the guest,
+    /// which may reuse the name, cannot interleave.
+    fn undo_if_stopped(&self, rp: &RunningPort) {
+        let inner = self.lock();
+        let still = inner.vms.iter().any(|v| {
+            v.spec.name == rp.guest && v.generation == rp.generation && v.process.is_some()
+        });
+        let reused = inner
+            .vms
+            .iter()
+            .any(|v| v.net.iter().any(|a| a.ifname == rp.port.ifname));
+        if !still && !reused {
+            if let Err(e) = net::release_interface(&rp.port.ifname, rp.kind) {
+                tracing::warn!("{}: {e}", rp.guest);
+            }
+        }
+        drop(inner);
+    }
+
+    /// Which running guests' interfaces are not ports of their bridges:
+    /// guest name -> `IFNAME (STATE)`, by netlink lookups outside the lock.
+    fn detached_ports(&self) -> Vec<(String, String)> {
+        self.running_ports()
+            .into_iter()
+            .filter_map(|rp| match net::port_state(&rp.port) {
+                Ok(s @ (net::PortState::Detached | net::PortState::NoBridge)) => Some((
+                    rp.guest,
+                    format!("{} (bridge {}: {s})", rp.port.ifname, rp.port.bridge),
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Checks every `interval` that the running guests' interfaces are
+    /// ports of their bridges, and warns once when one is not (a bridge
+    /// deleted or a port taken out behind the daemon's back), naming the
+    /// fix. It does not repair: the administrator may be at work on the
+    /// bridge; `kapsel reset switches` or a reload does. Ends with the
+    /// daemon.
+    pub fn watch_switches(daemon: std::sync::Weak<Daemon>, interval: Duration) {
+        let mut reported: Vec<(String, String)> = Vec::new();
+        loop {
+            std::thread::sleep(interval);
+            let Some(d) = daemon.upgrade() else { return };
+            if d.lock().shutting_down {
+                return;
+            }
+            let now = d.detached_ports();
+            for (guest, what) in &now {
+                if !reported.contains(&(guest.clone(), what.clone())) {
+                    tracing::warn!(
+                        "{guest}: interface {what}; was the bridge deleted or the port taken \
+                         out behind kapseld's back? `kapsel reset switches` puts it back"
+                    );
+                }
+            }
+            reported = now;
+        }
     }
 
     /// Creates the host side of every interface of a VM about to start:
@@ -1259,12 +1524,14 @@ impl Daemon {
         };
         let tap = iface.tap.take().map(|t| (t.into_fd(), iface.mac));
         tracing::info!("{}: interface {} ({})", spec.name, iface.ifname, iface.mac);
+        let port = iface.port(ispec.up);
         Ok((
             tap,
             Attachment {
                 ifname: iface.ifname,
                 kind: iface.kind,
                 dhcp,
+                port,
             },
         ))
     }
@@ -1341,10 +1608,10 @@ impl Daemon {
                     }
                 }
                 if what == ResetWhat::All {
+                    // Reconciles the switches too.
                     self.reload()?;
-                }
-                if matches!(what, ResetWhat::All | ResetWhat::Switches) {
-                    self.ensure_switches()?;
+                } else if what == ResetWhat::Switches {
+                    self.reconcile_switches()?;
                 }
                 Ok("reset done".into())
             }

@@ -355,6 +355,12 @@ pub struct VmStatus {
     /// `vm` or `container`.
     #[serde(default = "vm_kind")]
     pub kind: String,
+    /// Interfaces of a running guest that are not ports of their switch's
+    /// bridge (`IFNAME (bridge BRIDGE: WHY)`): the bridge was deleted or
+    /// the port taken out behind the daemon's back; `kapsel reset
+    /// switches` puts them back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub detached: Vec<String>,
 }
 
 fn vm_kind() -> String {

@@ -419,6 +419,10 @@ fn signal_thread(daemon: Arc<Daemon>, set: libc::sigset_t, socket: std::path::Pa
     }
 }
 
+/// How often the daemon checks that running guests' interfaces are ports
+/// of their bridges (a few netlink lookups per guest interface).
+const SWITCH_WATCH_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Runs the daemon until SIGTERM or SIGINT: reads the configuration, binds
 /// the socket, starts the enabled VMs and serves requests.
 pub fn run(opts: Options) -> Result<(), DaemonError> {
@@ -435,6 +439,13 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
             .name("signals".into())
             .spawn(move || signal_thread(daemon, set, socket))
             .map_err(|e| DaemonError::Setup(format!("signal thread: {e}")))?;
+    }
+    {
+        let watched = Arc::downgrade(&daemon);
+        std::thread::Builder::new()
+            .name("switch-watch".into())
+            .spawn(move || Daemon::watch_switches(watched, SWITCH_WATCH_INTERVAL))
+            .map_err(|e| DaemonError::Setup(format!("switch watch thread: {e}")))?;
     }
     daemon.start_enabled(daemon.enabled_vms());
     let slots = Arc::new(Slots::default());

@@ -676,3 +676,73 @@ fn an_administrators_persistent_tap_is_used_and_not_deleted() {
     let after = ns.ip(&["-o", "link", "show", "tapadm"]);
     assert!(!after.contains("master"), "{after}");
 }
+
+#[test]
+fn a_bridge_deleted_by_hand_gets_its_ports_back_locked() {
+    skip_unless_able!(false);
+    let ns = Netns::new();
+    let mut sw = SwitchSpec::new("t-back");
+    sw.locked_lladdr = true;
+    let spec = switch_iface("t-back");
+    let (a, b) = ns.run_in(|| {
+        net::ensure_switch(&sw).unwrap();
+        let a = net::start_vm_interface(&request("a", 1, &spec, Some(&sw), &[])).unwrap();
+        let b = net::start_vm_interface(&request("b", 2, &spec, Some(&sw), &[])).unwrap();
+        (a, b)
+    });
+    let (port_a, port_b) = (a.port(true).unwrap(), b.port(true).unwrap());
+    assert_eq!(port_a.bridge, "kbr-t-back");
+    assert!(port_a.locked);
+    let (tap_a, tap_b) = (a.tap.as_ref().unwrap(), b.tap.as_ref().unwrap());
+    let wait = Duration::from_millis(1500);
+    tap_a.write_frame(&test_frame(a.mac, 1)).unwrap();
+    assert!(read_frame_where(tap_b, wait, is_test_frame(1)).is_some());
+
+    // Behind the daemon's back: the bridge and the locking rules go.
+    ns.ip(&["link", "del", "kbr-t-back"]);
+    ns.exec(&["nft", "delete", "table", "bridge", "kapsel"]);
+    ns.run_in(|| {
+        assert_eq!(net::port_state(&port_a).unwrap(), net::PortState::NoBridge);
+        // No bridge to join: left alone.
+        assert_eq!(
+            net::reattach_port(&port_a).unwrap(),
+            net::PortState::NoBridge
+        );
+        // Made again (`reset switches`): the taps are not its ports yet.
+        assert!(net::ensure_switch(&sw).unwrap().created);
+        assert_eq!(net::port_state(&port_a).unwrap(), net::PortState::Detached);
+    });
+    tap_a.write_frame(&test_frame(a.mac, 2)).unwrap();
+    assert!(
+        read_frame_where(tap_b, Duration::from_millis(300), is_test_frame(2)).is_none(),
+        "a frame crossed a bridge the taps are not ports of"
+    );
+    ns.run_in(|| {
+        for port in [&port_a, &port_b] {
+            assert_eq!(net::reattach_port(port).unwrap(), net::PortState::Detached);
+            assert_eq!(net::port_state(port).unwrap(), net::PortState::Attached);
+            // Idempotent.
+            assert_eq!(net::reattach_port(port).unwrap(), net::PortState::Attached);
+        }
+    });
+    let ports = ns.ip(&["-o", "link", "show", "master", "kbr-t-back"]);
+    assert!(
+        ports.contains("ktap1-0") && ports.contains("ktap2-0"),
+        "{ports}"
+    );
+    assert!(ns.ruleset().contains("lock-ktap1-0"));
+    // Frames pass again, and the lock holds again.
+    tap_a
+        .write_frame(&test_frame(MacAddr([2, 0, 0, 0, 0, 9]), 3))
+        .unwrap();
+    tap_a.write_frame(&test_frame(a.mac, 4)).unwrap();
+    assert_eq!(markers_until(tap_b, 4, wait), vec![4]);
+
+    // A guest that stopped meanwhile: nothing to put back, no lock made.
+    drop(a);
+    ns.run_in(|| {
+        net::release_interface("ktap1-0", InterfaceKind::Tap).unwrap();
+        assert_eq!(net::reattach_port(&port_a).unwrap(), net::PortState::Gone);
+    });
+    assert!(!ns.ruleset().contains("lock-ktap1-0"));
+}

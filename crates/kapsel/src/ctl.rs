@@ -282,6 +282,16 @@ pub fn main(socket: SocketArg, verb: Verb) -> u8 {
             }
             Ok(Response::Status { vms }) => {
                 print!("{}", table(&vms));
+                // On stderr: the table stays what scripts parse.
+                for v in &vms {
+                    for what in &v.detached {
+                        eprintln!(
+                            "kapsel: warning: {} {}: interface {what}; \
+                             `kapsel reset switches` puts it back",
+                            v.kind, v.name
+                        );
+                    }
+                }
                 0
             }
             other => answer(other),
@@ -437,6 +447,7 @@ mod tests {
             last_exit: None,
             enabled: true,
             kind: "vm".into(),
+            detached: Vec::new(),
         }];
         let t = table(&vms);
         let lines: Vec<&str> = t.lines().collect();

@@ -431,10 +431,21 @@ print("done from", " ".join(sorted(done)), flush=True)
 
 #[test]
 fn two_vms_on_a_switch_exchange_frames() {
+    vms_exchange_frames(false);
+}
+
+/// The bridge deleted by hand while the VMs run, and made again by
+/// `kapsel reset switches`: their taps are its ports again.
+#[test]
+fn two_vms_exchange_frames_after_their_bridge_was_deleted_and_reset() {
+    vms_exchange_frames(true);
+}
+
+fn vms_exchange_frames(delete_bridge: bool) {
     if !kvm_usable() {
         return;
     }
-    let Some(ns) = Netns::create("sw") else {
+    let Some(ns) = Netns::create(if delete_bridge { "swdel" } else { "sw" }) else {
         return;
     };
     let vm = |name: &str| {
@@ -447,6 +458,22 @@ fn two_vms_on_a_switch_exchange_frames() {
     let d = Kapseld::start_in(Some(&ns.0), &conf);
     d.console_text("left", "net ready");
     d.console_text("right", "net ready");
+    if delete_bridge {
+        let del = ns
+            .exec("ip")
+            .args(["link", "del", "kbr-lan"])
+            .output()
+            .unwrap();
+        assert!(del.status.success(), "{del:?}");
+        d.ok(&["reset", "switches"]);
+        let ports = ns
+            .exec("ip")
+            .args(["-o", "link", "show", "master", "kbr-lan"])
+            .output()
+            .unwrap();
+        let ports = String::from_utf8_lossy(&ports.stdout);
+        assert_eq!(ports.matches("ktap").count(), 2, "{ports}\n{}", d.log());
+    }
     let sender = ns
         .exec("python3")
         .args(["-c", GO_SENDER, "kbr-lan", "100", "2"])
@@ -852,6 +879,174 @@ fn two_containers_on_a_switch_reach_each_other() {
         .unwrap();
     let ports = String::from_utf8_lossy(&ports.stdout);
     assert_eq!(ports.matches("kct").count(), 2, "{ports}");
+}
+
+/// Two busybox containers on switch "rc" (`locked lladdr`) in a network
+/// namespace of their own, addressed 10.78.0.1 and .2, reaching each other.
+struct SwitchPair {
+    d: Kapseld,
+    a: String,
+    b: String,
+    /// Their host-side veths, sorted.
+    veths: Vec<String>,
+    conf: Box<dyn Fn(&str) -> String>,
+    _root: ctcommon::Rootfs,
+    // Last: the daemon goes before its namespace.
+    ns: Netns,
+}
+
+impl SwitchPair {
+    fn start(tag: &str) -> Option<SwitchPair> {
+        if !containers_ready() {
+            return None;
+        }
+        let ns = Netns::create(tag)?;
+        let root = ctcommon::Rootfs::new(&format!("daemon-{tag}"));
+        let a = ctcommon::name("rca");
+        let b = ctcommon::name("rcb");
+        let (ra, rb, path) = (a.clone(), b.clone(), root.path.display().to_string());
+        let conf = move |switch: &str| {
+            let ct = |name: &str, me: &str| {
+                format!(
+                    "container \"{name}\" {{\n\troot \"{path}\"\n\tinit \"/bin/sh\" \"-c\" \"ip addr add {me}/24 dev eth0; echo CONFIGURED; sleep 1000\"\n\tinterface {{ switch \"{switch}\" }}\n}}\n"
+                )
+            };
+            format!(
+                "switch \"{switch}\" {{\n\tlocked lladdr\n}}\n{}{}",
+                ct(&ra, "10.78.0.1"),
+                ct(&rb, "10.78.0.2")
+            )
+        };
+        let d = Kapseld::start_in(Some(&ns.0), &conf("rc"));
+        d.console_text(&a, "CONFIGURED");
+        d.console_text(&b, "CONFIGURED");
+        assert!(ping_within(&d, &a, "10.78.0.2", 10), "{}", d.log());
+        let mut veths: Vec<String> = [&a, &b]
+            .iter()
+            .map(|n| format!("kct{}-0", d.vm(n)["id"]))
+            .collect();
+        veths.sort();
+        let pair = SwitchPair {
+            d,
+            a,
+            b,
+            veths,
+            conf: Box::new(conf),
+            _root: root,
+            ns,
+        };
+        assert_eq!(pair.ports("kbr-rc"), pair.veths);
+        Some(pair)
+    }
+
+    /// The sorted names of the ports of `bridge` (`ip -j link show master`).
+    fn ports(&self, bridge: &str) -> Vec<String> {
+        let out = self
+            .ns
+            .exec("ip")
+            .args(["-j", "link", "show", "master", bridge])
+            .output()
+            .unwrap();
+        let mut ports: Vec<String> = serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|l| l["ifname"].as_str().map(str::to_string))
+            .collect();
+        ports.sort();
+        ports
+    }
+
+    fn has_link(&self, ifname: &str) -> bool {
+        self.ns
+            .exec("ip")
+            .args(["link", "show", ifname])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    /// Runs a command in the namespace; it must succeed.
+    fn must(&self, what: &[&str]) {
+        let o = self.ns.exec(what[0]).args(&what[1..]).output().unwrap();
+        assert!(o.status.success(), "{what:?}: {o:?}");
+    }
+}
+
+/// Whether container `from` reaches `to` by ping within `tries` seconds.
+fn ping_within(d: &Kapseld, from: &str, to: &str, tries: u32) -> bool {
+    (0..tries).any(|_| {
+        let (code, _, _) = d.run(&["exec", from, "--", "ping", "-c", "1", "-W", "1", to]);
+        code == 0
+    })
+}
+
+#[test]
+fn a_deleted_bridge_gets_its_ports_back_on_reset_and_reload() {
+    let Some(p) = SwitchPair::start("reconcile") else {
+        return;
+    };
+    let d = &p.d;
+    // Behind the daemon's back: the bridge goes, with the locking rules.
+    p.must(&["ip", "link", "del", "kbr-rc"]);
+    p.must(&["nft", "delete", "table", "bridge", "kapsel"]);
+    // `reset switches` makes the bridge and puts both veths back on it,
+    // locked and up.
+    let t0 = Instant::now();
+    d.ok(&["reset", "switches"]);
+    println!("reset switches with 2 guests: {:?}", t0.elapsed());
+    assert_eq!(p.ports("kbr-rc"), p.veths, "{}", d.log());
+    for veth in &p.veths {
+        let chain = format!("lock-{veth}");
+        p.must(&["nft", "list", "chain", "bridge", "kapsel", &chain]);
+    }
+    assert!(ping_within(d, &p.a, "10.78.0.2", 5), "{}", d.log());
+
+    // Deleted again: the daemon notices by itself, and `status` says so.
+    p.must(&["ip", "link", "del", "kbr-rc"]);
+    let until = Instant::now() + Duration::from_secs(15);
+    while !d.log().contains("behind kapseld's back") && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(d.log().contains("behind kapseld's back"), "{}", d.log());
+    let st = d.vm(&p.a);
+    assert!(
+        st["detached"].to_string().contains("kbr-rc"),
+        "status does not show the detached interface: {st}"
+    );
+    let (code, _, err) = d.run(&["status"]);
+    assert_eq!(code, 0);
+    assert!(err.contains("reset switches"), "{err}");
+    // A reload reconciles too.
+    d.ok(&["reload"]);
+    assert_eq!(p.ports("kbr-rc"), p.veths, "{}", d.log());
+    assert!(d.vm(&p.a).get("detached").is_none());
+    assert!(ping_within(d, &p.a, "10.78.0.2", 5), "{}", d.log());
+}
+
+#[test]
+fn a_renamed_switchs_bridge_goes_when_its_last_guest_stops() {
+    let Some(p) = SwitchPair::start("retire") else {
+        return;
+    };
+    let d = &p.d;
+    // Renamed: the old bridge stays while its guests run on it (they keep
+    // reaching each other), and goes when the last of them stops.
+    std::fs::write(d.dir.join("vm.conf"), (p.conf)("rc2")).unwrap();
+    d.ok(&["reload"]);
+    assert!(p.has_link("kbr-rc2"));
+    assert_eq!(p.ports("kbr-rc"), p.veths, "{}", d.log());
+    assert!(ping_within(d, &p.a, "10.78.0.2", 5), "{}", d.log());
+    d.ok(&["stop", "-w", &p.a]);
+    assert!(p.has_link("kbr-rc"), "removed while {} still uses it", p.b);
+    d.ok(&["stop", "-w", &p.b]);
+    let until = Instant::now() + Duration::from_secs(5);
+    while p.has_link("kbr-rc") && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!p.has_link("kbr-rc"), "{}", d.log());
+    // Started again, a guest joins the renamed switch.
+    d.ok(&["start", &p.a]);
+    d.wait_state(&p.a, "running");
+    assert_eq!(p.ports("kbr-rc2").len(), 1, "{}", d.log());
 }
 
 /// Mount points at or below `dir` in the host's mount table.

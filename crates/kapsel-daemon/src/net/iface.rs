@@ -240,6 +240,144 @@ pub fn local_lease(req: &InterfaceRequest<'_>, locked: bool) -> Result<DhcpLease
     })
 }
 
+/// A guest interface that is a port of a switch, as the daemon recorded it
+/// when the guest started: what [`reattach_port`] puts back and
+/// [`port_state`] checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwitchPort {
+    /// The host-side interface (tap or veth).
+    pub ifname: String,
+    /// The bridge it belongs on.
+    pub bridge: String,
+    /// The guest's MAC (the lock's address).
+    pub mac: MacAddr,
+    /// Whether frames from other MACs are dropped.
+    pub locked: bool,
+    /// Whether the interface is to be up.
+    pub up: bool,
+}
+
+impl GuestInterface {
+    /// The interface as a switch port (`up` as its statement says), if it
+    /// is on a bridge.
+    pub fn port(&self, up: bool) -> Option<SwitchPort> {
+        self.bridge.as_ref().map(|bridge| SwitchPort {
+            ifname: self.ifname.clone(),
+            bridge: bridge.clone(),
+            mac: self.mac,
+            locked: self.locked,
+            up,
+        })
+    }
+}
+
+/// Where a guest's switch port stands on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortState {
+    /// A port of its bridge (up if it is to be up).
+    Attached,
+    /// It exists but is not a port of its bridge (or is down when it is to
+    /// be up): the bridge was deleted and made again, or someone took it
+    /// out.
+    Detached,
+    /// Its bridge does not exist (or is no bridge).
+    NoBridge,
+    /// The interface itself is gone (its guest stopped meanwhile).
+    Gone,
+}
+
+impl std::fmt::Display for PortState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PortState::Attached => "attached",
+            PortState::Detached => "not a port of its bridge",
+            PortState::NoBridge => "its bridge is gone",
+            PortState::Gone => "gone",
+        })
+    }
+}
+
+fn state_of(nl: &mut Netlink, port: &SwitchPort) -> Result<(PortState, u32, u32), NetError> {
+    validate_ifname(&port.ifname)?;
+    validate_ifname(&port.bridge)?;
+    let Some(link) = nl
+        .link(&port.ifname)
+        .map_err(kernel(format!("looking up {}", port.ifname)))?
+    else {
+        return Ok((PortState::Gone, 0, 0));
+    };
+    let bridge = nl
+        .link(&port.bridge)
+        .map_err(kernel(format!("looking up bridge {}", port.bridge)))?;
+    let Some(bridge) = bridge.filter(|b| b.kind.as_deref() == Some("bridge")) else {
+        return Ok((PortState::NoBridge, link.index, 0));
+    };
+    let state = if link.master == Some(bridge.index) && (!port.up || link.is_up()) {
+        PortState::Attached
+    } else {
+        PortState::Detached
+    };
+    Ok((state, link.index, bridge.index))
+}
+
+/// Where `port` stands: netlink lookups only (no `nft`), cheap enough for
+/// a periodic check. The MAC lock is not checked (that needs `nft`);
+/// [`reattach_port`] puts it back regardless.
+pub fn port_state(port: &SwitchPort) -> Result<PortState, NetError> {
+    let mut nl = Netlink::open().map_err(kernel("opening a netlink socket"))?;
+    Ok(state_of(&mut nl, port)?.0)
+}
+
+/// Makes `port` a port of its bridge again, locked (before it joins, as at
+/// start) and up as recorded, after its bridge was deleted and made again
+/// ([`super::ensure_switch`] first) or it was taken out by hand. Returns
+/// the state it was found in: [`PortState::Attached`] (only the lock was
+/// renewed), [`PortState::Detached`] (put back), [`PortState::NoBridge`]
+/// (left alone: there is no bridge to join) or [`PortState::Gone`].
+pub fn reattach_port(port: &SwitchPort) -> Result<PortState, NetError> {
+    let mut nl = Netlink::open().map_err(kernel("opening a netlink socket"))?;
+    let (state, index, bridge) = state_of(&mut nl, port)?;
+    if matches!(state, PortState::Gone | PortState::NoBridge) {
+        return Ok(state);
+    }
+    let ifname = &port.ifname;
+    if port.locked {
+        // Idempotent (the port's chain is flushed and refilled), so a lock
+        // flushed by hand with `nft` comes back too.
+        nft::run(
+            &nft::lock_script(Family::Bridge, ifname, port.mac),
+            &format!("locking {ifname} to {}", port.mac),
+        )?;
+        // The guest may have stopped meanwhile and its interface been
+        // released: leave no lock behind for an interface that is gone.
+        if nl
+            .link_by_index(index)
+            .map_err(kernel(format!("looking up {ifname}")))?
+            .is_none_or(|l| l.name != *ifname)
+        {
+            remove_locks(ifname)?;
+            return Ok(PortState::Gone);
+        }
+    }
+    if state == PortState::Detached {
+        let link = nl
+            .link_by_index(index)
+            .map_err(kernel(format!("looking up {ifname}")))?;
+        let Some(link) = link else {
+            return Ok(PortState::Gone);
+        };
+        if link.master != Some(bridge) {
+            nl.set_master(index, Some(bridge))
+                .map_err(kernel(format!("adding {ifname} to bridge {}", port.bridge)))?;
+        }
+        if port.up && !link.is_up() {
+            nl.set_up(index, true)
+                .map_err(kernel(format!("bringing {ifname} up")))?;
+        }
+    }
+    Ok(state)
+}
+
 fn remove_locks(ifname: &str) -> Result<(), NetError> {
     for family in [Family::Bridge, Family::Ip] {
         if nft::has_lock(family, ifname)? {

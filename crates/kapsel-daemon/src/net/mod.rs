@@ -18,8 +18,13 @@
 //!    exited and the DHCP server was dropped);
 //! 4. daemon restart while guests run: [`ensure_switch`] again (idempotent);
 //!    only the DHCP servers need restarting, with [`local_lease`];
-//! 5. switch removed on reload, or shutdown: [`remove_switch`],
-//!    [`LocalNetwork::remove`] and, at shutdown, [`remove_firewall`].
+//! 5. reload and `reset switches`: [`ensure_switch`] again (a bridge
+//!    deleted behind the daemon's back is made again, without ports), then
+//!    [`reattach_port`] for each running guest's [`SwitchPort`];
+//!    [`port_state`] checks one cheaply (netlink only);
+//! 6. switch removed on reload (once no running guest uses it), or
+//!    shutdown: [`remove_switch`], [`LocalNetwork::remove`] and, at
+//!    shutdown, [`remove_firewall`].
 //!
 //! Changes are made through rtnetlink and ioctls; only the firewall rules go
 //! through the `nft` program (nftables' netlink ABI is not worth
@@ -36,8 +41,9 @@ mod tap;
 pub use dhcp::DhcpReply;
 pub use dhcp::{handle_packet, DhcpLease, DhcpServer, DhcpServerThread};
 pub use iface::{
-    attach_veth, guest_mac, local_lease, release_interface, remove_firewall, start_vm_interface,
-    tap_name, GuestInterface, InterfaceKind, InterfaceRequest, GUEST_MAC_PREFIX,
+    attach_veth, guest_mac, local_lease, port_state, reattach_port, release_interface,
+    remove_firewall, start_vm_interface, tap_name, GuestInterface, InterfaceKind, InterfaceRequest,
+    PortState, SwitchPort, GUEST_MAC_PREFIX,
 };
 pub use local::{host_dns_servers, LocalLink, LocalNetwork, LOCAL_LINK_PREFIX_LEN};
 pub use switch::{bridge_mac, bridge_name, ensure_switch, remove_switch, Switch, BRIDGE_PREFIX};
