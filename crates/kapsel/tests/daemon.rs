@@ -897,7 +897,7 @@ struct SwitchPair {
 
 impl SwitchPair {
     fn start(tag: &str) -> Option<SwitchPair> {
-        if !containers_ready() {
+        if !ctcommon::ready() {
             return None;
         }
         let ns = Netns::create(tag)?;
