@@ -153,18 +153,19 @@ impl Kapseld {
             .unwrap_or_else(|| panic!("vm {name} not in status"))
     }
 
-    /// Waits until `name` is in `state`.
+    /// Waits until `name` is in `state` (and listed at all: a reload that
+    /// adds it, by SIGHUP say, may still be on its way).
     pub fn wait_state(&self, name: &str, state: &str) -> serde_json::Value {
         let until = Instant::now() + Duration::from_secs(20);
         loop {
-            let vm = self.vm(name);
-            if vm["state"] == state {
-                return vm;
+            let vm = self.status().into_iter().find(|v| v["name"] == name);
+            if let Some(vm) = vm.as_ref().filter(|v| v["state"] == state) {
+                return vm.clone();
             }
             assert!(
                 Instant::now() < until,
                 "vm {name} stays {} (want {state}):\n{}",
-                vm["state"],
+                vm.map_or("unlisted".to_string(), |v| v["state"].to_string()),
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(50));
