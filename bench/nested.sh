@@ -4,11 +4,11 @@
 # its markers, powers off) booted N times each, all inside one outer VM, by
 #
 #   kapsel            `kapsel run`
-#   microvm-rtc       QEMU -M microvm,rtc=on: QEMU's fastest honest
-#                     configuration for a Linux guest (its docs recommend
-#                     rtc=on for Linux; this is the peer figure)
-#   microvm-nortc     QEMU -M microvm without the RTC (microvm's default;
-#                     what this benchmark compared against before 2026-12-07)
+#   microvm-rtc       QEMU -M microvm,rtc=on: the peer figure, QEMU's
+#                     fastest configuration for this Linux guest
+#   microvm-nortc     QEMU -M microvm: under KVM microvm leaves its RTC out
+#                     by default (rtc=auto); slower for this guest, it is
+#                     what this benchmark compared against before 2026-12-07
 #   q35-seabios       QEMU -M q35, SeaBIOS (bios-256k.bin, QEMU's default
 #                     x86 firmware), -kernel through linuxboot_dma.bin
 #   q35-qboot         QEMU -M q35 -bios qboot.rom: QEMU's minimal firmware,
