@@ -24,13 +24,73 @@
 # peak RSS, and the ratios Kapsel/each peer. Slow by nature (the outer VM is
 # emulated): tens of minutes.
 #
+# "guest s" is the guest kernel's own clock when it powers off (the
+# printk timestamp of "reboot: Power down", printed even with `quiet`):
+# from the kernel's clock start, after decompression, to power-off. Wall
+# minus guest is what lies outside it: exec of the VMM, firmware, loading
+# the kernel and initrd, decompression, teardown.
+#
 # Usage: bench/nested.sh [RUNS]   (default 5 runs each)
+#        bench/nested.sh --report DIR RUNS   (the summary of a kept run)
 # BENCH_OUT=DIR keeps the consoles and measurements there (default: a
 # temporary directory, removed afterwards).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-RUNS=${1:-5}
 VMMS="kapsel microvm-rtc microvm-nortc q35-seabios q35-qboot"
+
+summary() { # OUT_DIR RUNS
+    python3 - "$1" "$2" "$VMMS" <<'PY'
+import re, statistics, sys
+out, runs, vmms = sys.argv[1], int(sys.argv[2]), sys.argv[3].split()
+res, failed = {}, []
+for vmm in vmms:
+    rows = []
+    for i in range(1, runs + 1):
+        try:
+            text = open(f"{out}/{vmm}-{i}.measure").read()
+            log = open(f"{out}/{vmm}-{i}.log", errors="replace").read()
+        except OSError:
+            text = log = ""
+        m = re.search(r"wall_us=(\d+) user_us=(\d+) sys_us=(\d+) maxrss_kib=(\d+) status=(\d+)", text)
+        if not m or m.group(5) != "0" or "KAPSEL-GUEST-UP" not in log:
+            failed.append(f"{vmm}: run {i} failed (see {out}/{vmm}-{i}.log, .measure): {text.strip()}")
+            rows = None
+            break
+        wall, user, sys_, rss = (int(m.group(k)) for k in (1, 2, 3, 4))
+        g = re.findall(r"\[\s*(\d+\.\d+)\] reboot: Power down", log)
+        guest = float(g[-1]) if g else float("nan")
+        rows.append((wall / 1e6, (user + sys_) / 1e6, rss / 1024, guest))
+    if rows is None:
+        continue
+    walls = [r[0] for r in rows]
+    res[vmm] = (statistics.median(walls), min(walls), max(walls),
+                statistics.median(r[1] for r in rows), statistics.median(r[2] for r in rows),
+                statistics.median(r[3] for r in rows), statistics.median(r[0] - r[3] for r in rows))
+kernel = open(f"{out}/l1-kernel").read().strip()
+print(f"nested boot benchmark (Linux guest in the testbed, L1 kernel {kernel}), "
+      f"{runs} runs each, alternating, 256M, 1 vCPU")
+print(f"{'':14} {'wall s (median)':>15} {'min–max':>13} {'CPU s':>7} {'peak RSS MiB':>13}"
+      f" {'guest s':>8} {'wall-guest s':>13}")
+for vmm, (w, lo, hi, cpu, rss, guest, outside) in res.items():
+    print(f"{vmm:14} {w:15.2f} {lo:6.2f}–{hi:<6.2f} {cpu:7.2f} {rss:13.2f} {guest:8.2f} {outside:13.2f}")
+for f in failed:
+    print(f"FAILED {f}")
+if "kapsel" not in res:
+    sys.exit("bench: kapsel failed, no ratios")
+k = res["kapsel"]
+for vmm, (w, _, _, cpu, rss, guest, _) in res.items():
+    if vmm != "kapsel":
+        print(f"ratio kapsel/{vmm:14} wall {k[0] / w:.2f}x, CPU {k[3] / cpu:.2f}x, "
+              f"peak RSS {k[4] / rss:.2f}x, guest {k[5] / guest:.2f}x")
+PY
+}
+
+if [ "${1:-}" = --report ]; then
+    [ $# = 3 ] || { echo "usage: bench/nested.sh --report DIR RUNS" >&2; exit 2; }
+    summary "$2" "$3"
+    exit
+fi
+RUNS=${1:-5}
 cargo build --release -q -p kapsel
 mkdir -p target/bench
 gcc -O2 -static -o target/bench/measure bench/measure.c
@@ -89,44 +149,6 @@ scripts/testbed/run.sh --kapsel target/release/kapsel --bin target/bench/measure
     --bin "$(command -v qemu-system-x86_64)" --qemu-data --env "RUNS=$RUNS" --env "VMMS=$VMMS" \
     --out "$out" --timeout 14400 -- "$job"
 echo "host load average (1/5/15 min): $load_before before, $(cut -d' ' -f1-3 /proc/loadavg) after"
-python3 - "$out" "$RUNS" "$VMMS" <<'PY'
-import re, statistics, sys
-out, runs, vmms = sys.argv[1], int(sys.argv[2]), sys.argv[3].split()
-res, failed = {}, []
-for vmm in vmms:
-    rows = []
-    for i in range(1, runs + 1):
-        try:
-            text = open(f"{out}/{vmm}-{i}.measure").read()
-            log = open(f"{out}/{vmm}-{i}.log", errors="replace").read()
-        except OSError:
-            text = log = ""
-        m = re.search(r"wall_us=(\d+) user_us=(\d+) sys_us=(\d+) maxrss_kib=(\d+) status=(\d+)", text)
-        if not m or m.group(5) != "0" or "KAPSEL-GUEST-UP" not in log:
-            failed.append(f"{vmm}: run {i} failed (see {out}/{vmm}-{i}.log, .measure): {text.strip()}")
-            rows = None
-            break
-        wall, user, sys_, rss = (int(m.group(k)) for k in (1, 2, 3, 4))
-        rows.append((wall / 1e6, (user + sys_) / 1e6, rss / 1024))
-    if rows is None:
-        continue
-    walls = [r[0] for r in rows]
-    res[vmm] = (statistics.median(walls), min(walls), max(walls),
-                statistics.median(r[1] for r in rows), statistics.median(r[2] for r in rows))
-kernel = open(f"{out}/l1-kernel").read().strip()
-print(f"nested boot benchmark (Linux guest in the testbed, L1 kernel {kernel}), "
-      f"{runs} runs each, alternating, 256M, 1 vCPU")
-print(f"{'':14} {'wall s (median)':>15} {'min–max':>13} {'CPU s':>7} {'peak RSS MiB':>13}")
-for vmm, (w, lo, hi, cpu, rss) in res.items():
-    print(f"{vmm:14} {w:15.2f} {lo:6.2f}–{hi:<6.2f} {cpu:7.2f} {rss:13.2f}")
-for f in failed:
-    print(f"FAILED {f}")
-if "kapsel" not in res:
-    sys.exit("bench: kapsel failed, no ratios")
-k = res["kapsel"]
-for vmm, (w, _, _, cpu, rss) in res.items():
-    if vmm != "kapsel":
-        print(f"ratio kapsel/{vmm:14} wall {k[0] / w:.2f}x, CPU {k[3] / cpu:.2f}x, peak RSS {k[4] / rss:.2f}x")
-PY
+summary "$out" "$RUNS"
 rm -f "$job"
 [ -n "${BENCH_OUT:-}" ] || rm -rf "$out"
