@@ -22,7 +22,7 @@
 # reported as failed.
 # Prints per-VMM medians and min–max of wall time, medians of CPU time and
 # peak RSS, and the ratios Kapsel/each peer. Slow by nature (the outer VM is
-# emulated): tens of minutes.
+# emulated): about ten minutes for 5 runs each.
 #
 # "guest s" is the guest kernel's own clock when it powers off (the
 # printk timestamp of "reboot: Power down", printed even with `quiet`):
