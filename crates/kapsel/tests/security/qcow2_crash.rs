@@ -4,8 +4,10 @@
 //! VM process at any point of a guest's writes or flushes. Afterwards
 //! `qemu-img check` must find no error (leaked clusters are allowed: "waste
 //! of disk space, but no harm to data", as after a QEMU crash), every block
-//! the guest saw a FLUSH complete for must hold what it wrote, no block may
-//! hold anything the guest did not write, and the next run must read back
+//! the guest saw a FLUSH complete for must hold what it wrote, every other
+//! 512-byte sector what it held before or what the guest wrote to it (a
+//! write not yet flushed may be torn, as on a disk: see
+//! [`check_after_kill`]), and the next run must read back
 //! exactly what it writes (a cluster referenced by a table but left with
 //! refcount 0 is handed out again and overwrites that table, or data).
 //!
@@ -13,8 +15,9 @@
 //! base of known content, and one with 4 KiB clusters (made by `qemu-img`)
 //! whose writes allocate L2 tables and refcount blocks all along. Each gets
 //! a few kills, at random times or right as the guest issues a FLUSH; with
-//! `KAPSEL_SOAK=N` each gets N. The random seed is printed
-//! (`KAPSEL_SOAK_SEED` repeats a run).
+//! `KAPSEL_SOAK=N` each gets N (`KAPSEL_SOAK_KIND=SmallClusters`, say,
+//! runs one kind alone). The random seed is printed (`KAPSEL_SOAK_SEED`
+//! repeats a run).
 
 use crate::common;
 use kapsel_testguest::virtio;
@@ -287,57 +290,215 @@ fn killed_run(case: &Case, delay: Duration, on_flush: Option<u64>, jitter_us: u6
     seen
 }
 
-/// Every block of the guest's view holds something the guest wrote or
-/// what was there before, and what a completed FLUSH covered is there.
-fn check_after_kill(case: &Case, seen: &Seen, what: &str) {
+/// Inverts [`virtio::pattern`]: the (word, generation) a pattern word was
+/// made from (a bijection, so every word has one; it means something only
+/// when the word index and generation are plausible).
+fn unpattern(v: u64) -> (u64, u64) {
+    fn unshift(y: u64, s: u32) -> u64 {
+        let mut x = y;
+        for _ in 0..64 / s + 1 {
+            x = y ^ (x >> s);
+        }
+        x
+    }
+    // Modular inverses of splitmix64's odd multipliers.
+    fn inverse(a: u64) -> u64 {
+        let mut x = a;
+        for _ in 0..6 {
+            x = x.wrapping_mul(2u64.wrapping_sub(a.wrapping_mul(x)));
+        }
+        x
+    }
+    let mut z = unshift(v, 31);
+    z = z.wrapping_mul(inverse(0x94d0_49bb_1331_11eb));
+    z = unshift(z, 27);
+    z = z.wrapping_mul(inverse(0xbf58_476d_1ce4_e5b9));
+    z = unshift(z, 30);
+    z = z.wrapping_sub(0x9e37_79b9_7f4a_7c15) ^ 0x6b61_7073_656c_0000;
+    (z & ((1 << 56) - 1), z >> 56)
+}
+
+/// What each 512-byte sector of a 4 KiB block holds, for failure messages:
+/// zeros, a sector of the guest's pattern (block, generation), or garbage.
+fn describe_block(got: &[u8]) -> String {
+    let words_per_block = virtio::BLOCK / 8;
+    let mut parts: Vec<String> = Vec::new();
+    for (i, sector) in got.chunks(512).enumerate() {
+        let desc = if sector.iter().all(|&b| b == 0) {
+            "zeros".to_owned()
+        } else {
+            let first = u64::from_le_bytes(sector[..8].try_into().unwrap());
+            let (word, gen) = unpattern(first);
+            let whole = sector.chunks(8).enumerate().all(|(j, w)| {
+                u64::from_le_bytes(w.try_into().unwrap()) == virtio::pattern(word + j as u64, gen)
+            });
+            if whole && word % 64 == 0 {
+                format!(
+                    "block {} sector {} gen {gen:#x}",
+                    word / words_per_block,
+                    word % words_per_block / 64
+                )
+            } else {
+                format!("unknown {:02x?}", &sector[..16])
+            }
+        };
+        parts.push(format!("sector {i}: {desc}"));
+    }
+    parts.join("; ")
+}
+
+/// The unit a write is atomic in: a torn write leaves every sector wholly
+/// old or wholly new, never a mix within one.
+const SECTOR: usize = 512;
+
+/// Every sector of the guest's view holds what it held before the run
+/// (`before`) or something the guest wrote to it, and what a completed
+/// FLUSH covered is there.
+///
+/// Sectors, not blocks: a write the guest has not seen a FLUSH complete
+/// for may be torn, some of its sectors new and the others old. virtio-blk
+/// promises nothing more (no request is atomic; a disk's atomic unit is its
+/// sector), QEMU writes a request cluster by cluster and leaves it torn
+/// when killed in between, and Kapsel's qcow2 path writes a request's data
+/// descriptor by descriptor: the guest splits every third block's 4 KiB
+/// over two descriptors, and a kill between the two writes leaves its
+/// first 2 KiB new and its last 2 KiB old.
+fn check_after_kill(case: &Case, before: &[u8], seen: &Seen, what: &str) {
     let data = case.contents();
+    let Some((b, s)) = first_bad_sector(&data, before, seen.flushed) else {
+        return;
+    };
+    let bs = virtio::BLOCK as usize;
+    let block = &data[b as usize * bs..(b as usize + 1) * bs];
+    let old = &before[b as usize * bs..(b as usize + 1) * bs];
+    panic!(
+        "{:?} image {what}: block {b} sector {s} holds {:02x?}..., which the guest did not \
+         write there or lost after a completed FLUSH (flushed: pass 0 to block {}, pass 1 to \
+         block {})\n\
+         the block by sector: {}\n\
+         before the run: {}\n\
+         guest output:\n{}",
+        case.kind,
+        &block[s * SECTOR..s * SECTOR + 16],
+        seen.flushed[0],
+        seen.flushed[1],
+        describe_block(block),
+        describe_block(old),
+        seen.output.join("\n")
+    );
+}
+
+/// The first (block, sector) of `data`, the guest's view after a kill,
+/// that breaks [`check_after_kill`]'s rules; `flushed` as in [`Seen`].
+fn first_bad_sector(data: &[u8], before: &[u8], flushed: [u64; 2]) -> Option<(u64, usize)> {
     let blocks = WRITE_MIB << 20 >> 12;
     let bs = virtio::BLOCK as usize;
     for b in 0..DISK_BYTES / virtio::BLOCK {
         let at = b as usize * bs;
         let got = &data[at..at + bs];
-        let initial = &case.initial[at..at + bs];
+        let old = &before[at..at + bs];
         if b >= blocks {
-            assert!(
-                got == initial,
-                "{:?} image {what}: block {b}, which the guest never writes, changed",
-                case.kind
-            );
+            // Never written.
+            if got != old {
+                return Some((
+                    b,
+                    (0..bs)
+                        .step_by(SECTOR)
+                        .position(|s| got[s..s + SECTOR] != old[s..s + SECTOR])
+                        .unwrap_or(0),
+                ));
+            }
             continue;
         }
         let gen0 = pattern_block(b, 0);
         let gen1 = pattern_block(b, 1);
-        let is_gen0 = got == gen0.as_slice();
-        let is_gen1 = b % 4 == 0 && got == gen1.as_slice();
-        let ok = if seen.flushed[1] > 0 {
-            // Pass 0 is wholly on disk; pass 1's flushed blocks too.
-            if b % 4 == 0 && b < seen.flushed[1] {
+        // Pass 0 is wholly on disk once pass 1 flushed anything.
+        let pass0_flushed = flushed[1] > 0 || b < flushed[0];
+        let pass1_flushed = b % 4 == 0 && b < flushed[1];
+        for s in (0..bs).step_by(SECTOR) {
+            let sector = s..s + SECTOR;
+            let got_s = &got[sector.clone()];
+            let is_gen0 = got_s == &gen0[sector.clone()];
+            let is_gen1 = b % 4 == 0 && got_s == &gen1[sector.clone()];
+            let ok = if pass1_flushed {
                 is_gen1
-            } else {
+            } else if pass0_flushed {
                 is_gen0 || is_gen1
+            } else {
+                got_s == &old[sector] || is_gen0 || is_gen1
+            };
+            if !ok {
+                return Some((b, s / SECTOR));
             }
-        } else if b < seen.flushed[0] {
-            is_gen0 || is_gen1
-        } else {
-            got == initial || is_gen0 || is_gen1
-        };
-        assert!(
-            ok,
-            "{:?} image {what}: block {b} holds {:02x?}..., which the guest did not write \
-             or lost after a completed FLUSH (flushed: pass 0 to block {}, pass 1 to block {})\n\
-             guest output:\n{}",
-            case.kind,
-            &got[..16],
-            seen.flushed[0],
-            seen.flushed[1],
-            seen.output.join("\n")
-        );
+        }
     }
+    None
+}
+
+/// The failure this model was corrected for (seed 1796666632401026601,
+/// SmallClusters, kill 1, on the image the run before left): block 820
+/// (split over two descriptors, 820 % 3 == 1) held generation 1; the kill
+/// came between the writes of the two halves of its generation-0 write, so
+/// sectors 0-3 hold generation 0 and 4-7 still generation 1 (reproduced
+/// exactly by injecting SIGKILL into that second `pwritev`). Legal; what
+/// a real mapping or ordering bug leaves is not.
+#[test]
+fn a_torn_unflushed_write_is_legal_other_data_is_not() {
+    let bs = virtio::BLOCK as usize;
+    let before = virtio::disk_image(WRITE_MIB << 20)
+        .into_iter()
+        .chain(std::iter::repeat_n(
+            0,
+            (DISK_BYTES - (WRITE_MIB << 20)) as usize,
+        ))
+        .collect::<Vec<u8>>();
+    // Pass 0 reached block 900 (gen 0 below it), nothing flushed.
+    let mut data = before.clone();
+    for b in 0..900 {
+        data[b * bs..(b + 1) * bs].copy_from_slice(&pattern_block(b as u64, 0));
+    }
+    let at = 820 * bs;
+    data[at + bs / 2..at + bs].copy_from_slice(&pattern_block(820, 1)[bs / 2..]);
+    assert_eq!(first_bad_sector(&data, &before, [0, 0]), None);
+    assert!(describe_block(&data[at..at + bs]).starts_with("sector 0: block 820 sector 0 gen 0x0"));
+    // Another block's data, zeros where the block held data, or garbage:
+    // never, flushed or not.
+    let mut wrong = data.clone();
+    wrong[at + 3 * SECTOR..at + 4 * SECTOR]
+        .copy_from_slice(&pattern_block(821, 0)[3 * SECTOR..4 * SECTOR]);
+    assert_eq!(first_bad_sector(&wrong, &before, [0, 0]), Some((820, 3)));
+    let mut zeros = data.clone();
+    zeros[at + 5 * SECTOR..at + 6 * SECTOR].fill(0);
+    assert_eq!(first_bad_sector(&zeros, &before, [0, 0]), Some((820, 5)));
+    // On a fresh image, zeros are what was there.
+    let fresh = vec![0; DISK_BYTES as usize];
+    let mut new = fresh.clone();
+    new[at..at + bs / 2].copy_from_slice(&pattern_block(820, 0)[..bs / 2]);
+    assert_eq!(first_bad_sector(&new, &fresh, [0, 0]), None);
+    // Once pass 0 was flushed past it, a torn block is a lost write (a
+    // block pass 1 does not rewrite, 820 might hold gen 1 there).
+    let at817 = 817 * bs;
+    new[at817..at817 + bs / 2].copy_from_slice(&pattern_block(817, 0)[..bs / 2]);
+    assert_eq!(first_bad_sector(&new, &fresh, [0, 0]), None);
+    for b in 0..832 {
+        if b != 817 {
+            new[b * bs..(b + 1) * bs].copy_from_slice(&pattern_block(b as u64, 0));
+        }
+    }
+    assert_eq!(first_bad_sector(&new, &fresh, [832, 0]), Some((817, 4)));
+    // A mix within a sector is not a torn write.
+    let mut mixed = data.clone();
+    mixed[at + 100..at + 200].fill(0x5a);
+    assert_eq!(first_bad_sector(&mixed, &before, [0, 0]), Some((820, 0)));
+    // The part the guest never writes stays as it was.
+    let mut beyond = data;
+    beyond[2000 * bs + 7] ^= 1;
+    assert_eq!(first_bad_sector(&beyond, &before, [0, 0]), Some((2000, 0)));
 }
 
 /// A run to the end: the guest checks what it reads back itself, the host
-/// checks the whole disk afterwards.
-fn clean_run(case: &Case, what: &str) {
+/// checks the whole disk afterwards. Returns the guest's view of the disk.
+fn clean_run(case: &Case, what: &str) -> Vec<u8> {
     let mut child = guest(case, &format!("blk blk-mib={WRITE_MIB}"))
         .spawn()
         .unwrap();
@@ -384,6 +545,7 @@ fn clean_run(case: &Case, what: &str) {
         "{:?} image {what}: after the clean run, the part the guest never writes changed",
         case.kind
     );
+    data
 }
 
 fn qemu_img_usable() -> bool {
@@ -408,15 +570,18 @@ fn crash_case(kind: Kind, kills: u64, rng: &mut Rng, root: &Path) {
         first.output.join("\n")
     );
     let full = first.writing.unwrap_or(Duration::from_secs(1));
-    clean_run(&case, "(first run)");
+    let mut last = clean_run(&case, "(first run)");
     let mut during_flush = 0;
     let mut completed = 0;
     for i in 0..kills {
         // Every other kill on a fresh image, the others on what the last
         // run left behind.
-        if i % 2 == 0 {
+        let before = if i % 2 == 0 {
             case.fresh();
-        }
+            case.initial.clone()
+        } else {
+            std::mem::take(&mut last)
+        };
         let on_flush = (rng.below(2) == 0).then(|| 1 + rng.below(12));
         // Within the first three quarters of the guest's writing, so that
         // most kills land before its end.
@@ -433,8 +598,8 @@ fn crash_case(kind: Kind, kills: u64, rng: &mut Rng, root: &Path) {
             during_flush += 1;
         }
         case.check(&what);
-        check_after_kill(&case, &seen, &what);
-        clean_run(&case, &what);
+        check_after_kill(&case, &before, &seen, &what);
+        last = clean_run(&case, &what);
     }
     println!(
         "{kind:?}: {kills} kills ({during_flush} at a FLUSH, {completed} after the run ended), \
@@ -471,6 +636,12 @@ fn qcow2_survives_sigkill_of_the_vm_process() {
         (Kind::Overlay, soak.unwrap_or(3)),
         (Kind::SmallClusters, soak.unwrap_or(3)),
     ] {
+        // `KAPSEL_SOAK_KIND=SmallClusters` (say) soaks one kind alone.
+        if let Ok(only) = std::env::var("KAPSEL_SOAK_KIND") {
+            if format!("{kind:?}") != only {
+                continue;
+            }
+        }
         crash_case(kind, kills, &mut rng, &root.0);
     }
     println!("all kills in {:?}", started.elapsed());
