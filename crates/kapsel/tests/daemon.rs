@@ -1341,16 +1341,7 @@ fn a_container_from_an_image_tarball_is_unpacked_once() {
     let root = ctcommon::Rootfs::new("daemon-image");
     std::fs::write(root.file("/etc/motd"), "from the image\n").unwrap();
     let tarball = std::env::temp_dir().join(format!("kapsel-image-{}.tar.gz", std::process::id()));
-    let ok = Command::new("tar")
-        .arg("-czf")
-        .arg(&tarball)
-        .arg("-C")
-        .arg(&root.path)
-        .arg(".")
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "tar -czf");
+    root.tarball(&tarball, true);
     let name = ctcommon::name("img");
     let conf = format!(
         "container \"{name}\" {{\n\timage \"{}\"\n\tinit \"/bin/sh\" \"-c\" \"cat /etc/motd; echo run >> /runs; wc -l < /runs\"\n\tdisable\n}}\n",

@@ -107,6 +107,20 @@ impl Rootfs {
     pub fn file(&self, inner: &str) -> PathBuf {
         self.path.join(inner.trim_start_matches('/'))
     }
+
+    /// The root as a tarball at `dest` (`gzip`: compressed), made by tar.
+    pub fn tarball(&self, dest: &std::path::Path, gzip: bool) {
+        let ok = std::process::Command::new("tar")
+            .arg(if gzip { "-czf" } else { "-cf" })
+            .arg(dest)
+            .arg("-C")
+            .arg(&self.path)
+            .arg(".")
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "tar of {} into {}", self.path.display(), dest.display());
+    }
 }
 
 impl Drop for Rootfs {

@@ -41,16 +41,7 @@ fn a_setuid_file_in_an_image_root_is_out_of_reach() {
     };
     let root = ctcommon::Rootfs::new("sec-image");
     let tarball = std::env::temp_dir().join(format!("kapsel-sec-img-{}.tar", std::process::id()));
-    let ok = Command::new("tar")
-        .arg("-cf")
-        .arg(&tarball)
-        .arg("-C")
-        .arg(&root.path)
-        .arg(".")
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "tar -cf");
+    root.tarball(&tarball, false);
     let name = ctcommon::name("secimg");
     let conf = format!(
         "container \"{name}\" {{\n\timage \"{}\"\n\tinit \"/bin/sh\" \"-c\" \"cp /bin/busybox /suid && chmod 4755 /suid\"\n\tunprivileged\n\tdisable\n}}\n",
