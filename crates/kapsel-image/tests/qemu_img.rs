@@ -9,6 +9,15 @@ use std::process::Command;
 
 const MIB: u64 = 1 << 20;
 
+/// The tests run one at a time. Image locks belong to open file
+/// descriptions, and a `qemu-img` child that one test forks holds a copy of
+/// every descriptor open in the process until it execs, so another test's
+/// image, just closed, could still look locked to its next open.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn have_qemu_img() -> bool {
     let ok = Command::new("qemu-img")
         .arg("--version")
@@ -99,6 +108,7 @@ fn exercise(b: &mut dyn BlockBackend, size: u64) -> Vec<u8> {
 
 #[test]
 fn raw_round_trip() {
+    let _serial = serial();
     if !have_qemu_img() {
         return;
     }
@@ -116,6 +126,7 @@ fn raw_round_trip() {
 
 #[test]
 fn qcow2_written_by_kapsel_reads_back_in_qemu() {
+    let _serial = serial();
     if !have_qemu_img() {
         return;
     }
@@ -136,6 +147,7 @@ fn qcow2_written_by_kapsel_reads_back_in_qemu() {
 
 #[test]
 fn qcow2_written_by_qemu_reads_in_kapsel() {
+    let _serial = serial();
     if !have_qemu_img() {
         return;
     }
@@ -170,6 +182,7 @@ fn qcow2_written_by_qemu_reads_in_kapsel() {
 
 #[test]
 fn qcow2_backing_chain() {
+    let _serial = serial();
     if !have_qemu_img() {
         return;
     }
@@ -238,6 +251,7 @@ fn qcow2_backing_chain() {
 
 #[test]
 fn missing_backing_file_is_named() {
+    let _serial = serial();
     if !have_qemu_img() {
         return;
     }
@@ -273,6 +287,7 @@ fn missing_backing_file_is_named() {
 
 #[test]
 fn backing_loop_is_refused() {
+    let _serial = serial();
     if !have_qemu_img() {
         return;
     }
@@ -307,6 +322,7 @@ fn backing_loop_is_refused() {
 
 #[test]
 fn format_mismatch_is_refused() {
+    let _serial = serial();
     if !have_qemu_img() {
         return;
     }
@@ -341,6 +357,7 @@ fn format_mismatch_is_refused() {
 
 #[test]
 fn unopenable_file_is_named() {
+    let _serial = serial();
     let missing = PathBuf::from("/nonexistent/kapsel/disk.img");
     let err = open(&missing, None, true).err().unwrap();
     assert!(matches!(err, ImageError::Open { .. }));
@@ -349,6 +366,7 @@ fn unopenable_file_is_named() {
 
 #[test]
 fn created_images_pass_qemu_img_check() {
+    let _serial = serial();
     if !have_qemu_img() {
         return;
     }
@@ -392,6 +410,7 @@ fn created_images_pass_qemu_img_check() {
 
 #[test]
 fn convert_copies_through_backing_chains_and_stays_sparse() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().join("base.raw");
     let mut data = vec![0u8; 8 << 20];
@@ -426,6 +445,7 @@ fn convert_copies_through_backing_chains_and_stays_sparse() {
 
 #[test]
 fn images_in_use_are_locked() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().join("base.raw");
     std::fs::write(&base, vec![0u8; MIB as usize]).unwrap();
