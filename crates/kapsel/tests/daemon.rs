@@ -518,7 +518,13 @@ fn a_seccomp_violation_kills_the_vm_process_and_the_daemon_reports_it() {
     // Every VM process of this daemon calls socket(2) once its filter is on
     // (kapsel-vmm's debug-build hook; see sandbox::debug).
     d.spawn_with_env(&[("KAPSEL_DEBUG_SECCOMP", "violate")]);
-    let vm = d.wait_state("victim", "stopped");
+    // Stopped after its run (not before its start).
+    let until = Instant::now() + Duration::from_secs(20);
+    let mut vm = d.wait_state("victim", "stopped");
+    while vm["last_exit"].is_null() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+        vm = d.wait_state("victim", "stopped");
+    }
     let reason = vm["last_exit"].as_str().unwrap_or_default().to_string();
     assert!(
         reason.contains("SIGSYS") && reason.contains("seccomp"),

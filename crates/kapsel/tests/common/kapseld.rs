@@ -57,6 +57,12 @@ impl Kapseld {
     }
 
     pub fn spawn_with_env(&mut self, env: &[(&str, &str)]) {
+        self.spawn_daemon(env, &["--stop-guests"]);
+    }
+
+    /// Starts the daemon with `extra` arguments; without `--stop-guests`
+    /// its guests outlive it.
+    pub fn spawn_daemon(&mut self, env: &[(&str, &str)], extra: &[&str]) {
         let log = std::fs::File::create(self.dir.join("daemon.log")).unwrap();
         let mut cmd = match &self.netns {
             Some(ns) => {
@@ -85,6 +91,7 @@ impl Kapseld {
             .arg(self.socket())
             .arg("--state-dir")
             .arg(self.dir.join("state"))
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
