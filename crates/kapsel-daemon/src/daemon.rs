@@ -375,7 +375,8 @@ impl Daemon {
         inner
             .vms
             .iter()
-            .filter(|v| v.configured && v.spec.enabled)
+            // Adopted guests run already.
+            .filter(|v| v.configured && v.spec.enabled && v.process.is_none())
             .map(|v| v.spec.name.clone())
             .collect()
     }
@@ -565,7 +566,7 @@ impl Daemon {
             paths: paths.clone(),
             log: log.to_owned(),
             guest: monitor::GuestLaunch::Container {
-                spec: ct.clone(),
+                spec: Box::new(ct.clone()),
                 root,
                 defaults,
                 veth: veth.clone(),

@@ -105,7 +105,7 @@ pub enum GuestLaunch {
     /// A container, started in the monitor with kapsel-container.
     Container {
         /// The container as configured.
-        spec: kapsel_config::ContainerSpec,
+        spec: Box<kapsel_config::ContainerSpec>,
         /// Its root directory.
         root: PathBuf,
         /// Its image's defaults.

@@ -1589,3 +1589,206 @@ fn a_container_runs_the_app_of_an_oci_image_with_two_layers() {
     );
     assert!(err.contains("more.conf:1"), "{err}");
 }
+
+// --- guests outlive the daemon ------------------------------------------------
+
+/// Whether process `pid` exists (a zombie counts as gone).
+fn alive(pid: i32) -> bool {
+    process_state(pid).is_some_and(|s| s != 'Z')
+}
+
+/// The running guests' pids by name.
+fn running_pids(d: &Kapseld) -> Vec<(String, i32)> {
+    let mut v: Vec<(String, i32)> = d
+        .status()
+        .iter()
+        .filter(|v| v["state"] == "running")
+        .map(|v| (v["name"].as_str().unwrap().to_string(), pid_of(v)))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Waits until the daemon lists `want` running (names and pids); returns
+/// how long that took from `since`.
+fn until_adopted(d: &Kapseld, want: &[(String, i32)], since: Instant) -> Duration {
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        if running_pids(d) == want {
+            return since.elapsed();
+        }
+        assert!(
+            Instant::now() < until,
+            "not adopted: want {want:?}, have {:?}\n{}",
+            running_pids(d),
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn guests_outlive_the_daemon_and_the_next_one_adopts_them() {
+    if !ctcommon::ready() || !kvm_usable() {
+        return;
+    }
+    if Command::new("nft").arg("--version").output().is_err() {
+        println!("SKIP: nft (Debian: nftables) is not installed");
+        return;
+    }
+    let Some(ns) = Netns::create("adopt") else {
+        return;
+    };
+    let dir = ctcommon::private_dir(&format!("kapsel-adopt-{}", std::process::id()));
+    let disk = dir.join("disk.qcow2");
+    let made = Command::new(env!("CARGO_BIN_EXE_kapsel"))
+        .args(["create", "-s", "16M"])
+        .arg(&disk)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let root = ctcommon::Rootfs::system("adopt");
+    // The privileged container asks for a lease on its local interface
+    // whenever told to (kapsel exec ... /bin/dhcp-now).
+    std::fs::write(
+        root.file("/bin/lease"),
+        "#!/bin/sh\ncase $1 in bound|renew) echo \"LEASE ip=$ip\";; esac\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.file("/bin/dhcp-now"),
+        "#!/bin/sh\nudhcpc -i eth0 -n -q -t 5 -T 1 -s /bin/lease 2>&1 | grep LEASE\n",
+    )
+    .unwrap();
+    for f in ["/bin/lease", "/bin/dhcp-now"] {
+        std::fs::set_permissions(root.file(f), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let (ct1, ct2) = (ctcommon::name("adopt-ct"), ctcommon::name("adopt-un"));
+    let conf = format!(
+        "switch \"lan\" {{\n}}\n\
+         vm \"vm1\" {{\n\tboot \"{IDLE}\"\n\tmemory 64M\n\tdisk \"{disk}\"\n\tinterface {{ switch \"lan\" }}\n}}\n\
+         vm \"vm2\" {{\n\tboot \"{IDLE}\"\n\tmemory 64M\n\tlocal interface\n}}\n\
+         container \"{ct1}\" {{\n\troot \"{r}\"\n\tlocal interface\n}}\n\
+         container \"{ct2}\" {{\n\troot \"{r}\"\n\tunprivileged\n}}\n",
+        disk = disk.display(),
+        r = root.path.display()
+    );
+    let mut d = Kapseld::start_in(Some(&ns.0), &conf);
+    // This test's daemons leave their guests running when they stop.
+    d.stop_daemon();
+    d.spawn_daemon(&[], &[]);
+    for g in ["vm1", "vm2", &ct1, &ct2] {
+        d.wait_state(g, "running");
+    }
+    d.console_text("vm1", "idle ready");
+    d.console_text(&ct1, "kapsel-ct-booted");
+    let lease = d.ok(&["exec", &ct1, "--", "/bin/dhcp-now"]);
+    assert!(lease.contains("LEASE ip="), "{lease}");
+    let before = running_pids(&d);
+    assert_eq!(before.len(), 4, "{before:?}");
+
+    // kill -9 of the daemon: every guest runs on.
+    let mut child = d.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    for (name, pid) in &before {
+        assert!(alive(*pid), "{name} ({pid}) died with the daemon");
+    }
+    // The disk stays locked by its VM process: qemu-img may not write it.
+    if let Ok(o) = Command::new("qemu-img").arg("check").arg(&disk).output() {
+        assert!(!o.status.success(), "the disk is not locked any more");
+    }
+    let since = Instant::now();
+    d.spawn_daemon(&[], &[]);
+    let took = until_adopted(&d, &before, since);
+    println!("adopted 4 guests after kill -9 in {took:?}");
+    // The console replays what came before and carries input both ways.
+    d.console_text("vm1", "idle ready");
+    let mut con = d
+        .cmd(&["console", "vm1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = con.stdin.take().unwrap();
+    let mut reader = BufReader::new(con.stdout.take().unwrap());
+    stdin.write_all(b"after the crash\r").unwrap();
+    let mut seen = String::new();
+    while !seen.contains("line after the crash") {
+        let mut l = String::new();
+        assert!(
+            reader.read_line(&mut l).unwrap() > 0,
+            "console closed: {seen}"
+        );
+        seen.push_str(&l);
+    }
+    stdin.write_all(b"\r~.").unwrap();
+    drop(stdin);
+    assert!(con.wait().unwrap().success());
+    // exec, DHCP (served again, same address), pause and resume work.
+    let again = d.ok(&["exec", &ct1, "--", "/bin/dhcp-now"]);
+    assert_eq!(again.trim(), lease.trim(), "the same lease after adoption");
+    // (A container's freezer is not reachable under `ip netns exec`,
+    // which mounts a /sys of its own; containers_start_exec_pause_and_stop_like_vms
+    // pauses containers.)
+    d.ok(&["pause", "vm2"]);
+    assert_eq!(d.vm("vm2")["state"], "paused");
+    d.ok(&["unpause", "vm2"]);
+    assert!(d.ok(&["exec", &ct2, "--", "id", "-u"]).trim() == "0");
+    // The switch port is still there: vm1's tap is on the bridge.
+    let ports = ns
+        .exec("ip")
+        .args(["-o", "link", "show", "master", "kbr-lan"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&ports.stdout).contains("ktap"),
+        "{ports:?}"
+    );
+
+    // A clean stop of the daemon (SIGTERM) keeps them too, with NAT.
+    let status = d.stop_daemon().unwrap();
+    assert!(status.success(), "{status}\n{}", d.log());
+    for (name, pid) in &before {
+        assert!(alive(*pid), "{name} ({pid}) died with the daemon's SIGTERM");
+    }
+    let nat = ns.exec("nft").args(["list", "ruleset"]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&nat.stdout).contains("masquerade"),
+        "the NAT the guests use went with the daemon"
+    );
+    // The last daemon stops its guests when it stops (and when asked).
+    let since = Instant::now();
+    d.spawn_daemon(&[], &["--stop-guests"]);
+    until_adopted(&d, &before, since);
+    let said = d.ok(&["stop", "-w", "vm1"]);
+    assert!(said.contains("powered off"), "{said}");
+    let status = d.stop_daemon().unwrap();
+    assert!(status.success(), "{status}\n{}", d.log());
+    for (name, pid) in &before {
+        assert!(
+            !alive(*pid),
+            "{name} ({pid}) outlived the daemon with --stop-guests"
+        );
+    }
+    // Nothing is left behind: no monitor, report, tap, veth or cgroup.
+    let run = std::fs::read_dir(d.dir.join("state/run"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect::<Vec<_>>();
+    assert!(run.is_empty(), "left in run/: {run:?}");
+    let links = ns.exec("ip").args(["-o", "link"]).output().unwrap();
+    let links = String::from_utf8_lossy(&links.stdout);
+    assert!(!links.contains("ktap") && !links.contains("kct"), "{links}");
+    for ct in [&ct1, &ct2] {
+        assert!(
+            ctcommon::cgroup_dirs(ct).is_empty(),
+            "{ct}'s cgroup is left"
+        );
+    }
+    // The disk is free again and consistent.
+    if let Ok(o) = Command::new("qemu-img").arg("check").arg(&disk).output() {
+        assert!(o.status.success(), "{o:?}");
+    }
+}
