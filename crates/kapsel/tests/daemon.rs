@@ -1980,3 +1980,40 @@ fn a_daemon_killed_at_any_moment_leaves_every_guest_adopted_or_gone() {
     let links = String::from_utf8_lossy(&links.stdout);
     assert!(!links.contains("ktap") && !links.contains("kct"), "{links}");
 }
+
+#[test]
+fn a_killed_monitor_takes_its_guest_with_it_and_the_guest_starts_again() {
+    if !ctcommon::ready() || !kvm_usable() {
+        return;
+    }
+    let root = ctcommon::Rootfs::system("killmon");
+    let (vm, ct) = (ctcommon::name("km-vm"), ctcommon::name("km-ct"));
+    let conf = format!(
+        "vm \"{vm}\" {{\n\tboot \"{IDLE}\"\n\tmemory 64M\n}}\n\
+         container \"{ct}\" {{\n\troot \"{r}\"\n}}\n",
+        r = root.path.display()
+    );
+    let d = Kapseld::start(&conf);
+    for name in [&vm, &ct] {
+        let pid = pid_of(&d.wait_state(name, "running"));
+        let monitors = monitors_of(name);
+        assert_eq!(monitors.len(), 1, "{name}: {monitors:?}");
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(monitors[0], libc::SIGKILL) };
+        let st = d.wait_state(name, "stopped");
+        assert!(
+            st["last_exit"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("monitor"),
+            "{st}"
+        );
+        assert!(
+            ctcommon::eventually(5, || !alive(pid)),
+            "{name}'s process {pid} outlived its monitor"
+        );
+        // Nothing it left (a cgroup, a socket) keeps it from starting.
+        d.ok(&["start", name]);
+        d.wait_state(name, "running");
+    }
+}
