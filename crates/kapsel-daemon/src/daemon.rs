@@ -1857,6 +1857,13 @@ impl Daemon {
         {
             let mut inner = self.lock();
             inner.next_id = inner.next_id.max(saved.next_id);
+            let configured: Vec<String> = inner
+                .config
+                .switches
+                .iter()
+                .filter(|s| s.enabled)
+                .filter_map(|s| net::bridge_name(s).ok())
+                .collect();
             for sw in saved.created_switches {
                 let b = net::bridge_name(&sw).ok();
                 if !inner
@@ -1864,6 +1871,11 @@ impl Daemon {
                     .iter()
                     .any(|s| net::bridge_name(s).ok() == b)
                 {
+                    // A switch removed from vm.conf while no daemon ran:
+                    // its bridge goes once no adopted guest uses it.
+                    if !b.as_ref().is_some_and(|b| configured.contains(b)) {
+                        inner.retired_switches.push(sw.clone());
+                    }
                     inner.created_switches.push(sw);
                 }
             }

@@ -2017,3 +2017,42 @@ fn a_killed_monitor_takes_its_guest_with_it_and_the_guest_starts_again() {
         d.wait_state(name, "running");
     }
 }
+
+#[test]
+fn a_switch_removed_while_no_daemon_ran_goes_with_its_last_guest() {
+    if !kvm_usable() {
+        return;
+    }
+    let Some(ns) = Netns::create("swgone") else {
+        return;
+    };
+    let conf = format!(
+        "switch \"old\" {{\n}}\n{}",
+        idle_vm("rider", "\tinterface { switch \"old\" }\n")
+    );
+    let mut d = Kapseld::start_in(Some(&ns.0), &conf);
+    d.stop_daemon();
+    d.spawn_daemon(&[], &[]);
+    let pid = pid_of(&d.wait_state("rider", "running"));
+    let bridge_exists = || {
+        ns.exec("ip")
+            .args(["link", "show", "kbr-old"])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    d.stop_daemon();
+    assert!(alive(pid) && bridge_exists());
+    // The switch and its guest leave vm.conf while no daemon runs.
+    std::fs::write(d.dir.join("vm.conf"), "").unwrap();
+    d.spawn_daemon(&[], &[]);
+    assert_eq!(pid_of(&d.wait_state("rider", "running")), pid);
+    assert!(bridge_exists(), "the bridge went under a running guest");
+    d.ok(&["stop", "-w", "rider"]);
+    assert!(
+        ctcommon::eventually(5, || !bridge_exists()),
+        "the removed switch's bridge stayed\n{}",
+        d.log()
+    );
+}
