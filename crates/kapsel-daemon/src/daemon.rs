@@ -1930,6 +1930,22 @@ impl Daemon {
                 }
                 _ => None,
             };
+            let alive = match alive {
+                Some(a) => Some(a),
+                None => {
+                    // A monitor that answers but that no record describes
+                    // (none can be made so): its guest would run unmanaged.
+                    if let Ok(monitor::MonitorReply::Info { pid, .. }) = probe.hello() {
+                        tracing::warn!(
+                            "{name}: a monitor (guest pid {pid}) that neither it nor the state \
+                             file describes; its guest is stopped"
+                        );
+                        let _ = probe.act(Act::Kill);
+                        probe.watch();
+                    }
+                    None
+                }
+            };
             let Some((g, paused)) = alive else {
                 let kind = match &from_file {
                     Some(g) if g.container.is_some() => "container",
