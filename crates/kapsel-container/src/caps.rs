@@ -135,6 +135,13 @@ pub(crate) fn drop_to(keep: CapSet, last_cap: u32) -> Result<(), i32> {
             0,
         );
     }
+    set_sets(keep)
+}
+
+/// Sets the effective, permitted and inheritable sets to `keep` (capset
+/// only: allowed without CAP_SETPCAP when `keep` is within the permitted
+/// set). Allocation-free, for the child.
+pub(crate) fn set_sets(keep: CapSet) -> Result<(), i32> {
     let low = keep.0 as u32;
     let high = (keep.0 >> 32) as u32;
     let mut hdr = CapHeader {

@@ -273,13 +273,46 @@ impl Cgroup {
         limits: &Limits,
         delegate: bool,
     ) -> Result<Cgroup> {
+        Self::create_at(mode, &Path::new(PARENT).join(name), limits, delegate)
+    }
+
+    /// [`Cgroup::create`] at `path` below each hierarchy's root (an OCI
+    /// `cgroupsPath` such as `/machine/ctr-1`; a leading `/` is the same
+    /// root) instead of `kapsel/NAME`. The directories above it are made
+    /// when missing and left in place.
+    pub fn create_at(
+        mode: &CgroupMode,
+        path: &Path,
+        limits: &Limits,
+        delegate: bool,
+    ) -> Result<Cgroup> {
+        let rel: PathBuf = path
+            .components()
+            .filter(|c| matches!(c, std::path::Component::Normal(_)))
+            .collect();
+        if rel.as_os_str().is_empty()
+            || path
+                .components()
+                .any(|c| c == std::path::Component::ParentDir)
+        {
+            return Err(Error::Invalid(format!(
+                "cgroup path \"{}\" must name a group below the root, without \"..\"",
+                path.display()
+            )));
+        }
+        let name = rel
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let parent_rel = rel.parent().map(Path::to_path_buf).unwrap_or_default();
         let mut cg = Cgroup {
             unified: mode.is_unified(),
             dirs: Vec::new(),
             hybrid_v2: None,
         };
         let made = cg
-            .create_dirs(mode, name, limits, delegate)
+            .create_dirs(mode, &parent_rel, &name, limits, delegate)
             .and_then(|()| cg.apply(limits));
         match made {
             Ok(()) => Ok(cg),
@@ -293,6 +326,7 @@ impl Cgroup {
     fn create_dirs(
         &mut self,
         mode: &CgroupMode,
+        parent_rel: &Path,
         name: &str,
         limits: &Limits,
         delegate: bool,
@@ -303,14 +337,19 @@ impl Cgroup {
                 base,
                 controllers,
             } => {
-                let parent = base.join(PARENT);
+                let parent = base.join(parent_rel);
                 // A non-root group that hands controllers to its children
                 // may hold no process ("no internal processes"): those in
                 // a delegated base (this one among them) go to a leaf.
                 if base != root {
                     leave_for_leaf(base)?;
                 }
-                mkdir_parent(&parent)?;
+                let mut chain = vec![base.clone()];
+                for c in parent_rel.components() {
+                    let next = chain[chain.len() - 1].join(c);
+                    mkdir_parent(&next)?;
+                    chain.push(next);
+                }
                 // Controllers must be enabled in the base's and the
                 // parent's subtree_control, one by one: the kernel may
                 // refuse one (cpu, while a real-time task sits outside the
@@ -327,7 +366,7 @@ impl Cgroup {
                     if !controllers.iter().any(|h| h == c) {
                         continue;
                     }
-                    for dir in [base, &parent] {
+                    for dir in &chain {
                         let file = dir.join("cgroup.subtree_control");
                         match write(&file, &format!("+{c}")) {
                             Ok(()) => {}
@@ -344,15 +383,21 @@ impl Cgroup {
             }
             CgroupMode::Legacy { mounts, hybrid_v2 } => {
                 for (c, mount) in mounts {
-                    let parent = mount.join(PARENT);
-                    mkdir_parent(&parent)?;
+                    let parent = mount.join(parent_rel);
+                    fs::create_dir_all(&parent).map_err(|source| Error::Cgroup {
+                        path: parent.clone(),
+                        source,
+                    })?;
                     let dir = parent.join(name);
                     mkdir_leaf(&dir, name)?;
                     self.dirs.push((*c, dir));
                 }
                 if let (true, Some(v2)) = (delegate, hybrid_v2) {
-                    let parent = v2.join(PARENT);
-                    mkdir_parent(&parent)?;
+                    let parent = v2.join(parent_rel);
+                    fs::create_dir_all(&parent).map_err(|source| Error::Cgroup {
+                        path: parent.clone(),
+                        source,
+                    })?;
                     let dir = parent.join(name);
                     mkdir_leaf(&dir, name)?;
                     self.hybrid_v2 = Some(dir);

@@ -61,7 +61,27 @@ pub(crate) const STEPS: &[&str] = &[
     "mounting /run, /run/lock or /tmp (each must be a directory in the root, not a link)", // 28
     "mounting the idmapped root",              // 29
     "changing to the working directory (it must be a directory in the root)", // 30
+    "joining a namespace given by path",       // 31
+    "making a mount of the configuration (its destination in the root, or its source)", // 32
+    "masking a configured path",               // 33
+    "making a configured path read-only",      // 34
+    "remounting the root read-only",           // 35
+    "setting a resource limit (rlimit)",       // 36
 ];
+
+/// A mount of the configuration, prepared for the child.
+pub(crate) struct ChildMount {
+    pub source: Option<CString>,
+    /// Relative to the root (the child's working directory before pivot_root).
+    pub target: CString,
+    pub fstype: Option<CString>,
+    pub flags: libc::c_ulong,
+    pub data: Option<CString>,
+    pub propagation: libc::c_ulong,
+    /// Create the target first (below /dev, which the child itself made):
+    /// 0 no, 1 a directory, 2 a file.
+    pub make: u8,
+}
 
 /// Becomes root of the user namespace this process is in: no
 /// supplementary groups, gid and uid 0. Raw system calls, not libc's
@@ -189,6 +209,33 @@ pub(crate) struct ChildPlan {
     /// release byte (which may carry the idmapped root), a pipe for errors.
     pub go_read: RawFd,
     pub err_write: RawFd,
+    /// Namespace files to setns(2) into first.
+    pub join_ns: Vec<RawFd>,
+    /// Set the hostname (a new UTS namespace).
+    pub set_hostname: bool,
+    /// A new network namespace: bring up its loopback.
+    pub new_net: bool,
+    /// Mounts of the configuration, after /dev.
+    pub mounts: Vec<ChildMount>,
+    /// More paths to mask and to make read-only (relative to the root).
+    pub masked_extra: Vec<CString>,
+    pub readonly_extra: Vec<CString>,
+    pub readonly_root: bool,
+    pub rlimits: Vec<(u32, libc::rlimit)>,
+    /// uid, gid and supplementary groups to switch to before execve.
+    pub user: Option<(u32, u32, Vec<libc::gid_t>)>,
+    /// `/proc/self/fd/N` of the start FIFO (an O_PATH descriptor).
+    pub start_fifo: Option<CString>,
+}
+
+/// Ends the child after the parent has stopped listening: a message on
+/// its standard error (the container's output) and status 127.
+fn late_fail(msg: &[u8]) -> ! {
+    // SAFETY: writes a constant message; then ends the process.
+    unsafe {
+        libc::write(2, msg.as_ptr().cast(), msg.len());
+        libc::_exit(127)
+    }
 }
 
 /// Reports `step` with the current errno to the parent and exits.
@@ -316,11 +363,16 @@ pub(crate) fn run(plan: &ChildPlan) -> ! {
     // SAFETY: each call below is a plain system call on NUL-terminated
     // strings from the plan or constants; results are checked one by one.
     unsafe {
+        for &fd in &plan.join_ns {
+            if libc::setns(fd, 0) != 0 {
+                fail(plan, 31);
+            }
+        }
         if libc::unshare(libc::CLONE_NEWCGROUP) != 0 {
             fail(plan, 2);
         }
         let h = plan.hostname.as_bytes();
-        if libc::sethostname(h.as_ptr().cast(), h.len()) != 0 {
+        if plan.set_hostname && libc::sethostname(h.as_ptr().cast(), h.len()) != 0 {
             fail(plan, 3);
         }
         if !mount(None, b"/\0", None, libc::MS_REC | libc::MS_PRIVATE, None) {
@@ -500,6 +552,92 @@ pub(crate) fn run(plan: &ChildPlan) -> ! {
                 }
             }
         }
+        for m in &plan.mounts {
+            let target = m.target.as_bytes_with_nul();
+            if m.make == 1 {
+                libc::mkdir(cstr(target), 0o755);
+            } else if m.make == 2 {
+                let fd = libc::open(
+                    cstr(target),
+                    libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
+                    0o644,
+                );
+                if fd >= 0 {
+                    libc::close(fd);
+                }
+            }
+            let source = m.source.as_ref().map(|c| c.as_bytes_with_nul());
+            let fstype = m.fstype.as_ref().map(|c| c.as_bytes_with_nul());
+            let data = m.data.as_ref().map(|c| c.as_bytes_with_nul());
+            let bind = m.flags & libc::MS_BIND != 0;
+            let first = if bind {
+                m.flags & (libc::MS_BIND | libc::MS_REC)
+            } else {
+                m.flags
+            };
+            if !mount(source, target, fstype, first, data) {
+                fail(plan, 32);
+            }
+            // A bind mount takes its other flags in a remount only.
+            let rest = m.flags & !(libc::MS_BIND | libc::MS_REC);
+            if bind
+                && rest != 0
+                && !mount(
+                    None,
+                    target,
+                    None,
+                    libc::MS_BIND | libc::MS_REMOUNT | rest,
+                    None,
+                )
+            {
+                fail(plan, 32);
+            }
+            if m.propagation != 0 && !mount(None, target, None, m.propagation, None) {
+                fail(plan, 32);
+            }
+        }
+        for p in &plan.masked_extra {
+            let p = p.as_bytes_with_nul();
+            let mut st: libc::stat = std::mem::zeroed();
+            if libc::stat(cstr(p), &mut st) != 0 {
+                if errno() == libc::ENOENT {
+                    continue;
+                }
+                fail(plan, 33);
+            }
+            let ok = if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                mount(
+                    Some(b"tmpfs\0"),
+                    p,
+                    Some(b"tmpfs\0"),
+                    hard | libc::MS_RDONLY,
+                    None,
+                )
+            } else {
+                mount(Some(b"dev/null\0"), p, None, libc::MS_BIND, None)
+            };
+            if !ok {
+                fail(plan, 33);
+            }
+        }
+        for p in &plan.readonly_extra {
+            let p = p.as_bytes_with_nul();
+            if !mount(Some(p), p, None, libc::MS_BIND | libc::MS_REC, None) {
+                if errno() == libc::ENOENT {
+                    continue;
+                }
+                fail(plan, 34);
+            }
+            if !mount(
+                None,
+                p,
+                None,
+                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID,
+                None,
+            ) {
+                fail(plan, 34);
+            }
+        }
         for &f in MASKED_FILES {
             if !mount(Some(b"dev/null\0"), f, None, libc::MS_BIND, None) && errno() != libc::ENOENT
             {
@@ -535,6 +673,17 @@ pub(crate) fn run(plan: &ChildPlan) -> ! {
                 fail(plan, 18);
             }
         }
+        if plan.readonly_root
+            && !mount(
+                None,
+                b".\0",
+                None,
+                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                None,
+            )
+        {
+            fail(plan, 35);
+        }
         // pivot_root(".", "."): the old root ends up stacked under the new
         // one and is detached at once; no directory in the root is needed.
         if libc::syscall(libc::SYS_pivot_root, cstr(b".\0"), cstr(b".\0")) != 0 {
@@ -549,8 +698,10 @@ pub(crate) fn run(plan: &ChildPlan) -> ! {
         if libc::chdir(plan.cwd.as_ptr()) != 0 {
             fail(plan, 30);
         }
-        if let Err(e) = crate::netlink::link_up(b"lo\0") {
-            fail_with(plan, 21, e);
+        if plan.new_net {
+            if let Err(e) = crate::netlink::link_up(b"lo\0") {
+                fail_with(plan, 21, e);
+            }
         }
         if plan.veth {
             if let Err(e) = crate::netlink::link_up(b"eth0\0") {
@@ -586,6 +737,11 @@ pub(crate) fn run(plan: &ChildPlan) -> ! {
             libc::CLOSE_RANGE_CLOEXEC,
         );
         libc::umask(0o022);
+        for (resource, limit) in &plan.rlimits {
+            if libc::setrlimit(*resource as _, limit) != 0 {
+                fail(plan, 36);
+            }
+        }
         // Rust ignores SIGPIPE and the caller may block signals; an init
         // starts from the defaults.
         for sig in 1..libc::SIGRTMAX() {
@@ -619,11 +775,40 @@ pub(crate) fn run(plan: &ChildPlan) -> ! {
         if let Err(e) = caps::drop_to(plan.keep_caps, plan.last_cap) {
             fail_with(plan, 24, e);
         }
+        if let Some(fifo) = &plan.start_fifo {
+            // Ready: the parent's start returns (end-of-file on the error
+            // pipe), and this process waits for a reader of the FIFO.
+            libc::close(plan.err_write);
+            let fd = libc::open(fifo.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                late_fail(b"kapsel: container init: opening the start FIFO failed\n");
+            }
+            libc::close(fd);
+        }
+        if let Some((uid, gid, groups)) = &plan.user {
+            // Keep the permitted set across the uid change, then set the
+            // effective set again (execve of a non-root user clears both
+            // unless the file or the ambient set grants them).
+            libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0);
+            let ok = libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) == 0
+                && libc::syscall(libc::SYS_setresgid, *gid, *gid, *gid) == 0
+                && libc::syscall(libc::SYS_setresuid, *uid, *uid, *uid) == 0;
+            if !ok {
+                late_fail(b"kapsel: container init: switching to the process user failed\n");
+            }
+            libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0);
+            if caps::set_sets(plan.keep_caps).is_err() {
+                late_fail(b"kapsel: container init: setting capabilities failed\n");
+            }
+        }
         // Last: a change of effective or file-system ids clears it.
         if plan.die_with_parent {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
         }
         libc::execve(plan.init.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr());
+        if plan.start_fifo.is_some() {
+            late_fail(b"kapsel: container init: executing the process failed\n");
+        }
         fail(plan, 26)
     }
 }

@@ -333,14 +333,45 @@ impl Container {
             cgroup_tasks: Vec::new(),
             go_read: go_read.as_raw_fd(),
             err_write: err_write.as_raw_fd(),
+            join_ns: Vec::new(),
+            set_hostname: true,
+            new_net: true,
+            mounts: Vec::new(),
+            masked_extra: Vec::new(),
+            readonly_extra: Vec::new(),
+            readonly_root: spec.extra.readonly_root,
+            rlimits: spec
+                .extra
+                .rlimits
+                .iter()
+                .map(|&(r, soft, hard)| {
+                    (
+                        r,
+                        libc::rlimit {
+                            rlim_cur: soft,
+                            rlim_max: hard,
+                        },
+                    )
+                })
+                .collect(),
+            user: spec
+                .extra
+                .user
+                .as_ref()
+                .map(|u| (u.uid, u.gid, u.groups.clone())),
+            start_fifo: None,
         };
+        let extra = prepare_extra(spec, &root, &mut plan)?;
 
         let limits = Limits {
             memory: spec.memory,
             cpus: spec.cpus,
             pids: spec.pids,
         };
-        let cgroup = Cgroup::create(&mode, &spec.name, &limits, systemd)?;
+        let cgroup = match &spec.extra.cgroup_path {
+            Some(path) => Cgroup::create_at(&mode, path, &limits, systemd)?,
+            None => Cgroup::create(&mode, &spec.name, &limits, systemd)?,
+        };
         if let Some(map) = &spec.user_map {
             // The cgroup2 tree belongs to the container's root.
             if let Err(e) = cgroup.delegate_to(map.host_uid, map.host_gid) {
@@ -375,6 +406,14 @@ impl Container {
             | libc::CLONE_NEWIPC
             | libc::CLONE_NEWNET
             | libc::CLONE_PIDFD;
+        for ns in spec
+            .extra
+            .host_namespaces
+            .iter()
+            .chain(spec.extra.join_namespaces.iter().map(|(ns, _)| ns))
+        {
+            flags &= !ns.clone_flag();
+        }
         if spec.user_map.is_some() {
             flags |= libc::CLONE_NEWUSER;
         }
@@ -434,6 +473,7 @@ impl Container {
         }
         drop(go_read);
         drop(err_write);
+        drop(extra);
         drop(slave_fd);
         drop(null_fd);
         drop(cgroup_dir);
@@ -456,6 +496,14 @@ impl Container {
         };
         // From here on a failure drops `c`, which kills the child and
         // removes the cgroup and the veth.
+        if let Some(adj) = spec.extra.oom_score_adj {
+            std::fs::write(format!("/proc/{}/oom_score_adj", c.pid), adj.to_string()).map_err(
+                |source| Error::Os {
+                    what: "setting the init's oom_score_adj",
+                    source,
+                },
+            )?;
+        }
         if !born_in_cgroup && plan.cgroup_tasks.is_empty() {
             c.cgroup.add(c.pid)?;
         }
@@ -505,6 +553,17 @@ impl Container {
         Ok(c)
     }
 
+    /// Leaves the container running on its own and forgets it: nothing is
+    /// killed or removed when the handle goes (a runtime such as
+    /// `kapsel-oci create` exits here; the init becomes a child of the
+    /// caller's subreaper). Returns the init's PID and the cgroup's
+    /// directories, which whoever deletes the container removes.
+    pub fn detach(mut self) -> (i32, Vec<std::path::PathBuf>) {
+        self.cleaned = true;
+        let dirs = self.cgroup.paths().map(Path::to_path_buf).collect();
+        (self.pid, dirs)
+    }
+
     /// The container's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -523,6 +582,12 @@ impl Container {
     /// The master side of the console pty, with [`ConsoleSpec::Pty`].
     pub fn console(&self) -> Option<&File> {
         self.console.as_ref()
+    }
+
+    /// Takes the master side of the console pty (to hand it to a client
+    /// before [`Container::detach`]).
+    pub fn take_console(&mut self) -> Option<File> {
+        self.console.take()
     }
 
     /// The signal [`Container::stop`] sends first.
@@ -693,146 +758,24 @@ impl Container {
     /// `stdio` (a pty slave or a socket). A terminal becomes the command's
     /// controlling terminal, in a session of its own.
     pub fn exec_with(&self, argv: &[String], stdio: Option<BorrowedFd<'_>>) -> Result<ExecProcess> {
-        let stdio = stdio.map(|fd| fd.as_raw_fd());
         if self.status.is_some() {
             return Err(Error::Exited);
         }
-        let first = argv
-            .first()
-            .ok_or_else(|| Error::Invalid("exec: give a command".into()))?;
-        let path = cstring(resolve_init(&self.root, first)?.as_os_str().as_bytes())?;
-        let args: Vec<CString> = argv
-            .iter()
-            .map(|a| cstring(a.as_bytes()))
-            .collect::<Result<_>>()?;
-        let mut arg_ptrs: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
-        arg_ptrs.push(std::ptr::null());
-        let env = [
-            cstring(format!("PATH={DEFAULT_PATH}").as_bytes())?,
-            cstring(b"container=kapsel")?,
-        ];
-        let env_ptrs = [env[0].as_ptr(), env[1].as_ptr(), std::ptr::null()];
-        // Namespaces to join, user first (it grants the rights for the
-        // rest), mount last among those opened by path.
-        let mut ns = Vec::new();
-        let mut user_ns = false;
-        for kind in ["user", "cgroup", "ipc", "uts", "net", "pid", "mnt"] {
-            let own = std::fs::read_link(format!("/proc/self/ns/{kind}")).ok();
-            let theirs = std::fs::read_link(format!("/proc/{}/ns/{kind}", self.pid)).ok();
-            if own.is_some() && own == theirs {
-                continue; // not a namespace of the container (e.g. no user namespace)
-            }
-            user_ns |= kind == "user";
-            let f = File::open(format!("/proc/{}/ns/{kind}", self.pid)).map_err(|source| {
-                Error::Os {
-                    what: "opening a namespace of the container",
-                    source,
-                }
-            })?;
-            ns.push(f);
-        }
-        let join = self.exec_cgroup_files();
-        let procs: Vec<File> = join
-            .iter()
-            .map(|f| File::options().write(true).open(f))
-            .collect::<io::Result<_>>()
-            .map_err(|source| Error::Os {
-                what: "opening the container's cgroup",
-                source,
-            })?;
-        let keep = self.keep_caps;
-        let last = caps::last_cap();
-        let progs = if self.seccomp {
-            seccomp::profile(keep)?
-        } else {
-            Vec::new()
-        };
-        let fprogs: Vec<libc::sock_fprog> = progs
-            .iter()
-            .map(|prog| libc::sock_fprog {
-                len: prog.len() as u16,
-                filter: prog.as_ptr() as *mut libc::sock_filter,
-            })
-            .collect();
-        let no_new_privs = self.no_new_privs;
-        // SAFETY: fork; the child below only makes system calls on data
-        // prepared above and ends with _exit or execve.
-        let pid = unsafe { libc::fork() };
-        if pid < 0 {
-            return Err(Error::last_os("fork for exec"));
-        }
-        if pid == 0 {
-            // SAFETY: system calls on descriptors and strings
-            // prepared before fork; every path ends in _exit or execve.
-            unsafe {
-                if let Some(fd) = stdio {
-                    for target in 0..3 {
-                        if libc::dup2(fd, target) < 0 {
-                            libc::_exit(125);
-                        }
-                    }
-                    if libc::isatty(0) == 1 {
-                        libc::setsid();
-                        libc::ioctl(0, libc::TIOCSCTTY, 0);
-                    }
-                }
-                for p in &procs {
-                    if libc::write(p.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
-                        libc::_exit(125);
-                    }
-                }
-                for f in &ns {
-                    if libc::setns(f.as_raw_fd(), 0) != 0 {
-                        libc::_exit(125);
-                    }
-                }
-                // Host root is not mapped in the container's user
-                // namespace: become its root, as the init did.
-                if user_ns && !crate::child::become_root() {
-                    libc::_exit(125);
-                }
-                // The PID namespace applies to children: fork once more.
-                let inner = libc::fork();
-                if inner < 0 {
-                    libc::_exit(125);
-                }
-                if inner > 0 {
-                    let mut st = 0;
-                    while libc::waitpid(inner, &mut st, 0) < 0 {}
-                    libc::_exit(ExitStatus::from_wait(st).code());
-                }
-                libc::chdir(c"/".as_ptr());
-                for sig in 1..libc::SIGRTMAX() {
-                    if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                        libc::signal(sig, libc::SIG_DFL);
-                    }
-                }
-                let mut empty: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut empty);
-                libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-                // The same order as the init's: no_new_privs, seccomp
-                // (while CAP_SYS_ADMIN is held), capabilities.
-                if no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-                    libc::_exit(125);
-                }
-                for fprog in &fprogs {
-                    if libc::prctl(
-                        libc::PR_SET_SECCOMP,
-                        libc::SECCOMP_MODE_FILTER,
-                        fprog as *const libc::sock_fprog,
-                    ) != 0
-                    {
-                        libc::_exit(125);
-                    }
-                }
-                if caps::drop_to(keep, last).is_err() {
-                    libc::_exit(125);
-                }
-                libc::execve(path.as_ptr(), arg_ptrs.as_ptr(), env_ptrs.as_ptr());
-                libc::_exit(127);
-            }
-        }
-        Ok(ExecProcess { pid, status: None })
+        exec_in(
+            self.pid,
+            &ExecOptions {
+                argv: argv.to_vec(),
+                env: Vec::new(),
+                cwd: None,
+                user: None,
+                root: self.root.clone(),
+                keep_caps: self.keep_caps,
+                no_new_privs: self.no_new_privs,
+                seccomp: self.seccomp,
+                stdio: stdio.map(|fd| fd.as_raw_fd()),
+                cgroup_files: self.exec_cgroup_files(),
+            },
+        )
     }
 
     /// The files a process joining the container writes "0" to: `tasks`
@@ -963,4 +906,375 @@ impl ExecProcess {
             }
         }
     }
+}
+
+/// Descriptors the child uses (namespaces to join, the start FIFO); they
+/// stay open until the child has been cloned.
+struct ExtraFds {
+    _files: Vec<File>,
+}
+
+/// Fills the plan's OCI extras from `spec.extra`: opens the namespaces to
+/// join and the start FIFO, and makes every mount destination outside
+/// /dev, /proc and /sys in the root (links in the root resolved within it).
+fn prepare_extra(spec: &ContainerSpec, root: &Path, plan: &mut ChildPlan) -> Result<ExtraFds> {
+    use crate::spec::Namespace;
+    let extra = &spec.extra;
+    let mut files = Vec::new();
+    let shared = |ns: Namespace| {
+        extra.host_namespaces.contains(&ns) || extra.join_namespaces.iter().any(|(n, _)| *n == ns)
+    };
+    plan.set_hostname = !shared(Namespace::Uts);
+    plan.new_net = !shared(Namespace::Net);
+    if !plan.set_hostname && spec.hostname.is_some() && extra.host_namespaces.contains(&Namespace::Uts)
+    {
+        return Err(Error::Invalid(
+            "a hostname needs a UTS namespace of the container's own; drop the hostname or \
+             share no UTS namespace with the host"
+                .into(),
+        ));
+    }
+    for (_, path) in &extra.join_namespaces {
+        let f = File::open(path).map_err(|e| {
+            Error::Invalid(format!(
+                "namespace {}: {e}; give the path of an existing namespace (/proc/PID/ns/KIND \
+                 or a bind-mounted namespace file)",
+                path.display()
+            ))
+        })?;
+        plan.join_ns.push(f.as_raw_fd());
+        files.push(f);
+    }
+    if let Some(fifo) = &extra.start_fifo {
+        let f = File::options()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
+            .open(fifo)
+            .map_err(|e| Error::Invalid(format!("start FIFO {}: {e}", fifo.display())))?;
+        plan.start_fifo = Some(cstring(
+            format!("/proc/self/fd/{}", f.as_raw_fd()).as_bytes(),
+        )?);
+        files.push(f);
+    }
+    let rel = |p: &str| -> Result<CString> {
+        let r = p.trim_start_matches('/');
+        cstring(if r.is_empty() { b"." } else { r.as_bytes() })
+    };
+    for p in &extra.masked_paths {
+        plan.masked_extra.push(rel(p)?);
+    }
+    for p in &extra.readonly_paths {
+        plan.readonly_extra.push(rel(p)?);
+    }
+    for m in &extra.mounts {
+        let bind = m.flags & libc::MS_BIND != 0;
+        let source_is_file = bind && std::fs::metadata(&m.source).is_ok_and(|md| !md.is_dir());
+        if bind {
+            std::fs::metadata(&m.source).map_err(|e| {
+                Error::Invalid(format!(
+                    "bind mount source {} (for {}): {e}; give an existing host path",
+                    m.source, m.destination
+                ))
+            })?;
+        }
+        let dest = m.destination.trim_start_matches('/');
+        let below_kernel = ["dev", "proc", "sys"].iter().any(|top| {
+            Path::new(dest).starts_with(top)
+        });
+        let (target, make) = if below_kernel {
+            (rel(dest)?, if source_is_file { 2 } else { 1 })
+        } else {
+            let inner = make_in_root(root, dest, source_is_file)?;
+            (cstring(inner.as_os_str().as_bytes())?, 0)
+        };
+        plan.mounts.push(child::ChildMount {
+            source: Some(cstring(m.source.as_bytes())?),
+            target,
+            fstype: m.fstype.as_deref().map(|t| cstring(t.as_bytes())).transpose()?,
+            flags: m.flags,
+            data: m
+                .data
+                .as_deref()
+                .filter(|d| !d.is_empty())
+                .map(|d| cstring(d.as_bytes()))
+                .transpose()?,
+            propagation: m.propagation,
+            make,
+        });
+    }
+    Ok(ExtraFds { _files: files })
+}
+
+/// Makes `dest` (relative) inside `root`, resolving links as if `root`
+/// were `/` (a link cannot lead out of it), creating missing directories
+/// and, with `file`, the last component as an empty file. Returns the
+/// resolved path, relative to `root`.
+fn make_in_root(root: &Path, dest: &str, file: bool) -> Result<std::path::PathBuf> {
+    use std::path::{Component, PathBuf};
+    let invalid = |e: io::Error| {
+        Error::Invalid(format!(
+            "mount destination /{dest} in root {}: {e}",
+            root.display()
+        ))
+    };
+    let mut todo: Vec<std::ffi::OsString> = Path::new(dest)
+        .components()
+        .rev()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_os_string()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect();
+    let mut at = PathBuf::new();
+    let mut links = 0;
+    while let Some(name) = todo.pop() {
+        if name == ".." {
+            at.pop();
+            continue;
+        }
+        let next = at.join(&name);
+        let full = root.join(&next);
+        match std::fs::symlink_metadata(&full) {
+            Ok(md) if md.file_type().is_symlink() => {
+                links += 1;
+                if links > 40 {
+                    return Err(invalid(io::Error::from_raw_os_error(libc::ELOOP)));
+                }
+                let target = std::fs::read_link(&full).map_err(invalid)?;
+                if target.is_absolute() {
+                    at = PathBuf::new();
+                }
+                for c in target.components().rev() {
+                    match c {
+                        Component::Normal(n) => todo.push(n.to_os_string()),
+                        Component::ParentDir => todo.push("..".into()),
+                        _ => {}
+                    }
+                }
+            }
+            Ok(_) => at = next,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if file && todo.is_empty() {
+                    File::options()
+                        .write(true)
+                        .create(true)
+                        .truncate(false)
+                        .custom_flags(libc::O_NOFOLLOW)
+                        .open(&full)
+                        .map_err(invalid)?;
+                } else {
+                    std::fs::create_dir(&full).map_err(invalid)?;
+                }
+                at = next;
+            }
+            Err(e) => return Err(invalid(e)),
+        }
+    }
+    if at.as_os_str().is_empty() {
+        at.push(".");
+    }
+    Ok(at)
+}
+
+/// What [`exec_in`] runs and with which confinement.
+#[derive(Debug, Clone)]
+pub struct ExecOptions {
+    /// The command: an absolute path inside the root or a name looked up
+    /// in [`DEFAULT_PATH`], and its arguments.
+    pub argv: Vec<String>,
+    /// Its environment (`PATH` and `container=` added when missing).
+    pub env: Vec<String>,
+    /// Its working directory inside the container; `None` is `/`.
+    pub cwd: Option<String>,
+    /// Its user; `None` is root.
+    pub user: Option<crate::spec::User>,
+    /// The container's root as the host sees it (`/proc/PID/root` does),
+    /// where the command is looked up.
+    pub root: std::path::PathBuf,
+    /// Capabilities kept.
+    pub keep_caps: caps::CapSet,
+    /// Set `no_new_privs`.
+    pub no_new_privs: bool,
+    /// Install Kapsel's seccomp profile.
+    pub seccomp: bool,
+    /// Standard input, output and error; `None` is the caller's.
+    pub stdio: Option<RawFd>,
+    /// The cgroup files the process writes "0" to (`cgroup.procs` or `tasks`).
+    pub cgroup_files: Vec<std::path::PathBuf>,
+}
+
+/// Runs a command inside the container whose init is `pid`: joins its
+/// cgroup (`opts.cgroup_files`) and namespaces, takes the confinement
+/// given, and executes. The returned process is the caller's child and
+/// ends with the command's status (125: joining failed, 127: no exec).
+pub fn exec_in(pid: i32, opts: &ExecOptions) -> Result<ExecProcess> {
+    let init_pid = pid;
+    let argv = &opts.argv;
+    let stdio = opts.stdio;
+    let first = argv
+        .first()
+        .ok_or_else(|| Error::Invalid("exec: give a command".into()))?;
+    let path = cstring(resolve_init(&opts.root, first)?.as_os_str().as_bytes())?;
+    let args: Vec<CString> = argv
+        .iter()
+        .map(|a| cstring(a.as_bytes()))
+        .collect::<Result<_>>()?;
+    let mut arg_ptrs: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    arg_ptrs.push(std::ptr::null());
+    let mut env_strings = opts.env.clone();
+    if !env_strings.iter().any(|e| e.starts_with("PATH=")) {
+        env_strings.push(format!("PATH={DEFAULT_PATH}"));
+    }
+    if !env_strings.iter().any(|e| e.starts_with("container=")) {
+        env_strings.push("container=kapsel".into());
+    }
+    let env: Vec<CString> = env_strings
+        .iter()
+        .map(|e| cstring(e.as_bytes()))
+        .collect::<Result<_>>()?;
+    let mut env_ptrs: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
+    env_ptrs.push(std::ptr::null());
+    let cwd = cstring(opts.cwd.as_deref().unwrap_or("/").as_bytes())?;
+    let user = opts
+        .user
+        .as_ref()
+        .map(|u| (u.uid, u.gid, u.groups.clone()));
+    // Namespaces to join, user first (it grants the rights for the
+    // rest), mount last among those opened by path.
+    let mut ns = Vec::new();
+    let mut user_ns = false;
+    for kind in ["user", "cgroup", "ipc", "uts", "net", "pid", "mnt"] {
+        let own = std::fs::read_link(format!("/proc/self/ns/{kind}")).ok();
+        let theirs = std::fs::read_link(format!("/proc/{init_pid}/ns/{kind}")).ok();
+        if own.is_some() && own == theirs {
+            continue; // not a namespace of the container (e.g. no user namespace)
+        }
+        user_ns |= kind == "user";
+        let f = File::open(format!("/proc/{init_pid}/ns/{kind}")).map_err(|source| {
+            Error::Os {
+                what: "opening a namespace of the container",
+                source,
+            }
+        })?;
+        ns.push(f);
+    }
+    let join = &opts.cgroup_files;
+    let procs: Vec<File> = join
+        .iter()
+        .map(|f| File::options().write(true).open(f))
+        .collect::<io::Result<_>>()
+        .map_err(|source| Error::Os {
+            what: "opening the container's cgroup",
+            source,
+        })?;
+    let keep = opts.keep_caps;
+    let last = caps::last_cap();
+    let progs = if opts.seccomp {
+        seccomp::profile(keep)?
+    } else {
+        Vec::new()
+    };
+    let fprogs: Vec<libc::sock_fprog> = progs
+        .iter()
+        .map(|prog| libc::sock_fprog {
+            len: prog.len() as u16,
+            filter: prog.as_ptr() as *mut libc::sock_filter,
+        })
+        .collect();
+    let no_new_privs = opts.no_new_privs;
+    // SAFETY: fork; the child below only makes system calls on data
+    // prepared above and ends with _exit or execve.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(Error::last_os("fork for exec"));
+    }
+    if pid == 0 {
+        // SAFETY: system calls on descriptors and strings
+        // prepared before fork; every path ends in _exit or execve.
+        unsafe {
+            if let Some(fd) = stdio {
+                for target in 0..3 {
+                    if libc::dup2(fd, target) < 0 {
+                        libc::_exit(125);
+                    }
+                }
+                if libc::isatty(0) == 1 {
+                    libc::setsid();
+                    libc::ioctl(0, libc::TIOCSCTTY, 0);
+                }
+            }
+            for p in &procs {
+                if libc::write(p.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
+                    libc::_exit(125);
+                }
+            }
+            for f in &ns {
+                if libc::setns(f.as_raw_fd(), 0) != 0 {
+                    libc::_exit(125);
+                }
+            }
+            // Host root is not mapped in the container's user
+            // namespace: become its root, as the init did.
+            if user_ns && !crate::child::become_root() {
+                libc::_exit(125);
+            }
+            // The PID namespace applies to children: fork once more.
+            let inner = libc::fork();
+            if inner < 0 {
+                libc::_exit(125);
+            }
+            if inner > 0 {
+                let mut st = 0;
+                while libc::waitpid(inner, &mut st, 0) < 0 {}
+                libc::_exit(ExitStatus::from_wait(st).code());
+            }
+            if libc::chdir(cwd.as_ptr()) != 0 {
+                libc::_exit(125);
+            }
+            for sig in 1..libc::SIGRTMAX() {
+                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                    libc::signal(sig, libc::SIG_DFL);
+                }
+            }
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            // The same order as the init's: no_new_privs, seccomp
+            // (while CAP_SYS_ADMIN is held), capabilities.
+            if no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                libc::_exit(125);
+            }
+            for fprog in &fprogs {
+                if libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    fprog as *const libc::sock_fprog,
+                ) != 0
+                {
+                    libc::_exit(125);
+                }
+            }
+            if caps::drop_to(keep, last).is_err() {
+                libc::_exit(125);
+            }
+            if let Some((uid, gid, groups)) = &user {
+                libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0);
+                let ok = libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr())
+                    == 0
+                    && libc::syscall(libc::SYS_setresgid, *gid, *gid, *gid) == 0
+                    && libc::syscall(libc::SYS_setresuid, *uid, *uid, *uid) == 0;
+                if !ok {
+                    libc::_exit(125);
+                }
+                libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0);
+                if caps::set_sets(keep).is_err() {
+                    libc::_exit(125);
+                }
+            }
+            libc::execve(path.as_ptr(), arg_ptrs.as_ptr(), env_ptrs.as_ptr());
+            libc::_exit(127);
+        }
+    }
+    Ok(ExecProcess { pid, status: None })
 }

@@ -35,10 +35,11 @@ pub mod netlink;
 pub mod seccomp;
 mod spec;
 
-pub use container::{Container, ExecProcess, ExitStatus};
+pub use container::{exec_in, Container, ExecOptions, ExecProcess, ExitStatus};
 pub use error::{Error, Result};
 pub use spec::{
-    check_name, resolve_init, ConsoleSpec, ContainerSpec, IdMap, VethSpec, DEFAULT_PATH,
+    check_name, resolve_init, ConsoleSpec, ContainerSpec, Extra, IdMap, MountSpec, Namespace, User,
+    VethSpec, DEFAULT_PATH,
     MAX_IFNAME_LEN, MAX_NAME_LEN,
 };
 

@@ -73,6 +73,95 @@ pub struct ContainerSpec {
     /// container runs on without one. Off for a runtime that starts a
     /// container and exits (`kapsel run-container` waits anyway).
     pub die_with_parent: bool,
+    /// Settings an OCI runtime (`kapsel-oci`) needs beyond Kapsel's own
+    /// containers; the defaults change nothing.
+    pub extra: Extra,
+}
+
+/// The init's identity: uid, gid and supplementary groups, as seen inside
+/// the container (in its user namespace, if it has one).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct User {
+    /// The user id.
+    pub uid: u32,
+    /// The group id.
+    pub gid: u32,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+}
+
+/// A namespace kind a container may share with the host or join.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Namespace {
+    /// Network (`CLONE_NEWNET`).
+    Net,
+    /// System V IPC and POSIX message queues (`CLONE_NEWIPC`).
+    Ipc,
+    /// Host and domain name (`CLONE_NEWUTS`).
+    Uts,
+}
+
+impl Namespace {
+    pub(crate) fn clone_flag(self) -> libc::c_int {
+        match self {
+            Namespace::Net => libc::CLONE_NEWNET,
+            Namespace::Ipc => libc::CLONE_NEWIPC,
+            Namespace::Uts => libc::CLONE_NEWUTS,
+        }
+    }
+}
+
+/// A mount made inside the container after its /proc, /sys and /dev.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountSpec {
+    /// The source: a host path for a bind mount, a name for the rest.
+    pub source: String,
+    /// Where, an absolute path inside the container.
+    pub destination: String,
+    /// The file system type (`tmpfs`, `mqueue`, ...); `None` for a bind.
+    pub fstype: Option<String>,
+    /// mount(2) flags (`MS_BIND`, `MS_REC`, `MS_RDONLY`, `MS_NOSUID`, ...).
+    pub flags: libc::c_ulong,
+    /// Propagation flags applied afterwards (`MS_PRIVATE`, `MS_SLAVE`, ...,
+    /// with `MS_REC`), 0 for none.
+    pub propagation: libc::c_ulong,
+    /// The file system's options (`mode=755,size=64k`).
+    pub data: Option<String>,
+}
+
+/// Settings beyond Kapsel's own containers, for an OCI runtime. The
+/// default is what [`ContainerSpec::new`] always did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Extra {
+    /// Run the init as this user (after the id switch to the user
+    /// namespace's root); `None` is root.
+    pub user: Option<User>,
+    /// Resource limits set in the init: (RLIMIT_*, soft, hard).
+    pub rlimits: Vec<(u32, u64, u64)>,
+    /// Namespaces not created: the container shares the host's.
+    pub host_namespaces: Vec<Namespace>,
+    /// Namespaces joined (setns) instead of created: the kind and a path
+    /// such as `/proc/PID/ns/net` or a bind-mounted namespace file.
+    pub join_namespaces: Vec<(Namespace, PathBuf)>,
+    /// Mounts after /proc, /sys and /dev, in order.
+    pub mounts: Vec<MountSpec>,
+    /// More paths hidden (a file behind /dev/null, a directory behind an
+    /// empty read-only tmpfs), besides Kapsel's own list.
+    pub masked_paths: Vec<String>,
+    /// More paths made read-only, besides Kapsel's own list.
+    pub readonly_paths: Vec<String>,
+    /// Mount the root read-only.
+    pub readonly_root: bool,
+    /// The cgroup's path below each hierarchy's root (an OCI
+    /// `cgroupsPath`) instead of `kapsel/NAME`.
+    pub cgroup_path: Option<PathBuf>,
+    /// A FIFO the init opens for writing, and so blocks on, as its last
+    /// step before `execve`: [`crate::Container::start`] returns once it
+    /// waits there, and whoever opens the FIFO for reading lets it run
+    /// (runc's `exec.fifo`: `create`, then `start`).
+    pub start_fifo: Option<PathBuf>,
+    /// The init's `oom_score_adj`.
+    pub oom_score_adj: Option<i32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,6 +252,7 @@ impl ContainerSpec {
             seccomp: true,
             stop_signal: None,
             die_with_parent: false,
+            extra: Extra::default(),
         }
     }
 
@@ -216,7 +306,47 @@ impl ContainerSpec {
     /// names, the root, the init, the limits against the host's cgroups.
     /// Returns the init's path inside the root.
     pub(crate) fn validate(&self, cgroups: &CgroupMode) -> Result<PathBuf> {
-        check_name(&self.name)?;
+        if self.extra.cgroup_path.is_some() {
+            // The name is neither hostname nor cgroup: an OCI id (podman's
+            // are 64 hex digits) is only checked for its characters.
+            check_name(self.name.get(..MAX_NAME_LEN).unwrap_or(&self.name))?;
+        } else {
+            check_name(&self.name)?;
+        }
+        for m in &self.extra.mounts {
+            if !m.destination.starts_with('/')
+                || m.destination.contains('\0')
+                || m.source.contains('\0')
+                || Path::new(&m.destination)
+                    .components()
+                    .any(|c| c == Component::ParentDir)
+            {
+                return Err(Error::Invalid(format!(
+                    "mount destination \"{}\" must be an absolute path inside the container \
+                     without \"..\"; fix the mount",
+                    m.destination
+                )));
+            }
+        }
+        for p in self
+            .extra
+            .masked_paths
+            .iter()
+            .chain(&self.extra.readonly_paths)
+        {
+            if !p.starts_with('/') || p.contains('\0') {
+                return Err(Error::Invalid(format!(
+                    "masked or read-only path \"{p}\" must be an absolute path inside the container"
+                )));
+            }
+        }
+        if self.user_map.is_some() && !self.extra.join_namespaces.is_empty() {
+            return Err(Error::Invalid(
+                "joining a namespace by path together with a new user namespace is not \
+                 supported; drop the user namespace or the path"
+                    .into(),
+            ));
+        }
         if let Some(h) = &self.hostname {
             if h.is_empty() || h.len() > MAX_NAME_LEN {
                 return Err(Error::Invalid(format!(
