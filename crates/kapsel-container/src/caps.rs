@@ -135,13 +135,6 @@ pub(crate) fn drop_to(keep: CapSet, last_cap: u32) -> Result<(), i32> {
             0,
         );
     }
-    set_sets(keep)
-}
-
-/// Sets the effective, permitted and inheritable sets to `keep` (capset
-/// only: allowed without CAP_SETPCAP when `keep` is within the permitted
-/// set). Allocation-free, for the child.
-pub(crate) fn set_sets(keep: CapSet) -> Result<(), i32> {
     let low = keep.0 as u32;
     let high = (keep.0 >> 32) as u32;
     let mut hdr = CapHeader {
@@ -166,6 +159,42 @@ pub(crate) fn set_sets(keep: CapSet) -> Result<(), i32> {
         return Err(errno());
     }
     Ok(())
+}
+
+/// Switches to `uid`, `gid` and the supplementary `groups`, keeping the
+/// permitted capabilities and raising the effective set to them again, so
+/// that [`drop_to`] can still shrink the bounding set afterwards. Raw
+/// system calls only: safe in a child cloned from a multi-threaded
+/// process (see `child::become_root`).
+pub(crate) fn switch_user(uid: u32, gid: u32, groups: &[libc::gid_t]) -> bool {
+    // SAFETY: prctl, setgroups (reading `groups.len()` ids), setresgid,
+    // setresuid and capget/capset on locals with their C layout.
+    unsafe {
+        libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0);
+        let ok = libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) == 0
+            && libc::syscall(libc::SYS_setresgid, gid, gid, gid) == 0
+            && libc::syscall(libc::SYS_setresuid, uid, uid, uid) == 0;
+        libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0);
+        if !ok {
+            return false;
+        }
+        let mut hdr = CapHeader {
+            version: LINUX_CAPABILITY_VERSION_3,
+            pid: 0,
+        };
+        let mut data = [CapData {
+            effective: 0,
+            permitted: 0,
+            inheritable: 0,
+        }; 2];
+        if libc::syscall(libc::SYS_capget, &mut hdr as *mut CapHeader, data.as_mut_ptr()) != 0 {
+            return false;
+        }
+        for d in &mut data {
+            d.effective = d.permitted;
+        }
+        libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) == 0
+    }
 }
 
 fn errno() -> i32 {

@@ -772,9 +772,6 @@ pub(crate) fn run(plan: &ChildPlan) -> ! {
                 fail(plan, 25);
             }
         }
-        if let Err(e) = caps::drop_to(plan.keep_caps, plan.last_cap) {
-            fail_with(plan, 24, e);
-        }
         if let Some(fifo) = &plan.start_fifo {
             // Ready: the parent's start returns (end-of-file on the error
             // pipe), and this process waits for a reader of the FIFO.
@@ -786,20 +783,18 @@ pub(crate) fn run(plan: &ChildPlan) -> ! {
             libc::close(fd);
         }
         if let Some((uid, gid, groups)) = &plan.user {
-            // Keep the permitted set across the uid change, then set the
-            // effective set again (execve of a non-root user clears both
-            // unless the file or the ambient set grants them).
-            libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0);
-            let ok = libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) == 0
-                && libc::syscall(libc::SYS_setresgid, *gid, *gid, *gid) == 0
-                && libc::syscall(libc::SYS_setresuid, *uid, *uid, *uid) == 0;
-            if !ok {
-                late_fail(b"kapsel: container init: switching to the process user failed\n");
+            if !caps::switch_user(*uid, *gid, groups) {
+                if plan.start_fifo.is_some() {
+                    late_fail(b"kapsel: container init: switching to the process user failed\n");
+                }
+                fail(plan, 24);
             }
-            libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0);
-            if caps::set_sets(plan.keep_caps).is_err() {
-                late_fail(b"kapsel: container init: setting capabilities failed\n");
+        }
+        if let Err(e) = caps::drop_to(plan.keep_caps, plan.last_cap) {
+            if plan.start_fifo.is_some() {
+                late_fail(b"kapsel: container init: dropping capabilities failed\n");
             }
+            fail_with(plan, 24, e);
         }
         // Last: a change of effective or file-system ids clears it.
         if plan.die_with_parent {

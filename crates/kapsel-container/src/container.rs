@@ -1255,22 +1255,13 @@ pub fn exec_in(pid: i32, opts: &ExecOptions) -> Result<ExecProcess> {
                     libc::_exit(125);
                 }
             }
+            if let Some((uid, gid, groups)) = &user {
+                if !caps::switch_user(*uid, *gid, groups) {
+                    libc::_exit(125);
+                }
+            }
             if caps::drop_to(keep, last).is_err() {
                 libc::_exit(125);
-            }
-            if let Some((uid, gid, groups)) = &user {
-                libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0);
-                let ok = libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr())
-                    == 0
-                    && libc::syscall(libc::SYS_setresgid, *gid, *gid, *gid) == 0
-                    && libc::syscall(libc::SYS_setresuid, *uid, *uid, *uid) == 0;
-                if !ok {
-                    libc::_exit(125);
-                }
-                libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0);
-                if caps::set_sets(keep).is_err() {
-                    libc::_exit(125);
-                }
             }
             libc::execve(path.as_ptr(), arg_ptrs.as_ptr(), env_ptrs.as_ptr());
             libc::_exit(127);
