@@ -187,7 +187,12 @@ pub(crate) fn switch_user(uid: u32, gid: u32, groups: &[libc::gid_t]) -> bool {
             permitted: 0,
             inheritable: 0,
         }; 2];
-        if libc::syscall(libc::SYS_capget, &mut hdr as *mut CapHeader, data.as_mut_ptr()) != 0 {
+        if libc::syscall(
+            libc::SYS_capget,
+            &mut hdr as *mut CapHeader,
+            data.as_mut_ptr(),
+        ) != 0
+        {
             return false;
         }
         for d in &mut data {

@@ -926,7 +926,9 @@ fn prepare_extra(spec: &ContainerSpec, root: &Path, plan: &mut ChildPlan) -> Res
     };
     plan.set_hostname = !shared(Namespace::Uts);
     plan.new_net = !shared(Namespace::Net);
-    if !plan.set_hostname && spec.hostname.is_some() && extra.host_namespaces.contains(&Namespace::Uts)
+    if !plan.set_hostname
+        && spec.hostname.is_some()
+        && extra.host_namespaces.contains(&Namespace::Uts)
     {
         return Err(Error::Invalid(
             "a hostname needs a UTS namespace of the container's own; drop the hostname or \
@@ -978,9 +980,9 @@ fn prepare_extra(spec: &ContainerSpec, root: &Path, plan: &mut ChildPlan) -> Res
             })?;
         }
         let dest = m.destination.trim_start_matches('/');
-        let below_kernel = ["dev", "proc", "sys"].iter().any(|top| {
-            Path::new(dest).starts_with(top)
-        });
+        let below_kernel = ["dev", "proc", "sys"]
+            .iter()
+            .any(|top| Path::new(dest).starts_with(top));
         let (target, make) = if below_kernel {
             (rel(dest)?, if source_is_file { 2 } else { 1 })
         } else {
@@ -990,7 +992,11 @@ fn prepare_extra(spec: &ContainerSpec, root: &Path, plan: &mut ChildPlan) -> Res
         plan.mounts.push(child::ChildMount {
             source: Some(cstring(m.source.as_bytes())?),
             target,
-            fstype: m.fstype.as_deref().map(|t| cstring(t.as_bytes())).transpose()?,
+            fstype: m
+                .fstype
+                .as_deref()
+                .map(|t| cstring(t.as_bytes()))
+                .transpose()?,
             flags: m.flags,
             data: m
                 .data
@@ -1136,10 +1142,7 @@ pub fn exec_in(pid: i32, opts: &ExecOptions) -> Result<ExecProcess> {
     let mut env_ptrs: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
     env_ptrs.push(std::ptr::null());
     let cwd = cstring(opts.cwd.as_deref().unwrap_or("/").as_bytes())?;
-    let user = opts
-        .user
-        .as_ref()
-        .map(|u| (u.uid, u.gid, u.groups.clone()));
+    let user = opts.user.as_ref().map(|u| (u.uid, u.gid, u.groups.clone()));
     // Namespaces to join, user first (it grants the rights for the
     // rest), mount last among those opened by path.
     let mut ns = Vec::new();
@@ -1151,11 +1154,9 @@ pub fn exec_in(pid: i32, opts: &ExecOptions) -> Result<ExecProcess> {
             continue; // not a namespace of the container (e.g. no user namespace)
         }
         user_ns |= kind == "user";
-        let f = File::open(format!("/proc/{init_pid}/ns/{kind}")).map_err(|source| {
-            Error::Os {
-                what: "opening a namespace of the container",
-                source,
-            }
+        let f = File::open(format!("/proc/{init_pid}/ns/{kind}")).map_err(|source| Error::Os {
+            what: "opening a namespace of the container",
+            source,
         })?;
         ns.push(f);
     }

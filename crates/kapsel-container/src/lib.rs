@@ -39,8 +39,7 @@ pub use container::{exec_in, Container, ExecOptions, ExecProcess, ExitStatus};
 pub use error::{Error, Result};
 pub use spec::{
     check_name, resolve_init, ConsoleSpec, ContainerSpec, Extra, IdMap, MountSpec, Namespace, User,
-    VethSpec, DEFAULT_PATH,
-    MAX_IFNAME_LEN, MAX_NAME_LEN,
+    VethSpec, DEFAULT_PATH, MAX_IFNAME_LEN, MAX_NAME_LEN,
 };
 
 // The daemon keeps containers in its state and drives them from any thread.

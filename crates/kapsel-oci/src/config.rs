@@ -206,7 +206,10 @@ pub fn translate(
                 }
             }
             if caps.ambient().as_ref().is_some_and(|a| !a.is_empty()) {
-                warn("process.capabilities.ambient ignored: no ambient capabilities are raised".into());
+                warn(
+                    "process.capabilities.ambient ignored: no ambient capabilities are raised"
+                        .into(),
+                );
             }
             c.capabilities = bounding;
         }
@@ -219,15 +222,25 @@ pub fn translate(
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default();
         let Some(n) = rlimit_number(&name) else {
-            return refuse(format!("process.rlimits: {name} is not a resource limit Linux has"));
+            return refuse(format!(
+                "process.rlimits: {name} is not a resource limit Linux has"
+            ));
         };
         c.extra.rlimits.push((n, r.soft(), r.hard()));
     }
     c.extra.oom_score_adj = process.oom_score_adj();
-    if process.apparmor_profile().as_ref().is_some_and(|p| !p.is_empty()) {
+    if process
+        .apparmor_profile()
+        .as_ref()
+        .is_some_and(|p| !p.is_empty())
+    {
         warn("process.apparmorProfile ignored: kapsel-oci applies no AppArmor profile".into());
     }
-    if process.selinux_label().as_ref().is_some_and(|p| !p.is_empty()) {
+    if process
+        .selinux_label()
+        .as_ref()
+        .is_some_and(|p| !p.is_empty())
+    {
         warn("process.selinuxLabel ignored: kapsel-oci applies no SELinux label".into());
     }
     if process.io_priority().is_some() || process.scheduler().is_some() {
@@ -245,7 +258,12 @@ pub fn translate(
     if let Some(hooks) = spec.hooks() {
         let any = serde_json::to_value(hooks)
             .ok()
-            .and_then(|v| v.as_object().map(|o| o.values().any(|l| l.as_array().is_some_and(|a| !a.is_empty()))))
+            .and_then(|v| {
+                v.as_object().map(|o| {
+                    o.values()
+                        .any(|l| l.as_array().is_some_and(|a| !a.is_empty()))
+                })
+            })
             .unwrap_or(false);
         if any {
             return refuse(
@@ -322,7 +340,9 @@ pub fn translate(
         let uids = linux.uid_mappings().clone().unwrap_or_default();
         let gids = linux.gid_mappings().clone().unwrap_or_default();
         match (uids.as_slice(), gids.as_slice()) {
-            ([u], [g]) if u.container_id() == 0 && g.container_id() == 0 && u.size() == g.size() => {
+            ([u], [g])
+                if u.container_id() == 0 && g.container_id() == 0 && u.size() == g.size() =>
+            {
                 let map = IdMap {
                     host_uid: u.host_id(),
                     host_gid: g.host_id(),
@@ -345,7 +365,11 @@ pub fn translate(
         Some(p) if systemd_cgroup && p.to_string_lossy().contains(':') => {
             let s = p.to_string_lossy();
             let parts: Vec<&str> = s.splitn(3, ':').collect();
-            let slice = parts.first().copied().filter(|s| !s.is_empty()).unwrap_or("system.slice");
+            let slice = parts
+                .first()
+                .copied()
+                .filter(|s| !s.is_empty())
+                .unwrap_or("system.slice");
             let prefix = parts.get(1).copied().unwrap_or("kapsel");
             let name = parts.get(2).copied().unwrap_or(id);
             PathBuf::from(slice).join(format!("{prefix}-{name}.scope"))
@@ -369,7 +393,10 @@ pub fn translate(
             }
         }
         if let Some(cpu) = res.cpu() {
-            if let (Some(q), Some(per)) = (cpu.quota().filter(|&q| q > 0), cpu.period().filter(|&p| p > 0)) {
+            if let (Some(q), Some(per)) = (
+                cpu.quota().filter(|&q| q > 0),
+                cpu.period().filter(|&p| p > 0),
+            ) {
                 c.cpus = Some(q as f64 / per as f64);
             }
             if cpu.shares().is_some() || cpu.cpus().is_some() || cpu.mems().is_some() {
@@ -377,7 +404,10 @@ pub fn translate(
             }
         }
         if res.block_io().is_some()
-            || res.hugepage_limits().as_ref().is_some_and(|h| !h.is_empty())
+            || res
+                .hugepage_limits()
+                .as_ref()
+                .is_some_and(|h| !h.is_empty())
             || res.network().is_some()
             || res.unified().as_ref().is_some_and(|u| !u.is_empty())
         {
@@ -515,7 +545,10 @@ fn mount(
     if bind {
         flags |= libc::MS_BIND;
         if !data.is_empty() {
-            warn(format!("mount {dest}: options {} ignored for a bind mount", data.join(",")));
+            warn(format!(
+                "mount {dest}: options {} ignored for a bind mount",
+                data.join(",")
+            ));
             data.clear();
         }
         out.push(MountSpec {
@@ -537,12 +570,10 @@ fn mount(
             propagation,
             data: (!data.is_empty()).then(|| data.join(",")),
         }),
-        "proc" | "sysfs" | "devpts" | "cgroup" | "cgroup2" => {
-            return refuse(format!(
-                "mount {dest}: type {typ} is only supported at its usual place (Kapsel mounts /proc, \
+        "proc" | "sysfs" | "devpts" | "cgroup" | "cgroup2" => return refuse(format!(
+            "mount {dest}: type {typ} is only supported at its usual place (Kapsel mounts /proc, \
                  /sys, /dev/pts and /sys/fs/cgroup itself); remove this mount"
-            ))
-        }
+        )),
         other => {
             return refuse(format!(
                 "mount {dest}: type \"{other}\" is not supported (bind, tmpfs and mqueue are); \

@@ -185,7 +185,10 @@ impl Log {
                     serde_json::json!({"level": level, "msg": msg, "time": state::now_rfc3339()})
                         .to_string()
                 } else {
-                    format!("time=\"{}\" level={level} msg=\"{msg}\"", state::now_rfc3339())
+                    format!(
+                        "time=\"{}\" level={level} msg=\"{msg}\"",
+                        state::now_rfc3339()
+                    )
                 };
                 let _ = writeln!(&*f, "{line}");
             }
@@ -253,7 +256,10 @@ fn main() {
     }
     if cli.version {
         println!("kapsel-oci version {}", env!("CARGO_PKG_VERSION"));
-        println!("commit: {}", option_env!("KAPSEL_COMMIT").unwrap_or("unknown"));
+        println!(
+            "commit: {}",
+            option_env!("KAPSEL_COMMIT").unwrap_or("unknown")
+        );
         println!("spec: {}", state::OCI_VERSION);
         return;
     }
@@ -308,13 +314,12 @@ fn run_cmd(ctx: &Ctx, cmd: Cmd) -> Result<i32, Fail> {
             if rec.status(&ctx.root) == Status::Stopped {
                 return fail("container not running");
             }
-            if all {
-                for pid in cgroup_pids(&rec) {
-                    // SAFETY: kill(2) with integer arguments.
-                    unsafe { libc::kill(pid, sig) };
-                }
-            }
+            let pids = if all { cgroup_pids(&rec) } else { Vec::new() };
             signal_init(&rec, sig)?;
+            for pid in pids.into_iter().filter(|&p| p != rec.pid) {
+                // SAFETY: kill(2) with integer arguments.
+                unsafe { libc::kill(pid, sig) };
+            }
             Ok(0)
         }
         Cmd::Delete { force, id } => {
@@ -351,7 +356,8 @@ fn run_cmd(ctx: &Ctx, cmd: Cmd) -> Result<i32, Fail> {
                 "table" => {
                     println!("PID   CMD");
                     for p in pids {
-                        let comm = fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+                        let comm =
+                            fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
                         println!("{p:<5} {}", comm.trim());
                     }
                 }
@@ -454,7 +460,9 @@ fn existing(ctx: &Ctx, id: &str) -> Result<Record, Fail> {
 fn create(ctx: &Ctx, a: &CreateArgs) -> Result<Container, Fail> {
     check_id(&a.id)?;
     if a.preserve_fds > 0 {
-        return fail("--preserve-fds is not supported by kapsel-oci yet; pass no extra descriptors");
+        return fail(
+            "--preserve-fds is not supported by kapsel-oci yet; pass no extra descriptors",
+        );
     }
     let bundle = fs::canonicalize(&a.bundle)
         .map_err(|e| Fail(format!("bundle {}: {e}", a.bundle.display())))?;
@@ -475,7 +483,9 @@ fn create(ctx: &Ctx, a: &CreateArgs) -> Result<Container, Fail> {
     if let Some(first) = t.spec.init.first() {
         if let Err(e) = kapsel_container::resolve_init(&t.rootfs, first) {
             // podman maps this wording to exit status 127.
-            return fail(format!("exec: \"{first}\": executable file not found in $PATH: {e}"));
+            return fail(format!(
+                "exec: \"{first}\": executable file not found in $PATH: {e}"
+            ));
         }
     }
     fs::DirBuilder::new()
@@ -508,11 +518,16 @@ fn create_in(
     let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes())?;
     // SAFETY: mkfifo on a NUL-terminated path.
     if unsafe { libc::mkfifo(c_path.as_ptr(), 0o622) } != 0 {
-        return fail(format!("creating {}: {}", fifo.display(), io::Error::last_os_error()));
+        return fail(format!(
+            "creating {}: {}",
+            fifo.display(),
+            io::Error::last_os_error()
+        ));
     }
     let mut spec = t.spec;
     spec.extra.start_fifo = Some(fifo);
-    ctx.log.debug(&format!("creating {} from {}", a.id, bundle.display()));
+    ctx.log
+        .debug(&format!("creating {} from {}", a.id, bundle.display()));
     let mut c = Container::start(&spec)?;
     if spec.console == ConsoleSpec::Pty {
         let master = c.take_console();
@@ -663,7 +678,8 @@ fn destroy(ctx: &Ctx, rec: &Record) -> Result<(), Fail> {
                     std::thread::sleep(Duration::from_millis(5))
                 }
                 Err(e) => {
-                    ctx.log.warn(&format!("cannot remove cgroup {}: {e}", d.display()));
+                    ctx.log
+                        .warn(&format!("cannot remove cgroup {}: {e}", d.display()));
                     break;
                 }
             }
@@ -697,7 +713,10 @@ fn read_pids(dir: &Path) -> Vec<i32> {
 }
 
 fn cgroup_pids(rec: &Record) -> Vec<i32> {
-    rec.cgroups.first().map(|d| read_pids(d)).unwrap_or_default()
+    rec.cgroups
+        .first()
+        .map(|d| read_pids(d))
+        .unwrap_or_default()
 }
 
 /// Signals the init through a pidfd opened after checking that the PID
@@ -781,10 +800,15 @@ fn parse_signal(s: &str) -> Result<i32, Fail> {
     if let Some(&(_, n)) = SIGNALS.iter().find(|(k, _)| *k == name) {
         return Ok(n);
     }
-    if let Some(off) = name.strip_prefix("RTMIN+").and_then(|n| n.parse::<i32>().ok()) {
+    if let Some(off) = name
+        .strip_prefix("RTMIN+")
+        .and_then(|n| n.parse::<i32>().ok())
+    {
         return Ok(libc::SIGRTMIN() + off);
     }
-    fail(format!("unknown signal \"{s}\"; give a number or a name such as TERM or SIGKILL"))
+    fail(format!(
+        "unknown signal \"{s}\"; give a number or a name such as TERM or SIGKILL"
+    ))
 }
 
 /// Sends the terminal master `fd` to the AF_UNIX socket at `path`, as runc
@@ -877,7 +901,8 @@ fn exec(ctx: &Ctx, a: &ExecArgs) -> Result<i32, Fail> {
     };
     let mut tty = a.tty;
     if let Some(p) = &a.process {
-        let text = fs::read_to_string(p).map_err(|e| Fail(format!("process file {}: {e}", p.display())))?;
+        let text = fs::read_to_string(p)
+            .map_err(|e| Fail(format!("process file {}: {e}", p.display())))?;
         let proc: oci_spec::runtime::Process = serde_json::from_str(&text)
             .map_err(|e| Fail(format!("process file {}: {e}", p.display())))?;
         opts.argv = proc.args().clone().unwrap_or_default();
@@ -893,7 +918,11 @@ fn exec(ctx: &Ctx, a: &ExecArgs) -> Result<i32, Fail> {
                 groups,
             });
         }
-        if let Some(b) = proc.capabilities().as_ref().and_then(|c| c.bounding().clone()) {
+        if let Some(b) = proc
+            .capabilities()
+            .as_ref()
+            .and_then(|c| c.bounding().clone())
+        {
             opts.keep_caps = CapSet(config::capset(b.iter()).0 & container_caps.0);
         }
         opts.no_new_privs |= proc.no_new_privileges().unwrap_or(false);
@@ -919,7 +948,9 @@ fn exec(ctx: &Ctx, a: &ExecArgs) -> Result<i32, Fail> {
     }
     let first = opts.argv[0].clone();
     if let Err(e) = kapsel_container::resolve_init(&opts.root, &first) {
-        return fail(format!("exec: \"{first}\": executable file not found in $PATH: {e}"));
+        return fail(format!(
+            "exec: \"{first}\": executable file not found in $PATH: {e}"
+        ));
     }
     let slave = if tty {
         let Some(sock) = &a.console_socket else {

@@ -1,0 +1,525 @@
+//! kapsel-oci driven through its command line against bundles made here
+//! (a busybox root and a config.json written by the test), as a client
+//! such as conmon or containerd's shim drives it.
+
+use serde_json::{json, Value};
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const KAPSEL_OCI: &str = env!("CARGO_BIN_EXE_kapsel-oci");
+const BUSYBOX: &str = "/bin/busybox";
+
+fn skip() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("SKIP: containers need root");
+        return true;
+    }
+    if !Path::new(BUSYBOX).exists() {
+        println!("SKIP: {BUSYBOX} missing (apt-get install busybox-static)");
+        return true;
+    }
+    false
+}
+
+/// A bundle in /tmp: a busybox root and a config.json.
+struct Bundle {
+    dir: PathBuf,
+    state: PathBuf,
+}
+
+impl Bundle {
+    fn new(tag: &str, args: &[&str]) -> Bundle {
+        let dir =
+            std::env::temp_dir().join(format!("kapsel-oci-test-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let bin = dir.join("rootfs/bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::copy(BUSYBOX, bin.join("busybox")).unwrap();
+        let list = Command::new(BUSYBOX).arg("--list").output().unwrap();
+        for applet in String::from_utf8_lossy(&list.stdout).lines() {
+            if applet != "busybox" {
+                let _ = symlink("busybox", bin.join(applet));
+            }
+        }
+        std::fs::create_dir_all(dir.join("rootfs/etc")).unwrap();
+        let state = dir.join("state");
+        let b = Bundle { dir, state };
+        b.write(&config(args));
+        b
+    }
+
+    fn write(&self, config: &Value) {
+        std::fs::write(
+            self.dir.join("config.json"),
+            serde_json::to_vec_pretty(config).unwrap(),
+        )
+        .unwrap();
+    }
+
+    /// Runs kapsel-oci with its output in files, not pipes: a created
+    /// container's init inherits them and holds them open (as conmon's
+    /// pipes), so reading a pipe to its end would wait for the container.
+    fn oci(&self, args: &[&str]) -> Output {
+        oci_in(&self.dir, &self.state, args)
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.oci(args);
+        assert!(
+            out.status.success(),
+            "kapsel-oci {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn state(&self, id: &str) -> Value {
+        serde_json::from_str(&self.ok(&["state", id])).unwrap()
+    }
+
+    fn path(&self) -> &str {
+        self.dir.to_str().unwrap()
+    }
+}
+
+impl Drop for Bundle {
+    fn drop(&mut self) {
+        if let Ok(entries) = std::fs::read_dir(&self.state) {
+            for e in entries.flatten() {
+                let id = e.file_name().to_string_lossy().into_owned();
+                let _ = self.oci(&["delete", "--force", &id]);
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A config.json as `runc spec` writes it, trimmed to what the tests need.
+fn config(args: &[&str]) -> Value {
+    json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": 0, "gid": 0},
+            "args": args,
+            "env": ["PATH=/bin", "TERM=xterm"],
+            "cwd": "/",
+            "capabilities": {
+                "bounding": ["CAP_CHOWN", "CAP_KILL", "CAP_NET_BIND_SERVICE", "CAP_SETUID", "CAP_SETGID"],
+                "effective": ["CAP_CHOWN", "CAP_KILL", "CAP_NET_BIND_SERVICE", "CAP_SETUID", "CAP_SETGID"],
+                "permitted": ["CAP_CHOWN", "CAP_KILL", "CAP_NET_BIND_SERVICE", "CAP_SETUID", "CAP_SETGID"]
+            },
+            "noNewPrivileges": true
+        },
+        "root": {"path": "rootfs", "readonly": false},
+        "hostname": "ocitest",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}
+        ],
+        "linux": {
+            "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
+            "maskedPaths": ["/proc/kcore"],
+            "readonlyPaths": ["/proc/sys"]
+        }
+    })
+}
+
+fn oci_in(dir: &Path, state: &Path, args: &[&str]) -> Output {
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let out_path = dir.join(format!("out.{n}"));
+    let err_path = dir.join(format!("err.{n}"));
+    let status = Command::new(KAPSEL_OCI)
+        .arg("--root")
+        .arg(state)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .status()
+        .unwrap();
+    Output {
+        status,
+        stdout: std::fs::read(&out_path).unwrap_or_default(),
+        stderr: std::fs::read(&err_path).unwrap_or_default(),
+    }
+}
+
+static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+fn id(tag: &str) -> String {
+    format!("kt-{tag}-{}", std::process::id())
+}
+
+fn eventually(mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+#[test]
+fn run_prints_and_returns_the_exit_status() {
+    if skip() {
+        return;
+    }
+    let b = Bundle::new("run", &["sh", "-c", "echo hello; hostname; exit 3"]);
+    let out = b.oci(&["run", &id("run"), "--bundle", b.path()]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\nocitest\n");
+    // run without --keep leaves nothing.
+    assert!(std::fs::read_dir(&b.state).unwrap().next().is_none());
+}
+
+#[test]
+fn lifecycle_create_start_state_kill_delete() {
+    if skip() {
+        return;
+    }
+    let b = Bundle::new("life", &["sleep", "1000"]);
+    let id = id("life");
+    let pidfile = b.dir.join("init.pid");
+    b.ok(&[
+        "create",
+        "--bundle",
+        b.path(),
+        "--pid-file",
+        pidfile.to_str().unwrap(),
+        &id,
+    ]);
+    let s = b.state(&id);
+    assert_eq!(s["status"], "created", "{s}");
+    assert_eq!(s["id"], id.as_str());
+    assert_eq!(s["bundle"], b.path());
+    let pid = s["pid"].as_i64().unwrap();
+    assert!(pid > 0);
+    assert_eq!(std::fs::read_to_string(&pidfile).unwrap(), pid.to_string());
+    // The init waits: it has not executed the process yet.
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+    assert_ne!(comm.trim(), "sleep");
+    // A second create with the same id is refused, as runc does.
+    let again = b.oci(&["create", "--bundle", b.path(), &id]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists"));
+
+    b.ok(&["start", &id]);
+    assert_eq!(b.state(&id)["status"], "running");
+    assert!(eventually(|| std::fs::read_to_string(format!(
+        "/proc/{pid}/comm"
+    ))
+    .is_ok_and(|c| c.trim() == "sleep")));
+    let again = b.oci(&["start", &id]);
+    assert_eq!(again.status.code(), Some(1));
+
+    // exec: output, exit status, the container's namespaces.
+    let out = b.oci(&["exec", &id, "sh", "-c", "hostname; exit 7"]);
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ocitest\n");
+    let ps: Vec<i64> = serde_json::from_str(&b.ok(&["ps", "--format", "json", &id])).unwrap();
+    assert_eq!(ps, vec![pid]);
+    let list = b.ok(&["list", "--format", "json"]);
+    assert!(list.contains(&id), "{list}");
+
+    // delete refuses a running container without --force.
+    let del = b.oci(&["delete", &id]);
+    assert_eq!(del.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&del.stderr).contains("not stopped"));
+
+    b.ok(&["kill", &id, "KILL"]);
+    assert!(eventually(|| b.state(&id)["status"] == "stopped"));
+    assert_eq!(b.state(&id)["pid"], 0);
+    // kill of a stopped container: runc's wording, which containerd parses.
+    let k = b.oci(&["kill", &id, "9"]);
+    assert_eq!(k.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&k.stderr).contains("container not running"));
+    b.ok(&["delete", &id]);
+    let gone = b.oci(&["state", &id]);
+    assert_eq!(gone.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("does not exist"));
+    // delete --force of what does not exist succeeds (podman relies on it).
+    b.ok(&["delete", "--force", &id]);
+    // The cgroup went with it.
+    for top in [
+        "/sys/fs/cgroup/memory",
+        "/sys/fs/cgroup/pids",
+        "/sys/fs/cgroup",
+    ] {
+        assert!(!Path::new(top).join("kapsel-oci").join(&id).exists());
+    }
+}
+
+#[test]
+fn kill_takes_names_numbers_and_all() {
+    if skip() {
+        return;
+    }
+    let b = Bundle::new(
+        "kill",
+        &["sh", "-c", "trap 'exit 42' TERM; sleep 1000 & wait"],
+    );
+    let id = id("kill");
+    b.ok(&["run", "-d", "--bundle", b.path(), &id]);
+    let pid = b.state(&id)["pid"].as_i64().unwrap();
+    assert!(eventually(|| {
+        let ps: Vec<i64> = serde_json::from_str(&b.ok(&["ps", "--format", "json", &id])).unwrap();
+        ps.len() == 2
+    }));
+    b.ok(&["kill", &id, "SIGTERM"]);
+    assert!(eventually(|| b.state(&id)["status"] == "stopped"));
+    // The init was reparented away from kapsel-oci; we only see that it went.
+    assert!(
+        !Path::new(&format!("/proc/{pid}/comm")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| s.contains(") Z"))
+    );
+    b.ok(&["delete", &id]);
+    let bad = b.oci(&["kill", &id, "NOSUCHSIG"]);
+    assert_eq!(bad.status.code(), Some(1));
+    let b2 = Bundle::new("killall", &["sleep", "1000"]);
+    let id2 = format!("{id}-all");
+    b2.ok(&["run", "-d", "--bundle", b2.path(), &id2]);
+    b2.ok(&["kill", "--all", &id2, "9"]);
+    assert!(eventually(|| b2.state(&id2)["status"] == "stopped"));
+    b2.ok(&["delete", &id2]);
+}
+
+#[test]
+fn config_fields_are_honoured() {
+    if skip() {
+        return;
+    }
+    let script = "id; cat /proc/self/status | grep -E '^(CapBnd|NoNewPrivs)'; ulimit -n; pwd; \
+                  echo $FOO; cat /data/hello; touch /tmp-in/x && echo tmpfs-ok; \
+                  touch /x 2>/dev/null || echo root-ro; cat /proc/version | wc -c; \
+                  cat /sys/fs/cgroup/pids.max 2>/dev/null; true";
+    let b = Bundle::new("fields", &["sh", "-c", script]);
+    std::fs::create_dir_all(b.dir.join("host-data")).unwrap();
+    std::fs::write(b.dir.join("host-data/hello"), "from the host\n").unwrap();
+    std::fs::create_dir_all(b.dir.join("rootfs/work")).unwrap();
+    let mut c = config(&["sh", "-c", script]);
+    c["process"]["user"] = json!({"uid": 1000, "gid": 1000, "additionalGids": [5]});
+    c["process"]["env"] = json!(["PATH=/bin", "FOO=bar"]);
+    c["process"]["cwd"] = json!("/work");
+    c["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "hard": 512, "soft": 256}]);
+    c["root"]["readonly"] = json!(true);
+    c["linux"]["maskedPaths"] = json!(["/proc/version"]);
+    let mounts = c["mounts"].as_array_mut().unwrap();
+    mounts.push(json!({"destination": "/data", "type": "bind",
+        "source": b.dir.join("host-data"), "options": ["rbind", "ro"]}));
+    mounts.push(
+        json!({"destination": "/tmp-in", "type": "tmpfs", "source": "tmpfs",
+        "options": ["nosuid", "mode=1777"]}),
+    );
+    c["linux"]["resources"] = json!({"pids": {"limit": 77}, "memory": {"limit": 67108864}});
+    b.write(&c);
+    let out = b.oci(&["run", &id("fields"), "--bundle", b.path()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success());
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "uid=1000 gid=1000 groups=5");
+    // The bounding set of config.json: CHOWN, KILL, NET_BIND_SERVICE, SETUID, SETGID.
+    assert_eq!(lines[1], "CapBnd:\t00000000000004e1");
+    assert_eq!(lines[2], "NoNewPrivs:\t1");
+    assert_eq!(lines[3], "256");
+    assert_eq!(lines[4], "/work");
+    assert_eq!(lines[5], "bar");
+    assert_eq!(lines[6], "from the host");
+    assert_eq!(lines[7], "tmpfs-ok");
+    assert_eq!(lines[8], "root-ro");
+    assert_eq!(lines[9], "0", "/proc/version is masked");
+    // The pids limit, where the host shows it (cgroup2 inside, or nothing on v1).
+    if let Some(l) = lines.get(10) {
+        assert_eq!(*l, "77");
+    }
+    // The bind source and the tmpfs destination were made in the bundle's
+    // root, not elsewhere on the host.
+    assert!(b.dir.join("rootfs/data").is_dir() && b.dir.join("rootfs/tmp-in").is_dir());
+}
+
+#[test]
+fn namespaces_shared_with_the_host_or_joined_by_path() {
+    if skip() {
+        return;
+    }
+    // No network namespace listed: the host's.
+    let b = Bundle::new("hostnet", &["sh", "-c", "readlink /proc/self/ns/net"]);
+    let mut c = config(&[
+        "sh",
+        "-c",
+        "readlink /proc/1/ns/net; ls /sys/class/net | wc -l",
+    ]);
+    c["linux"]["namespaces"] =
+        json!([{"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"}]);
+    b.write(&c);
+    let out = b.ok(&["run", &id("hostnet"), "--bundle", b.path()]);
+    let host = std::fs::read_link("/proc/self/ns/net").unwrap();
+    assert_eq!(out.lines().next(), Some(host.to_str().unwrap()), "{out}");
+
+    // A network namespace joined by path: that of a process in its own.
+    let mut holder = Command::new("unshare")
+        .args(["-n", "sleep", "100"])
+        .spawn()
+        .unwrap();
+    let ns_path = format!("/proc/{}/ns/net", holder.id());
+    assert!(eventually(
+        || std::fs::read_link(&ns_path).is_ok_and(|l| l != host)
+    ));
+    let want = std::fs::read_link(&ns_path).unwrap();
+    c["process"]["args"] = json!(["sh", "-c", "readlink /proc/self/ns/net"]);
+    c["linux"]["namespaces"] = json!([{"type": "pid"}, {"type": "mount"}, {"type": "ipc"},
+        {"type": "uts"}, {"type": "network", "path": ns_path}]);
+    b.write(&c);
+    let out = b.ok(&["run", &id("joinnet"), "--bundle", b.path()]);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_eq!(out.trim(), want.to_str().unwrap());
+}
+
+#[test]
+fn refused_fields_and_json_errors() {
+    if skip() {
+        return;
+    }
+    let b = Bundle::new("refuse", &["true"]);
+    let log = b.dir.join("log.json");
+    let mut c = config(&["true"]);
+    c["hooks"] = json!({"prestart": [{"path": "/bin/true"}]});
+    b.write(&c);
+    let out = b.oci(&[
+        "--log",
+        log.to_str().unwrap(),
+        "--log-format=json",
+        "create",
+        "--bundle",
+        b.path(),
+        &id("refuse"),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let last: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(last["level"], "error");
+    assert!(last["msg"].as_str().unwrap().contains("hooks"), "{last}");
+    assert!(last["time"].as_str().unwrap().ends_with('Z'));
+    // Nothing left behind by the failed create.
+    assert!(std::fs::read_dir(&b.state).map_or(true, |mut d| d.next().is_none()));
+
+    c = config(&["true"]);
+    c["linux"]["namespaces"] = json!([{"type": "pid"}, {"type": "mount"}, {"type": "time"}]);
+    b.write(&c);
+    let out = b.oci(&["create", "--bundle", b.path(), &id("time")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("time namespace"));
+
+    c = config(&["/no/such/program"]);
+    b.write(&c);
+    let out = b.oci(&["create", "--bundle", b.path(), &id("noexec")]);
+    assert_eq!(out.status.code(), Some(1));
+    // podman maps this wording to exit status 127.
+    assert!(String::from_utf8_lossy(&out.stderr).contains("executable file not found"));
+}
+
+#[test]
+fn state_matches_runc() {
+    if skip() {
+        return;
+    }
+    if Command::new("runc").arg("--version").output().is_err() {
+        println!("SKIP: runc is not installed");
+        return;
+    }
+    let b = Bundle::new("runc", &["sleep", "1000"]);
+    let id = id("runc");
+    let runc_root = b.dir.join("runc-state");
+    let runc = |args: &[&str]| {
+        let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let out_path = b.dir.join(format!("runc-out.{n}"));
+        let err_path = b.dir.join(format!("runc-err.{n}"));
+        let status = Command::new("runc")
+            .arg("--root")
+            .arg(&runc_root)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out_path).unwrap())
+            .stderr(std::fs::File::create(&err_path).unwrap())
+            .status()
+            .unwrap();
+        Output {
+            status,
+            stdout: std::fs::read(&out_path).unwrap_or_default(),
+            stderr: std::fs::read(&err_path).unwrap_or_default(),
+        }
+    };
+    let out = runc(&["create", "--bundle", b.path(), &id]);
+    assert!(
+        out.status.success(),
+        "runc: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    b.ok(&["create", "--bundle", b.path(), &id]);
+    let theirs: Value = serde_json::from_slice(&runc(&["state", &id]).stdout).unwrap();
+    let ours = b.state(&id);
+    let keys = |v: &Value| {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&ours), keys(&theirs), "ours {ours}\nrunc {theirs}");
+    for field in ["id", "status", "bundle", "rootfs"] {
+        assert_eq!(ours[field], theirs[field], "{field}");
+    }
+    runc(&["start", &id]);
+    b.ok(&["start", &id]);
+    let theirs: Value = serde_json::from_slice(&runc(&["state", &id]).stdout).unwrap();
+    assert_eq!(b.state(&id)["status"], theirs["status"]);
+    runc(&["kill", &id, "KILL"]);
+    b.ok(&["kill", &id, "KILL"]);
+    assert!(eventually(|| b.state(&id)["status"] == "stopped"));
+    assert!(eventually(|| {
+        serde_json::from_slice::<Value>(&runc(&["state", &id]).stdout)
+            .is_ok_and(|v| v["status"] == "stopped")
+    }));
+    let theirs: Value = serde_json::from_slice(&runc(&["state", &id]).stdout).unwrap();
+    assert_eq!(b.state(&id)["pid"], theirs["pid"]);
+    // Both say "does not exist" after delete.
+    runc(&["delete", &id]);
+    b.ok(&["delete", &id]);
+    let r = runc(&["state", &id]);
+    let o = b.oci(&["state", &id]);
+    assert_eq!(r.status.code(), o.status.code());
+    assert!(String::from_utf8_lossy(&r.stderr).contains("does not exist"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("does not exist"));
+}
+
+#[test]
+fn version_and_features() {
+    let out = Command::new(KAPSEL_OCI).arg("--version").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let first = text.lines().next().unwrap();
+    // go-runc takes the third word of the first line as the version.
+    assert_eq!(first.split_whitespace().nth(1), Some("version"));
+    assert!(text.contains("\nspec: 1."));
+    let out = Command::new(KAPSEL_OCI).arg("features").output().unwrap();
+    let f: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(f["ociVersionMax"].as_str().unwrap().starts_with("1."));
+    assert!(f["linux"]["namespaces"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("pid")));
+}

@@ -1,0 +1,200 @@
+//! A real client: Debian's podman (through conmon) with
+//! `--runtime target/.../kapsel-oci`, on a busybox image imported from a
+//! tarball (no registry). Podman's storage is private to the test.
+//!
+//! On this kind of host (no systemd as PID 1, cgroup v1 or hybrid)
+//! podman needs `--cgroup-manager=cgroupfs --events-backend=file`. The
+//! rlimits are given explicitly: podman's default RLIMIT_NOFILE of
+//! 1048576 needs CAP_SYS_RESOURCE, which a host inside a container may
+//! not have (runc fails the same way there).
+
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+const KAPSEL_OCI: &str = env!("CARGO_BIN_EXE_kapsel-oci");
+const BUSYBOX: &str = "/bin/busybox";
+const IMAGE: &str = "localhost/kapsel-oci-busybox";
+
+struct Podman {
+    dir: PathBuf,
+}
+
+impl Podman {
+    fn new() -> Option<Podman> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            println!("SKIP: podman with kapsel-oci needs root");
+            return None;
+        }
+        if Command::new("podman").arg("--version").output().is_err() {
+            println!(
+                "SKIP: podman is not installed (apt-get install podman; scripts/setup.sh does)"
+            );
+            return None;
+        }
+        if !Path::new(BUSYBOX).exists() {
+            println!("SKIP: {BUSYBOX} missing (apt-get install busybox-static)");
+            return None;
+        }
+        let dir = std::env::temp_dir().join(format!("kapsel-oci-podman-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let root = dir.join("rootfs");
+        std::fs::create_dir_all(root.join("bin")).unwrap();
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::copy(BUSYBOX, root.join("bin/busybox")).unwrap();
+        let list = Command::new(BUSYBOX).arg("--list").output().unwrap();
+        for applet in String::from_utf8_lossy(&list.stdout).lines() {
+            if applet != "busybox" {
+                let _ = symlink("busybox", root.join("bin").join(applet));
+            }
+        }
+        let tar = dir.join("busybox.tar");
+        let made = Command::new("tar")
+            .arg("-C")
+            .arg(&root)
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let p = Podman { dir };
+        let out = p.podman(&["import", tar.to_str().unwrap(), IMAGE]);
+        assert!(
+            out.status.success(),
+            "podman import: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(p)
+    }
+
+    fn podman(&self, args: &[&str]) -> Output {
+        // Output in files: a detached container's conmon holds pipes open.
+        let out_path = self.dir.join("podman.out");
+        let err_path = self.dir.join("podman.err");
+        let status = Command::new("podman")
+            .arg("--root")
+            .arg(self.dir.join("storage"))
+            .arg("--runroot")
+            .arg(self.dir.join("run"))
+            .args([
+                "--cgroup-manager=cgroupfs",
+                "--events-backend=file",
+                "--runtime",
+                KAPSEL_OCI,
+            ])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out_path).unwrap())
+            .stderr(std::fs::File::create(&err_path).unwrap())
+            .status()
+            .unwrap();
+        Output {
+            status,
+            stdout: std::fs::read(&out_path).unwrap_or_default(),
+            stderr: std::fs::read(&err_path).unwrap_or_default(),
+        }
+    }
+
+    /// `podman run ARGS` with the test's options before the image.
+    fn run(&self, opts: &[&str], cmd: &[&str]) -> Output {
+        let mut args = vec![
+            "run",
+            "--network",
+            "none",
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=4096:4096",
+        ];
+        args.extend_from_slice(opts);
+        args.push(IMAGE);
+        args.extend_from_slice(cmd);
+        self.podman(&args)
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self.podman(&["rm", "--all", "--force"]);
+        let _ = Command::new("umount")
+            .arg("-R")
+            .arg(self.dir.join("storage/overlay"))
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn podman_runs_with_kapsel_oci() {
+    let Some(p) = Podman::new() else {
+        return;
+    };
+    // Output and exit status.
+    let out = p.run(&["--rm"], &["echo", "hello"]);
+    assert!(
+        out.status.success(),
+        "podman run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n");
+    let out = p.run(&["--rm"], &["sh", "-c", "exit 3"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A program that is not there: podman's 127, from kapsel-oci's wording.
+    let out = p.run(&["--rm"], &["/no/such/program"]);
+    assert_eq!(
+        out.status.code(),
+        Some(127),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A terminal (conmon takes the master from --console-socket).
+    let out = p.run(&["--rm", "-t"], &["sh", "-c", "test -t 0 && echo tty"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("tty"));
+
+    // Detached, exec, stop, rm.
+    let out = p.run(&["-d"], &["sleep", "1000"]);
+    assert!(
+        out.status.success(),
+        "podman run -d: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let out = p.podman(&["inspect", "--format", "{{.State.Status}}", &id]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "running");
+    let out = p.podman(&["exec", &id, "sh", "-c", "echo in-exec; exit 5"]);
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "in-exec\n");
+    let out = p.podman(&["stop", "-t", "1", &id]);
+    assert!(
+        out.status.success(),
+        "podman stop: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = p.podman(&["inspect", "--format", "{{.State.Status}}", &id]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "exited");
+    let out = p.podman(&["rm", &id]);
+    assert!(
+        out.status.success(),
+        "podman rm: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // kapsel-oci's state went with it.
+    assert!(!Path::new("/run/kapsel-oci").join(&id).exists());
+}
