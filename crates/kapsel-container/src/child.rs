@@ -9,7 +9,8 @@
 //!
 //! The sequence, all in the new mount namespace and before the init runs:
 //! join the v1 cgroups (through `tasks`) → wait for the parent (cgroup
-//! joined on v2, id maps written, veth created) →
+//! joined on v2, id maps written, veth created) → namespaces given by
+//! path joined (setns; `Extra::join_namespaces`) →
 //! new cgroup namespace → hostname → mounts private → root bind-mounted
 //! onto itself (or the idmapped copy the parent sent moved there:
 //! idmap.rs) and entered → id switch (user namespace only: after the
@@ -17,10 +18,16 @@
 //! root are closed to every other host user) → /proc, /sys (ro),
 //! cgroup2 (v2 hosts: read-only; writable for a systemd init, on hybrid
 //! hosts too), /dev on tmpfs with its nodes, devpts, shm, /dev/console →
-//! /run, /run/lock and /tmp on tmpfs (systemd init) → masked and
-//! read-only paths → `pivot_root` → loopback up
-//! → stdio, session → signals, umask → no_new_privs → seccomp →
-//! capabilities → `execve`.
+//! /run, /run/lock and /tmp on tmpfs (systemd init) → mounts of the
+//! configuration (`Extra::mounts`) → masked and read-only paths (Kapsel's,
+//! then the configuration's) → root read-only (`Extra::readonly_root`) →
+//! `pivot_root` → loopback up (a new network namespace only)
+//! → stdio, session → signals, umask, rlimits → no_new_privs → seccomp →
+//! [with a start FIFO: error pipe closed (the parent returns), then the
+//! FIFO opened for writing, which blocks until `start`] → [the process
+//! user: KEEPCAPS, setgroups/setresgid/setresuid, effective raised to
+//! permitted] → capabilities → `execve`. Failures after the error pipe is
+//! closed go to the process's standard error with status 127.
 
 use crate::caps::{self, CapSet};
 use seccompiler::BpfProgram;

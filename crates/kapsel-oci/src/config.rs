@@ -89,7 +89,8 @@ pub fn cap_names(set: CapSet) -> Vec<&'static str> {
 }
 
 fn rlimit_number(name: &str) -> Option<u32> {
-    Some(match name {
+    #[allow(clippy::unnecessary_cast)] // u32 on glibc, i32 on musl
+    let n = match name {
         "RLIMIT_CPU" => libc::RLIMIT_CPU,
         "RLIMIT_FSIZE" => libc::RLIMIT_FSIZE,
         "RLIMIT_DATA" => libc::RLIMIT_DATA,
@@ -107,7 +108,8 @@ fn rlimit_number(name: &str) -> Option<u32> {
         "RLIMIT_RTPRIO" => libc::RLIMIT_RTPRIO,
         "RLIMIT_RTTIME" => libc::RLIMIT_RTTIME,
         _ => return None,
-    } as u32)
+    } as u32;
+    Some(n)
 }
 
 /// What config.json asks for, as Kapsel runs it.
@@ -570,10 +572,12 @@ fn mount(
             propagation,
             data: (!data.is_empty()).then(|| data.join(",")),
         }),
-        "proc" | "sysfs" | "devpts" | "cgroup" | "cgroup2" => return refuse(format!(
+        "proc" | "sysfs" | "devpts" | "cgroup" | "cgroup2" => {
+            return refuse(format!(
             "mount {dest}: type {typ} is only supported at its usual place (Kapsel mounts /proc, \
                  /sys, /dev/pts and /sys/fs/cgroup itself); remove this mount"
-        )),
+        ))
+        }
         other => {
             return refuse(format!(
                 "mount {dest}: type \"{other}\" is not supported (bind, tmpfs and mqueue are); \
