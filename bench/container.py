@@ -3,8 +3,9 @@
 
 One busybox root (from Debian's busybox-static) for all. Each run is a
 whole container life, create -> start -> wait -> delete, of /bin/true, as
-one command: `kapsel run-container --root ROOT -- /bin/true` and
-`runc run --bundle B ID` (config.json from `runc spec`, adjusted to the
+one command: `kapsel run-container --root ROOT -- /bin/true`,
+`kapsel-oci run --bundle B ID` (Kapsel as an OCI runtime, on the same
+bundle as runc) and `runc run --bundle B ID` (config.json from `runc spec`, adjusted to the
 root, no terminal; runc deletes the container when it ends), alternating,
 N runs each. Prints the medians and ratios of wall time (exec to exit) and
 CPU time, and the memory overhead per running container: the RSS (and
@@ -36,12 +37,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def build():
-    subprocess.run(["cargo", "build", "--release", "-q", "-p", "kapsel"], cwd=ROOT, check=True)
+    subprocess.run(["cargo", "build", "--release", "-q", "-p", "kapsel", "-p", "kapsel-oci"],
+                   cwd=ROOT, check=True)
     measure = os.path.join(ROOT, "target", "bench", "measure")
     os.makedirs(os.path.dirname(measure), exist_ok=True)
     subprocess.run(["gcc", "-O2", "-static", "-o", measure,
                     os.path.join(ROOT, "bench", "measure.c")], check=True)
-    return os.path.join(ROOT, "target", "release", "kapsel"), measure
+    return (os.path.join(ROOT, "target", "release", "kapsel"),
+            os.path.join(ROOT, "target", "release", "kapsel-oci"), measure)
 
 
 def busybox_root(where):
@@ -162,7 +165,7 @@ def main():
     for tool in ("runc", "gcc", "pgrep"):
         if not shutil.which(tool):
             sys.exit(f"bench: {tool} not found (scripts/setup.sh installs it)")
-    kapsel, measure = build()
+    kapsel, kapsel_oci, measure = build()
     view = "as the host has them"
     if hybrid() and shutil.which("crun") and not args.no_v1_view:
         enter_v1_view()
@@ -174,6 +177,9 @@ def main():
         peers = {
             "kapsel": lambda i: [kapsel, "run-container", "--root", rootfs, "--name", f"kb{i}",
                                  "--", "/bin/true"],
+            "kapsel-oci": lambda i: [kapsel_oci, "--root", os.path.join(work, "oci-state"),
+                                     "--log", os.path.join(work, "oci.log"),
+                                     "run", "--bundle", bundle, f"ob{i}"],
             "runc": lambda i: ["runc", "run", "--bundle", bundle, f"rb{i}"],
         }
         crun_note = "not installed"
@@ -196,12 +202,13 @@ def main():
 
         print(f"container benchmark: {args.runs} runs each, alternating, /bin/true in a busybox root")
         print(f"crun: {crun_note}; cgroups: {view}")
-        print(f"{'':8} {'wall ms':>9} {'CPU ms':>9} {'peak RSS MiB':>13}")
+        print(f"{'':10} {'wall ms':>9} {'CPU ms':>9} {'peak RSS MiB':>13}")
         for name in peers:
-            print(f"{name:8} {med(name, 'wall_ms'):9.1f} {med(name, 'cpu_ms'):9.1f} {med(name, 'rss_mib'):13.2f}")
-        for peer in [p for p in peers if p != "kapsel"]:
-            print(f"ratio kapsel/{peer}: wall {med('kapsel', 'wall_ms') / med(peer, 'wall_ms'):.2f}x, "
-                  f"CPU {med('kapsel', 'cpu_ms') / med(peer, 'cpu_ms'):.2f}x")
+            print(f"{name:10} {med(name, 'wall_ms'):9.1f} {med(name, 'cpu_ms'):9.1f} {med(name, 'rss_mib'):13.2f}")
+        for ours in ("kapsel", "kapsel-oci"):
+            for peer in [p for p in peers if p not in ("kapsel", "kapsel-oci")]:
+                print(f"ratio {ours}/{peer}: wall {med(ours, 'wall_ms') / med(peer, 'wall_ms'):.2f}x, "
+                      f"CPU {med(ours, 'cpu_ms') / med(peer, 'cpu_ms'):.2f}x")
 
         # Memory that stays with each running container: K at once.
         k = 5

@@ -126,13 +126,23 @@ pub struct Translated {
 /// Loads `bundle/config.json`.
 pub fn load(bundle: &Path) -> Result<Spec, Refused> {
     let path = bundle.join("config.json");
-    match Spec::load(&path) {
-        Ok(s) => Ok(s),
-        Err(e) => refuse(format!(
-            "{}: {e}; give a bundle directory with a valid OCI config.json",
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) => {
+            return refuse(format!(
+                "{}: {e}; give a bundle directory with a config.json",
+                path.display()
+            ))
+        }
+    };
+    // serde_json directly (not Spec::load): its error names the field,
+    // line and column.
+    serde_json::from_slice::<Spec>(&bytes).or_else(|e| {
+        refuse(format!(
+            "{}: {e}; fix it to the OCI runtime spec",
             path.display()
-        )),
-    }
+        ))
+    })
 }
 
 /// Translates `spec` for container `id` of `bundle`.

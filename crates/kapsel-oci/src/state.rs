@@ -86,7 +86,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = path.with_file_name(format!(".{name}.{}", std::process::id()));
     let mut f = fs::File::create(&tmp)?;
     f.write_all(bytes)?;
-    f.sync_all()?;
+    // No fsync (as runc): the state lives on /run, a tmpfs, and only has
+    // to survive the runtime's own crash, which the rename covers.
     fs::rename(&tmp, path)
 }
 
