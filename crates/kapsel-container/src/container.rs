@@ -1270,3 +1270,32 @@ pub fn exec_in(pid: i32, opts: &ExecOptions) -> Result<ExecProcess> {
     }
     Ok(ExecProcess { pid, status: None })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_destinations_stay_in_the_root() {
+        let base = std::env::temp_dir().join(format!("kapsel-mkroot-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let root = base.join("root");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        // An image's links: absolute, and relative past the top.
+        std::os::unix::fs::symlink("/outside-abs", root.join("abs")).unwrap();
+        std::os::unix::fs::symlink("../../../../outside-rel", root.join("etc/rel")).unwrap();
+        std::os::unix::fs::symlink("../etc", root.join("etc/loop")).unwrap();
+        let p = make_in_root(&root, "abs/x", false).unwrap();
+        assert_eq!(p, Path::new("outside-abs/x"));
+        assert!(root.join("outside-abs/x").is_dir());
+        let p = make_in_root(&root, "etc/rel/hosts", true).unwrap();
+        assert_eq!(p, Path::new("outside-rel/hosts"));
+        assert!(root.join("outside-rel/hosts").is_file());
+        assert!(!Path::new("/outside-abs").exists() && !Path::new("/outside-rel").exists());
+        let p = make_in_root(&root, "etc/loop/loop/loop/y", false).unwrap();
+        assert_eq!(p, Path::new("etc/y"));
+        std::os::unix::fs::symlink("self", root.join("self")).unwrap();
+        assert!(make_in_root(&root, "self/z", false).is_err());
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+}

@@ -523,3 +523,34 @@ fn version_and_features() {
         .unwrap()
         .contains(&json!("pid")));
 }
+
+#[test]
+fn exec_cannot_widen_the_containers_capabilities() {
+    if skip() {
+        return;
+    }
+    let b = Bundle::new("execcaps", &["sleep", "1000"]);
+    let id = id("execcaps");
+    b.ok(&["run", "-d", "--bundle", b.path(), &id]);
+    // A process that asks for everything, CAP_SYS_ADMIN included.
+    let all: Vec<&str> = vec![
+        "CAP_CHOWN",
+        "CAP_KILL",
+        "CAP_SYS_ADMIN",
+        "CAP_SYS_MODULE",
+        "CAP_NET_ADMIN",
+    ];
+    let process = json!({
+        "args": ["sh", "-c", "grep CapBnd /proc/self/status"],
+        "env": ["PATH=/bin"],
+        "cwd": "/",
+        "user": {"uid": 0, "gid": 0},
+        "capabilities": {"bounding": all, "effective": all, "permitted": all}
+    });
+    let file = b.dir.join("process.json");
+    std::fs::write(&file, process.to_string()).unwrap();
+    let out = b.ok(&["exec", "--process", file.to_str().unwrap(), &id]);
+    // CHOWN and KILL only: what both the container and the process have.
+    assert_eq!(out.trim(), "CapBnd:\t0000000000000021");
+    b.ok(&["delete", "--force", &id]);
+}
