@@ -323,6 +323,8 @@ fn run_cmd(ctx: &Ctx, cmd: Cmd) -> Result<i32, Fail> {
             Ok(0)
         }
         Cmd::Delete { force, id } => {
+            check_id(&id)?;
+            check_root(ctx)?;
             let Some(rec) = state::load(&ctx.root, &id)? else {
                 if force {
                     return Ok(0);
@@ -366,6 +368,7 @@ fn run_cmd(ctx: &Ctx, cmd: Cmd) -> Result<i32, Fail> {
             Ok(0)
         }
         Cmd::List { format, quiet } => {
+            check_root(ctx)?;
             let mut all = Vec::new();
             if let Ok(entries) = fs::read_dir(&ctx.root) {
                 for e in entries.flatten() {
@@ -447,8 +450,25 @@ fn check_id(id: &str) -> Result<(), Fail> {
     }
 }
 
+/// The state directory must be root's and writable by no one else: its
+/// records name the PIDs that kill, exec and delete act on.
+fn check_root(ctx: &Ctx) -> Result<(), Fail> {
+    use std::os::unix::fs::MetadataExt;
+    match fs::metadata(&ctx.root) {
+        Ok(m) if m.uid() != 0 || m.mode() & 0o022 != 0 => fail(format!(
+            "state directory {} is not root's alone (owner {}, mode {:o}); give a --root \
+             that only root can write (chown root and chmod 700 it)",
+            ctx.root.display(),
+            m.uid(),
+            m.mode() & 0o7777
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn existing(ctx: &Ctx, id: &str) -> Result<Record, Fail> {
     check_id(id)?;
+    check_root(ctx)?;
     match state::load(&ctx.root, id)? {
         Some(r) => Ok(r),
         None => fail(format!("container {id} does not exist")),
@@ -493,6 +513,7 @@ fn create(ctx: &Ctx, a: &CreateArgs) -> Result<Container, Fail> {
         .mode(0o700)
         .create(&ctx.root)
         .map_err(|e| Fail(format!("state directory {}: {e}", ctx.root.display())))?;
+    check_root(ctx)?;
     let dir = state::dir(&ctx.root, &a.id);
     match fs::DirBuilder::new().mode(0o700).create(&dir) {
         Ok(()) => {}

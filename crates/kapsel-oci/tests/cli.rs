@@ -554,3 +554,99 @@ fn exec_cannot_widen_the_containers_capabilities() {
     assert_eq!(out.trim(), "CapBnd:\t0000000000000021");
     b.ok(&["delete", "--force", &id]);
 }
+
+/// The attacker: a local user (nobody) who wants to start someone's
+/// created container (open its exec.fifo for reading), or read its state.
+#[test]
+fn another_user_cannot_start_or_read_a_container() {
+    if skip() {
+        return;
+    }
+    let b = Bundle::new("attacker", &["sleep", "1000"]);
+    let id = id("attacker");
+    b.ok(&["create", "--bundle", b.path(), &id]);
+    let fifo = b.state.join(&id).join("exec.fifo");
+    let state = b.state.join(&id).join("state.json");
+    assert!(fifo.exists() && state.exists());
+    for (path, flags) in [
+        (&fifo, libc::O_RDONLY | libc::O_NONBLOCK),
+        (&state, libc::O_RDONLY),
+    ] {
+        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: fork; the child makes system calls only and ends with _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            // SAFETY: system calls on locals; the child exits.
+            unsafe {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(65534) != 0
+                    || libc::setuid(65534) != 0
+                {
+                    libc::_exit(2);
+                }
+                let fd = libc::open(c.as_ptr(), flags);
+                libc::_exit(if fd >= 0 { 1 } else { 0 });
+            }
+        }
+        let mut st = 0;
+        // SAFETY: waitpid on our child into a local.
+        unsafe { libc::waitpid(pid, &mut st, 0) };
+        assert_eq!(libc::WEXITSTATUS(st), 0, "nobody opened {}", path.display());
+    }
+    assert_eq!(b.state(&id)["status"], "created");
+    b.ok(&["delete", "--force", &id]);
+}
+
+/// A state directory others can write could hold a forged record naming
+/// any PID for `kill` or `delete` to act on: refused.
+#[test]
+fn a_state_directory_others_can_write_is_refused() {
+    if skip() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let b = Bundle::new("laxroot", &["true"]);
+    std::fs::create_dir_all(&b.state).unwrap();
+    std::fs::set_permissions(&b.state, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let id = id("laxroot");
+    // The victim: a process of someone else's, named in the forged record
+    // with its true start time.
+    let mut victim = Command::new("sleep").arg("100").spawn().unwrap();
+    let vpid = victim.id();
+    let stat = std::fs::read_to_string(format!("/proc/{vpid}/stat")).unwrap();
+    let start: u64 = stat[stat.rfind(')').unwrap() + 2..]
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .parse()
+        .unwrap();
+    std::fs::create_dir_all(b.state.join(&id)).unwrap();
+    std::fs::write(
+        b.state.join(&id).join("state.json"),
+        json!({"id": id, "pid": vpid, "start_time": start, "bundle": "/", "rootfs": "/",
+               "created": "", "cgroups": [], "capabilities": 0, "no_new_privs": true,
+               "seccomp": true})
+        .to_string(),
+    )
+    .unwrap();
+    for args in [
+        vec!["kill", id.as_str(), "KILL"],
+        vec!["delete", "--force", id.as_str()],
+        vec!["state", id.as_str()],
+        vec!["create", "--bundle", b.path(), "other"],
+    ] {
+        let out = b.oci(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("not root's alone"),
+            "{args:?}"
+        );
+    }
+    let alive = victim.try_wait().unwrap().is_none();
+    let _ = victim.kill();
+    let _ = victim.wait();
+    assert!(alive, "the forged record's process was killed");
+    std::fs::set_permissions(&b.state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let _ = std::fs::remove_dir_all(b.state.join(&id));
+}
