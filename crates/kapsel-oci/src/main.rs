@@ -230,6 +230,10 @@ struct Ctx {
 }
 
 fn main() {
+    // Output into a closed pipe (`kapsel-oci features | head`) ends the
+    // process quietly, as with C tools, instead of a panic in println.
+    // SAFETY: signal(2) with a constant disposition, before any thread.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => e.exit(),
@@ -440,12 +444,12 @@ fn check_id(id: &str) -> Result<(), Fail> {
         && id != ".."
         && id
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.+".contains(&b));
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
     if ok {
         Ok(())
     } else {
         fail(format!(
-            "invalid container id \"{id}\": use letters, digits, '-', '_', '+' and '.'"
+            "invalid container id \"{id}\": use letters, digits, '-', '_' and '.'"
         ))
     }
 }
