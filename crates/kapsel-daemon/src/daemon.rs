@@ -615,10 +615,9 @@ impl Daemon {
         {
             let kind = vm.kind();
             let (reason, failure) = match (vm.process.take(), report) {
-                (Some(Proc::Vm(p)), Some(report)) => (
-                    report.describe(&p.finish().unwrap_or_default()),
-                    report.is_failure(),
-                ),
+                (Some(Proc::Vm(p)), Some(report)) => {
+                    (report.describe(&p.finish()), report.is_failure())
+                }
                 (Some(Proc::Container(c)), _) => {
                     let reason = c.finish();
                     let failure = !reason.starts_with("exited");
@@ -658,24 +657,23 @@ impl Daemon {
         }
     }
 
-    /// Does `act` to a running guest. A VM's process gets a signal
-    /// (SIGTERM presses its power button, SIGSTOP/SIGCONT stop and resume
-    /// every vCPU); a container's init gets its power-off signal, everything
-    /// in it SIGKILL, or its cgroup is frozen or thawed.
+    /// Does `act` to a running guest. A VM's process gets the request on
+    /// its control channel (power button, pause and resume of its vCPUs in
+    /// KVM), or SIGKILL; a container's init gets its power-off signal,
+    /// everything in it SIGKILL, or its cgroup is frozen or thawed.
     fn act(vm: &Vm, act: Act) -> Result<(), String> {
         let name = &vm.spec.name;
         let kind = vm.kind();
         match vm.process.as_ref() {
             None => Err(format!("{kind} {name} is not running")),
-            Some(Proc::Vm(p)) => {
-                let sig = match act {
-                    Act::PowerButton => libc::SIGTERM,
-                    Act::Kill => libc::SIGKILL,
-                    Act::Pause => libc::SIGSTOP,
-                    Act::Resume => libc::SIGCONT,
-                };
-                vmproc::kill(p.pid, sig).map_err(|e| format!("vm {name}: {e}"))
-            }
+            Some(Proc::Vm(p)) => match act {
+                Act::PowerButton => p.power_button(),
+                Act::Kill => {
+                    vmproc::kill(p.pid, libc::SIGKILL).map_err(|e| format!("vm {name}: {e}"))
+                }
+                Act::Pause => p.pause(),
+                Act::Resume => p.resume(),
+            },
             Some(Proc::Container(c)) => match act {
                 Act::PowerButton => c.shutdown(),
                 Act::Kill => c.kill(),

@@ -285,9 +285,11 @@ impl VmConfig {
         if self.open_as.is_none()
             && (self.kernel_as_user || self.initrd_as_user || self.disks.iter().any(|d| d.as_user))
         {
-            return Err("files are to be opened with a user's rights, but no user is given \
+            return Err(
+                "files are to be opened with a user's rights, but no user is given \
                         (open_as)"
-                .into());
+                    .into(),
+            );
         }
         if let Some(user) = &self.open_as {
             if user.groups.len() > crate::user_files::MAX_GROUPS {
@@ -298,7 +300,11 @@ impl VmConfig {
             }
         }
         for disk in &self.disks {
-            if disk.serial.as_ref().is_some_and(|s| s.is_empty() || s.len() > 20) {
+            if disk
+                .serial
+                .as_ref()
+                .is_some_and(|s| s.is_empty() || s.len() > 20)
+            {
                 return Err(format!(
                     "disk {}: a serial takes 1 to 20 characters",
                     disk.path.display()
@@ -308,7 +314,9 @@ impl VmConfig {
         for net in &self.nets {
             match &net.tap {
                 TapSource::Name(n) if n.is_empty() || n.len() > 15 || n.contains(['/', '\0']) => {
-                    return Err(format!("tap \"{n}\": a tap name takes 1 to 15 characters, no '/'"))
+                    return Err(format!(
+                        "tap \"{n}\": a tap name takes 1 to 15 characters, no '/'"
+                    ))
                 }
                 TapSource::Fd(fd) if *fd < 3 => {
                     return Err(format!("tap fd={fd}: an inherited descriptor is 3 or more"))
@@ -373,10 +381,17 @@ mod tests {
     fn a_configuration_survives_the_round_trip() {
         let cfg = full();
         let json = cfg.to_json();
-        assert!(json.starts_with(b"{\"version\":1,"), "{}", String::from_utf8_lossy(&json));
+        assert!(
+            json.starts_with(b"{\"version\":1,"),
+            "{}",
+            String::from_utf8_lossy(&json)
+        );
         assert_eq!(VmConfig::from_json(&json, "test").unwrap(), cfg);
         let plain = VmConfig::new("/k");
-        assert_eq!(VmConfig::from_json(&plain.to_json(), "test").unwrap(), plain);
+        assert_eq!(
+            VmConfig::from_json(&plain.to_json(), "test").unwrap(),
+            plain
+        );
     }
 
     #[test]
@@ -416,15 +431,16 @@ mod tests {
         assert!(VmConfig::from_json(outer.as_bytes(), "x").is_err());
         let err = VmConfig::from_json(b"{\"version\":1,\"vm\":{", "x").unwrap_err();
         assert!(err.contains("damaged"), "{err}");
-        assert!(VmConfig::from_json(b"", "x").unwrap_err().contains("damaged"));
+        assert!(VmConfig::from_json(b"", "x")
+            .unwrap_err()
+            .contains("damaged"));
     }
 
     #[test]
     fn a_newer_version_is_named_as_such() {
         let json = String::from_utf8(VmConfig::new("/k").to_json()).unwrap();
         // A newer document may have fields this version does not know.
-        let newer = json
-            .replacen("{\"version\":1,", "{\"version\":2,\"snapshot\":null,", 1);
+        let newer = json.replacen("{\"version\":1,", "{\"version\":2,\"snapshot\":null,", 1);
         let err = VmConfig::from_json(newer.as_bytes(), "--config-fd 3").unwrap_err();
         assert!(
             err.contains("version 2") && err.contains("same release"),

@@ -268,9 +268,7 @@ pub fn parse_request(body: &[u8]) -> Result<RequestFrame, ReplyFrame> {
     serde_json::from_slice::<RequestFrame>(body).map_err(|e| ReplyFrame {
         id: 0,
         reply: Reply::Error {
-            message: format!(
-                "unreadable request ({e}); send {{\"id\":N,\"request\":\"status\"}}"
-            ),
+            message: format!("unreadable request ({e}); send {{\"id\":N,\"request\":\"status\"}}"),
         },
     })
 }
@@ -416,7 +414,9 @@ mod tests {
         ] {
             assert_eq!(EndReport::parse(&encode(&report)).unwrap(), report);
         }
-        assert!(EndReport::parse(b"").unwrap_err().contains("no exit report"));
+        assert!(EndReport::parse(b"")
+            .unwrap_err()
+            .contains("no exit report"));
         assert!(EndReport::parse(&encode(&EndReport::PowerOff)[..5]).is_err());
         assert!(!EndReport::PowerOff.is_failure());
         assert!(EndReport::GuestPanic.describe().contains("pvpanic"));

@@ -754,12 +754,7 @@ fn read_fd(fd: RawFd, buf: &mut [u8]) -> std::io::Result<usize> {
 /// Waits for the VM's end while feeding console input to the guest. The
 /// first stop signal presses the ACPI power button; a second one, or the
 /// guest not powering off within the shutdown timeout, stops the VM.
-fn event_loop(
-    m: &Machine,
-    cfg: &VmConfig,
-    console: &Console,
-    ev: &mut Events,
-) -> Result<VmExit> {
+fn event_loop(m: &Machine, cfg: &VmConfig, console: &Console, ev: &mut Events) -> Result<VmExit> {
     let exit_fd = m.exit.event().as_raw_fd();
     let mut input = console.input_fd();
     let mut pending: Vec<u8> = Vec::new();

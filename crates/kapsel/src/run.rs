@@ -296,7 +296,11 @@ fn inherited(option: &str, fd: i32) -> Result<OwnedFd, String> {
 /// Runs `kapsel run`; returns the process exit code.
 pub fn main(args: RunArgs) -> u8 {
     // The exit report's pipe first: every later failure is reported on it.
-    let exit_fd = match args.exit_fd.map(|fd| inherited("--exit-fd", fd)).transpose() {
+    let exit_fd = match args
+        .exit_fd
+        .map(|fd| inherited("--exit-fd", fd))
+        .transpose()
+    {
         Ok(fd) => fd,
         Err(e) => {
             eprintln!("kapsel run: {e}");
