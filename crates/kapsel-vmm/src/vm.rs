@@ -689,20 +689,28 @@ impl Events<'_> {
             };
             let reply = match frame.request {
                 Request::PowerButton => {
-                    tracing::info!("control: pressing the guest's ACPI power button");
+                    if self.deadline.is_none() {
+                        eprintln!(
+                            "\r\nkapsel: control: pressing the guest's ACPI power button; it \
+                             has {} s to power off\r",
+                            cfg.shutdown_timeout.as_secs()
+                        );
+                    }
                     self.press_power_button(m, cfg);
                     Reply::Ok
                 }
                 Request::Pause => match m.pause() {
                     Ok(()) => {
-                        tracing::info!("control: paused");
+                        eprintln!("\r\nkapsel: control: paused (every vCPU stopped)\r");
                         Reply::Ok
                     }
                     Err(message) => Reply::Error { message },
                 },
                 Request::Resume => {
+                    if m.gate.is_paused() {
+                        eprintln!("\r\nkapsel: control: resumed\r");
+                    }
                     m.gate.resume();
-                    tracing::info!("control: resumed");
                     Reply::Ok
                 }
                 Request::Status => Reply::Status {

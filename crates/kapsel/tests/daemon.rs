@@ -105,24 +105,56 @@ fn pause_unpause_and_a_killed_vm_process() {
     let d = Kapseld::start(&idle_vm("web", ""));
     let vm = d.wait_state("web", "running");
     let pid = pid_of(&vm);
+    d.console_text("web", "idle ready");
+    // The console's output, line by line, from a thread.
+    let mut con = d
+        .cmd(&["console", "web"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = con.stdin.take().unwrap();
+    let reader = BufReader::new(con.stdout.take().unwrap());
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in reader.lines() {
+            let Ok(l) = l else { break };
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
     d.ok(&["pause", "web"]);
     assert_eq!(d.vm("web")["state"], "paused");
-    // SIGSTOP takes effect asynchronously; the process stops soon after.
-    let until = Instant::now() + Duration::from_secs(5);
-    while process_state(pid) != Some('T') && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert_eq!(process_state(pid), Some('T'), "every thread is stopped");
+    // Paused in KVM: the process is not stopped (SIGSTOP), its vCPUs are.
+    assert_ne!(process_state(pid), Some('T'));
+    // The guest does not run: a line sent now is not echoed.
+    stdin.write_all(b"while paused\r").unwrap();
+    let echoed = |within: Duration| {
+        let until = Instant::now() + within;
+        while let Some(left) = until.checked_duration_since(Instant::now()) {
+            match lines.recv_timeout(left) {
+                Ok(l) if l.contains("line while paused") => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+        false
+    };
+    assert!(
+        !echoed(Duration::from_millis(1500)),
+        "the guest ran while paused"
+    );
     let (code, _, err) = d.run(&["pause", "web"]);
     assert_eq!(code, 1);
     assert!(err.contains("not running"), "{err}");
     d.ok(&["unpause", "web"]);
     assert_eq!(d.vm("web")["state"], "running");
-    let until = Instant::now() + Duration::from_secs(5);
-    while process_state(pid) == Some('T') && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert_ne!(process_state(pid), Some('T'));
+    // It goes on where it was: the line is echoed now.
+    assert!(echoed(Duration::from_secs(10)), "the guest did not resume");
+    stdin.write_all(b"\r~.").unwrap();
+    drop(stdin);
+    assert!(con.wait().unwrap().success());
 
     // A VM process that dies is reported; the daemon goes on.
     // SAFETY: kill has no memory-safety preconditions.
