@@ -273,9 +273,8 @@ pub fn vm_config(
 }
 
 /// A close-on-exec duplicate of `fd` numbered above every descriptor number
-/// the child's `count` inherited descriptors will get (`CONFIG_FD..CONFIG_FD
-/// + count`), so that moving one into place with dup2 cannot overwrite
-/// another.
+/// the child's `count` inherited descriptors will get (from `CONFIG_FD`
+/// on), so that moving one into place with dup2 cannot overwrite another.
 ///
 /// The floor is the lowest such number, not a fixed high one: F_DUPFD fails
 /// with EINVAL when its floor is not below RLIMIT_NOFILE, and the soft limit
