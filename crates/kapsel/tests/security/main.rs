@@ -13,3 +13,4 @@ mod control;
 mod daemon_limits;
 mod qcow2_crash;
 mod user_paths;
+mod vm_contract;
