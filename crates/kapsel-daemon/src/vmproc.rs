@@ -88,8 +88,8 @@ pub struct VmProcess {
     stderr: Option<JoinHandle<Option<String>>>,
     /// The daemon's end of the control socket; one request at a time.
     control: Mutex<Client>,
-    /// The read end of the exit-report pipe.
-    exit: std::fs::File,
+    /// The read end of the exit-report pipe, and what came on it so far.
+    exit: Mutex<(std::fs::File, Vec<u8>)>,
 }
 
 /// What an ended VM process left: its exit report, and its last line on
@@ -161,13 +161,13 @@ impl VmProcess {
     /// The exit report, once the process has written it (it does so just
     /// before it exits); None before, or when it ended without one.
     pub fn exit_report(&self) -> Option<EndReport> {
-        let mut bytes = Vec::new();
-        // Non-blocking (set at spawn): takes what is there. Bounded by a
-        // frame's size.
-        let _ = (&self.exit)
-            .take(control::MAX_FRAME as u64 + 4)
-            .read_to_end(&mut bytes);
-        EndReport::parse(&bytes).ok()
+        let mut exit = self.exit.lock().unwrap_or_else(|e| e.into_inner());
+        let (pipe, bytes) = &mut *exit;
+        // Non-blocking (set at spawn): takes what is there, up to a
+        // frame's size in all.
+        let room = (control::MAX_FRAME as u64 + 4).saturating_sub(bytes.len() as u64);
+        let _ = pipe.take(room).read_to_end(bytes);
+        EndReport::parse(bytes).ok()
     }
 
     /// After the process has ended: reaps it and returns its exit report
@@ -491,7 +491,7 @@ pub fn spawn(launch: &Launch) -> Result<(VmProcess, UnixStream, OwnedFd), String
             console: daemon_end,
             stderr: Some(stderr),
             control: Mutex::new(Client::new(control_daemon)),
-            exit: std::fs::File::from(exit_read),
+            exit: Mutex::new((std::fs::File::from(exit_read), Vec::new())),
         },
         console_out,
         ready_read,

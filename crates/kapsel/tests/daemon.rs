@@ -283,6 +283,9 @@ fn start_new_vms_and_instances_from_the_command_line() {
     let vm = d.wait_state("broken", "stopped");
     let reason = vm["last_exit"].as_str().unwrap().to_string();
     assert!(reason.contains("/no/such/kernel"), "{reason}");
+    // From the VM process's typed exit report, not its exit status and
+    // last line of stderr ("failed (exit 2): ...").
+    assert!(reason.starts_with("failed: "), "{reason}");
     let (code, _, err) = d.run(&["start", "-r", "/x.iso", "-b", IDLE, "cd"]);
     assert_eq!(code, 1);
     assert!(err.contains("cdrom"), "{err}");

@@ -44,7 +44,10 @@ fn others_cannot_read_a_vms_config() {
         let seen = String::from_utf8_lossy(&out.stdout);
         if path.ends_with("cmdline") {
             // Readable, as for `ps`: the check below is not vacuous.
-            assert!(out.status.success() && seen.contains("run"), "{path}: {out:?}");
+            assert!(
+                out.status.success() && seen.contains("run"),
+                "{path}: {out:?}"
+            );
         }
         assert!(
             !seen.contains(SECRET),
