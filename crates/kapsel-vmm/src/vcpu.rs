@@ -83,12 +83,13 @@ impl PauseGate {
     }
 
     /// Pauses the VM: asks every vCPU to park, calls `kick` (which kicks
-    /// the threads out of `KVM_RUN`) until all `vcpus` have parked, and
-    /// fails after `timeout` (the VM then runs on).
+    /// the threads out of `KVM_RUN`, and returns false when the VM is
+    /// ending and no longer all of them will park) until all `vcpus` have
+    /// parked, and fails after `timeout` (the VM then runs on).
     pub fn pause(
         &self,
         vcpus: usize,
-        kick: impl Fn(),
+        kick: impl Fn() -> bool,
         timeout: Duration,
     ) -> std::result::Result<(), String> {
         let deadline = Instant::now() + timeout;
@@ -101,7 +102,7 @@ impl PauseGate {
         // KVM_RUN may be entered just after a kick: kick until every
         // thread has parked.
         while st.parked < vcpus {
-            if st.released {
+            if st.released || !kick() {
                 drop(st);
                 self.resume();
                 return Err("the VM is stopping".into());
@@ -115,7 +116,6 @@ impl PauseGate {
                     timeout.as_millis()
                 ));
             }
-            kick();
             st = self
                 .changed
                 .wait_timeout(st, Duration::from_micros(500))

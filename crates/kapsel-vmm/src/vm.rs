@@ -614,11 +614,15 @@ impl Machine {
     /// Stops every vCPU out of KVM_RUN and parks it.
     fn pause(&self) -> std::result::Result<(), String> {
         let kick = || {
+            if self.exit.is_raised() {
+                return false;
+            }
             for handle in &self.threads {
                 if !handle.is_finished() {
                     let _ = handle.kill(vcpu::kick_signal());
                 }
             }
+            true
         };
         self.gate.pause(self.threads.len(), kick, PAUSE_TIMEOUT)
     }
