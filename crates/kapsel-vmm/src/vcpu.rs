@@ -146,16 +146,23 @@ impl PauseGate {
 
     /// The vCPU thread's side: parks until the VM is resumed or stops.
     fn park(&self, vcpu: &VcpuFd, id: u8) {
-        // Tell the guest's kvmclock that its vCPU is being stopped
-        // (PVCLOCK_GUEST_STOPPED), as Firecracker does when it pauses and
-        // QEMU when it resumes: the guest's soft-lockup watchdog then does
-        // not count the pause as a hung CPU. EINVAL means the guest does
-        // not use kvmclock, and there is nothing to tell.
-        if let Err(e) = vcpu.kvmclock_ctrl() {
-            if e.errno() != libc::EINVAL {
-                tracing::warn!("vCPU {id}: KVM_KVMCLOCK_CTRL: {e}");
+        self.park_with(|| {
+            // Tell the guest's kvmclock that its vCPU is being stopped
+            // (PVCLOCK_GUEST_STOPPED), as Firecracker does when it pauses
+            // and QEMU when it resumes: the guest's soft-lockup watchdog
+            // then does not count the pause as a hung CPU. EINVAL means the
+            // guest does not use kvmclock, and there is nothing to tell.
+            if let Err(e) = vcpu.kvmclock_ctrl() {
+                if e.errno() != libc::EINVAL {
+                    tracing::warn!("vCPU {id}: KVM_KVMCLOCK_CTRL: {e}");
+                }
             }
-        }
+        })
+    }
+
+    /// Parks after `stopping` (what a vCPU tells KVM as it stops).
+    fn park_with(&self, stopping: impl FnOnce()) {
+        stopping();
         let mut st = self.lock();
         st.parked += 1;
         self.changed.notify_all();
@@ -294,5 +301,88 @@ impl Vcpu {
                 break;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// Threads that behave like vCPU threads: they run (count) until the
+    /// gate asks them to park.
+    fn vcpus(
+        gate: &Arc<PauseGate>,
+        n: usize,
+        ran: &Arc<AtomicUsize>,
+    ) -> Vec<std::thread::JoinHandle<()>> {
+        (0..n)
+            .map(|_| {
+                let (gate, ran) = (gate.clone(), ran.clone());
+                std::thread::spawn(move || loop {
+                    if gate.lock().released {
+                        return;
+                    }
+                    if gate.requested.load(Ordering::Acquire) {
+                        gate.park_with(|| {});
+                        continue;
+                    }
+                    ran.fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_micros(100));
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pause_waits_until_every_vcpu_parked_and_resume_lets_them_go() {
+        let gate = Arc::new(PauseGate::default());
+        let ran = Arc::new(AtomicUsize::new(0));
+        let threads = vcpus(&gate, 3, &ran);
+        gate.pause(3, || true, Duration::from_secs(5)).unwrap();
+        assert!(gate.is_paused());
+        assert_eq!(gate.lock().parked, 3);
+        let before = ran.load(Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(
+            ran.load(Ordering::Relaxed),
+            before,
+            "nothing runs while paused"
+        );
+        // Paused again: already there.
+        gate.pause(3, || true, Duration::from_secs(5)).unwrap();
+        gate.resume();
+        assert!(!gate.is_paused());
+        let until = Instant::now() + Duration::from_secs(5);
+        while ran.load(Ordering::Relaxed) == before && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(ran.load(Ordering::Relaxed) > before, "they run again");
+        // A stop releases parked threads for good.
+        gate.pause(3, || true, Duration::from_secs(5)).unwrap();
+        gate.release();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(gate.pause(3, || true, Duration::from_secs(1)).is_err());
+    }
+
+    #[test]
+    fn a_pause_that_cannot_complete_gives_up_and_the_vm_runs_on() {
+        let gate = PauseGate::default();
+        // No thread parks: the bound applies, and the gate opens again.
+        let err = gate
+            .pause(2, || true, Duration::from_millis(20))
+            .unwrap_err();
+        assert!(err.contains("0 of 2 vCPUs"), "{err}");
+        assert!(!gate.is_paused());
+        assert!(!gate.requested.load(Ordering::Acquire));
+        // A VM that is ending is not waited for.
+        let t = Instant::now();
+        let err = gate.pause(2, || false, Duration::from_secs(5)).unwrap_err();
+        assert!(
+            err.contains("stopping") && t.elapsed() < Duration::from_secs(1),
+            "{err}"
+        );
     }
 }
