@@ -12,7 +12,7 @@ use kapsel_vmm::control::{self, Client, EndReport, Reply, Request, VmStatus};
 use kapsel_vmm::user_files::UserCredentials;
 use kapsel_vmm::OnReboot;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -25,10 +25,6 @@ use std::time::Duration;
 pub struct Launch<'a> {
     /// The VM, with instances resolved.
     pub spec: &'a VmSpec,
-    /// The `kapsel` binary.
-    pub kapsel: &'a Path,
-    /// The file its stderr is appended to.
-    pub log: &'a Path,
     /// Time the guest gets after the power button.
     pub shutdown_timeout: Duration,
     /// The open taps of its interfaces, in order, with the guest's MAC.
@@ -42,7 +38,7 @@ pub struct Launch<'a> {
 /// (`kapsel run --open-as`), so that a user cannot have root open a file
 /// that the user may not read or write. Files that root wrote in vm.conf
 /// are opened with the VM process's own rights.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct OpenAs {
     /// The user's uid.
     pub uid: u32,
@@ -71,6 +67,9 @@ pub const READY_FD: i32 = 6;
 /// The descriptor number the first tap gets in the VM process (the next
 /// ones follow).
 pub const FIRST_TAP_FD: i32 = 7;
+/// Where the descriptors the daemon hands a VM's monitor begin (see
+/// [`prepare`]): the configuration, the readiness pipe, the taps.
+pub const HANDED_FD: i32 = 3;
 
 /// How long a control request may take (a pause waits up to 2 s for the
 /// vCPUs to stop).
@@ -280,11 +279,11 @@ pub fn vm_config(
 /// with EINVAL when its floor is not below RLIMIT_NOFILE, and the soft limit
 /// is 1024 under systemd and busybox init alike (a floor of 1024 made every
 /// VM with an interface fail there with "tap descriptor: Invalid argument").
-fn dup_above_targets(fd: &OwnedFd, count: usize) -> std::io::Result<OwnedFd> {
+pub(crate) fn dup_above_targets(fd: &impl AsFd, count: usize) -> std::io::Result<OwnedFd> {
     let floor = CONFIG_FD.saturating_add(i32::try_from(count).unwrap_or(i32::MAX));
     // SAFETY: F_DUPFD_CLOEXEC duplicates a descriptor we own; it touches no
     // memory.
-    let dup = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, floor) };
+    let dup = unsafe { libc::fcntl(fd.as_fd().as_raw_fd(), libc::F_DUPFD_CLOEXEC, floor) };
     if dup < 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -363,15 +362,65 @@ pub fn wait_ready(ready: &OwnedFd, timeout: Duration) -> Ready {
     }
 }
 
-/// Starts the VM process. Returns it, the console output stream, and the
-/// read end of a pipe on which it says when its resources are open (see
-/// [`wait_ready`]).
-pub fn spawn(launch: &Launch) -> Result<(VmProcess, UnixStream, OwnedFd), String> {
+/// Prepares a VM process's start in the daemon: its `kapsel run`
+/// arguments, the descriptors its monitor inherits at [`HANDED_FD`], ...
+/// (the VM's configuration in a sealed memfd, the write end of its
+/// readiness pipe, then its taps) and the read end of that pipe, on which
+/// it says when its resources are open (see [`wait_ready`]).
+/// [`spawn_process`] (in its monitor) runs it.
+pub fn prepare(launch: Launch) -> Result<(Vec<String>, Vec<OwnedFd>, OwnedFd), String> {
     let name = &launch.spec.name;
     let macs: Vec<MacAddr> = launch.taps.iter().map(|(_, m)| *m).collect();
     let cfg = vm_config(launch.spec, launch.shutdown_timeout, &macs, launch.open_as)?;
     let config = sealed_memfd("kapsel-vm-config", &cfg.to_json())
         .map_err(|e| format!("vm {name}: configuration memfd: {e}"))?;
+    let (ready_read, ready_write) =
+        pipe().map_err(|e| format!("vm {name}: readiness pipe: {e}"))?;
+    let args: Vec<String> = [
+        "run",
+        "--config-fd",
+        &CONFIG_FD.to_string(),
+        "--control-fd",
+        &CONTROL_FD.to_string(),
+        "--exit-fd",
+        &EXIT_FD.to_string(),
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut fds = vec![config, ready_write];
+    fds.extend(launch.taps.into_iter().map(|(fd, _)| fd));
+    Ok((args, fds, ready_read))
+}
+
+/// The configuration in the memfd at `fd`, for the log.
+fn config_for_log(fd: i32) -> String {
+    let mut buf = vec![0u8; 64 << 10];
+    // SAFETY: pread writes at most buf.len() bytes into buf.
+    let n = unsafe { libc::pread(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+    buf.truncate(usize::try_from(n).unwrap_or(0));
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Starts the VM process `kapsel ARGS` (in its monitor) from this
+/// process's `fds` descriptors at [`HANDED_FD`], ... (as [`prepare`] laid
+/// them out), with its own control socket and exit-report pipe; the VM
+/// process gets them at [`CONFIG_FD`], [`CONTROL_FD`], [`EXIT_FD`],
+/// [`READY_FD`] and its taps from [`FIRST_TAP_FD`]. Returns it and its
+/// console output stream. Its stderr is appended to `log`; it is killed if
+/// this process dies (`PR_SET_PDEATHSIG`), so that no VM runs without its
+/// monitor.
+pub fn spawn_process(
+    name: &str,
+    kapsel: &Path,
+    args: &[String],
+    log: &Path,
+    fds: u32,
+) -> Result<(VmProcess, UnixStream), String> {
+    if fds < 2 {
+        return Err(format!(
+            "vm {name}: the VM process needs its configuration and readiness descriptors"
+        ));
+    }
     let (control_daemon, control_vm) =
         UnixStream::pair().map_err(|e| format!("vm {name}: control socket: {e}"))?;
     let (exit_read, exit_write) = pipe().map_err(|e| format!("vm {name}: exit pipe: {e}"))?;
@@ -384,35 +433,22 @@ pub fn spawn(launch: &Launch) -> Result<(VmProcess, UnixStream, OwnedFd), String
             flags | libc::O_NONBLOCK,
         );
     }
-    let (ready_read, ready_write) =
-        pipe().map_err(|e| format!("vm {name}: readiness pipe: {e}"))?;
-    // In the order of their numbers in the child: CONFIG_FD, CONTROL_FD,
-    // EXIT_FD, READY_FD, then the taps from FIRST_TAP_FD.
     let control_vm = OwnedFd::from(control_vm);
-    let fixed = [&config, &control_vm, &exit_write, &ready_write];
-    let inherited = fixed.len() + launch.taps.len();
+    // SAFETY: HANDED_FD.. are this process's inherited descriptors (see
+    // prepare), open until start_guest closes them after this returns.
+    let handed = |i: u32| unsafe { std::os::fd::BorrowedFd::borrow_raw(HANDED_FD + i as i32) };
+    // In the order of their numbers in the VM process.
+    let mut sources = vec![handed(0), control_vm.as_fd(), exit_write.as_fd(), handed(1)];
+    sources.extend((2..fds).map(handed));
     let mut high = Vec::new();
-    for fd in fixed
-        .into_iter()
-        .chain(launch.taps.iter().map(|(fd, _)| fd))
-    {
+    for fd in &sources {
         high.push(
-            dup_above_targets(fd, inherited)
+            dup_above_targets(fd, sources.len())
                 .map_err(|e| format!("vm {name}: inherited descriptor: {e}"))?,
         );
     }
-    drop((config, control_vm, exit_write, ready_write));
-    let args: Vec<String> = [
-        "run",
-        "--config-fd",
-        &CONFIG_FD.to_string(),
-        "--control-fd",
-        &CONTROL_FD.to_string(),
-        "--exit-fd",
-        &EXIT_FD.to_string(),
-    ]
-    .map(String::from)
-    .to_vec();
+    drop(sources);
+    drop((control_vm, exit_write));
     let raw: Vec<i32> = high.iter().map(|f| f.as_raw_fd()).collect();
     let (daemon_end, vm_end) =
         UnixStream::pair().map_err(|e| format!("vm {name}: console socket: {e}"))?;
@@ -425,12 +461,12 @@ pub fn spawn(launch: &Launch) -> Result<(VmProcess, UnixStream, OwnedFd), String
         .create(true)
         .append(true)
         .mode(0o600)
-        .open(launch.log)
-        .map_err(|e| format!("vm {name}: log {}: {e}", launch.log.display()))?;
+        .open(log)
+        .map_err(|e| format!("vm {name}: log {}: {e}", log.display()))?;
     let _ = writeln!(log, "--- kapsel {}", args.join(" "));
-    let _ = writeln!(log, "config: {}", String::from_utf8_lossy(&cfg.to_json()));
-    let mut cmd = Command::new(launch.kapsel);
-    cmd.args(&args)
+    let _ = writeln!(log, "config: {}", config_for_log(HANDED_FD));
+    let mut cmd = Command::new(kapsel);
+    cmd.args(args)
         .stdin(Stdio::from(OwnedFd::from(vm_end)))
         .stdout(Stdio::from(OwnedFd::from(vm_out)))
         .stderr(Stdio::piped())
@@ -439,12 +475,16 @@ pub fn spawn(launch: &Launch) -> Result<(VmProcess, UnixStream, OwnedFd), String
             std::env::var("KAPSEL_VM_LOG").unwrap_or("warn".into()),
         )
         // Its own process group: a Ctrl-C meant for a foreground daemon
-        // reaches the daemon, which stops the VMs in order.
+        // does not reach it.
         .process_group(0);
-    // SAFETY: between fork and exec only dup2, which is async-signal-safe,
-    // on descriptors that stay open in the parent until spawn returns.
+    // SAFETY: between fork and exec only prctl and dup2, which are
+    // async-signal-safe, on descriptors that stay open here until the
+    // child runs.
     unsafe {
         cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             for (i, &fd) in raw.iter().enumerate() {
                 if libc::dup2(fd, CONFIG_FD + i as i32) < 0 {
                     return Err(std::io::Error::last_os_error());
@@ -455,11 +495,11 @@ pub fn spawn(launch: &Launch) -> Result<(VmProcess, UnixStream, OwnedFd), String
     }
     let mut child = cmd
         .spawn()
-        .map_err(|e| format!("vm {name}: cannot run {}: {e}", launch.kapsel.display()))?;
+        .map_err(|e| format!("vm {name}: cannot run {}: {e}", kapsel.display()))?;
     drop(high);
     let pid = child.id();
     let stderr = child.stderr.take();
-    let tag = name.clone();
+    let tag = name.to_string();
     let stderr = std::thread::Builder::new()
         .name(format!("stderr-{pid}"))
         .spawn(move || {
@@ -480,21 +520,20 @@ pub fn spawn(launch: &Launch) -> Result<(VmProcess, UnixStream, OwnedFd), String
     let console_out = daemon_end
         .try_clone()
         .map_err(|e| format!("vm {name}: console socket: {e}"))?;
-    // The Child is not waited on through std: the supervisor thread watches
-    // the pid with waitid(WNOWAIT) and reaps it under the daemon's lock, so
-    // that no signal can reach a recycled pid.
+    // The Child is not waited on through std: the monitor watches the pid
+    // with waitid(WNOWAIT) and reaps it last, so that no signal can reach
+    // a recycled pid.
     std::mem::forget(child);
     Ok((
         VmProcess {
             pid,
-            name: name.clone(),
+            name: name.to_string(),
             console: daemon_end,
             stderr: Some(stderr),
             control: Mutex::new(Client::new(control_daemon)),
             exit: Mutex::new((std::fs::File::from(exit_read), Vec::new())),
         },
         console_out,
-        ready_read,
     ))
 }
 

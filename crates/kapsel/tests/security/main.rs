@@ -11,6 +11,7 @@ mod ctcommon;
 mod containers;
 mod control;
 mod daemon_limits;
+mod monitors;
 mod qcow2_crash;
 mod user_paths;
 mod vm_contract;
