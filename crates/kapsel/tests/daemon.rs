@@ -1847,7 +1847,11 @@ fn monitors_of(name: &str) -> Vec<i32> {
 }
 
 /// The VM processes of this test (their memory size is this test's own).
-fn vm_processes(memory_arg: &str) -> usize {
+/// The VM processes of the daemons started with `KAPSEL_TEST_TAG=tag` in
+/// their environment (a VM process's command line holds nothing of its
+/// VM: the configuration comes in a memfd).
+fn vm_processes(tag: &str) -> usize {
+    let env = format!("KAPSEL_TEST_TAG={tag}");
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
@@ -1856,8 +1860,10 @@ fn vm_processes(memory_arg: &str) -> usize {
             std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
                 String::from_utf8_lossy(&c)
                     .replace('\0', " ")
-                    .contains(memory_arg)
-            }) && alive(*pid)
+                    .contains(" run --config-fd")
+            }) && std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|e| e.split(|&b| b == 0).any(|v| v == env.as_bytes()))
+                && alive(*pid)
         })
         .count()
 }
@@ -1897,8 +1903,10 @@ fn a_daemon_killed_at_any_moment_leaves_every_guest_adopted_or_gone() {
         ctcommon::name("rk-vm2"),
         ctcommon::name("rk-ct"),
     );
-    // 41 MiB: this test's VM processes, told apart from other tests'.
-    const MEMORY_ARG: &str = "--memory 42991616";
+    // This test's VM processes, told apart from other tests' by their
+    // daemon's environment.
+    let tag = format!("rk-{}", std::process::id());
+    let tag_env = [("KAPSEL_TEST_TAG", tag.as_str())];
     let conf = |extra: &str| {
         format!(
             "switch \"lan\" {{\n}}\n\
@@ -1947,7 +1955,7 @@ fn a_daemon_killed_at_any_moment_leaves_every_guest_adopted_or_gone() {
                     other => problems.push(format!("{name}: {other}")),
                 }
             }
-            let vms = vm_processes(MEMORY_ARG);
+            let vms = vm_processes(&tag);
             if vms != running_vms {
                 problems.push(format!("{vms} VM processes for {running_vms} running VMs"));
             }
@@ -1965,17 +1973,17 @@ fn a_daemon_killed_at_any_moment_leaves_every_guest_adopted_or_gone() {
     for round in 0..rounds {
         // During start: the daemon starts the enabled guests.
         let ms = random_ms(400);
-        d.spawn_daemon(&[], &[]);
+        d.spawn_daemon(&tag_env, &[]);
         std::thread::sleep(Duration::from_millis(ms));
         kill9(&mut d);
-        d.spawn_daemon(&[], &[]);
+        d.spawn_daemon(&tag_env, &[]);
         check(&d, &format!("round {round}: killed {ms} ms into a start"));
         // During stop: power buttons pressed, guests going.
         let _ = d.cmd(&["stop", "-a"]).output();
         let ms = random_ms(300);
         std::thread::sleep(Duration::from_millis(ms));
         kill9(&mut d);
-        d.spawn_daemon(&[], &[]);
+        d.spawn_daemon(&tag_env, &[]);
         check(&d, &format!("round {round}: killed {ms} ms into a stop"));
         // During a reload that adds a guest and removes the container.
         let _ = d.cmd(&["start", &vm1]).output();
@@ -1993,7 +2001,7 @@ fn a_daemon_killed_at_any_moment_leaves_every_guest_adopted_or_gone() {
         std::thread::sleep(Duration::from_millis(ms));
         kill9(&mut d);
         std::fs::write(d.dir.join("vm.conf"), conf("")).unwrap();
-        d.spawn_daemon(&[], &[]);
+        d.spawn_daemon(&tag_env, &[]);
         check(&d, &format!("round {round}: killed {ms} ms into a reload"));
         // Everything stops before the next round's start.
         let _ = d.cmd(&["stop", "-a", "-w"]).output();
@@ -2001,12 +2009,12 @@ fn a_daemon_killed_at_any_moment_leaves_every_guest_adopted_or_gone() {
         kill9(&mut d);
     }
     // The last daemon stops what runs; nothing is left.
-    d.spawn_daemon(&[], &["--stop-guests"]);
+    d.spawn_daemon(&tag_env, &["--stop-guests"]);
     d.stop_daemon();
     for name in &names {
         assert!(monitors_of(name).is_empty(), "{name}'s monitor is left");
     }
-    assert_eq!(vm_processes(MEMORY_ARG), 0, "VM processes are left");
+    assert_eq!(vm_processes(&tag), 0, "VM processes are left");
     assert!(
         ctcommon::cgroup_dirs(&ct).is_empty(),
         "the container's cgroup is left"
