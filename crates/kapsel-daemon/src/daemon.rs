@@ -703,9 +703,10 @@ impl Daemon {
     }
 
     /// Does `act` to a running guest through its monitor: a VM's process
-    /// gets a signal (SIGTERM presses its power button, SIGSTOP/SIGCONT
-    /// stop and resume every vCPU); a container's init gets its power-off
-    /// signal, everything in it SIGKILL, or its cgroup is frozen or thawed.
+    /// gets the request on its control channel (power button, pause and
+    /// resume of its vCPUs in KVM), or SIGKILL; a container's init gets its
+    /// power-off signal, everything in it SIGKILL, or its cgroup is frozen
+    /// or thawed.
     fn act(vm: &Vm, act: Act) -> Result<(), String> {
         match vm.process.as_ref() {
             None => Err(format!("{} {} is not running", vm.kind(), vm.spec.name)),
