@@ -39,6 +39,20 @@ enum Command {
     /// A guest's monitor, started by kapseld (not by hand).
     #[command(hide = true)]
     Monitor,
+    /// kapseld's DHCP helper process (started by the daemon only).
+    #[command(name = "dhcp-helper", hide = true)]
+    DhcpHelper(DhcpHelperArgs),
+}
+
+/// `kapsel dhcp-helper`: the daemon passes who to become and its own pid.
+#[derive(clap::Args)]
+struct DhcpHelperArgs {
+    #[arg(long)]
+    uid: u32,
+    #[arg(long)]
+    gid: u32,
+    #[arg(long)]
+    parent: u32,
 }
 
 fn main() -> ExitCode {
@@ -52,6 +66,13 @@ fn main() -> ExitCode {
         Command::Verb(verb) => ctl::main(cli.socket, verb),
         Command::RunContainer(args) => run_container::main(args),
         Command::Monitor => kapsel_daemon::monitor::main().clamp(0, 255) as u8,
+        Command::DhcpHelper(a) => {
+            kapsel_daemon::net::dhcp_helper_main(kapsel_daemon::net::DhcpHelperArgs {
+                uid: a.uid,
+                gid: a.gid,
+                parent: a.parent,
+            })
+        }
     };
     ExitCode::from(code)
 }
