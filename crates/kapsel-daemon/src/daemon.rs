@@ -230,9 +230,7 @@ impl Daemon {
         daemon.apply_config(config);
         let saved =
             state::load(&daemon.opts.state_dir).map_err(|e| DaemonError::Setup(e.to_string()))?;
-        if let Some(saved) = saved {
-            daemon.adopt(saved);
-        }
+        daemon.adopt(saved);
         daemon.reconcile_switches().map_err(DaemonError::Setup)?;
         daemon.save_state();
         Ok(daemon)
@@ -448,11 +446,12 @@ impl Daemon {
         let spec = vm.spec.clone();
         let id = vm.id;
         let paths = monitor::Paths::of(&self.opts.state_dir, &spec.name);
+        let record = record_of(vm, vm.generation + 1, &paths, &[]);
         // A report of an earlier run that nobody collected.
         monitor::collect_leftovers(&paths);
         let mut ready = None;
         let (process, attachments) = match vm.container.clone() {
-            Some(ct) => self.spawn_container(&mut inner, &ct, &spec, id, &paths, &log)?,
+            Some(ct) => self.spawn_container(&mut inner, &ct, &spec, id, record, &log)?,
             None => {
                 let (taps, attachments) = self.attach_interfaces(&mut inner, &spec, id)?;
                 let open_as = Self::find(&mut inner, target)?.open_as.clone();
@@ -473,6 +472,10 @@ impl Daemon {
                             args,
                             fds: fds.len() as u32,
                         },
+                        record: Some(Box::new(GuestRecord {
+                            net: interface_records(&attachments),
+                            ..record
+                        })),
                     };
                     // The daemon's copies of the taps go with `fds`.
                     monitor::launch(&self.opts.kapsel, &mspec, fds).map(|h| (h, r))
@@ -541,9 +544,10 @@ impl Daemon {
         ct: &kapsel_config::ContainerSpec,
         view: &VmSpec,
         id: u32,
-        paths: &monitor::Paths,
+        record: GuestRecord,
         log: &std::path::Path,
     ) -> Result<(Proc, Vec<Attachment>), String> {
+        let paths = &record.paths.clone();
         let name = &ct.name;
         if ct.interfaces.len() > 1 {
             return Err(format!(
@@ -575,12 +579,22 @@ impl Daemon {
                 defaults,
                 veth: veth.clone(),
             },
+            record: Some(Box::new(record.clone())),
         };
         let process = monitor::launch(&self.opts.kapsel, &mspec, Vec::new())?;
         let mut attachments = Vec::new();
         if let Some((host, _)) = veth {
             match self.attach_one(inner, view, id, 0, Some(&host)) {
-                Ok((_, a)) => attachments.push(a),
+                Ok((_, a)) => {
+                    attachments.push(a);
+                    let full = GuestRecord {
+                        net: interface_records(&attachments),
+                        ..record
+                    };
+                    if let Err(e) = process.set_record(full) {
+                        tracing::warn!("container {name}: {e}");
+                    }
+                }
                 Err(e) => {
                     let _ = process.act(Act::Kill);
                     process.watch();
@@ -1747,28 +1761,10 @@ impl Daemon {
                 .iter()
                 .filter_map(|v| {
                     let p = v.process.as_ref()?;
-                    Some(GuestRecord {
-                        id: v.id,
-                        generation: v.generation,
-                        configured: v.configured,
-                        spec: v.spec.clone(),
-                        container: v.container.clone(),
-                        open_as: v.open_as.clone(),
-                        state: v.state,
-                        pid: p.pid,
-                        monitor_pid: p.monitor_pid,
-                        paths: p.paths.clone(),
-                        net: v
-                            .net
-                            .iter()
-                            .map(|a| InterfaceRecord {
-                                ifname: a.ifname.clone(),
-                                kind: a.kind,
-                                port: a.port.clone(),
-                                dhcp: a.lease.clone(),
-                            })
-                            .collect(),
-                    })
+                    let mut r = record_of(v, v.generation, &p.paths, &v.net);
+                    r.pid = p.pid;
+                    r.monitor_pid = p.monitor_pid;
+                    Some(r)
                 })
                 .collect(),
         }
@@ -1795,11 +1791,21 @@ impl Daemon {
         *written = seq;
     }
 
-    /// Adopts the guests a previous daemon left running (from its state
-    /// file): each whose monitor answers is running again under this
-    /// daemon, with its interfaces, DHCP servers and console; each that
-    /// ended meanwhile is reported and its interfaces released.
-    fn adopt(self: &Arc<Self>, saved: StateFile) {
+    /// Adopts the guests a previous daemon left running: every monitor
+    /// that answers in `STATE_DIR/run/` (with the record the daemon gave
+    /// it, so a daemon killed between starting a guest and writing its
+    /// state file loses nothing) and every guest of the state file. Each
+    /// whose monitor answers runs again under this daemon, with its
+    /// interfaces, DHCP servers and console; each that ended meanwhile is
+    /// reported and its interfaces released.
+    fn adopt(self: &Arc<Self>, saved: Option<StateFile>) {
+        let saved = saved.unwrap_or(StateFile {
+            version: state::STATE_VERSION,
+            next_id: 1,
+            created_switches: Vec::new(),
+            local_network: false,
+            guests: Vec::new(),
+        });
         let mut supervise = Vec::new();
         {
             let mut inner = self.lock();
@@ -1816,25 +1822,61 @@ impl Daemon {
             }
             inner.local_network |= saved.local_network;
         }
-        for g in saved.guests {
-            let name = g.spec.name.clone();
-            let kind = if g.container.is_some() {
-                "container"
-            } else {
-                "vm"
-            };
-            let handle = monitor::Handle {
+        // Every guest that may have a monitor or a report: the state
+        // file's, and whatever the run directory holds.
+        let mut names: Vec<String> = saved.guests.iter().map(|g| g.spec.name.clone()).collect();
+        if let Ok(entries) = std::fs::read_dir(monitor::run_dir(&self.opts.state_dir)) {
+            for e in entries.flatten() {
+                let file = e.file_name().to_string_lossy().into_owned();
+                for ext in [".sock", ".exit"] {
+                    if let Some(n) = file.strip_suffix(ext) {
+                        if kapsel_config::validate_name(n).is_ok() && !names.iter().any(|x| x == n)
+                        {
+                            names.push(n.to_string());
+                        }
+                    }
+                }
+            }
+        }
+        for name in names {
+            let from_file = saved.guests.iter().find(|g| g.spec.name == name).cloned();
+            let paths = monitor::Paths::of(&self.opts.state_dir, &name);
+            let probe = monitor::Handle {
                 name: name.clone(),
-                paths: g.paths.clone(),
-                pid: g.pid,
-                monitor_pid: g.monitor_pid,
+                paths: paths.clone(),
+                pid: 0,
+                monitor_pid: 0,
             };
-            let alive = match handle.hello() {
-                Ok(monitor::MonitorReply::Info { pid, paused, .. }) if pid == g.pid => Some(paused),
+            let alive = match probe.hello() {
+                Ok(monitor::MonitorReply::Info {
+                    pid,
+                    monitor,
+                    paused,
+                    record,
+                    ..
+                }) => {
+                    // The monitor's record is the newest (the state file
+                    // may not have caught up with the last start).
+                    let newest = match (record, &from_file) {
+                        (Some(r), Some(f)) if f.generation > r.generation => Some(f.clone()),
+                        (Some(r), _) => Some(*r),
+                        (None, f) => f.clone(),
+                    };
+                    newest.map(|mut g| {
+                        g.pid = pid;
+                        g.monitor_pid = monitor;
+                        g.paths = paths.clone();
+                        (g, paused)
+                    })
+                }
                 _ => None,
             };
-            let Some(paused) = alive else {
-                let note = monitor::read_exit(&g.paths).unwrap_or(ExitNote {
+            let Some((g, paused)) = alive else {
+                let kind = match &from_file {
+                    Some(g) if g.container.is_some() => "container",
+                    _ => "guest",
+                };
+                let note = monitor::read_exit(&paths).unwrap_or(ExitNote {
                     reason: "ended while no daemon ran (no report)".into(),
                     failure: true,
                 });
@@ -1842,8 +1884,9 @@ impl Daemon {
                     "{kind} {name}: ended while no daemon ran: {}",
                     crate::proto::log_safe(&note.reason)
                 );
-                let history = monitor::collect_leftovers(&g.paths);
-                for i in &g.net {
+                let history = monitor::collect_leftovers(&paths);
+                let _ = std::fs::remove_file(&paths.socket);
+                for i in from_file.iter().flat_map(|g| &g.net) {
                     if let Err(e) = net::release_interface(&i.ifname, i.kind) {
                         tracing::warn!("{name}: {e}");
                     }
@@ -1857,6 +1900,17 @@ impl Daemon {
                     vm.console = console;
                 }
                 continue;
+            };
+            let kind = if g.container.is_some() {
+                "container"
+            } else {
+                "vm"
+            };
+            let handle = monitor::Handle {
+                name: name.clone(),
+                paths: g.paths.clone(),
+                pid: g.pid,
+                monitor_pid: g.monitor_pid,
             };
             let mut net = Vec::new();
             for i in g.net {
@@ -1901,6 +1955,19 @@ impl Daemon {
                     inner.vms.len() - 1
                 }
             };
+            // A daemon killed between a container's start and its veth's
+            // attachment left it off its switch: attach it now.
+            let mut net = net;
+            if let Some(ct) = g.container.as_ref().filter(|c| !c.interfaces.is_empty()) {
+                if net.is_empty() {
+                    let view = container_view(ct);
+                    let host = format!("kct{}-0", g.id);
+                    match self.attach_one(&mut inner, &view, g.id, 0, Some(&host)) {
+                        Ok((_, a)) => net.push(a),
+                        Err(e) => tracing::warn!("container {name}: {e}"),
+                    }
+                }
+            }
             let vm = &mut inner.vms[idx];
             vm.id = g.id;
             vm.generation = g.generation;
@@ -1943,6 +2010,39 @@ impl Daemon {
                 tracing::error!("{name}: {e}");
             }
         }
+    }
+}
+
+/// The state file's interface records of a guest's attachments.
+fn interface_records(net: &[Attachment]) -> Vec<InterfaceRecord> {
+    net.iter()
+        .map(|a| InterfaceRecord {
+            ifname: a.ifname.clone(),
+            kind: a.kind,
+            port: a.port.clone(),
+            dhcp: a.lease.clone(),
+        })
+        .collect()
+}
+
+/// The record of run `generation` of `vm` (pids not filled in).
+fn record_of(vm: &Vm, generation: u64, paths: &monitor::Paths, net: &[Attachment]) -> GuestRecord {
+    GuestRecord {
+        id: vm.id,
+        generation,
+        configured: vm.configured,
+        spec: vm.spec.clone(),
+        container: vm.container.clone(),
+        open_as: vm.open_as.clone(),
+        state: if vm.state == VmState::Stopped {
+            VmState::Running
+        } else {
+            vm.state
+        },
+        pid: 0,
+        monitor_pid: 0,
+        paths: paths.clone(),
+        net: interface_records(net),
     }
 }
 

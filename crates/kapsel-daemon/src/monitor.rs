@@ -129,6 +129,11 @@ pub struct MonitorSpec {
     pub log: PathBuf,
     /// What to run.
     pub guest: GuestLaunch,
+    /// The daemon's record of the guest, kept by the monitor and handed to
+    /// the next daemon (so that a daemon killed between starting a guest
+    /// and writing its state file loses nothing).
+    #[serde(default)]
+    pub record: Option<Box<crate::state::GuestRecord>>,
 }
 
 /// What the daemon can do to a running guest.
@@ -145,7 +150,7 @@ pub enum Act {
 }
 
 /// A request to a monitor.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum MonitorRequest {
     /// Who are you: [`MonitorReply::Info`].
     Hello,
@@ -169,10 +174,12 @@ pub enum MonitorRequest {
     Memory,
     /// Answer when the guest has ended: [`MonitorReply::Exited`].
     Watch,
+    /// Keep this record of the guest for the next daemon.
+    Record(Box<crate::state::GuestRecord>),
 }
 
 /// A monitor's answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum MonitorReply {
     /// The guest and its monitor.
     Info {
@@ -184,6 +191,8 @@ pub enum MonitorReply {
         paused: bool,
         /// The guest is a container.
         container: bool,
+        /// The daemon's record of it, as last given.
+        record: Option<Box<crate::state::GuestRecord>>,
     },
     /// Done.
     Done,
@@ -262,6 +271,7 @@ pub fn launch(kapsel: &Path, spec: &MonitorSpec, fds: Vec<OwnedFd>) -> Result<Ha
         .map_err(|e| format!("{name}: log {}: {e}", spec.log.display()))?;
     let mut cmd = Command::new(kapsel);
     cmd.arg("monitor")
+        .arg(name)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
@@ -526,6 +536,11 @@ impl Handle {
         )
     }
 
+    /// Gives the monitor the daemon's record of its guest.
+    pub fn set_record(&self, record: crate::state::GuestRecord) -> Result<(), String> {
+        self.done(&MonitorRequest::Record(Box::new(record)), None)
+    }
+
     /// The guest's memory, if the monitor can tell.
     pub fn memory(&self) -> Option<u64> {
         match self.ask(&MonitorRequest::Memory, None) {
@@ -638,6 +653,8 @@ struct Guest {
     execs: Mutex<usize>,
     /// `Watch` requests not yet answered.
     watchers: Mutex<usize>,
+    /// The daemon's record of the guest.
+    record: Mutex<Option<Box<crate::state::GuestRecord>>>,
 }
 
 /// `kapsel monitor`: reads a [`MonitorSpec`] on standard input and runs
@@ -844,6 +861,7 @@ fn run(spec: MonitorSpec) -> Result<(), String> {
         ended: Condvar::new(),
         execs: Mutex::new(0),
         watchers: Mutex::new(0),
+        record: Mutex::new(spec.record.clone()),
     });
     let console = guest.console.clone();
     let pump = std::thread::Builder::new()
@@ -1032,6 +1050,11 @@ fn serve_one(guest: &Arc<Guest>, conn: UnixStream) {
                     monitor: std::process::id(),
                     paused: *guest.paused.lock().unwrap_or_else(|e| e.into_inner()),
                     container,
+                    record: guest
+                        .record
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clone(),
                 },
             );
         }
@@ -1041,6 +1064,10 @@ fn serve_one(guest: &Arc<Guest>, conn: UnixStream) {
                 Err(e) => MonitorReply::Error(e),
             };
             answer(&conn, &reply);
+        }
+        MonitorRequest::Record(r) => {
+            *guest.record.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+            answer(&conn, &MonitorReply::Done);
         }
         MonitorRequest::Memory => {
             let m = match &guest.proc {

@@ -38,7 +38,11 @@ enum Command {
     RunContainer(run_container::RunContainerArgs),
     /// A guest's monitor, started by kapseld (not by hand).
     #[command(hide = true)]
-    Monitor,
+    Monitor {
+        /// The guest's name (shown by ps; the launch description on stdin
+        /// decides).
+        name: Option<String>,
+    },
     /// kapseld's DHCP helper process (started by the daemon only).
     #[command(name = "dhcp-helper", hide = true)]
     DhcpHelper(DhcpHelperArgs),
@@ -65,7 +69,7 @@ fn main() -> ExitCode {
         Command::Daemon(args) => daemon::main(args, cli.socket.socket, logging),
         Command::Verb(verb) => ctl::main(cli.socket, verb),
         Command::RunContainer(args) => run_container::main(args),
-        Command::Monitor => kapsel_daemon::monitor::main().clamp(0, 255) as u8,
+        Command::Monitor { .. } => kapsel_daemon::monitor::main().clamp(0, 255) as u8,
         Command::DhcpHelper(a) => {
             kapsel_daemon::net::dhcp_helper_main(kapsel_daemon::net::DhcpHelperArgs {
                 uid: a.uid,

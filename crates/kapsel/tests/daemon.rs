@@ -1874,3 +1874,228 @@ fn guests_outlive_the_daemon_and_the_next_one_adopts_them() {
         assert!(o.status.success(), "{o:?}");
     }
 }
+
+/// The pids of the `kapsel monitor NAME` processes.
+fn monitors_of(name: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
+        if args.len() >= 3 && args[1] == b"monitor" && args[2] == name.as_bytes() && alive(pid) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// The VM processes of this test (their memory size is this test's own).
+fn vm_processes(memory_arg: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                String::from_utf8_lossy(&c)
+                    .replace('\0', " ")
+                    .contains(memory_arg)
+            }) && alive(*pid)
+        })
+        .count()
+}
+
+#[test]
+fn a_daemon_killed_at_any_moment_leaves_every_guest_adopted_or_gone() {
+    if !ctcommon::ready() || !kvm_usable() {
+        return;
+    }
+    let Some(ns) = Netns::create("rk") else {
+        return;
+    };
+    // KAPSEL_SOAK=N for a longer run; KAPSEL_SOAK_SEED to repeat one.
+    let rounds: u64 = std::env::var("KAPSEL_SOAK")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    let mut seed: u64 = std::env::var("KAPSEL_SOAK_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    println!("KAPSEL_SOAK_SEED={seed}");
+    let mut random_ms = move |max: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % max
+    };
+    let root = ctcommon::Rootfs::system("rk");
+    let (vm1, vm2, ct) = (
+        ctcommon::name("rk-vm1"),
+        ctcommon::name("rk-vm2"),
+        ctcommon::name("rk-ct"),
+    );
+    // 41 MiB: this test's VM processes, told apart from other tests'.
+    const MEMORY_ARG: &str = "--memory 42991616";
+    let conf = |extra: &str| {
+        format!(
+            "switch \"lan\" {{\n}}\n\
+             vm \"{vm1}\" {{\n\tboot \"{IDLE}\"\n\tmemory 41M\n\tinterface {{ switch \"lan\" }}\n}}\n\
+             vm \"{vm2}\" {{\n\tboot \"{IDLE}\"\n\tmemory 41M\n}}\n\
+             container \"{ct}\" {{\n\troot \"{r}\"\n\tinterface {{ switch \"lan\" }}\n}}\n{extra}",
+            r = root.path.display()
+        )
+    };
+    let names = [vm1.clone(), vm2.clone(), ct.clone()];
+    let mut d = Kapseld::start_in(Some(&ns.0), &conf(""));
+    d.stop_daemon();
+    let kill9 = |d: &mut Kapseld| {
+        if let Some(mut c) = d.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    };
+    // Every guest is running under exactly one monitor, or stopped with
+    // none and no process left; the VM processes are the running VMs'.
+    let check = |d: &Kapseld, when: &str| {
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            let status = d.status();
+            let mut problems = Vec::new();
+            let mut running_vms = 0;
+            for name in &names {
+                let Some(g) = status.iter().find(|v| v["name"] == name.as_str()) else {
+                    problems.push(format!("{name} unlisted"));
+                    continue;
+                };
+                let monitors = monitors_of(name);
+                match g["state"].as_str().unwrap_or_default() {
+                    "running" | "paused" => {
+                        if !alive(pid_of(g)) || monitors.len() != 1 {
+                            problems.push(format!("{name}: running with monitors {monitors:?}"));
+                        }
+                        if g["kind"] == "vm" {
+                            running_vms += 1;
+                        }
+                    }
+                    "stopped" if !monitors.is_empty() => {
+                        problems.push(format!("{name}: stopped but monitors {monitors:?}"))
+                    }
+                    "stopped" => {}
+                    other => problems.push(format!("{name}: {other}")),
+                }
+            }
+            let vms = vm_processes(MEMORY_ARG);
+            if vms != running_vms {
+                problems.push(format!("{vms} VM processes for {running_vms} running VMs"));
+            }
+            if problems.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < until,
+                "{when}: {problems:?}\n{status:?}\n{}",
+                d.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    for round in 0..rounds {
+        // During start: the daemon starts the enabled guests.
+        let ms = random_ms(400);
+        d.spawn_daemon(&[], &[]);
+        std::thread::sleep(Duration::from_millis(ms));
+        kill9(&mut d);
+        d.spawn_daemon(&[], &[]);
+        check(&d, &format!("round {round}: killed {ms} ms into a start"));
+        // During stop: power buttons pressed, guests going.
+        let _ = d.cmd(&["stop", "-a"]).output();
+        let ms = random_ms(300);
+        std::thread::sleep(Duration::from_millis(ms));
+        kill9(&mut d);
+        d.spawn_daemon(&[], &[]);
+        check(&d, &format!("round {round}: killed {ms} ms into a stop"));
+        // During a reload that adds a guest and removes the container.
+        let _ = d.cmd(&["start", &vm1]).output();
+        let _ = d.cmd(&["start", &vm2]).output();
+        std::fs::write(
+            d.dir.join("vm.conf"),
+            conf("").replace(
+                &format!("container \"{ct}\""),
+                &format!("container \"{}\"", ctcommon::name("rk-new")),
+            ),
+        )
+        .unwrap();
+        let ms = random_ms(300);
+        let _ = d.cmd(&["reload"]).spawn();
+        std::thread::sleep(Duration::from_millis(ms));
+        kill9(&mut d);
+        std::fs::write(d.dir.join("vm.conf"), conf("")).unwrap();
+        d.spawn_daemon(&[], &[]);
+        check(&d, &format!("round {round}: killed {ms} ms into a reload"));
+        // Everything stops before the next round's start.
+        let _ = d.cmd(&["stop", "-a", "-w"]).output();
+        check(&d, &format!("round {round}: after stop -a -w"));
+        kill9(&mut d);
+    }
+    // The last daemon stops what runs; nothing is left.
+    d.spawn_daemon(&[], &["--stop-guests"]);
+    d.stop_daemon();
+    for name in &names {
+        assert!(monitors_of(name).is_empty(), "{name}'s monitor is left");
+    }
+    assert_eq!(vm_processes(MEMORY_ARG), 0, "VM processes are left");
+    assert!(
+        ctcommon::cgroup_dirs(&ct).is_empty(),
+        "the container's cgroup is left"
+    );
+    let links = ns.exec("ip").args(["-o", "link"]).output().unwrap();
+    let links = String::from_utf8_lossy(&links.stdout);
+    assert!(!links.contains("ktap") && !links.contains("kct"), "{links}");
+}
+
+#[test]
+fn a_killed_monitor_takes_its_guest_with_it_and_the_guest_starts_again() {
+    if !ctcommon::ready() || !kvm_usable() {
+        return;
+    }
+    let root = ctcommon::Rootfs::system("killmon");
+    let (vm, ct) = (ctcommon::name("km-vm"), ctcommon::name("km-ct"));
+    let conf = format!(
+        "vm \"{vm}\" {{\n\tboot \"{IDLE}\"\n\tmemory 64M\n}}\n\
+         container \"{ct}\" {{\n\troot \"{r}\"\n}}\n",
+        r = root.path.display()
+    );
+    let d = Kapseld::start(&conf);
+    for name in [&vm, &ct] {
+        let pid = pid_of(&d.wait_state(name, "running"));
+        let monitors = monitors_of(name);
+        assert_eq!(monitors.len(), 1, "{name}: {monitors:?}");
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(monitors[0], libc::SIGKILL) };
+        let st = d.wait_state(name, "stopped");
+        assert!(
+            st["last_exit"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("monitor"),
+            "{st}"
+        );
+        assert!(
+            ctcommon::eventually(5, || !alive(pid)),
+            "{name}'s process {pid} outlived its monitor"
+        );
+        // Nothing it left (a cgroup, a socket) keeps it from starting.
+        d.ok(&["start", name]);
+        d.wait_state(name, "running");
+    }
+}

@@ -12,5 +12,6 @@ mod containers;
 mod control;
 mod daemon_limits;
 mod dhcp_helper;
+mod monitors;
 mod qcow2_crash;
 mod user_paths;
