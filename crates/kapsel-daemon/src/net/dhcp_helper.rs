@@ -33,7 +33,7 @@ use super::dhcp::{DhcpLease, DhcpServer};
 use super::NetError;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::{self, BufRead, BufReader};
+use std::io::{self, BufRead, BufReader, Read};
 use std::net::UdpSocket;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
@@ -822,15 +822,63 @@ fn start(shared: &Shared) -> Result<(std::process::Child, OwnedFd), String> {
     if let Some(stderr) = child.stderr.take() {
         let _ = std::thread::Builder::new()
             .name(format!("dhcp-helper-{pid}"))
-            .spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    tracing::warn!("DHCP helper (pid {pid}): {}", crate::proto::log_safe(&line));
-                }
-            });
+            .spawn(move || log_lines(pid, BufReader::new(stderr)));
     }
     tracing::info!("DHCP helper started (pid {pid}, uid {uid})");
     Ok((child, ours))
+}
+
+/// The longest line of the helper's stderr that is logged whole.
+const MAX_LOG_LINE: usize = 1024;
+/// Lines of the helper's stderr logged at once before the rate applies.
+const LOG_BURST: f64 = 50.0;
+/// Lines a second logged after the burst.
+const LOG_RATE: f64 = 5.0;
+
+/// Logs what a helper writes to stderr. A helper taken over by a guest
+/// writes what it likes: each line is cut at [`MAX_LOG_LINE`] bytes (the
+/// daemon never holds more), escaped, and logged at most [`LOG_RATE`] a
+/// second after a burst of [`LOG_BURST`]; what is dropped is counted.
+/// Returns how many pieces were logged and how many dropped.
+fn log_lines(pid: u32, mut err: impl BufRead) -> (u64, u64) {
+    let (mut logged, mut total_dropped) = (0u64, 0u64);
+    let mut budget = LOG_BURST;
+    let mut last = Instant::now();
+    let mut dropped = 0u64;
+    let mut line = Vec::with_capacity(MAX_LOG_LINE);
+    loop {
+        line.clear();
+        let n = match (&mut err)
+            .take(MAX_LOG_LINE as u64)
+            .read_until(b'\n', &mut line)
+        {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let now = Instant::now();
+        budget = (budget + (now - last).as_secs_f64() * LOG_RATE).min(LOG_BURST);
+        last = now;
+        if budget < 1.0 {
+            dropped += 1;
+            total_dropped += 1;
+            continue;
+        }
+        budget -= 1.0;
+        logged += 1;
+        if dropped > 0 {
+            tracing::warn!("DHCP helper (pid {pid}): {dropped} lines not logged (too many)");
+            dropped = 0;
+        }
+        let text = String::from_utf8_lossy(&line[..n]);
+        tracing::warn!(
+            "DHCP helper (pid {pid}): {}",
+            crate::proto::log_safe(text.trim_end_matches('\n'))
+        );
+    }
+    if dropped > 0 {
+        tracing::warn!("DHCP helper (pid {pid}): {dropped} lines not logged (too many)");
+    }
+    (logged, total_dropped)
 }
 
 /// The supervisor thread: keeps a helper running while interfaces are
@@ -1039,6 +1087,19 @@ mod tests {
         // Still in step after all that.
         send_raw(&a, remove, &[]);
         assert!(decode(receive(b.as_fd()).unwrap().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn a_flooding_helper_costs_the_daemon_bounded_memory() {
+        // One endless line and many short ones: read in pieces of at most
+        // MAX_LOG_LINE, without waiting for a newline.
+        let mut flood = vec![b'x'; 10 * MAX_LOG_LINE];
+        flood.push(b'\n');
+        flood.extend(b"short\n".repeat(1000));
+        let (logged, dropped) = log_lines(1, &flood[..]);
+        // 10 pieces of the long line, its newline, 1000 short lines.
+        assert_eq!(logged + dropped, 10 + 1 + 1000);
+        assert!(logged <= LOG_BURST as u64 + 5, "{logged} logged");
     }
 
     #[test]
