@@ -401,7 +401,7 @@ impl Daemon {
             return Ok(());
         };
         let _one = self.unpacking.lock().unwrap_or_else(|e| e.into_inner());
-        ctproc::root_dir(&ct, &self.opts.state_dir).map(|_| ())
+        ctproc::root_dir(&ct, &self.opts.state_dir, &self.opts.kapsel).map(|_| ())
     }
 
     fn find<'a>(inner: &'a mut Inner, target: &str) -> Result<&'a mut Vm, String> {
@@ -558,7 +558,7 @@ impl Daemon {
         // one directory. Lock order: `inner`, then `unpacking`.
         let (root, defaults) = {
             let _one = self.unpacking.lock().unwrap_or_else(|e| e.into_inner());
-            ctproc::root_dir(ct, &self.opts.state_dir)?
+            ctproc::root_dir(ct, &self.opts.state_dir, &self.opts.kapsel)?
         };
         let veth = match ct.interfaces.first() {
             Some(ispec) => {

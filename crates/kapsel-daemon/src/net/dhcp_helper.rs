@@ -822,7 +822,7 @@ fn start(shared: &Shared) -> Result<(std::process::Child, OwnedFd), String> {
     if let Some(stderr) = child.stderr.take() {
         let _ = std::thread::Builder::new()
             .name(format!("dhcp-helper-{pid}"))
-            .spawn(move || log_lines(pid, BufReader::new(stderr)));
+            .spawn(move || log_child_lines("DHCP helper", pid, BufReader::new(stderr)));
     }
     tracing::info!("DHCP helper started (pid {pid}, uid {uid})");
     Ok((child, ours))
@@ -835,12 +835,12 @@ const LOG_BURST: f64 = 50.0;
 /// Lines a second logged after the burst.
 const LOG_RATE: f64 = 5.0;
 
-/// Logs what a helper writes to stderr. A helper taken over by a guest
+/// Logs what a helper (`what`) writes to stderr. A helper taken over by a guest
 /// writes what it likes: each line is cut at [`MAX_LOG_LINE`] bytes (the
 /// daemon never holds more), escaped, and logged at most [`LOG_RATE`] a
 /// second after a burst of [`LOG_BURST`]; what is dropped is counted.
 /// Returns how many pieces were logged and how many dropped.
-fn log_lines(pid: u32, mut err: impl BufRead) -> (u64, u64) {
+pub(crate) fn log_child_lines(what: &str, pid: u32, mut err: impl BufRead) -> (u64, u64) {
     let (mut logged, mut total_dropped) = (0u64, 0u64);
     let mut budget = LOG_BURST;
     let mut last = Instant::now();
@@ -866,17 +866,17 @@ fn log_lines(pid: u32, mut err: impl BufRead) -> (u64, u64) {
         budget -= 1.0;
         logged += 1;
         if dropped > 0 {
-            tracing::warn!("DHCP helper (pid {pid}): {dropped} lines not logged (too many)");
+            tracing::warn!("{what} (pid {pid}): {dropped} lines not logged (too many)");
             dropped = 0;
         }
         let text = String::from_utf8_lossy(&line[..n]);
         tracing::warn!(
-            "DHCP helper (pid {pid}): {}",
+            "{what} (pid {pid}): {}",
             crate::proto::log_safe(text.trim_end_matches('\n'))
         );
     }
     if dropped > 0 {
-        tracing::warn!("DHCP helper (pid {pid}): {dropped} lines not logged (too many)");
+        tracing::warn!("{what} (pid {pid}): {dropped} lines not logged (too many)");
     }
     (logged, total_dropped)
 }
@@ -1096,7 +1096,7 @@ mod tests {
         let mut flood = vec![b'x'; 10 * MAX_LOG_LINE];
         flood.push(b'\n');
         flood.extend(b"short\n".repeat(1000));
-        let (logged, dropped) = log_lines(1, &flood[..]);
+        let (logged, dropped) = log_child_lines("DHCP helper", 1, &flood[..]);
         // 10 pieces of the long line, its newline, 1000 short lines.
         assert_eq!(logged + dropped, 10 + 1 + 1000);
         assert!(logged <= LOG_BURST as u64 + 5, "{logged} logged");

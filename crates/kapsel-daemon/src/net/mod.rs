@@ -41,6 +41,7 @@ mod tap;
 
 pub use dhcp::DhcpReply;
 pub use dhcp::{handle_packet, DhcpLease, DhcpServer, DhcpServerThread};
+pub(crate) use dhcp_helper::log_child_lines;
 pub use dhcp_helper::{
     main as dhcp_helper_main, DhcpHelper, DhcpService, HelperArgs as DhcpHelperArgs,
     SUBCOMMAND as DHCP_HELPER_SUBCOMMAND, USER as DHCP_HELPER_USER,
