@@ -445,71 +445,131 @@ impl Daemon {
             .join(format!("{}.log", vm.spec.name));
         let spec = vm.spec.clone();
         let id = vm.id;
+        let container = vm.container.clone();
+        let open_as = vm.open_as.clone();
         let paths = monitor::Paths::of(&self.opts.state_dir, &spec.name);
         let record = record_of(vm, vm.generation + 1, &paths, &[]);
+        // No second start, stop or reload of it while its monitor starts
+        // outside the lock.
+        vm.state = VmState::Starting;
+        let kind = vm.kind();
+        let name = spec.name.clone();
         // A report of an earlier run that nobody collected.
         monitor::collect_leftovers(&paths);
-        let mut ready = None;
-        let (process, attachments) = match vm.container.clone() {
-            Some(ct) => self.spawn_container(&mut inner, &ct, &spec, id, record, &log)?,
+        // Back to stopped if the start fails, with what it had released.
+        let fail = |inner: &mut Inner, attachments: Vec<Attachment>, e: String| -> String {
+            for a in attachments {
+                a.release(&name);
+            }
+            if let Some(vm) = inner.vms.iter_mut().find(|v| v.spec.name == name) {
+                vm.state = VmState::Stopped;
+            }
+            self.changed.notify_all();
+            e
+        };
+        // Prepared under the lock (the host interfaces of a VM), started
+        // without it (fork, exec and the monitor's start of the guest).
+        let prepared = match &container {
+            Some(ct) => self
+                .container_launch(ct, id, record.clone(), &log)
+                .map(|(m, veth)| (m, Vec::new(), Vec::new(), None, veth)),
             None => {
-                let (taps, attachments) = self.attach_interfaces(&mut inner, &spec, id)?;
-                let open_as = Self::find(&mut inner, target)?.open_as.clone();
-                let launch = vmproc::Launch {
-                    spec: &spec,
-                    shutdown_timeout: self.opts.shutdown_timeout,
-                    taps,
-                    open_as: open_as.as_ref(),
-                };
-                let launched = vmproc::prepare(launch).and_then(|(args, fds, r)| {
-                    let mspec = monitor::MonitorSpec {
-                        version: monitor::MONITOR_VERSION,
-                        name: spec.name.clone(),
-                        paths: paths.clone(),
-                        log: log.clone(),
-                        guest: monitor::GuestLaunch::Vm {
-                            kapsel: self.opts.kapsel.clone(),
-                            args,
-                            fds: fds.len() as u32,
-                        },
-                        record: Some(Box::new(GuestRecord {
-                            net: interface_records(&attachments),
-                            ..record
-                        })),
-                    };
-                    // The daemon's copies of the taps go with `fds`.
-                    monitor::launch(&self.opts.kapsel, &mspec, fds).map(|h| (h, r))
-                });
-                match launched {
-                    Ok((h, r)) => {
-                        ready = Some(r);
-                        (h, attachments)
-                    }
-                    Err(e) => {
-                        for a in attachments {
-                            a.release(&spec.name);
+                self.attach_interfaces(&mut inner, &spec, id)
+                    .and_then(|(taps, attachments)| {
+                        let launch = vmproc::Launch {
+                            spec: &spec,
+                            shutdown_timeout: self.opts.shutdown_timeout,
+                            taps,
+                            open_as: open_as.as_ref(),
+                        };
+                        match vmproc::prepare(launch) {
+                            Ok((args, fds, ready)) => Ok((
+                                monitor::MonitorSpec {
+                                    version: monitor::MONITOR_VERSION,
+                                    name: spec.name.clone(),
+                                    paths: paths.clone(),
+                                    log: log.clone(),
+                                    guest: monitor::GuestLaunch::Vm {
+                                        kapsel: self.opts.kapsel.clone(),
+                                        args,
+                                        fds: fds.len() as u32,
+                                    },
+                                    record: Some(Box::new(GuestRecord {
+                                        net: interface_records(&attachments),
+                                        ..record.clone()
+                                    })),
+                                },
+                                fds,
+                                attachments,
+                                Some(ready),
+                                None,
+                            )),
+                            Err(e) => {
+                                for a in attachments {
+                                    a.release(&spec.name);
+                                }
+                                Err(e)
+                            }
                         }
-                        return Err(e);
-                    }
+                    })
+            }
+        };
+        let (mspec, fds, mut attachments, ready, veth) = match prepared {
+            Ok(p) => p,
+            Err(e) => return Err(fail(&mut inner, Vec::new(), e)),
+        };
+        drop(inner);
+        // The daemon's copies of the taps go with `fds`.
+        let launched = monitor::launch(&self.opts.kapsel, &mspec, fds);
+        let mut inner = self.lock();
+        let process = match launched {
+            Ok(p) => p,
+            Err(e) => return Err(fail(&mut inner, attachments, e)),
+        };
+        // A container's veth exists once it runs: onto its switch now.
+        if let Some(host) = veth {
+            match self.attach_one(
+                &mut inner,
+                &container_view_of(&container),
+                id,
+                0,
+                Some(&host),
+            ) {
+                Ok((_, a)) => attachments.push(a),
+                Err(e) => {
+                    drop(inner);
+                    let _ = process.act(Act::Kill);
+                    process.watch();
+                    monitor::collect_leftovers(&paths);
+                    let mut inner = self.lock();
+                    return Err(fail(&mut inner, Vec::new(), e));
                 }
             }
+        }
+        let full = GuestRecord {
+            net: interface_records(&attachments),
+            ..record
         };
         let vm = Self::find(&mut inner, target)?;
         vm.net = attachments;
         vm.generation += 1;
         let generation = vm.generation;
-        let name = vm.spec.name.clone();
         let pid = process.pid;
-        let kind = vm.kind();
         vm.console = Console::new();
         let watched = process.clone();
         vm.process = Some(process);
         vm.state = VmState::Running;
         vm.last_exit = None;
         drop(inner);
+        self.changed.notify_all();
+        if container.is_some() {
+            if let Err(e) = watched.set_record(full) {
+                tracing::warn!("{kind} {name}: {e}");
+            }
+        }
         self.save_state();
         tracing::info!("{kind} {name}: started, pid {pid}");
-        self.supervise(name, generation, watched)?;
+        self.supervise(name.clone(), generation, watched)?;
         // Like vmctl, say whether it could start: a VM process that cannot
         // open its kernel or a disk (a user's file the user may not open,
         // say) ends before it is ready, and its reason is the reply.
@@ -535,19 +595,15 @@ impl Daemon {
         Ok(format!("started {kind} {target} (pid {pid})"))
     }
 
-    /// Starts a container under its monitor, with its one interface as a
-    /// veth on its switch.
-    #[allow(clippy::too_many_arguments)]
-    fn spawn_container(
+    /// What a container's monitor is given to start it (its image
+    /// unpacked if need be), and the host side of its veth.
+    fn container_launch(
         &self,
-        inner: &mut Inner,
         ct: &kapsel_config::ContainerSpec,
-        view: &VmSpec,
         id: u32,
         record: GuestRecord,
         log: &std::path::Path,
-    ) -> Result<(Proc, Vec<Attachment>), String> {
-        let paths = &record.paths.clone();
+    ) -> Result<(monitor::MonitorSpec, Option<String>), String> {
         let name = &ct.name;
         if ct.interfaces.len() > 1 {
             return Err(format!(
@@ -560,18 +616,15 @@ impl Daemon {
             let _one = self.unpacking.lock().unwrap_or_else(|e| e.into_inner());
             ctproc::root_dir(ct, &self.opts.state_dir, &self.opts.kapsel)?
         };
-        let veth = match ct.interfaces.first() {
-            Some(ispec) => {
-                let host = format!("kct{id}-0");
-                let mac = net::guest_mac(name, 0, ispec);
-                Some((host, mac.0))
-            }
-            None => None,
-        };
+        let veth = ct.interfaces.first().map(|ispec| {
+            let host = format!("kct{id}-0");
+            let mac = net::guest_mac(name, 0, ispec);
+            (host, mac.0)
+        });
         let mspec = monitor::MonitorSpec {
             version: monitor::MONITOR_VERSION,
             name: name.clone(),
-            paths: paths.clone(),
+            paths: record.paths.clone(),
             log: log.to_owned(),
             guest: monitor::GuestLaunch::Container {
                 spec: Box::new(ct.clone()),
@@ -579,31 +632,9 @@ impl Daemon {
                 defaults,
                 veth: veth.clone(),
             },
-            record: Some(Box::new(record.clone())),
+            record: Some(Box::new(record)),
         };
-        let process = monitor::launch(&self.opts.kapsel, &mspec, Vec::new())?;
-        let mut attachments = Vec::new();
-        if let Some((host, _)) = veth {
-            match self.attach_one(inner, view, id, 0, Some(&host)) {
-                Ok((_, a)) => {
-                    attachments.push(a);
-                    let full = GuestRecord {
-                        net: interface_records(&attachments),
-                        ..record
-                    };
-                    if let Err(e) = process.set_record(full) {
-                        tracing::warn!("container {name}: {e}");
-                    }
-                }
-                Err(e) => {
-                    let _ = process.act(Act::Kill);
-                    process.watch();
-                    monitor::collect_leftovers(paths);
-                    return Err(e);
-                }
-            }
-        }
-        Ok((process, attachments))
+        Ok((mspec, veth.map(|(host, _)| host)))
     }
 
     /// Watches a guest's run in a thread of its own until it ends.
@@ -1207,11 +1238,31 @@ impl Daemon {
         if !names.is_empty() {
             tracing::info!("stopping {} VM(s)", names.len());
         }
-        for name in &names {
-            let _ = self.stop_vm(name, false);
-        }
+        // Every running guest's power button, also of a guest whose start
+        // was under way (it runs once its monitor has started it).
+        let mut pressed: Vec<(String, u64)> = Vec::new();
         let mut inner = self.lock();
-        while inner.vms.iter().any(|v| v.state != VmState::Stopped) {
+        loop {
+            let todo: Vec<String> = inner
+                .vms
+                .iter()
+                .filter(|v| matches!(v.state, VmState::Running | VmState::Paused))
+                .filter(|v| !pressed.contains(&(v.spec.name.clone(), v.generation)))
+                .map(|v| v.spec.name.clone())
+                .collect();
+            if !todo.is_empty() {
+                drop(inner);
+                for name in todo {
+                    if let Ok((generation, _)) = self.stop_vm(&name, false) {
+                        pressed.push((name, generation));
+                    }
+                }
+                inner = self.lock();
+                continue;
+            }
+            if inner.vms.iter().all(|v| v.state == VmState::Stopped) {
+                break;
+            }
             inner = self.changed.wait(inner).unwrap_or_else(|e| e.into_inner());
         }
         let retired = std::mem::take(&mut inner.retired_switches);
@@ -2134,6 +2185,13 @@ fn vm_kind_of(inner: &Inner, name: &str) -> &'static str {
         .iter()
         .find(|v| v.spec.name == name)
         .map_or("vm", Vm::kind)
+}
+
+/// [`container_view`] of a container spec that is there.
+fn container_view_of(c: &Option<kapsel_config::ContainerSpec>) -> VmSpec {
+    c.as_ref()
+        .map(container_view)
+        .unwrap_or_else(|| VmSpec::new(""))
 }
 
 /// The settings a container shares with VMs, as a VmSpec: what status,
