@@ -76,12 +76,14 @@ pub fn prepare(
     image: &Path,
     dir: &Path,
 ) -> Result<(PathBuf, ImageDefaults), String> {
+    // A relative --state-dir: the child mounts the directory at its path.
+    let dir = std::path::absolute(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let mut cmd = Command::new(kapsel);
     cmd.arg(SUBCOMMAND)
         .arg("--image")
         .arg(image)
         .arg("--dir")
-        .arg(dir)
+        .arg(&dir)
         .env_clear()
         .env(
             "KAPSEL_LOG",
@@ -167,14 +169,14 @@ fn plain(path: &Path) -> Result<PathBuf, String> {
 /// Step 1: a root holding only `binds` (each path, writable or not), at
 /// their own paths.
 fn isolate(binds: &[(PathBuf, bool)]) -> Result<(), String> {
-    // SAFETY: unshare takes flags only.
     check(
+        // SAFETY: unshare takes flags only.
         unsafe { libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWNET | libc::CLONE_NEWIPC) },
         "unshare",
     )?;
-    // SAFETY: valid NUL-terminated strings; null source/type/data are
-    // allowed for a propagation change.
     check(
+        // SAFETY: valid NUL-terminated strings; null source/type/data are
+        // allowed for a propagation change.
         unsafe {
             libc::mount(
                 std::ptr::null(),
@@ -205,8 +207,8 @@ fn isolate(binds: &[(PathBuf, bool)]) -> Result<(), String> {
         opened.push((file, via, target, *writable));
     }
     let new_root = Path::new("/tmp");
-    // SAFETY: valid NUL-terminated strings for source, target, type and data.
     check(
+        // SAFETY: valid NUL-terminated strings for source, target, type and data.
         unsafe {
             libc::mount(
                 c"kapsel-unpack".as_ptr(),
@@ -236,8 +238,8 @@ fn isolate(binds: &[(PathBuf, bool)]) -> Result<(), String> {
             )
         })?;
         let (src, dst) = (cstr(source)?, cstr(&inside)?);
-        // SAFETY: valid NUL-terminated paths; a bind mount takes no type or data.
         check(
+            // SAFETY: valid NUL-terminated paths; a bind mount takes no type or data.
             unsafe {
                 libc::mount(
                     src.as_ptr(),
@@ -253,8 +255,8 @@ fn isolate(binds: &[(PathBuf, bool)]) -> Result<(), String> {
         if !*writable {
             flags |= libc::MS_RDONLY;
         }
-        // SAFETY: as above.
         check(
+            // SAFETY: as above.
             unsafe {
                 libc::mount(
                     std::ptr::null(),
@@ -269,13 +271,13 @@ fn isolate(binds: &[(PathBuf, bool)]) -> Result<(), String> {
     }
     // SAFETY: a valid NUL-terminated path.
     check(unsafe { libc::chdir(c"/tmp".as_ptr()) }, "chdir")?;
-    // SAFETY: valid NUL-terminated paths.
     check(
+        // SAFETY: valid NUL-terminated paths.
         unsafe { libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as libc::c_int },
         "pivot_root",
     )?;
-    // SAFETY: a valid NUL-terminated path.
     check(
+        // SAFETY: a valid NUL-terminated path.
         unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) },
         "detaching the old root",
     )?;
@@ -316,8 +318,8 @@ fn keep_capabilities() -> Result<(), String> {
             return check(-1, "prctl(PR_CAPBSET_DROP)");
         }
     }
-    // SAFETY: prctl with integer arguments only.
     check(
+        // SAFETY: prctl with integer arguments only.
         unsafe {
             libc::prctl(
                 libc::PR_CAP_AMBIENT,
@@ -347,9 +349,9 @@ fn keep_capabilities() -> Result<(), String> {
             inheritable: 0,
         },
     ];
-    // SAFETY: capset reads a version-3 header and two data words, which
-    // `header` and `data` are laid out as.
     check(
+        // SAFETY: capset reads a version-3 header and two data words, which
+        // `header` and `data` are laid out as.
         unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) as libc::c_int },
         "capset",
     )?;
@@ -374,8 +376,8 @@ fn confine(image: &Path, dir: &Path) -> Result<(), String> {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: a valid rlimit for the call.
     check(
+        // SAFETY: a valid rlimit for the call.
         unsafe { libc::setrlimit(libc::RLIMIT_CORE, &none) },
         "setrlimit(RLIMIT_CORE)",
     )?;
