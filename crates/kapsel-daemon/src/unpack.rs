@@ -206,13 +206,18 @@ fn isolate(binds: &[(PathBuf, bool)]) -> Result<(), String> {
         ));
         opened.push((file, via, target, *writable));
     }
-    let new_root = Path::new("/tmp");
+    // Where the new root is mounted (in this namespace only): the first of
+    // these that exists (an initramfs may have no /tmp).
+    let new_root = [c"/tmp", c"/mnt", c"/dev"]
+        .into_iter()
+        .find(|d| Path::new(d.to_str().unwrap_or("/")).is_dir())
+        .ok_or("cannot confine the image unpacker: none of /tmp, /mnt, /dev exists")?;
     check(
         // SAFETY: valid NUL-terminated strings for source, target, type and data.
         unsafe {
             libc::mount(
                 c"kapsel-unpack".as_ptr(),
-                c"/tmp".as_ptr(),
+                new_root.as_ptr(),
                 c"tmpfs".as_ptr(),
                 libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
                 c"size=1m,mode=0755".as_ptr().cast(),
@@ -220,8 +225,9 @@ fn isolate(binds: &[(PathBuf, bool)]) -> Result<(), String> {
         },
         "mounting the new root",
     )?;
+    let root_path = Path::new(new_root.to_str().unwrap_or("/tmp"));
     for (_file, source, target, writable) in &opened {
-        let inside = new_root.join(target.strip_prefix("/").unwrap_or(target));
+        let inside = root_path.join(target.strip_prefix("/").unwrap_or(target));
         let is_dir = source.is_dir();
         if is_dir {
             std::fs::create_dir_all(&inside)
@@ -269,18 +275,29 @@ fn isolate(binds: &[(PathBuf, bool)]) -> Result<(), String> {
             "remounting the bind mount",
         )?;
     }
+    // No descriptor may lead outside the new root once it is entered
+    // (fchdir to one, then `..`, would climb out of a chroot).
+    drop(opened);
     // SAFETY: a valid NUL-terminated path.
-    check(unsafe { libc::chdir(c"/tmp".as_ptr()) }, "chdir")?;
-    check(
-        // SAFETY: valid NUL-terminated paths.
-        unsafe { libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as libc::c_int },
-        "pivot_root",
-    )?;
-    check(
+    check(unsafe { libc::chdir(new_root.as_ptr()) }, "chdir")?;
+    // SAFETY: valid NUL-terminated paths.
+    let pivoted =
+        unsafe { libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as libc::c_int };
+    if pivoted == 0 {
+        check(
+            // SAFETY: a valid NUL-terminated path.
+            unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) },
+            "detaching the old root",
+        )?;
+    } else if io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+        // The initramfs cannot be pivoted away (as in kapsel-vmm's
+        // sandbox): chroot instead. Without CAP_SYS_CHROOT afterwards and
+        // holding no directory outside, the process cannot climb out.
         // SAFETY: a valid NUL-terminated path.
-        unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) },
-        "detaching the old root",
-    )?;
+        check(unsafe { libc::chroot(c".".as_ptr()) }, "chroot")?;
+    } else {
+        check(pivoted, "pivot_root")?;
+    }
     // SAFETY: a valid NUL-terminated path.
     check(unsafe { libc::chdir(c"/".as_ptr()) }, "chdir /")
 }

@@ -120,6 +120,25 @@ fn an_image_is_unpacked_by_a_confined_child_not_the_daemon() {
             "the unpacker sees /{host}: {seen:?}"
         );
     }
+    // No descriptor of its leads anywhere else (a directory outside the
+    // new root would be a way out of it).
+    let ct_dir = d.dir.join("state/ct").join(&name);
+    for fd in std::fs::read_dir(format!("/proc/{reader}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        let Ok(link) = std::fs::read_link(fd.path()) else {
+            continue;
+        };
+        let shown = link.to_string_lossy().into_owned();
+        assert!(
+            !shown.starts_with('/')
+                || link == tarball
+                || link.starts_with(&ct_dir)
+                || shown == "/dev/null",
+            "the unpacker holds {shown}"
+        );
+    }
     assert!(start.wait().unwrap().success());
     let _ = std::fs::remove_file(&tarball);
 }
