@@ -257,18 +257,7 @@ struct CapData {
 /// Step 3: empties the bounding set, the ambient set, and the effective,
 /// permitted and inheritable sets.
 pub fn drop_capabilities() -> Result<(), SandboxError> {
-    // The bounding set, one capability at a time until the kernel's last
-    // one (EINVAL past it). Needs CAP_SETPCAP: a process without it has no
-    // capabilities to lose, and with no_new_privs it cannot gain any.
-    for cap in 0..64 {
-        // SAFETY: prctl with integer arguments only.
-        match check(unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) }) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => break,
-            Err(e) if e.raw_os_error() == Some(libc::EPERM) => break,
-            Err(e) => return Err(step("prctl(PR_CAPBSET_DROP)")(e)),
-        }
-    }
+    drop_bounding_set()?;
     // SAFETY: prctl with integer arguments only.
     check(unsafe {
         libc::prctl(
@@ -289,6 +278,25 @@ pub fn drop_capabilities() -> Result<(), SandboxError> {
     // `header` and `data` are laid out as.
     check(unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) as libc::c_int })
         .map_err(step("capset"))
+}
+
+/// Empties the bounding set, one capability at a time until the kernel's
+/// last one (EINVAL past it), and leaves the other sets alone: a process
+/// that changes its uid next (the DHCP helper) drops the bounding set
+/// first, while it still has CAP_SETPCAP, and keeps CAP_SETUID for the
+/// change. Needs CAP_SETPCAP: a process without it has no capabilities to
+/// lose, and with no_new_privs it cannot gain any.
+pub fn drop_bounding_set() -> Result<(), SandboxError> {
+    for cap in 0..64 {
+        // SAFETY: prctl with integer arguments only.
+        match check(unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) }) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => break,
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => break,
+            Err(e) => return Err(step("prctl(PR_CAPBSET_DROP)")(e)),
+        }
+    }
+    Ok(())
 }
 
 /// Development aids compiled into debug builds only, so that a release
