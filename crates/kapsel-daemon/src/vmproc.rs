@@ -2,6 +2,7 @@
 //! console on a socket pair, its stderr in the VM's log, and how it ended.
 
 use kapsel_config::{BootDevice, MacAddr, VmSpec};
+use kapsel_host::fd::pipe;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -182,17 +183,6 @@ fn dup_above_targets(fd: &OwnedFd, count: usize) -> std::io::Result<OwnedFd> {
     }
     // SAFETY: dup is a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(dup) })
-}
-
-/// A pipe: (read end, write end), both close-on-exec.
-fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills the two-element array it is given.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 returned two new descriptors that nothing else owns.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// Whether a VM process has opened its resources, from the read end of

@@ -81,10 +81,8 @@ impl Link {
                         match info {
                             LinkInfo::Kind(k) => link.kind = Some(k.to_string()),
                             LinkInfo::Data(InfoData::Tun(tun)) => {
-                                link.tun_persist = tun
-                                    .iter()
-                                    .find_map(|nla| tun_persist(nla))
-                                    .or(link.tun_persist);
+                                link.tun_persist =
+                                    tun.iter().find_map(tun_persist).or(link.tun_persist);
                             }
                             _ => {}
                         }
