@@ -14,6 +14,15 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// A `pollfd` that waits for `fd` to be readable (`POLLIN`).
+pub fn pollin(fd: std::os::fd::RawFd) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    }
+}
+
 /// An eventfd: a counter that one thread adds to ([`EventFd::signal`]) to
 /// wake another polling it. Close-on-exec; non-blocking if asked.
 #[derive(Debug)]

@@ -490,24 +490,12 @@ fn event_loop(
             });
         }
         let mut fds = vec![
-            libc::pollfd {
-                fd: exit_fd,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: signals.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
+            kapsel_host::fd::pollin(exit_fd),
+            kapsel_host::fd::pollin(signals.as_raw_fd()),
         ];
         // Read more input only when the guest took what we had.
         if let (Some(fd), true) = (input, pending.is_empty()) {
-            fds.push(libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            });
+            fds.push(kapsel_host::fd::pollin(fd));
         }
         let mut timeout = if pending.is_empty() { -1 } else { 10 };
         if let Some(d) = deadline {

@@ -204,31 +204,15 @@ fn supervise(
             console_quiet_until = None;
         }
         let mut fds = vec![
-            libc::pollfd {
-                fd: c.pidfd().as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: signals.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
+            kapsel_host::fd::pollin(c.pidfd().as_raw_fd()),
+            kapsel_host::fd::pollin(signals.as_raw_fd()),
         ];
         let watch_console = console.is_some() && console_quiet_until.is_none();
         if let (Some(m), true) = (&console, watch_console) {
-            fds.push(libc::pollfd {
-                fd: m.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            });
+            fds.push(kapsel_host::fd::pollin(m.as_raw_fd()));
         }
         if stdin_open {
-            fds.push(libc::pollfd {
-                fd: 0,
-                events: libc::POLLIN,
-                revents: 0,
-            });
+            fds.push(kapsel_host::fd::pollin(0));
         }
         let wake = [console_quiet_until, kill_at].into_iter().flatten().min();
         let wait_ms = wake.map_or(-1, |t| {
