@@ -20,7 +20,7 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -103,6 +103,12 @@ fn tun_persist(nla: &netlink_packet_route::link::InfoTun) -> Option<bool> {
     let mut value = vec![0u8; nla.value_len()];
     nla.emit_value(&mut value);
     value.first().map(|v| *v != 0)
+}
+
+/// Asks the kernel to leave the statistics out of link replies: nothing
+/// here reads them (they are most of a reply's bytes).
+fn skip_stats() -> LinkAttribute {
+    LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats])
 }
 
 /// A link message addressed to `index` (0: by name or new).
@@ -197,7 +203,8 @@ impl Netlink {
         self.request(msg, flags).map(drop)
     }
 
-    fn get_link(&mut self, msg: LinkMessage) -> io::Result<Option<Link>> {
+    fn get_link(&mut self, mut msg: LinkMessage) -> io::Result<Option<Link>> {
+        msg.attributes.push(skip_stats());
         match self.request(RouteNetlinkMessage::GetLink(msg), 0) {
             Ok(replies) => Ok(replies.iter().find_map(|r| match r {
                 RouteNetlinkMessage::NewLink(l) => Some(Link::from_message(l)),
@@ -225,6 +232,7 @@ impl Netlink {
     pub fn ports(&mut self, master: u32) -> io::Result<Vec<Link>> {
         let mut msg = link_message(0);
         msg.attributes.push(LinkAttribute::Controller(master));
+        msg.attributes.push(skip_stats());
         let replies = self.request(RouteNetlinkMessage::GetLink(msg), NLM_F_DUMP)?;
         Ok(replies
             .iter()
