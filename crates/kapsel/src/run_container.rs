@@ -62,15 +62,14 @@ pub enum ConsoleArg {
     File(PathBuf),
 }
 
+/// `--console` is written as `kapsel run`'s.
 fn parse_console(text: &str) -> Result<ConsoleArg, String> {
-    match text {
-        "stdio" => Ok(ConsoleArg::Stdio),
-        "none" => Ok(ConsoleArg::None),
-        _ => match text.strip_prefix("file:") {
-            Some(path) if !path.is_empty() => Ok(ConsoleArg::File(path.into())),
-            _ => Err("use stdio, none or file:PATH".into()),
-        },
-    }
+    use kapsel_vmm::ConsoleSpec as VmConsole;
+    Ok(match crate::run::parse_console(text)? {
+        VmConsole::Stdio => ConsoleArg::Stdio,
+        VmConsole::None => ConsoleArg::None,
+        VmConsole::File(path) => ConsoleArg::File(path),
+    })
 }
 
 fn parse_veth(text: &str) -> Result<VethSpec, String> {
