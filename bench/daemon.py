@@ -9,8 +9,11 @@ Kapsel: a release `kapsel daemon` with a vm.conf of N disabled VMs; the
 clock runs from the first `kapsel start` until every guest's console (read
 through the daemon's socket, as `kapsel console` does) shows "idle ready".
 Then RSS: each VM process's VmRSS (guest pages it touched included, so an
-upper bound of the VMM's overhead) and the daemon's growth per VM. Then
-`kapsel stop -a -w`: the power button of all N, until all have powered off.
+upper bound of the VMM's overhead), each guest's monitor process's RSS and
+the daemon's growth per VM. Then adoption: `kill -9` of the daemon, a new
+daemon on the same state directory, the clock running until its status
+lists all N running with the same pids. Then `kapsel stop -a -w`: the power
+button of all N, until all have powered off.
 
 QEMU: the same N guests as `qemu-system-x86_64 -M microvm -enable-kvm`
 processes started directly (no manager), serial to a file each; the clock
@@ -18,8 +21,7 @@ runs until every file shows "idle ready"; stopping is SIGTERM to each.
 
 With --containers N it also starts N busybox containers (init: a shell
 that sleeps) through the same daemon and reports the daemon's RSS growth
-per running container: kapseld runs containers without a monitor
-process, so that is all their management costs.
+per running container and each container's monitor RSS.
 
 Usage: bench/daemon.py [--vms N] [--memory 64M] [--containers N]
 Needs: root or /dev/kvm access, cargo, gcc, qemu-system-x86_64.
@@ -140,7 +142,7 @@ def console_shows(sock_path, name, want, timeout):
     return want in seen
 
 
-def start_daemon(kapsel, tmp, tag, conf_text, shutdown_timeout):
+def start_daemon(kapsel, tmp, tag, conf_text, shutdown_timeout, wait=True):
     """A release kapsel daemon on a vm.conf of `conf_text`; returns the
     process, its socket and an environment for the verbs."""
     conf = os.path.join(tmp, f"{tag}.conf")
@@ -151,9 +153,10 @@ def start_daemon(kapsel, tmp, tag, conf_text, shutdown_timeout):
                                "--state-dir", os.path.join(tmp, f"{tag}-state"),
                                "--shutdown-timeout", str(shutdown_timeout)],
                               stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, f"{tag}.log"), "w"))
-    while not os.path.exists(sock):
+    while wait and not os.path.exists(sock):
         time.sleep(0.01)
-    time.sleep(0.1)
+    if wait:
+        time.sleep(0.1)
     return daemon, sock, dict(os.environ, KAPSEL_SOCKET=sock)
 
 
@@ -169,6 +172,43 @@ def start_all(kapsel, env, sock, names, marker):
         if not console_shows(sock, name, marker, 30):
             sys.exit(f"bench: {name} never printed {marker!r}")
     return t_started, time.monotonic() - t0
+
+
+def monitor_pids():
+    """{guest name: pid} of the running `kapsel monitor NAME` processes."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            continue
+        if len(args) >= 3 and args[1] == b"monitor":
+            found[args[2].decode()] = int(entry)
+    return found
+
+
+def adopt(kapsel, tmp, tag, conf_text, daemon, sock, pids):
+    """kill -9 of `daemon`, a new daemon on the same state directory;
+    returns it and the seconds until its status lists `pids` running."""
+    daemon.kill()
+    daemon.wait()
+    os.unlink(sock)
+    t0 = time.monotonic()
+    daemon, sock, env = start_daemon(kapsel, tmp, tag, conf_text, 10, wait=False)
+    while True:
+        try:
+            _, reply = request(sock, {"kind": "status", "target": None})
+            now = sorted(v["pid"] for v in reply["vms"] if v["state"] == "running")
+            if now == sorted(pids):
+                return daemon, sock, env, time.monotonic() - t0
+        except (OSError, EOFError):
+            pass
+        if time.monotonic() - t0 > 30:
+            sys.exit("bench: the new daemon did not adopt the guests")
+        time.sleep(0.002)
 
 
 def stop_daemon(daemon):
@@ -191,11 +231,15 @@ def bench_kapsel(kapsel, guest, n, memory, tmp):
     mem_kib = parse_kib(memory)
     overhead = [rss_kib(p) - guest_ram_kib(p, mem_kib) for p in pids]
     daemon_rss = rss_kib(daemon.pid)
+    monitors = monitor_pids()
+    monitor_rss = [rss_kib(monitors[f"b{i}"]) for i in range(n)]
+    daemon, sock, env, t_adopt = adopt(kapsel, tmp, "vm", conf, daemon, sock, pids)
     t1 = time.monotonic()
     subprocess.run([kapsel, "stop", "-a", "-w"], env=env, check=True, stdout=subprocess.DEVNULL)
     t_stop = time.monotonic() - t1
     stop_daemon(daemon)
     return {
+        "adopt_s": t_adopt, "monitor_rss_median_kib": statistics.median(monitor_rss),
         "start_cmds_s": t_started, "all_ready_s": t_ready, "stop_all_s": t_stop,
         "vm_rss_median_kib": statistics.median(rss), "vm_rss_max_kib": max(rss),
         "vm_overhead_median_kib": statistics.median(overhead), "vm_overhead_max_kib": max(overhead),
@@ -257,10 +301,12 @@ def bench_containers(kapsel, n, tmp):
     _, t_ready = start_all(kapsel, env, sock, [f"kbench{i}" for i in range(n)], b"ct-ready")
     time.sleep(0.5)
     rss1 = rss_kib(daemon.pid)
+    monitors = monitor_pids()
+    monitor_rss = [rss_kib(monitors[f"kbench{i}"]) for i in range(n)]
     subprocess.run([kapsel, "stop", "-a", "-f", "-w"], env=env, check=True, stdout=subprocess.DEVNULL)
     stop_daemon(daemon)
     return {"ready_s": t_ready, "daemon_rss0_kib": rss0, "daemon_rss_kib": rss1,
-            "per_ct_kib": (rss1 - rss0) / n}
+            "per_ct_kib": (rss1 - rss0) / n, "monitor_rss_median_kib": statistics.median(monitor_rss)}
 
 
 def main():
@@ -282,7 +328,9 @@ def main():
     print(f"kapsel: {n} x `kapsel start` took {k['start_cmds_s']:.2f} s; all guests ready after {k['all_ready_s']:.2f} s")
     print(f"kapsel: VM process RSS median {k['vm_rss_median_kib'] / 1024:.2f} MiB, max {k['vm_rss_max_kib'] / 1024:.2f} MiB; "
           f"without guest RAM (VMM overhead) median {k['vm_overhead_median_kib'] / 1024:.2f} MiB, max {k['vm_overhead_max_kib'] / 1024:.2f} MiB")
-    print(f"kapsel: daemon RSS {k['daemon_rss_kib'] / 1024:.2f} MiB, {k['daemon_per_vm_kib']:.0f} KiB per VM")
+    print(f"kapsel: daemon RSS {k['daemon_rss_kib'] / 1024:.2f} MiB, {k['daemon_per_vm_kib']:.0f} KiB per VM; "
+          f"each guest's monitor process RSS median {k['monitor_rss_median_kib'] / 1024:.2f} MiB")
+    print(f"kapsel: kill -9 of the daemon, a new one adopted all {n} guests in {k['adopt_s'] * 1000:.0f} ms")
     print(f"kapsel: `kapsel stop -a -w` (power button, all powered off) took {k['stop_all_s']:.2f} s")
     if q is None:
         print("qemu: qemu-system-x86_64 not installed")
@@ -299,7 +347,8 @@ def main():
         n = args.containers
         print(f"containers: {n} started through the daemon, all ready after {c['ready_s']:.2f} s")
         print(f"containers: daemon RSS {c['daemon_rss0_kib'] / 1024:.2f} -> {c['daemon_rss_kib'] / 1024:.2f} MiB, "
-              f"{c['per_ct_kib']:.0f} KiB per running container (no monitor process)")
+              f"{c['per_ct_kib']:.0f} KiB per running container; its monitor RSS median "
+              f"{c['monitor_rss_median_kib'] / 1024:.2f} MiB")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ pub const CONTAINER_IMAGE_EXTENSIONS: &[&str] = &[".tar", ".tar.gz", ".tgz", ".t
 pub const MAX_IFNAME_LEN: usize = 15;
 
 /// Where something was declared. `line` 0 means "not from a file".
-#[derive(Debug, Clone, PartialEq, Eq, Default, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Span {
     /// The file, as named on the command line or by `include`.
     pub file: PathBuf,
@@ -46,7 +46,7 @@ impl fmt::Display for Span {
 }
 
 /// A whole vm.conf: global options, switches, VMs and containers, in file order.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Config {
     /// Global options.
     pub globals: Globals,
@@ -59,7 +59,7 @@ pub struct Config {
 }
 
 /// Global options.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Globals {
     /// `local prefix`: the IPv4 range for `local interface`s.
     pub local_prefix: Ipv4Prefix,
@@ -74,7 +74,7 @@ pub struct Globals {
 }
 
 /// An IPv4 prefix, `100.64.0.0/10`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Ipv4Prefix {
     /// The network address.
     pub addr: Ipv4Addr,
@@ -93,7 +93,7 @@ impl Default for Ipv4Prefix {
 }
 
 /// An IPv6 prefix, `fd00::/8`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Ipv6Prefix {
     /// The network address.
     pub addr: Ipv6Addr,
@@ -164,7 +164,7 @@ impl fmt::Display for Ipv6Prefix {
 }
 
 /// `owner user[:group]` or `owner :group`: at least one of the two is set.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Owner {
     /// The user name or numeric uid.
     pub user: Option<String>,
@@ -211,7 +211,7 @@ impl fmt::Display for Owner {
 }
 
 /// `staggered start parallel N delay S`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct StaggeredStart {
     /// How many VMs start at once.
     pub parallel: u32,
@@ -220,7 +220,7 @@ pub struct StaggeredStart {
 }
 
 /// `agentx [context NAME] [path PATH]`.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct AgentX {
     /// The SNMP context.
     pub context: Option<String>,
@@ -229,7 +229,7 @@ pub struct AgentX {
 }
 
 /// A `switch "name" { ... }` block: a Linux bridge that VM interfaces join.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SwitchSpec {
     /// The switch name that `interface { switch NAME }` refers to.
     pub name: String,
@@ -269,7 +269,7 @@ impl SwitchSpec {
 }
 
 /// `boot device cdrom|disk|net`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum BootDevice {
     /// Boot from the `cdrom` image.
     Cdrom,
@@ -291,7 +291,7 @@ impl BootDevice {
 }
 
 /// `format raw|qcow2` of a disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum DiskFormat {
     /// A raw image.
     Raw,
@@ -310,7 +310,7 @@ impl DiskFormat {
 }
 
 /// `disk PATH [format FMT]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DiskSpec {
     /// The image file.
     pub path: PathBuf,
@@ -319,7 +319,7 @@ pub struct DiskSpec {
 }
 
 /// A MAC address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct MacAddr(pub [u8; 6]);
 
 impl FromStr for MacAddr {
@@ -355,7 +355,7 @@ impl fmt::Display for MacAddr {
 }
 
 /// `[local] interface [NAME] [{ ... }]` of a VM or container.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct InterfaceSpec {
     /// The host-side tap name; `None` lets Kapsel pick one.
     pub name: Option<String>,
@@ -391,7 +391,7 @@ impl Default for InterfaceSpec {
 }
 
 /// `allow instance { ... }`: what instances of a VM may set themselves.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct AllowInstance {
     /// `boot`: the kernel or BIOS image (and `boot device`, `initrd`, `cmdline`).
     pub boot: bool,
@@ -415,7 +415,7 @@ pub struct AllowInstance {
 /// written: an instance leaves inherited settings `None` (see
 /// [`Config::effective_vm`]). [`crate::load`] fills in `memory` and `cpus`
 /// defaults of VMs that are not instances.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VmSpec {
     /// The VM name.
     pub name: String,
@@ -490,7 +490,7 @@ impl VmSpec {
 
 /// The id mapping of an `unprivileged` container: the container's uids and
 /// gids 0..count are the host's `host_id..host_id + count`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UserMap {
     /// The host id of the container's root (never 0).
     pub host_id: u32,
@@ -512,7 +512,7 @@ impl UserMap {
 /// A `container "name" { ... }` block: a system container (its own init,
 /// usually `/sbin/init`) or an application container (`init` names the
 /// command). A loaded container has exactly one of `root` and `image`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ContainerSpec {
     /// The container name (shares the namespace of VM names).
     pub name: String,

@@ -738,8 +738,33 @@ fn mkdir_parent(dir: &Path) -> Result<()> {
     }
 }
 
+/// Removes the cgroup `dir` and the groups below it, deepest first, if no
+/// process is in any of them (rmdir(2) of a cgroup fails while it has
+/// processes or children): what a container that ended without its
+/// cleanup (its manager killed) left behind.
+fn remove_if_empty(dir: &Path) -> bool {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_if_empty(&e.path());
+            }
+        }
+    }
+    fs::remove_dir(dir).is_ok()
+}
+
 fn mkdir_leaf(dir: &Path, name: &str) -> Result<()> {
-    match fs::create_dir(dir) {
+    let first = match fs::create_dir(dir) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && remove_if_empty(dir) => {
+            tracing::info!(
+                "removed the empty cgroup {} a container left",
+                dir.display()
+            );
+            fs::create_dir(dir)
+        }
+        other => other,
+    };
+    match first {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(Error::Invalid(format!(
             "a container named {name} is already running ({} exists); pick another name \

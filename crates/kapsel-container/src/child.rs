@@ -167,6 +167,8 @@ pub(crate) struct ChildPlan {
     pub keep_caps: CapSet,
     pub last_cap: u32,
     pub no_new_privs: bool,
+    /// Set PR_SET_PDEATHSIG(SIGKILL) before execve.
+    pub die_with_parent: bool,
     /// The seccomp programs, installed in order (empty: none).
     pub seccomp: Vec<BpfProgram>,
     pub user_ns: bool,
@@ -616,6 +618,10 @@ pub(crate) fn run(plan: &ChildPlan) -> ! {
         }
         if let Err(e) = caps::drop_to(plan.keep_caps, plan.last_cap) {
             fail_with(plan, 24, e.errno);
+        }
+        // Last: a change of effective or file-system ids clears it.
+        if plan.die_with_parent {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
         }
         libc::execve(plan.init.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr());
         fail(plan, 26)

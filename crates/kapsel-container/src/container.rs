@@ -341,6 +341,7 @@ impl Container {
             keep_caps,
             last_cap: caps::last_cap(),
             no_new_privs: spec.no_new_privs,
+            die_with_parent: spec.die_with_parent,
             seccomp: if spec.seccomp {
                 seccomp::profile(keep_caps)?
             } else {

@@ -65,6 +65,12 @@ pub struct ContainerSpec {
     /// The signal that asks the init to power off; `None` picks it from
     /// the init (see [`ContainerSpec::stop_signal`]).
     pub stop_signal: Option<i32>,
+    /// Kill the init when the thread that started it ends
+    /// (`PR_SET_PDEATHSIG`, set just before its `execve`): for a manager
+    /// that is the container's monitor, such as kapseld's, so that no
+    /// container runs on without one. Off for a runtime that starts a
+    /// container and exits (`kapsel run-container` waits anyway).
+    pub die_with_parent: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,6 +160,7 @@ impl ContainerSpec {
             no_new_privs: true,
             seccomp: true,
             stop_signal: None,
+            die_with_parent: false,
         }
     }
 

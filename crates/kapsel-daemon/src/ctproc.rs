@@ -255,6 +255,8 @@ pub fn spawn(launch: &Launch) -> Result<(ContainerProcess, ConsoleOutput), Strin
     spec.pids = s.pids;
     spec.hostname = Some(s.name.clone());
     spec.console = ConsoleSpec::Pty;
+    // Started by its monitor: it goes when the monitor does.
+    spec.die_with_parent = true;
     spec.network = launch.veth.as_ref().map(|(host, mac)| VethSpec {
         host_name: host.clone(),
         mac: Some(*mac),

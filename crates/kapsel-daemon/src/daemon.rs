@@ -3,10 +3,12 @@
 
 use crate::accounts::{HostAccounts, Peer};
 use crate::console::Console;
-use crate::ctproc::{self, ContainerProcess};
+use crate::ctproc;
+use crate::monitor::{self, Act, ExitNote};
 use crate::net;
 use crate::proto::{LogLevel, Request, ResetWhat, Response, StartRequest, VmState, VmStatus};
-use crate::vmproc::{self, ExitReport, VmProcess};
+use crate::state::{self, GuestRecord, InterfaceRecord, StateFile};
+use crate::vmproc;
 use kapsel_config::{Config, Diagnostic, LoadOptions, Owner, VmSpec};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -29,6 +31,9 @@ pub struct Options {
     pub shutdown_timeout: Duration,
     /// Called by `kapsel log brief|verbose`.
     pub set_log_level: Option<Box<dyn Fn(LogLevel) + Send + Sync>>,
+    /// Stop every guest when the daemon stops (else they run on, and the
+    /// next daemon adopts them).
+    pub stop_guests: bool,
 }
 
 /// Why the daemon could not start or reload.
@@ -42,20 +47,9 @@ pub enum DaemonError {
     Setup(String),
 }
 
-/// A guest's running process: a VM's `kapsel run`, or a container's init.
-pub(crate) enum Proc {
-    Vm(VmProcess),
-    Container(ContainerProcess),
-}
-
-impl Proc {
-    fn pid(&self) -> u32 {
-        match self {
-            Proc::Vm(p) => p.pid,
-            Proc::Container(c) => c.pid,
-        }
-    }
-}
+/// A guest's running process (a VM's `kapsel run`, or a container's
+/// init), reached through its monitor.
+pub(crate) type Proc = monitor::Handle;
 
 pub(crate) struct Vm {
     pub id: u32,
@@ -83,19 +77,6 @@ pub(crate) struct Vm {
     pub removed: bool,
 }
 
-/// What the daemon does to a running guest.
-#[derive(Debug, Clone, Copy)]
-enum Act {
-    /// Ask it to shut down.
-    PowerButton,
-    /// End it at once.
-    Kill,
-    /// Stop it where it is.
-    Pause,
-    /// Let a paused guest go on.
-    Resume,
-}
-
 /// A running guest's switch port, collected under the state lock to be
 /// checked or put back outside it.
 struct RunningPort {
@@ -112,6 +93,8 @@ pub(crate) struct Attachment {
     kind: net::InterfaceKind,
     /// The DHCP server of a local interface; dropping it stops it.
     dhcp: Option<net::DhcpServerThread>,
+    /// The lease it offers (to serve it again after a daemon restart).
+    lease: Option<net::DhcpLease>,
     /// The interface as a port of its switch's bridge, to put back when
     /// the bridge was made again (reset, reload).
     port: Option<net::SwitchPort>,
@@ -141,11 +124,11 @@ pub(crate) struct Inner {
     pub retired_switches: Vec<kapsel_config::SwitchSpec>,
     /// `local interface` NAT and forwarding are set up.
     pub local_network: bool,
-    /// The host's cgroup layout, found on the first container start.
-    pub cgroups: Option<kapsel_container::cgroup::CgroupMode>,
     /// Guests the last reload removed from the configuration, so that
     /// `start` can say so once they are gone.
     pub removed: Vec<String>,
+    /// Counts the pictures of the state taken for the state file.
+    pub state_seq: u64,
 }
 
 /// The daemon: shared by the connection threads.
@@ -156,6 +139,8 @@ pub struct Daemon {
     /// Held while a container image is unpacked, outside `inner`: one
     /// unpack at a time, while every other request is served.
     unpacking: Mutex<()>,
+    /// Orders the writes of the state file: (sequence written, lock).
+    state_writes: Mutex<u64>,
     /// Held while switches are reconciled (outside `inner`; lock order:
     /// `reconciling`, then `inner`), so that two reloads or resets do not
     /// interleave creating and removing the same bridge.
@@ -229,15 +214,21 @@ impl Daemon {
                 created_switches: Vec::new(),
                 retired_switches: Vec::new(),
                 local_network: false,
-                cgroups: None,
                 removed: Vec::new(),
+                state_seq: 0,
             }),
             changed: Condvar::new(),
+            state_writes: Mutex::new(0),
             unpacking: Mutex::new(()),
             reconciling: Mutex::new(()),
         });
+        monitor::make_run_dir(&daemon.opts.state_dir).map_err(DaemonError::Setup)?;
         daemon.apply_config(config);
+        let saved =
+            state::load(&daemon.opts.state_dir).map_err(|e| DaemonError::Setup(e.to_string()))?;
+        daemon.adopt(saved);
         daemon.reconcile_switches().map_err(DaemonError::Setup)?;
+        daemon.save_state();
         Ok(daemon)
     }
 
@@ -382,7 +373,8 @@ impl Daemon {
         inner
             .vms
             .iter()
-            .filter(|v| v.configured && v.spec.enabled)
+            // Adopted guests run already.
+            .filter(|v| v.configured && v.spec.enabled && v.process.is_none())
             .map(|v| v.spec.name.clone())
             .collect()
     }
@@ -449,79 +441,131 @@ impl Daemon {
             .join(format!("{}.log", vm.spec.name));
         let spec = vm.spec.clone();
         let id = vm.id;
-        let mut ready = None;
-        let (process, console_out, attachments) = match vm.container.clone() {
-            Some(ct) => self.spawn_container(&mut inner, &ct, &spec, id)?,
+        let container = vm.container.clone();
+        let open_as = vm.open_as.clone();
+        let paths = monitor::Paths::of(&self.opts.state_dir, &spec.name);
+        let record = record_of(vm, vm.generation + 1, &paths, &[]);
+        // No second start, stop or reload of it while its monitor starts
+        // outside the lock.
+        vm.state = VmState::Starting;
+        let kind = vm.kind();
+        let name = spec.name.clone();
+        // A report of an earlier run that nobody collected.
+        monitor::collect_leftovers(&paths);
+        // Back to stopped if the start fails, with what it had released.
+        let fail = |inner: &mut Inner, attachments: Vec<Attachment>, e: String| -> String {
+            for a in attachments {
+                a.release(&name);
+            }
+            if let Some(vm) = inner.vms.iter_mut().find(|v| v.spec.name == name) {
+                vm.state = VmState::Stopped;
+            }
+            self.changed.notify_all();
+            e
+        };
+        // Prepared under the lock (the host interfaces of a VM), started
+        // without it (fork, exec and the monitor's start of the guest).
+        let prepared = match &container {
+            Some(ct) => self
+                .container_launch(ct, id, record.clone(), &log)
+                .map(|(m, veth)| (m, Vec::new(), Vec::new(), None, veth)),
             None => {
-                let (taps, attachments) = self.attach_interfaces(&mut inner, &spec, id)?;
-                let open_as = Self::find(&mut inner, target)?.open_as.clone();
-                let launch = vmproc::Launch {
-                    spec: &spec,
-                    kapsel: &self.opts.kapsel,
-                    log: &log,
-                    shutdown_timeout: self.opts.shutdown_timeout,
-                    taps,
-                    open_as: open_as.as_ref(),
-                };
-                let spawned = vmproc::spawn(&launch);
-                drop(launch); // the daemon's copies of the taps
-                match spawned {
-                    Ok((p, out, r)) => {
-                        ready = Some(r);
-                        (
-                            Proc::Vm(p),
-                            Box::new(out) as Box<dyn std::io::Read + Send>,
-                            attachments,
-                        )
-                    }
-                    Err(e) => {
-                        for a in attachments {
-                            a.release(&spec.name);
+                self.attach_interfaces(&mut inner, &spec, id)
+                    .and_then(|(taps, attachments)| {
+                        let launch = vmproc::Launch {
+                            spec: &spec,
+                            shutdown_timeout: self.opts.shutdown_timeout,
+                            taps,
+                            open_as: open_as.as_ref(),
+                        };
+                        match vmproc::prepare(launch) {
+                            Ok((args, fds, ready)) => Ok((
+                                monitor::MonitorSpec {
+                                    version: monitor::MONITOR_VERSION,
+                                    name: spec.name.clone(),
+                                    paths: paths.clone(),
+                                    log: log.clone(),
+                                    guest: monitor::GuestLaunch::Vm {
+                                        kapsel: self.opts.kapsel.clone(),
+                                        args,
+                                        fds: fds.len() as u32,
+                                    },
+                                    record: Some(Box::new(GuestRecord {
+                                        net: interface_records(&attachments),
+                                        ..record.clone()
+                                    })),
+                                },
+                                fds,
+                                attachments,
+                                Some(ready),
+                                None,
+                            )),
+                            Err(e) => {
+                                for a in attachments {
+                                    a.release(&spec.name);
+                                }
+                                Err(e)
+                            }
                         }
-                        return Err(e);
-                    }
-                }
+                    })
             }
         };
-        let exit_fd = match &process {
-            Proc::Container(c) => Some(
-                c.exit_fd()
-                    .map_err(|e| format!("container {}: {e}", spec.name))?,
-            ),
-            Proc::Vm(_) => None,
+        let (mspec, fds, mut attachments, ready, veth) = match prepared {
+            Ok(p) => p,
+            Err(e) => return Err(fail(&mut inner, Vec::new(), e)),
+        };
+        drop(inner);
+        // The daemon's copies of the taps go with `fds`.
+        let launched = monitor::launch(&self.opts.kapsel, &mspec, fds);
+        let mut inner = self.lock();
+        let process = match launched {
+            Ok(p) => p,
+            Err(e) => return Err(fail(&mut inner, attachments, e)),
+        };
+        // A container's veth exists once it runs: onto its switch now.
+        if let Some(host) = veth {
+            match self.attach_one(
+                &mut inner,
+                &container_view_of(&container),
+                id,
+                0,
+                Some(&host),
+            ) {
+                Ok((_, a)) => attachments.push(a),
+                Err(e) => {
+                    drop(inner);
+                    let _ = process.act(Act::Kill);
+                    process.watch();
+                    monitor::collect_leftovers(&paths);
+                    let mut inner = self.lock();
+                    return Err(fail(&mut inner, Vec::new(), e));
+                }
+            }
+        }
+        let full = GuestRecord {
+            net: interface_records(&attachments),
+            ..record
         };
         let vm = Self::find(&mut inner, target)?;
         vm.net = attachments;
         vm.generation += 1;
         let generation = vm.generation;
-        let name = vm.spec.name.clone();
-        let pid = process.pid();
-        let kind = vm.kind();
-        vm.console.reopen();
-        let console = vm.console.clone();
+        let pid = process.pid;
+        vm.console = Console::new();
+        let watched = process.clone();
         vm.process = Some(process);
         vm.state = VmState::Running;
         vm.last_exit = None;
         drop(inner);
+        self.changed.notify_all();
+        if container.is_some() {
+            if let Err(e) = watched.set_record(full) {
+                tracing::warn!("{kind} {name}: {e}");
+            }
+        }
+        self.save_state();
         tracing::info!("{kind} {name}: started, pid {pid}");
-        std::thread::Builder::new()
-            .name(format!("console-{pid}"))
-            .spawn(move || console.pump(console_out))
-            .map_err(|e| format!("cannot start the console thread: {e}"))?;
-        let daemon = self.clone();
-        std::thread::Builder::new()
-            .name(format!("wait-{pid}"))
-            .spawn(move || {
-                let report = match exit_fd {
-                    Some(fd) => {
-                        ctproc::wait_readable(&fd);
-                        None
-                    }
-                    None => Some(vmproc::wait(pid)),
-                };
-                daemon.exited(&name, generation, report);
-            })
-            .map_err(|e| format!("cannot start the supervisor thread: {e}"))?;
+        self.supervise(name.clone(), generation, watched)?;
         // Like vmctl, say whether it could start: a VM process that cannot
         // open its kernel or a disk (a user's file the user may not open,
         // say) ends before it is ready, and its reason is the reply.
@@ -547,65 +591,67 @@ impl Daemon {
         Ok(format!("started {kind} {target} (pid {pid})"))
     }
 
-    /// Starts a container in this process (its init is the daemon's
-    /// child), with its one interface as a veth on its switch.
-    #[allow(clippy::type_complexity)]
-    fn spawn_container(
+    /// What a container's monitor is given to start it (its image
+    /// unpacked if need be), and the host side of its veth.
+    fn container_launch(
         &self,
-        inner: &mut Inner,
         ct: &kapsel_config::ContainerSpec,
-        view: &VmSpec,
         id: u32,
-    ) -> Result<(Proc, Box<dyn std::io::Read + Send>, Vec<Attachment>), String> {
+        record: GuestRecord,
+        log: &std::path::Path,
+    ) -> Result<(monitor::MonitorSpec, Option<String>), String> {
         let name = &ct.name;
         if ct.interfaces.len() > 1 {
             return Err(format!(
                 "container {name}: one interface per container is supported for now; remove the others"
             ));
         }
-        let cgroups = match &inner.cgroups {
-            Some(c) => c.clone(),
-            None => kapsel_container::cgroup::CgroupMode::detect()
-                .map_err(|e| format!("container {name}: {e}"))?,
-        };
-        inner.cgroups = Some(cgroups.clone());
         // Normally unpacked already (`unpack_image`); never two at once in
         // one directory. Lock order: `inner`, then `unpacking`.
         let (root, defaults) = {
             let _one = self.unpacking.lock().unwrap_or_else(|e| e.into_inner());
             ctproc::root_dir(ct, &self.opts.state_dir)?
         };
-        let veth = match ct.interfaces.first() {
-            Some(ispec) => {
-                let host = format!("kct{id}-0");
-                let mac = net::guest_mac(name, 0, ispec);
-                Some((host, mac.0))
-            }
-            None => None,
+        let veth = ct.interfaces.first().map(|ispec| {
+            let host = format!("kct{id}-0");
+            let mac = net::guest_mac(name, 0, ispec);
+            (host, mac.0)
+        });
+        let mspec = monitor::MonitorSpec {
+            version: monitor::MONITOR_VERSION,
+            name: name.clone(),
+            paths: record.paths.clone(),
+            log: log.to_owned(),
+            guest: monitor::GuestLaunch::Container {
+                spec: Box::new(ct.clone()),
+                root,
+                defaults,
+                veth: veth.clone(),
+            },
+            record: Some(Box::new(record)),
         };
-        let launch = ctproc::Launch {
-            spec: ct,
-            root,
-            defaults,
-            veth: veth.clone(),
-            cgroups: &cgroups,
-        };
-        let (process, out) = ctproc::spawn(&launch)?;
-        let mut attachments = Vec::new();
-        if let Some((host, _)) = veth {
-            match self.attach_one(inner, view, id, 0, Some(&host)) {
-                Ok((_, a)) => attachments.push(a),
-                Err(e) => {
-                    let _ = process.kill();
-                    process.finish();
-                    return Err(e);
-                }
-            }
-        }
-        Ok((Proc::Container(process), Box::new(out), attachments))
+        Ok((mspec, veth.map(|(host, _)| host)))
     }
 
-    fn exited(&self, name: &str, generation: u64, report: Option<ExitReport>) {
+    /// Watches a guest's run in a thread of its own until it ends.
+    fn supervise(
+        self: &Arc<Self>,
+        name: String,
+        generation: u64,
+        process: Proc,
+    ) -> Result<(), String> {
+        let daemon = self.clone();
+        std::thread::Builder::new()
+            .name(format!("wait-{}", process.pid))
+            .spawn(move || {
+                let note = process.watch();
+                daemon.exited(&name, generation, note);
+            })
+            .map(|_| ())
+            .map_err(|e| format!("cannot start the supervisor thread: {e}"))
+    }
+
+    fn exited(&self, name: &str, generation: u64, note: ExitNote) {
         let mut inner = self.lock();
         let mut forget = false;
         if let Some(vm) = inner
@@ -614,18 +660,15 @@ impl Daemon {
             .find(|v| v.spec.name == name && v.generation == generation)
         {
             let kind = vm.kind();
-            let (reason, failure) = match (vm.process.take(), report) {
-                (Some(Proc::Vm(p)), Some(report)) => (
-                    report.describe(&p.finish().unwrap_or_default()),
-                    report.is_failure(),
-                ),
-                (Some(Proc::Container(c)), _) => {
-                    let reason = c.finish();
-                    let failure = !reason.starts_with("exited");
-                    (reason, failure)
-                }
-                _ => ("ended".to_string(), true),
-            };
+            let ExitNote { reason, failure } = note;
+            // The output the guest left, for `console` of a stopped guest.
+            if let Some(p) = vm.process.take() {
+                let history = monitor::collect_leftovers(&p.paths);
+                let console = Console::new();
+                console.output(&history);
+                console.close();
+                vm.console = console;
+            }
             for a in vm.net.drain(..) {
                 a.release(name);
             }
@@ -651,6 +694,7 @@ impl Daemon {
         }
         let retiring = !inner.retired_switches.is_empty();
         drop(inner);
+        self.save_state();
         self.changed.notify_all();
         if retiring {
             // Its switch may have been removed by a reload while it ran.
@@ -658,31 +702,14 @@ impl Daemon {
         }
     }
 
-    /// Does `act` to a running guest. A VM's process gets a signal
-    /// (SIGTERM presses its power button, SIGSTOP/SIGCONT stop and resume
-    /// every vCPU); a container's init gets its power-off signal, everything
-    /// in it SIGKILL, or its cgroup is frozen or thawed.
+    /// Does `act` to a running guest through its monitor: a VM's process
+    /// gets a signal (SIGTERM presses its power button, SIGSTOP/SIGCONT
+    /// stop and resume every vCPU); a container's init gets its power-off
+    /// signal, everything in it SIGKILL, or its cgroup is frozen or thawed.
     fn act(vm: &Vm, act: Act) -> Result<(), String> {
-        let name = &vm.spec.name;
-        let kind = vm.kind();
         match vm.process.as_ref() {
-            None => Err(format!("{kind} {name} is not running")),
-            Some(Proc::Vm(p)) => {
-                let sig = match act {
-                    Act::PowerButton => libc::SIGTERM,
-                    Act::Kill => libc::SIGKILL,
-                    Act::Pause => libc::SIGSTOP,
-                    Act::Resume => libc::SIGCONT,
-                };
-                vmproc::kill(p.pid, sig).map_err(|e| format!("vm {name}: {e}"))
-            }
-            Some(Proc::Container(c)) => match act {
-                Act::PowerButton => c.shutdown(),
-                Act::Kill => c.kill(),
-                Act::Pause => c.freeze(true),
-                Act::Resume => c.freeze(false),
-            }
-            .map_err(|e| format!("container {name}: {e}")),
+            None => Err(format!("{} {} is not running", vm.kind(), vm.spec.name)),
+            Some(p) => p.act(act),
         }
     }
 
@@ -854,7 +881,7 @@ impl Daemon {
             .iter()
             .filter(|v| target.is_none_or(|t| v.spec.name == t || Some(v.id) == by_id))
             .map(|v| {
-                let pid = v.process.as_ref().map(Proc::pid);
+                let pid = v.process.as_ref().map(|p| p.pid);
                 VmStatus {
                     id: v.id,
                     name: v.spec.name.clone(),
@@ -864,9 +891,11 @@ impl Daemon {
                         .cpus
                         .unwrap_or(if v.container.is_some() { 0 } else { 1 }),
                     max_mem: v.spec.memory.map_or(0, |m| m.bytes()),
-                    cur_mem: match &v.process {
-                        Some(Proc::Container(c)) => c.memory(),
-                        _ => pid.and_then(vmproc::resident_bytes),
+                    // A container's figure comes from its monitor, asked
+                    // below without the lock.
+                    cur_mem: match v.container {
+                        Some(_) => None,
+                        None => pid.and_then(vmproc::resident_bytes),
                     },
                     kind: v.kind().to_string(),
                     owner: describe_owner(v.spec.owner.as_ref()),
@@ -877,7 +906,18 @@ impl Daemon {
                 }
             })
             .collect();
+        let containers: Vec<(String, Proc)> = inner
+            .vms
+            .iter()
+            .filter(|v| v.container.is_some())
+            .filter_map(|v| Some((v.spec.name.clone(), v.process.clone()?)))
+            .collect();
         drop(inner);
+        for (name, p) in containers {
+            if let Some(st) = list.iter_mut().find(|st| st.name == name) {
+                st.cur_mem = p.memory();
+            }
+        }
         // Netlink lookups, outside the lock.
         for (guest, what) in self.detached_ports() {
             if let Some(st) = list.iter_mut().find(|st| st.name == guest) {
@@ -1175,19 +1215,50 @@ impl Daemon {
             .collect()
     }
 
-    /// Stops every VM: the power button, then after the timeout a kill.
-    /// Returns once all have stopped.
+    /// Ends the daemon's work. With `stop_guests`, stops every guest (the
+    /// power button, then after the timeout a kill) and returns once all
+    /// have stopped; without, the guests run on under their monitors, with
+    /// their switches and NAT, for the next daemon to adopt.
     pub fn shutdown(self: &Arc<Self>) {
         self.lock().shutting_down = true;
         let names = self.running_names();
+        if !self.opts.stop_guests && !names.is_empty() {
+            tracing::info!(
+                "{} guest(s) keep running for the next kapseld to adopt: {}",
+                names.len(),
+                names.join(", ")
+            );
+            self.save_state();
+            return;
+        }
         if !names.is_empty() {
             tracing::info!("stopping {} VM(s)", names.len());
         }
-        for name in &names {
-            let _ = self.stop_vm(name, false);
-        }
+        // Every running guest's power button, also of a guest whose start
+        // was under way (it runs once its monitor has started it).
+        let mut pressed: Vec<(String, u64)> = Vec::new();
         let mut inner = self.lock();
-        while inner.vms.iter().any(|v| v.state != VmState::Stopped) {
+        loop {
+            let todo: Vec<String> = inner
+                .vms
+                .iter()
+                .filter(|v| matches!(v.state, VmState::Running | VmState::Paused))
+                .filter(|v| !pressed.contains(&(v.spec.name.clone(), v.generation)))
+                .map(|v| v.spec.name.clone())
+                .collect();
+            if !todo.is_empty() {
+                drop(inner);
+                for name in todo {
+                    if let Ok((generation, _)) = self.stop_vm(&name, false) {
+                        pressed.push((name, generation));
+                    }
+                }
+                inner = self.lock();
+                continue;
+            }
+            if inner.vms.iter().all(|v| v.state == VmState::Stopped) {
+                break;
+            }
             inner = self.changed.wait(inner).unwrap_or_else(|e| e.into_inner());
         }
         let retired = std::mem::take(&mut inner.retired_switches);
@@ -1204,6 +1275,8 @@ impl Daemon {
                 tracing::warn!("{e}");
             }
         }
+        drop(inner);
+        self.save_state();
     }
 
     /// Makes the host's switches what the configuration says (at startup,
@@ -1518,6 +1591,7 @@ impl Daemon {
             None => net::start_vm_interface(&req),
         }
         .map_err(|e| err(e.to_string()))?;
+        let lease = iface.dhcp.as_ref().map(|d| d.lease().clone());
         let dhcp = match iface.dhcp.take().map(|d| d.spawn()).transpose() {
             Ok(d) => d,
             Err(e) => {
@@ -1534,6 +1608,7 @@ impl Daemon {
                 ifname: iface.ifname,
                 kind: iface.kind,
                 dhcp,
+                lease,
                 port,
             },
         ))
@@ -1654,7 +1729,10 @@ impl Daemon {
         }
         Self::act(vm, act)?;
         vm.state = to;
-        Ok(format!("{verb}d {} {}", vm.kind(), vm.spec.name))
+        let said = format!("{verb}d {} {}", vm.kind(), vm.spec.name);
+        drop(inner);
+        self.save_state();
+        Ok(said)
     }
 
     /// `kapsel status`.
@@ -1665,15 +1743,15 @@ impl Daemon {
         }
     }
 
-    /// Checks an exec request; on success the caller replies and runs it
-    /// with [`ctproc::ExecTarget::run`], the daemon's lock released.
+    /// Checks an exec request and hands the client connection to the
+    /// container's monitor, which replies and relays the command.
     pub fn exec_in(
         &self,
         peer: &Peer,
         target: &str,
         argv: &[String],
         tty: Option<(u16, u16)>,
-        reply: impl FnOnce() -> Result<UnixStream, String>,
+        client: &UnixStream,
     ) -> Result<(), String> {
         self.authorize(peer, target, "run commands in")?;
         if argv.is_empty() {
@@ -1682,47 +1760,34 @@ impl Daemon {
         let mut inner = self.lock();
         let vm = Self::find(&mut inner, target)?;
         let name = vm.spec.name.clone();
-        let Some(Proc::Container(c)) = &vm.process else {
-            return Err(if vm.container.is_some() {
-                format!("container {name} is not running; start it with `kapsel start {name}`")
-            } else {
-                format!("{name} is a VM; `kapsel exec` runs commands in containers (use `kapsel console {name}`)")
-            });
+        let process = match (&vm.process, &vm.container) {
+            (Some(p), Some(_)) => p.clone(),
+            (None, Some(_)) => {
+                return Err(format!(
+                    "container {name} is not running; start it with `kapsel start {name}`"
+                ))
+            }
+            (_, None) => {
+                return Err(format!(
+                    "{name} is a VM; `kapsel exec` runs commands in containers (use `kapsel console {name}`)"
+                ))
+            }
         };
-        let target = c.exec_target();
         drop(inner);
-        target.run(argv, tty, reply)
+        process.exec(client, argv, tty)
     }
 
-    /// Checks a console request; on success the caller replies and hands
-    /// the connection to [`Console::attach`].
-    pub fn console_for(
-        &self,
-        peer: &Peer,
-        target: &str,
-    ) -> Result<(Console, Option<Box<dyn std::io::Write + Send>>), String> {
+    /// Checks a console request: a running guest's console is its
+    /// monitor's; a stopped guest's last output is the daemon's.
+    pub fn console_for(&self, peer: &Peer, target: &str) -> Result<ConsoleRoute, String> {
         self.authorize(peer, target, "open the console of")?;
         let mut inner = self.lock();
         let vm = Self::find(&mut inner, target)?;
-        let input = vm
-            .process
-            .as_ref()
-            .map(|p| -> std::io::Result<Box<dyn std::io::Write + Send>> {
-                Ok(match p {
-                    Proc::Vm(p) => {
-                        // A guest that takes no input costs the viewer its
-                        // input, never the viewer's thread.
-                        let input = p.console_input()?;
-                        input.set_write_timeout(Some(crate::console::INPUT_TIMEOUT))?;
-                        Box::new(input)
-                    }
-                    Proc::Container(c) => Box::new(c.console_input()?),
-                })
-            })
-            .transpose()
-            .map_err(|e| format!("console of {}: {e}", vm.spec.name))?;
+        if let Some(p) = &vm.process {
+            return Ok(ConsoleRoute::Monitor(p.clone()));
+        }
         vm.console.may_attach(peer.is_root())?;
-        if input.is_none() && vm.console.history().is_empty() {
+        if vm.console.history().is_empty() {
             return Err(format!(
                 "{} {} is not running; start it with `kapsel start -c {}`",
                 vm.kind(),
@@ -1730,8 +1795,313 @@ impl Daemon {
                 vm.spec.name
             ));
         }
-        Ok((vm.console.clone(), input))
+        Ok(ConsoleRoute::History(vm.console.clone()))
     }
+
+    /// The state file's contents now: the running guests and the host
+    /// resources the daemons made.
+    fn state_file(inner: &Inner) -> StateFile {
+        StateFile {
+            version: state::STATE_VERSION,
+            next_id: inner.next_id,
+            created_switches: inner.created_switches.clone(),
+            local_network: inner.local_network,
+            guests: inner
+                .vms
+                .iter()
+                .filter_map(|v| {
+                    let p = v.process.as_ref()?;
+                    let mut r = record_of(v, v.generation, &p.paths, &v.net);
+                    r.pid = p.pid;
+                    r.monitor_pid = p.monitor_pid;
+                    Some(r)
+                })
+                .collect(),
+        }
+    }
+
+    /// Writes the state file (atomically) as it is now. Concurrent writers
+    /// are ordered: an older picture never overwrites a newer one.
+    pub(crate) fn save_state(&self) {
+        let (seq, picture) = {
+            let mut inner = self.lock();
+            inner.state_seq += 1;
+            (inner.state_seq, Self::state_file(&inner))
+        };
+        let mut written = self.state_writes.lock().unwrap_or_else(|e| e.into_inner());
+        if *written > seq {
+            return;
+        }
+        if let Err(e) = state::save(&self.opts.state_dir, &picture) {
+            tracing::error!(
+                "state file {}: {e}; a daemon started after this one cannot adopt the guests",
+                state::path(&self.opts.state_dir).display()
+            );
+        }
+        *written = seq;
+    }
+
+    /// Adopts the guests a previous daemon left running: every monitor
+    /// that answers in `STATE_DIR/run/` (with the record the daemon gave
+    /// it, so a daemon killed between starting a guest and writing its
+    /// state file loses nothing) and every guest of the state file. Each
+    /// whose monitor answers runs again under this daemon, with its
+    /// interfaces, DHCP servers and console; each that ended meanwhile is
+    /// reported and its interfaces released.
+    fn adopt(self: &Arc<Self>, saved: Option<StateFile>) {
+        let saved = saved.unwrap_or(StateFile {
+            version: state::STATE_VERSION,
+            next_id: 1,
+            created_switches: Vec::new(),
+            local_network: false,
+            guests: Vec::new(),
+        });
+        let mut supervise = Vec::new();
+        {
+            let mut inner = self.lock();
+            inner.next_id = inner.next_id.max(saved.next_id);
+            for sw in saved.created_switches {
+                let b = net::bridge_name(&sw).ok();
+                if !inner
+                    .created_switches
+                    .iter()
+                    .any(|s| net::bridge_name(s).ok() == b)
+                {
+                    inner.created_switches.push(sw);
+                }
+            }
+            inner.local_network |= saved.local_network;
+        }
+        // Every guest that may have a monitor or a report: the state
+        // file's, and whatever the run directory holds.
+        let mut names: Vec<String> = saved.guests.iter().map(|g| g.spec.name.clone()).collect();
+        if let Ok(entries) = std::fs::read_dir(monitor::run_dir(&self.opts.state_dir)) {
+            for e in entries.flatten() {
+                let file = e.file_name().to_string_lossy().into_owned();
+                for ext in [".sock", ".exit"] {
+                    if let Some(n) = file.strip_suffix(ext) {
+                        if kapsel_config::validate_name(n).is_ok() && !names.iter().any(|x| x == n)
+                        {
+                            names.push(n.to_string());
+                        }
+                    }
+                }
+            }
+        }
+        for name in names {
+            let from_file = saved.guests.iter().find(|g| g.spec.name == name).cloned();
+            let paths = monitor::Paths::of(&self.opts.state_dir, &name);
+            let probe = monitor::Handle {
+                name: name.clone(),
+                paths: paths.clone(),
+                pid: 0,
+                monitor_pid: 0,
+            };
+            let alive = match probe.hello() {
+                Ok(monitor::MonitorReply::Info {
+                    pid,
+                    monitor,
+                    paused,
+                    record,
+                    ..
+                }) => {
+                    // The monitor's record is the newest (the state file
+                    // may not have caught up with the last start).
+                    let newest = match (record, &from_file) {
+                        (Some(r), Some(f)) if f.generation > r.generation => Some(f.clone()),
+                        (Some(r), _) => Some(*r),
+                        (None, f) => f.clone(),
+                    };
+                    newest.map(|mut g| {
+                        g.pid = pid;
+                        g.monitor_pid = monitor;
+                        g.paths = paths.clone();
+                        (g, paused)
+                    })
+                }
+                _ => None,
+            };
+            let Some((g, paused)) = alive else {
+                let kind = match &from_file {
+                    Some(g) if g.container.is_some() => "container",
+                    _ => "guest",
+                };
+                let note = monitor::read_exit(&paths).unwrap_or(ExitNote {
+                    reason: "ended while no daemon ran (no report)".into(),
+                    failure: true,
+                });
+                tracing::info!(
+                    "{kind} {name}: ended while no daemon ran: {}",
+                    crate::proto::log_safe(&note.reason)
+                );
+                let history = monitor::collect_leftovers(&paths);
+                let _ = std::fs::remove_file(&paths.socket);
+                for i in from_file.iter().flat_map(|g| &g.net) {
+                    if let Err(e) = net::release_interface(&i.ifname, i.kind) {
+                        tracing::warn!("{name}: {e}");
+                    }
+                }
+                let mut inner = self.lock();
+                if let Some(vm) = inner.vms.iter_mut().find(|v| v.spec.name == name) {
+                    vm.last_exit = Some(note.reason);
+                    let console = Console::new();
+                    console.output(&history);
+                    console.close();
+                    vm.console = console;
+                }
+                continue;
+            };
+            let kind = if g.container.is_some() {
+                "container"
+            } else {
+                "vm"
+            };
+            let handle = monitor::Handle {
+                name: name.clone(),
+                paths: g.paths.clone(),
+                pid: g.pid,
+                monitor_pid: g.monitor_pid,
+            };
+            let mut net = Vec::new();
+            for i in g.net {
+                let dhcp = i.dhcp.clone().and_then(|lease| {
+                    match net::DhcpServer::bind(&i.ifname, lease).and_then(|d| d.spawn()) {
+                        Ok(d) => Some(d),
+                        Err(e) => {
+                            tracing::warn!("{name}: DHCP on {}: {e}", i.ifname);
+                            None
+                        }
+                    }
+                });
+                net.push(Attachment {
+                    ifname: i.ifname,
+                    kind: i.kind,
+                    dhcp,
+                    lease: i.dhcp,
+                    port: i.port,
+                });
+            }
+            let mut inner = self.lock();
+            let state = if paused { VmState::Paused } else { g.state };
+            let existing = inner.vms.iter().position(|v| v.spec.name == name);
+            let idx = match existing {
+                Some(i) => i,
+                None => {
+                    inner.vms.push(Vm {
+                        id: g.id,
+                        spec: g.spec.clone(),
+                        container: g.container.clone(),
+                        configured: false,
+                        state: VmState::Stopped,
+                        process: None,
+                        last_exit: None,
+                        console: Console::new(),
+                        generation: 0,
+                        net: Vec::new(),
+                        open_as: g.open_as.clone(),
+                        // Declared when it started, gone from vm.conf now.
+                        removed: g.configured,
+                    });
+                    inner.vms.len() - 1
+                }
+            };
+            // A daemon killed between a container's start and its veth's
+            // attachment left it off its switch: attach it now.
+            let mut net = net;
+            if let Some(ct) = g.container.as_ref().filter(|c| !c.interfaces.is_empty()) {
+                if net.is_empty() {
+                    let view = container_view(ct);
+                    let host = format!("kct{}-0", g.id);
+                    match self.attach_one(&mut inner, &view, g.id, 0, Some(&host)) {
+                        Ok((_, a)) => net.push(a),
+                        Err(e) => tracing::warn!("container {name}: {e}"),
+                    }
+                }
+            }
+            let vm = &mut inner.vms[idx];
+            vm.id = g.id;
+            vm.generation = g.generation;
+            vm.state = state;
+            vm.net = net;
+            vm.process = Some(handle.clone());
+            if vm.open_as.is_none() {
+                vm.open_as = g.open_as;
+            }
+            drop(inner);
+            tracing::info!("{kind} {name}: adopted, pid {} ({state})", g.pid);
+            supervise.push((name, g.generation, handle));
+        }
+        // Ids stay unique: a configured guest may have got the id an
+        // adopted one holds.
+        {
+            let mut inner = self.lock();
+            let mut seen = std::collections::HashSet::new();
+            let max = inner.vms.iter().map(|v| v.id).max().unwrap_or(0);
+            let mut next = inner.next_id.max(max + 1);
+            let adopted: Vec<u32> = inner
+                .vms
+                .iter()
+                .filter(|v| v.process.is_some())
+                .map(|v| v.id)
+                .collect();
+            for id in &adopted {
+                seen.insert(*id);
+            }
+            for vm in inner.vms.iter_mut().filter(|v| v.process.is_none()) {
+                if !seen.insert(vm.id) {
+                    vm.id = next;
+                    next += 1;
+                }
+            }
+            inner.next_id = next;
+        }
+        for (name, generation, handle) in supervise {
+            if let Err(e) = self.supervise(name.clone(), generation, handle) {
+                tracing::error!("{name}: {e}");
+            }
+        }
+    }
+}
+
+/// The state file's interface records of a guest's attachments.
+fn interface_records(net: &[Attachment]) -> Vec<InterfaceRecord> {
+    net.iter()
+        .map(|a| InterfaceRecord {
+            ifname: a.ifname.clone(),
+            kind: a.kind,
+            port: a.port.clone(),
+            dhcp: a.lease.clone(),
+        })
+        .collect()
+}
+
+/// The record of run `generation` of `vm` (pids not filled in).
+fn record_of(vm: &Vm, generation: u64, paths: &monitor::Paths, net: &[Attachment]) -> GuestRecord {
+    GuestRecord {
+        id: vm.id,
+        generation,
+        configured: vm.configured,
+        spec: vm.spec.clone(),
+        container: vm.container.clone(),
+        open_as: vm.open_as.clone(),
+        state: if vm.state == VmState::Stopped {
+            VmState::Running
+        } else {
+            vm.state
+        },
+        pid: 0,
+        monitor_pid: 0,
+        paths: paths.clone(),
+        net: interface_records(net),
+    }
+}
+
+/// Where a console request goes.
+pub enum ConsoleRoute {
+    /// A running guest's monitor serves it.
+    Monitor(Proc),
+    /// A stopped guest's last output, kept by the daemon.
+    History(Console),
 }
 
 /// How long `start` waits for a VM process to open its resources before
@@ -1814,6 +2184,13 @@ fn vm_kind_of(inner: &Inner, name: &str) -> &'static str {
         .iter()
         .find(|v| v.spec.name == name)
         .map_or("vm", Vm::kind)
+}
+
+/// [`container_view`] of a container spec that is there.
+fn container_view_of(c: &Option<kapsel_config::ContainerSpec>) -> VmSpec {
+    c.as_ref()
+        .map(container_view)
+        .unwrap_or_else(|| VmSpec::new(""))
 }
 
 /// The settings a container shares with VMs, as a VmSpec: what status,

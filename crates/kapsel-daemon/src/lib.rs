@@ -15,8 +15,10 @@ pub mod daemon;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod monitor;
 pub mod net;
 pub mod proto;
 pub mod server;
+pub mod state;
 pub mod statelock;
 pub mod vmproc;

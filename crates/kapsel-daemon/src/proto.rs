@@ -310,6 +310,8 @@ pub enum Response {
 pub enum VmState {
     /// Not running.
     Stopped,
+    /// Its monitor is starting it.
+    Starting,
     /// Its process runs the guest.
     Running,
     /// Its vCPUs are stopped.
@@ -322,6 +324,7 @@ impl std::fmt::Display for VmState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             VmState::Stopped => "stopped",
+            VmState::Starting => "starting",
             VmState::Running => "running",
             VmState::Paused => "paused",
             VmState::Stopping => "stopping",

@@ -2,7 +2,7 @@
 //! who asks (SO_PEERCRED), and the daemon's signals.
 
 use crate::accounts::{gid_of, uid_of, Peer};
-use crate::daemon::{Daemon, DaemonError, Options};
+use crate::daemon::{ConsoleRoute, Daemon, DaemonError, Options};
 use crate::proto::{self, Envelope, ProtoError, Request, Response, PROTOCOL_VERSION};
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
@@ -324,16 +324,22 @@ fn serve(daemon: &Arc<Daemon>, mut stream: UnixStream) {
     tracing::debug!("{} asks {:?}", peer.describe(), request);
     match request {
         Request::Console { target } => match daemon.console_for(&peer, &target) {
-            Ok((console, input)) => {
+            // The guest's monitor replies and serves the session; the
+            // connection outlives this daemon.
+            Ok(ConsoleRoute::Monitor(process)) => {
+                if let Err(message) = process.console(&stream, peer.is_root()) {
+                    reply(&mut stream, &refusal(&peer, &message));
+                }
+            }
+            Ok(ConsoleRoute::History(console)) => {
                 reply(
                     &mut stream,
                     &Response::Ok {
                         message: String::new(),
                     },
                 );
-                // The session runs in this thread, on this connection's
-                // slot, until the client leaves or the guest stops.
-                if let Err(e) = console.attach(stream, input, peer.is_root()) {
+                // A stopped guest's last output, in this thread.
+                if let Err(e) = console.attach(stream, None, peer.is_root()) {
                     tracing::debug!("console of {target:?}: {e}");
                 }
             }
@@ -345,29 +351,9 @@ fn serve(daemon: &Arc<Daemon>, mut stream: UnixStream) {
             tty,
             winsize,
         } => {
-            // The command's output waits for its reader as long as it
-            // takes (a pager may pause it); the session holds this
-            // connection's slot meanwhile.
-            let _ = stream.set_write_timeout(None);
-            let mut reply_to = match stream.try_clone() {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!("exec: {e}");
-                    return;
-                }
-            };
-            let ok = || -> Result<UnixStream, String> {
-                proto::write_message(
-                    &mut reply_to,
-                    &Response::Ok {
-                        message: String::new(),
-                    },
-                )
-                .map_err(|e| e.to_string())?;
-                Ok(reply_to)
-            };
+            // The container's monitor replies and relays the command.
             let tty = tty.then_some(winsize.unwrap_or((24, 80)));
-            if let Err(message) = daemon.exec_in(&peer, &target, &argv, tty, ok) {
+            if let Err(message) = daemon.exec_in(&peer, &target, &argv, tty, &stream) {
                 reply(&mut stream, &refusal(&peer, &message));
             }
         }

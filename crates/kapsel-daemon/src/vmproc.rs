@@ -16,10 +16,6 @@ use std::time::Duration;
 pub struct Launch<'a> {
     /// The VM, with instances resolved.
     pub spec: &'a VmSpec,
-    /// The `kapsel` binary.
-    pub kapsel: &'a Path,
-    /// The file its stderr is appended to.
-    pub log: &'a Path,
     /// Time the guest gets after the power button.
     pub shutdown_timeout: Duration,
     /// The open taps of its interfaces, in order, with the guest's MAC.
@@ -33,7 +29,7 @@ pub struct Launch<'a> {
 /// (`kapsel run --open-as`), so that a user cannot have root open a file
 /// that the user may not read or write. Files that root wrote in vm.conf
 /// are opened with the VM process's own rights.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct OpenAs {
     /// The user's uid.
     pub uid: u32,
@@ -173,7 +169,7 @@ pub fn run_args(
 /// with EINVAL when its floor is not below RLIMIT_NOFILE, and the soft limit
 /// is 1024 under systemd and busybox init alike (a floor of 1024 made every
 /// VM with an interface fail there with "tap descriptor: Invalid argument").
-fn dup_above_targets(fd: &OwnedFd, count: usize) -> std::io::Result<OwnedFd> {
+pub(crate) fn dup_above_targets(fd: &OwnedFd, count: usize) -> std::io::Result<OwnedFd> {
     let floor = FIRST_TAP_FD.saturating_add(i32::try_from(count).unwrap_or(i32::MAX));
     // SAFETY: F_DUPFD_CLOEXEC duplicates a descriptor we own; it touches no
     // memory.
@@ -222,28 +218,36 @@ pub fn wait_ready(ready: &OwnedFd, timeout: Duration) -> Ready {
     }
 }
 
-/// Starts the VM process. Returns it, the console output stream, and the
-/// read end of a pipe on which it says when its resources are open (see
-/// [`wait_ready`]).
-pub fn spawn(launch: &Launch) -> Result<(VmProcess, UnixStream, OwnedFd), String> {
+/// Prepares a VM process's start in the daemon: its `kapsel run`
+/// arguments, the descriptors it inherits at [`FIRST_TAP_FD`], ... (its
+/// taps, then the write end of its readiness pipe) and the read end of
+/// that pipe, on which it says when its resources are open (see
+/// [`wait_ready`]). [`spawn_process`] (in its monitor) runs it.
+pub fn prepare(launch: Launch) -> Result<(Vec<String>, Vec<OwnedFd>, OwnedFd), String> {
     let name = &launch.spec.name;
     let macs: Vec<MacAddr> = launch.taps.iter().map(|(_, m)| *m).collect();
     let mut args = run_args(launch.spec, launch.shutdown_timeout, &macs, launch.open_as)?;
-    // The write end of the readiness pipe follows the taps.
     let (ready_read, ready_write) =
         pipe().map_err(|e| format!("vm {name}: readiness pipe: {e}"))?;
-    let inherited = launch.taps.len() + 1;
-    let mut high = Vec::new();
-    for fd in launch.taps.iter().map(|(fd, _)| fd).chain([&ready_write]) {
-        high.push(
-            dup_above_targets(fd, inherited)
-                .map_err(|e| format!("vm {name}: tap descriptor: {e}"))?,
-        );
-    }
-    drop(ready_write);
     args.push("--ready-fd".into());
     args.push((FIRST_TAP_FD + launch.taps.len() as i32).to_string());
-    let raw: Vec<i32> = high.iter().map(|f| f.as_raw_fd()).collect();
+    let mut fds: Vec<OwnedFd> = launch.taps.into_iter().map(|(fd, _)| fd).collect();
+    fds.push(ready_write);
+    Ok((args, fds, ready_read))
+}
+
+/// Starts the VM process `kapsel ARGS` (in its monitor), which inherits
+/// this process's descriptors [`FIRST_TAP_FD`]..+`fds` as they are.
+/// Returns it and its console output stream. Its stderr is appended to
+/// `log`; it is killed if this process dies (`PR_SET_PDEATHSIG`), so that
+/// no VM runs without its monitor.
+pub fn spawn_process(
+    name: &str,
+    kapsel: &Path,
+    args: &[String],
+    log: &Path,
+    fds: u32,
+) -> Result<(VmProcess, UnixStream), String> {
     let (daemon_end, vm_end) =
         UnixStream::pair().map_err(|e| format!("vm {name}: console socket: {e}"))?;
     let vm_out = vm_end
@@ -255,11 +259,11 @@ pub fn spawn(launch: &Launch) -> Result<(VmProcess, UnixStream, OwnedFd), String
         .create(true)
         .append(true)
         .mode(0o600)
-        .open(launch.log)
-        .map_err(|e| format!("vm {name}: log {}: {e}", launch.log.display()))?;
+        .open(log)
+        .map_err(|e| format!("vm {name}: log {}: {e}", log.display()))?;
     let _ = writeln!(log, "--- kapsel {}", args.join(" "));
-    let mut cmd = Command::new(launch.kapsel);
-    cmd.args(&args)
+    let mut cmd = Command::new(kapsel);
+    cmd.args(args)
         .stdin(Stdio::from(OwnedFd::from(vm_end)))
         .stdout(Stdio::from(OwnedFd::from(vm_out)))
         .stderr(Stdio::piped())
@@ -268,27 +272,29 @@ pub fn spawn(launch: &Launch) -> Result<(VmProcess, UnixStream, OwnedFd), String
             std::env::var("KAPSEL_VM_LOG").unwrap_or("warn".into()),
         )
         // Its own process group: a Ctrl-C meant for a foreground daemon
-        // reaches the daemon, which stops the VMs in order.
+        // does not reach it.
         .process_group(0);
-    // SAFETY: between fork and exec only dup2, which is async-signal-safe,
-    // on descriptors that stay open in the parent until spawn returns.
+    let inherited: Vec<i32> = (0..fds as i32).map(|i| FIRST_TAP_FD + i).collect();
+    // SAFETY: between fork and exec only prctl and fcntl, which are
+    // async-signal-safe.
     unsafe {
         cmd.pre_exec(move || {
-            for (i, &fd) in raw.iter().enumerate() {
-                if libc::dup2(fd, FIRST_TAP_FD + i as i32) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            for &fd in &inherited {
+                // Kept across exec (they may be close-on-exec here).
+                libc::fcntl(fd, libc::F_SETFD, 0);
             }
             Ok(())
         });
     }
     let mut child = cmd
         .spawn()
-        .map_err(|e| format!("vm {name}: cannot run {}: {e}", launch.kapsel.display()))?;
-    drop(high);
+        .map_err(|e| format!("vm {name}: cannot run {}: {e}", kapsel.display()))?;
     let pid = child.id();
     let stderr = child.stderr.take();
-    let tag = name.clone();
+    let tag = name.to_string();
     let stderr = std::thread::Builder::new()
         .name(format!("stderr-{pid}"))
         .spawn(move || {
@@ -309,9 +315,9 @@ pub fn spawn(launch: &Launch) -> Result<(VmProcess, UnixStream, OwnedFd), String
     let console_out = daemon_end
         .try_clone()
         .map_err(|e| format!("vm {name}: console socket: {e}"))?;
-    // The Child is not waited on through std: the supervisor thread watches
-    // the pid with waitid(WNOWAIT) and reaps it under the daemon's lock, so
-    // that no signal can reach a recycled pid.
+    // The Child is not waited on through std: the monitor watches the pid
+    // with waitid(WNOWAIT) and reaps it last, so that no signal can reach
+    // a recycled pid.
     std::mem::forget(child);
     Ok((
         VmProcess {
@@ -320,7 +326,6 @@ pub fn spawn(launch: &Launch) -> Result<(VmProcess, UnixStream, OwnedFd), String
             stderr: Some(stderr),
         },
         console_out,
-        ready_read,
     ))
 }
 

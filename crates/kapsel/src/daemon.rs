@@ -27,6 +27,10 @@ pub struct DaemonArgs {
     /// Log every decision (like `kapsel log verbose`).
     #[arg(short = 'v', long)]
     pub verbose: bool,
+    /// Stop every guest when the daemon stops. Without it, guests run on
+    /// under their monitors and the next daemon adopts them.
+    #[arg(long)]
+    pub stop_guests: bool,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT; returns the exit code.
@@ -57,6 +61,7 @@ pub fn main(args: DaemonArgs, socket: PathBuf, logging: crate::Logging) -> u8 {
         kapsel,
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
         set_log_level: Some(Box::new(set)),
+        stop_guests: args.stop_guests,
     };
     match server::run(opts) {
         Ok(()) => 0,

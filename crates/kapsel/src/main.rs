@@ -36,6 +36,13 @@ enum Command {
     Verb(ctl::Verb),
     /// Run one container in the foreground from a root directory.
     RunContainer(run_container::RunContainerArgs),
+    /// A guest's monitor, started by kapseld (not by hand).
+    #[command(hide = true)]
+    Monitor {
+        /// The guest's name (shown by ps; the launch description on stdin
+        /// decides).
+        name: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -48,6 +55,7 @@ fn main() -> ExitCode {
         Command::Daemon(args) => daemon::main(args, cli.socket.socket, logging),
         Command::Verb(verb) => ctl::main(cli.socket, verb),
         Command::RunContainer(args) => run_container::main(args),
+        Command::Monitor { .. } => kapsel_daemon::monitor::main().clamp(0, 255) as u8,
     };
     ExitCode::from(code)
 }

@@ -518,7 +518,13 @@ fn a_seccomp_violation_kills_the_vm_process_and_the_daemon_reports_it() {
     // Every VM process of this daemon calls socket(2) once its filter is on
     // (kapsel-vmm's debug-build hook; see sandbox::debug).
     d.spawn_with_env(&[("KAPSEL_DEBUG_SECCOMP", "violate")]);
-    let vm = d.wait_state("victim", "stopped");
+    // Stopped after its run (not before its start).
+    let until = Instant::now() + Duration::from_secs(20);
+    let mut vm = d.wait_state("victim", "stopped");
+    while vm["last_exit"].is_null() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+        vm = d.wait_state("victim", "stopped");
+    }
     let reason = vm["last_exit"].as_str().unwrap_or_default().to_string();
     assert!(
         reason.contains("SIGSYS") && reason.contains("seccomp"),
@@ -1582,4 +1588,432 @@ fn a_container_runs_the_app_of_an_oci_image_with_two_layers() {
         "{err}"
     );
     assert!(err.contains("more.conf:1"), "{err}");
+}
+
+// --- guests outlive the daemon ------------------------------------------------
+
+/// Whether process `pid` exists (a zombie counts as gone).
+fn alive(pid: i32) -> bool {
+    process_state(pid).is_some_and(|s| s != 'Z')
+}
+
+/// The running guests' pids by name.
+fn running_pids(d: &Kapseld) -> Vec<(String, i32)> {
+    let mut v: Vec<(String, i32)> = d
+        .status()
+        .iter()
+        .filter(|v| v["state"] == "running")
+        .map(|v| (v["name"].as_str().unwrap().to_string(), pid_of(v)))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Waits until the daemon lists `want` running (names and pids); returns
+/// how long that took from `since`.
+fn until_adopted(d: &Kapseld, want: &[(String, i32)], since: Instant) -> Duration {
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        if running_pids(d) == want {
+            return since.elapsed();
+        }
+        assert!(
+            Instant::now() < until,
+            "not adopted: want {want:?}, have {:?}\n{}",
+            running_pids(d),
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn guests_outlive_the_daemon_and_the_next_one_adopts_them() {
+    if !ctcommon::ready() || !kvm_usable() {
+        return;
+    }
+    if Command::new("nft").arg("--version").output().is_err() {
+        println!("SKIP: nft (Debian: nftables) is not installed");
+        return;
+    }
+    let Some(ns) = Netns::create("adopt") else {
+        return;
+    };
+    let dir = ctcommon::private_dir(&format!("kapsel-adopt-{}", std::process::id()));
+    let disk = dir.join("disk.qcow2");
+    let made = Command::new(env!("CARGO_BIN_EXE_kapsel"))
+        .args(["create", "-s", "16M"])
+        .arg(&disk)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let root = ctcommon::Rootfs::system("adopt");
+    // The privileged container asks for a lease on its local interface
+    // whenever told to (kapsel exec ... /bin/dhcp-now).
+    std::fs::write(
+        root.file("/bin/lease"),
+        "#!/bin/sh\ncase $1 in bound|renew) echo \"LEASE ip=$ip\";; esac\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.file("/bin/dhcp-now"),
+        "#!/bin/sh\nudhcpc -i eth0 -n -q -t 5 -T 1 -s /bin/lease 2>&1 | grep LEASE\n",
+    )
+    .unwrap();
+    for f in ["/bin/lease", "/bin/dhcp-now"] {
+        std::fs::set_permissions(root.file(f), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let (ct1, ct2) = (ctcommon::name("adopt-ct"), ctcommon::name("adopt-un"));
+    let conf = format!(
+        "switch \"lan\" {{\n}}\n\
+         vm \"vm1\" {{\n\tboot \"{IDLE}\"\n\tmemory 64M\n\tdisk \"{disk}\"\n\tinterface {{ switch \"lan\" }}\n}}\n\
+         vm \"vm2\" {{\n\tboot \"{IDLE}\"\n\tmemory 64M\n\tlocal interface\n}}\n\
+         container \"{ct1}\" {{\n\troot \"{r}\"\n\tlocal interface\n}}\n\
+         container \"{ct2}\" {{\n\troot \"{r}\"\n\tunprivileged\n}}\n",
+        disk = disk.display(),
+        r = root.path.display()
+    );
+    let mut d = Kapseld::start_in(Some(&ns.0), &conf);
+    // This test's daemons leave their guests running when they stop.
+    d.stop_daemon();
+    d.spawn_daemon(&[], &[]);
+    for g in ["vm1", "vm2", &ct1, &ct2] {
+        d.wait_state(g, "running");
+    }
+    d.console_text("vm1", "idle ready");
+    d.console_text(&ct1, "kapsel-ct-booted");
+    let lease = d.ok(&["exec", &ct1, "--", "/bin/dhcp-now"]);
+    assert!(lease.contains("LEASE ip="), "{lease}");
+    let before = running_pids(&d);
+    assert_eq!(before.len(), 4, "{before:?}");
+
+    // kill -9 of the daemon: every guest runs on.
+    let mut child = d.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    for (name, pid) in &before {
+        assert!(alive(*pid), "{name} ({pid}) died with the daemon");
+    }
+    // The disk stays locked by its VM process: qemu-img may not write it.
+    if let Ok(o) = Command::new("qemu-img").arg("check").arg(&disk).output() {
+        assert!(!o.status.success(), "the disk is not locked any more");
+    }
+    let since = Instant::now();
+    d.spawn_daemon(&[], &[]);
+    let took = until_adopted(&d, &before, since);
+    println!("adopted 4 guests after kill -9 in {took:?}");
+    // The console replays what came before and carries input both ways.
+    d.console_text("vm1", "idle ready");
+    let mut con = d
+        .cmd(&["console", "vm1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = con.stdin.take().unwrap();
+    let mut reader = BufReader::new(con.stdout.take().unwrap());
+    stdin.write_all(b"after the crash\r").unwrap();
+    let mut seen = String::new();
+    while !seen.contains("line after the crash") {
+        let mut l = String::new();
+        assert!(
+            reader.read_line(&mut l).unwrap() > 0,
+            "console closed: {seen}"
+        );
+        seen.push_str(&l);
+    }
+    stdin.write_all(b"\r~.").unwrap();
+    drop(stdin);
+    assert!(con.wait().unwrap().success());
+    // exec, DHCP (served again, same address), pause and resume work.
+    let again = d.ok(&["exec", &ct1, "--", "/bin/dhcp-now"]);
+    assert_eq!(again.trim(), lease.trim(), "the same lease after adoption");
+    // (A container's freezer is not reachable under `ip netns exec`,
+    // which mounts a /sys of its own; containers_start_exec_pause_and_stop_like_vms
+    // pauses containers.)
+    d.ok(&["pause", "vm2"]);
+    assert_eq!(d.vm("vm2")["state"], "paused");
+    d.ok(&["unpause", "vm2"]);
+    assert!(d.ok(&["exec", &ct2, "--", "id", "-u"]).trim() == "0");
+    // The switch port is still there: vm1's tap is on the bridge.
+    let ports = ns
+        .exec("ip")
+        .args(["-o", "link", "show", "master", "kbr-lan"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&ports.stdout).contains("ktap"),
+        "{ports:?}"
+    );
+
+    // A clean stop of the daemon (SIGTERM) keeps them too, with NAT.
+    let status = d.stop_daemon().unwrap();
+    assert!(status.success(), "{status}\n{}", d.log());
+    for (name, pid) in &before {
+        assert!(alive(*pid), "{name} ({pid}) died with the daemon's SIGTERM");
+    }
+    let nat = ns.exec("nft").args(["list", "ruleset"]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&nat.stdout).contains("masquerade"),
+        "the NAT the guests use went with the daemon"
+    );
+    // The last daemon stops its guests when it stops (and when asked).
+    let since = Instant::now();
+    d.spawn_daemon(&[], &["--stop-guests"]);
+    until_adopted(&d, &before, since);
+    let said = d.ok(&["stop", "-w", "vm1"]);
+    assert!(said.contains("powered off"), "{said}");
+    let status = d.stop_daemon().unwrap();
+    assert!(status.success(), "{status}\n{}", d.log());
+    for (name, pid) in &before {
+        assert!(
+            !alive(*pid),
+            "{name} ({pid}) outlived the daemon with --stop-guests"
+        );
+    }
+    // Nothing is left behind: no monitor, report, tap, veth or cgroup.
+    let run = std::fs::read_dir(d.dir.join("state/run"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect::<Vec<_>>();
+    assert!(run.is_empty(), "left in run/: {run:?}");
+    let links = ns.exec("ip").args(["-o", "link"]).output().unwrap();
+    let links = String::from_utf8_lossy(&links.stdout);
+    assert!(!links.contains("ktap") && !links.contains("kct"), "{links}");
+    for ct in [&ct1, &ct2] {
+        assert!(
+            ctcommon::cgroup_dirs(ct).is_empty(),
+            "{ct}'s cgroup is left"
+        );
+    }
+    // The disk is free again and consistent.
+    if let Ok(o) = Command::new("qemu-img").arg("check").arg(&disk).output() {
+        assert!(o.status.success(), "{o:?}");
+    }
+}
+
+/// The pids of the `kapsel monitor NAME` processes.
+fn monitors_of(name: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
+        if args.len() >= 3 && args[1] == b"monitor" && args[2] == name.as_bytes() && alive(pid) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// The VM processes of this test (their memory size is this test's own).
+fn vm_processes(memory_arg: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                String::from_utf8_lossy(&c)
+                    .replace('\0', " ")
+                    .contains(memory_arg)
+            }) && alive(*pid)
+        })
+        .count()
+}
+
+#[test]
+fn a_daemon_killed_at_any_moment_leaves_every_guest_adopted_or_gone() {
+    if !ctcommon::ready() || !kvm_usable() {
+        return;
+    }
+    let Some(ns) = Netns::create("rk") else {
+        return;
+    };
+    // KAPSEL_SOAK=N for a longer run; KAPSEL_SOAK_SEED to repeat one.
+    let rounds: u64 = std::env::var("KAPSEL_SOAK")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    let mut seed: u64 = std::env::var("KAPSEL_SOAK_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    println!("KAPSEL_SOAK_SEED={seed}");
+    let mut random_ms = move |max: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % max
+    };
+    let root = ctcommon::Rootfs::system("rk");
+    let (vm1, vm2, ct) = (
+        ctcommon::name("rk-vm1"),
+        ctcommon::name("rk-vm2"),
+        ctcommon::name("rk-ct"),
+    );
+    // 41 MiB: this test's VM processes, told apart from other tests'.
+    const MEMORY_ARG: &str = "--memory 42991616";
+    let conf = |extra: &str| {
+        format!(
+            "switch \"lan\" {{\n}}\n\
+             vm \"{vm1}\" {{\n\tboot \"{IDLE}\"\n\tmemory 41M\n\tinterface {{ switch \"lan\" }}\n}}\n\
+             vm \"{vm2}\" {{\n\tboot \"{IDLE}\"\n\tmemory 41M\n}}\n\
+             container \"{ct}\" {{\n\troot \"{r}\"\n\tinterface {{ switch \"lan\" }}\n}}\n{extra}",
+            r = root.path.display()
+        )
+    };
+    let names = [vm1.clone(), vm2.clone(), ct.clone()];
+    let mut d = Kapseld::start_in(Some(&ns.0), &conf(""));
+    d.stop_daemon();
+    let kill9 = |d: &mut Kapseld| {
+        if let Some(mut c) = d.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    };
+    // Every guest is running under exactly one monitor, or stopped with
+    // none and no process left; the VM processes are the running VMs'.
+    let check = |d: &Kapseld, when: &str| {
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            let status = d.status();
+            let mut problems = Vec::new();
+            let mut running_vms = 0;
+            for name in &names {
+                let Some(g) = status.iter().find(|v| v["name"] == name.as_str()) else {
+                    problems.push(format!("{name} unlisted"));
+                    continue;
+                };
+                let monitors = monitors_of(name);
+                match g["state"].as_str().unwrap_or_default() {
+                    "running" | "paused" => {
+                        if !alive(pid_of(g)) || monitors.len() != 1 {
+                            problems.push(format!("{name}: running with monitors {monitors:?}"));
+                        }
+                        if g["kind"] == "vm" {
+                            running_vms += 1;
+                        }
+                    }
+                    "stopped" if !monitors.is_empty() => {
+                        problems.push(format!("{name}: stopped but monitors {monitors:?}"))
+                    }
+                    "stopped" => {}
+                    other => problems.push(format!("{name}: {other}")),
+                }
+            }
+            let vms = vm_processes(MEMORY_ARG);
+            if vms != running_vms {
+                problems.push(format!("{vms} VM processes for {running_vms} running VMs"));
+            }
+            if problems.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < until,
+                "{when}: {problems:?}\n{status:?}\n{}",
+                d.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    for round in 0..rounds {
+        // During start: the daemon starts the enabled guests.
+        let ms = random_ms(400);
+        d.spawn_daemon(&[], &[]);
+        std::thread::sleep(Duration::from_millis(ms));
+        kill9(&mut d);
+        d.spawn_daemon(&[], &[]);
+        check(&d, &format!("round {round}: killed {ms} ms into a start"));
+        // During stop: power buttons pressed, guests going.
+        let _ = d.cmd(&["stop", "-a"]).output();
+        let ms = random_ms(300);
+        std::thread::sleep(Duration::from_millis(ms));
+        kill9(&mut d);
+        d.spawn_daemon(&[], &[]);
+        check(&d, &format!("round {round}: killed {ms} ms into a stop"));
+        // During a reload that adds a guest and removes the container.
+        let _ = d.cmd(&["start", &vm1]).output();
+        let _ = d.cmd(&["start", &vm2]).output();
+        std::fs::write(
+            d.dir.join("vm.conf"),
+            conf("").replace(
+                &format!("container \"{ct}\""),
+                &format!("container \"{}\"", ctcommon::name("rk-new")),
+            ),
+        )
+        .unwrap();
+        let ms = random_ms(300);
+        let _ = d.cmd(&["reload"]).spawn();
+        std::thread::sleep(Duration::from_millis(ms));
+        kill9(&mut d);
+        std::fs::write(d.dir.join("vm.conf"), conf("")).unwrap();
+        d.spawn_daemon(&[], &[]);
+        check(&d, &format!("round {round}: killed {ms} ms into a reload"));
+        // Everything stops before the next round's start.
+        let _ = d.cmd(&["stop", "-a", "-w"]).output();
+        check(&d, &format!("round {round}: after stop -a -w"));
+        kill9(&mut d);
+    }
+    // The last daemon stops what runs; nothing is left.
+    d.spawn_daemon(&[], &["--stop-guests"]);
+    d.stop_daemon();
+    for name in &names {
+        assert!(monitors_of(name).is_empty(), "{name}'s monitor is left");
+    }
+    assert_eq!(vm_processes(MEMORY_ARG), 0, "VM processes are left");
+    assert!(
+        ctcommon::cgroup_dirs(&ct).is_empty(),
+        "the container's cgroup is left"
+    );
+    let links = ns.exec("ip").args(["-o", "link"]).output().unwrap();
+    let links = String::from_utf8_lossy(&links.stdout);
+    assert!(!links.contains("ktap") && !links.contains("kct"), "{links}");
+}
+
+#[test]
+fn a_killed_monitor_takes_its_guest_with_it_and_the_guest_starts_again() {
+    if !ctcommon::ready() || !kvm_usable() {
+        return;
+    }
+    let root = ctcommon::Rootfs::system("killmon");
+    let (vm, ct) = (ctcommon::name("km-vm"), ctcommon::name("km-ct"));
+    let conf = format!(
+        "vm \"{vm}\" {{\n\tboot \"{IDLE}\"\n\tmemory 64M\n}}\n\
+         container \"{ct}\" {{\n\troot \"{r}\"\n}}\n",
+        r = root.path.display()
+    );
+    let d = Kapseld::start(&conf);
+    for name in [&vm, &ct] {
+        let pid = pid_of(&d.wait_state(name, "running"));
+        let monitors = monitors_of(name);
+        assert_eq!(monitors.len(), 1, "{name}: {monitors:?}");
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(monitors[0], libc::SIGKILL) };
+        let st = d.wait_state(name, "stopped");
+        assert!(
+            st["last_exit"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("monitor"),
+            "{st}"
+        );
+        assert!(
+            ctcommon::eventually(5, || !alive(pid)),
+            "{name}'s process {pid} outlived its monitor"
+        );
+        // Nothing it left (a cgroup, a socket) keeps it from starting.
+        d.ok(&["start", name]);
+        d.wait_state(name, "running");
+    }
 }

@@ -507,6 +507,26 @@ fn kapseld_switch_carries_traffic_between_two_linux_guests() {
     assert_eq!(md5(&a, "KAPSEL-SWITCH-RX-MD5="), b_tx, "b -> a\n{a}\n{b}");
 }
 
+/// kill -9 of kapseld while three Linux guests boot (one getting its
+/// address by DHCP, two talking over a switch): a new kapseld adopts all
+/// three with the same pids, and the scenario's checks above (DHCP, the
+/// switch, `wait`, the consoles replayed from the guests' monitors) ran
+/// under the new daemon.
+#[test]
+fn kapseld_adopts_linux_guests_after_kill_9() {
+    let Some(s) = scenario("daemon") else { return };
+    let adopt = daemon_file("daemon.adopt");
+    assert!(
+        adopt.contains("adopted: yes"),
+        "{adopt}\n{}",
+        s.err
+    );
+    let before = adopt.lines().next().unwrap_or_default();
+    for name in ["dhcp", "switch-a", "switch-b"] {
+        assert!(before.contains(name), "{adopt}");
+    }
+}
+
 #[test]
 fn kapseld_leaves_no_links_or_rules_behind() {
     let Some(s) = scenario("daemon") else { return };

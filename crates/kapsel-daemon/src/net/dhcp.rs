@@ -55,7 +55,7 @@ const DHCPNAK: u8 = 6;
 const DHCPINFORM: u8 = 8;
 
 /// What the server offers on its interface.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DhcpLease {
     /// The guest's address.
     pub client: Ipv4Addr,

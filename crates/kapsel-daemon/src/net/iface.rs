@@ -39,7 +39,7 @@ pub fn tap_name(vm_id: u32, index: u32) -> Result<String, NetError> {
 }
 
 /// What kind of host-side interface a guest has.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum InterfaceKind {
     /// A VM's tap, created by [`start_vm_interface`].
     Tap,
@@ -243,7 +243,7 @@ pub fn local_lease(req: &InterfaceRequest<'_>, locked: bool) -> Result<DhcpLease
 /// A guest interface that is a port of a switch, as the daemon recorded it
 /// when the guest started: what [`reattach_port`] puts back and
 /// [`port_state`] checks.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SwitchPort {
     /// The host-side interface (tap or veth).
     pub ifname: String,

@@ -22,6 +22,9 @@ pub struct Kapseld {
     pub child: Option<Child>,
     /// The network namespace it runs in (its switches live there).
     pub netns: Option<String>,
+    /// A daemon of this test ran without --stop-guests: guests may outlive
+    /// it, to be stopped when the test ends.
+    pub keeps_guests: bool,
 }
 
 impl Kapseld {
@@ -47,6 +50,7 @@ impl Kapseld {
             dir,
             child: None,
             netns: netns.map(str::to_string),
+            keeps_guests: false,
         };
         d.spawn();
         d
@@ -57,6 +61,15 @@ impl Kapseld {
     }
 
     pub fn spawn_with_env(&mut self, env: &[(&str, &str)]) {
+        self.spawn_daemon(env, &["--stop-guests"]);
+    }
+
+    /// Starts the daemon with `extra` arguments; without `--stop-guests`
+    /// its guests outlive it.
+    pub fn spawn_daemon(&mut self, env: &[(&str, &str)], extra: &[&str]) {
+        if !extra.contains(&"--stop-guests") {
+            self.keeps_guests = true;
+        }
         let log = std::fs::File::create(self.dir.join("daemon.log")).unwrap();
         let mut cmd = match &self.netns {
             Some(ns) => {
@@ -85,6 +98,7 @@ impl Kapseld {
             .arg(self.socket())
             .arg("--state-dir")
             .arg(self.dir.join("state"))
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -221,6 +235,12 @@ impl Kapseld {
 impl Drop for Kapseld {
     fn drop(&mut self) {
         self.stop_daemon();
+        if self.keeps_guests {
+            // Whatever this test left running: a daemon that adopts it and
+            // stops it.
+            self.spawn_daemon(&[], &["--stop-guests"]);
+            self.stop_daemon();
+        }
     }
 }
 

@@ -116,6 +116,35 @@ daemon_scenario() {
         i=$((i + 1))
     done
     snapshot "$OUT/daemon.during"
+    # Guests outlive the daemon: kill -9 of kapseld while the three boot,
+    # and a new kapseld adopts them (same pids); the rest of the scenario
+    # (DHCP, the switch, the waits and consoles) runs under the new one.
+    before=$(k status 2>/dev/null | awk '$2 ~ /^[0-9]+$/ { print $NF, $2 }' | sort)
+    kill -KILL $daemon
+    wait $daemon 2>/dev/null
+    adopt_start=$(date +%s)
+    "$KAPSEL" daemon -f $d/vm.conf --socket $sock --state-dir $d/state \
+        >>"$OUT/daemon.err" 2>&1 &
+    daemon=$!
+    i=0
+    after=""
+    while [ $i -lt 100 ]; do
+        after=$(k status 2>/dev/null | awk '$2 ~ /^[0-9]+$/ { print $NF, $2 }' | sort)
+        [ -n "$after" ] && [ "$after" = "$before" ] && break
+        sleep 0.1
+        i=$((i + 1))
+    done
+    {
+        echo "before: $before" | tr '\n' ' '
+        echo
+        echo "after: $after" | tr '\n' ' '
+        echo
+        if [ -n "$before" ] && [ "$after" = "$before" ]; then
+            echo "adopted: yes in $(($(date +%s) - adopt_start))s"
+        else
+            echo "adopted: no"
+        fi
+    } >"$OUT/daemon.adopt"
     # The dhcp VM's process confinement, sampled until it ends (the last
     # sample is kept; the guest has run for seconds by then).
     pid=$(k status dhcp 2>/dev/null | awk '$NF == "dhcp" && $2 ~ /^[0-9]+$/ { print $2 }')

@@ -11,5 +11,6 @@ mod ctcommon;
 mod containers;
 mod control;
 mod daemon_limits;
+mod monitors;
 mod qcow2_crash;
 mod user_paths;
