@@ -1275,7 +1275,6 @@ impl Daemon {
                 tracing::warn!("{e}");
             }
         }
-        drop(inner);
         self.save_state();
     }
 

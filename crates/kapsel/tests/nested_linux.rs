@@ -516,11 +516,7 @@ fn kapseld_switch_carries_traffic_between_two_linux_guests() {
 fn kapseld_adopts_linux_guests_after_kill_9() {
     let Some(s) = scenario("daemon") else { return };
     let adopt = daemon_file("daemon.adopt");
-    assert!(
-        adopt.contains("adopted: yes"),
-        "{adopt}\n{}",
-        s.err
-    );
+    assert!(adopt.contains("adopted: yes"), "{adopt}\n{}", s.err);
     let before = adopt.lines().next().unwrap_or_default();
     for name in ["dhcp", "switch-a", "switch-b"] {
         assert!(before.contains(name), "{adopt}");
