@@ -703,9 +703,10 @@ impl Daemon {
     }
 
     /// Does `act` to a running guest through its monitor: a VM's process
-    /// gets a signal (SIGTERM presses its power button, SIGSTOP/SIGCONT
-    /// stop and resume every vCPU); a container's init gets its power-off
-    /// signal, everything in it SIGKILL, or its cgroup is frozen or thawed.
+    /// gets the request on its control channel (power button, pause and
+    /// resume of its vCPUs in KVM), or SIGKILL; a container's init gets its
+    /// power-off signal, everything in it SIGKILL, or its cgroup is frozen
+    /// or thawed.
     fn act(vm: &Vm, act: Act) -> Result<(), String> {
         match vm.process.as_ref() {
             None => Err(format!("{} {} is not running", vm.kind(), vm.spec.name)),
@@ -1859,6 +1860,13 @@ impl Daemon {
         {
             let mut inner = self.lock();
             inner.next_id = inner.next_id.max(saved.next_id);
+            let configured: Vec<String> = inner
+                .config
+                .switches
+                .iter()
+                .filter(|s| s.enabled)
+                .filter_map(|s| net::bridge_name(s).ok())
+                .collect();
             for sw in saved.created_switches {
                 let b = net::bridge_name(&sw).ok();
                 if !inner
@@ -1866,6 +1874,11 @@ impl Daemon {
                     .iter()
                     .any(|s| net::bridge_name(s).ok() == b)
                 {
+                    // A switch removed from vm.conf while no daemon ran:
+                    // its bridge goes once no adopted guest uses it.
+                    if !b.as_ref().is_some_and(|b| configured.contains(b)) {
+                        inner.retired_switches.push(sw.clone());
+                    }
                     inner.created_switches.push(sw);
                 }
             }
@@ -1919,6 +1932,22 @@ impl Daemon {
                     })
                 }
                 _ => None,
+            };
+            let alive = match alive {
+                Some(a) => Some(a),
+                None => {
+                    // A monitor that answers but that no record describes
+                    // (none can be made so): its guest would run unmanaged.
+                    if let Ok(monitor::MonitorReply::Info { pid, .. }) = probe.hello() {
+                        tracing::warn!(
+                            "{name}: a monitor (guest pid {pid}) that neither it nor the state \
+                             file describes; its guest is stopped"
+                        );
+                        let _ = probe.act(Act::Kill);
+                        probe.watch();
+                    }
+                    None
+                }
             };
             let Some((g, paused)) = alive else {
                 let kind = match &from_file {

@@ -105,24 +105,56 @@ fn pause_unpause_and_a_killed_vm_process() {
     let d = Kapseld::start(&idle_vm("web", ""));
     let vm = d.wait_state("web", "running");
     let pid = pid_of(&vm);
+    d.console_text("web", "idle ready");
+    // The console's output, line by line, from a thread.
+    let mut con = d
+        .cmd(&["console", "web"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = con.stdin.take().unwrap();
+    let reader = BufReader::new(con.stdout.take().unwrap());
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in reader.lines() {
+            let Ok(l) = l else { break };
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
     d.ok(&["pause", "web"]);
     assert_eq!(d.vm("web")["state"], "paused");
-    // SIGSTOP takes effect asynchronously; the process stops soon after.
-    let until = Instant::now() + Duration::from_secs(5);
-    while process_state(pid) != Some('T') && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert_eq!(process_state(pid), Some('T'), "every thread is stopped");
+    // Paused in KVM: the process is not stopped (SIGSTOP), its vCPUs are.
+    assert_ne!(process_state(pid), Some('T'));
+    // The guest does not run: a line sent now is not echoed.
+    stdin.write_all(b"while paused\r").unwrap();
+    let echoed = |within: Duration| {
+        let until = Instant::now() + within;
+        while let Some(left) = until.checked_duration_since(Instant::now()) {
+            match lines.recv_timeout(left) {
+                Ok(l) if l.contains("line while paused") => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+        false
+    };
+    assert!(
+        !echoed(Duration::from_millis(1500)),
+        "the guest ran while paused"
+    );
     let (code, _, err) = d.run(&["pause", "web"]);
     assert_eq!(code, 1);
     assert!(err.contains("not running"), "{err}");
     d.ok(&["unpause", "web"]);
     assert_eq!(d.vm("web")["state"], "running");
-    let until = Instant::now() + Duration::from_secs(5);
-    while process_state(pid) == Some('T') && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert_ne!(process_state(pid), Some('T'));
+    // It goes on where it was: the line is echoed now.
+    assert!(echoed(Duration::from_secs(10)), "the guest did not resume");
+    stdin.write_all(b"\r~.").unwrap();
+    drop(stdin);
+    assert!(con.wait().unwrap().success());
 
     // A VM process that dies is reported; the daemon goes on.
     // SAFETY: kill has no memory-safety preconditions.
@@ -251,6 +283,9 @@ fn start_new_vms_and_instances_from_the_command_line() {
     let vm = d.wait_state("broken", "stopped");
     let reason = vm["last_exit"].as_str().unwrap().to_string();
     assert!(reason.contains("/no/such/kernel"), "{reason}");
+    // From the VM process's typed exit report, not its exit status and
+    // last line of stderr ("failed (exit 2): ...").
+    assert!(reason.starts_with("failed: "), "{reason}");
     let (code, _, err) = d.run(&["start", "-r", "/x.iso", "-b", IDLE, "cd"]);
     assert_eq!(code, 1);
     assert!(err.contains("cdrom"), "{err}");
@@ -1812,7 +1847,11 @@ fn monitors_of(name: &str) -> Vec<i32> {
 }
 
 /// The VM processes of this test (their memory size is this test's own).
-fn vm_processes(memory_arg: &str) -> usize {
+/// The VM processes of the daemons started with `KAPSEL_TEST_TAG=tag` in
+/// their environment (a VM process's command line holds nothing of its
+/// VM: the configuration comes in a memfd).
+fn vm_processes(tag: &str) -> usize {
+    let env = format!("KAPSEL_TEST_TAG={tag}");
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
@@ -1821,8 +1860,10 @@ fn vm_processes(memory_arg: &str) -> usize {
             std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
                 String::from_utf8_lossy(&c)
                     .replace('\0', " ")
-                    .contains(memory_arg)
-            }) && alive(*pid)
+                    .contains(" run --config-fd")
+            }) && std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|e| e.split(|&b| b == 0).any(|v| v == env.as_bytes()))
+                && alive(*pid)
         })
         .count()
 }
@@ -1862,8 +1903,10 @@ fn a_daemon_killed_at_any_moment_leaves_every_guest_adopted_or_gone() {
         ctcommon::name("rk-vm2"),
         ctcommon::name("rk-ct"),
     );
-    // 41 MiB: this test's VM processes, told apart from other tests'.
-    const MEMORY_ARG: &str = "--memory 42991616";
+    // This test's VM processes, told apart from other tests' by their
+    // daemon's environment.
+    let tag = format!("rk-{}", std::process::id());
+    let tag_env = [("KAPSEL_TEST_TAG", tag.as_str())];
     let conf = |extra: &str| {
         format!(
             "switch \"lan\" {{\n}}\n\
@@ -1912,7 +1955,7 @@ fn a_daemon_killed_at_any_moment_leaves_every_guest_adopted_or_gone() {
                     other => problems.push(format!("{name}: {other}")),
                 }
             }
-            let vms = vm_processes(MEMORY_ARG);
+            let vms = vm_processes(&tag);
             if vms != running_vms {
                 problems.push(format!("{vms} VM processes for {running_vms} running VMs"));
             }
@@ -1930,17 +1973,17 @@ fn a_daemon_killed_at_any_moment_leaves_every_guest_adopted_or_gone() {
     for round in 0..rounds {
         // During start: the daemon starts the enabled guests.
         let ms = random_ms(400);
-        d.spawn_daemon(&[], &[]);
+        d.spawn_daemon(&tag_env, &[]);
         std::thread::sleep(Duration::from_millis(ms));
         kill9(&mut d);
-        d.spawn_daemon(&[], &[]);
+        d.spawn_daemon(&tag_env, &[]);
         check(&d, &format!("round {round}: killed {ms} ms into a start"));
         // During stop: power buttons pressed, guests going.
         let _ = d.cmd(&["stop", "-a"]).output();
         let ms = random_ms(300);
         std::thread::sleep(Duration::from_millis(ms));
         kill9(&mut d);
-        d.spawn_daemon(&[], &[]);
+        d.spawn_daemon(&tag_env, &[]);
         check(&d, &format!("round {round}: killed {ms} ms into a stop"));
         // During a reload that adds a guest and removes the container.
         let _ = d.cmd(&["start", &vm1]).output();
@@ -1958,7 +2001,7 @@ fn a_daemon_killed_at_any_moment_leaves_every_guest_adopted_or_gone() {
         std::thread::sleep(Duration::from_millis(ms));
         kill9(&mut d);
         std::fs::write(d.dir.join("vm.conf"), conf("")).unwrap();
-        d.spawn_daemon(&[], &[]);
+        d.spawn_daemon(&tag_env, &[]);
         check(&d, &format!("round {round}: killed {ms} ms into a reload"));
         // Everything stops before the next round's start.
         let _ = d.cmd(&["stop", "-a", "-w"]).output();
@@ -1966,12 +2009,12 @@ fn a_daemon_killed_at_any_moment_leaves_every_guest_adopted_or_gone() {
         kill9(&mut d);
     }
     // The last daemon stops what runs; nothing is left.
-    d.spawn_daemon(&[], &["--stop-guests"]);
+    d.spawn_daemon(&tag_env, &["--stop-guests"]);
     d.stop_daemon();
     for name in &names {
         assert!(monitors_of(name).is_empty(), "{name}'s monitor is left");
     }
-    assert_eq!(vm_processes(MEMORY_ARG), 0, "VM processes are left");
+    assert_eq!(vm_processes(&tag), 0, "VM processes are left");
     assert!(
         ctcommon::cgroup_dirs(&ct).is_empty(),
         "the container's cgroup is left"
@@ -2016,4 +2059,43 @@ fn a_killed_monitor_takes_its_guest_with_it_and_the_guest_starts_again() {
         d.ok(&["start", name]);
         d.wait_state(name, "running");
     }
+}
+
+#[test]
+fn a_switch_removed_while_no_daemon_ran_goes_with_its_last_guest() {
+    if !kvm_usable() {
+        return;
+    }
+    let Some(ns) = Netns::create("swgone") else {
+        return;
+    };
+    let conf = format!(
+        "switch \"old\" {{\n}}\n{}",
+        idle_vm("rider", "\tinterface { switch \"old\" }\n")
+    );
+    let mut d = Kapseld::start_in(Some(&ns.0), &conf);
+    d.stop_daemon();
+    d.spawn_daemon(&[], &[]);
+    let pid = pid_of(&d.wait_state("rider", "running"));
+    let bridge_exists = || {
+        ns.exec("ip")
+            .args(["link", "show", "kbr-old"])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    d.stop_daemon();
+    assert!(alive(pid) && bridge_exists());
+    // The switch and its guest leave vm.conf while no daemon runs.
+    std::fs::write(d.dir.join("vm.conf"), "").unwrap();
+    d.spawn_daemon(&[], &[]);
+    assert_eq!(pid_of(&d.wait_state("rider", "running")), pid);
+    assert!(bridge_exists(), "the bridge went under a running guest");
+    d.ok(&["stop", "-w", "rider"]);
+    assert!(
+        ctcommon::eventually(5, || !bridge_exists()),
+        "the removed switch's bridge stayed\n{}",
+        d.log()
+    );
 }

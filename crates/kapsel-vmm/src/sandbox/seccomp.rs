@@ -85,6 +85,7 @@ mod nr {
     ioctl_iow_nr!(KVM_SET_LAPIC, KVMIO, 0x8f, kvm_lapic_state);
     ioctl_iow_nr!(KVM_SET_CPUID2, KVMIO, 0x90, kvm_cpuid2);
     ioctl_iow_nr!(KVM_SIGNAL_MSI, KVMIO, 0xa5, kvm_msi);
+    ioctl_io_nr!(KVM_KVMCLOCK_CTRL, KVMIO, 0xad);
 }
 use nr::*;
 
@@ -181,6 +182,8 @@ pub fn allowlist(kind: ThreadKind) -> Vec<Entry> {
                     // Registers are dumped to the log when the guest fails.
                     KVM_GET_REGS(),
                     KVM_GET_SREGS(),
+                    // A vCPU parking for a pause tells the guest's kvmclock.
+                    KVM_KVMCLOCK_CTRL(),
                     TUNSETOFFLOAD,
                 ]),
             ),
@@ -450,6 +453,15 @@ mod tests {
         assert_eq!(KVM_SET_GSI_ROUTING(), 0x4008_ae6a);
         assert_eq!(KVM_GET_SUPPORTED_CPUID(), 0xc008_ae05);
         assert_eq!(KVM_SIGNAL_MSI(), 0x4020_aea5);
+        assert_eq!(KVM_KVMCLOCK_CTRL(), 0xaead);
+    }
+
+    #[test]
+    fn only_vcpu_threads_touch_the_guest_clock() {
+        // The pause of the control channel parks each vCPU on its own
+        // thread, which tells the guest's kvmclock; the I/O thread never.
+        assert!(allows_ioctl(ThreadKind::Vcpu, KVM_KVMCLOCK_CTRL()));
+        assert!(!allows_ioctl(ThreadKind::Io, KVM_KVMCLOCK_CTRL()));
     }
 
     fn allows_ioctl(kind: ThreadKind, request: u64) -> bool {

@@ -14,3 +14,4 @@ mod daemon_limits;
 mod monitors;
 mod qcow2_crash;
 mod user_paths;
+mod vm_contract;

@@ -21,6 +21,7 @@
 //!   O_DIRECT), writes to the disk's first sector (the backend guards it),
 //!   and every request on a host where io_uring cannot be set up.
 
+mod host_file;
 pub mod request;
 mod uring;
 
@@ -29,16 +30,16 @@ use super::{
     MAX_ROUNDS_PER_NOTIFY, TYPE_BLOCK,
 };
 use crate::memory::GuestMem;
+use host_file::fast_path;
+pub use host_file::FastFile;
 use kapsel_image::{BlockBackend, RawBackend};
 use request::{
     parse_request, DiskLimits, Request, RequestKind, SectorRange, ID_BYTES, MAX_DISCARD_SECTORS,
     MAX_DISCARD_SEGMENTS, MAX_WRITE_ZEROES_SEGMENTS, SECTOR_SHIFT, SECTOR_SIZE, SEG_MAX,
     VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
 };
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::sync::Arc;
 use uring::{InFlight, Outcome, UringDisk};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
@@ -83,7 +84,8 @@ const BOUNCE_SIZE: usize = 64 * 1024;
 
 /// How the host caches a raw disk file (`--disk ...,cache=`); qcow2 images
 /// always go through the host page cache.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum CacheMode {
     /// Bypass the host page cache (O_DIRECT), as QEMU's `cache=none`: no
     /// second copy of the guest's data in host memory, and the guest's
@@ -382,128 +384,6 @@ impl Drop for VirtioBlock {
         self.drain();
     }
 }
-
-/// A raw image's file for the fast path: reopened with O_DIRECT under
-/// [`CacheMode::None`] where the file system takes it, else shared with the
-/// backend (page cache).
-#[derive(Debug, Clone)]
-pub struct FastFile {
-    file: Arc<File>,
-    /// With O_DIRECT: the alignment the file needs of offsets, lengths and
-    /// buffers (512 bytes, or 4 KiB on a 4Kn device).
-    direct_align: Option<u64>,
-}
-
-impl FastFile {
-    /// Whether the file bypasses the page cache (O_DIRECT).
-    pub fn is_direct(&self) -> bool {
-        self.direct_align.is_some()
-    }
-
-    /// The alignment O_DIRECT needs of this file, when it is open so.
-    pub fn direct_align(&self) -> Option<u64> {
-        self.direct_align
-    }
-
-    /// The fast-path file of `disk`; None for images without one (qcow2)
-    /// or where the file cannot be shared.
-    pub fn open(disk: &dyn BlockBackend, cache: CacheMode, read_only: bool) -> Option<FastFile> {
-        let file = disk.raw_file()?;
-        let direct = match cache {
-            CacheMode::None => match open_direct(file, !read_only, disk.size()) {
-                Ok(f) => Some(f),
-                Err(e) => {
-                    tracing::debug!("virtio-blk: O_DIRECT refused ({e}); using the page cache");
-                    None
-                }
-            },
-            CacheMode::Writeback => None,
-        };
-        let direct_align = direct.as_ref().map(|(_, align)| *align);
-        match direct.map_or_else(|| file.try_clone(), |(f, _)| Ok(f)) {
-            Ok(f) => Some(FastFile {
-                file: Arc::new(f),
-                direct_align,
-            }),
-            Err(e) => {
-                tracing::debug!("virtio-blk: cannot share the disk file ({e}); synchronous I/O");
-                None
-            }
-        }
-    }
-}
-
-/// Sets up the fast path's ring on `fast` (a duplicate of its descriptor:
-/// each boot's device owns its ring and file). Returns no ring, and the
-/// caching in effect, where any step fails: the device then serves
-/// everything synchronously, as before.
-fn fast_path(fast: Option<FastFile>) -> (Option<UringDisk>, CacheMode) {
-    let Some(fast) = fast else {
-        return (None, CacheMode::Writeback);
-    };
-    let file = match fast.file.try_clone() {
-        Ok(f) => f,
-        Err(e) => {
-            tracing::debug!("virtio-blk: cannot share the disk file ({e}); synchronous I/O");
-            return (None, CacheMode::Writeback);
-        }
-    };
-    match UringDisk::new(file, fast.direct_align, BLOCK_QUEUE_SIZE) {
-        Ok(u) => {
-            let mode = if fast.is_direct() {
-                CacheMode::None
-            } else {
-                CacheMode::Writeback
-            };
-            (Some(u), mode)
-        }
-        Err(e) => {
-            tracing::debug!("virtio-blk: io_uring unavailable ({e}); synchronous I/O");
-            (None, CacheMode::Writeback)
-        }
-    }
-}
-
-/// The disk file opened again, with O_DIRECT: a new open file description
-/// of the same file (through /proc, so the same inode even if renamed),
-/// whose flag leaves the backend's buffered descriptor alone; and the
-/// alignment it needs. Reads of one aligned block at an aligned buffer find
-/// the smallest alignment the file takes: 512 bytes on most, 4 KiB on a
-/// device with 4 KiB logical blocks (4Kn NVMe, zram, an XFS made with
-/// 4 KiB sectors). Requests the guest aligns less than that take the
-/// buffered path ([`UringDisk::start`] gives them back).
-fn open_direct(file: &File, writable: bool, size: u64) -> io::Result<(File, u64)> {
-    let direct = OpenOptions::new()
-        .read(true)
-        .write(writable)
-        .custom_flags(libc::O_DIRECT)
-        .open(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
-    let mut last = io::Error::other("no probe");
-    let mut buf = vec![0u8; 4 * MAX_DIRECT_ALIGN as usize];
-    for align in DIRECT_ALIGNS {
-        if size < 2 * align {
-            // Too small to probe: nothing to read past the first block.
-            return Ok((direct, align));
-        }
-        // An odd multiple of `align` past a MAX_DIRECT_ALIGN boundary:
-        // aligned to `align` and no more, as a guest buffer may be.
-        let at = buf.as_ptr().align_offset(MAX_DIRECT_ALIGN as usize) + align as usize;
-        let probe = buf
-            .get_mut(at..at + align as usize)
-            .ok_or_else(|| io::Error::other("probe buffer"))?;
-        match direct.read_at(probe, align) {
-            Ok(_) => return Ok((direct, align)),
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => last = e,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(last)
-}
-
-/// The O_DIRECT alignments tried, smallest first.
-const DIRECT_ALIGNS: [u64; 4] = [SECTOR_SIZE, 1024, 2048, MAX_DIRECT_ALIGN];
-/// The largest O_DIRECT alignment the fast path takes (a page).
-const MAX_DIRECT_ALIGN: u64 = 4096;
 
 /// The io_uring fast path on its own, for the fuzz targets in
 /// `crates/kapsel-vmm/fuzz` (not an API: the device drives the ring itself).
@@ -817,8 +697,9 @@ mod tests {
         STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK,
         STATUS_NEEDS_RESET, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
     };
+    use std::fs::OpenOptions;
     use std::io::Write;
-    use std::os::unix::fs::FileExt;
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
     use virtio_queue::desc::{split::Descriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
 
