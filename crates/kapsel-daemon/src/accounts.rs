@@ -66,6 +66,26 @@ pub fn uid_of(name: &str) -> Option<u32> {
     (rc == 0 && !result.is_null()).then_some(pw.pw_uid)
 }
 
+/// The uid and primary gid of a user name, through NSS.
+pub fn user_ids(name: &str) -> Option<(u32, u32)> {
+    let cname = CString::new(name).ok()?;
+    let mut buf = vec![0u8; 16384];
+    // SAFETY: passwd is plain old data that getpwnam_r fills in.
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut result = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call and buf's length is given.
+    let rc = unsafe {
+        libc::getpwnam_r(
+            cname.as_ptr(),
+            &mut pw,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    (rc == 0 && !result.is_null()).then_some((pw.pw_uid, pw.pw_gid))
+}
+
 /// The gid of a group name (or a numeric gid), through NSS.
 pub fn gid_of(name: &str) -> Option<u32> {
     if let Ok(n) = name.parse() {

@@ -33,6 +33,7 @@ fn lock(ct: &Mutex<Container>) -> std::sync::MutexGuard<'_, Container> {
 pub fn root_dir(
     spec: &ContainerSpec,
     state_dir: &Path,
+    kapsel: &Path,
 ) -> Result<(PathBuf, ImageDefaults), String> {
     let name = &spec.name;
     if let Some(root) = &spec.root {
@@ -50,7 +51,8 @@ pub fn root_dir(
         .map_err(|e| format!("container {name}: {}: {e}", dir.display()))?;
     close_dir(&state_dir.join("ct"))?;
     close_dir(&dir)?;
-    let prepared = kapsel_container::image::prepare(image, &dir).map_err(|e| {
+    // In a confined child (crate::unpack): the daemon parses no image.
+    crate::unpack::prepare(kapsel, image, &dir).map_err(|e| {
         let at = if spec.span.line > 0 {
             format!(
                 " (container block at {}:{})",
@@ -61,8 +63,7 @@ pub fn root_dir(
             String::new()
         };
         format!("container {name}: {e}; repair or replace the image{at}")
-    })?;
-    Ok((prepared.root, prepared.defaults))
+    })
 }
 
 /// Makes a directory of the daemon's state root's alone: owned by root,

@@ -91,8 +91,9 @@ struct RunningPort {
 pub(crate) struct Attachment {
     ifname: String,
     kind: net::InterfaceKind,
-    /// The DHCP server of a local interface; dropping it stops it.
-    dhcp: Option<net::DhcpServerThread>,
+    /// The DHCP service of a local interface (in the DHCP helper process);
+    /// dropping it stops it.
+    dhcp: Option<net::DhcpService>,
     /// The lease it offers (to serve it again after a daemon restart).
     lease: Option<net::DhcpLease>,
     /// The interface as a port of its switch's bridge, to put back when
@@ -147,6 +148,8 @@ pub struct Daemon {
     reconciling: Mutex<()>,
     /// One daemon per state directory, until this process ends.
     _state_lock: crate::statelock::StateLock,
+    /// The process that answers guests' DHCP requests (started on first use).
+    dhcp: net::DhcpHelper,
 }
 
 fn render(diags: &[Diagnostic]) -> String {
@@ -203,6 +206,7 @@ impl Daemon {
             .map_err(|e| DaemonError::Setup(e.to_string()))?;
         ctproc::close_container_dirs(&opts.state_dir).map_err(DaemonError::Setup)?;
         let daemon = Arc::new(Daemon {
+            dhcp: net::DhcpHelper::new(opts.kapsel.clone()),
             opts,
             _state_lock: state_lock,
             inner: Mutex::new(Inner {
@@ -397,7 +401,7 @@ impl Daemon {
             return Ok(());
         };
         let _one = self.unpacking.lock().unwrap_or_else(|e| e.into_inner());
-        ctproc::root_dir(&ct, &self.opts.state_dir).map(|_| ())
+        ctproc::root_dir(&ct, &self.opts.state_dir, &self.opts.kapsel).map(|_| ())
     }
 
     fn find<'a>(inner: &'a mut Inner, target: &str) -> Result<&'a mut Vm, String> {
@@ -610,7 +614,7 @@ impl Daemon {
         // one directory. Lock order: `inner`, then `unpacking`.
         let (root, defaults) = {
             let _one = self.unpacking.lock().unwrap_or_else(|e| e.into_inner());
-            ctproc::root_dir(ct, &self.opts.state_dir)?
+            ctproc::root_dir(ct, &self.opts.state_dir, &self.opts.kapsel)?
         };
         let veth = ct.interfaces.first().map(|ispec| {
             let host = format!("kct{id}-0");
@@ -1592,7 +1596,7 @@ impl Daemon {
         }
         .map_err(|e| err(e.to_string()))?;
         let lease = iface.dhcp.as_ref().map(|d| d.lease().clone());
-        let dhcp = match iface.dhcp.take().map(|d| d.spawn()).transpose() {
+        let dhcp = match iface.dhcp.take().map(|d| self.dhcp.serve(d)).transpose() {
             Ok(d) => d,
             Err(e) => {
                 let _ = net::release_interface(&iface.ifname, iface.kind);
@@ -1993,7 +1997,7 @@ impl Daemon {
             let mut net = Vec::new();
             for i in g.net {
                 let dhcp = i.dhcp.clone().and_then(|lease| {
-                    match net::DhcpServer::bind(&i.ifname, lease).and_then(|d| d.spawn()) {
+                    match net::DhcpServer::bind(&i.ifname, lease).and_then(|d| self.dhcp.serve(d)) {
                         Ok(d) => Some(d),
                         Err(e) => {
                             tracing::warn!("{name}: DHCP on {}: {e}", i.ifname);

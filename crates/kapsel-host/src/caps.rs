@@ -172,18 +172,22 @@ struct CapData {
 /// Sets the effective, permitted and inheritable sets to `keep` (only
 /// lowering works: `capset` refuses a gain with EPERM).
 pub fn set_capabilities(keep: CapSet) -> Result<(), CapError> {
-    let low = keep.0 as u32;
-    let high = (keep.0 >> 32) as u32;
+    set_sets(keep, keep)
+}
+
+/// Sets the effective and permitted sets to `keep` and the inheritable set
+/// to `inheritable`.
+pub fn set_sets(keep: CapSet, inheritable: CapSet) -> Result<(), CapError> {
     let mut header = CapHeader {
         version: CAPABILITY_VERSION_3,
         pid: 0,
     };
-    let word = |w| CapData {
-        effective: w,
-        permitted: w,
-        inheritable: w,
+    let word = |shift: u32| CapData {
+        effective: (keep.0 >> shift) as u32,
+        permitted: (keep.0 >> shift) as u32,
+        inheritable: (inheritable.0 >> shift) as u32,
     };
-    let data = [word(low), word(high)];
+    let data = [word(0), word(32)];
     // SAFETY: capset reads a version-3 header and two data words, which
     // `header` and `data` are, with their C layout.
     if unsafe {

@@ -887,6 +887,88 @@ fn a_container_gets_its_address_by_dhcp_on_a_local_interface() {
     assert!(!String::from_utf8_lossy(&links.stdout).contains("kct"));
 }
 
+/// A daemon in its own network namespace with one container on a local
+/// interface that took its lease: (namespace, daemon, daemon pid, the
+/// container's init pid). `None`: SKIP printed.
+fn dhcp_setup(tag: &str) -> Option<(Netns, Kapseld, u32, i32, ctcommon::Rootfs)> {
+    if !ctcommon::ready() {
+        return None;
+    }
+    if Command::new("nft").arg("--version").output().is_err() {
+        println!("SKIP: nft (Debian: nftables) is not installed");
+        return None;
+    }
+    let ns = Netns::create(tag)?;
+    let root = ctcommon::Rootfs::new(tag);
+    let name = ctcommon::name(tag);
+    let d = Kapseld::start_in(Some(&ns.0), &dhcp_container(&name, &root.path));
+    let text = d.console_text(&name, "LEASE");
+    assert!(
+        text.contains("LEASE ip=100.64.1.3 mask=31 router=100.64.1.2"),
+        "{text}\n{}",
+        d.log()
+    );
+    let ct = pid_of(&d.wait_state(&name, "running"));
+    let daemon = d.child.as_ref().unwrap().id();
+    Some((ns, d, daemon, ct, root))
+}
+
+#[test]
+fn dhcp_is_answered_by_the_helper_not_the_daemon() {
+    let Some((_ns, d, daemon, ct, _root)) = dhcp_setup("dhcphelper") else {
+        return;
+    };
+    let helper = wait_dhcp_helper(daemon, None, 5)
+        .unwrap_or_else(|| panic!("no DHCP helper process:\n{}", d.log()));
+    let uid = proc_status(helper, "Uid").unwrap();
+    assert!(uid.split_whitespace().all(|u| u != "0"), "helper uid {uid}");
+    assert_eq!(proc_status(helper, "CapEff").unwrap(), "0000000000000000");
+    assert_eq!(proc_status(helper, "Seccomp").unwrap(), "2");
+    assert_eq!(proc_status(helper, "NoNewPrivs").unwrap(), "1");
+    assert!(dhcp_from(ct, 5), "no lease:\n{}", d.log());
+    // With the helper stopped nobody answers: not the daemon either.
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(helper, libc::SIGSTOP) };
+    let answered = dhcp_from(ct, 3);
+    // SAFETY: as above.
+    unsafe { libc::kill(helper, libc::SIGCONT) };
+    assert!(!answered, "a lease came while the DHCP helper was stopped");
+    assert!(dhcp_from(ct, 5), "no lease after SIGCONT:\n{}", d.log());
+    assert_eq!(
+        dhcp_helper_of(daemon),
+        Some(helper),
+        "the helper did not survive SIGSTOP and SIGCONT:\n{}",
+        d.log()
+    );
+}
+
+#[test]
+fn a_killed_dhcp_helper_is_started_again() {
+    let Some((_ns, mut d, daemon, ct, _root)) = dhcp_setup("dhcprestart") else {
+        return;
+    };
+    let old = wait_dhcp_helper(daemon, None, 5)
+        .unwrap_or_else(|| panic!("no DHCP helper process:\n{}", d.log()));
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(old, libc::SIGKILL) };
+    let new = wait_dhcp_helper(daemon, Some(old), 10)
+        .unwrap_or_else(|| panic!("the DHCP helper was not started again:\n{}", d.log()));
+    assert!(
+        dhcp_from(ct, 5),
+        "no lease from the new helper:\n{}",
+        d.log()
+    );
+    assert!(
+        d.log().contains(&format!("DHCP helper (pid {old}) ended")),
+        "{}",
+        d.log()
+    );
+    // The helper goes with the daemon.
+    d.stop_daemon();
+    let gone = ctcommon::eventually(5, || process_state(new).is_none_or(|s| s == 'Z'));
+    assert!(gone, "the DHCP helper outlived its daemon");
+}
+
 #[test]
 fn two_containers_on_a_switch_reach_each_other() {
     if !ctcommon::ready() {

@@ -31,6 +31,7 @@
 //! hand-encoding), and only when an interface is set up or torn down.
 
 mod dhcp;
+mod dhcp_helper;
 mod iface;
 mod local;
 mod nft;
@@ -39,6 +40,11 @@ mod tap;
 
 pub use dhcp::DhcpReply;
 pub use dhcp::{handle_packet, DhcpLease, DhcpServer, DhcpServerThread};
+pub(crate) use dhcp_helper::log_child_lines;
+pub use dhcp_helper::{
+    main as dhcp_helper_main, DhcpHelper, DhcpService, HelperArgs as DhcpHelperArgs,
+    SUBCOMMAND as DHCP_HELPER_SUBCOMMAND, USER as DHCP_HELPER_USER,
+};
 pub use iface::{
     attach_veth, guest_mac, local_lease, port_state, reattach_port, release_interface,
     remove_firewall, start_vm_interface, tap_name, GuestInterface, InterfaceKind, InterfaceRequest,

@@ -240,18 +240,30 @@ pub fn set_no_new_privs() -> Result<(), SandboxError> {
 /// Step 3: empties the bounding set, the ambient set, and the effective,
 /// permitted and inheritable sets.
 pub fn drop_capabilities() -> Result<(), SandboxError> {
-    use kapsel_host::caps::{self, CapError, CapSet};
-    let failed = |e: CapError| step(e.step)(io::Error::from_raw_os_error(e.errno));
-    // The bounding set, up to the kernel's last capability (/proc may be
-    // gone by now: 63, and the kernel's EINVAL past its last one ends it).
-    // It needs CAP_SETPCAP: a process without it has no capabilities to
-    // lose, and with no_new_privs it cannot gain any.
-    match caps::drop_bounding(CapSet::EMPTY, 63) {
-        Err(e) if e.errno != libc::EPERM => return Err(failed(e)),
-        _ => {}
+    use kapsel_host::caps::{self, CapSet};
+    drop_bounding_set()?;
+    caps::clear_ambient().map_err(cap_failed)?;
+    caps::set_capabilities(CapSet::EMPTY).map_err(cap_failed)
+}
+
+/// Empties the bounding set, one capability at a time until the kernel's
+/// last one (EINVAL past it), and leaves the other sets alone: a process
+/// that changes its uid next (the DHCP helper) drops the bounding set
+/// first, while it still has CAP_SETPCAP, and keeps CAP_SETUID for the
+/// change. Needs CAP_SETPCAP: a process without it has no capabilities to
+/// lose, and with no_new_privs it cannot gain any.
+pub fn drop_bounding_set() -> Result<(), SandboxError> {
+    // Up to the kernel's last capability: /proc may be gone by now, so 63,
+    // and the kernel's EINVAL past its last one ends the loop.
+    match kapsel_host::caps::drop_bounding(kapsel_host::caps::CapSet::EMPTY, 63) {
+        Err(e) if e.errno != libc::EPERM => Err(cap_failed(e)),
+        _ => Ok(()),
     }
-    caps::clear_ambient().map_err(failed)?;
-    caps::set_capabilities(CapSet::EMPTY).map_err(failed)
+}
+
+/// A failed capability step as the sandbox reports it.
+fn cap_failed(e: kapsel_host::caps::CapError) -> SandboxError {
+    step(e.step)(io::Error::from_raw_os_error(e.errno))
 }
 
 /// Development aids compiled into debug builds only, so that a release

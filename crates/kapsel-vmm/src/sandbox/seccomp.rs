@@ -18,6 +18,8 @@ use seccompiler::{
 };
 use std::collections::BTreeMap;
 
+pub use seccompiler::BpfProgram as Program;
+
 /// The kinds of thread in a VM process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ThreadKind {
@@ -104,7 +106,7 @@ fn cond(arg: u8, op: SeccompCmpOp, value: u64) -> SeccompCondition {
 
 /// One rule per value: the syscall is allowed when argument `arg` (its
 /// low 32 bits) equals one of `values`.
-fn arg_in(arg: u8, values: &[u64]) -> Vec<SeccompRule> {
+pub fn arg_in(arg: u8, values: &[u64]) -> Vec<SeccompRule> {
     values
         .iter()
         .map(|&v| SeccompRule::new(vec![cond(arg, SeccompCmpOp::Eq, v)]).expect("one condition"))
@@ -118,9 +120,10 @@ fn ioctls(requests: &[u64]) -> Vec<SeccompRule> {
 }
 
 /// A syscall and the rules on its arguments; no rules: always allowed.
-type Entry = (i64, Vec<SeccompRule>);
+pub type Entry = (i64, Vec<SeccompRule>);
 
-fn any(nr: libc::c_long) -> Entry {
+/// A syscall allowed with any arguments.
+pub fn any(nr: libc::c_long) -> Entry {
     (nr, Vec::new())
 }
 
@@ -437,6 +440,44 @@ impl Filters {
             detail: e.to_string(),
         })
     }
+}
+
+/// A single-threaded process's own allowlist filter (the DHCP helper's):
+/// `entries` are allowed, anything else kills the process (`log_only`:
+/// is logged instead, debug builds). `name` is used in messages.
+pub fn compile_allowlist(
+    name: &'static str,
+    entries: Vec<Entry>,
+    log_only: bool,
+) -> Result<BpfProgram, SandboxError> {
+    let filter_err = |detail: String| SandboxError::Filter {
+        thread: name,
+        detail,
+    };
+    let mut map: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for (nr, rules) in entries {
+        if map.insert(nr, rules).is_some() {
+            return Err(filter_err(format!("syscall {nr} is listed twice")));
+        }
+    }
+    let mismatch = if log_only {
+        SeccompAction::Log
+    } else {
+        SeccompAction::KillProcess
+    };
+    let filter = SeccompFilter::new(map, mismatch, SeccompAction::Allow, TargetArch::x86_64)
+        .map_err(|e| filter_err(e.to_string()))?;
+    filter
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| filter_err(e.to_string()))
+}
+
+/// Installs a program made by [`compile_allowlist`] on the calling thread.
+pub fn install_program(name: &'static str, program: &BpfProgram) -> Result<(), SandboxError> {
+    seccompiler::apply_filter(program).map_err(|e| SandboxError::Install {
+        thread: name,
+        detail: e.to_string(),
+    })
 }
 
 #[cfg(test)]

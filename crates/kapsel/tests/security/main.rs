@@ -11,6 +11,8 @@ mod ctcommon;
 mod containers;
 mod control;
 mod daemon_limits;
+mod dhcp_helper;
+mod image_unpack;
 mod monitors;
 mod qcow2_crash;
 mod user_paths;
