@@ -549,11 +549,11 @@ pub(crate) fn run(plan: &ChildPlan) -> ! {
         if libc::chdir(plan.cwd.as_ptr()) != 0 {
             fail(plan, 30);
         }
-        if let Err(e) = crate::netlink::link_up(b"lo\0") {
+        if let Err(e) = kapsel_host::netlink::link_up(b"lo\0") {
             fail_with(plan, 21, e);
         }
         if plan.veth {
-            if let Err(e) = crate::netlink::link_up(b"eth0\0") {
+            if let Err(e) = kapsel_host::netlink::link_up(b"eth0\0") {
                 fail_with(plan, 21, e);
             }
         }
@@ -617,7 +617,7 @@ pub(crate) fn run(plan: &ChildPlan) -> ! {
             }
         }
         if let Err(e) = caps::drop_to(plan.keep_caps, plan.last_cap) {
-            fail_with(plan, 24, e);
+            fail_with(plan, 24, e.errno);
         }
         // Last: a change of effective or file-system ids clears it.
         if plan.die_with_parent {

@@ -389,14 +389,8 @@ impl ExecTarget {
         let (ours, theirs): (File, OwnedFd) = if let Some((rows, cols)) = tty {
             let pid = lock(&self.ct).pid() as u32;
             let (master, slave) = container_pty(pid).map_err(|e| format!("exec: pty: {e}"))?;
-            let size = libc::winsize {
-                ws_row: rows,
-                ws_col: cols,
-                ws_xpixel: 0,
-                ws_ypixel: 0,
-            };
-            // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer.
-            unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &size) };
+            // A pty that refuses a size still works, at the default size.
+            let _ = kapsel_host::term::set_window_size(master.as_raw_fd(), rows, cols);
             (master, slave)
         } else {
             let (a, b) = UnixStream::pair().map_err(|e| format!("exec: {e}"))?;

@@ -1267,17 +1267,19 @@ impl Daemon {
             inner = self.changed.wait(inner).unwrap_or_else(|e| e.into_inner());
         }
         let retired = std::mem::take(&mut inner.retired_switches);
-        for sw in inner.created_switches.drain(..).chain(retired) {
+        let switches: Vec<_> = inner.created_switches.drain(..).chain(retired).collect();
+        let local_network = std::mem::take(&mut inner.local_network);
+        drop(inner); // netlink and nft outside the state lock
+        for sw in switches {
             if let Err(e) = net::remove_switch(&sw) {
                 tracing::warn!("{e}");
             }
         }
-        if std::mem::take(&mut inner.local_network) {
+        if local_network {
             if let Err(e) = net::LocalNetwork::remove().and_then(|()| net::remove_firewall()) {
                 tracing::warn!("{e}");
             }
         }
-        drop(inner);
         self.save_state();
     }
 

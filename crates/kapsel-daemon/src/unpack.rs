@@ -302,76 +302,15 @@ fn isolate(binds: &[(PathBuf, bool)]) -> Result<(), String> {
     check(unsafe { libc::chdir(c"/".as_ptr()) }, "chdir /")
 }
 
-/// `_LINUX_CAPABILITY_VERSION_3`.
-const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: libc::c_int,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
-
 /// Step 2: [`KEEP`] in the bounding, effective and permitted sets; nothing
 /// inheritable or ambient; no_new_privs.
 fn keep_capabilities() -> Result<(), String> {
-    let keep = keep_mask();
-    for cap in 0..64u32 {
-        if keep & (1 << cap) != 0 {
-            continue;
-        }
-        // SAFETY: prctl with integer arguments only.
-        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) } < 0 {
-            if io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
-                break; // past the kernel's last capability
-            }
-            return check(-1, "prctl(PR_CAPBSET_DROP)");
-        }
-    }
-    check(
-        // SAFETY: prctl with integer arguments only.
-        unsafe {
-            libc::prctl(
-                libc::PR_CAP_AMBIENT,
-                libc::PR_CAP_AMBIENT_CLEAR_ALL,
-                0,
-                0,
-                0,
-            )
-        },
-        "clearing the ambient capabilities",
-    )?;
-    let mut header = CapHeader {
-        version: CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    let low = keep as u32;
-    let high = (keep >> 32) as u32;
-    let data = [
-        CapData {
-            effective: low,
-            permitted: low,
-            inheritable: 0,
-        },
-        CapData {
-            effective: high,
-            permitted: high,
-            inheritable: 0,
-        },
-    ];
-    check(
-        // SAFETY: capset reads a version-3 header and two data words, which
-        // `header` and `data` are laid out as.
-        unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) as libc::c_int },
-        "capset",
-    )?;
+    use kapsel_host::caps::{self, CapError, CapSet};
+    let keep = CapSet(keep_mask());
+    let failed = |e: CapError| format!("cannot confine the image unpacker: {e}");
+    caps::drop_bounding(keep, 63).map_err(failed)?;
+    caps::clear_ambient().map_err(failed)?;
+    caps::set_sets(keep, CapSet::EMPTY).map_err(failed)?;
     kapsel_vmm::sandbox::set_no_new_privs().map_err(|e| e.to_string())
 }
 

@@ -7,6 +7,7 @@
 //! the VM's log (and is the reason shown only when no report came).
 
 use kapsel_config::{BootDevice, MacAddr, VmSpec};
+use kapsel_host::fd::pipe;
 use kapsel_vmm::config::{ConsoleSpec, DiskConfig, NetConfig, TapSource, VmConfig};
 use kapsel_vmm::control::{self, Client, EndReport, Reply, Request, VmStatus};
 use kapsel_vmm::user_files::UserCredentials;
@@ -312,17 +313,6 @@ fn sealed_memfd(name: &str, bytes: &[u8]) -> std::io::Result<OwnedFd> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(OwnedFd::from(file))
-}
-
-/// A pipe: (read end, write end), both close-on-exec.
-fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills the two-element array it is given.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 returned two new descriptors that nothing else owns.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// Whether a VM process has opened its resources, from the read end of

@@ -115,57 +115,13 @@ pub fn validate(cfg: &VmConfig, kvm: &Kvm) -> Result<()> {
 }
 
 /// SIGTERM, SIGINT and SIGHUP, delivered to the event loop through a
-/// signalfd while a VM runs, and unblocked again afterwards.
-struct StopSignals {
-    fd: std::os::fd::OwnedFd,
-    old_mask: libc::sigset_t,
-}
+/// signalfd while a VM runs, and unblocked again afterwards (the mask is
+/// set before the vCPU and I/O threads are spawned, which inherit it).
+type StopSignals = kapsel_host::signals::SignalFd;
 
-impl StopSignals {
-    fn block() -> Result<StopSignals> {
-        // SAFETY: sigset_t is plain data, filled by sigemptyset/sigaddset.
-        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-        // SAFETY: as above; `old_mask` receives the previous mask.
-        let mut old_mask: libc::sigset_t = unsafe { std::mem::zeroed() };
-        // SAFETY: valid pointers to local sigsets; this thread's mask is
-        // inherited by the vCPU and I/O threads spawned later.
-        let fd = unsafe {
-            libc::sigemptyset(&mut set);
-            for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-                libc::sigaddset(&mut set, sig);
-            }
-            libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old_mask);
-            libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC)
-        };
-        if fd < 0 {
-            return Err(Error::io(
-                "creating a signalfd",
-                std::io::Error::last_os_error(),
-            ));
-        }
-        // SAFETY: signalfd returned a new descriptor that nothing else owns.
-        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        Ok(StopSignals { fd, old_mask })
-    }
-
-    /// Consumes pending signals; returns how many arrived.
-    fn take(&self) -> usize {
-        let mut n = 0;
-        let mut info = [0u8; 128];
-        // SAFETY: reading whole signalfd_siginfo records into a buffer of
-        // exactly one record's size.
-        while unsafe { libc::read(self.fd.as_raw_fd(), info.as_mut_ptr().cast(), info.len()) } > 0 {
-            n += 1;
-        }
-        n
-    }
-}
-
-impl Drop for StopSignals {
-    fn drop(&mut self) {
-        // SAFETY: restores the mask saved in block().
-        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.old_mask, std::ptr::null_mut()) };
-    }
+fn block_stop_signals() -> Result<StopSignals> {
+    StopSignals::block(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP])
+        .map_err(|e| Error::io("creating a signalfd", e))
 }
 
 /// Boots the VM described by `cfg` and runs it until it powers off, fails,
@@ -188,7 +144,7 @@ pub fn run_controlled(cfg: &VmConfig, control: Option<OwnedFd>) -> Result<VmExit
         crate::resources::say_ready(fd);
     }
     vcpu::install_kick_handler()?;
-    let signals = StopSignals::block()?;
+    let signals = block_stop_signals()?;
     let filters = if cfg.sandbox {
         Some(confine()?)
     } else {
@@ -781,30 +737,14 @@ fn event_loop(m: &Machine, cfg: &VmConfig, console: &Console, ev: &mut Events) -
             });
         }
         let mut fds = vec![
-            libc::pollfd {
-                fd: exit_fd,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: ev.signals.fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                // A negative descriptor is left out by poll.
-                fd: ev.control.as_ref().map_or(-1, |c| c.fd.as_raw_fd()),
-                events: libc::POLLIN,
-                revents: 0,
-            },
+            kapsel_host::fd::pollin(exit_fd),
+            kapsel_host::fd::pollin(ev.signals.as_raw_fd()),
+            // A negative descriptor is left out by poll.
+            kapsel_host::fd::pollin(ev.control.as_ref().map_or(-1, |c| c.fd.as_raw_fd())),
         ];
         // Read more input only when the guest took what we had.
         if let (Some(fd), true) = (input, pending.is_empty()) {
-            fds.push(libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            });
+            fds.push(kapsel_host::fd::pollin(fd));
         }
         let mut timeout = if pending.is_empty() { -1 } else { 10 };
         if let Some(d) = deadline {
@@ -820,7 +760,7 @@ fn event_loop(m: &Machine, cfg: &VmConfig, console: &Console, ev: &mut Events) -
         if fds[2].revents != 0 {
             ev.serve_control(m, cfg);
         }
-        if fds[1].revents != 0 && ev.signals.take() > 0 {
+        if fds[1].revents != 0 && ev.signals.drain() > 0 {
             if deadline.is_some() {
                 return Ok(VmExit::ForcedStop {
                     reason: "stopped by a second signal".into(),

@@ -133,7 +133,8 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .map_err(|e| format!("{e} (write sizes like 512M or 2G)"))
 }
 
-fn parse_console(text: &str) -> Result<ConsoleSpec, String> {
+/// A `--console` argument: stdio, none or file:PATH.
+pub(crate) fn parse_console(text: &str) -> Result<ConsoleSpec, String> {
     match text {
         "stdio" => Ok(ConsoleSpec::Stdio),
         "none" => Ok(ConsoleSpec::None),
