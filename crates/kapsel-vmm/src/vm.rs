@@ -412,11 +412,14 @@ fn build(res: &Resources, cfg: &VmConfig, filters: Option<&Arc<Filters>>) -> Res
     let supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(|e| Error::kvm("KVM_GET_SUPPORTED_CPUID", e))?;
+    let host = cpuid::HostCaps {
+        tsc_deadline: kvm.check_extension(Cap::TscDeadlineTimer),
+    };
     let mut vcpus = Vec::with_capacity(cfg.cpus.into());
     for id in 0..cfg.cpus {
         let vcpu = Vcpu::new(&vm, id)?;
         let boot = (id == 0).then_some((&mem, entry));
-        vcpu.configure(&supported, cfg.cpus, &cfg.hide_cpuid, boot)?;
+        vcpu.configure(&supported, cfg.cpus, host, &cfg.hide_cpuid, boot)?;
         vcpus.push(vcpu);
     }
 
