@@ -303,7 +303,6 @@ fn add_pci(
 /// One running instance of the machine, from power-on to its exit.
 struct Machine {
     _vm: Arc<VmFd>,
-    mem: memory::GuestMem,
     serial: Arc<Mutex<SerialDevice>>,
     hvc_input: Option<ConsoleInput>,
     power_button: EventFd,
@@ -311,6 +310,9 @@ struct Machine {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     io_thread: IoThread,
+    /// Last, so that it is dropped after everything that may hold a clone
+    /// of it (the devices of the I/O thread and the buses).
+    mem: memory::GuestRam,
 }
 
 fn boot_once(
@@ -418,7 +420,7 @@ fn build(res: &Resources, cfg: &VmConfig, filters: Option<&Arc<Filters>>) -> Res
     let mut vcpus = Vec::with_capacity(cfg.cpus.into());
     for id in 0..cfg.cpus {
         let vcpu = Vcpu::new(&vm, id)?;
-        let boot = (id == 0).then_some((&mem, entry));
+        let boot = (id == 0).then_some((&*mem, entry));
         vcpu.configure(&supported, cfg.cpus, host, &cfg.hide_cpuid, boot)?;
         vcpus.push(vcpu);
     }
@@ -432,7 +434,6 @@ fn build(res: &Resources, cfg: &VmConfig, filters: Option<&Arc<Filters>>) -> Res
     let stop = ctx.stop.clone();
     let mut machine = Machine {
         _vm: vm,
-        mem,
         serial,
         hvc_input,
         power_button,
@@ -440,6 +441,7 @@ fn build(res: &Resources, cfg: &VmConfig, filters: Option<&Arc<Filters>>) -> Res
         stop,
         threads: Vec::new(),
         io_thread,
+        mem,
     };
     for vcpu in vcpus {
         let ctx = ctx.clone();
