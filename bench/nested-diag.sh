@@ -10,7 +10,9 @@
 # flags, clocksource, interrupts, ports, PCI and PnP devices, ACPI tables
 # and the whole kernel log. In L1 the kvm tracepoints count, per run, the
 # VM exits by reason, port, MSR and userspace exit reason (hist triggers).
-# Runs alternate (kapsel, qemu, qemu, kapsel, ...).
+# Runs alternate (kapsel, qemu, qemu, kapsel, ...). DIAG_TRACE=0 leaves
+# the tracepoints off: every exit is then as cheap as in bench/nested.sh, so
+# the guest's own times (its clock at the start of init) are comparable.
 #
 # Usage: bench/nested-diag.sh [RUNS] [EXTRA_CMDLINE]   (default 1 run each)
 #        bench/nested-diag.sh --report DIR     (summary of a kept run)
@@ -53,6 +55,7 @@ kvm_msr:hist:keys=ecx,write:sort=hitcount.descending
 kvm_userspace_exit:hist:keys=reason:sort=hitcount.descending
 kvm_mmio:hist:keys=type,gpa:sort=hitcount.descending"
 set_triggers() { # + or -
+    [ "$DIAG_TRACE" = 1 ] || return 0
     echo "$TRIGGERS" | while IFS=: read -r ev spec; do
         if [ "$1" = + ]; then echo "$spec" >"$T/$ev/trigger"; else echo "!$spec" >"$T/$ev/trigger"; fi
     done
@@ -77,10 +80,12 @@ while [ $i -lt "$RUNS" ]; do
         while kill -0 $! 2>/dev/null && ! grep -q KAPSEL-GUEST-UP "$KAPSEL_OUT/$vmm-$i.log"; do
             sleep 0.1
         done
-        for ev in kvm_exit kvm_pio kvm_msr kvm_userspace_exit kvm_mmio; do
-            echo "== $ev"
-            cat "$T/$ev/hist"
-        done >"$KAPSEL_OUT/$vmm-$i.exits"
+        if [ "$DIAG_TRACE" = 1 ]; then
+            for ev in kvm_exit kvm_pio kvm_msr kvm_userspace_exit kvm_mmio; do
+                echo "== $ev"
+                cat "$T/$ev/hist"
+            done >"$KAPSEL_OUT/$vmm-$i.exits"
+        fi
         wait
         set_triggers -
         echo "$vmm run $i: $(tail -n1 "$KAPSEL_OUT/$vmm-$i.measure")"
@@ -90,7 +95,7 @@ JOB
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 scripts/testbed/run.sh --kapsel target/release/kapsel --bin target/bench/measure \
     --bin "$(command -v qemu-system-x86_64)" --qemu-data --env "RUNS=$RUNS" --env "VMMS=$VMMS" \
-    --env "EXTRA=$EXTRA" --add target/bench/diag-initrd.cpio \
+    --env "EXTRA=$EXTRA" --env "DIAG_TRACE=${DIAG_TRACE:-1}" --add target/bench/diag-initrd.cpio \
     --out "$out" --timeout 3600 -- "$job"
 echo "host load average (1/5/15 min): $load_before before, $(cut -d' ' -f1-3 /proc/loadavg) after" |
     tee "$out/load"
