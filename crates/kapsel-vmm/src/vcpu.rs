@@ -195,10 +195,11 @@ impl Vcpu {
         &self,
         supported: &CpuId,
         cpus: u8,
+        host: cpuid::HostCaps,
         hide: &[String],
         boot: Option<(&GuestMem, BootEntry)>,
     ) -> Result<()> {
-        let cpuid = cpuid::for_vcpu(supported, self.id, cpus, hide)?;
+        let cpuid = cpuid::for_vcpu(supported, self.id, cpus, host, hide)?;
         self.fd
             .set_cpuid2(&cpuid)
             .map_err(|e| Error::kvm("KVM_SET_CPUID2", e))?;

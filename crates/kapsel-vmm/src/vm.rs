@@ -370,7 +370,6 @@ fn add_pci(
 /// One running instance of the machine, from power-on to its exit.
 struct Machine {
     _vm: Arc<VmFd>,
-    mem: memory::GuestMem,
     serial: Arc<Mutex<SerialDevice>>,
     hvc_input: Option<ConsoleInput>,
     power_button: EventFd,
@@ -379,6 +378,9 @@ struct Machine {
     gate: Arc<vcpu::PauseGate>,
     threads: Vec<JoinHandle<()>>,
     io_thread: IoThread,
+    /// Last, so that it is dropped after everything that may hold a clone
+    /// of it (the devices of the I/O thread and the buses).
+    mem: memory::GuestRam,
 }
 
 fn boot_once(
@@ -489,11 +491,14 @@ fn build(res: &Resources, cfg: &VmConfig, filters: Option<&Arc<Filters>>) -> Res
     let supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(|e| Error::kvm("KVM_GET_SUPPORTED_CPUID", e))?;
+    let host = cpuid::HostCaps {
+        tsc_deadline: kvm.check_extension(Cap::TscDeadlineTimer),
+    };
     let mut vcpus = Vec::with_capacity(cfg.cpus.into());
     for id in 0..cfg.cpus {
         let vcpu = Vcpu::new(&vm, id)?;
-        let boot = (id == 0).then_some((&mem, entry));
-        vcpu.configure(&supported, cfg.cpus, &cfg.hide_cpuid, boot)?;
+        let boot = (id == 0).then_some((&*mem, entry));
+        vcpu.configure(&supported, cfg.cpus, host, &cfg.hide_cpuid, boot)?;
         vcpus.push(vcpu);
     }
 
@@ -508,7 +513,6 @@ fn build(res: &Resources, cfg: &VmConfig, filters: Option<&Arc<Filters>>) -> Res
     let gate = ctx.gate.clone();
     let mut machine = Machine {
         _vm: vm,
-        mem,
         serial,
         hvc_input,
         power_button,
@@ -517,6 +521,7 @@ fn build(res: &Resources, cfg: &VmConfig, filters: Option<&Arc<Filters>>) -> Res
         gate,
         threads: Vec::new(),
         io_thread,
+        mem,
     };
     for vcpu in vcpus {
         let ctx = ctx.clone();
