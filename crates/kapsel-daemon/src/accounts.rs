@@ -45,25 +45,10 @@ impl Accounts for HostAccounts {
 
 /// The uid of a user name (or a numeric uid), through NSS.
 pub fn uid_of(name: &str) -> Option<u32> {
-    if let Ok(n) = name.parse() {
-        return Some(n);
+    match name.parse() {
+        Ok(n) => Some(n),
+        Err(_) => user_ids(name).map(|(uid, _)| uid),
     }
-    let cname = CString::new(name).ok()?;
-    let mut buf = vec![0u8; 16384];
-    // SAFETY: passwd is plain old data that getpwnam_r fills in.
-    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut result = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call and buf's length is given.
-    let rc = unsafe {
-        libc::getpwnam_r(
-            cname.as_ptr(),
-            &mut pw,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            &mut result,
-        )
-    };
-    (rc == 0 && !result.is_null()).then_some(pw.pw_uid)
 }
 
 /// The uid and primary gid of a user name, through NSS.

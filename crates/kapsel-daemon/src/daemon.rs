@@ -276,20 +276,7 @@ impl Daemon {
                     }
                     let id = inner.next_id;
                     inner.next_id += 1;
-                    inner.vms.push(Vm {
-                        id,
-                        spec,
-                        container,
-                        configured: true,
-                        state: VmState::Stopped,
-                        process: None,
-                        last_exit: None,
-                        console: Console::new(),
-                        generation: 0,
-                        net: Vec::new(),
-                        open_as: None,
-                        removed: false,
-                    });
+                    inner.vms.push(Vm::new(id, spec, container, true));
                 }
             }
         }
@@ -1149,20 +1136,9 @@ impl Daemon {
     fn add_adhoc(&self, inner: &mut Inner, spec: VmSpec, open_as: Option<vmproc::OpenAs>) {
         let id = inner.next_id;
         inner.next_id += 1;
-        inner.vms.push(Vm {
-            id,
-            spec,
-            configured: false,
-            state: VmState::Stopped,
-            container: None,
-            process: None,
-            last_exit: None,
-            console: Console::new(),
-            generation: 0,
-            net: Vec::new(),
-            open_as,
-            removed: false,
-        });
+        let mut vm = Vm::new(id, spec, None, false);
+        vm.open_as = open_as;
+        inner.vms.push(vm);
     }
 
     /// Reads the configuration (and files added by `load`) again.
@@ -2019,21 +1995,11 @@ impl Daemon {
             let idx = match existing {
                 Some(i) => i,
                 None => {
-                    inner.vms.push(Vm {
-                        id: g.id,
-                        spec: g.spec.clone(),
-                        container: g.container.clone(),
-                        configured: false,
-                        state: VmState::Stopped,
-                        process: None,
-                        last_exit: None,
-                        console: Console::new(),
-                        generation: 0,
-                        net: Vec::new(),
-                        open_as: g.open_as.clone(),
-                        // Declared when it started, gone from vm.conf now.
-                        removed: g.configured,
-                    });
+                    let mut vm = Vm::new(g.id, g.spec.clone(), g.container.clone(), false);
+                    vm.open_as = g.open_as.clone();
+                    // Declared when it started, gone from vm.conf now.
+                    vm.removed = g.configured;
+                    inner.vms.push(vm);
                     inner.vms.len() - 1
                 }
             };
@@ -2239,6 +2205,29 @@ fn container_view(c: &kapsel_config::ContainerSpec) -> VmSpec {
 }
 
 impl Vm {
+    /// A stopped guest, never run.
+    fn new(
+        id: u32,
+        spec: VmSpec,
+        container: Option<kapsel_config::ContainerSpec>,
+        configured: bool,
+    ) -> Vm {
+        Vm {
+            id,
+            spec,
+            container,
+            configured,
+            state: VmState::Stopped,
+            process: None,
+            last_exit: None,
+            console: Console::new(),
+            generation: 0,
+            net: Vec::new(),
+            open_as: None,
+            removed: false,
+        }
+    }
+
     /// "vm" or "container", for messages.
     fn kind(&self) -> &'static str {
         if self.container.is_some() {

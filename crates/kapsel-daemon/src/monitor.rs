@@ -1003,23 +1003,7 @@ fn act(guest: &Guest, act: Act) -> Result<(), String> {
 /// Whether the peer of `s` is root (only kapseld talks to a monitor; the
 /// socket's directory is root's alone as well).
 fn peer_is_root(s: &UnixStream) -> bool {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: u32::MAX,
-        gid: u32::MAX,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: SO_PEERCRED fills a ucred of the length given.
-    let rc = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    rc == 0 && cred.uid == 0
+    crate::accounts::peer_cred(s).is_ok_and(|c| c.uid == 0)
 }
 
 fn serve(guest: &Arc<Guest>, listener: UnixListener) {
