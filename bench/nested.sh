@@ -33,10 +33,11 @@
 # Usage: bench/nested.sh [RUNS]   (default 5 runs each)
 #        bench/nested.sh --report DIR RUNS   (the summary of a kept run)
 # BENCH_OUT=DIR keeps the consoles and measurements there (default: a
-# temporary directory, removed afterwards).
+# temporary directory, removed afterwards). BENCH_VMMS="kapsel microvm-rtc"
+# runs only those (more rounds of the peer pair in the same time).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-VMMS="kapsel microvm-rtc microvm-nortc q35-seabios q35-qboot"
+VMMS=${BENCH_VMMS:-kapsel microvm-rtc microvm-nortc q35-seabios q35-qboot}
 
 summary() { # OUT_DIR RUNS
     python3 - "$1" "$2" "$VMMS" <<'PY'

@@ -37,6 +37,20 @@ if ! command -v qemu-img >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends qemu-utils >/dev/null
 fi
 
+# kapseld's DHCP helper runs as this system user (kapsel(8), USERS), as
+# vmd's children run as _vmd; Debian names new system users with a leading
+# underscore. Without it the helper runs as nobody, with a warning.
+if ! getent passwd _kapsel-dhcp >/dev/null; then
+    echo "setup: creating the system user _kapsel-dhcp"
+    if command -v adduser >/dev/null 2>&1; then
+        $SUDO adduser --system --group --no-create-home --home /nonexistent \
+            --shell /usr/sbin/nologin --quiet _kapsel-dhcp
+    else
+        $SUDO useradd --system --user-group --no-create-home --home-dir /nonexistent \
+            --shell /usr/sbin/nologin _kapsel-dhcp
+    fi
+fi
+
 if ! command -v cargo >/dev/null 2>&1; then
     if [ -x "$HOME/.cargo/bin/cargo" ]; then
         export PATH="$HOME/.cargo/bin:$PATH"

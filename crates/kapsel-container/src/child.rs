@@ -706,12 +706,12 @@ pub(crate) fn run(plan: &ChildPlan) -> ! {
             fail(plan, 30);
         }
         if plan.new_net {
-            if let Err(e) = crate::netlink::link_up(b"lo\0") {
+            if let Err(e) = kapsel_host::netlink::link_up(b"lo\0") {
                 fail_with(plan, 21, e);
             }
         }
         if plan.veth {
-            if let Err(e) = crate::netlink::link_up(b"eth0\0") {
+            if let Err(e) = kapsel_host::netlink::link_up(b"eth0\0") {
                 fail_with(plan, 21, e);
             }
         }
@@ -801,7 +801,7 @@ pub(crate) fn run(plan: &ChildPlan) -> ! {
             if plan.start_fifo.is_some() {
                 late_fail(b"kapsel: container init: dropping capabilities failed\n");
             }
-            fail_with(plan, 24, e);
+            fail_with(plan, 24, e.errno);
         }
         // Last: a change of effective or file-system ids clears it.
         if plan.die_with_parent {

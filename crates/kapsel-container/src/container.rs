@@ -5,7 +5,8 @@ use crate::cgroup::{Cgroup, CgroupMode, Limits};
 use crate::child::{self, Cgroup2Mount, ChildPlan, STEPS};
 use crate::error::{Error, Result};
 use crate::spec::{resolve_init, ConsoleSpec, ContainerSpec, DEFAULT_PATH};
-use crate::{caps, idmap, netlink, seccomp};
+use crate::{caps, idmap, seccomp};
+use kapsel_host::netlink::Netlink;
 use std::ffi::CString;
 use std::fmt;
 use std::fs::File;
@@ -94,13 +95,38 @@ struct CloneArgs {
 
 /// The parent's and the child's ends of a pipe.
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two descriptors into `fds`.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(Error::last_os("creating a pipe"));
+    kapsel_host::fd::pipe().map_err(|source| Error::Os {
+        what: "creating a pipe",
+        source,
+    })
+}
+
+/// Creates the veth pair of a container: `host_name` up on the host, and
+/// its peer `eth0` (down, with `mac` if given) in the network namespace of
+/// process `pid`.
+fn create_veth(host_name: &str, pid: i32, mac: Option<[u8; 6]>) -> Result<()> {
+    Netlink::open()
+        .and_then(|mut nl| nl.create_veth(host_name, "eth0", pid, mac))
+        .map_err(|source| Error::Network {
+            what: format!("creating veth {host_name}"),
+            source,
+        })
+}
+
+/// Deletes link `name`; a link that is already gone is not an error.
+fn delete_link(name: &str) -> Result<()> {
+    let result = Netlink::open().and_then(|mut nl| match nl.link(name)? {
+        Some(link) => nl.delete_link(link.index),
+        None => Ok(()),
+    });
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(()),
+        Err(source) => Err(Error::Network {
+            what: format!("deleting {name}"),
+            source,
+        }),
     }
-    // SAFETY: both descriptors are new and ours.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// A connected pair of Unix stream sockets: the parent's byte that
@@ -526,7 +552,7 @@ impl Container {
             None
         };
         if let Some(net) = &spec.network {
-            netlink::create_veth(&net.host_name, c.pid, net.mac)?;
+            create_veth(&net.host_name, c.pid, net.mac)?;
             c.veth = Some(net.host_name.clone());
         }
         idmap::release(go_write.as_raw_fd(), tree.as_ref().map(|t| t.as_fd())).map_err(
@@ -825,7 +851,7 @@ impl Container {
         if let Some(veth) = self.veth.take() {
             // The veth dies with the network namespace, but that happens
             // asynchronously in the kernel; delete it now so the name is free.
-            result = netlink::delete_link(&veth);
+            result = delete_link(&veth);
         }
         if !self.cgroup.remove() {
             let dirs: Vec<String> = self

@@ -31,7 +31,6 @@ pub mod devices;
 mod error;
 mod idmap;
 pub mod image;
-pub mod netlink;
 pub mod seccomp;
 mod spec;
 
@@ -39,7 +38,7 @@ pub use container::{exec_in, Container, ExecOptions, ExecProcess, ExitStatus};
 pub use error::{Error, Result};
 pub use spec::{
     check_name, resolve_init, ConsoleSpec, ContainerSpec, Extra, IdMap, MountSpec, Namespace, User,
-    VethSpec, DEFAULT_PATH, MAX_IFNAME_LEN, MAX_NAME_LEN,
+    VethSpec, DEFAULT_PATH, MAX_NAME_LEN,
 };
 
 // The daemon keeps containers in its state and drives them from any thread.

@@ -242,7 +242,7 @@ mod tests {
 
     #[test]
     fn profile_compiles_and_lists_each_call_once() {
-        let progs = profile(CapSet::DEFAULT).unwrap();
+        let progs = profile(crate::caps::DEFAULT).unwrap();
         assert!(progs[0].len() > DENIED.len());
         let mut nrs: Vec<i64> = DENIED.iter().map(|d| d.1).collect();
         nrs.sort();
@@ -252,8 +252,8 @@ mod tests {
 
     #[test]
     fn the_namespace_calls_stay_for_a_container_with_cap_sys_admin() {
-        let confined = profile(CapSet::DEFAULT).unwrap();
-        let admin = profile(CapSet::DEFAULT.with(cap::SYS_ADMIN)).unwrap();
+        let confined = profile(crate::caps::DEFAULT).unwrap();
+        let admin = profile(crate::caps::DEFAULT.with(cap::SYS_ADMIN)).unwrap();
         assert!(confined[0].len() > admin[0].len());
         assert_eq!(CLONE_NAMESPACES & libc::CSIGNAL as u64, 0);
     }

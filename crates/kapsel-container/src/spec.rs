@@ -1,7 +1,7 @@
 //! What a container is: the caller's description ([`ContainerSpec`]) and its
 //! checks, done before anything on the host is created.
 
-use crate::caps::CapSet;
+use crate::caps::{self, CapSet};
 use crate::cgroup::{CgroupMode, Controller};
 use crate::error::{Error, Result};
 use std::ffi::OsStr;
@@ -12,8 +12,6 @@ use std::path::{Component, Path, PathBuf};
 /// The longest container name: it becomes the hostname (`HOST_NAME_MAX`)
 /// and a cgroup directory.
 pub const MAX_NAME_LEN: usize = 63;
-/// The longest network interface name (`IFNAMSIZ` less its NUL).
-pub const MAX_IFNAME_LEN: usize = 15;
 /// `PATH` given to the init when the caller sets none; also where a bare
 /// init name is looked up inside the root.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -230,7 +228,7 @@ fn host_cpus() -> u64 {
 
 impl ContainerSpec {
     /// A container called `name` on `root` running `init`, with the
-    /// default confinement: capabilities [`CapSet::DEFAULT`], seccomp and
+    /// default confinement: capabilities [`caps::DEFAULT`], seccomp and
     /// `no_new_privs` on, console inherited, no limits, no network.
     pub fn new(name: impl Into<String>, root: impl Into<PathBuf>, init: Vec<String>) -> Self {
         ContainerSpec {
@@ -247,7 +245,7 @@ impl ContainerSpec {
             console: ConsoleSpec::Inherit,
             user_map: None,
             idmap_root: false,
-            capabilities: CapSet::DEFAULT,
+            capabilities: caps::DEFAULT,
             no_new_privs: true,
             seccomp: true,
             stop_signal: None,
@@ -505,18 +503,8 @@ pub fn check_name(name: &str) -> Result<()> {
 }
 
 fn check_ifname(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_IFNAME_LEN
-        && !name
-            .bytes()
-            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace());
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::Invalid(format!(
-            "interface name \"{name}\" is not valid; use 1 to {MAX_IFNAME_LEN} characters without '/', ':' or spaces"
-        )))
-    }
+    kapsel_host::validate_ifname(name)
+        .map_err(|e| Error::Invalid(format!("veth host name: {e}; use another name")))
 }
 
 /// Finds the init inside `root` the way the kernel will once `root` is

@@ -130,7 +130,7 @@ fn host_stays_out_of_reach() {
         .find_map(|l| l.strip_prefix("CapBnd:\t"))
         .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
         .unwrap();
-    assert_eq!(bnd, kapsel_container::caps::CapSet::DEFAULT.0, "{out}");
+    assert_eq!(bnd, kapsel_container::caps::DEFAULT.0, "{out}");
 }
 
 #[test]
@@ -701,8 +701,7 @@ fn cgroup_v2_freezer_on_the_unified_hierarchy() {
     );
     // CAP_MKNOD given back, so that only the eBPF device filter stands
     // between the container and a /dev/kvm node it makes itself.
-    spec.capabilities =
-        kapsel_container::caps::CapSet::DEFAULT.with(kapsel_container::caps::cap::MKNOD);
+    spec.capabilities = kapsel_container::caps::DEFAULT.with(kapsel_container::caps::cap::MKNOD);
     let mut c = Container::start_in(&spec, &mode).unwrap();
     let dir = unified.join("kapsel").join(&n);
     assert!(dir.is_dir());
@@ -846,8 +845,7 @@ fn systemd_in_a_v2_tree() {
     let console = std::env::temp_dir().join(format!("{n}.console"));
     spec.console = ConsoleSpec::File(console.clone());
     // CAP_MKNOD given back: only the device filter stands before /dev/kvm.
-    spec.capabilities =
-        kapsel_container::caps::CapSet::DEFAULT.with(kapsel_container::caps::cap::MKNOD);
+    spec.capabilities = kapsel_container::caps::DEFAULT.with(kapsel_container::caps::cap::MKNOD);
     assert!(spec.init_is_systemd());
     let c = Container::start_in(&spec, &mode).unwrap();
     boots_to_running(&c, &console);
@@ -946,7 +944,7 @@ fn seccomp_denies_what_capabilities_would_allow() {
     std::fs::write(root.file("/tmp/fake.ko"), b"not a module at all").unwrap();
     let mut spec = sh(&n, &root, "insmod /tmp/fake.ko; echo rc=$?");
     spec.capabilities =
-        kapsel_container::caps::CapSet::DEFAULT.with(kapsel_container::caps::cap::SYS_MODULE);
+        kapsel_container::caps::DEFAULT.with(kapsel_container::caps::cap::SYS_MODULE);
     let (_, with_profile) = run(&spec, &root);
     assert!(
         with_profile.contains("Operation not permitted"),

@@ -45,9 +45,14 @@ impl Accounts for HostAccounts {
 
 /// The uid of a user name (or a numeric uid), through NSS.
 pub fn uid_of(name: &str) -> Option<u32> {
-    if let Ok(n) = name.parse() {
-        return Some(n);
+    match name.parse() {
+        Ok(n) => Some(n),
+        Err(_) => user_ids(name).map(|(uid, _)| uid),
     }
+}
+
+/// The uid and primary gid of a user name, through NSS.
+pub fn user_ids(name: &str) -> Option<(u32, u32)> {
     let cname = CString::new(name).ok()?;
     let mut buf = vec![0u8; 16384];
     // SAFETY: passwd is plain old data that getpwnam_r fills in.
@@ -63,7 +68,7 @@ pub fn uid_of(name: &str) -> Option<u32> {
             &mut result,
         )
     };
-    (rc == 0 && !result.is_null()).then_some(pw.pw_uid)
+    (rc == 0 && !result.is_null()).then_some((pw.pw_uid, pw.pw_gid))
 }
 
 /// The gid of a group name (or a numeric gid), through NSS.

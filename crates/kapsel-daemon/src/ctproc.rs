@@ -33,6 +33,7 @@ fn lock(ct: &Mutex<Container>) -> std::sync::MutexGuard<'_, Container> {
 pub fn root_dir(
     spec: &ContainerSpec,
     state_dir: &Path,
+    kapsel: &Path,
 ) -> Result<(PathBuf, ImageDefaults), String> {
     let name = &spec.name;
     if let Some(root) = &spec.root {
@@ -50,7 +51,8 @@ pub fn root_dir(
         .map_err(|e| format!("container {name}: {}: {e}", dir.display()))?;
     close_dir(&state_dir.join("ct"))?;
     close_dir(&dir)?;
-    let prepared = kapsel_container::image::prepare(image, &dir).map_err(|e| {
+    // In a confined child (crate::unpack): the daemon parses no image.
+    crate::unpack::prepare(kapsel, image, &dir).map_err(|e| {
         let at = if spec.span.line > 0 {
             format!(
                 " (container block at {}:{})",
@@ -61,8 +63,7 @@ pub fn root_dir(
             String::new()
         };
         format!("container {name}: {e}; repair or replace the image{at}")
-    })?;
-    Ok((prepared.root, prepared.defaults))
+    })
 }
 
 /// Makes a directory of the daemon's state root's alone: owned by root,
@@ -388,14 +389,8 @@ impl ExecTarget {
         let (ours, theirs): (File, OwnedFd) = if let Some((rows, cols)) = tty {
             let pid = lock(&self.ct).pid() as u32;
             let (master, slave) = container_pty(pid).map_err(|e| format!("exec: pty: {e}"))?;
-            let size = libc::winsize {
-                ws_row: rows,
-                ws_col: cols,
-                ws_xpixel: 0,
-                ws_ypixel: 0,
-            };
-            // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer.
-            unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &size) };
+            // A pty that refuses a size still works, at the default size.
+            let _ = kapsel_host::term::set_window_size(master.as_raw_fd(), rows, cols);
             (master, slave)
         } else {
             let (a, b) = UnixStream::pair().map_err(|e| format!("exec: {e}"))?;

@@ -91,8 +91,9 @@ struct RunningPort {
 pub(crate) struct Attachment {
     ifname: String,
     kind: net::InterfaceKind,
-    /// The DHCP server of a local interface; dropping it stops it.
-    dhcp: Option<net::DhcpServerThread>,
+    /// The DHCP service of a local interface (in the DHCP helper process);
+    /// dropping it stops it.
+    dhcp: Option<net::DhcpService>,
     /// The lease it offers (to serve it again after a daemon restart).
     lease: Option<net::DhcpLease>,
     /// The interface as a port of its switch's bridge, to put back when
@@ -147,6 +148,8 @@ pub struct Daemon {
     reconciling: Mutex<()>,
     /// One daemon per state directory, until this process ends.
     _state_lock: crate::statelock::StateLock,
+    /// The process that answers guests' DHCP requests (started on first use).
+    dhcp: net::DhcpHelper,
 }
 
 fn render(diags: &[Diagnostic]) -> String {
@@ -203,6 +206,7 @@ impl Daemon {
             .map_err(|e| DaemonError::Setup(e.to_string()))?;
         ctproc::close_container_dirs(&opts.state_dir).map_err(DaemonError::Setup)?;
         let daemon = Arc::new(Daemon {
+            dhcp: net::DhcpHelper::new(opts.kapsel.clone()),
             opts,
             _state_lock: state_lock,
             inner: Mutex::new(Inner {
@@ -272,20 +276,7 @@ impl Daemon {
                     }
                     let id = inner.next_id;
                     inner.next_id += 1;
-                    inner.vms.push(Vm {
-                        id,
-                        spec,
-                        container,
-                        configured: true,
-                        state: VmState::Stopped,
-                        process: None,
-                        last_exit: None,
-                        console: Console::new(),
-                        generation: 0,
-                        net: Vec::new(),
-                        open_as: None,
-                        removed: false,
-                    });
+                    inner.vms.push(Vm::new(id, spec, container, true));
                 }
             }
         }
@@ -397,7 +388,7 @@ impl Daemon {
             return Ok(());
         };
         let _one = self.unpacking.lock().unwrap_or_else(|e| e.into_inner());
-        ctproc::root_dir(&ct, &self.opts.state_dir).map(|_| ())
+        ctproc::root_dir(&ct, &self.opts.state_dir, &self.opts.kapsel).map(|_| ())
     }
 
     fn find<'a>(inner: &'a mut Inner, target: &str) -> Result<&'a mut Vm, String> {
@@ -610,7 +601,7 @@ impl Daemon {
         // one directory. Lock order: `inner`, then `unpacking`.
         let (root, defaults) = {
             let _one = self.unpacking.lock().unwrap_or_else(|e| e.into_inner());
-            ctproc::root_dir(ct, &self.opts.state_dir)?
+            ctproc::root_dir(ct, &self.opts.state_dir, &self.opts.kapsel)?
         };
         let veth = ct.interfaces.first().map(|ispec| {
             let host = format!("kct{id}-0");
@@ -703,9 +694,10 @@ impl Daemon {
     }
 
     /// Does `act` to a running guest through its monitor: a VM's process
-    /// gets a signal (SIGTERM presses its power button, SIGSTOP/SIGCONT
-    /// stop and resume every vCPU); a container's init gets its power-off
-    /// signal, everything in it SIGKILL, or its cgroup is frozen or thawed.
+    /// gets the request on its control channel (power button, pause and
+    /// resume of its vCPUs in KVM), or SIGKILL; a container's init gets its
+    /// power-off signal, everything in it SIGKILL, or its cgroup is frozen
+    /// or thawed.
     fn act(vm: &Vm, act: Act) -> Result<(), String> {
         match vm.process.as_ref() {
             None => Err(format!("{} {} is not running", vm.kind(), vm.spec.name)),
@@ -1144,20 +1136,9 @@ impl Daemon {
     fn add_adhoc(&self, inner: &mut Inner, spec: VmSpec, open_as: Option<vmproc::OpenAs>) {
         let id = inner.next_id;
         inner.next_id += 1;
-        inner.vms.push(Vm {
-            id,
-            spec,
-            configured: false,
-            state: VmState::Stopped,
-            container: None,
-            process: None,
-            last_exit: None,
-            console: Console::new(),
-            generation: 0,
-            net: Vec::new(),
-            open_as,
-            removed: false,
-        });
+        let mut vm = Vm::new(id, spec, None, false);
+        vm.open_as = open_as;
+        inner.vms.push(vm);
     }
 
     /// Reads the configuration (and files added by `load`) again.
@@ -1262,17 +1243,19 @@ impl Daemon {
             inner = self.changed.wait(inner).unwrap_or_else(|e| e.into_inner());
         }
         let retired = std::mem::take(&mut inner.retired_switches);
-        for sw in inner.created_switches.drain(..).chain(retired) {
+        let switches: Vec<_> = inner.created_switches.drain(..).chain(retired).collect();
+        let local_network = std::mem::take(&mut inner.local_network);
+        drop(inner); // netlink and nft outside the state lock
+        for sw in switches {
             if let Err(e) = net::remove_switch(&sw) {
                 tracing::warn!("{e}");
             }
         }
-        if std::mem::take(&mut inner.local_network) {
+        if local_network {
             if let Err(e) = net::LocalNetwork::remove().and_then(|()| net::remove_firewall()) {
                 tracing::warn!("{e}");
             }
         }
-        drop(inner);
         self.save_state();
     }
 
@@ -1589,7 +1572,7 @@ impl Daemon {
         }
         .map_err(|e| err(e.to_string()))?;
         let lease = iface.dhcp.as_ref().map(|d| d.lease().clone());
-        let dhcp = match iface.dhcp.take().map(|d| d.spawn()).transpose() {
+        let dhcp = match iface.dhcp.take().map(|d| self.dhcp.serve(d)).transpose() {
             Ok(d) => d,
             Err(e) => {
                 let _ = net::release_interface(&iface.ifname, iface.kind);
@@ -1990,7 +1973,7 @@ impl Daemon {
             let mut net = Vec::new();
             for i in g.net {
                 let dhcp = i.dhcp.clone().and_then(|lease| {
-                    match net::DhcpServer::bind(&i.ifname, lease).and_then(|d| d.spawn()) {
+                    match net::DhcpServer::bind(&i.ifname, lease).and_then(|d| self.dhcp.serve(d)) {
                         Ok(d) => Some(d),
                         Err(e) => {
                             tracing::warn!("{name}: DHCP on {}: {e}", i.ifname);
@@ -2012,21 +1995,11 @@ impl Daemon {
             let idx = match existing {
                 Some(i) => i,
                 None => {
-                    inner.vms.push(Vm {
-                        id: g.id,
-                        spec: g.spec.clone(),
-                        container: g.container.clone(),
-                        configured: false,
-                        state: VmState::Stopped,
-                        process: None,
-                        last_exit: None,
-                        console: Console::new(),
-                        generation: 0,
-                        net: Vec::new(),
-                        open_as: g.open_as.clone(),
-                        // Declared when it started, gone from vm.conf now.
-                        removed: g.configured,
-                    });
+                    let mut vm = Vm::new(g.id, g.spec.clone(), g.container.clone(), false);
+                    vm.open_as = g.open_as.clone();
+                    // Declared when it started, gone from vm.conf now.
+                    vm.removed = g.configured;
+                    inner.vms.push(vm);
                     inner.vms.len() - 1
                 }
             };
@@ -2232,6 +2205,29 @@ fn container_view(c: &kapsel_config::ContainerSpec) -> VmSpec {
 }
 
 impl Vm {
+    /// A stopped guest, never run.
+    fn new(
+        id: u32,
+        spec: VmSpec,
+        container: Option<kapsel_config::ContainerSpec>,
+        configured: bool,
+    ) -> Vm {
+        Vm {
+            id,
+            spec,
+            container,
+            configured,
+            state: VmState::Stopped,
+            process: None,
+            last_exit: None,
+            console: Console::new(),
+            generation: 0,
+            net: Vec::new(),
+            open_as: None,
+            removed: false,
+        }
+    }
+
     /// "vm" or "container", for messages.
     fn kind(&self) -> &'static str {
         if self.container.is_some() {

@@ -21,4 +21,5 @@ pub mod proto;
 pub mod server;
 pub mod state;
 pub mod statelock;
+pub mod unpack;
 pub mod vmproc;

@@ -245,7 +245,7 @@ fn place_fds(cmd: &mut Command, fds: &[OwnedFd]) -> Result<Vec<OwnedFd>, String>
     unsafe {
         cmd.pre_exec(move || {
             for (i, &fd) in raw.iter().enumerate() {
-                if libc::dup2(fd, vmproc::FIRST_TAP_FD + i as i32) < 0 {
+                if libc::dup2(fd, vmproc::HANDED_FD + i as i32) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
             }
@@ -784,7 +784,7 @@ fn start_guest(spec: &MonitorSpec) -> Result<(GuestProc, Box<dyn Read + Send>), 
             for fd in 0..*fds {
                 // SAFETY: closes inherited descriptors 3.. that only the VM
                 // process needs; nothing in this process uses them.
-                unsafe { libc::close(vmproc::FIRST_TAP_FD + fd as i32) };
+                unsafe { libc::close(vmproc::HANDED_FD + fd as i32) };
             }
             let input = p
                 .console_input()
@@ -910,14 +910,14 @@ fn wait_for_end(guest: &Guest) -> ExitNote {
     match &guest.proc {
         GuestProc::Vm { process, pid, .. } => {
             let report = vmproc::wait(*pid);
-            let tail = process
+            let finished = process
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .take()
-                .and_then(VmProcess::finish)
+                .map(VmProcess::finish)
                 .unwrap_or_default();
             ExitNote {
-                reason: report.describe(&tail),
+                reason: report.describe(&finished),
                 failure: report.is_failure(),
             }
         }
@@ -956,16 +956,26 @@ fn forward_sigterm(guest: &Guest) {
 fn act(guest: &Guest, act: Act) -> Result<(), String> {
     let name = &guest.name;
     let result = match &guest.proc {
-        GuestProc::Vm { pid, .. } => {
-            let sig = match act {
-                Act::PowerButton => libc::SIGTERM,
-                Act::Kill => libc::SIGKILL,
-                Act::Pause => libc::SIGSTOP,
-                Act::Resume => libc::SIGCONT,
+        GuestProc::Vm { pid, process, .. } => {
+            // Through the VM process's control channel, one at a time.
+            let control = |f: fn(&VmProcess) -> Result<(), String>| match process
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+            {
+                Some(p) => f(p),
+                None => Err(format!("vm {name}: it has ended")),
             };
-            // The VM process is this process's child, not yet reaped
-            // while the monitor serves: its pid cannot be another's.
-            vmproc::kill(*pid, sig).map_err(|e| format!("vm {name}: {e}"))
+            match act {
+                Act::PowerButton => control(VmProcess::power_button),
+                Act::Pause => control(VmProcess::pause),
+                Act::Resume => control(VmProcess::resume),
+                // The VM process is this process's child, not yet reaped
+                // while the monitor serves: its pid cannot be another's.
+                Act::Kill => {
+                    vmproc::kill(*pid, libc::SIGKILL).map_err(|e| format!("vm {name}: {e}"))
+                }
+            }
         }
         GuestProc::Container { .. } => guest
             .proc
@@ -993,23 +1003,7 @@ fn act(guest: &Guest, act: Act) -> Result<(), String> {
 /// Whether the peer of `s` is root (only kapseld talks to a monitor; the
 /// socket's directory is root's alone as well).
 fn peer_is_root(s: &UnixStream) -> bool {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: u32::MAX,
-        gid: u32::MAX,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: SO_PEERCRED fills a ucred of the length given.
-    let rc = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    rc == 0 && cred.uid == 0
+    crate::accounts::peer_cred(s).is_ok_and(|c| c.uid == 0)
 }
 
 fn serve(guest: &Arc<Guest>, listener: UnixListener) {

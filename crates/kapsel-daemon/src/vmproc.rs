@@ -1,13 +1,24 @@
-//! One VM process: `kapsel run` started by the daemon for a VM spec, its
-//! console on a socket pair, its stderr in the VM's log, and how it ended.
+//! One VM process: `kapsel run` started by the daemon for a VM spec, and
+//! the typed contract with it. The VM's whole configuration goes in as
+//! one serialized [`VmConfig`] on a sealed memfd ([`CONFIG_FD`]); the
+//! daemon drives it through its control socket ([`CONTROL_FD`]: power
+//! button, pause, resume, status) and learns how it ended from its exit
+//! report ([`EXIT_FD`]). Its console is a socket pair, its stderr goes to
+//! the VM's log (and is the reason shown only when no report came).
 
 use kapsel_config::{BootDevice, MacAddr, VmSpec};
-use std::io::{BufRead, BufReader, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use kapsel_host::fd::pipe;
+use kapsel_vmm::config::{ConsoleSpec, DiskConfig, NetConfig, TapSource, VmConfig};
+use kapsel_vmm::control::{self, Client, EndReport, Reply, Request, VmStatus};
+use kapsel_vmm::user_files::UserCredentials;
+use kapsel_vmm::OnReboot;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -44,26 +55,51 @@ pub struct OpenAs {
     pub disks: Vec<usize>,
 }
 
-impl OpenAs {
-    /// The `--open-as` argument: UID:GID[:GID,...].
-    fn credentials(&self) -> String {
-        let groups: Vec<String> = self.groups.iter().map(u32::to_string).collect();
-        format!("{}:{}:{}", self.uid, self.gid, groups.join(","))
-    }
-}
-
+/// The descriptors a VM process inherits, by number: its configuration
+/// (a sealed memfd), its control socket, the write ends of its exit-report
+/// and readiness pipes, then its taps.
+pub const CONFIG_FD: i32 = 3;
+/// The VM process's end of its control socket (`--control-fd`).
+pub const CONTROL_FD: i32 = 4;
+/// The write end of its exit-report pipe (`--exit-fd`).
+pub const EXIT_FD: i32 = 5;
+/// The write end of its readiness pipe (the configuration's `ready_fd`).
+pub const READY_FD: i32 = 6;
 /// The descriptor number the first tap gets in the VM process (the next
 /// ones follow).
-pub const FIRST_TAP_FD: i32 = 3;
+pub const FIRST_TAP_FD: i32 = 7;
+/// Where the descriptors the daemon hands a VM's monitor begin (see
+/// [`prepare`]): the configuration, the readiness pipe, the taps.
+pub const HANDED_FD: i32 = 3;
+
+/// How long a control request may take (a pause waits up to 2 s for the
+/// vCPUs to stop).
+pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A running VM process.
 pub struct VmProcess {
     /// Its process id.
     pub pid: u32,
+    /// The VM's name, for messages.
+    name: String,
     /// The daemon's end of the console (input to the guest).
     console: UnixStream,
     /// Collects stderr into the log; yields the last line.
     stderr: Option<JoinHandle<Option<String>>>,
+    /// The daemon's end of the control socket; one request at a time.
+    control: Mutex<Client>,
+    /// The read end of the exit-report pipe, and what came on it so far.
+    exit: Mutex<(std::fs::File, Vec<u8>)>,
+}
+
+/// What an ended VM process left: its exit report, and its last line on
+/// stderr (shown only when there is no report, e.g. after SIGKILL).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Finished {
+    /// The typed report it wrote before exiting.
+    pub report: Option<EndReport>,
+    /// Its last non-empty line on stderr.
+    pub stderr_tail: Option<String>,
 }
 
 impl VmProcess {
@@ -72,22 +108,91 @@ impl VmProcess {
         self.console.try_clone()
     }
 
-    /// After the process has ended: reaps it and returns its last line on
-    /// stderr (its one-line reason for a failure).
-    pub fn finish(mut self) -> Option<String> {
+    fn call(&self, what: &str, request: Request) -> Result<Reply, String> {
+        let mut client = self.control.lock().unwrap_or_else(|e| e.into_inner());
+        match client.call(request, CONTROL_TIMEOUT) {
+            Ok(Reply::Error { message }) => Err(format!("vm {}: {what}: {message}", self.name)),
+            Ok(reply) => Ok(reply),
+            Err(e) => Err(format!(
+                "vm {}: {what}: {e} (the VM process may be stuck; `kapsel stop -f {}` ends it)",
+                self.name, self.name
+            )),
+        }
+    }
+
+    fn call_ok(&self, what: &str, request: Request) -> Result<(), String> {
+        match self.call(what, request)? {
+            Reply::Ok => Ok(()),
+            other => Err(format!(
+                "vm {}: {what}: unexpected reply {other:?}",
+                self.name
+            )),
+        }
+    }
+
+    /// Presses the guest's ACPI power button; the VM process stops the VM
+    /// itself when the guest has not powered off within its shutdown
+    /// timeout.
+    pub fn power_button(&self) -> Result<(), String> {
+        self.call_ok("power button", Request::PowerButton)
+    }
+
+    /// Stops every vCPU (in KVM, not the process).
+    pub fn pause(&self) -> Result<(), String> {
+        self.call_ok("pause", Request::Pause)
+    }
+
+    /// Lets a paused VM run on.
+    pub fn resume(&self) -> Result<(), String> {
+        self.call_ok("resume", Request::Resume)
+    }
+
+    /// The VM's figures: paused or running, vCPUs, resident memory, uptime.
+    pub fn status(&self) -> Result<VmStatus, String> {
+        match self.call("status", Request::Status)? {
+            Reply::Status { status } => Ok(status),
+            other => Err(format!(
+                "vm {}: status: unexpected reply {other:?}",
+                self.name
+            )),
+        }
+    }
+
+    /// The exit report, once the process has written it (it does so just
+    /// before it exits); None before, or when it ended without one.
+    pub fn exit_report(&self) -> Option<EndReport> {
+        let mut exit = self.exit.lock().unwrap_or_else(|e| e.into_inner());
+        let (pipe, bytes) = &mut *exit;
+        // Non-blocking (set at spawn): takes what is there, up to a
+        // frame's size in all.
+        let room = (control::MAX_FRAME as u64 + 4).saturating_sub(bytes.len() as u64);
+        let _ = pipe.take(room).read_to_end(bytes);
+        EndReport::parse(bytes).ok()
+    }
+
+    /// After the process has ended: reaps it and returns its exit report
+    /// and its last line on stderr.
+    pub fn finish(mut self) -> Finished {
         // SAFETY: waitpid on our own child; a null status pointer is allowed.
         unsafe { libc::waitpid(self.pid as libc::pid_t, std::ptr::null_mut(), 0) };
-        self.stderr.take().and_then(|h| h.join().ok().flatten())
+        Finished {
+            report: self.exit_report(),
+            stderr_tail: self.stderr.take().and_then(|h| h.join().ok().flatten()),
+        }
     }
 }
 
-/// The `kapsel run` arguments for a VM spec, or why it cannot run.
-pub fn run_args(
+/// The configuration of the VM process for a VM spec, or why it cannot
+/// run: the daemon's VMs reboot like machines do (power-off ends them),
+/// their console is the process's stdin and stdout, their taps are the
+/// inherited descriptors from [`FIRST_TAP_FD`] on, and the files a user
+/// named are opened with that user's rights.
+pub fn vm_config(
     spec: &VmSpec,
     shutdown_timeout: Duration,
     macs: &[MacAddr],
     open_as: Option<&OpenAs>,
-) -> Result<Vec<String>, String> {
+) -> Result<VmConfig, String> {
     let name = &spec.name;
     if spec.cdrom.is_some() || spec.boot_device == Some(BootDevice::Cdrom) {
         return Err(format!(
@@ -107,72 +212,79 @@ pub fn run_args(
     let kernel = spec.boot.as_ref().ok_or_else(|| {
         format!("vm {name} has no kernel: add `boot \"/path/to/vmlinuz\"` to it in vm.conf, or start it with -b")
     })?;
-    let mut args = vec![
-        "run".to_string(),
-        "--kernel".into(),
-        kernel.display().to_string(),
-        "--memory".into(),
-        format!("{}", spec.memory.map_or(512 << 20, |m| m.bytes())),
-        "--cpus".into(),
-        spec.cpus.unwrap_or(1).to_string(),
-        "--console".into(),
-        "stdio".into(),
-        // A daemon's VM reboots like a machine does; power-off ends it.
-        "--on-reboot".into(),
-        "restart".into(),
-        "--shutdown-timeout".into(),
-        shutdown_timeout.as_secs().to_string(),
-    ];
-    if let Some(initrd) = &spec.initrd {
-        args.push("--initrd".into());
-        args.push(initrd.display().to_string());
-    }
-    if let Some(cmdline) = &spec.cmdline {
-        args.push("--cmdline".into());
-        args.push(cmdline.clone());
-    }
-    if let Some(user) = open_as {
-        args.push("--open-as".into());
-        args.push(user.credentials());
-        if user.kernel {
-            args.push("--kernel-as-user".into());
-        }
-        if user.initrd && spec.initrd.is_some() {
-            args.push("--initrd-as-user".into());
-        }
-    }
+    let mut disks = Vec::new();
     for (i, disk) in spec.disks.iter().enumerate() {
-        let mut d = disk.path.display().to_string();
-        if let Some(f) = disk.format {
-            d.push_str(",format=");
-            d.push_str(f.keyword());
-        }
-        if open_as.is_some_and(|u| u.disks.contains(&i)) {
-            d.push_str(",as-user");
-        }
-        args.push("--disk".into());
-        args.push(d);
+        let format = disk
+            .format
+            .map(|f| f.keyword().parse::<kapsel_image::Format>())
+            .transpose()
+            .map_err(|e| format!("vm {name}: disk {}: {e}", disk.path.display()))?;
+        disks.push(DiskConfig {
+            path: disk.path.clone(),
+            read_only: false,
+            serial: None,
+            format,
+            cache: Default::default(),
+            as_user: open_as.is_some_and(|u| u.disks.contains(&i)),
+        });
     }
-    for (i, mac) in macs.iter().enumerate() {
-        args.push("--net".into());
-        args.push(format!("fd={},mac={mac}", FIRST_TAP_FD + i as i32));
-    }
-    Ok(args)
+    let nets = macs
+        .iter()
+        .enumerate()
+        .map(|(i, mac)| NetConfig {
+            tap: TapSource::Fd(FIRST_TAP_FD + i as i32),
+            mac: Some(mac.0),
+        })
+        .collect();
+    let cpus = spec.cpus.unwrap_or(1);
+    let cpus = u8::try_from(cpus).map_err(|_| {
+        format!("vm {name}: {cpus} vCPUs are more than a VM can have; give at most 254")
+    })?;
+    let cfg = VmConfig {
+        kernel: kernel.clone(),
+        initrd: spec.initrd.clone(),
+        cmdline: spec
+            .cmdline
+            .clone()
+            .unwrap_or_else(|| kapsel_vmm::config::DEFAULT_CMDLINE.into()),
+        memory: spec.memory.map_or(512 << 20, |m| m.bytes()),
+        cpus,
+        console: ConsoleSpec::Stdio,
+        // A daemon's VM reboots like a machine does; power-off ends it.
+        on_reboot: OnReboot::Restart,
+        hide_cpuid: Vec::new(),
+        disks,
+        rng: false,
+        nets,
+        virtio_console: None,
+        shutdown_timeout,
+        sandbox: true,
+        open_as: open_as.map(|u| UserCredentials {
+            uid: u.uid,
+            gid: u.gid,
+            groups: u.groups.clone(),
+        }),
+        kernel_as_user: open_as.is_some_and(|u| u.kernel),
+        initrd_as_user: open_as.is_some_and(|u| u.initrd) && spec.initrd.is_some(),
+        ready_fd: Some(READY_FD),
+    };
+    cfg.check().map_err(|e| format!("vm {name}: {e}"))?;
+    Ok(cfg)
 }
 
 /// A close-on-exec duplicate of `fd` numbered above every descriptor number
-/// the child's `count` taps will get (`FIRST_TAP_FD..FIRST_TAP_FD + count`),
-/// so that moving one into place with dup2 cannot overwrite another.
+/// the child's `count` inherited descriptors will get (from `CONFIG_FD`
+/// on), so that moving one into place with dup2 cannot overwrite another.
 ///
 /// The floor is the lowest such number, not a fixed high one: F_DUPFD fails
 /// with EINVAL when its floor is not below RLIMIT_NOFILE, and the soft limit
 /// is 1024 under systemd and busybox init alike (a floor of 1024 made every
 /// VM with an interface fail there with "tap descriptor: Invalid argument").
-pub(crate) fn dup_above_targets(fd: &OwnedFd, count: usize) -> std::io::Result<OwnedFd> {
-    let floor = FIRST_TAP_FD.saturating_add(i32::try_from(count).unwrap_or(i32::MAX));
+pub(crate) fn dup_above_targets(fd: &impl AsFd, count: usize) -> std::io::Result<OwnedFd> {
+    let floor = CONFIG_FD.saturating_add(i32::try_from(count).unwrap_or(i32::MAX));
     // SAFETY: F_DUPFD_CLOEXEC duplicates a descriptor we own; it touches no
     // memory.
-    let dup = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, floor) };
+    let dup = unsafe { libc::fcntl(fd.as_fd().as_raw_fd(), libc::F_DUPFD_CLOEXEC, floor) };
     if dup < 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -180,15 +292,27 @@ pub(crate) fn dup_above_targets(fd: &OwnedFd, count: usize) -> std::io::Result<O
     Ok(unsafe { OwnedFd::from_raw_fd(dup) })
 }
 
-/// A pipe: (read end, write end), both close-on-exec.
-fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills the two-element array it is given.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+/// A memfd holding `bytes`, sealed against every change (as a VM's
+/// configuration must not change under the process that reads it).
+fn sealed_memfd(name: &str, bytes: &[u8]) -> std::io::Result<OwnedFd> {
+    let cname = std::ffi::CString::new(name).map_err(std::io::Error::other)?;
+    // SAFETY: memfd_create reads a NUL-terminated name and makes a new
+    // descriptor.
+    let fd =
+        unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    // SAFETY: pipe2 returned two new descriptors that nothing else owns.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    // SAFETY: fd is a new descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut file = std::fs::File::from(fd);
+    file.write_all(bytes)?;
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // SAFETY: F_ADD_SEALS on our own memfd touches no memory.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(OwnedFd::from(file))
 }
 
 /// Whether a VM process has opened its resources, from the read end of
@@ -229,28 +353,52 @@ pub fn wait_ready(ready: &OwnedFd, timeout: Duration) -> Ready {
 }
 
 /// Prepares a VM process's start in the daemon: its `kapsel run`
-/// arguments, the descriptors it inherits at [`FIRST_TAP_FD`], ... (its
-/// taps, then the write end of its readiness pipe) and the read end of
-/// that pipe, on which it says when its resources are open (see
-/// [`wait_ready`]). [`spawn_process`] (in its monitor) runs it.
+/// arguments, the descriptors its monitor inherits at [`HANDED_FD`], ...
+/// (the VM's configuration in a sealed memfd, the write end of its
+/// readiness pipe, then its taps) and the read end of that pipe, on which
+/// it says when its resources are open (see [`wait_ready`]).
+/// [`spawn_process`] (in its monitor) runs it.
 pub fn prepare(launch: Launch) -> Result<(Vec<String>, Vec<OwnedFd>, OwnedFd), String> {
     let name = &launch.spec.name;
     let macs: Vec<MacAddr> = launch.taps.iter().map(|(_, m)| *m).collect();
-    let mut args = run_args(launch.spec, launch.shutdown_timeout, &macs, launch.open_as)?;
+    let cfg = vm_config(launch.spec, launch.shutdown_timeout, &macs, launch.open_as)?;
+    let config = sealed_memfd("kapsel-vm-config", &cfg.to_json())
+        .map_err(|e| format!("vm {name}: configuration memfd: {e}"))?;
     let (ready_read, ready_write) =
         pipe().map_err(|e| format!("vm {name}: readiness pipe: {e}"))?;
-    args.push("--ready-fd".into());
-    args.push((FIRST_TAP_FD + launch.taps.len() as i32).to_string());
-    let mut fds: Vec<OwnedFd> = launch.taps.into_iter().map(|(fd, _)| fd).collect();
-    fds.push(ready_write);
+    let args: Vec<String> = [
+        "run",
+        "--config-fd",
+        &CONFIG_FD.to_string(),
+        "--control-fd",
+        &CONTROL_FD.to_string(),
+        "--exit-fd",
+        &EXIT_FD.to_string(),
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut fds = vec![config, ready_write];
+    fds.extend(launch.taps.into_iter().map(|(fd, _)| fd));
     Ok((args, fds, ready_read))
 }
 
-/// Starts the VM process `kapsel ARGS` (in its monitor), which inherits
-/// this process's descriptors [`FIRST_TAP_FD`]..+`fds` as they are.
-/// Returns it and its console output stream. Its stderr is appended to
-/// `log`; it is killed if this process dies (`PR_SET_PDEATHSIG`), so that
-/// no VM runs without its monitor.
+/// The configuration in the memfd at `fd`, for the log.
+fn config_for_log(fd: i32) -> String {
+    let mut buf = vec![0u8; 64 << 10];
+    // SAFETY: pread writes at most buf.len() bytes into buf.
+    let n = unsafe { libc::pread(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+    buf.truncate(usize::try_from(n).unwrap_or(0));
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Starts the VM process `kapsel ARGS` (in its monitor) from this
+/// process's `fds` descriptors at [`HANDED_FD`], ... (as [`prepare`] laid
+/// them out), with its own control socket and exit-report pipe; the VM
+/// process gets them at [`CONFIG_FD`], [`CONTROL_FD`], [`EXIT_FD`],
+/// [`READY_FD`] and its taps from [`FIRST_TAP_FD`]. Returns it and its
+/// console output stream. Its stderr is appended to `log`; it is killed if
+/// this process dies (`PR_SET_PDEATHSIG`), so that no VM runs without its
+/// monitor.
 pub fn spawn_process(
     name: &str,
     kapsel: &Path,
@@ -258,6 +406,40 @@ pub fn spawn_process(
     log: &Path,
     fds: u32,
 ) -> Result<(VmProcess, UnixStream), String> {
+    if fds < 2 {
+        return Err(format!(
+            "vm {name}: the VM process needs its configuration and readiness descriptors"
+        ));
+    }
+    let (control_daemon, control_vm) =
+        UnixStream::pair().map_err(|e| format!("vm {name}: control socket: {e}"))?;
+    let (exit_read, exit_write) = pipe().map_err(|e| format!("vm {name}: exit pipe: {e}"))?;
+    // SAFETY: F_GETFL/F_SETFL on a descriptor we own touch no memory.
+    unsafe {
+        let flags = libc::fcntl(exit_read.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(
+            exit_read.as_raw_fd(),
+            libc::F_SETFL,
+            flags | libc::O_NONBLOCK,
+        );
+    }
+    let control_vm = OwnedFd::from(control_vm);
+    // SAFETY: HANDED_FD.. are this process's inherited descriptors (see
+    // prepare), open until start_guest closes them after this returns.
+    let handed = |i: u32| unsafe { std::os::fd::BorrowedFd::borrow_raw(HANDED_FD + i as i32) };
+    // In the order of their numbers in the VM process.
+    let mut sources = vec![handed(0), control_vm.as_fd(), exit_write.as_fd(), handed(1)];
+    sources.extend((2..fds).map(handed));
+    let mut high = Vec::new();
+    for fd in &sources {
+        high.push(
+            dup_above_targets(fd, sources.len())
+                .map_err(|e| format!("vm {name}: inherited descriptor: {e}"))?,
+        );
+    }
+    drop(sources);
+    drop((control_vm, exit_write));
+    let raw: Vec<i32> = high.iter().map(|f| f.as_raw_fd()).collect();
     let (daemon_end, vm_end) =
         UnixStream::pair().map_err(|e| format!("vm {name}: console socket: {e}"))?;
     let vm_out = vm_end
@@ -272,6 +454,7 @@ pub fn spawn_process(
         .open(log)
         .map_err(|e| format!("vm {name}: log {}: {e}", log.display()))?;
     let _ = writeln!(log, "--- kapsel {}", args.join(" "));
+    let _ = writeln!(log, "config: {}", config_for_log(HANDED_FD));
     let mut cmd = Command::new(kapsel);
     cmd.args(args)
         .stdin(Stdio::from(OwnedFd::from(vm_end)))
@@ -284,17 +467,18 @@ pub fn spawn_process(
         // Its own process group: a Ctrl-C meant for a foreground daemon
         // does not reach it.
         .process_group(0);
-    let inherited: Vec<i32> = (0..fds as i32).map(|i| FIRST_TAP_FD + i).collect();
-    // SAFETY: between fork and exec only prctl and fcntl, which are
-    // async-signal-safe.
+    // SAFETY: between fork and exec only prctl and dup2, which are
+    // async-signal-safe, on descriptors that stay open here until the
+    // child runs.
     unsafe {
         cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            for &fd in &inherited {
-                // Kept across exec (they may be close-on-exec here).
-                libc::fcntl(fd, libc::F_SETFD, 0);
+            for (i, &fd) in raw.iter().enumerate() {
+                if libc::dup2(fd, CONFIG_FD + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });
@@ -302,6 +486,7 @@ pub fn spawn_process(
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("vm {name}: cannot run {}: {e}", kapsel.display()))?;
+    drop(high);
     let pid = child.id();
     let stderr = child.stderr.take();
     let tag = name.to_string();
@@ -332,8 +517,11 @@ pub fn spawn_process(
     Ok((
         VmProcess {
             pid,
+            name: name.to_string(),
             console: daemon_end,
             stderr: Some(stderr),
+            control: Mutex::new(Client::new(control_daemon)),
+            exit: Mutex::new((std::fs::File::from(exit_read), Vec::new())),
         },
         console_out,
     ))
@@ -370,9 +558,17 @@ impl ExitReport {
         *self != ExitReport::Exited(0)
     }
 
-    /// The reason shown in `status` and the log.
-    pub fn describe(&self, stderr_tail: &str) -> String {
-        let tail = stderr_tail.trim().trim_start_matches("kapsel run: ");
+    /// The reason shown in `status` and the log: the VM process's exit
+    /// report, or, when it wrote none (killed, say), the status and its
+    /// last line on stderr.
+    pub fn describe(&self, finished: &Finished) -> String {
+        // A signal after the report (the backstop's kill racing the exit)
+        // does not change how the guest ended.
+        if let Some(report) = &finished.report {
+            return report.describe();
+        }
+        let tail = finished.stderr_tail.as_deref().unwrap_or_default();
+        let tail = tail.trim().trim_start_matches("kapsel run: ");
         match *self {
             ExitReport::Exited(0) => "powered off".into(),
             ExitReport::Exited(code) if tail.is_empty() => format!("failed (exit {code})"),
@@ -462,9 +658,9 @@ mod tests {
                         libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0
                     }
                 };
-                match dup_above_targets(&fd, 4) {
+                match dup_above_targets(&fd, 8) {
                     _ if !set => 2,
-                    Ok(d) if (FIRST_TAP_FD + 4..64).contains(&d.as_raw_fd()) => 0,
+                    Ok(d) if (CONFIG_FD + 8..64).contains(&d.as_raw_fd()) => 0,
                     Ok(_) => 3,
                     Err(_) => 1,
                 }
@@ -485,9 +681,9 @@ mod tests {
     }
 
     #[test]
-    fn run_args_from_a_spec() {
+    fn the_vm_configuration_from_a_spec() {
         let mut spec = VmSpec::new("web");
-        assert!(run_args(&spec, Duration::from_secs(30), &[], None)
+        assert!(vm_config(&spec, Duration::from_secs(30), &[], None)
             .unwrap_err()
             .contains("add `boot"));
         spec.boot = Some("/vm/vmlinuz".into());
@@ -499,15 +695,37 @@ mod tests {
             format: Some(kapsel_config::DiskFormat::Qcow2),
         });
         let mac = MacAddr([0xfe, 0xe1, 0xbb, 1, 2, 3]);
-        let args = run_args(&spec, Duration::from_secs(7), &[mac, mac], None)
-            .unwrap()
-            .join(" ");
-        assert!(args.contains("--net fd=3,mac=fe:e1:bb:01:02:03 --net fd=4,mac="));
-        assert!(args.starts_with("run --kernel /vm/vmlinuz --memory 268435456 --cpus 2"));
-        assert!(args.contains("--shutdown-timeout 7"));
-        assert!(args.contains("--cmdline console=ttyS0 quiet"));
-        assert!(args.contains("--disk /vm/web.qcow2,format=qcow2"));
-        assert!(!args.contains("as-user"));
+        let cfg = vm_config(&spec, Duration::from_secs(7), &[mac, mac], None).unwrap();
+        assert_eq!(cfg.kernel, Path::new("/vm/vmlinuz"));
+        assert_eq!((cfg.memory, cfg.cpus), (256 << 20, 2));
+        assert_eq!(cfg.shutdown_timeout, Duration::from_secs(7));
+        assert_eq!(cfg.cmdline, "console=ttyS0 quiet");
+        assert_eq!(cfg.console, ConsoleSpec::Stdio);
+        assert_eq!(cfg.on_reboot, OnReboot::Restart);
+        assert_eq!(cfg.ready_fd, Some(READY_FD));
+        assert!(cfg.sandbox);
+        assert_eq!(
+            cfg.nets,
+            vec![
+                NetConfig {
+                    tap: TapSource::Fd(FIRST_TAP_FD),
+                    mac: Some(mac.0)
+                },
+                NetConfig {
+                    tap: TapSource::Fd(FIRST_TAP_FD + 1),
+                    mac: Some(mac.0)
+                }
+            ]
+        );
+        assert_eq!(cfg.disks[0].path, Path::new("/vm/web.qcow2"));
+        assert_eq!(cfg.disks[0].format, Some(kapsel_image::Format::Qcow2));
+        assert!(!cfg.disks[0].as_user && cfg.open_as.is_none());
+        // What the VM process reads back is what was meant.
+        assert_eq!(VmConfig::from_json(&cfg.to_json(), "test").unwrap(), cfg);
+        // Without a command line, kapsel run's default.
+        spec.cmdline = None;
+        let cfg = vm_config(&spec, Duration::ZERO, &[], None).unwrap();
+        assert_eq!(cfg.cmdline, kapsel_vmm::config::DEFAULT_CMDLINE);
         // The files a user named are opened with that user's rights.
         spec.disks.push(kapsel_config::DiskSpec {
             path: "/home/u/mine.img".into(),
@@ -521,16 +739,33 @@ mod tests {
             initrd: true,
             disks: vec![1],
         };
-        let args = run_args(&spec, Duration::from_secs(7), &[], Some(&user))
-            .unwrap()
-            .join(" ");
-        assert!(args.contains("--open-as 1000:100:100,24 --kernel-as-user --disk"));
-        assert!(!args.contains("--initrd-as-user"), "no initrd: {args}");
-        assert!(args.contains("--disk /vm/web.qcow2,format=qcow2 --disk /home/u/mine.img,as-user"));
+        let cfg = vm_config(&spec, Duration::from_secs(7), &[], Some(&user)).unwrap();
+        assert_eq!(
+            cfg.open_as,
+            Some(UserCredentials {
+                uid: 1000,
+                gid: 100,
+                groups: vec![100, 24]
+            })
+        );
+        assert!(cfg.kernel_as_user);
+        assert!(!cfg.initrd_as_user, "no initrd");
+        assert!(!cfg.disks[0].as_user && cfg.disks[1].as_user);
+        assert_eq!(cfg.disks[1].format, None);
         spec.cdrom = Some("/x.iso".into());
-        assert!(run_args(&spec, Duration::ZERO, &[], None)
+        assert!(vm_config(&spec, Duration::ZERO, &[], None)
             .unwrap_err()
             .contains("cdrom"));
+    }
+
+    #[test]
+    fn the_configuration_memfd_is_sealed() {
+        let fd = sealed_memfd("test", b"{}").unwrap();
+        let mut file = std::fs::File::from(fd);
+        assert!(file.write_all(b"more").is_err());
+        // SAFETY: F_GET_SEALS on our own memfd.
+        let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
+        assert_eq!(seals & libc::F_SEAL_WRITE, libc::F_SEAL_WRITE);
     }
 
     #[test]
@@ -546,15 +781,38 @@ mod tests {
 
     #[test]
     fn exit_reasons() {
-        assert_eq!(ExitReport::Exited(0).describe(""), "powered off");
-        assert!(!ExitReport::Exited(0).is_failure());
+        let none = Finished::default();
+        let report = |r: EndReport| Finished {
+            report: Some(r),
+            stderr_tail: Some("kapsel run: whatever".into()),
+        };
         assert_eq!(
-            ExitReport::Exited(1).describe("kapsel run: guest triple fault"),
+            ExitReport::Exited(0).describe(&report(EndReport::PowerOff)),
+            "powered off"
+        );
+        assert!(!ExitReport::Exited(0).is_failure());
+        // The typed report, not the last line of stderr.
+        assert_eq!(
+            ExitReport::Exited(1).describe(&report(EndReport::TripleFault { cpu: 1 })),
+            "failed: guest triple fault on vCPU 1"
+        );
+        assert_eq!(
+            ExitReport::Exited(1).describe(&report(EndReport::ShutdownTimeout { seconds: 30 })),
+            "stopped: the guest did not power off within 30 s of the ACPI power button"
+        );
+        // Without a report, the status and the stderr tail.
+        let tail = Finished {
+            report: None,
+            stderr_tail: Some("kapsel run: guest triple fault".into()),
+        };
+        assert_eq!(
+            ExitReport::Exited(1).describe(&tail),
             "failed (exit 1): guest triple fault"
         );
-        assert_eq!(ExitReport::Killed(9).describe(""), "killed by SIGKILL");
+        assert_eq!(ExitReport::Exited(3).describe(&none), "failed (exit 3)");
+        assert_eq!(ExitReport::Killed(9).describe(&none), "killed by SIGKILL");
         assert!(ExitReport::Killed(libc::SIGSYS)
-            .describe("")
+            .describe(&none)
             .contains("seccomp"));
     }
 

@@ -77,8 +77,9 @@ pub trait BlockBackend: Send {
 /// magic there); see [`BlockBackend::raw_file`].
 pub const RAW_GUARDED_BYTES: u64 = QCOW2_MAGIC.len() as u64;
 
-/// A disk image format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// A disk image format (serialized as its `format=` name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Format {
     /// The disk's bytes as they are, in a file or block device.
     Raw,

@@ -32,42 +32,7 @@ impl Write for FdWriter {
     }
 }
 
-/// A terminal in raw mode; its settings are restored when dropped.
-pub struct RawMode {
-    fd: RawFd,
-    saved: libc::termios,
-}
-
-impl RawMode {
-    /// Puts `fd` in raw mode; None if it is not a terminal.
-    pub fn enter(fd: RawFd) -> Option<RawMode> {
-        // SAFETY: isatty only inspects the descriptor.
-        if unsafe { libc::isatty(fd) } != 1 {
-            return None;
-        }
-        // SAFETY: termios is plain old data; tcgetattr fills it.
-        let mut saved: libc::termios = unsafe { std::mem::zeroed() };
-        // SAFETY: fd is a terminal and `saved` is a valid termios to fill.
-        if unsafe { libc::tcgetattr(fd, &mut saved) } != 0 {
-            return None;
-        }
-        let mut raw = saved;
-        // SAFETY: cfmakeraw only edits the struct it is given.
-        unsafe { libc::cfmakeraw(&mut raw) };
-        // SAFETY: fd is a terminal and `raw` a valid termios.
-        if unsafe { libc::tcsetattr(fd, libc::TCSANOW, &raw) } != 0 {
-            return None;
-        }
-        Some(RawMode { fd, saved })
-    }
-}
-
-impl Drop for RawMode {
-    fn drop(&mut self) {
-        // SAFETY: restores the settings read from the same terminal.
-        unsafe { libc::tcsetattr(self.fd, libc::TCSANOW, &self.saved) };
-    }
-}
+pub use kapsel_host::term::RawMode;
 
 /// Which guest console receives what the user types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -19,8 +19,14 @@ pub enum VmExit {
         /// The vCPU that faulted.
         cpu: u8,
     },
+    /// The guest did not power off within the shutdown timeout after the
+    /// power button, and the VMM stopped it.
+    ShutdownTimeout {
+        /// The timeout, in seconds.
+        seconds: u64,
+    },
     /// The host stopped the VM without the guest's consent: a second
-    /// signal, or the guest ignored the power button for too long.
+    /// signal, or the console escape.
     ForcedStop {
         /// What happened.
         reason: String,
@@ -50,6 +56,11 @@ impl std::fmt::Display for VmExit {
             VmExit::GuestPanic => write!(f, "guest kernel panicked (reported through pvpanic)"),
             VmExit::TripleFault { cpu } => write!(f, "guest triple fault on vCPU {cpu}"),
             VmExit::KvmFailure { cpu, reason } => write!(f, "KVM failure on vCPU {cpu}: {reason}"),
+            VmExit::ShutdownTimeout { seconds } => write!(
+                f,
+                "VM stopped: the guest did not power off within {seconds} s of the ACPI power \
+                 button"
+            ),
             VmExit::ForcedStop { reason } => write!(f, "VM stopped: {reason}"),
         }
     }

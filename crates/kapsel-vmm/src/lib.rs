@@ -9,6 +9,7 @@ pub mod arch;
 pub mod bus;
 pub mod config;
 pub mod console;
+pub mod control;
 pub mod devices;
 pub mod error;
 pub mod exit;

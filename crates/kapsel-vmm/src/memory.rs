@@ -4,30 +4,146 @@ use crate::arch::x86_64::layout;
 use crate::error::{Error, Result};
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use std::sync::Arc;
+use vm_memory::{
+    GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
+    MmapRegion,
+};
 
 /// The guest memory type used throughout the VMM.
 pub type GuestMem = GuestMemoryMmap<()>;
 
+/// Size of an x86 large page (a PMD entry): the unit in which the host
+/// backs memory with transparent huge pages and KVM maps it into the
+/// guest's nested page tables.
+pub const HUGE_PAGE: usize = 2 << 20;
+
+/// Guest RAM: a [`GuestMem`] (it dereferences to one) over mappings this
+/// type owns. Each mapping starts on a [`HUGE_PAGE`] boundary, so that the
+/// guest-physical and host-virtual addresses of every page agree modulo
+/// 2 MiB: KVM maps guest memory with 2 MiB pages in the nested page tables
+/// (EPT/NPT) only then, otherwise it falls back to 4 KiB mappings and takes
+/// a nested page fault for every 4 KiB page the guest touches. QEMU aligns
+/// its RAM the same way (`qemu_ram_mmap`, `QEMU_VMALLOC_ALIGN`); Linux only
+/// aligns large anonymous mappings by itself since 6.7, so older hosts
+/// (Debian 12's 6.1) need it done here.
+pub struct GuestRam {
+    mem: GuestMem,
+    regions: Vec<Arc<GuestRegionMmap<()>>>,
+}
+
+impl std::ops::Deref for GuestRam {
+    type Target = GuestMem;
+    fn deref(&self) -> &GuestMem {
+        &self.mem
+    }
+}
+
+impl Drop for GuestRam {
+    fn drop(&mut self) {
+        self.mem = GuestMem::new();
+        for region in self.regions.drain(..) {
+            // Unmapped only when no clone of the memory is left anywhere:
+            // Arc::try_unwrap succeeds only for the last reference.
+            match Arc::try_unwrap(region) {
+                Ok(region) => {
+                    let len = region.len() as usize;
+                    let addr = region.as_ptr();
+                    drop(region);
+                    // SAFETY: [addr, addr + len) is the mapping made by
+                    // map_aligned for this region, and the region, its
+                    // only user, is gone: nothing can reach it any more.
+                    unsafe { libc::munmap(addr.cast(), len) };
+                }
+                Err(_) => {
+                    tracing::warn!("guest memory still in use at teardown; leaving it mapped")
+                }
+            }
+        }
+    }
+}
+
+/// Maps `len` bytes of private anonymous memory starting on a
+/// [`HUGE_PAGE`] boundary: maps `len + HUGE_PAGE`, then unmaps the slack
+/// before and after the aligned part.
+fn map_aligned(len: usize) -> std::io::Result<*mut u8> {
+    let total = len
+        .checked_add(HUGE_PAGE)
+        .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOMEM))?;
+    // SAFETY: a new anonymous mapping at an address of the kernel's choice;
+    // it overlaps nothing that exists.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            total,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    let head = (HUGE_PAGE - (base as usize) % HUGE_PAGE) % HUGE_PAGE;
+    let tail = total - head - len;
+    // SAFETY: both ranges lie inside the mapping just made and outside the
+    // aligned part [base + head, base + head + len) that is kept; mmap
+    // returns page-aligned addresses, so both are whole pages.
+    unsafe {
+        let start = base.cast::<u8>().add(head);
+        if head > 0 {
+            libc::munmap(base, head);
+        }
+        if tail > 0 {
+            libc::munmap(start.add(len).cast(), tail);
+        }
+        Ok(start)
+    }
+}
+
 /// Allocates `memory` bytes of guest RAM laid out around the MMIO hole.
 /// Pages are mapped lazily: untouched guest memory costs the host nothing.
-/// The mappings ask for transparent huge pages (see [`advise_huge_pages`]).
-pub fn create(memory: u64) -> Result<GuestMem> {
-    let ranges: Vec<(GuestAddress, usize)> = layout::ram_ranges(memory)
-        .into_iter()
-        .map(|(start, len)| {
-            usize::try_from(len)
-                .map(|len| (GuestAddress(start), len))
-                .map_err(|_| Error::Memory(format!("{len} bytes do not fit this host")))
-        })
-        .collect::<Result<_>>()?;
-    let mem = GuestMemoryMmap::from_ranges(&ranges).map_err(|e| {
-        Error::Memory(format!(
-            "cannot map {memory} bytes: {e}; lower --memory or free host memory"
-        ))
-    })?;
-    advise_huge_pages(&mem);
-    Ok(mem)
+/// The mappings are 2 MiB-aligned (see [`GuestRam`]) and ask for
+/// transparent huge pages (see [`advise_huge_pages`]).
+pub fn create(memory: u64) -> Result<GuestRam> {
+    let mut ram = GuestRam {
+        mem: GuestMem::new(),
+        regions: Vec::new(),
+    };
+    for (start, len) in layout::ram_ranges(memory) {
+        let len = usize::try_from(len)
+            .map_err(|_| Error::Memory(format!("{len} bytes do not fit this host")))?;
+        let addr = map_aligned(len).map_err(|e| {
+            Error::Memory(format!(
+                "cannot map {memory} bytes: {e}; lower --memory or free host memory"
+            ))
+        })?;
+        // SAFETY: [addr, addr + len) is the mapping map_aligned just made;
+        // it stays mapped until GuestRam's drop finds the region unused.
+        let built = unsafe {
+            vm_memory::mmap::MmapRegionBuilder::<()>::new(len)
+                .with_raw_mmap_pointer(addr)
+                .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+                .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE)
+                .build()
+        };
+        let region: Option<GuestRegionMmap<()>> = built
+            .ok()
+            .and_then(|r: MmapRegion<()>| GuestRegionMmap::new(r, GuestAddress(start)));
+        let Some(region) = region else {
+            // SAFETY: the mapping was made above and nothing refers to it.
+            unsafe { libc::munmap(addr.cast(), len) };
+            return Err(Error::Memory(format!(
+                "guest RAM at {start:#x}, {len} bytes: cannot describe the mapping"
+            )));
+        };
+        ram.regions.push(Arc::new(region));
+    }
+    ram.mem = GuestMem::from_arc_regions(ram.regions.clone())
+        .map_err(|e| Error::Memory(format!("guest RAM layout: {e}")))?;
+    advise_huge_pages(&ram.mem);
+    Ok(ram)
 }
 
 /// Asks for transparent huge pages on guest RAM (MADV_HUGEPAGE; hosts
@@ -133,5 +249,23 @@ mod tests {
         let after = resident_bytes(&mem);
         assert!(after >= before + 16 * 4096, "{before} -> {after}");
         assert!(after < 64 << 20);
+    }
+
+    #[test]
+    fn guest_ram_is_aligned_to_huge_pages() {
+        for size in [64 << 20, 3 << 30 | 2 << 20, (64 << 20) + 4096] {
+            let mem = create(size).unwrap();
+            for region in mem.iter() {
+                let host = region
+                    .get_host_address(vm_memory::MemoryRegionAddress(0))
+                    .unwrap() as usize;
+                assert_eq!(host % HUGE_PAGE, 0, "{size}: {host:#x}");
+                assert_eq!(region.start_addr().0 as usize % HUGE_PAGE, 0);
+            }
+            let clone: GuestMem = (*mem).clone();
+            drop(mem);
+            // A clone outliving the owner keeps the memory usable.
+            clone.write_obj(1u8, GuestAddress(0x1000)).unwrap();
+        }
     }
 }

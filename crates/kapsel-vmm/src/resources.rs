@@ -272,12 +272,10 @@ fn open_disk(disk: &DiskConfig, user: Option<&UserCredentials>) -> Result<OpenDi
 fn open_net(net: &NetConfig) -> Result<OpenNet> {
     let tap = match &net.tap {
         TapSource::Name(name) => Tap::open(name, VNET_HDR_LEN as i32).map_err(|e| {
-            let fix = if e.kind() == io::ErrorKind::InvalidInput {
-                "choose another name"
-            } else {
-                "Kapsel needs CAP_NET_ADMIN (run as root) and /dev/net/tun (modprobe tun)"
-            };
-            Error::InvalidConfig(format!("--net tap={name}: cannot open the tap: {e}; {fix}"))
+            Error::InvalidConfig(format!(
+                "--net tap={name}: cannot open the tap: {e}; {}",
+                e.hint()
+            ))
         })?,
         TapSource::Fd(fd) => Tap::from_fd(*fd, VNET_HDR_LEN as i32).map_err(|e| {
             Error::InvalidConfig(format!(

@@ -18,7 +18,8 @@
 use std::io;
 
 /// The filesystem identity of the user on whose behalf files are opened.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct UserCredentials {
     /// The user id.
     pub uid: u32,

@@ -5,6 +5,7 @@ use crate::arch::x86_64::{acpi, cpuid, layout};
 use crate::bus::{Bus, SharedDevice};
 use crate::config::{OnReboot, VmConfig, MIN_MEMORY};
 use crate::console::{Console, EscapeState, InputTarget};
+use crate::control::{self, FrameBuffer, Reply, ReplyFrame, Request, RunState, VmStatus};
 use crate::devices::legacy::acpi_pm::{AcpiPm, ACPI_PM_BASE, ACPI_PM_PORT_COUNT};
 use crate::devices::legacy::cmos::{Cmos, CMOS_PORT_COUNT};
 use crate::devices::legacy::i8042::{I8042, I8042_PORT_COUNT};
@@ -32,7 +33,7 @@ use crate::sandbox::{self, seccomp::Filters, seccomp::ThreadKind};
 use crate::vcpu::{self, Vcpu, VcpuContext};
 use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, Kvm, VmFd};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -114,57 +115,13 @@ pub fn validate(cfg: &VmConfig, kvm: &Kvm) -> Result<()> {
 }
 
 /// SIGTERM, SIGINT and SIGHUP, delivered to the event loop through a
-/// signalfd while a VM runs, and unblocked again afterwards.
-struct StopSignals {
-    fd: std::os::fd::OwnedFd,
-    old_mask: libc::sigset_t,
-}
+/// signalfd while a VM runs, and unblocked again afterwards (the mask is
+/// set before the vCPU and I/O threads are spawned, which inherit it).
+type StopSignals = kapsel_host::signals::SignalFd;
 
-impl StopSignals {
-    fn block() -> Result<StopSignals> {
-        // SAFETY: sigset_t is plain data, filled by sigemptyset/sigaddset.
-        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-        // SAFETY: as above; `old_mask` receives the previous mask.
-        let mut old_mask: libc::sigset_t = unsafe { std::mem::zeroed() };
-        // SAFETY: valid pointers to local sigsets; this thread's mask is
-        // inherited by the vCPU and I/O threads spawned later.
-        let fd = unsafe {
-            libc::sigemptyset(&mut set);
-            for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-                libc::sigaddset(&mut set, sig);
-            }
-            libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old_mask);
-            libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC)
-        };
-        if fd < 0 {
-            return Err(Error::io(
-                "creating a signalfd",
-                std::io::Error::last_os_error(),
-            ));
-        }
-        // SAFETY: signalfd returned a new descriptor that nothing else owns.
-        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        Ok(StopSignals { fd, old_mask })
-    }
-
-    /// Consumes pending signals; returns how many arrived.
-    fn take(&self) -> usize {
-        let mut n = 0;
-        let mut info = [0u8; 128];
-        // SAFETY: reading whole signalfd_siginfo records into a buffer of
-        // exactly one record's size.
-        while unsafe { libc::read(self.fd.as_raw_fd(), info.as_mut_ptr().cast(), info.len()) } > 0 {
-            n += 1;
-        }
-        n
-    }
-}
-
-impl Drop for StopSignals {
-    fn drop(&mut self) {
-        // SAFETY: restores the mask saved in block().
-        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.old_mask, std::ptr::null_mut()) };
-    }
+fn block_stop_signals() -> Result<StopSignals> {
+    StopSignals::block(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP])
+        .map_err(|e| Error::io("creating a signalfd", e))
 }
 
 /// Boots the VM described by `cfg` and runs it until it powers off, fails,
@@ -175,12 +132,19 @@ impl Drop for StopSignals {
 /// Every boot, the first and those after a reset, is built from the same
 /// open resources under the same sandbox.
 pub fn run(cfg: &VmConfig) -> Result<VmExit> {
+    run_controlled(cfg, None)
+}
+
+/// [`run`], with the VM process's control channel (see [`crate::control`]):
+/// a connected Unix stream socket whose requests the event loop serves.
+pub fn run_controlled(cfg: &VmConfig, control: Option<OwnedFd>) -> Result<VmExit> {
+    let mut control = control.map(ControlChannel::new).transpose()?;
     let resources = Resources::open(cfg)?;
     if let Some(fd) = cfg.ready_fd {
         crate::resources::say_ready(fd);
     }
     vcpu::install_kick_handler()?;
-    let signals = StopSignals::block()?;
+    let signals = block_stop_signals()?;
     let filters = if cfg.sandbox {
         Some(confine()?)
     } else {
@@ -188,13 +152,116 @@ pub fn run(cfg: &VmConfig) -> Result<VmExit> {
         None
     };
     let mut escape = EscapeState::default();
+    let mut life = Life {
+        started: std::time::Instant::now(),
+        boots: 0,
+    };
     loop {
-        let exit = boot_once(&resources, cfg, filters.as_ref(), &signals, &mut escape)?;
+        life.boots += 1;
+        let exit = boot_once(
+            &resources,
+            cfg,
+            filters.as_ref(),
+            &signals,
+            &mut escape,
+            &mut control,
+            &life,
+        )?;
         if exit == VmExit::Reset && cfg.on_reboot == OnReboot::Restart {
             tracing::info!("guest reset; booting it again (--on-reboot restart)");
             continue;
         }
         return Ok(exit);
+    }
+}
+
+/// Since when the VM runs, and how often it booted.
+struct Life {
+    started: std::time::Instant,
+    boots: u32,
+}
+
+/// How long a pause may take before it is given up.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The VM process's end of its control channel, served by the event loop
+/// (on the main thread, whose seccomp filter already has what it needs:
+/// read, write and poll).
+struct ControlChannel {
+    fd: OwnedFd,
+    received: FrameBuffer,
+}
+
+impl ControlChannel {
+    /// Takes over the inherited socket: it must be a connected stream
+    /// socket; it is made non-blocking so that a slow peer cannot stall
+    /// the event loop.
+    fn new(fd: OwnedFd) -> Result<ControlChannel> {
+        let raw = fd.as_raw_fd();
+        let bad = |why: String| {
+            Error::InvalidConfig(format!(
+                "--control-fd {raw}: {why}; pass one end of a Unix stream socket pair, left \
+                 open across exec"
+            ))
+        };
+        let mut kind: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `kind`.
+        let rc = unsafe {
+            libc::getsockopt(
+                raw,
+                libc::SOL_SOCKET,
+                libc::SO_TYPE,
+                (&mut kind as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            return Err(bad(format!(
+                "not a socket ({})",
+                std::io::Error::last_os_error()
+            )));
+        }
+        if kind != libc::SOCK_STREAM {
+            return Err(bad("not a stream socket".into()));
+        }
+        // SAFETY: F_GETFL/F_SETFL on a descriptor we own touch no memory.
+        let ok = unsafe {
+            let flags = libc::fcntl(raw, libc::F_GETFL);
+            flags >= 0 && libc::fcntl(raw, libc::F_SETFL, flags | libc::O_NONBLOCK) == 0
+        };
+        if !ok {
+            return Err(bad(std::io::Error::last_os_error().to_string()));
+        }
+        Ok(ControlChannel {
+            fd,
+            received: FrameBuffer::default(),
+        })
+    }
+
+    /// Reads what arrived; false when the peer closed the channel.
+    fn receive(&mut self) -> bool {
+        let mut chunk = [0u8; 4096];
+        // Bounded: a peer that floods the channel cannot keep the loop here.
+        for _ in 0..16 {
+            match read_fd(self.fd.as_raw_fd(), &mut chunk) {
+                Ok(0) => return false,
+                Ok(n) => self.received.push(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
+    /// Sends one reply whole; false when it cannot (the peer does not
+    /// read its replies, or is gone).
+    fn send(&self, reply: &ReplyFrame) -> bool {
+        let frame = control::encode(reply);
+        // SAFETY: writes from a live buffer of its length.
+        let n = unsafe { libc::write(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len()) };
+        n == frame.len() as isize
     }
 }
 
@@ -303,14 +370,17 @@ fn add_pci(
 /// One running instance of the machine, from power-on to its exit.
 struct Machine {
     _vm: Arc<VmFd>,
-    mem: memory::GuestMem,
     serial: Arc<Mutex<SerialDevice>>,
     hvc_input: Option<ConsoleInput>,
     power_button: EventFd,
     exit: Arc<ExitSignal>,
     stop: Arc<AtomicBool>,
+    gate: Arc<vcpu::PauseGate>,
     threads: Vec<JoinHandle<()>>,
     io_thread: IoThread,
+    /// Last, so that it is dropped after everything that may hold a clone
+    /// of it (the devices of the I/O thread and the buses).
+    mem: memory::GuestRam,
 }
 
 fn boot_once(
@@ -319,9 +389,18 @@ fn boot_once(
     filters: Option<&Arc<Filters>>,
     signals: &StopSignals,
     escape: &mut EscapeState,
+    control: &mut Option<ControlChannel>,
+    life: &Life,
 ) -> Result<VmExit> {
     let mut machine = build(res, cfg, filters)?;
-    let result = event_loop(&machine, cfg, &res.console, signals, escape);
+    let mut events = Events {
+        signals,
+        escape,
+        control,
+        life,
+        deadline: None,
+    };
+    let result = event_loop(&machine, cfg, &res.console, &mut events);
     machine.shut_down();
     tracing::info!(
         "guest memory resident at exit: {} KiB",
@@ -412,11 +491,14 @@ fn build(res: &Resources, cfg: &VmConfig, filters: Option<&Arc<Filters>>) -> Res
     let supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(|e| Error::kvm("KVM_GET_SUPPORTED_CPUID", e))?;
+    let host = cpuid::HostCaps {
+        tsc_deadline: kvm.check_extension(Cap::TscDeadlineTimer),
+    };
     let mut vcpus = Vec::with_capacity(cfg.cpus.into());
     for id in 0..cfg.cpus {
         let vcpu = Vcpu::new(&vm, id)?;
-        let boot = (id == 0).then_some((&mem, entry));
-        vcpu.configure(&supported, cfg.cpus, &cfg.hide_cpuid, boot)?;
+        let boot = (id == 0).then_some((&*mem, entry));
+        vcpu.configure(&supported, cfg.cpus, host, &cfg.hide_cpuid, boot)?;
         vcpus.push(vcpu);
     }
 
@@ -425,18 +507,21 @@ fn build(res: &Resources, cfg: &VmConfig, filters: Option<&Arc<Filters>>) -> Res
         mmio: Arc::new(mmio),
         exit: exit.clone(),
         stop: Arc::new(AtomicBool::new(false)),
+        gate: Arc::new(vcpu::PauseGate::default()),
     };
     let stop = ctx.stop.clone();
+    let gate = ctx.gate.clone();
     let mut machine = Machine {
         _vm: vm,
-        mem,
         serial,
         hvc_input,
         power_button,
         exit,
         stop,
+        gate,
         threads: Vec::new(),
         io_thread,
+        mem,
     };
     for vcpu in vcpus {
         let ctx = ctx.clone();
@@ -470,6 +555,7 @@ impl Machine {
     /// Stops every vCPU thread and waits for it.
     fn shut_down(&mut self) {
         self.stop.store(true, Ordering::Release);
+        self.gate.release();
         for handle in self.threads.drain(..) {
             // KVM_RUN may be entered just after a kick: keep kicking until
             // the thread has seen the stop flag.
@@ -482,6 +568,137 @@ impl Machine {
             }
         }
         self.io_thread.stop();
+    }
+}
+
+impl Machine {
+    /// Stops every vCPU out of KVM_RUN and parks it.
+    fn pause(&self) -> std::result::Result<(), String> {
+        let kick = || {
+            if self.exit.is_raised() {
+                return false;
+            }
+            for handle in &self.threads {
+                if !handle.is_finished() {
+                    let _ = handle.kill(vcpu::kick_signal());
+                }
+            }
+            true
+        };
+        self.gate.pause(self.threads.len(), kick, PAUSE_TIMEOUT)
+    }
+
+    /// The figures of [`Request::Status`].
+    fn status(&self, cfg: &VmConfig, life: &Life, powering_off: bool) -> VmStatus {
+        VmStatus {
+            state: if self.gate.is_paused() {
+                RunState::Paused
+            } else {
+                RunState::Running
+            },
+            vcpus: cfg.cpus,
+            memory_bytes: cfg.memory,
+            resident_bytes: memory::resident_bytes(&self.mem),
+            uptime_ms: u64::try_from(life.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            boots: life.boots,
+            powering_off,
+        }
+    }
+}
+
+/// What the event loop serves besides the machine, and its own state.
+struct Events<'a> {
+    signals: &'a StopSignals,
+    escape: &'a mut EscapeState,
+    control: &'a mut Option<ControlChannel>,
+    life: &'a Life,
+    /// When the guest must have powered off after the power button.
+    deadline: Option<std::time::Instant>,
+}
+
+impl Events<'_> {
+    fn press_power_button(&mut self, m: &Machine, cfg: &VmConfig) {
+        if self.deadline.is_none() {
+            let _ = m.power_button.write(1);
+            self.deadline = Some(std::time::Instant::now() + cfg.shutdown_timeout);
+        }
+    }
+
+    /// Serves the requests that arrived on the control channel.
+    fn serve_control(&mut self, m: &Machine, cfg: &VmConfig) {
+        let Some(mut channel) = self.control.take() else {
+            return;
+        };
+        let open = channel.receive();
+        let mut replies = Vec::new();
+        let mut broken = !open;
+        while let Some(frame) = channel.received.next_frame() {
+            let body = match frame {
+                Ok(body) => body,
+                Err(message) => {
+                    // The stream cannot be followed past a bad length.
+                    replies.push(ReplyFrame {
+                        id: 0,
+                        reply: Reply::Error { message },
+                    });
+                    broken = true;
+                    break;
+                }
+            };
+            let frame = match control::parse_request(&body) {
+                Ok(frame) => frame,
+                Err(reply) => {
+                    replies.push(reply);
+                    continue;
+                }
+            };
+            let reply = match frame.request {
+                Request::PowerButton => {
+                    if self.deadline.is_none() {
+                        eprintln!(
+                            "\r\nkapsel: control: pressing the guest's ACPI power button; it \
+                             has {} s to power off\r",
+                            cfg.shutdown_timeout.as_secs()
+                        );
+                    }
+                    self.press_power_button(m, cfg);
+                    Reply::Ok
+                }
+                Request::Pause => match m.pause() {
+                    Ok(()) => {
+                        eprintln!("\r\nkapsel: control: paused (every vCPU stopped)\r");
+                        Reply::Ok
+                    }
+                    Err(message) => Reply::Error { message },
+                },
+                Request::Resume => {
+                    if m.gate.is_paused() {
+                        eprintln!("\r\nkapsel: control: resumed\r");
+                    }
+                    m.gate.resume();
+                    Reply::Ok
+                }
+                Request::Status => Reply::Status {
+                    status: m.status(cfg, self.life, self.deadline.is_some()),
+                },
+            };
+            replies.push(ReplyFrame {
+                id: frame.id,
+                reply,
+            });
+        }
+        for reply in &replies {
+            if !channel.send(reply) {
+                tracing::warn!("control: the peer does not take its replies; closing the channel");
+                broken = true;
+                break;
+            }
+        }
+        if broken {
+            tracing::info!("control: channel closed; the VM runs on");
+        } else {
+            *self.control = Some(channel);
+        }
     }
 }
 
@@ -510,48 +727,29 @@ fn read_fd(fd: RawFd, buf: &mut [u8]) -> std::io::Result<usize> {
 /// Waits for the VM's end while feeding console input to the guest. The
 /// first stop signal presses the ACPI power button; a second one, or the
 /// guest not powering off within the shutdown timeout, stops the VM.
-fn event_loop(
-    m: &Machine,
-    cfg: &VmConfig,
-    console: &Console,
-    signals: &StopSignals,
-    escape: &mut EscapeState,
-) -> Result<VmExit> {
+fn event_loop(m: &Machine, cfg: &VmConfig, console: &Console, ev: &mut Events) -> Result<VmExit> {
     let exit_fd = m.exit.event().as_raw_fd();
     let mut input = console.input_fd();
     let mut pending: Vec<u8> = Vec::new();
-    let mut deadline: Option<std::time::Instant> = None;
     loop {
+        let deadline = ev.deadline;
         if let Some(reason) = m.exit.reason() {
             return Ok(reason);
         }
         if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
-            return Ok(VmExit::ForcedStop {
-                reason: format!(
-                    "the guest did not power off within {} s of the ACPI power button",
-                    cfg.shutdown_timeout.as_secs()
-                ),
+            return Ok(VmExit::ShutdownTimeout {
+                seconds: cfg.shutdown_timeout.as_secs(),
             });
         }
         let mut fds = vec![
-            libc::pollfd {
-                fd: exit_fd,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: signals.fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
+            kapsel_host::fd::pollin(exit_fd),
+            kapsel_host::fd::pollin(ev.signals.as_raw_fd()),
+            // A negative descriptor is left out by poll.
+            kapsel_host::fd::pollin(ev.control.as_ref().map_or(-1, |c| c.fd.as_raw_fd())),
         ];
         // Read more input only when the guest took what we had.
         if let (Some(fd), true) = (input, pending.is_empty()) {
-            fds.push(libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            });
+            fds.push(kapsel_host::fd::pollin(fd));
         }
         let mut timeout = if pending.is_empty() { -1 } else { 10 };
         if let Some(d) = deadline {
@@ -564,7 +762,10 @@ fn event_loop(
             };
         }
         poll(&mut fds, timeout).map_err(|e| Error::io("waiting for events", e))?;
-        if fds[1].revents != 0 && signals.take() > 0 {
+        if fds[2].revents != 0 {
+            ev.serve_control(m, cfg);
+        }
+        if fds[1].revents != 0 && ev.signals.drain() > 0 {
             if deadline.is_some() {
                 return Ok(VmExit::ForcedStop {
                     reason: "stopped by a second signal".into(),
@@ -575,16 +776,15 @@ fn event_loop(
                  off (signal again to stop it now)\r",
                 cfg.shutdown_timeout.as_secs()
             );
-            let _ = m.power_button.write(1);
-            deadline = Some(std::time::Instant::now() + cfg.shutdown_timeout);
+            ev.press_power_button(m, cfg);
         }
-        if fds.len() > 2 && fds[2].revents != 0 {
+        if fds.len() > 3 && fds[3].revents != 0 {
             let mut buf = [0u8; 256];
-            match read_fd(fds[2].fd, &mut buf) {
+            match read_fd(fds[3].fd, &mut buf) {
                 Ok(0) | Err(_) => input = None, // end of input: stop reading
                 Ok(n) => {
                     let (bytes, quit) = if console.is_terminal() {
-                        escape.filter(&buf[..n])
+                        ev.escape.filter(&buf[..n])
                     } else {
                         (buf[..n].to_vec(), false)
                     };

@@ -344,7 +344,7 @@ fn exec(socket: &std::path::Path, a: ExecArgs) -> u8 {
         return fail(&message);
     }
     let raw = if tty {
-        kapsel_vmm::console::RawMode::enter(0)
+        kapsel_host::term::RawMode::enter(0)
     } else {
         None
     };
@@ -380,11 +380,7 @@ fn exec(socket: &std::path::Path, a: ExecArgs) -> u8 {
 
 /// The size (rows, columns) of the terminal on stdin.
 fn terminal_size() -> Option<(u16, u16)> {
-    // SAFETY: winsize is plain old data that TIOCGWINSZ fills in.
-    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
-    // SAFETY: TIOCGWINSZ writes one winsize to a valid pointer.
-    let rc = unsafe { libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) };
-    (rc == 0 && ws.ws_row > 0 && ws.ws_col > 0).then_some((ws.ws_row, ws.ws_col))
+    kapsel_host::term::window_size(0)
 }
 
 /// `kapsel console`: the terminal in raw mode, `~.` leaves.
@@ -401,7 +397,7 @@ fn console(socket: &std::path::Path, target: String) -> u8 {
     if let Response::Error { message } = response {
         return fail(&message);
     }
-    let raw = kapsel_vmm::console::RawMode::enter(0);
+    let raw = kapsel_host::term::RawMode::enter(0);
     if raw.is_some() {
         eprint!("Connected to {target} (type ~. to leave)\r\n");
     }

@@ -43,6 +43,28 @@ enum Command {
         /// decides).
         name: Option<String>,
     },
+    /// kapseld's DHCP helper process (started by the daemon only).
+    #[command(name = "dhcp-helper", hide = true)]
+    DhcpHelper(DhcpHelperArgs),
+    /// kapseld's image unpacker (started by the daemon only).
+    #[command(name = "unpack-image", hide = true)]
+    UnpackImage {
+        #[arg(long)]
+        image: std::path::PathBuf,
+        #[arg(long)]
+        dir: std::path::PathBuf,
+    },
+}
+
+/// `kapsel dhcp-helper`: the daemon passes who to become and its own pid.
+#[derive(clap::Args)]
+struct DhcpHelperArgs {
+    #[arg(long)]
+    uid: u32,
+    #[arg(long)]
+    gid: u32,
+    #[arg(long)]
+    parent: u32,
 }
 
 fn main() -> ExitCode {
@@ -56,6 +78,14 @@ fn main() -> ExitCode {
         Command::Verb(verb) => ctl::main(cli.socket, verb),
         Command::RunContainer(args) => run_container::main(args),
         Command::Monitor { .. } => kapsel_daemon::monitor::main().clamp(0, 255) as u8,
+        Command::UnpackImage { image, dir } => kapsel_daemon::unpack::main(&image, &dir),
+        Command::DhcpHelper(a) => {
+            kapsel_daemon::net::dhcp_helper_main(kapsel_daemon::net::DhcpHelperArgs {
+                uid: a.uid,
+                gid: a.gid,
+                parent: a.parent,
+            })
+        }
     };
     ExitCode::from(code)
 }

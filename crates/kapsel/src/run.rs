@@ -2,17 +2,42 @@
 
 use clap::{Args, ValueEnum};
 use kapsel_vmm::config::{DiskConfig, NetConfig, TapSource};
+use kapsel_vmm::control::EndReport;
 use kapsel_vmm::devices::virtio::block::CacheMode;
 use kapsel_vmm::user_files::UserCredentials;
 use kapsel_vmm::{ConsoleSpec, OnReboot, VmConfig, VmExit};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::PathBuf;
+
+/// Every option that describes the VM: the configuration from
+/// `--config-fd` replaces them all.
+const VM_OPTIONS: [&str; 18] = [
+    "kernel",
+    "initrd",
+    "cmdline",
+    "memory",
+    "cpus",
+    "console",
+    "on_reboot",
+    "hide_cpuid",
+    "disks",
+    "rng",
+    "virtio_console",
+    "shutdown_timeout",
+    "nets",
+    "open_as",
+    "ready_fd",
+    "kernel_as_user",
+    "initrd_as_user",
+    "no_sandbox",
+];
 
 /// Arguments of `kapsel run`.
 #[derive(Args, Debug)]
 pub struct RunArgs {
     /// Kernel: a Linux bzImage, or an ELF (vmlinux or other) with a PVH entry note.
-    #[arg(long, value_name = "PATH")]
-    pub kernel: PathBuf,
+    #[arg(long, value_name = "PATH", required_unless_present = "config_fd")]
+    pub kernel: Option<PathBuf>,
     /// Initial ramdisk.
     #[arg(long, value_name = "PATH")]
     pub initrd: Option<PathBuf>,
@@ -77,6 +102,19 @@ pub struct RunArgs {
     /// model then has everything this process has.
     #[arg(long)]
     pub no_sandbox: bool,
+    /// The daemon's interface: read the whole VM configuration (a
+    /// versioned JSON document, at most 1 MiB) from the inherited
+    /// descriptor N instead of the options above.
+    #[arg(long, value_name = "N", conflicts_with_all = VM_OPTIONS)]
+    pub config_fd: Option<i32>,
+    /// The daemon's interface: serve power button, pause, resume and
+    /// status requests on the inherited Unix stream socket N.
+    #[arg(long, value_name = "N")]
+    pub control_fd: Option<i32>,
+    /// The daemon's interface: write how the VM ended, as one typed frame,
+    /// on the inherited descriptor N (a pipe) before exiting.
+    #[arg(long, value_name = "N")]
+    pub exit_fd: Option<i32>,
 }
 
 /// `--on-reboot` values.
@@ -95,7 +133,8 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .map_err(|e| format!("{e} (write sizes like 512M or 2G)"))
 }
 
-fn parse_console(text: &str) -> Result<ConsoleSpec, String> {
+/// A `--console` argument: stdio, none or file:PATH.
+pub(crate) fn parse_console(text: &str) -> Result<ConsoleSpec, String> {
     match text {
         "stdio" => Ok(ConsoleSpec::Stdio),
         "none" => Ok(ConsoleSpec::None),
@@ -203,10 +242,17 @@ fn parse_net(text: &str) -> Result<NetConfig, String> {
     Ok(NetConfig { tap, mac })
 }
 
-/// Runs `kapsel run`; returns the process exit code.
-pub fn main(args: RunArgs) -> u8 {
+/// The VM configuration the options describe, or the one read from
+/// `--config-fd`.
+fn config(args: RunArgs) -> Result<VmConfig, String> {
+    if let Some(fd) = args.config_fd {
+        return VmConfig::from_fd(fd);
+    }
+    let kernel = args
+        .kernel
+        .ok_or("give the kernel: --kernel PATH (or the configuration: --config-fd N)")?;
     let cfg = VmConfig {
-        kernel: args.kernel,
+        kernel,
         initrd: args.initrd,
         cmdline: args.cmdline,
         memory: args.memory,
@@ -229,25 +275,76 @@ pub fn main(args: RunArgs) -> u8 {
         ready_fd: args.ready_fd,
     };
     if cfg.disks.iter().any(|d| d.as_user) && cfg.open_as.is_none() {
-        eprintln!("kapsel run: the disk option as-user needs --open-as UID:GID");
-        return 2;
+        return Err("the disk option as-user needs --open-as UID:GID".into());
     }
-    match kapsel_vmm::run(&cfg) {
+    Ok(cfg)
+}
+
+/// An inherited descriptor named by `option`, or why it is not one.
+fn inherited(option: &str, fd: i32) -> Result<OwnedFd, String> {
+    // SAFETY: F_GETFD only asks whether the descriptor is open.
+    if fd < 3 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(format!(
+            "{option} {fd}: not an inherited descriptor; pass one left open across exec, \
+             numbered 3 or more"
+        ));
+    }
+    // SAFETY: fd is open and this process has no other owner of it: it
+    // was inherited for this option alone.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Runs `kapsel run`; returns the process exit code.
+pub fn main(args: RunArgs) -> u8 {
+    // The exit report's pipe first: every later failure is reported on it.
+    let exit_fd = match args
+        .exit_fd
+        .map(|fd| inherited("--exit-fd", fd))
+        .transpose()
+    {
+        Ok(fd) => fd,
+        Err(e) => {
+            eprintln!("kapsel run: {e}");
+            return 2;
+        }
+    };
+    let report = |end: EndReport| {
+        if let Some(fd) = exit_fd {
+            end.send(fd);
+        }
+    };
+    let control = args.control_fd.map(|fd| inherited("--control-fd", fd));
+    let cfg = config(args).and_then(|cfg| Ok((cfg, control.transpose()?)));
+    let (cfg, control) = match cfg {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kapsel run: {e}");
+            report(EndReport::Error { message: e });
+            return 2;
+        }
+    };
+    let (code, end) = match kapsel_vmm::vm::run_controlled(&cfg, control) {
         Ok(exit) => {
             tracing::info!("{exit}");
+            let end = EndReport::from(&exit);
             match exit {
-                VmExit::PowerOff | VmExit::Reset => 0,
+                VmExit::PowerOff | VmExit::Reset => (0, end),
                 failure => {
                     eprintln!("kapsel run: {failure}");
-                    1
+                    (1, end)
                 }
             }
         }
         Err(e) => {
             eprintln!("kapsel run: {e}");
-            e.exit_code()
+            let end = EndReport::Error {
+                message: e.to_string(),
+            };
+            (e.exit_code(), end)
         }
-    }
+    };
+    report(end);
+    code
 }
 
 #[cfg(test)]

@@ -2,6 +2,8 @@
 
 use clap::Args;
 use kapsel_container::{ConsoleSpec, Container, ContainerSpec, Error, IdMap, VethSpec};
+use kapsel_host::signals::SignalFd;
+use kapsel_host::term;
 use std::io::{IsTerminal, Read, Write};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -60,15 +62,14 @@ pub enum ConsoleArg {
     File(PathBuf),
 }
 
+/// `--console` is written as `kapsel run`'s.
 fn parse_console(text: &str) -> Result<ConsoleArg, String> {
-    match text {
-        "stdio" => Ok(ConsoleArg::Stdio),
-        "none" => Ok(ConsoleArg::None),
-        _ => match text.strip_prefix("file:") {
-            Some(path) if !path.is_empty() => Ok(ConsoleArg::File(path.into())),
-            _ => Err("use stdio, none or file:PATH".into()),
-        },
-    }
+    use kapsel_vmm::ConsoleSpec as VmConsole;
+    Ok(match crate::run::parse_console(text)? {
+        VmConsole::Stdio => ConsoleArg::Stdio,
+        VmConsole::None => ConsoleArg::None,
+        VmConsole::File(path) => ConsoleArg::File(path),
+    })
 }
 
 fn parse_veth(text: &str) -> Result<VethSpec, String> {
@@ -129,10 +130,10 @@ pub fn main(args: RunContainerArgs) -> u8 {
     };
     // Stop requests are read from a signalfd; block them before the
     // container is cloned (its init resets its own mask).
-    let signals = match StopSignals::new() {
+    let signals = match block_stop_signals() {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("kapsel run-container: {e}");
+            eprintln!("kapsel run-container: signalfd: {e}");
             return 1;
         }
     };
@@ -163,77 +164,16 @@ pub fn main(args: RunContainerArgs) -> u8 {
 
 /// SIGTERM, SIGINT and SIGHUP (stop requests) and SIGWINCH (the terminal's
 /// size changed), blocked and read through a signalfd.
-struct StopSignals {
-    fd: std::os::fd::OwnedFd,
-}
+type StopSignals = SignalFd;
 
-impl StopSignals {
-    fn new() -> Result<StopSignals, String> {
-        // SAFETY: sigset operations on a local set; sigprocmask and
-        // signalfd with it; the descriptor is checked and owned below.
-        unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGWINCH] {
-                libc::sigaddset(&mut set, s);
-            }
-            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-            let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
-            if fd < 0 {
-                return Err(format!("signalfd: {}", std::io::Error::last_os_error()));
-            }
-            Ok(StopSignals {
-                fd: std::os::fd::FromRawFd::from_raw_fd(fd),
-            })
-        }
-    }
-
-    /// Consumes one pending signal and returns its number.
-    fn take(&self) -> Option<i32> {
-        let mut info = [0u8; 128];
-        // SAFETY: reads one signalfd_siginfo (128 bytes) into `info`.
-        let n = unsafe { libc::read(self.fd.as_raw_fd(), info.as_mut_ptr().cast(), info.len()) };
-        // ssi_signo is the first field, a u32.
-        (n == 128).then(|| u32::from_ne_bytes([info[0], info[1], info[2], info[3]]) as i32)
-    }
-}
-
-/// The terminal in raw mode while the container's pty owns it.
-struct RawTerminal {
-    saved: libc::termios,
-}
-
-impl RawTerminal {
-    fn enter() -> Option<RawTerminal> {
-        // SAFETY: tcgetattr/tcsetattr on stdin with a local termios.
-        unsafe {
-            let mut t: libc::termios = std::mem::zeroed();
-            if libc::tcgetattr(0, &mut t) != 0 {
-                return None;
-            }
-            let saved = t;
-            libc::cfmakeraw(&mut t);
-            libc::tcsetattr(0, libc::TCSANOW, &t);
-            Some(RawTerminal { saved })
-        }
-    }
-}
-
-impl Drop for RawTerminal {
-    fn drop(&mut self) {
-        // SAFETY: restores the attributes saved by `enter`.
-        unsafe { libc::tcsetattr(0, libc::TCSANOW, &self.saved) };
-    }
+fn block_stop_signals() -> std::io::Result<StopSignals> {
+    SignalFd::block(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGWINCH])
 }
 
 /// Gives the container's pty the size of kapsel's terminal.
 fn copy_window_size(master: &std::fs::File) {
-    // SAFETY: TIOCGWINSZ fills a winsize on the stack; TIOCSWINSZ reads it.
-    unsafe {
-        let mut ws: libc::winsize = std::mem::zeroed();
-        if libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) == 0 {
-            libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws);
-        }
+    if let Some((rows, cols)) = term::window_size(0) {
+        let _ = term::set_window_size(master.as_raw_fd(), rows, cols);
     }
 }
 
@@ -248,7 +188,7 @@ fn supervise(
     let console = c.console().and_then(|m| m.try_clone().ok());
     let _raw = console.as_ref().and_then(|m| {
         copy_window_size(m);
-        RawTerminal::enter()
+        term::RawMode::enter(0)
     });
     let mut stdin_open = console.is_some();
     // With no slave open (the init closed its console, and may open it
@@ -263,31 +203,15 @@ fn supervise(
             console_quiet_until = None;
         }
         let mut fds = vec![
-            libc::pollfd {
-                fd: c.pidfd().as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: signals.fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
+            kapsel_host::fd::pollin(c.pidfd().as_raw_fd()),
+            kapsel_host::fd::pollin(signals.as_raw_fd()),
         ];
         let watch_console = console.is_some() && console_quiet_until.is_none();
         if let (Some(m), true) = (&console, watch_console) {
-            fds.push(libc::pollfd {
-                fd: m.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            });
+            fds.push(kapsel_host::fd::pollin(m.as_raw_fd()));
         }
         if stdin_open {
-            fds.push(libc::pollfd {
-                fd: 0,
-                events: libc::POLLIN,
-                revents: 0,
-            });
+            fds.push(kapsel_host::fd::pollin(0));
         }
         let wake = [console_quiet_until, kill_at].into_iter().flatten().min();
         let wait_ms = wake.map_or(-1, |t| {

@@ -105,24 +105,56 @@ fn pause_unpause_and_a_killed_vm_process() {
     let d = Kapseld::start(&idle_vm("web", ""));
     let vm = d.wait_state("web", "running");
     let pid = pid_of(&vm);
+    d.console_text("web", "idle ready");
+    // The console's output, line by line, from a thread.
+    let mut con = d
+        .cmd(&["console", "web"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = con.stdin.take().unwrap();
+    let reader = BufReader::new(con.stdout.take().unwrap());
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in reader.lines() {
+            let Ok(l) = l else { break };
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
     d.ok(&["pause", "web"]);
     assert_eq!(d.vm("web")["state"], "paused");
-    // SIGSTOP takes effect asynchronously; the process stops soon after.
-    let until = Instant::now() + Duration::from_secs(5);
-    while process_state(pid) != Some('T') && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert_eq!(process_state(pid), Some('T'), "every thread is stopped");
+    // Paused in KVM: the process is not stopped (SIGSTOP), its vCPUs are.
+    assert_ne!(process_state(pid), Some('T'));
+    // The guest does not run: a line sent now is not echoed.
+    stdin.write_all(b"while paused\r").unwrap();
+    let echoed = |within: Duration| {
+        let until = Instant::now() + within;
+        while let Some(left) = until.checked_duration_since(Instant::now()) {
+            match lines.recv_timeout(left) {
+                Ok(l) if l.contains("line while paused") => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+        false
+    };
+    assert!(
+        !echoed(Duration::from_millis(1500)),
+        "the guest ran while paused"
+    );
     let (code, _, err) = d.run(&["pause", "web"]);
     assert_eq!(code, 1);
     assert!(err.contains("not running"), "{err}");
     d.ok(&["unpause", "web"]);
     assert_eq!(d.vm("web")["state"], "running");
-    let until = Instant::now() + Duration::from_secs(5);
-    while process_state(pid) == Some('T') && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert_ne!(process_state(pid), Some('T'));
+    // It goes on where it was: the line is echoed now.
+    assert!(echoed(Duration::from_secs(10)), "the guest did not resume");
+    stdin.write_all(b"\r~.").unwrap();
+    drop(stdin);
+    assert!(con.wait().unwrap().success());
 
     // A VM process that dies is reported; the daemon goes on.
     // SAFETY: kill has no memory-safety preconditions.
@@ -251,6 +283,9 @@ fn start_new_vms_and_instances_from_the_command_line() {
     let vm = d.wait_state("broken", "stopped");
     let reason = vm["last_exit"].as_str().unwrap().to_string();
     assert!(reason.contains("/no/such/kernel"), "{reason}");
+    // From the VM process's typed exit report, not its exit status and
+    // last line of stderr ("failed (exit 2): ...").
+    assert!(reason.starts_with("failed: "), "{reason}");
     let (code, _, err) = d.run(&["start", "-r", "/x.iso", "-b", IDLE, "cd"]);
     assert_eq!(code, 1);
     assert!(err.contains("cdrom"), "{err}");
@@ -850,6 +885,88 @@ fn a_container_gets_its_address_by_dhcp_on_a_local_interface() {
     // The veth went with the container.
     let links = ns.exec("ip").args(["-o", "link"]).output().unwrap();
     assert!(!String::from_utf8_lossy(&links.stdout).contains("kct"));
+}
+
+/// A daemon in its own network namespace with one container on a local
+/// interface that took its lease: (namespace, daemon, daemon pid, the
+/// container's init pid). `None`: SKIP printed.
+fn dhcp_setup(tag: &str) -> Option<(Netns, Kapseld, u32, i32, ctcommon::Rootfs)> {
+    if !ctcommon::ready() {
+        return None;
+    }
+    if Command::new("nft").arg("--version").output().is_err() {
+        println!("SKIP: nft (Debian: nftables) is not installed");
+        return None;
+    }
+    let ns = Netns::create(tag)?;
+    let root = ctcommon::Rootfs::new(tag);
+    let name = ctcommon::name(tag);
+    let d = Kapseld::start_in(Some(&ns.0), &dhcp_container(&name, &root.path));
+    let text = d.console_text(&name, "LEASE");
+    assert!(
+        text.contains("LEASE ip=100.64.1.3 mask=31 router=100.64.1.2"),
+        "{text}\n{}",
+        d.log()
+    );
+    let ct = pid_of(&d.wait_state(&name, "running"));
+    let daemon = d.child.as_ref().unwrap().id();
+    Some((ns, d, daemon, ct, root))
+}
+
+#[test]
+fn dhcp_is_answered_by_the_helper_not_the_daemon() {
+    let Some((_ns, d, daemon, ct, _root)) = dhcp_setup("dhcphelper") else {
+        return;
+    };
+    let helper = wait_dhcp_helper(daemon, None, 5)
+        .unwrap_or_else(|| panic!("no DHCP helper process:\n{}", d.log()));
+    let uid = proc_status(helper, "Uid").unwrap();
+    assert!(uid.split_whitespace().all(|u| u != "0"), "helper uid {uid}");
+    assert_eq!(proc_status(helper, "CapEff").unwrap(), "0000000000000000");
+    assert_eq!(proc_status(helper, "Seccomp").unwrap(), "2");
+    assert_eq!(proc_status(helper, "NoNewPrivs").unwrap(), "1");
+    assert!(dhcp_from(ct, 5), "no lease:\n{}", d.log());
+    // With the helper stopped nobody answers: not the daemon either.
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(helper, libc::SIGSTOP) };
+    let answered = dhcp_from(ct, 3);
+    // SAFETY: as above.
+    unsafe { libc::kill(helper, libc::SIGCONT) };
+    assert!(!answered, "a lease came while the DHCP helper was stopped");
+    assert!(dhcp_from(ct, 5), "no lease after SIGCONT:\n{}", d.log());
+    assert_eq!(
+        dhcp_helper_of(daemon),
+        Some(helper),
+        "the helper did not survive SIGSTOP and SIGCONT:\n{}",
+        d.log()
+    );
+}
+
+#[test]
+fn a_killed_dhcp_helper_is_started_again() {
+    let Some((_ns, mut d, daemon, ct, _root)) = dhcp_setup("dhcprestart") else {
+        return;
+    };
+    let old = wait_dhcp_helper(daemon, None, 5)
+        .unwrap_or_else(|| panic!("no DHCP helper process:\n{}", d.log()));
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(old, libc::SIGKILL) };
+    let new = wait_dhcp_helper(daemon, Some(old), 10)
+        .unwrap_or_else(|| panic!("the DHCP helper was not started again:\n{}", d.log()));
+    assert!(
+        dhcp_from(ct, 5),
+        "no lease from the new helper:\n{}",
+        d.log()
+    );
+    assert!(
+        d.log().contains(&format!("DHCP helper (pid {old}) ended")),
+        "{}",
+        d.log()
+    );
+    // The helper goes with the daemon.
+    d.stop_daemon();
+    let gone = ctcommon::eventually(5, || process_state(new).is_none_or(|s| s == 'Z'));
+    assert!(gone, "the DHCP helper outlived its daemon");
 }
 
 #[test]
@@ -1812,7 +1929,11 @@ fn monitors_of(name: &str) -> Vec<i32> {
 }
 
 /// The VM processes of this test (their memory size is this test's own).
-fn vm_processes(memory_arg: &str) -> usize {
+/// The VM processes of the daemons started with `KAPSEL_TEST_TAG=tag` in
+/// their environment (a VM process's command line holds nothing of its
+/// VM: the configuration comes in a memfd).
+fn vm_processes(tag: &str) -> usize {
+    let env = format!("KAPSEL_TEST_TAG={tag}");
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
@@ -1821,8 +1942,10 @@ fn vm_processes(memory_arg: &str) -> usize {
             std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
                 String::from_utf8_lossy(&c)
                     .replace('\0', " ")
-                    .contains(memory_arg)
-            }) && alive(*pid)
+                    .contains(" run --config-fd")
+            }) && std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|e| e.split(|&b| b == 0).any(|v| v == env.as_bytes()))
+                && alive(*pid)
         })
         .count()
 }
@@ -1862,8 +1985,10 @@ fn a_daemon_killed_at_any_moment_leaves_every_guest_adopted_or_gone() {
         ctcommon::name("rk-vm2"),
         ctcommon::name("rk-ct"),
     );
-    // 41 MiB: this test's VM processes, told apart from other tests'.
-    const MEMORY_ARG: &str = "--memory 42991616";
+    // This test's VM processes, told apart from other tests' by their
+    // daemon's environment.
+    let tag = format!("rk-{}", std::process::id());
+    let tag_env = [("KAPSEL_TEST_TAG", tag.as_str())];
     let conf = |extra: &str| {
         format!(
             "switch \"lan\" {{\n}}\n\
@@ -1912,7 +2037,7 @@ fn a_daemon_killed_at_any_moment_leaves_every_guest_adopted_or_gone() {
                     other => problems.push(format!("{name}: {other}")),
                 }
             }
-            let vms = vm_processes(MEMORY_ARG);
+            let vms = vm_processes(&tag);
             if vms != running_vms {
                 problems.push(format!("{vms} VM processes for {running_vms} running VMs"));
             }
@@ -1930,17 +2055,17 @@ fn a_daemon_killed_at_any_moment_leaves_every_guest_adopted_or_gone() {
     for round in 0..rounds {
         // During start: the daemon starts the enabled guests.
         let ms = random_ms(400);
-        d.spawn_daemon(&[], &[]);
+        d.spawn_daemon(&tag_env, &[]);
         std::thread::sleep(Duration::from_millis(ms));
         kill9(&mut d);
-        d.spawn_daemon(&[], &[]);
+        d.spawn_daemon(&tag_env, &[]);
         check(&d, &format!("round {round}: killed {ms} ms into a start"));
         // During stop: power buttons pressed, guests going.
         let _ = d.cmd(&["stop", "-a"]).output();
         let ms = random_ms(300);
         std::thread::sleep(Duration::from_millis(ms));
         kill9(&mut d);
-        d.spawn_daemon(&[], &[]);
+        d.spawn_daemon(&tag_env, &[]);
         check(&d, &format!("round {round}: killed {ms} ms into a stop"));
         // During a reload that adds a guest and removes the container.
         let _ = d.cmd(&["start", &vm1]).output();
@@ -1958,7 +2083,7 @@ fn a_daemon_killed_at_any_moment_leaves_every_guest_adopted_or_gone() {
         std::thread::sleep(Duration::from_millis(ms));
         kill9(&mut d);
         std::fs::write(d.dir.join("vm.conf"), conf("")).unwrap();
-        d.spawn_daemon(&[], &[]);
+        d.spawn_daemon(&tag_env, &[]);
         check(&d, &format!("round {round}: killed {ms} ms into a reload"));
         // Everything stops before the next round's start.
         let _ = d.cmd(&["stop", "-a", "-w"]).output();
@@ -1966,12 +2091,12 @@ fn a_daemon_killed_at_any_moment_leaves_every_guest_adopted_or_gone() {
         kill9(&mut d);
     }
     // The last daemon stops what runs; nothing is left.
-    d.spawn_daemon(&[], &["--stop-guests"]);
+    d.spawn_daemon(&tag_env, &["--stop-guests"]);
     d.stop_daemon();
     for name in &names {
         assert!(monitors_of(name).is_empty(), "{name}'s monitor is left");
     }
-    assert_eq!(vm_processes(MEMORY_ARG), 0, "VM processes are left");
+    assert_eq!(vm_processes(&tag), 0, "VM processes are left");
     assert!(
         ctcommon::cgroup_dirs(&ct).is_empty(),
         "the container's cgroup is left"

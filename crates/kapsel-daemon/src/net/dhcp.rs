@@ -6,12 +6,15 @@
 //! to a reply, never panicking on any input. [`DhcpServer`] owns the UDP
 //! socket, bound to port 67 on the one interface (SO_BINDTODEVICE), so each
 //! local interface has its own server and none answers on another link.
-//! The daemon either polls [`DhcpServer`]'s descriptor in its own event
-//! loop and calls [`DhcpServer::handle_ready`] when it is readable, or
-//! hands the server to a thread of its own with [`DhcpServer::spawn`].
+//! The daemon (root) only opens the socket, which needs privilege; the
+//! packets are read and answered by the confined DHCP helper process
+//! (`super::dhcp_helper`, [`super::DhcpHelper::serve`]), never by the
+//! daemon itself. [`DhcpServer::spawn`] runs the helper's same loop on a
+//! thread of the calling process instead, for library tests and tools.
 
 use super::NetError;
 use kapsel_config::MacAddr;
+use serde::{Deserialize, Serialize};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -54,8 +57,9 @@ const DHCPACK: u8 = 5;
 const DHCPNAK: u8 = 6;
 const DHCPINFORM: u8 = 8;
 
-/// What the server offers on its interface.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// What the server offers on its interface. It travels from the daemon to
+/// the DHCP helper, and into the daemon's state file, as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DhcpLease {
     /// The guest's address.
     pub client: Ipv4Addr,
@@ -365,68 +369,53 @@ impl DhcpServer {
         }
     }
 
-    /// Runs the server on a thread of its own until the returned handle is
-    /// dropped.
+    /// Runs the server on a thread of the calling process until the
+    /// returned handle is dropped: the DHCP helper's own loop
+    /// ([`super::dhcp_helper::serve`]) and protocol, without the separate
+    /// process and its confinement. For library tests and tools; the
+    /// daemon serves through [`super::DhcpHelper`].
     pub fn spawn(self) -> Result<DhcpServerThread, NetError> {
-        // SAFETY: plain eventfd(2) call; the result is checked below.
-        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-        if efd < 0 {
-            return Err(NetError::Dhcp {
-                ifname: self.ifname.clone(),
-                source: io::Error::last_os_error(),
-            });
-        }
-        // SAFETY: `efd` was just returned by eventfd(2) and is owned by no one else.
-        let stop = unsafe { OwnedFd::from_raw_fd(efd) };
-        let stop_fd = stop.as_raw_fd();
         let ifname = self.ifname.clone();
+        let err = |source| NetError::Dhcp {
+            ifname: ifname.clone(),
+            source,
+        };
+        let (ours, theirs) = super::dhcp_helper::control_pair().map_err(err)?;
         let handle = std::thread::Builder::new()
             .name(format!("dhcp-{}", self.ifname))
-            .spawn(move || self.serve(stop_fd))
-            .map_err(|source| NetError::Dhcp { ifname, source })?;
-        Ok(DhcpServerThread {
-            stop,
+            .spawn(move || {
+                if let Err(e) = super::dhcp_helper::serve(theirs) {
+                    tracing::error!("DHCP server thread: {e}");
+                }
+            })
+            .map_err(err)?;
+        let (fd, ifname, lease) = self.into_parts();
+        let serve = super::dhcp_helper::ToHelper::Serve {
+            ifname: ifname.clone(),
+            lease,
+        };
+        let thread = DhcpServerThread {
+            control: Some(ours),
             handle: Some(handle),
-        })
+        };
+        if let Some(control) = &thread.control {
+            super::dhcp_helper::send(control, &serve, Some(fd.as_fd()))
+                .map_err(|source| NetError::Dhcp { ifname, source })?;
+        }
+        Ok(thread)
     }
 
-    /// The thread's loop: waits for requests or for `stop` to be signalled.
-    fn serve(self, stop: libc::c_int) {
-        loop {
-            let mut fds = [
-                libc::pollfd {
-                    fd: self.socket.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: stop,
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-            ];
-            // SAFETY: `fds` is a valid array of two pollfds; `stop` stays
-            // open until this thread is joined (DhcpServerThread::drop).
-            let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-            if rc < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                tracing::error!("DHCP server on {}: poll: {e}; stopping", self.ifname);
-                return;
-            }
-            if fds[1].revents != 0 {
-                return;
-            }
-            if fds[0].revents != 0 {
-                if let Err(e) = self.handle_ready() {
-                    tracing::warn!("DHCP server on {}: {e}", self.ifname);
-                    // A socket error that persists would make poll return
-                    // at once forever; pace the retries instead of spinning.
-                    std::thread::sleep(std::time::Duration::from_secs(1));
-                }
-            }
+    /// The socket, the interface and the lease, to hand to the helper.
+    pub(super) fn into_parts(self) -> (OwnedFd, String, DhcpLease) {
+        (OwnedFd::from(self.socket), self.ifname, self.lease)
+    }
+
+    /// A server on a socket received from the daemon (the helper's side).
+    pub(super) fn from_parts(socket: UdpSocket, ifname: String, lease: DhcpLease) -> DhcpServer {
+        DhcpServer {
+            socket,
+            ifname,
+            lease,
         }
     }
 }
@@ -437,19 +426,18 @@ impl AsFd for DhcpServer {
     }
 }
 
-/// A [`DhcpServer`] running on its own thread; dropping it stops the
-/// thread and closes the socket.
+/// A [`DhcpServer`] running on a thread of this process; dropping it
+/// stops the thread and closes the socket.
 #[derive(Debug)]
 pub struct DhcpServerThread {
-    stop: OwnedFd,
+    control: Option<OwnedFd>,
     handle: Option<JoinHandle<()>>,
 }
 
 impl Drop for DhcpServerThread {
     fn drop(&mut self) {
-        let one: u64 = 1;
-        // SAFETY: writing 8 bytes from a valid u64 to our eventfd.
-        unsafe { libc::write(self.stop.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        // The loop ends when its control connection hangs up.
+        drop(self.control.take());
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }

@@ -3,12 +3,12 @@
 
 use super::dhcp::{DhcpLease, DhcpServer, DEFAULT_LEASE_SECS};
 use super::local::{LocalLink, LOCAL_LINK_PREFIX_LEN};
-use super::netlink::Netlink;
 use super::nft::{self, Family};
 use super::switch::bridge_name;
 use super::tap::TapDevice;
 use super::{fnv1a, kernel, validate_ifname, NetError};
 use kapsel_config::{InterfaceSpec, Ipv4Prefix, MacAddr, SwitchSpec};
+use kapsel_host::netlink::Netlink;
 use std::net::Ipv4Addr;
 
 /// The first three bytes of the MACs Kapsel derives for guests: `fe` is a

@@ -31,15 +31,20 @@
 //! hand-encoding), and only when an interface is set up or torn down.
 
 mod dhcp;
+mod dhcp_helper;
 mod iface;
 mod local;
-mod netlink;
 mod nft;
 mod switch;
 mod tap;
 
 pub use dhcp::DhcpReply;
 pub use dhcp::{handle_packet, DhcpLease, DhcpServer, DhcpServerThread};
+pub(crate) use dhcp_helper::log_child_lines;
+pub use dhcp_helper::{
+    main as dhcp_helper_main, DhcpHelper, DhcpService, HelperArgs as DhcpHelperArgs,
+    SUBCOMMAND as DHCP_HELPER_SUBCOMMAND, USER as DHCP_HELPER_USER,
+};
 pub use iface::{
     attach_veth, guest_mac, local_lease, port_state, reattach_port, release_interface,
     remove_firewall, start_vm_interface, tap_name, GuestInterface, InterfaceKind, InterfaceRequest,
@@ -51,21 +56,15 @@ pub use tap::{TapDevice, TAP_VNET_HDR_LEN};
 
 use std::io;
 
-/// The longest Linux interface name (`IFNAMSIZ` less its NUL).
-pub const IFNAMSIZ: usize = 15;
+pub use kapsel_host::IFNAMSIZ;
 
 /// What went wrong while setting up host networking. Every message names
 /// the interface or switch and, where there is one, the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
     /// A name the kernel would refuse as an interface name.
-    #[error("\"{name}\" is not a valid interface name: {reason}")]
-    InvalidIfname {
-        /// The name.
-        name: String,
-        /// Why it is refused.
-        reason: &'static str,
-    },
+    #[error("{0}")]
+    InvalidIfname(#[from] kapsel_host::InvalidIfname),
     /// A kernel request failed.
     #[error("{context}: {source}")]
     Kernel {
@@ -190,31 +189,10 @@ pub(crate) fn kernel(context: impl Into<String>) -> impl FnOnce(io::Error) -> Ne
     move |source| NetError::Kernel { context, source }
 }
 
-/// Checks that `name` is a name the kernel accepts for an interface.
+/// Checks that `name` is a name the kernel accepts for an interface
+/// ([`kapsel_host::validate_ifname`]).
 pub fn validate_ifname(name: &str) -> Result<(), NetError> {
-    let reason = if name.is_empty() {
-        Some("it is empty")
-    } else if name.len() > IFNAMSIZ {
-        Some("it is longer than 15 bytes")
-    } else if name == "." || name == ".." {
-        Some("it is a path component")
-    } else if name
-        .bytes()
-        .any(|b| b"/:\"\\\0".contains(&b) || b.is_ascii_whitespace())
-    {
-        // Quotes and backslashes are legal for the kernel, but they would
-        // need escaping in nft rules; no sane setup uses them.
-        Some("it contains '/', ':', a quote, a backslash, a NUL or white space")
-    } else {
-        None
-    };
-    match reason {
-        Some(reason) => Err(NetError::InvalidIfname {
-            name: name.to_string(),
-            reason,
-        }),
-        None => Ok(()),
-    }
+    Ok(kapsel_host::validate_ifname(name)?)
 }
 
 /// FNV-1a: a stable hash (unlike std's `DefaultHasher`, which may change
@@ -233,26 +211,6 @@ pub(crate) fn fnv1a(parts: &[&[u8]]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn interface_names_are_checked_like_the_kernel_does() {
-        for ok in ["eth0", "kbr-uplink", "a", "123456789012345", "br.lan"] {
-            assert!(validate_ifname(ok).is_ok(), "{ok}");
-        }
-        for bad in [
-            "",
-            "1234567890123456",
-            "a/b",
-            "a:b",
-            "a b",
-            ".",
-            "..",
-            "a\"b",
-            "a\\b",
-        ] {
-            assert!(validate_ifname(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn the_hash_separates_parts() {

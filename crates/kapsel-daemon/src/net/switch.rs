@@ -7,9 +7,9 @@
 //! named with `interface br0`) survives Kapsel, losing only the ports Kapsel
 //! added to it.
 
-use super::netlink::Netlink;
 use super::{fnv1a, kernel, validate_ifname, NetError, IFNAMSIZ};
 use kapsel_config::{MacAddr, SwitchSpec};
+use kapsel_host::netlink::Netlink;
 
 /// The prefix of bridge names Kapsel derives from switch names.
 pub const BRIDGE_PREFIX: &str = "kbr-";

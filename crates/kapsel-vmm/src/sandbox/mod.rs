@@ -237,58 +237,33 @@ pub fn set_no_new_privs() -> Result<(), SandboxError> {
         .map_err(step("prctl(PR_SET_NO_NEW_PRIVS)"))
 }
 
-/// `_LINUX_CAPABILITY_VERSION_3`: 64-bit capability sets in two words.
-const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: libc::c_int,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
-
 /// Step 3: empties the bounding set, the ambient set, and the effective,
 /// permitted and inheritable sets.
 pub fn drop_capabilities() -> Result<(), SandboxError> {
-    // The bounding set, one capability at a time until the kernel's last
-    // one (EINVAL past it). Needs CAP_SETPCAP: a process without it has no
-    // capabilities to lose, and with no_new_privs it cannot gain any.
-    for cap in 0..64 {
-        // SAFETY: prctl with integer arguments only.
-        match check(unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) }) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => break,
-            Err(e) if e.raw_os_error() == Some(libc::EPERM) => break,
-            Err(e) => return Err(step("prctl(PR_CAPBSET_DROP)")(e)),
-        }
+    use kapsel_host::caps::{self, CapSet};
+    drop_bounding_set()?;
+    caps::clear_ambient().map_err(cap_failed)?;
+    caps::set_capabilities(CapSet::EMPTY).map_err(cap_failed)
+}
+
+/// Empties the bounding set, one capability at a time until the kernel's
+/// last one (EINVAL past it), and leaves the other sets alone: a process
+/// that changes its uid next (the DHCP helper) drops the bounding set
+/// first, while it still has CAP_SETPCAP, and keeps CAP_SETUID for the
+/// change. Needs CAP_SETPCAP: a process without it has no capabilities to
+/// lose, and with no_new_privs it cannot gain any.
+pub fn drop_bounding_set() -> Result<(), SandboxError> {
+    // Up to the kernel's last capability: /proc may be gone by now, so 63,
+    // and the kernel's EINVAL past its last one ends the loop.
+    match kapsel_host::caps::drop_bounding(kapsel_host::caps::CapSet::EMPTY, 63) {
+        Err(e) if e.errno != libc::EPERM => Err(cap_failed(e)),
+        _ => Ok(()),
     }
-    // SAFETY: prctl with integer arguments only.
-    check(unsafe {
-        libc::prctl(
-            libc::PR_CAP_AMBIENT,
-            libc::PR_CAP_AMBIENT_CLEAR_ALL,
-            0,
-            0,
-            0,
-        )
-    })
-    .map_err(step("clearing the ambient capabilities"))?;
-    let mut header = CapHeader {
-        version: CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    let data = [CapData::default(); 2];
-    // SAFETY: capset reads a version-3 header and two data words, which
-    // `header` and `data` are laid out as.
-    check(unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) as libc::c_int })
-        .map_err(step("capset"))
+}
+
+/// A failed capability step as the sandbox reports it.
+fn cap_failed(e: kapsel_host::caps::CapError) -> SandboxError {
+    step(e.step)(io::Error::from_raw_os_error(e.errno))
 }
 
 /// Development aids compiled into debug builds only, so that a release

@@ -18,6 +18,8 @@ use seccompiler::{
 };
 use std::collections::BTreeMap;
 
+pub use seccompiler::BpfProgram as Program;
+
 /// The kinds of thread in a VM process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ThreadKind {
@@ -85,6 +87,7 @@ mod nr {
     ioctl_iow_nr!(KVM_SET_LAPIC, KVMIO, 0x8f, kvm_lapic_state);
     ioctl_iow_nr!(KVM_SET_CPUID2, KVMIO, 0x90, kvm_cpuid2);
     ioctl_iow_nr!(KVM_SIGNAL_MSI, KVMIO, 0xa5, kvm_msi);
+    ioctl_io_nr!(KVM_KVMCLOCK_CTRL, KVMIO, 0xad);
 }
 use nr::*;
 
@@ -103,7 +106,7 @@ fn cond(arg: u8, op: SeccompCmpOp, value: u64) -> SeccompCondition {
 
 /// One rule per value: the syscall is allowed when argument `arg` (its
 /// low 32 bits) equals one of `values`.
-fn arg_in(arg: u8, values: &[u64]) -> Vec<SeccompRule> {
+pub fn arg_in(arg: u8, values: &[u64]) -> Vec<SeccompRule> {
     values
         .iter()
         .map(|&v| SeccompRule::new(vec![cond(arg, SeccompCmpOp::Eq, v)]).expect("one condition"))
@@ -117,9 +120,10 @@ fn ioctls(requests: &[u64]) -> Vec<SeccompRule> {
 }
 
 /// A syscall and the rules on its arguments; no rules: always allowed.
-type Entry = (i64, Vec<SeccompRule>);
+pub type Entry = (i64, Vec<SeccompRule>);
 
-fn any(nr: libc::c_long) -> Entry {
+/// A syscall allowed with any arguments.
+pub fn any(nr: libc::c_long) -> Entry {
     (nr, Vec::new())
 }
 
@@ -181,6 +185,8 @@ pub fn allowlist(kind: ThreadKind) -> Vec<Entry> {
                     // Registers are dumped to the log when the guest fails.
                     KVM_GET_REGS(),
                     KVM_GET_SREGS(),
+                    // A vCPU parking for a pause tells the guest's kvmclock.
+                    KVM_KVMCLOCK_CTRL(),
                     TUNSETOFFLOAD,
                 ]),
             ),
@@ -436,6 +442,44 @@ impl Filters {
     }
 }
 
+/// A single-threaded process's own allowlist filter (the DHCP helper's):
+/// `entries` are allowed, anything else kills the process (`log_only`:
+/// is logged instead, debug builds). `name` is used in messages.
+pub fn compile_allowlist(
+    name: &'static str,
+    entries: Vec<Entry>,
+    log_only: bool,
+) -> Result<BpfProgram, SandboxError> {
+    let filter_err = |detail: String| SandboxError::Filter {
+        thread: name,
+        detail,
+    };
+    let mut map: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for (nr, rules) in entries {
+        if map.insert(nr, rules).is_some() {
+            return Err(filter_err(format!("syscall {nr} is listed twice")));
+        }
+    }
+    let mismatch = if log_only {
+        SeccompAction::Log
+    } else {
+        SeccompAction::KillProcess
+    };
+    let filter = SeccompFilter::new(map, mismatch, SeccompAction::Allow, TargetArch::x86_64)
+        .map_err(|e| filter_err(e.to_string()))?;
+    filter
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| filter_err(e.to_string()))
+}
+
+/// Installs a program made by [`compile_allowlist`] on the calling thread.
+pub fn install_program(name: &'static str, program: &BpfProgram) -> Result<(), SandboxError> {
+    seccompiler::apply_filter(program).map_err(|e| SandboxError::Install {
+        thread: name,
+        detail: e.to_string(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -450,6 +494,15 @@ mod tests {
         assert_eq!(KVM_SET_GSI_ROUTING(), 0x4008_ae6a);
         assert_eq!(KVM_GET_SUPPORTED_CPUID(), 0xc008_ae05);
         assert_eq!(KVM_SIGNAL_MSI(), 0x4020_aea5);
+        assert_eq!(KVM_KVMCLOCK_CTRL(), 0xaead);
+    }
+
+    #[test]
+    fn only_vcpu_threads_touch_the_guest_clock() {
+        // The pause of the control channel parks each vCPU on its own
+        // thread, which tells the guest's kvmclock; the I/O thread never.
+        assert!(allows_ioctl(ThreadKind::Vcpu, KVM_KVMCLOCK_CTRL()));
+        assert!(!allows_ioctl(ThreadKind::Io, KVM_KVMCLOCK_CTRL()));
     }
 
     fn allows_ioctl(kind: ThreadKind, request: u64) -> bool {

@@ -349,3 +349,104 @@ impl Drop for Netns {
         let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
     }
 }
+
+/// The daemon's DHCP helper: its child running `kapsel dhcp-helper`.
+pub fn dhcp_helper_of(daemon: u32) -> Option<i32> {
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if ppid == Some(daemon) && cmdline.split(|&b| b == 0).any(|arg| arg == b"dhcp-helper") {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// Waits up to `secs` for a DHCP helper of `daemon` other than `not`.
+pub fn wait_dhcp_helper(daemon: u32, not: Option<i32>, secs: u64) -> Option<i32> {
+    let until = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(pid) = dhcp_helper_of(daemon).filter(|&p| Some(p) != not) {
+            return Some(pid);
+        }
+        if Instant::now() > until {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One DHCP exchange (DISCOVER, OFFER, REQUEST, ACK) from the network
+/// namespace of process `pid` (a container's init) on its eth0, with
+/// busybox's udhcpc: the address leased within about `tries` s, if any.
+pub fn dhcp_lease(pid: i32, tries: u32) -> Option<String> {
+    let script = std::env::temp_dir().join(format!("kapsel-udhcpc-{}.sh", std::process::id()));
+    if !script.exists() {
+        let tmp = script.with_extension("tmp");
+        std::fs::write(
+            &tmp,
+            "#!/bin/sh\ncase $1 in bound|renew) echo \"LEASED $ip\";; esac\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::rename(&tmp, &script).unwrap();
+    }
+    let out = Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-n", "--"])
+        .args(["busybox", "udhcpc", "-i", "eth0", "-n", "-q", "-f"])
+        .args(["-t", &tries.to_string(), "-T", "1", "-s"])
+        .arg(&script)
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let ip = text.lines().find_map(|l| l.strip_prefix("LEASED "))?;
+    out.status.success().then(|| ip.trim().to_string())
+}
+
+/// Whether [`dhcp_lease`] got a lease.
+pub fn dhcp_from(pid: i32, tries: u32) -> bool {
+    dhcp_lease(pid, tries).is_some()
+}
+
+/// The value of `Field:` in /proc/PID/status.
+pub fn proc_status(pid: i32, field: &str) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .map(|v| v.trim().to_string())
+}
+
+/// A container config on a `local interface` that takes a lease by DHCP,
+/// prints `LEASE ip=...`, and then idles (its network namespace stays for
+/// [`dhcp_from`]).
+pub fn dhcp_container(name: &str, root: &Path) -> String {
+    std::fs::write(
+        root.join("bin/lease"),
+        "#!/bin/sh\ncase $1 in bound|renew)\n  echo \"LEASE ip=$ip mask=$mask router=$router\"\n;; esac\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        root.join("bin/lease"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    format!(
+        "container \"{name}\" {{\n\troot \"{}\"\n\tinit \"/bin/sh\" \"-c\" \"udhcpc -i eth0 -n -q -t 5 -T 1 -s /bin/lease; sleep 1000\"\n\tlocal interface\n}}\n",
+        root.display()
+    )
+}

@@ -6,6 +6,8 @@ use kvm_bindings::{kvm_cpuid_entry2, CpuId};
 
 /// Leaf 1 ECX: running under a hypervisor.
 const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
+/// Leaf 1 ECX: the local APIC's TSC-deadline timer mode.
+const LEAF1_ECX_TSC_DEADLINE: u32 = 1 << 24;
 /// Leaf 1 EDX: HTT (more than one logical processor per package).
 const LEAF1_EDX_HTT: u32 = 1 << 28;
 /// KVM's signature in leaf 0x4000_0000.
@@ -94,10 +96,33 @@ fn id_bits(n: u32) -> u32 {
     n.next_power_of_two().trailing_zeros()
 }
 
+/// What the host's KVM offers beyond its supported CPUID list.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HostCaps {
+    /// `KVM_CAP_TSC_DEADLINE_TIMER`: KVM's in-kernel local APIC (which
+    /// Kapsel always uses) emulates the TSC-deadline timer mode.
+    /// `KVM_GET_SUPPORTED_CPUID` leaves the bit clear because it depends on
+    /// the in-kernel irqchip (Documentation/virt/kvm/api.rst); the VMM sets
+    /// it, as QEMU, Firecracker and Cloud Hypervisor do.
+    pub tsc_deadline: bool,
+}
+
 /// Adapts KVM's supported CPUID entries for vCPU `cpu` of `cpus`: APIC IDs,
-/// one package of `cpus` cores with one thread each, the hypervisor bit and
-/// KVM's paravirtual leaves, and the hidden features cleared.
-pub fn filter_entries(entries: &mut [kvm_cpuid_entry2], cpu: u8, cpus: u8, hide: &[String]) {
+/// one package of `cpus` cores with one thread each, the hypervisor bit,
+/// the TSC-deadline timer where KVM emulates it, KVM's paravirtual leaves,
+/// and the hidden features cleared.
+///
+/// Without the TSC-deadline bit Linux runs its local APIC timer in one-shot
+/// mode: it calibrates that timer against another clock at boot (about
+/// 100 ms of waiting) and then programs it through the initial-count
+/// register, converting every deadline into bus cycles.
+pub fn filter_entries(
+    entries: &mut [kvm_cpuid_entry2],
+    cpu: u8,
+    cpus: u8,
+    host: HostCaps,
+    hide: &[String],
+) {
     let apic_id = u32::from(cpu);
     let n = u32::from(cpus);
     for e in entries.iter_mut() {
@@ -105,6 +130,9 @@ pub fn filter_entries(entries: &mut [kvm_cpuid_entry2], cpu: u8, cpus: u8, hide:
             1 => {
                 e.ebx = (apic_id << 24) | ((n & 0xff) << 16) | (8 << 8) | (e.ebx & 0xff);
                 e.ecx |= LEAF1_ECX_HYPERVISOR;
+                if host.tsc_deadline {
+                    e.ecx |= LEAF1_ECX_TSC_DEADLINE;
+                }
                 if n > 1 {
                     e.edx |= LEAF1_EDX_HTT;
                 } else {
@@ -161,9 +189,15 @@ pub fn filter_entries(entries: &mut [kvm_cpuid_entry2], cpu: u8, cpus: u8, hide:
 }
 
 /// Builds the CPUID of vCPU `cpu` from KVM's supported set.
-pub fn for_vcpu(supported: &CpuId, cpu: u8, cpus: u8, hide: &[String]) -> Result<CpuId> {
+pub fn for_vcpu(
+    supported: &CpuId,
+    cpu: u8,
+    cpus: u8,
+    host: HostCaps,
+    hide: &[String],
+) -> Result<CpuId> {
     let mut entries = supported.as_slice().to_vec();
-    filter_entries(&mut entries, cpu, cpus, hide);
+    filter_entries(&mut entries, cpu, cpus, host, hide);
     CpuId::from_entries(&entries).map_err(|e| Error::KvmUnsupported(format!("CPUID list: {e:?}")))
 }
 
@@ -187,20 +221,34 @@ mod tests {
     fn leaf1_carries_apic_id_and_hypervisor_bit() {
         let mut e = [entry(1, 0)];
         e[0].ecx = 0;
-        filter_entries(&mut e, 3, 4, &[]);
+        filter_entries(&mut e, 3, 4, HostCaps::default(), &[]);
         assert_eq!(e[0].ebx >> 24, 3);
         assert_eq!((e[0].ebx >> 16) & 0xff, 4);
         assert_ne!(e[0].ecx & LEAF1_ECX_HYPERVISOR, 0);
         assert_ne!(e[0].edx & LEAF1_EDX_HTT, 0);
         let mut e = [entry(1, 0)];
-        filter_entries(&mut e, 0, 1, &[]);
+        filter_entries(&mut e, 0, 1, HostCaps::default(), &[]);
         assert_eq!(e[0].edx & LEAF1_EDX_HTT, 0);
+    }
+
+    #[test]
+    fn tsc_deadline_follows_kvm_and_can_be_hidden() {
+        let caps = HostCaps { tsc_deadline: true };
+        let mut e = [entry(1, 0)];
+        e[0].ecx = 0;
+        filter_entries(&mut e, 0, 1, caps, &[]);
+        assert_ne!(e[0].ecx & LEAF1_ECX_TSC_DEADLINE, 0);
+        e[0].ecx = 0;
+        filter_entries(&mut e, 0, 1, HostCaps::default(), &[]);
+        assert_eq!(e[0].ecx & LEAF1_ECX_TSC_DEADLINE, 0);
+        filter_entries(&mut e, 0, 1, caps, &["tsc_deadline_timer".into()]);
+        assert_eq!(e[0].ecx & LEAF1_ECX_TSC_DEADLINE, 0);
     }
 
     #[test]
     fn x2apic_topology() {
         let mut e = [entry(0xb, 0), entry(0xb, 1), entry(0xb, 2)];
-        filter_entries(&mut e, 5, 6, &[]);
+        filter_entries(&mut e, 5, 6, HostCaps::default(), &[]);
         assert_eq!((e[0].eax, e[0].ebx, e[0].ecx >> 8, e[0].edx), (0, 1, 1, 5));
         assert_eq!((e[1].eax, e[1].ebx, e[1].ecx >> 8), (3, 6, 2));
         assert_eq!((e[2].eax, e[2].ebx, e[2].ecx, e[2].edx), (0, 0, 2, 5));
@@ -210,19 +258,19 @@ mod tests {
     fn cache_leaf_counts_cores() {
         let mut e = [entry(4, 0)];
         e[0].eax = 1 << 5; // L1
-        filter_entries(&mut e, 0, 4, &[]);
+        filter_entries(&mut e, 0, 4, HostCaps::default(), &[]);
         assert_eq!(e[0].eax >> 26, 3);
         assert_eq!((e[0].eax >> 14) & 0xfff, 0);
         let mut e = [entry(4, 3)];
         e[0].eax = 3 << 5; // L3, shared
-        filter_entries(&mut e, 0, 4, &[]);
+        filter_entries(&mut e, 0, 4, HostCaps::default(), &[]);
         assert_eq!((e[0].eax >> 14) & 0xfff, 3);
     }
 
     #[test]
     fn kvm_signature() {
         let mut e = [entry(0x4000_0000, 0)];
-        filter_entries(&mut e, 0, 1, &[]);
+        filter_entries(&mut e, 0, 1, HostCaps::default(), &[]);
         let mut sig = Vec::new();
         for r in [e[0].ebx, e[0].ecx, e[0].edx] {
             sig.extend_from_slice(&r.to_le_bytes());
@@ -233,7 +281,13 @@ mod tests {
     #[test]
     fn hidden_features_are_cleared_and_names_checked() {
         let mut e = [entry(1, 0), entry(7, 0), entry(7, 1)];
-        filter_entries(&mut e, 0, 1, &["xsave".into(), "avx2".into()]);
+        filter_entries(
+            &mut e,
+            0,
+            1,
+            HostCaps::default(),
+            &["xsave".into(), "avx2".into()],
+        );
         assert_eq!(e[0].ecx & (1 << 26), 0);
         assert_eq!(e[1].ebx & (1 << 5), 0);
         assert_eq!(e[2].ebx, 0xffff_ffff, "other subleaves untouched");

@@ -84,7 +84,8 @@ const BOUNCE_SIZE: usize = 64 * 1024;
 
 /// How the host caches a raw disk file (`--disk ...,cache=`); qcow2 images
 /// always go through the host page cache.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum CacheMode {
     /// Bypass the host page cache (O_DIRECT), as QEMU's `cache=none`: no
     /// second copy of the guest's data in host memory, and the guest's
