@@ -2181,3 +2181,72 @@ fn a_switch_removed_while_no_daemon_ran_goes_with_its_last_guest() {
         d.log()
     );
 }
+
+#[test]
+fn a_systemd_container_is_adopted_after_kill_9_and_powers_off_cleanly() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("SKIP: containers need root");
+        return;
+    }
+    let Some(cache) = ctcommon::debian_root() else {
+        return;
+    };
+    let ovl = ctcommon::Overlay::new(&cache, "deb-adopt");
+    let name = ctcommon::name("deb-adopt");
+    let conf = format!(
+        "container \"{name}\" {{\n\troot \"{}\"\n}}\n",
+        ovl.root().display()
+    );
+    let mut d = Kapseld::start(&conf);
+    d.stop_daemon();
+    d.spawn_daemon(&[], &[]);
+    let init = pid_of(&d.wait_state(&name, "running"));
+    let active = |d: &Kapseld| {
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (code, out, _) = d.run(&[
+                "exec",
+                &name,
+                "--",
+                "systemctl",
+                "is-active",
+                "multi-user.target",
+            ]);
+            if code == 0 && out.trim() == "active" {
+                return;
+            }
+            assert!(Instant::now() < until, "not active: {out}\n{}", d.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    active(&d);
+    let mut child = d.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(alive(init), "systemd died with the daemon");
+    d.spawn_daemon(&[], &["--stop-guests"]);
+    assert_eq!(
+        pid_of(&d.wait_state(&name, "running")),
+        init,
+        "the same init"
+    );
+    // Its console kept what systemd printed before the crash.
+    assert!(d.console_text(&name, "Welcome to").contains("Welcome to"));
+    active(&d);
+    let (_, state, _) = d.run(&[
+        "exec",
+        &name,
+        "--",
+        "systemctl",
+        "is-system-running",
+        "--wait",
+    ]);
+    assert_eq!(state.trim(), "running");
+    let said = d.ok(&["stop", "-w", &name]);
+    assert!(said.contains("exited (status 0)"), "{said}");
+    assert!(
+        ctcommon::cgroup_dirs(&name).is_empty(),
+        "its cgroup is left"
+    );
+}
