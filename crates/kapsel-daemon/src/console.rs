@@ -107,6 +107,15 @@ impl Console {
         Self::default()
     }
 
+    /// The console of a guest that has ended: `history` to replay, and
+    /// no input.
+    pub fn ended_with(history: &[u8]) -> Self {
+        let console = Self::new();
+        console.output(history);
+        console.close();
+        console
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }

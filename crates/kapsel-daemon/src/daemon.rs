@@ -654,11 +654,7 @@ impl Daemon {
             let ExitNote { reason, failure } = note;
             // The output the guest left, for `console` of a stopped guest.
             if let Some(p) = vm.process.take() {
-                let history = monitor::collect_leftovers(&p.paths);
-                let console = Console::new();
-                console.output(&history);
-                console.close();
-                vm.console = console;
+                vm.console = Console::ended_with(&monitor::collect_leftovers(&p.paths));
             }
             for a in vm.net.drain(..) {
                 a.release(name);
@@ -1904,6 +1900,17 @@ impl Daemon {
                         (Some(r), _) => Some(*r),
                         (None, f) => f.clone(),
                     };
+                    if newest.is_none() {
+                        // A monitor that answers but that no record
+                        // describes (none can be made so): its guest would
+                        // run unmanaged.
+                        tracing::warn!(
+                            "{name}: a monitor (guest pid {pid}) that neither it nor the state \
+                             file describes; its guest is stopped"
+                        );
+                        let _ = probe.act(Act::Kill);
+                        probe.watch();
+                    }
                     newest.map(|mut g| {
                         g.pid = pid;
                         g.monitor_pid = monitor;
@@ -1912,22 +1919,6 @@ impl Daemon {
                     })
                 }
                 _ => None,
-            };
-            let alive = match alive {
-                Some(a) => Some(a),
-                None => {
-                    // A monitor that answers but that no record describes
-                    // (none can be made so): its guest would run unmanaged.
-                    if let Ok(monitor::MonitorReply::Info { pid, .. }) = probe.hello() {
-                        tracing::warn!(
-                            "{name}: a monitor (guest pid {pid}) that neither it nor the state \
-                             file describes; its guest is stopped"
-                        );
-                        let _ = probe.act(Act::Kill);
-                        probe.watch();
-                    }
-                    None
-                }
             };
             let Some((g, paused)) = alive else {
                 let kind = match &from_file {
@@ -1952,10 +1943,7 @@ impl Daemon {
                 let mut inner = self.lock();
                 if let Some(vm) = inner.vms.iter_mut().find(|v| v.spec.name == name) {
                     vm.last_exit = Some(note.reason);
-                    let console = Console::new();
-                    console.output(&history);
-                    console.close();
-                    vm.console = console;
+                    vm.console = Console::ended_with(&history);
                 }
                 continue;
             };
