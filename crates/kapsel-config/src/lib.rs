@@ -14,7 +14,7 @@
 //! let (config, warnings) = parse_str("vm.conf", text, &LoadOptions::default()).unwrap();
 //! assert!(warnings.is_empty());
 //! let web = config.effective_vm("web").unwrap();
-//! assert_eq!(web.memory, Some(ByteSize(1 << 30)));
+//! assert_eq!(web.common.memory, Some(ByteSize(1 << 30)));
 //! assert_eq!(web.disks[0].path.to_str(), Some("/var/vm/web.img"));
 //! ```
 //!

@@ -390,6 +390,124 @@ impl Default for InterfaceSpec {
     }
 }
 
+/// The settings every guest has, whatever its kind.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GuestCommon {
+    /// The name, unique among VMs and containers.
+    pub name: String,
+    /// `enable` (default) or `disable`: started with the daemon or not.
+    pub enabled: bool,
+    /// `owner`: who may start, stop and use the console of this guest.
+    pub owner: Option<Owner>,
+    /// `memory SIZE`: a VM's RAM, a container's limit (see the kinds).
+    pub memory: Option<ByteSize>,
+    /// `cpus N`: a VM's vCPUs, a container's CPU limit.
+    pub cpus: Option<u32>,
+    /// `interface` statements, in order.
+    pub interfaces: Vec<InterfaceSpec>,
+    /// Where the block starts.
+    pub span: Span,
+}
+
+impl GuestCommon {
+    /// A guest with nothing set but its name (enabled).
+    pub fn new(name: impl Into<String>) -> Self {
+        GuestCommon {
+            name: name.into(),
+            enabled: true,
+            owner: None,
+            memory: None,
+            cpus: None,
+            interfaces: Vec::new(),
+            span: Span::default(),
+        }
+    }
+}
+
+/// Which kind of guest something is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GuestKind {
+    /// A virtual machine (its own kernel, on KVM).
+    Vm,
+    /// A system or application container (the host's kernel).
+    Container,
+}
+
+impl GuestKind {
+    /// The vm.conf keyword, as messages name the kind: `vm`, `container`.
+    pub fn keyword(self) -> &'static str {
+        match self {
+            GuestKind::Vm => "vm",
+            GuestKind::Container => "container",
+        }
+    }
+}
+
+impl fmt::Display for GuestKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.keyword())
+    }
+}
+
+/// A guest as it runs: the common settings and those of its kind. A VM
+/// here is effective (an instance's inherited settings resolved).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GuestSpec {
+    /// A `vm` block (or a VM `kapsel start` made).
+    Vm(VmSpec),
+    /// A `container` block.
+    Container(ContainerSpec),
+}
+
+impl GuestSpec {
+    /// The settings every guest has.
+    pub fn common(&self) -> &GuestCommon {
+        match self {
+            GuestSpec::Vm(v) => &v.common,
+            GuestSpec::Container(c) => &c.common,
+        }
+    }
+
+    /// [`GuestSpec::common`], to change.
+    pub fn common_mut(&mut self) -> &mut GuestCommon {
+        match self {
+            GuestSpec::Vm(v) => &mut v.common,
+            GuestSpec::Container(c) => &mut c.common,
+        }
+    }
+
+    /// The guest's name.
+    pub fn name(&self) -> &str {
+        &self.common().name
+    }
+
+    /// VM or container.
+    pub fn kind(&self) -> GuestKind {
+        match self {
+            GuestSpec::Vm(_) => GuestKind::Vm,
+            GuestSpec::Container(_) => GuestKind::Container,
+        }
+    }
+
+    /// The VM's settings, if it is one.
+    pub fn as_vm(&self) -> Option<&VmSpec> {
+        match self {
+            GuestSpec::Vm(v) => Some(v),
+            GuestSpec::Container(_) => None,
+        }
+    }
+
+    /// The container's settings, if it is one.
+    pub fn as_container(&self) -> Option<&ContainerSpec> {
+        match self {
+            GuestSpec::Container(c) => Some(c),
+            GuestSpec::Vm(_) => None,
+        }
+    }
+}
+
 /// `allow instance { ... }`: what instances of a VM may set themselves.
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct AllowInstance {
@@ -417,18 +535,12 @@ pub struct AllowInstance {
 /// defaults of VMs that are not instances.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VmSpec {
-    /// The VM name.
-    pub name: String,
+    /// What every guest has: name, `enable`, `owner`, `memory` (`None` in
+    /// an instance: inherited), `cpus`, `interface` statements, where.
+    #[serde(flatten)]
+    pub common: GuestCommon,
     /// The parent VM when this is an instance.
     pub instance_of: Option<String>,
-    /// `enable` (default) or `disable`: started at boot or not.
-    pub enabled: bool,
-    /// `owner`: who may start, stop and use the console of this VM.
-    pub owner: Option<Owner>,
-    /// `memory SIZE`.
-    pub memory: Option<ByteSize>,
-    /// `cpus N` (Kapsel).
-    pub cpus: Option<u32>,
     /// `boot PATH`: the kernel (Linux bzImage/ELF) or BIOS image.
     pub boot: Option<PathBuf>,
     /// `boot device cdrom|disk|net`.
@@ -441,8 +553,6 @@ pub struct VmSpec {
     pub cdrom: Option<PathBuf>,
     /// `disk` statements, in order.
     pub disks: Vec<DiskSpec>,
-    /// `interface` statements, in order.
-    pub interfaces: Vec<InterfaceSpec>,
     /// `interfaces N`: at least this many interfaces (default ones are added).
     pub interface_count: Option<u32>,
     /// `allow instance { ... }`.
@@ -451,32 +561,24 @@ pub struct VmSpec {
     pub sev: bool,
     /// `seves`: AMD SEV-ES (parsed; not supported on Kapsel yet).
     pub seves: bool,
-    /// Where the block starts.
-    pub span: Span,
 }
 
 impl VmSpec {
     /// A VM with nothing set but its name (enabled; no defaults filled in).
     pub fn new(name: impl Into<String>) -> Self {
         VmSpec {
-            name: name.into(),
+            common: GuestCommon::new(name),
             instance_of: None,
-            enabled: true,
-            owner: None,
-            memory: None,
-            cpus: None,
             boot: None,
             boot_device: None,
             initrd: None,
             cmdline: None,
             cdrom: None,
             disks: Vec::new(),
-            interfaces: Vec::new(),
             interface_count: None,
             allow_instance: None,
             sev: false,
             seves: false,
-            span: Span::default(),
         }
     }
 
@@ -484,7 +586,7 @@ impl VmSpec {
     /// statements, or `interfaces N` if that is more.
     pub fn interface_total(&self) -> usize {
         let n = self.interface_count.unwrap_or(0) as usize;
-        n.max(self.interfaces.len())
+        n.max(self.common.interfaces.len())
     }
 }
 
@@ -514,18 +616,11 @@ impl UserMap {
 /// command). A loaded container has exactly one of `root` and `image`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ContainerSpec {
-    /// The container name (shares the namespace of VM names).
-    pub name: String,
-    /// `enable` (default) or `disable`: started at boot or not.
-    pub enabled: bool,
-    /// `owner`: who may start, stop and use the console of this container.
-    pub owner: Option<Owner>,
-    /// `memory SIZE`: the memory limit; `None` is unlimited.
-    pub memory: Option<ByteSize>,
-    /// `cpus N`: the CPU limit; `None` is unlimited.
-    pub cpus: Option<u32>,
-    /// `interface` statements.
-    pub interfaces: Vec<InterfaceSpec>,
+    /// What every guest has: name (shared with VM names), `enable`,
+    /// `owner`, `memory` and `cpus` (limits; `None` is unlimited),
+    /// `interface` statements, where.
+    #[serde(flatten)]
+    pub common: GuestCommon,
     /// `root PATH`: an absolute path to the directory that becomes the
     /// container's `/`.
     pub root: Option<PathBuf>,
@@ -543,26 +638,18 @@ pub struct ContainerSpec {
     /// ids 0..COUNT are the host's HOSTID.. (uids and gids alike);
     /// `None` runs the container as the host's root.
     pub unprivileged: Option<UserMap>,
-    /// Where the block starts.
-    pub span: Span,
 }
 
 impl ContainerSpec {
     /// A container with nothing set but its name (enabled).
     pub fn new(name: impl Into<String>) -> Self {
         ContainerSpec {
-            name: name.into(),
-            enabled: true,
-            owner: None,
-            memory: None,
-            cpus: None,
-            interfaces: Vec::new(),
+            common: GuestCommon::new(name),
             root: None,
             image: None,
             init: Vec::new(),
             pids: None,
             unprivileged: None,
-            span: Span::default(),
         }
     }
 
@@ -580,7 +667,7 @@ impl ContainerSpec {
 impl Config {
     /// The VM called `name`, as declared.
     pub fn vm(&self, name: &str) -> Option<&VmSpec> {
-        self.vms.iter().find(|v| v.name == name)
+        self.vms.iter().find(|v| v.common.name == name)
     }
 
     /// The switch called `name`.
@@ -590,7 +677,7 @@ impl Config {
 
     /// The container called `name`.
     pub fn container(&self, name: &str) -> Option<&ContainerSpec> {
-        self.containers.iter().find(|c| c.name == name)
+        self.containers.iter().find(|c| c.common.name == name)
     }
 
     /// The VM called `name` with everything an instance inherits resolved,
@@ -620,9 +707,22 @@ impl Config {
         for child in iter {
             eff = inherit(&eff, child);
         }
-        eff.memory.get_or_insert(DEFAULT_VM_MEMORY);
-        eff.cpus.get_or_insert(DEFAULT_VM_CPUS);
+        eff.common.memory.get_or_insert(DEFAULT_VM_MEMORY);
+        eff.common.cpus.get_or_insert(DEFAULT_VM_CPUS);
         Some(eff)
+    }
+
+    /// Every guest as it runs: the VMs (effective, in file order; an
+    /// instance whose parents do not resolve is left out, as the checks
+    /// report it), then the containers.
+    pub fn guests(&self) -> Vec<GuestSpec> {
+        let vms = self
+            .vms
+            .iter()
+            .filter_map(|v| self.effective_vm(&v.common.name));
+        vms.map(GuestSpec::Vm)
+            .chain(self.containers.iter().cloned().map(GuestSpec::Container))
+            .collect()
     }
 
     /// Forgets where everything was declared, e.g. to compare
@@ -632,18 +732,19 @@ impl Config {
             s.span = Span::default();
         }
         for v in &mut self.vms {
-            v.span = Span::default();
+            v.common.span = Span::default();
         }
         for c in &mut self.containers {
-            c.span = Span::default();
+            c.common.span = Span::default();
         }
     }
 }
 
 /// The settings of `child`, an instance of `parent` (already effective).
 fn inherit(parent: &VmSpec, child: &VmSpec) -> VmSpec {
-    let mut interfaces = child.interfaces.clone();
-    for iface in parent.interfaces.iter().skip(child.interfaces.len()) {
+    let (p, c) = (&parent.common, &child.common);
+    let mut interfaces = c.interfaces.clone();
+    for iface in p.interfaces.iter().skip(c.interfaces.len()) {
         interfaces.push(InterfaceSpec {
             name: None,
             lladdr: None,
@@ -651,19 +752,22 @@ fn inherit(parent: &VmSpec, child: &VmSpec) -> VmSpec {
         });
     }
     VmSpec {
-        name: child.name.clone(),
+        common: GuestCommon {
+            name: c.name.clone(),
+            enabled: c.enabled,
+            owner: c.owner.clone().or_else(|| p.owner.clone()),
+            memory: c.memory.or(p.memory),
+            cpus: c.cpus.or(p.cpus),
+            interfaces,
+            span: c.span.clone(),
+        },
         instance_of: child.instance_of.clone(),
-        enabled: child.enabled,
-        owner: child.owner.clone().or_else(|| parent.owner.clone()),
-        memory: child.memory.or(parent.memory),
-        cpus: child.cpus.or(parent.cpus),
         boot: child.boot.clone().or_else(|| parent.boot.clone()),
         boot_device: child.boot_device.or(parent.boot_device),
         initrd: child.initrd.clone().or_else(|| parent.initrd.clone()),
         cmdline: child.cmdline.clone().or_else(|| parent.cmdline.clone()),
         cdrom: child.cdrom.clone().or_else(|| parent.cdrom.clone()),
         disks: child.disks.clone(),
-        interfaces,
         interface_count: child.interface_count.max(parent.interface_count),
         allow_instance: child
             .allow_instance
@@ -671,6 +775,5 @@ fn inherit(parent: &VmSpec, child: &VmSpec) -> VmSpec {
             .or_else(|| parent.allow_instance.clone()),
         sev: child.sev || parent.sev,
         seves: child.seves || parent.seves,
-        span: child.span.clone(),
     }
 }

@@ -1155,10 +1155,10 @@ impl Parser<'_, '_, '_> {
         } else {
             VmSpec::new(first)
         };
-        vm.span = self.loc(pos).span();
-        let desc = format!("{what} \"{}\"", vm.name);
+        vm.common.span = self.loc(pos).span();
+        let desc = format!("{what} \"{}\"", vm.common.name);
         let mut st = GuestState {
-            ct: ContainerSpec::new(vm.name.clone()),
+            ct: ContainerSpec::new(vm.common.name.clone()),
             vm,
             notes,
             container,
@@ -1168,13 +1168,7 @@ impl Parser<'_, '_, '_> {
         let GuestState { vm, ct, notes, .. } = st;
         if container {
             self.ctx.config.containers.push(ContainerSpec {
-                name: vm.name,
-                enabled: vm.enabled,
-                owner: vm.owner,
-                memory: vm.memory,
-                cpus: vm.cpus,
-                interfaces: vm.interfaces,
-                span: vm.span,
+                common: vm.common,
                 ..ct
             });
             self.ctx.container_notes.push(notes);
@@ -1248,8 +1242,8 @@ impl Parser<'_, '_, '_> {
             }
         }
         match kw {
-            "enable" => st.vm.enabled = true,
-            "disable" => st.vm.enabled = false,
+            "enable" => st.vm.common.enabled = true,
+            "disable" => st.vm.common.enabled = false,
             "root" => {
                 self.once(st, "root", pos)?;
                 let (path, ppos) = self.path("the root directory of the container", &[])?;
@@ -1302,15 +1296,15 @@ impl Parser<'_, '_, '_> {
             }
             "memory" => {
                 self.once(st, "memory", pos)?;
-                st.vm.memory = Some(self.size("memory")?);
+                st.vm.common.memory = Some(self.size("memory")?);
             }
             "cpus" => {
                 self.once(st, "cpus", pos)?;
-                st.vm.cpus = Some(self.number("cpus", 1, MAX_VM_CPUS)?.0);
+                st.vm.common.cpus = Some(self.number("cpus", 1, MAX_VM_CPUS)?.0);
             }
             "owner" => {
                 self.once(st, "owner", pos)?;
-                st.vm.owner = Some(self.owner(&[])?);
+                st.vm.common.owner = Some(self.owner(&[])?);
             }
             "boot" => {
                 if self.eat_word("device") {
@@ -1385,9 +1379,11 @@ impl Parser<'_, '_, '_> {
                 }
                 let (iface, switch_ref) = self.interface(local)?;
                 if let Some(r) = switch_ref {
-                    st.notes.switch_refs.push((st.vm.interfaces.len(), r));
+                    st.notes
+                        .switch_refs
+                        .push((st.vm.common.interfaces.len(), r));
                 }
-                st.vm.interfaces.push(iface);
+                st.vm.common.interfaces.push(iface);
             }
             "allow" => {
                 if !self.eat_word("instance") {

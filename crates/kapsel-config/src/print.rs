@@ -137,20 +137,25 @@ fn print_interface(out: &mut String, i: &InterfaceSpec) {
 fn print_vm(out: &mut String, vm: &VmSpec) {
     match &vm.instance_of {
         Some(parent) => {
-            let _ = writeln!(out, "vm {} instance {} {{", quote(parent), quote(&vm.name));
+            let _ = writeln!(
+                out,
+                "vm {} instance {} {{",
+                quote(parent),
+                quote(&vm.common.name)
+            );
         }
         None => {
-            let _ = writeln!(out, "vm {} {{", quote(&vm.name));
+            let _ = writeln!(out, "vm {} {{", quote(&vm.common.name));
         }
     }
-    let _ = writeln!(out, "\t{}", enable(vm.enabled));
-    if let Some(o) = &vm.owner {
+    let _ = writeln!(out, "\t{}", enable(vm.common.enabled));
+    if let Some(o) = &vm.common.owner {
         let _ = writeln!(out, "\towner {}", quote(&o.to_string()));
     }
-    if let Some(m) = vm.memory {
+    if let Some(m) = vm.common.memory {
         let _ = writeln!(out, "\tmemory {m}");
     }
-    if let Some(c) = vm.cpus {
+    if let Some(c) = vm.common.cpus {
         let _ = writeln!(out, "\tcpus {c}");
     }
     if let Some(b) = &vm.boot {
@@ -178,7 +183,7 @@ fn print_vm(out: &mut String, vm: &VmSpec) {
     if let Some(n) = vm.interface_count {
         let _ = writeln!(out, "\tinterfaces {n}");
     }
-    for i in &vm.interfaces {
+    for i in &vm.common.interfaces {
         print_interface(out, i);
     }
     if vm.sev {
@@ -211,15 +216,15 @@ fn print_vm(out: &mut String, vm: &VmSpec) {
 }
 
 fn print_container(out: &mut String, c: &ContainerSpec) {
-    let _ = writeln!(out, "container {} {{", quote(&c.name));
-    let _ = writeln!(out, "\t{}", enable(c.enabled));
-    if let Some(o) = &c.owner {
+    let _ = writeln!(out, "container {} {{", quote(&c.common.name));
+    let _ = writeln!(out, "\t{}", enable(c.common.enabled));
+    if let Some(o) = &c.common.owner {
         let _ = writeln!(out, "\towner {}", quote(&o.to_string()));
     }
-    if let Some(m) = c.memory {
+    if let Some(m) = c.common.memory {
         let _ = writeln!(out, "\tmemory {m}");
     }
-    if let Some(n) = c.cpus {
+    if let Some(n) = c.common.cpus {
         let _ = writeln!(out, "\tcpus {n}");
     }
     if let Some(r) = &c.root {
@@ -246,7 +251,7 @@ fn print_container(out: &mut String, c: &ContainerSpec) {
             let _ = writeln!(out, "\tunprivileged map {} {}", m.host_id, m.count);
         }
     }
-    for i in &c.interfaces {
+    for i in &c.common.interfaces {
         print_interface(out, i);
     }
     out.push_str("}\n");

@@ -22,8 +22,8 @@ pub(crate) fn check(ctx: &mut Ctx) {
 /// `--print` shows them (instances inherit instead).
 pub(crate) fn apply_defaults(config: &mut Config) {
     for vm in config.vms.iter_mut().filter(|v| v.instance_of.is_none()) {
-        vm.memory.get_or_insert(DEFAULT_VM_MEMORY);
-        vm.cpus.get_or_insert(DEFAULT_VM_CPUS);
+        vm.common.memory.get_or_insert(DEFAULT_VM_MEMORY);
+        vm.common.cpus.get_or_insert(DEFAULT_VM_CPUS);
     }
 }
 
@@ -34,13 +34,13 @@ fn duplicate_names(ctx: &mut Ctx) {
         .config
         .vms
         .iter()
-        .map(|v| ("vm", &v.name))
+        .map(|v| ("vm", &v.common.name))
         .zip(ctx.vm_notes.iter())
         .chain(
             ctx.config
                 .containers
                 .iter()
-                .map(|c| ("container", &c.name))
+                .map(|c| ("container", &c.common.name))
                 .zip(ctx.container_notes.iter()),
         );
     for ((kind, name), notes) in guests {
@@ -93,13 +93,18 @@ fn switch_references(ctx: &mut Ctx) {
         .config
         .vms
         .iter()
-        .map(|v| (format!("vm \"{}\"", v.name), &v.interfaces))
+        .map(|v| (format!("vm \"{}\"", v.common.name), &v.common.interfaces))
         .zip(ctx.vm_notes.iter())
         .chain(
             ctx.config
                 .containers
                 .iter()
-                .map(|c| (format!("container \"{}\"", c.name), &c.interfaces))
+                .map(|c| {
+                    (
+                        format!("container \"{}\"", c.common.name),
+                        &c.common.interfaces,
+                    )
+                })
                 .zip(ctx.container_notes.iter()),
         );
     for ((desc, interfaces), notes) in guests {
@@ -134,7 +139,7 @@ fn switch_references(ctx: &mut Ctx) {
 fn vm_index(config: &Config) -> HashMap<&str, &VmSpec> {
     let mut index = HashMap::new();
     for vm in &config.vms {
-        index.entry(vm.name.as_str()).or_insert(vm);
+        index.entry(vm.common.name.as_str()).or_insert(vm);
     }
     index
 }
@@ -150,10 +155,10 @@ fn instances(ctx: &mut Ctx) {
             continue;
         };
         let at = notes.parent.clone().unwrap_or_else(|| notes.header.clone());
-        if parent_name == vm.name {
+        if parent_name == vm.common.name {
             errors.push((
                 at,
-                format!("vm \"{}\" is an instance of itself", vm.name),
+                format!("vm \"{}\" is an instance of itself", vm.common.name),
                 None,
             ));
             continue;
@@ -162,9 +167,12 @@ fn instances(ctx: &mut Ctx) {
             let message = match did_you_mean(parent_name, names.iter().copied()) {
                 Some(s) => format!(
                     "instance \"{}\" of unknown vm \"{parent_name}\"; did you mean \"{s}\"?",
-                    vm.name
+                    vm.common.name
                 ),
-                None => format!("instance \"{}\" of unknown vm \"{parent_name}\"", vm.name),
+                None => format!(
+                    "instance \"{}\" of unknown vm \"{parent_name}\"",
+                    vm.common.name
+                ),
             };
             errors.push((
                 at,
@@ -176,14 +184,17 @@ fn instances(ctx: &mut Ctx) {
             continue;
         };
         // Walk up the parents; a cycle never reaches a VM without a parent.
-        let mut chain = vec![vm.name.as_str()];
+        let mut chain = vec![vm.common.name.as_str()];
         let mut cur = parent;
         let mut too_deep = false;
         loop {
-            if chain.contains(&cur.name.as_str()) {
+            if chain.contains(&cur.common.name.as_str()) {
                 errors.push((
                     at.clone(),
-                    format!("vm \"{}\" is an instance in a cycle of instances", vm.name),
+                    format!(
+                        "vm \"{}\" is an instance in a cycle of instances",
+                        vm.common.name
+                    ),
                     Some("one VM of the chain must be a template, not an instance".into()),
                 ));
                 too_deep = true;
@@ -194,14 +205,14 @@ fn instances(ctx: &mut Ctx) {
                     at.clone(),
                     format!(
                         "vm \"{}\" is more than {MAX_INSTANCE_DEPTH} instances away from its template",
-                        vm.name
+                        vm.common.name
                     ),
                     Some("make it an instance of a VM nearer the template".into()),
                 ));
                 too_deep = true;
                 break;
             }
-            chain.push(cur.name.as_str());
+            chain.push(cur.common.name.as_str());
             match cur.instance_of.as_deref().and_then(lookup) {
                 Some(next) => cur = next,
                 None => break,
@@ -255,7 +266,7 @@ fn instances(ctx: &mut Ctx) {
                     loc.clone(),
                     format!(
                         "instance \"{}\" may not set \"{stmt}\": vm \"{parent_name}\" does not allow it",
-                        vm.name
+                        vm.common.name
                     ),
                     fix(flag),
                 ));
@@ -272,7 +283,7 @@ fn instances(ctx: &mut Ctx) {
                     format!(
                         "disk {} of instance \"{}\" is also a disk of vm \"{parent_name}\"",
                         disk.path.display(),
-                        vm.name
+                        vm.common.name
                     ),
                     Some(
                         "an instance cannot share its parent's disks; give it an image of its own"
@@ -297,14 +308,14 @@ fn boot_devices(ctx: &mut Ctx) {
         };
         let Some(eff) = ctx
             .config
-            .effective_with(&vm.name, |n| index.get(n).copied())
+            .effective_with(&vm.common.name, |n| index.get(n).copied())
         else {
             continue;
         };
         if eff.boot_device == Some(BootDevice::Cdrom) && eff.cdrom.is_none() {
             errors.push((
                 loc,
-                format!("vm \"{}\" boots from a cdrom but has none", vm.name),
+                format!("vm \"{}\" boots from a cdrom but has none", vm.common.name),
                 Some("add the image: cdrom \"/path/to/install.iso\"".to_string()),
             ));
         }
@@ -325,7 +336,7 @@ fn duplicate_disks(ctx: &mut Ctx) {
                     format!(
                         "disk {} is given twice in vm \"{}\"",
                         disk.path.display(),
-                        vm.name
+                        vm.common.name
                     ),
                     Some("remove one of them".to_string()),
                 ));
@@ -348,7 +359,13 @@ fn overlapping_user_maps(ctx: &mut Ctx) {
         .containers
         .iter()
         .zip(ctx.container_notes.iter())
-        .filter_map(|(c, n)| Some((c.name.as_str(), c.unprivileged?, n.stmt("unprivileged"))))
+        .filter_map(|(c, n)| {
+            Some((
+                c.common.name.as_str(),
+                c.unprivileged?,
+                n.stmt("unprivileged"),
+            ))
+        })
         .collect();
     let mut warnings = Vec::new();
     for (i, (name, map, loc)) in maps.iter().enumerate() {
@@ -394,7 +411,7 @@ fn container_files(ctx: &mut Ctx) {
                 };
                 errors.push((
                     second.clone(),
-                    format!("container \"{}\" has both a root and an image", ct.name),
+                    format!("container \"{}\" has both a root and an image", ct.common.name),
                     Some(format!(
                         "its files come from one of them: remove `root` (line {}) or `image` (line {})",
                         root.pos.line, image.pos.line
@@ -404,7 +421,7 @@ fn container_files(ctx: &mut Ctx) {
             (None, None) if ct.root.is_none() && ct.image.is_none() => {
                 errors.push((
                     notes.header.clone(),
-                    format!("container \"{}\" has no files", ct.name),
+                    format!("container \"{}\" has no files", ct.common.name),
                     Some(
                         "give it a root directory with `root PATH` or an image with `image PATH`"
                             .into(),

@@ -64,14 +64,14 @@ fn quoted_and_bare_strings_concatenate() {
 #[test]
 fn macros_with_and_without_spaces() {
     let c = parse("a = \"1G\"\nb=\"2\"\nvm \"x\" {\n\tmemory $a\n\tcpus $b\n}\n");
-    assert_eq!(c.vms[0].memory, Some(ByteSize(GIB)));
-    assert_eq!(c.vms[0].cpus, Some(2));
+    assert_eq!(c.vms[0].common.memory, Some(ByteSize(GIB)));
+    assert_eq!(c.vms[0].common.cpus, Some(2));
 }
 
 #[test]
 fn macro_holding_several_tokens() {
     let c = parse("opts=\"memory 2G\"\nvm \"x\" {\n\t$opts\n}\n");
-    assert_eq!(c.vms[0].memory, Some(ByteSize(2 * GIB)));
+    assert_eq!(c.vms[0].common.memory, Some(ByteSize(2 * GIB)));
 }
 
 #[test]
@@ -80,7 +80,7 @@ fn command_line_macros_override_the_file() {
         "mem=\"1G\"\nvm \"x\" {\n\tmemory $mem\n}\n",
         &[("mem", "4G")],
     );
-    assert_eq!(c.vms[0].memory, Some(ByteSize(4 * GIB)));
+    assert_eq!(c.vms[0].common.memory, Some(ByteSize(4 * GIB)));
 }
 
 #[test]
@@ -113,10 +113,10 @@ fn include_relative_to_including_file() {
     let (c, _) = load("/etc/kapsel/vm.conf", &opts).unwrap();
     assert_eq!(c.vms.len(), 2);
     assert_eq!(
-        c.vms[0].span.file,
+        c.vms[0].common.span.file,
         PathBuf::from("/etc/kapsel/vms/web.conf")
     );
-    assert_eq!(c.vms[1].memory, Some(ByteSize(GIB)));
+    assert_eq!(c.vms[1].common.memory, Some(ByteSize(GIB)));
 }
 
 #[test]
@@ -140,7 +140,10 @@ fn files_loaded_together_see_each_other() {
     };
     let main = std::path::Path::new("/etc/vm.conf");
     let (c, _) = load_all(&[main, std::path::Path::new("/srv/more.conf")], &opts).unwrap();
-    assert_eq!(c.effective_vm("child").unwrap().memory, Some(ByteSize(GIB)));
+    assert_eq!(
+        c.effective_vm("child").unwrap().common.memory,
+        Some(ByteSize(GIB))
+    );
     let d = load_all(&[main, std::path::Path::new("/srv/bad.conf")], &opts).unwrap_err();
     let text: String = d.iter().map(|d| d.render()).collect();
     assert!(text.contains("/srv/bad.conf:2:"), "{text}");
@@ -257,10 +260,10 @@ vm "full" {
 "#,
     );
     let v = &c.vms[0];
-    assert!(!v.enabled);
-    assert_eq!(v.owner.as_ref().unwrap().to_string(), "alice:staff");
-    assert_eq!(v.memory, Some(ByteSize(2 * GIB)));
-    assert_eq!(v.cpus, Some(4));
+    assert!(!v.common.enabled);
+    assert_eq!(v.common.owner.as_ref().unwrap().to_string(), "alice:staff");
+    assert_eq!(v.common.memory, Some(ByteSize(2 * GIB)));
+    assert_eq!(v.common.cpus, Some(4));
     assert_eq!(v.boot_device, Some(BootDevice::Disk));
     assert_eq!(v.initrd, Some(PathBuf::from("/boot/initrd.img")));
     assert_eq!(v.cmdline.as_deref(), Some("console=ttyS0 root=/dev/vda"));
@@ -270,13 +273,13 @@ vm "full" {
         vec![Some(DiskFormat::Qcow2), Some(DiskFormat::Raw), None]
     );
     assert_eq!(v.interface_count, Some(3));
-    assert_eq!(v.interfaces.len(), 3);
-    assert!(v.interfaces[0].local);
-    let tap = &v.interfaces[1];
+    assert_eq!(v.common.interfaces.len(), 3);
+    assert!(v.common.interfaces[0].local);
+    let tap = &v.common.interfaces[1];
     assert_eq!(tap.name.as_deref(), Some("tap7"));
     assert!(tap.locked && !tap.up);
     assert_eq!(tap.lladdr.unwrap().to_string(), "fe:e1:ba:d0:00:01");
-    assert_eq!(v.interfaces[2].lladdr, None);
+    assert_eq!(v.common.interfaces[2].lladdr, None);
     let a = v.allow_instance.as_ref().unwrap();
     assert!(a.boot && a.memory && !a.disk);
     assert_eq!(a.owner.as_ref().unwrap().user.as_deref(), Some("bob"));
@@ -285,9 +288,9 @@ vm "full" {
 #[test]
 fn defaults_are_filled_in() {
     let c = parse("vm \"a\" {\n}\n");
-    assert_eq!(c.vms[0].memory, Some(DEFAULT_VM_MEMORY));
-    assert_eq!(c.vms[0].cpus, Some(1));
-    assert!(c.vms[0].enabled);
+    assert_eq!(c.vms[0].common.memory, Some(DEFAULT_VM_MEMORY));
+    assert_eq!(c.vms[0].common.cpus, Some(1));
+    assert!(c.vms[0].common.enabled);
 }
 
 #[test]
@@ -316,19 +319,19 @@ vm "one" instance "two" {
 }
 "#,
     );
-    assert_eq!(c.vm("one").unwrap().memory, Some(ByteSize(2 * GIB)));
-    assert_eq!(c.vm("two").unwrap().memory, None);
+    assert_eq!(c.vm("one").unwrap().common.memory, Some(ByteSize(2 * GIB)));
+    assert_eq!(c.vm("two").unwrap().common.memory, None);
     let one = c.effective_vm("one").unwrap();
-    assert_eq!(one.owner.unwrap().user.as_deref(), Some("alice"));
+    assert_eq!(one.common.owner.unwrap().user.as_deref(), Some("alice"));
     assert_eq!(one.boot, Some(PathBuf::from("/bsd")));
     assert_eq!(one.disks.len(), 1);
     assert_eq!(one.disks[0].path, PathBuf::from("/vm/one.img"));
-    assert_eq!(one.interfaces.len(), 1);
-    assert_eq!(one.interfaces[0].switch.as_deref(), Some("sw"));
-    assert_eq!(one.interfaces[0].name, None);
-    assert_eq!(one.interfaces[0].lladdr, None);
+    assert_eq!(one.common.interfaces.len(), 1);
+    assert_eq!(one.common.interfaces[0].switch.as_deref(), Some("sw"));
+    assert_eq!(one.common.interfaces[0].name, None);
+    assert_eq!(one.common.interfaces[0].lladdr, None);
     let two = c.effective_vm("two").unwrap();
-    assert_eq!(two.memory, Some(ByteSize(2 * GIB)));
+    assert_eq!(two.common.memory, Some(ByteSize(2 * GIB)));
     assert!(two.disks.is_empty());
     assert_eq!(c.effective_vm("nope"), None);
 }
@@ -416,10 +419,10 @@ fn owners_are_checked_against_the_host() {
 fn container_block() {
     let c = parse("switch \"s\" { }\ncontainer \"web\" {\n\troot \"/ct/web\"\n\tmemory 256M\n\tcpus 2\n\towner alice\n\tinterface { switch \"s\" }\n\tdisable\n}\n");
     let ct = &c.containers[0];
-    assert_eq!(ct.memory, Some(ByteSize(256 * MIB)));
-    assert_eq!(ct.cpus, Some(2));
-    assert!(!ct.enabled);
-    assert_eq!(ct.interfaces.len(), 1);
+    assert_eq!(ct.common.memory, Some(ByteSize(256 * MIB)));
+    assert_eq!(ct.common.cpus, Some(2));
+    assert!(!ct.common.enabled);
+    assert_eq!(ct.common.interfaces.len(), 1);
     let e = errors("container \"c\" {\n\tdisk \"/x\"\n}\n");
     assert!(
         e.contains("\"disk\" is not supported in a container block"),
@@ -446,10 +449,13 @@ fn container_from_the_issue() {
     assert_eq!(ct.image, None);
     assert_eq!(ct.init, vec!["/sbin/init".to_string()]);
     assert_eq!(ct.pids, Some(512));
-    assert_eq!(ct.memory, Some(ByteSize(512 * MIB)));
-    assert_eq!(ct.cpus, Some(2));
-    assert_eq!(ct.interfaces[0].switch.as_deref(), Some("uplink"));
-    assert_eq!(ct.owner.as_ref().unwrap().user.as_deref(), Some("alice"));
+    assert_eq!(ct.common.memory, Some(ByteSize(512 * MIB)));
+    assert_eq!(ct.common.cpus, Some(2));
+    assert_eq!(ct.common.interfaces[0].switch.as_deref(), Some("uplink"));
+    assert_eq!(
+        ct.common.owner.as_ref().unwrap().user.as_deref(),
+        Some("alice")
+    );
 }
 
 #[test]
@@ -863,7 +869,7 @@ fn crlf_files() {
     let c = parse(
         "m=\"1G\"\r\nvm \"a\" {\r\n\tmemory $m\r\n\tdisk \"/x\" \\\r\n\t\tformat raw\r\n}\r\n",
     );
-    assert_eq!(c.vms[0].memory, Some(ByteSize(GIB)));
+    assert_eq!(c.vms[0].common.memory, Some(ByteSize(GIB)));
     assert_eq!(c.vms[0].disks[0].format, Some(DiskFormat::Raw));
     let c = parse("vm \"a\" {\r\n\tcmdline \"a \\\r\nb\"\r\n}\r\n");
     assert_eq!(c.vms[0].cmdline.as_deref(), Some("a b"));
@@ -881,7 +887,7 @@ fn semicolons_and_one_line_blocks() {
     let c = parse("switch \"s\" { interface br0; up }\nvm \"a\" { memory 1G; interface { switch \"s\" lladdr fe:00:00:00:00:01 up } }\n");
     assert_eq!(c.switches[0].interface.as_deref(), Some("br0"));
     assert_eq!(
-        c.vms[0].interfaces[0].lladdr.unwrap().to_string(),
+        c.vms[0].common.interfaces[0].lladdr.unwrap().to_string(),
         "fe:00:00:00:00:01"
     );
 }
@@ -889,7 +895,7 @@ fn semicolons_and_one_line_blocks() {
 #[test]
 fn brace_on_the_next_line() {
     let c = parse("vm \"a\"\n{\n\tmemory 1G\n}\n");
-    assert_eq!(c.vms[0].memory, Some(ByteSize(GIB)));
+    assert_eq!(c.vms[0].common.memory, Some(ByteSize(GIB)));
 }
 
 #[test]
@@ -931,7 +937,7 @@ fn instance_chains_are_bounded() {
         .map(|l| format!("{l}\n"))
         .collect();
     assert_eq!(
-        parse(&ok).effective_vm("v16").unwrap().memory,
+        parse(&ok).effective_vm("v16").unwrap().common.memory,
         Some(DEFAULT_VM_MEMORY)
     );
 }

@@ -106,17 +106,17 @@ fn vm(switches: usize) -> impl Strategy<Value = VmSpec> {
                     .collect();
                 disks.dedup_by(|a, b| a.path == b.path);
                 let mut vm = VmSpec::new("x");
-                vm.enabled = enabled;
-                vm.owner = owner;
-                vm.memory = Some(memory);
-                vm.cpus = Some(cpus);
+                vm.common.enabled = enabled;
+                vm.common.owner = owner;
+                vm.common.memory = Some(memory);
+                vm.common.cpus = Some(cpus);
                 vm.boot = boot;
                 vm.boot_device = dev.filter(|d| *d != BootDevice::Cdrom || cdrom.is_some());
                 vm.initrd = initrd;
                 vm.cmdline = cmdline;
                 vm.cdrom = cdrom;
                 vm.disks = disks;
-                vm.interfaces = interfaces;
+                vm.common.interfaces = interfaces;
                 vm.interface_count = count;
                 vm.sev = sev;
                 vm.seves = seves;
@@ -226,7 +226,7 @@ fn config() -> impl Strategy<Value = Config> {
                         c.switches.push(s);
                     }
                     for (i, mut vm) in vms.into_iter().enumerate() {
-                        vm.name = format!("vm{i}");
+                        vm.common.name = format!("vm{i}");
                         c.vms.push(vm);
                     }
                     if let Some(first) = c.vms.first_mut() {
@@ -243,7 +243,7 @@ fn config() -> impl Strategy<Value = Config> {
                         for (i, memory) in instances.into_iter().enumerate() {
                             let mut inst = VmSpec::new(format!("inst{i}"));
                             inst.instance_of = Some("vm0".into());
-                            inst.memory = memory;
+                            inst.common.memory = memory;
                             c.vms.push(inst);
                         }
                     }
@@ -263,10 +263,10 @@ fn config() -> impl Strategy<Value = Config> {
                         }
                         ct.pids = pids;
                         ct.unprivileged = unprivileged;
-                        ct.enabled = enabled;
-                        ct.memory = memory;
-                        ct.cpus = cpus;
-                        ct.interfaces = interfaces;
+                        ct.common.enabled = enabled;
+                        ct.common.memory = memory;
+                        ct.common.cpus = cpus;
+                        ct.common.interfaces = interfaces;
                         c.containers.push(ct);
                     }
                     c

@@ -35,7 +35,7 @@ pub fn root_dir(
     state_dir: &Path,
     kapsel: &Path,
 ) -> Result<(PathBuf, ImageDefaults), String> {
-    let name = &spec.name;
+    let name = &spec.common.name;
     if let Some(root) = &spec.root {
         check_root_private(name, root)?;
         return Ok((root.clone(), ImageDefaults::default()));
@@ -53,11 +53,11 @@ pub fn root_dir(
     close_dir(&dir)?;
     // In a confined child (crate::unpack): the daemon parses no image.
     crate::unpack::prepare(kapsel, image, &dir).map_err(|e| {
-        let at = if spec.span.line > 0 {
+        let at = if spec.common.span.line > 0 {
             format!(
                 " (container block at {}:{})",
-                spec.span.file.display(),
-                spec.span.line
+                spec.common.span.file.display(),
+                spec.common.span.line
             )
         } else {
             String::new()
@@ -248,13 +248,14 @@ impl Read for ConsoleOutput {
 pub fn spawn(launch: &Launch) -> Result<(ContainerProcess, ConsoleOutput), String> {
     let s = launch.spec;
     let (init, env, cwd) = init_settings(s, &launch.defaults);
-    let mut spec = kapsel_container::ContainerSpec::new(s.name.clone(), launch.root.clone(), init);
+    let mut spec =
+        kapsel_container::ContainerSpec::new(s.common.name.clone(), launch.root.clone(), init);
     spec.env = env;
     spec.cwd = cwd;
-    spec.memory = s.memory.map(|m| m.bytes());
-    spec.cpus = s.cpus.map(f64::from);
+    spec.memory = s.common.memory.map(|m| m.bytes());
+    spec.cpus = s.common.cpus.map(f64::from);
     spec.pids = s.pids;
-    spec.hostname = Some(s.name.clone());
+    spec.hostname = Some(s.common.name.clone());
     spec.console = ConsoleSpec::Pty;
     // Started by its monitor: it goes when the monitor does.
     spec.die_with_parent = true;
@@ -268,22 +269,22 @@ pub fn spawn(launch: &Launch) -> Result<(ContainerProcess, ConsoleOutput), Strin
         spec.user_map = Some(map);
     }
     let ct = Container::start_in(&spec, launch.cgroups)
-        .map_err(|e| format!("container {}: {e}", s.name))?;
+        .map_err(|e| format!("container {}: {e}", s.common.name))?;
     let console = ct
         .console()
-        .ok_or_else(|| format!("container {}: no console", s.name))
+        .ok_or_else(|| format!("container {}: no console", s.common.name))
         .and_then(|f| {
             f.try_clone()
-                .map_err(|e| format!("container {}: console: {e}", s.name))
+                .map_err(|e| format!("container {}: console: {e}", s.common.name))
         })?;
     let out = ConsoleOutput {
         master: console
             .try_clone()
-            .map_err(|e| format!("container {}: console: {e}", s.name))?,
+            .map_err(|e| format!("container {}: console: {e}", s.common.name))?,
         exited: ct
             .pidfd()
             .try_clone_to_owned()
-            .map_err(|e| format!("container {}: pidfd: {e}", s.name))?,
+            .map_err(|e| format!("container {}: pidfd: {e}", s.common.name))?,
     };
     let pid = ct.pid() as u32;
     Ok((

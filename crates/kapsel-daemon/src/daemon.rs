@@ -249,7 +249,7 @@ impl Daemon {
         let mut guests: Vec<(VmSpec, Option<kapsel_config::ContainerSpec>)> = config
             .vms
             .iter()
-            .filter_map(|v| config.effective_vm(&v.name))
+            .filter_map(|v| config.effective_vm(&v.common.name))
             .map(|v| (v, None))
             .collect();
         guests.extend(
@@ -258,10 +258,10 @@ impl Daemon {
                 .iter()
                 .map(|c| (container_view(c), Some(c.clone()))),
         );
-        let names: Vec<String> = guests.iter().map(|(v, _)| v.name.clone()).collect();
+        let names: Vec<String> = guests.iter().map(|(v, _)| v.common.name.clone()).collect();
         for (spec, container) in guests {
-            let name = &spec.name;
-            match inner.vms.iter_mut().find(|v| &v.spec.name == name) {
+            let name = &spec.common.name;
+            match inner.vms.iter_mut().find(|v| &v.spec.common.name == name) {
                 Some(vm) => {
                     vm.spec = spec;
                     vm.container = container;
@@ -271,7 +271,7 @@ impl Daemon {
                     vm.open_as = None;
                 }
                 None => {
-                    if spec.enabled {
+                    if spec.common.enabled {
                         added.push(name.clone());
                     }
                     let id = inner.next_id;
@@ -283,14 +283,14 @@ impl Daemon {
         let mut removed: Vec<String> = inner
             .vms
             .iter()
-            .filter(|v| v.configured && !names.contains(&v.spec.name))
-            .map(|v| v.spec.name.clone())
+            .filter(|v| v.configured && !names.contains(&v.spec.common.name))
+            .map(|v| v.spec.common.name.clone())
             .collect();
         inner
             .vms
-            .retain(|v| names.contains(&v.spec.name) || v.state != VmState::Stopped);
+            .retain(|v| names.contains(&v.spec.common.name) || v.state != VmState::Stopped);
         for vm in inner.vms.iter_mut() {
-            if !names.contains(&vm.spec.name) {
+            if !names.contains(&vm.spec.common.name) {
                 // Running guests that are no longer configured go when
                 // they stop (vmd forgets them the same way).
                 vm.removed |= vm.configured;
@@ -365,8 +365,8 @@ impl Daemon {
             .vms
             .iter()
             // Adopted guests run already.
-            .filter(|v| v.configured && v.spec.enabled && v.process.is_none())
-            .map(|v| v.spec.name.clone())
+            .filter(|v| v.configured && v.spec.common.enabled && v.process.is_none())
+            .map(|v| v.spec.common.name.clone())
             .collect()
     }
 
@@ -397,7 +397,7 @@ impl Daemon {
         inner
             .vms
             .iter_mut()
-            .find(|v| v.spec.name == target || Some(v.id) == by_id)
+            .find(|v| v.spec.common.name == target || Some(v.id) == by_id)
             .ok_or_else(|| {
                 if removed {
                     format!(
@@ -421,7 +421,7 @@ impl Daemon {
             return Err(format!(
                 "{} {} is already {}",
                 vm.kind(),
-                vm.spec.name,
+                vm.spec.common.name,
                 vm.state
             ));
         }
@@ -429,18 +429,18 @@ impl Daemon {
             .opts
             .state_dir
             .join("vms")
-            .join(format!("{}.log", vm.spec.name));
+            .join(format!("{}.log", vm.spec.common.name));
         let spec = vm.spec.clone();
         let id = vm.id;
         let container = vm.container.clone();
         let open_as = vm.open_as.clone();
-        let paths = monitor::Paths::of(&self.opts.state_dir, &spec.name);
+        let paths = monitor::Paths::of(&self.opts.state_dir, &spec.common.name);
         let record = record_of(vm, vm.generation + 1, &paths, &[]);
         // No second start, stop or reload of it while its monitor starts
         // outside the lock.
         vm.state = VmState::Starting;
         let kind = vm.kind();
-        let name = spec.name.clone();
+        let name = spec.common.name.clone();
         // A report of an earlier run that nobody collected.
         monitor::collect_leftovers(&paths);
         // Back to stopped if the start fails, with what it had released.
@@ -448,7 +448,7 @@ impl Daemon {
             for a in attachments {
                 a.release(&name);
             }
-            if let Some(vm) = inner.vms.iter_mut().find(|v| v.spec.name == name) {
+            if let Some(vm) = inner.vms.iter_mut().find(|v| v.spec.common.name == name) {
                 vm.state = VmState::Stopped;
             }
             self.changed.notify_all();
@@ -473,7 +473,7 @@ impl Daemon {
                             Ok((args, fds, ready)) => Ok((
                                 monitor::MonitorSpec {
                                     version: monitor::MONITOR_VERSION,
-                                    name: spec.name.clone(),
+                                    name: spec.common.name.clone(),
                                     paths: paths.clone(),
                                     log: log.clone(),
                                     guest: monitor::GuestLaunch::Vm {
@@ -493,7 +493,7 @@ impl Daemon {
                             )),
                             Err(e) => {
                                 for a in attachments {
-                                    a.release(&spec.name);
+                                    a.release(&spec.common.name);
                                 }
                                 Err(e)
                             }
@@ -562,10 +562,10 @@ impl Daemon {
         // say) ends before it is ready, and its reason is the reply.
         if let Some(ready) = ready {
             if vmproc::wait_ready(&ready, READY_TIMEOUT) == vmproc::Ready::Failed {
-                let name = &spec.name;
+                let name = &spec.common.name;
                 let mut inner = self.lock();
                 loop {
-                    match inner.vms.iter().find(|v| &v.spec.name == name) {
+                    match inner.vms.iter().find(|v| &v.spec.common.name == name) {
                         Some(v) if v.generation == generation && v.state != VmState::Stopped => {}
                         Some(v) if v.generation == generation => {
                             return Err(format!(
@@ -591,8 +591,8 @@ impl Daemon {
         record: GuestRecord,
         log: &std::path::Path,
     ) -> Result<(monitor::MonitorSpec, Option<String>), String> {
-        let name = &ct.name;
-        if ct.interfaces.len() > 1 {
+        let name = &ct.common.name;
+        if ct.common.interfaces.len() > 1 {
             return Err(format!(
                 "container {name}: one interface per container is supported for now; remove the others"
             ));
@@ -603,7 +603,7 @@ impl Daemon {
             let _one = self.unpacking.lock().unwrap_or_else(|e| e.into_inner());
             ctproc::root_dir(ct, &self.opts.state_dir, &self.opts.kapsel)?
         };
-        let veth = ct.interfaces.first().map(|ispec| {
+        let veth = ct.common.interfaces.first().map(|ispec| {
             let host = format!("kct{id}-0");
             let mac = net::guest_mac(name, 0, ispec);
             (host, mac.0)
@@ -648,7 +648,7 @@ impl Daemon {
         if let Some(vm) = inner
             .vms
             .iter_mut()
-            .find(|v| v.spec.name == name && v.generation == generation)
+            .find(|v| v.spec.common.name == name && v.generation == generation)
         {
             let kind = vm.kind();
             let ExitNote { reason, failure } = note;
@@ -674,7 +674,7 @@ impl Daemon {
             }
         }
         if forget {
-            inner.vms.retain(|v| v.spec.name != name);
+            inner.vms.retain(|v| v.spec.common.name != name);
             if !inner.removed.iter().any(|n| n == name) {
                 inner.removed.push(name.to_string());
             }
@@ -696,7 +696,11 @@ impl Daemon {
     /// or thawed.
     fn act(vm: &Vm, act: Act) -> Result<(), String> {
         match vm.process.as_ref() {
-            None => Err(format!("{} {} is not running", vm.kind(), vm.spec.name)),
+            None => Err(format!(
+                "{} {} is not running",
+                vm.kind(),
+                vm.spec.common.name
+            )),
             Some(p) => p.act(act),
         }
     }
@@ -718,7 +722,7 @@ impl Daemon {
         let mut names: Vec<String> = Vec::new();
         for t in targets {
             self.authorize(peer, t, "stop")?;
-            let name = Self::find(&mut self.lock(), t)?.spec.name.clone();
+            let name = Self::find(&mut self.lock(), t)?.spec.common.name.clone();
             if !names.contains(&name) {
                 names.push(name);
             }
@@ -754,7 +758,7 @@ impl Daemon {
     fn stop_vm(self: &Arc<Self>, target: &str, force: bool) -> Result<(u64, String), String> {
         let mut inner = self.lock();
         let (vm, generation) = Self::running(&mut inner, target)?;
-        let name = vm.spec.name.clone();
+        let name = vm.spec.common.name.clone();
         if force {
             Self::act(vm, Act::Kill)?;
         } else if vm.state != VmState::Stopping {
@@ -774,7 +778,7 @@ impl Daemon {
                     let mut inner = daemon.lock();
                     let until = Instant::now() + deadline;
                     loop {
-                        let Some(vm) = inner.vms.iter().find(|v| v.spec.name == n) else {
+                        let Some(vm) = inner.vms.iter().find(|v| v.spec.common.name == n) else {
                             return;
                         };
                         if vm.generation != generation || vm.state == VmState::Stopped {
@@ -818,7 +822,7 @@ impl Daemon {
         /// How often a waiting request looks whether its client is gone.
         const HANGUP_CHECK: Duration = Duration::from_secs(1);
         loop {
-            match inner.vms.iter().find(|v| v.spec.name == name) {
+            match inner.vms.iter().find(|v| v.spec.common.name == name) {
                 Some(v) if v.generation == generation && v.state != VmState::Stopped => {}
                 Some(v) => {
                     return format!(
@@ -843,7 +847,7 @@ impl Daemon {
     fn wait_vm(&self, target: &str, gone: &dyn Fn() -> bool) -> Result<String, String> {
         let mut inner = self.lock();
         let (vm, generation) = Self::running(&mut inner, target)?;
-        let name = vm.spec.name.clone();
+        let name = vm.spec.common.name.clone();
         Ok(self.until_stopped(inner, &name, generation, gone))
     }
 
@@ -852,7 +856,11 @@ impl Daemon {
     fn running<'a>(inner: &'a mut Inner, target: &str) -> Result<(&'a mut Vm, u64), String> {
         let vm = Self::find(inner, target)?;
         if vm.state == VmState::Stopped {
-            return Err(format!("{} {} is not running", vm.kind(), vm.spec.name));
+            return Err(format!(
+                "{} {} is not running",
+                vm.kind(),
+                vm.spec.common.name
+            ));
         }
         let generation = vm.generation;
         Ok((vm, generation))
@@ -867,18 +875,19 @@ impl Daemon {
         let mut list: Vec<VmStatus> = inner
             .vms
             .iter()
-            .filter(|v| target.is_none_or(|t| v.spec.name == t || Some(v.id) == by_id))
+            .filter(|v| target.is_none_or(|t| v.spec.common.name == t || Some(v.id) == by_id))
             .map(|v| {
                 let pid = v.process.as_ref().map(|p| p.pid);
                 VmStatus {
                     id: v.id,
-                    name: v.spec.name.clone(),
+                    name: v.spec.common.name.clone(),
                     pid,
                     vcpus: v
                         .spec
+                        .common
                         .cpus
                         .unwrap_or(if v.container.is_some() { 0 } else { 1 }),
-                    max_mem: v.spec.memory.map_or(0, |m| m.bytes()),
+                    max_mem: v.spec.common.memory.map_or(0, |m| m.bytes()),
                     // A container's figure comes from its monitor, asked
                     // below without the lock.
                     cur_mem: match v.container {
@@ -886,10 +895,10 @@ impl Daemon {
                         None => pid.and_then(vmproc::resident_bytes),
                     },
                     kind: v.kind().to_string(),
-                    owner: describe_owner(v.spec.owner.as_ref()),
+                    owner: describe_owner(v.spec.common.owner.as_ref()),
                     state: v.state,
                     last_exit: v.last_exit.clone(),
-                    enabled: v.configured && v.spec.enabled,
+                    enabled: v.configured && v.spec.common.enabled,
                     detached: Vec::new(),
                 }
             })
@@ -898,7 +907,7 @@ impl Daemon {
             .vms
             .iter()
             .filter(|v| v.container.is_some())
-            .filter_map(|v| Some((v.spec.name.clone(), v.process.clone()?)))
+            .filter_map(|v| Some((v.spec.common.name.clone(), v.process.clone()?)))
             .collect();
         drop(inner);
         for (name, p) in containers {
@@ -919,15 +928,15 @@ impl Daemon {
     fn authorize(&self, peer: &Peer, target: &str, what: &str) -> Result<(), String> {
         let mut inner = self.lock();
         let vm = Self::find(&mut inner, target)?;
-        if peer.may_control(vm.spec.owner.as_ref()) {
+        if peer.may_control(vm.spec.common.owner.as_ref()) {
             Ok(())
         } else {
             Err(format!(
                 "{} may not {what} {} {}: it belongs to {}; ask root or its owner",
                 peer.describe(),
                 vm.kind(),
-                vm.spec.name,
-                describe_owner(vm.spec.owner.as_ref())
+                vm.spec.common.name,
+                describe_owner(vm.spec.common.owner.as_ref())
             ))
         }
     }
@@ -947,7 +956,7 @@ impl Daemon {
         let known = inner
             .vms
             .iter()
-            .any(|v| v.spec.name == req.name || req.name.parse::<u32>().ok() == Some(v.id));
+            .any(|v| v.spec.common.name == req.name || req.name.parse::<u32>().ok() == Some(v.id));
         let overrides = req.kernel.is_some()
             || !req.disks.is_empty()
             || req.memory.is_some()
@@ -975,7 +984,7 @@ impl Daemon {
                     inner
                         .vms
                         .iter()
-                        .find(|v| &v.spec.name == template)
+                        .find(|v| &v.spec.common.name == template)
                         .map(|v| v.spec.clone())
                 })
                 .ok_or_else(|| format!("no VM named {template} to make an instance of"))?;
@@ -989,14 +998,14 @@ impl Daemon {
             let parent_open_as = inner
                 .vms
                 .iter()
-                .find(|v| &v.spec.name == template && !v.configured)
+                .find(|v| &v.spec.common.name == template && !v.configured)
                 .and_then(|v| v.open_as.clone());
             let allow = parent.allow_instance.clone();
             if !peer.is_root() {
                 let permitted = allow
                     .as_ref()
                     .and_then(|a| a.owner.as_ref())
-                    .or(parent.owner.as_ref())
+                    .or(parent.common.owner.as_ref())
                     .is_some_and(|o| peer.is(o));
                 if !permitted {
                     return Err(format!(
@@ -1046,13 +1055,13 @@ impl Daemon {
                 }
             }
             let mut spec = parent;
-            spec.name = req.name.clone();
+            spec.common.name = req.name.clone();
             spec.instance_of = Some(template.clone());
             spec.disks.clear();
             // Inherited, as in vmd: it says whether instances of this
             // instance may be made, and what they may change.
-            spec.owner = if peer.is_root() {
-                spec.owner
+            spec.common.owner = if peer.is_root() {
+                spec.common.owner
             } else {
                 Some(owner_of(peer))
             };
@@ -1094,8 +1103,8 @@ impl Daemon {
                 ));
             }
             let mut spec = VmSpec::new(req.name.clone());
-            spec.memory = Some(kapsel_config::DEFAULT_VM_MEMORY);
-            spec.cpus = Some(kapsel_config::DEFAULT_VM_CPUS);
+            spec.common.memory = Some(kapsel_config::DEFAULT_VM_MEMORY);
+            spec.common.cpus = Some(kapsel_config::DEFAULT_VM_CPUS);
             apply_overrides(&mut spec, req)?;
             self.add_adhoc(&mut inner, spec, None);
         } else {
@@ -1188,7 +1197,7 @@ impl Daemon {
             .vms
             .iter()
             .filter(|v| v.state != VmState::Stopped)
-            .map(|v| v.spec.name.clone())
+            .map(|v| v.spec.common.name.clone())
             .collect()
     }
 
@@ -1220,8 +1229,8 @@ impl Daemon {
                 .vms
                 .iter()
                 .filter(|v| matches!(v.state, VmState::Running | VmState::Paused))
-                .filter(|v| !pressed.contains(&(v.spec.name.clone(), v.generation)))
-                .map(|v| v.spec.name.clone())
+                .filter(|v| !pressed.contains(&(v.spec.common.name.clone(), v.generation)))
+                .map(|v| v.spec.common.name.clone())
                 .collect();
             if !todo.is_empty() {
                 drop(inner);
@@ -1336,7 +1345,7 @@ impl Daemon {
                             .iter()
                             .any(|a| a.port.as_ref().is_some_and(|p| p.bridge == bridge))
                     })
-                    .map(|v| v.spec.name.clone())
+                    .map(|v| v.spec.common.name.clone())
                     .collect();
                 if users.is_empty() {
                     inner
@@ -1379,7 +1388,7 @@ impl Daemon {
             .flat_map(|v| {
                 v.net.iter().filter_map(|a| {
                     Some(RunningPort {
-                        guest: v.spec.name.clone(),
+                        guest: v.spec.common.name.clone(),
                         generation: v.generation,
                         kind: a.kind,
                         port: a.port.clone()?,
@@ -1422,7 +1431,7 @@ impl Daemon {
     fn undo_if_stopped(&self, rp: &RunningPort) {
         let inner = self.lock();
         let still = inner.vms.iter().any(|v| {
-            v.spec.name == rp.guest && v.generation == rp.generation && v.process.is_some()
+            v.spec.common.name == rp.guest && v.generation == rp.generation && v.process.is_some()
         });
         let reused = inner
             .vms
@@ -1504,7 +1513,7 @@ impl Daemon {
                 }
                 Err(e) => {
                     for a in attached {
-                        a.release(&spec.name);
+                        a.release(&spec.common.name);
                     }
                     return Err(e);
                 }
@@ -1532,8 +1541,8 @@ impl Daemon {
         String,
     > {
         let default = kapsel_config::InterfaceSpec::default();
-        let ispec = spec.interfaces.get(index).unwrap_or(&default);
-        let err = |e: String| format!("{}: {e}", spec.name);
+        let ispec = spec.common.interfaces.get(index).unwrap_or(&default);
+        let err = |e: String| format!("{}: {e}", spec.common.name);
         let switch = match &ispec.switch {
             Some(name) => match inner.config.switch(name) {
                 Some(s) if s.enabled => Some(s.clone()),
@@ -1554,7 +1563,7 @@ impl Daemon {
         }
         let dns = net::host_dns_servers(std::path::Path::new("/etc/resolv.conf"));
         let req = net::InterfaceRequest {
-            guest: &spec.name,
+            guest: &spec.common.name,
             guest_id: id,
             index: index as u32,
             spec: ispec,
@@ -1576,7 +1585,12 @@ impl Daemon {
             }
         };
         let tap = iface.tap.take().map(|t| (t.into_fd(), iface.mac));
-        tracing::info!("{}: interface {} ({})", spec.name, iface.ifname, iface.mac);
+        tracing::info!(
+            "{}: interface {} ({})",
+            spec.common.name,
+            iface.ifname,
+            iface.mac
+        );
         let port = iface.port(ispec.up);
         Ok((
             tap,
@@ -1699,13 +1713,13 @@ impl Daemon {
             return Err(format!(
                 "{} {} is {}, not {from}",
                 vm.kind(),
-                vm.spec.name,
+                vm.spec.common.name,
                 vm.state
             ));
         }
         Self::act(vm, act)?;
         vm.state = to;
-        let said = format!("{verb}d {} {}", vm.kind(), vm.spec.name);
+        let said = format!("{verb}d {} {}", vm.kind(), vm.spec.common.name);
         drop(inner);
         self.save_state();
         Ok(said)
@@ -1735,7 +1749,7 @@ impl Daemon {
         }
         let mut inner = self.lock();
         let vm = Self::find(&mut inner, target)?;
-        let name = vm.spec.name.clone();
+        let name = vm.spec.common.name.clone();
         let process = match (&vm.process, &vm.container) {
             (Some(p), Some(_)) => p.clone(),
             (None, Some(_)) => {
@@ -1767,8 +1781,8 @@ impl Daemon {
             return Err(format!(
                 "{} {} is not running; start it with `kapsel start -c {}`",
                 vm.kind(),
-                vm.spec.name,
-                vm.spec.name
+                vm.spec.common.name,
+                vm.spec.common.name
             ));
         }
         Ok(ConsoleRoute::History(vm.console.clone()))
@@ -1862,7 +1876,11 @@ impl Daemon {
         }
         // Every guest that may have a monitor or a report: the state
         // file's, and whatever the run directory holds.
-        let mut names: Vec<String> = saved.guests.iter().map(|g| g.spec.name.clone()).collect();
+        let mut names: Vec<String> = saved
+            .guests
+            .iter()
+            .map(|g| g.spec.common.name.clone())
+            .collect();
         if let Ok(entries) = std::fs::read_dir(monitor::run_dir(&self.opts.state_dir)) {
             for e in entries.flatten() {
                 let file = e.file_name().to_string_lossy().into_owned();
@@ -1877,7 +1895,11 @@ impl Daemon {
             }
         }
         for name in names {
-            let from_file = saved.guests.iter().find(|g| g.spec.name == name).cloned();
+            let from_file = saved
+                .guests
+                .iter()
+                .find(|g| g.spec.common.name == name)
+                .cloned();
             let paths = monitor::Paths::of(&self.opts.state_dir, &name);
             let probe = monitor::Handle {
                 name: name.clone(),
@@ -1941,7 +1963,7 @@ impl Daemon {
                     }
                 }
                 let mut inner = self.lock();
-                if let Some(vm) = inner.vms.iter_mut().find(|v| v.spec.name == name) {
+                if let Some(vm) = inner.vms.iter_mut().find(|v| v.spec.common.name == name) {
                     vm.last_exit = Some(note.reason);
                     vm.console = Console::ended_with(&history);
                 }
@@ -1979,7 +2001,7 @@ impl Daemon {
             }
             let mut inner = self.lock();
             let state = if paused { VmState::Paused } else { g.state };
-            let existing = inner.vms.iter().position(|v| v.spec.name == name);
+            let existing = inner.vms.iter().position(|v| v.spec.common.name == name);
             let idx = match existing {
                 Some(i) => i,
                 None => {
@@ -1994,7 +2016,11 @@ impl Daemon {
             // A daemon killed between a container's start and its veth's
             // attachment left it off its switch: attach it now.
             let mut net = net;
-            if let Some(ct) = g.container.as_ref().filter(|c| !c.interfaces.is_empty()) {
+            if let Some(ct) = g
+                .container
+                .as_ref()
+                .filter(|c| !c.common.interfaces.is_empty())
+            {
                 if net.is_empty() {
                     let view = container_view(ct);
                     let host = format!("kct{}-0", g.id);
@@ -2143,19 +2169,19 @@ fn apply_overrides(spec: &mut VmSpec, req: &StartRequest) -> Result<(), String> 
         });
     }
     if let Some(m) = req.memory {
-        spec.memory = Some(kapsel_config::ByteSize(m));
+        spec.common.memory = Some(kapsel_config::ByteSize(m));
     }
     if let Some(n) = req.interfaces {
         spec.interface_count = Some(n);
     }
     if req.local_interface {
-        spec.interfaces.push(kapsel_config::InterfaceSpec {
+        spec.common.interfaces.push(kapsel_config::InterfaceSpec {
             local: true,
             ..kapsel_config::InterfaceSpec::default()
         });
     }
     if let Some(sw) = &req.switch {
-        spec.interfaces.push(kapsel_config::InterfaceSpec {
+        spec.common.interfaces.push(kapsel_config::InterfaceSpec {
             switch: Some(sw.clone()),
             ..kapsel_config::InterfaceSpec::default()
         });
@@ -2168,7 +2194,7 @@ fn vm_kind_of(inner: &Inner, name: &str) -> &'static str {
     inner
         .vms
         .iter()
-        .find(|v| v.spec.name == name)
+        .find(|v| v.spec.common.name == name)
         .map_or("vm", Vm::kind)
 }
 
@@ -2182,13 +2208,13 @@ fn container_view_of(c: &Option<kapsel_config::ContainerSpec>) -> VmSpec {
 /// The settings a container shares with VMs, as a VmSpec: what status,
 /// owners and interfaces read.
 fn container_view(c: &kapsel_config::ContainerSpec) -> VmSpec {
-    let mut v = VmSpec::new(c.name.clone());
-    v.enabled = c.enabled;
-    v.owner = c.owner.clone();
-    v.memory = c.memory;
-    v.cpus = c.cpus;
-    v.interfaces = c.interfaces.clone();
-    v.span = c.span.clone();
+    let mut v = VmSpec::new(c.common.name.clone());
+    v.common.enabled = c.common.enabled;
+    v.common.owner = c.common.owner.clone();
+    v.common.memory = c.common.memory;
+    v.common.cpus = c.common.cpus;
+    v.common.interfaces = c.common.interfaces.clone();
+    v.common.span = c.common.span.clone();
     v
 }
 

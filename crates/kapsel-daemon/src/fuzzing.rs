@@ -222,7 +222,7 @@ impl Snapshot {
         let id = target.parse::<u32>().ok();
         self.guests
             .iter()
-            .find(|g| g.spec.name == target || Some(g.id) == id)
+            .find(|g| g.spec.common.name == target || Some(g.id) == id)
     }
 }
 
@@ -255,7 +255,7 @@ enum Expect {
 fn expect(before: &Snapshot, peer: &Peer, request: &Request) -> Expect {
     let on = |target: &str| match before.find(target) {
         None => Expect::Error,
-        Some(g) if !controls(peer, g.spec.owner.as_ref()) => Expect::Refusal,
+        Some(g) if !controls(peer, g.spec.common.owner.as_ref()) => Expect::Refusal,
         Some(_) => Expect::Any,
     };
     match request {
@@ -293,7 +293,7 @@ fn expect(before: &Snapshot, peer: &Peer, request: &Request) -> Expect {
                         before
                             .guests
                             .iter()
-                            .find(|g| &g.spec.name == template)
+                            .find(|g| &g.spec.common.name == template)
                             .map(|g| g.spec.clone())
                     });
                     let Some(parent) = parent else {
@@ -303,7 +303,7 @@ fn expect(before: &Snapshot, peer: &Peer, request: &Request) -> Expect {
                         .allow_instance
                         .as_ref()
                         .and_then(|a| a.owner.as_ref())
-                        .or(parent.owner.as_ref());
+                        .or(parent.common.owner.as_ref());
                     // vm.conf.5: an instance of an instance needs
                     // `instance` in the allow list it inherits.
                     let nested = parent.instance_of.is_some()
@@ -617,17 +617,20 @@ fn check_unprivileged_change(
         what()
     );
     for g in &before.guests {
-        let now = after.guests.iter().find(|a| a.spec.name == g.spec.name);
+        let now = after
+            .guests
+            .iter()
+            .find(|a| a.spec.common.name == g.spec.common.name);
         let Some(now) = now else {
-            panic!("a non-root peer removed {}: {}", g.spec.name, what());
+            panic!("a non-root peer removed {}: {}", g.spec.common.name, what());
         };
-        if controls(peer, g.spec.owner.as_ref()) {
+        if controls(peer, g.spec.common.owner.as_ref()) {
             assert!(
                 now.spec == g.spec
                     && now.container == g.container
                     && now.configured == g.configured,
                 "a non-root peer changed the settings of {}: {}",
-                g.spec.name,
+                g.spec.common.name,
                 what()
             );
         } else {
@@ -640,7 +643,11 @@ fn check_unprivileged_change(
         }
     }
     for g in &after.guests {
-        if before.guests.iter().any(|b| b.spec.name == g.spec.name) {
+        if before
+            .guests
+            .iter()
+            .any(|b| b.spec.common.name == g.spec.common.name)
+        {
             continue;
         }
         let template = match request {
@@ -651,14 +658,14 @@ fn check_unprivileged_change(
             template.is_some()
                 && g.spec.instance_of.as_deref() == template
                 && !g.configured
-                && g.spec.owner
+                && g.spec.common.owner
                     == Some(Owner {
                         user: Some(peer.uid.to_string()),
                         group: None,
                     }),
             "a non-root peer made {} ({:?}): {}",
-            g.spec.name,
-            g.spec.owner,
+            g.spec.common.name,
+            g.spec.common.owner,
             what()
         );
         assert_eq!(

@@ -809,7 +809,7 @@ fn start_guest(spec: &MonitorSpec) -> Result<(GuestProc, Box<dyn Read + Send>), 
             veth,
         } => {
             let cgroups = kapsel_container::cgroup::CgroupMode::detect()
-                .map_err(|e| format!("container {}: {e}", ct.name))?;
+                .map_err(|e| format!("container {}: {e}", ct.common.name))?;
             let launch = ctproc::Launch {
                 spec: ct,
                 root: root.clone(),
@@ -820,7 +820,7 @@ fn start_guest(spec: &MonitorSpec) -> Result<(GuestProc, Box<dyn Read + Send>), 
             let (p, out) = ctproc::spawn(&launch)?;
             let exit_fd = p
                 .exit_fd()
-                .map_err(|e| format!("container {}: {e}", ct.name))?;
+                .map_err(|e| format!("container {}: {e}", ct.common.name))?;
             let pid = p.pid;
             Ok((
                 GuestProc::Container {

@@ -193,7 +193,7 @@ pub fn vm_config(
     macs: &[MacAddr],
     open_as: Option<&OpenAs>,
 ) -> Result<VmConfig, String> {
-    let name = &spec.name;
+    let name = &spec.common.name;
     if spec.cdrom.is_some() || spec.boot_device == Some(BootDevice::Cdrom) {
         return Err(format!(
             "vm {name}: cdrom images are not supported yet; boot a kernel with `boot PATH`"
@@ -236,7 +236,7 @@ pub fn vm_config(
             mac: Some(mac.0),
         })
         .collect();
-    let cpus = spec.cpus.unwrap_or(1);
+    let cpus = spec.common.cpus.unwrap_or(1);
     let cpus = u8::try_from(cpus).map_err(|_| {
         format!("vm {name}: {cpus} vCPUs are more than a VM can have; give at most 254")
     })?;
@@ -247,7 +247,7 @@ pub fn vm_config(
             .cmdline
             .clone()
             .unwrap_or_else(|| kapsel_vmm::config::DEFAULT_CMDLINE.into()),
-        memory: spec.memory.map_or(512 << 20, |m| m.bytes()),
+        memory: spec.common.memory.map_or(512 << 20, |m| m.bytes()),
         cpus,
         console: ConsoleSpec::Stdio,
         // A daemon's VM reboots like a machine does; power-off ends it.
@@ -359,7 +359,7 @@ pub fn wait_ready(ready: &OwnedFd, timeout: Duration) -> Ready {
 /// it says when its resources are open (see [`wait_ready`]).
 /// [`spawn_process`] (in its monitor) runs it.
 pub fn prepare(launch: Launch) -> Result<(Vec<String>, Vec<OwnedFd>, OwnedFd), String> {
-    let name = &launch.spec.name;
+    let name = &launch.spec.common.name;
     let macs: Vec<MacAddr> = launch.taps.iter().map(|(_, m)| *m).collect();
     let cfg = vm_config(launch.spec, launch.shutdown_timeout, &macs, launch.open_as)?;
     let config = sealed_memfd("kapsel-vm-config", &cfg.to_json())
@@ -687,8 +687,8 @@ mod tests {
             .unwrap_err()
             .contains("add `boot"));
         spec.boot = Some("/vm/vmlinuz".into());
-        spec.memory = Some(kapsel_config::ByteSize(256 << 20));
-        spec.cpus = Some(2);
+        spec.common.memory = Some(kapsel_config::ByteSize(256 << 20));
+        spec.common.cpus = Some(2);
         spec.cmdline = Some("console=ttyS0 quiet".into());
         spec.disks.push(kapsel_config::DiskSpec {
             path: "/vm/web.qcow2".into(),

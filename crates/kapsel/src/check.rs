@@ -85,7 +85,7 @@ fn image_checks(config: &Config, other_host: bool) -> Vec<Diagnostic> {
                     Severity::Warning,
                     format!(
                         "container \"{}\": image {} does not exist on this host",
-                        ct.name,
+                        ct.common.name,
                         image.display()
                     ),
                     "create it before the container starts, or fix the path".to_string(),
@@ -93,14 +93,14 @@ fn image_checks(config: &Config, other_host: bool) -> Vec<Diagnostic> {
             }
             Err(e) => (
                 Severity::Error,
-                format!("container \"{}\": {e}", ct.name),
+                format!("container \"{}\": {e}", ct.common.name),
                 "point `image` at a tarball or an OCI image layout, or use `root DIR`".to_string(),
             ),
         };
         out.push(Diagnostic {
             severity,
-            file: ct.span.file.clone(),
-            line: ct.span.line,
+            file: ct.common.span.file.clone(),
+            line: ct.common.span.line,
             col: 0,
             len: 1,
             message,
@@ -122,10 +122,10 @@ mod tests {
         let mut config = Config::default();
         let mut ct = kapsel_config::ContainerSpec::new("web");
         ct.image = Some(dir.clone());
-        ct.span.file = "vm.conf".into();
-        ct.span.line = 7;
+        ct.common.span.file = "vm.conf".into();
+        ct.common.span.line = 7;
         config.containers.push(ct.clone());
-        ct.name = "gone".into();
+        ct.common.name = "gone".into();
         ct.image = Some(dir.join("missing.tar"));
         config.containers.push(ct);
         let diags = image_checks(&config, false);

@@ -33,7 +33,7 @@ fuzz_target!(|data: &[u8]| {
             config.clear_spans();
             again.clear_spans();
             assert_eq!(config, again, "round trip changed the model:\n{printed}");
-            for name in config.vms.iter().map(|v| v.name.clone()) {
+            for name in config.vms.iter().map(|v| v.common.name.clone()) {
                 let _ = config.effective_vm(&name);
             }
         }
