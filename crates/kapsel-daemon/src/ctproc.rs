@@ -1,6 +1,6 @@
-//! One container run by the daemon: started in-process with
-//! kapsel-container (the daemon is the init's parent; no monitor process),
-//! its console on a pty, how it ended, and `kapsel exec` into it.
+//! One container run by the daemon: its root (an image unpacked), started
+//! with kapsel-container in its monitor (the init's parent), its console
+//! on a pty, how it ended, and `kapsel exec` into it.
 
 use kapsel_config::{ContainerSpec, UserMap};
 use kapsel_container::image::ImageDefaults;
@@ -586,6 +586,57 @@ pub mod exec_frames {
         let mut body = vec![0u8; len as usize];
         r.read_exact(&mut body)?;
         Ok((head[0], body))
+    }
+}
+
+impl crate::guest::GuestOps for ContainerSpec {
+    fn prepare(&self, state_dir: &Path, kapsel: &Path) -> Result<(), crate::guest::GuestError> {
+        if self.image.is_some() {
+            root_dir(self, state_dir, kapsel)?;
+        }
+        Ok(())
+    }
+
+    fn interfaces_first(&self) -> bool {
+        false
+    }
+
+    fn launch(
+        &self,
+        ctx: crate::guest::LaunchContext,
+    ) -> Result<crate::guest::Launch, crate::guest::GuestError> {
+        let name = &self.common.name;
+        if self.common.interfaces.len() > 1 {
+            return Err(crate::guest::GuestError::Invalid(format!(
+                "container {name}: one interface per container is supported for now; remove the others"
+            )));
+        }
+        // Unpacked by `prepare` already, unless the image changed since.
+        let (root, defaults) = root_dir(self, ctx.state_dir, ctx.kapsel)?;
+        let veth = self.common.interfaces.first().map(|ispec| {
+            let host = format!("kct{}-0", ctx.id);
+            let mac = crate::net::guest_mac(name, 0, ispec);
+            (host, mac.0)
+        });
+        Ok(crate::guest::Launch {
+            guest: crate::monitor::GuestLaunch::Container {
+                spec: Box::new(self.clone()),
+                root,
+                defaults,
+                veth: veth.clone(),
+            },
+            fds: Vec::new(),
+            ready: None,
+            veth: veth.map(|(host, _)| host),
+        })
+    }
+
+    fn vcpus(&self) -> u32 {
+        self.common.cpus.unwrap_or(0)
+    }
+
+    fn memory_in_use(&self, process: &crate::daemon::Proc) -> Option<u64> {
+        process.memory()
     }
 }
 

@@ -1,15 +1,17 @@
-//! The daemon's state: the configuration, every known VM, and what the
-//! control requests do to them.
+//! The daemon's state: the configuration, every known guest, and what the
+//! control requests do to them. A guest's life is [`crate::guest::next`];
+//! what its kind does its own way is [`crate::guest::GuestOps`].
 
 use crate::accounts::{HostAccounts, Peer};
 use crate::console::Console;
 use crate::ctproc;
+use crate::guest::{self, Event, GuestError};
 use crate::monitor::{self, Act, ExitNote};
 use crate::net;
 use crate::proto::{LogLevel, Request, ResetWhat, Response, StartRequest, VmState, VmStatus};
 use crate::state::{self, GuestRecord, InterfaceRecord, StateFile};
 use crate::vmproc;
-use kapsel_config::{Config, Diagnostic, LoadOptions, Owner, VmSpec};
+use kapsel_config::{Config, Diagnostic, GuestKind, GuestSpec, LoadOptions, Owner, VmSpec};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -49,15 +51,14 @@ pub enum DaemonError {
 
 /// A guest's running process (a VM's `kapsel run`, or a container's
 /// init), reached through its monitor.
-pub(crate) type Proc = monitor::Handle;
+pub type Proc = monitor::Handle;
 
-pub(crate) struct Vm {
+/// A guest the daemon knows: declared, made by `kapsel start`, or
+/// adopted from an earlier daemon.
+pub(crate) struct Guest {
     pub id: u32,
-    /// A VM's spec; for a container, the settings it shares with VMs
-    /// (name, owner, memory, cpus, interfaces, enable).
-    pub spec: VmSpec,
-    /// Set for a container.
-    pub container: Option<kapsel_config::ContainerSpec>,
+    /// What it is (a VM's instances resolved).
+    pub spec: GuestSpec,
     /// Declared in a configuration file (else started ad hoc).
     pub configured: bool,
     pub state: VmState,
@@ -87,6 +88,20 @@ struct RunningPort {
     port: net::SwitchPort,
 }
 
+/// What a guest's interfaces need from the configuration (see
+/// [`Daemon::net_plan`]).
+struct NetPlan {
+    /// Each interface, with the switch it joins.
+    interfaces: Vec<(
+        kapsel_config::InterfaceSpec,
+        Option<kapsel_config::SwitchSpec>,
+    )>,
+    /// `local prefix`.
+    local_prefix: kapsel_config::Ipv4Prefix,
+    /// `local inet6`.
+    local_inet6: Option<kapsel_config::Ipv6Prefix>,
+}
+
 /// One host interface of a running guest.
 pub(crate) struct Attachment {
     ifname: String,
@@ -114,7 +129,7 @@ pub(crate) struct Inner {
     pub config: Config,
     /// Files added with `kapsel load`, read again on reload.
     pub loaded: Vec<PathBuf>,
-    pub vms: Vec<Vm>,
+    pub guests: Vec<Guest>,
     pub next_id: u32,
     pub shutting_down: bool,
     /// Bridges this daemon created (removed at shutdown).
@@ -142,6 +157,9 @@ pub struct Daemon {
     unpacking: Mutex<()>,
     /// Orders the writes of the state file: (sequence written, lock).
     state_writes: Mutex<u64>,
+    /// Held while the `local interface` network (NAT, forwarding) is set
+    /// up, outside `inner`: two starts never set it up at once.
+    local_setup: Mutex<()>,
     /// Held while switches are reconciled (outside `inner`; lock order:
     /// `reconciling`, then `inner`), so that two reloads or resets do not
     /// interleave creating and removing the same bridge.
@@ -212,7 +230,7 @@ impl Daemon {
             inner: Mutex::new(Inner {
                 config: Config::default(),
                 loaded: Vec::new(),
-                vms: Vec::new(),
+                guests: Vec::new(),
                 next_id: 1,
                 shutting_down: false,
                 created_switches: Vec::new(),
@@ -224,6 +242,7 @@ impl Daemon {
             changed: Condvar::new(),
             state_writes: Mutex::new(0),
             unpacking: Mutex::new(()),
+            local_setup: Mutex::new(()),
             reconciling: Mutex::new(()),
         });
         monitor::make_run_dir(&daemon.opts.state_dir).map_err(DaemonError::Setup)?;
@@ -246,51 +265,43 @@ impl Daemon {
     pub(crate) fn apply_config(&self, config: Config) -> Vec<String> {
         let mut inner = self.lock();
         let mut added = Vec::new();
-        let mut guests: Vec<(VmSpec, Option<kapsel_config::ContainerSpec>)> = config
-            .vms
-            .iter()
-            .filter_map(|v| config.effective_vm(&v.common.name))
-            .map(|v| (v, None))
-            .collect();
-        guests.extend(
-            config
-                .containers
-                .iter()
-                .map(|c| (container_view(c), Some(c.clone()))),
-        );
-        let names: Vec<String> = guests.iter().map(|(v, _)| v.common.name.clone()).collect();
-        for (spec, container) in guests {
-            let name = &spec.common.name;
-            match inner.vms.iter_mut().find(|v| &v.spec.common.name == name) {
-                Some(vm) => {
-                    vm.spec = spec;
-                    vm.container = container;
-                    vm.configured = true;
-                    vm.removed = false;
+        let guests = config.guests();
+        let names: Vec<String> = guests.iter().map(|g| g.name().to_string()).collect();
+        for spec in guests {
+            match inner
+                .guests
+                .iter_mut()
+                .find(|g| g.spec.name() == spec.name())
+            {
+                Some(guest) => {
+                    guest.spec = spec;
+                    guest.configured = true;
+                    guest.removed = false;
                     // Root's file now: its next start opens it as root.
-                    vm.open_as = None;
+                    guest.open_as = None;
                 }
                 None => {
-                    if spec.common.enabled {
-                        added.push(name.clone());
+                    if spec.common().enabled {
+                        added.push(spec.name().to_string());
                     }
                     let id = inner.next_id;
                     inner.next_id += 1;
-                    inner.vms.push(Vm::new(id, spec, container, true));
+                    inner.guests.push(Guest::new(id, spec, true));
                 }
             }
         }
+        let listed = |g: &Guest| names.iter().any(|n| n == g.spec.name());
         let mut removed: Vec<String> = inner
-            .vms
+            .guests
             .iter()
-            .filter(|v| v.configured && !names.contains(&v.spec.common.name))
-            .map(|v| v.spec.common.name.clone())
+            .filter(|g| g.configured && !listed(g))
+            .map(|g| g.spec.name().to_string())
             .collect();
         inner
-            .vms
-            .retain(|v| names.contains(&v.spec.common.name) || v.state != VmState::Stopped);
-        for vm in inner.vms.iter_mut() {
-            if !names.contains(&vm.spec.common.name) {
+            .guests
+            .retain(|g| listed(g) || g.state != VmState::Stopped);
+        for vm in inner.guests.iter_mut() {
+            if !names.iter().any(|n| n == vm.spec.name()) {
                 // Running guests that are no longer configured go when
                 // they stop (vmd forgets them the same way).
                 vm.removed |= vm.configured;
@@ -351,229 +362,118 @@ impl Daemon {
                             return;
                         }
                         if let Err(e) = daemon.start_vm(name) {
-                            tracing::error!("{name}: {}", crate::proto::log_safe(&e));
+                            tracing::error!("{name}: {}", crate::proto::log_safe(&e.to_string()));
                         }
                     }
                 }
             });
     }
 
-    /// The names of the configured VMs that are enabled.
+    /// The names of the configured guests that are enabled.
     pub fn enabled_vms(&self) -> Vec<String> {
         let inner = self.lock();
         inner
-            .vms
+            .guests
             .iter()
             // Adopted guests run already.
-            .filter(|v| v.configured && v.spec.common.enabled && v.process.is_none())
-            .map(|v| v.spec.common.name.clone())
+            .filter(|g| g.configured && g.spec.common().enabled && g.process.is_none())
+            .map(|g| g.spec.name().to_string())
             .collect()
     }
 
-    /// Unpacks a stopped container's image (the slow part of its first
-    /// start, seconds for a distribution) without the daemon's lock, so
-    /// that status, consoles and other starts go on meanwhile. The start
-    /// then finds the root unpacked (unless the configuration changed in
-    /// between, when it unpacks the new image itself).
-    fn unpack_image(&self, target: &str) -> Result<(), String> {
-        let ct = {
-            let mut inner = self.lock();
-            match Self::find(&mut inner, target) {
-                Ok(vm) if vm.state == VmState::Stopped => vm.container.clone(),
-                // start_vm reports these.
-                _ => None,
-            }
-        };
-        let Some(ct) = ct.filter(|c| c.image.is_some()) else {
-            return Ok(());
-        };
-        let _one = self.unpacking.lock().unwrap_or_else(|e| e.into_inner());
-        ctproc::root_dir(&ct, &self.opts.state_dir, &self.opts.kapsel).map(|_| ())
-    }
-
-    fn find<'a>(inner: &'a mut Inner, target: &str) -> Result<&'a mut Vm, String> {
+    fn find<'a>(inner: &'a mut Inner, target: &str) -> Result<&'a mut Guest, GuestError> {
         let by_id = target.parse::<u32>().ok();
         let removed = inner.removed.iter().any(|n| n == target);
         inner
-            .vms
+            .guests
             .iter_mut()
-            .find(|v| v.spec.common.name == target || Some(v.id) == by_id)
+            .find(|g| g.spec.name() == target || Some(g.id) == by_id)
             .ok_or_else(|| {
                 if removed {
-                    format!(
-                        "{target} was removed from the configuration; declare it in vm.conf again and run `kapsel reload`"
-                    )
+                    GuestError::Removed(target.to_string())
                 } else {
-                    format!("no VM or container named {target}; `kapsel status` lists them")
+                    GuestError::NotFound(target.to_string())
                 }
             })
     }
 
-    /// Starts a known VM. Errors are for the user.
-    pub fn start_vm(self: &Arc<Self>, target: &str) -> Result<String, String> {
-        self.unpack_image(target)?;
+    /// The guest of run `generation` called `name`, if it is still that run.
+    fn run_of<'a>(inner: &'a mut Inner, name: &str, generation: u64) -> Option<&'a mut Guest> {
+        inner
+            .guests
+            .iter_mut()
+            .find(|g| g.spec.name() == name && g.generation == generation)
+    }
+
+    /// Starts a known guest. Its state goes to starting under the state
+    /// lock; what is slow or changes the host (an image unpacked, host
+    /// interfaces made, its monitor forked) runs without the lock; it
+    /// goes to running (or back to stopped, with everything released)
+    /// under the lock again. Errors are for the user.
+    pub fn start_vm(self: &Arc<Self>, target: &str) -> Result<String, GuestError> {
         let mut inner = self.lock();
         if inner.shutting_down {
-            return Err("the daemon is shutting down".into());
+            return Err(GuestError::ShuttingDown);
         }
-        let vm = Self::find(&mut inner, target)?;
-        if vm.state != VmState::Stopped {
-            return Err(format!(
-                "{} {} is already {}",
-                vm.kind(),
-                vm.spec.common.name,
-                vm.state
-            ));
-        }
-        let log = self
-            .opts
-            .state_dir
-            .join("vms")
-            .join(format!("{}.log", vm.spec.common.name));
-        let spec = vm.spec.clone();
-        let id = vm.id;
-        let container = vm.container.clone();
-        let open_as = vm.open_as.clone();
-        let paths = monitor::Paths::of(&self.opts.state_dir, &spec.common.name);
-        let record = record_of(vm, vm.generation + 1, &paths, &[]);
-        // No second start, stop or reload of it while its monitor starts
-        // outside the lock.
-        vm.state = VmState::Starting;
-        let kind = vm.kind();
-        let name = spec.common.name.clone();
-        // A report of an earlier run that nobody collected.
-        monitor::collect_leftovers(&paths);
-        // Back to stopped if the start fails, with what it had released.
-        let fail = |inner: &mut Inner, attachments: Vec<Attachment>, e: String| -> String {
-            for a in attachments {
-                a.release(&name);
-            }
-            if let Some(vm) = inner.vms.iter_mut().find(|v| v.spec.common.name == name) {
-                vm.state = VmState::Stopped;
-            }
-            self.changed.notify_all();
-            e
-        };
-        // Prepared under the lock (the host interfaces of a VM), started
-        // without it (fork, exec and the monitor's start of the guest).
-        let prepared = match &container {
-            Some(ct) => self
-                .container_launch(ct, id, record.clone(), &log)
-                .map(|(m, veth)| (m, Vec::new(), Vec::new(), None, veth)),
-            None => {
-                self.attach_interfaces(&mut inner, &spec, id)
-                    .and_then(|(taps, attachments)| {
-                        let launch = vmproc::Launch {
-                            spec: &spec,
-                            shutdown_timeout: self.opts.shutdown_timeout,
-                            taps,
-                            open_as: open_as.as_ref(),
-                        };
-                        match vmproc::prepare(launch) {
-                            Ok((args, fds, ready)) => Ok((
-                                monitor::MonitorSpec {
-                                    version: monitor::MONITOR_VERSION,
-                                    name: spec.common.name.clone(),
-                                    paths: paths.clone(),
-                                    log: log.clone(),
-                                    guest: monitor::GuestLaunch::Vm {
-                                        kapsel: self.opts.kapsel.clone(),
-                                        args,
-                                        fds: fds.len() as u32,
-                                    },
-                                    record: Some(Box::new(GuestRecord {
-                                        net: interface_records(&attachments),
-                                        ..record.clone()
-                                    })),
-                                },
-                                fds,
-                                attachments,
-                                Some(ready),
-                                None,
-                            )),
-                            Err(e) => {
-                                for a in attachments {
-                                    a.release(&spec.common.name);
-                                }
-                                Err(e)
-                            }
-                        }
-                    })
-            }
-        };
-        let (mspec, fds, mut attachments, ready, veth) = match prepared {
-            Ok(p) => p,
-            Err(e) => return Err(fail(&mut inner, Vec::new(), e)),
-        };
+        let name = Self::find(&mut inner, target)?.spec.name().to_string();
+        inner = self.until_released(inner, &name);
+        let guest = Self::find(&mut inner, &name)?;
+        guest.state = guest::step(&guest.spec, guest.state, Event::Start)?;
+        let spec = guest.spec.clone();
+        let id = guest.id;
+        let open_as = guest.open_as.clone();
+        let paths = monitor::Paths::of(&self.opts.state_dir, &name);
+        let record = record_of(guest, guest.generation + 1, &paths, &[]);
+        let plan = Self::net_plan(&inner, &spec);
         drop(inner);
-        // The daemon's copies of the taps go with `fds`.
-        let launched = monitor::launch(&self.opts.kapsel, &mspec, fds);
+        let kind = spec.kind();
+        let launched = plan
+            .and_then(|plan| self.launch_guest(&spec, id, open_as.as_ref(), &paths, record, &plan));
         let mut inner = self.lock();
-        let process = match launched {
-            Ok(p) => p,
-            Err(e) => return Err(fail(&mut inner, attachments, e)),
-        };
-        // A container's veth exists once it runs: onto its switch now.
-        if let Some(host) = veth {
-            match self.attach_one(
-                &mut inner,
-                &container_view_of(&container),
-                id,
-                0,
-                Some(&host),
-            ) {
-                Ok((_, a)) => attachments.push(a),
-                Err(e) => {
-                    drop(inner);
-                    let _ = process.act(Act::Kill);
-                    process.watch();
-                    monitor::collect_leftovers(&paths);
-                    let mut inner = self.lock();
-                    return Err(fail(&mut inner, Vec::new(), e));
+        let (process, attachments, ready) = match launched {
+            Ok(l) => l,
+            Err(e) => {
+                if let Ok(g) = Self::find(&mut inner, &name) {
+                    g.state = guest::next(g.state, Event::StartFailed).unwrap_or(VmState::Stopped);
                 }
+                drop(inner);
+                self.changed.notify_all();
+                return Err(e);
             }
-        }
-        let full = GuestRecord {
-            net: interface_records(&attachments),
-            ..record
         };
-        let vm = Self::find(&mut inner, target)?;
-        vm.net = attachments;
-        vm.generation += 1;
-        let generation = vm.generation;
+        // Kept while it started: a reload keeps guests that are not stopped.
+        let guest = Self::find(&mut inner, &name)?;
+        guest.net = attachments;
+        guest.generation += 1;
+        let generation = guest.generation;
         let pid = process.pid;
-        vm.console = Console::new();
-        let watched = process.clone();
-        vm.process = Some(process);
-        vm.state = VmState::Running;
-        vm.last_exit = None;
+        guest.console = Console::new();
+        guest.process = Some(process.clone());
+        guest.state = guest::step(&guest.spec, guest.state, Event::Started)?;
+        guest.last_exit = None;
         drop(inner);
         self.changed.notify_all();
-        if container.is_some() {
-            if let Err(e) = watched.set_record(full) {
-                tracing::warn!("{kind} {name}: {e}");
-            }
-        }
         self.save_state();
         tracing::info!("{kind} {name}: started, pid {pid}");
-        self.supervise(name.clone(), generation, watched)?;
+        self.supervise(name.clone(), generation, process)?;
         // Like vmctl, say whether it could start: a VM process that cannot
         // open its kernel or a disk (a user's file the user may not open,
         // say) ends before it is ready, and its reason is the reply.
         if let Some(ready) = ready {
             if vmproc::wait_ready(&ready, READY_TIMEOUT) == vmproc::Ready::Failed {
-                let name = &spec.common.name;
                 let mut inner = self.lock();
                 loop {
-                    match inner.vms.iter().find(|v| &v.spec.common.name == name) {
-                        Some(v) if v.generation == generation && v.state != VmState::Stopped => {}
-                        Some(v) if v.generation == generation => {
-                            return Err(format!(
-                                "{kind} {name} could not start: {}",
-                                v.last_exit.as_deref().unwrap_or("it ended")
-                            ))
+                    let reason = match inner.guests.iter().find(|g| g.spec.name() == name) {
+                        Some(g) if g.generation == generation && g.state != VmState::Stopped => {
+                            None
                         }
-                        _ => return Err(format!("{kind} {name} could not start")),
+                        Some(g) if g.generation == generation => {
+                            Some(g.last_exit.clone().unwrap_or_else(|| "it ended".into()))
+                        }
+                        _ => Some("it ended".into()),
+                    };
+                    if let Some(reason) = reason {
+                        return Err(GuestError::StartFailed { kind, name, reason });
                     }
                     inner = self.changed.wait(inner).unwrap_or_else(|e| e.into_inner());
                 }
@@ -582,46 +482,117 @@ impl Daemon {
         Ok(format!("started {kind} {target} (pid {pid})"))
     }
 
-    /// What a container's monitor is given to start it (its image
-    /// unpacked if need be), and the host side of its veth.
-    fn container_launch(
+    /// Waits (a few seconds at most) while the guest `name`'s last run
+    /// releases its host interfaces: a new run reuses their names.
+    fn until_released<'a>(
         &self,
-        ct: &kapsel_config::ContainerSpec,
-        id: u32,
-        record: GuestRecord,
-        log: &std::path::Path,
-    ) -> Result<(monitor::MonitorSpec, Option<String>), String> {
-        let name = &ct.common.name;
-        if ct.common.interfaces.len() > 1 {
-            return Err(format!(
-                "container {name}: one interface per container is supported for now; remove the others"
-            ));
+        mut inner: MutexGuard<'a, Inner>,
+        name: &str,
+    ) -> MutexGuard<'a, Inner> {
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let releasing = inner.guests.iter().any(|g| {
+                g.spec.name() == name && g.state == VmState::Stopping && g.process.is_none()
+            });
+            let now = Instant::now();
+            if !releasing || now >= until {
+                return inner;
+            }
+            inner = self
+                .changed
+                .wait_timeout(inner, until - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
-        // Normally unpacked already (`unpack_image`); never two at once in
-        // one directory. Lock order: `inner`, then `unpacking`.
-        let (root, defaults) = {
+    }
+
+    /// The part of a start that runs without the state lock (the guest
+    /// is starting meanwhile, so nothing else starts, stops or forgets
+    /// it): its kind's preparation, its host interfaces, its monitor.
+    /// Returns the monitor's handle, the interfaces and, for a VM, the
+    /// read end of its readiness pipe. On failure nothing is left behind.
+    #[allow(clippy::type_complexity)]
+    fn launch_guest(
+        &self,
+        spec: &GuestSpec,
+        id: u32,
+        open_as: Option<&vmproc::OpenAs>,
+        paths: &monitor::Paths,
+        record: GuestRecord,
+        plan: &NetPlan,
+    ) -> Result<(Proc, Vec<Attachment>, Option<std::os::fd::OwnedFd>), GuestError> {
+        let name = spec.name();
+        let ops = guest::ops(spec);
+        // A report of an earlier run that nobody collected.
+        monitor::collect_leftovers(paths);
+        {
+            // One unpack at a time (seconds for a distribution's image).
             let _one = self.unpacking.lock().unwrap_or_else(|e| e.into_inner());
-            ctproc::root_dir(ct, &self.opts.state_dir, &self.opts.kapsel)?
+            ops.prepare(&self.opts.state_dir, &self.opts.kapsel)?;
+        }
+        let (taps, mut attachments) = if ops.interfaces_first() {
+            self.attach_interfaces(plan, name, id)?
+        } else {
+            (Vec::new(), Vec::new())
         };
-        let veth = ct.common.interfaces.first().map(|ispec| {
-            let host = format!("kct{id}-0");
-            let mac = net::guest_mac(name, 0, ispec);
-            (host, mac.0)
-        });
+        let release = |attachments: Vec<Attachment>| {
+            for a in attachments {
+                a.release(name);
+            }
+        };
+        let launch = match ops.launch(guest::LaunchContext {
+            id,
+            state_dir: &self.opts.state_dir,
+            kapsel: &self.opts.kapsel,
+            shutdown_timeout: self.opts.shutdown_timeout,
+            taps,
+            open_as,
+        }) {
+            Ok(l) => l,
+            Err(e) => {
+                release(attachments);
+                return Err(e);
+            }
+        };
         let mspec = monitor::MonitorSpec {
             version: monitor::MONITOR_VERSION,
-            name: name.clone(),
-            paths: record.paths.clone(),
-            log: log.to_owned(),
-            guest: monitor::GuestLaunch::Container {
-                spec: Box::new(ct.clone()),
-                root,
-                defaults,
-                veth: veth.clone(),
-            },
-            record: Some(Box::new(record)),
+            name: name.to_string(),
+            paths: paths.clone(),
+            log: self.opts.state_dir.join("vms").join(format!("{name}.log")),
+            guest: launch.guest,
+            record: Some(Box::new(GuestRecord {
+                net: interface_records(&attachments),
+                ..record.clone()
+            })),
         };
-        Ok((mspec, veth.map(|(host, _)| host)))
+        // The daemon's copies of the taps go with the descriptors.
+        let process = match monitor::launch(&self.opts.kapsel, &mspec, launch.fds) {
+            Ok(p) => p,
+            Err(e) => {
+                release(attachments);
+                return Err(GuestError::Host(e));
+            }
+        };
+        // A container's veth exists once it runs: onto its switch now.
+        if let Some(host) = launch.veth {
+            match self.attach_one(plan, name, id, 0, Some(&host)) {
+                Ok((_, a)) => attachments.push(a),
+                Err(e) => {
+                    let _ = process.act(Act::Kill);
+                    process.watch();
+                    monitor::collect_leftovers(paths);
+                    return Err(e);
+                }
+            }
+            let full = GuestRecord {
+                net: interface_records(&attachments),
+                ..record
+            };
+            if let Err(e) = process.set_record(full) {
+                tracing::warn!("{} {name}: {e}", spec.kind());
+            }
+        }
+        Ok((process, attachments, launch.ready))
     }
 
     /// Watches a guest's run in a thread of its own until it ends.
@@ -630,7 +601,7 @@ impl Daemon {
         name: String,
         generation: u64,
         process: Proc,
-    ) -> Result<(), String> {
+    ) -> Result<(), GuestError> {
         let daemon = self.clone();
         std::thread::Builder::new()
             .name(format!("wait-{}", process.pid))
@@ -639,42 +610,54 @@ impl Daemon {
                 daemon.exited(&name, generation, note);
             })
             .map(|_| ())
-            .map_err(|e| format!("cannot start the supervisor thread: {e}"))
+            .map_err(|e| GuestError::Host(format!("cannot start the supervisor thread: {e}")))
     }
 
+    /// Run `generation` of the guest `name` has ended: its console's last
+    /// output is kept and its host interfaces are released (outside the
+    /// state lock; it stays stopping meanwhile, so that no new run reuses
+    /// their names), then it is stopped.
     fn exited(&self, name: &str, generation: u64, note: ExitNote) {
+        let (process, attachments, kind) = {
+            let mut inner = self.lock();
+            let Some(guest) = Self::run_of(&mut inner, name, generation) else {
+                return;
+            };
+            guest.state = guest::next(guest.state, Event::Exited).unwrap_or(VmState::Stopping);
+            (
+                guest.process.take(),
+                std::mem::take(&mut guest.net),
+                guest.spec.kind(),
+            )
+        };
+        // The output the guest left, for `console` of a stopped guest.
+        let history = process.map(|p| monitor::collect_leftovers(&p.paths));
+        for a in attachments {
+            a.release(name);
+        }
+        let ExitNote { reason, failure } = note;
+        // The reason can be the VM process's last line of stderr.
+        let logged = crate::proto::log_safe(&reason);
+        if failure {
+            tracing::warn!("{kind} {name}: {logged}");
+        } else {
+            tracing::info!("{kind} {name}: {logged}");
+        }
         let mut inner = self.lock();
         let mut forget = false;
-        if let Some(vm) = inner
-            .vms
-            .iter_mut()
-            .find(|v| v.spec.common.name == name && v.generation == generation)
-        {
-            let kind = vm.kind();
-            let ExitNote { reason, failure } = note;
-            // The output the guest left, for `console` of a stopped guest.
-            if let Some(p) = vm.process.take() {
-                vm.console = Console::ended_with(&monitor::collect_leftovers(&p.paths));
+        if let Some(guest) = Self::run_of(&mut inner, name, generation) {
+            if let Some(h) = history {
+                guest.console = Console::ended_with(&h);
             }
-            for a in vm.net.drain(..) {
-                a.release(name);
-            }
-            // The reason can be the VM process's last line of stderr.
-            let logged = crate::proto::log_safe(&reason);
-            if failure {
-                tracing::warn!("{kind} {name}: {logged}");
-            } else {
-                tracing::info!("{kind} {name}: {logged}");
-            }
-            vm.state = VmState::Stopped;
-            vm.last_exit = Some(reason);
-            if vm.removed {
+            guest.state = guest::next(guest.state, Event::Released).unwrap_or(VmState::Stopped);
+            guest.last_exit = Some(reason);
+            if guest.removed {
                 tracing::info!("{kind} {name}: removed from the configuration, forgotten");
                 forget = true;
             }
         }
         if forget {
-            inner.vms.retain(|v| v.spec.common.name != name);
+            inner.guests.retain(|g| g.spec.name() != name);
             if !inner.removed.iter().any(|n| n == name) {
                 inner.removed.push(name.to_string());
             }
@@ -694,14 +677,15 @@ impl Daemon {
     /// resume of its vCPUs in KVM), or SIGKILL; a container's init gets its
     /// power-off signal, everything in it SIGKILL, or its cgroup is frozen
     /// or thawed.
-    fn act(vm: &Vm, act: Act) -> Result<(), String> {
-        match vm.process.as_ref() {
-            None => Err(format!(
-                "{} {} is not running",
-                vm.kind(),
-                vm.spec.common.name
-            )),
-            Some(p) => p.act(act),
+    fn act(guest: &Guest, act: Act) -> Result<(), GuestError> {
+        match guest.process.as_ref() {
+            None => Err(GuestError::WrongState {
+                kind: guest.spec.kind(),
+                name: guest.spec.name().to_string(),
+                state: VmState::Stopped,
+                event: Event::Kill,
+            }),
+            Some(p) => p.act(act).map_err(GuestError::Host),
         }
     }
 
@@ -718,11 +702,11 @@ impl Daemon {
         force: bool,
         wait: bool,
         gone: &dyn Fn() -> bool,
-    ) -> Result<String, String> {
+    ) -> Result<String, GuestError> {
         let mut names: Vec<String> = Vec::new();
         for t in targets {
             self.authorize(peer, t, "stop")?;
-            let name = Self::find(&mut self.lock(), t)?.spec.common.name.clone();
+            let name = Self::find(&mut self.lock(), t)?.spec.name().to_string();
             if !names.contains(&name) {
                 names.push(name);
             }
@@ -752,21 +736,25 @@ impl Daemon {
         }
     }
 
-    /// Asks a VM to stop (power button) or kills it; returns the
+    /// Asks a guest to stop (power button) or kills it; returns the
     /// generation of the run that stops and a line for the user. A guest
     /// that ignores the button is killed after the shutdown timeout.
-    fn stop_vm(self: &Arc<Self>, target: &str, force: bool) -> Result<(u64, String), String> {
+    fn stop_vm(self: &Arc<Self>, target: &str, force: bool) -> Result<(u64, String), GuestError> {
         let mut inner = self.lock();
-        let (vm, generation) = Self::running(&mut inner, target)?;
-        let name = vm.spec.common.name.clone();
+        let guest = Self::find(&mut inner, target)?;
+        let generation = guest.generation;
+        let name = guest.spec.name().to_string();
+        let kind = guest.spec.kind();
         if force {
-            Self::act(vm, Act::Kill)?;
-        } else if vm.state != VmState::Stopping {
-            Self::act(vm, Act::PowerButton)?;
-            if vm.state == VmState::Paused {
-                Self::act(vm, Act::Resume)?;
+            guest::step(&guest.spec, guest.state, Event::Kill)?;
+            Self::act(guest, Act::Kill)?;
+        } else if guest.state != VmState::Stopping {
+            let to = guest::step(&guest.spec, guest.state, Event::PowerButton)?;
+            Self::act(guest, Act::PowerButton)?;
+            if guest.state == VmState::Paused {
+                Self::act(guest, Act::Resume)?;
             }
-            vm.state = VmState::Stopping;
+            guest.state = to;
             // kapsel run stops the VM itself after the timeout; this is the
             // backstop for a VM process that does not.
             let daemon = self.clone();
@@ -778,16 +766,16 @@ impl Daemon {
                     let mut inner = daemon.lock();
                     let until = Instant::now() + deadline;
                     loop {
-                        let Some(vm) = inner.vms.iter().find(|v| v.spec.common.name == n) else {
+                        let Some(guest) = Self::run_of(&mut inner, &n, generation) else {
                             return;
                         };
-                        if vm.generation != generation || vm.state == VmState::Stopped {
+                        if guest.process.is_none() {
                             return;
                         }
                         let now = Instant::now();
                         if now >= until {
                             tracing::warn!("{n}: did not stop in time, killing it");
-                            let _ = Self::act(vm, Act::Kill);
+                            let _ = Self::act(guest, Act::Kill);
                             return;
                         }
                         inner = daemon
@@ -797,8 +785,9 @@ impl Daemon {
                             .0;
                     }
                 });
+        } else {
+            guest::step(&guest.spec, guest.state, Event::PowerButton)?;
         }
-        let kind = vm_kind_of(&inner, &name);
         Ok((
             generation,
             if force {
@@ -822,13 +811,13 @@ impl Daemon {
         /// How often a waiting request looks whether its client is gone.
         const HANGUP_CHECK: Duration = Duration::from_secs(1);
         loop {
-            match inner.vms.iter().find(|v| v.spec.common.name == name) {
-                Some(v) if v.generation == generation && v.state != VmState::Stopped => {}
-                Some(v) => {
+            match inner.guests.iter().find(|g| g.spec.name() == name) {
+                Some(g) if g.generation == generation && g.state != VmState::Stopped => {}
+                Some(g) => {
                     return format!(
                         "{} {name} stopped: {}",
-                        v.kind(),
-                        v.last_exit.as_deref().unwrap_or("stopped")
+                        g.spec.kind(),
+                        g.last_exit.as_deref().unwrap_or("stopped")
                     )
                 }
                 None => return format!("{name} stopped; it was removed from the configuration"),
@@ -844,75 +833,61 @@ impl Daemon {
         }
     }
 
-    fn wait_vm(&self, target: &str, gone: &dyn Fn() -> bool) -> Result<String, String> {
+    /// `wait`: until the guest's current run ends.
+    fn wait_vm(&self, target: &str, gone: &dyn Fn() -> bool) -> Result<String, GuestError> {
         let mut inner = self.lock();
-        let (vm, generation) = Self::running(&mut inner, target)?;
-        let name = vm.spec.common.name.clone();
+        let guest = Self::find(&mut inner, target)?;
+        guest::step(&guest.spec, guest.state, Event::Watch)?;
+        let (name, generation) = (guest.spec.name().to_string(), guest.generation);
         Ok(self.until_stopped(inner, &name, generation, gone))
     }
 
-    /// The guest `target` and the generation of its current run; an error
-    /// if it is not running.
-    fn running<'a>(inner: &'a mut Inner, target: &str) -> Result<(&'a mut Vm, u64), String> {
-        let vm = Self::find(inner, target)?;
-        if vm.state == VmState::Stopped {
-            return Err(format!(
-                "{} {} is not running",
-                vm.kind(),
-                vm.spec.common.name
-            ));
-        }
-        let generation = vm.generation;
-        Ok((vm, generation))
-    }
-
-    fn status(&self, target: Option<&str>) -> Result<Vec<VmStatus>, String> {
+    fn status(&self, target: Option<&str>) -> Result<Vec<VmStatus>, GuestError> {
         let mut inner = self.lock();
         if let Some(t) = target {
             Self::find(&mut inner, t)?;
         }
         let by_id = target.and_then(|t| t.parse::<u32>().ok());
-        let mut list: Vec<VmStatus> = inner
-            .vms
+        let chosen: Vec<&Guest> = inner
+            .guests
             .iter()
-            .filter(|v| target.is_none_or(|t| v.spec.common.name == t || Some(v.id) == by_id))
-            .map(|v| {
-                let pid = v.process.as_ref().map(|p| p.pid);
+            .filter(|g| target.is_none_or(|t| g.spec.name() == t || Some(g.id) == by_id))
+            .collect();
+        let mut list: Vec<VmStatus> = chosen
+            .iter()
+            .map(|g| {
+                let common = g.spec.common();
                 VmStatus {
-                    id: v.id,
-                    name: v.spec.common.name.clone(),
-                    pid,
-                    vcpus: v
-                        .spec
-                        .common
-                        .cpus
-                        .unwrap_or(if v.container.is_some() { 0 } else { 1 }),
-                    max_mem: v.spec.common.memory.map_or(0, |m| m.bytes()),
-                    // A container's figure comes from its monitor, asked
-                    // below without the lock.
-                    cur_mem: match v.container {
-                        Some(_) => None,
-                        None => pid.and_then(vmproc::resident_bytes),
-                    },
-                    kind: v.kind().to_string(),
-                    owner: describe_owner(v.spec.common.owner.as_ref()),
-                    state: v.state,
-                    last_exit: v.last_exit.clone(),
-                    enabled: v.configured && v.spec.common.enabled,
+                    id: g.id,
+                    name: common.name.clone(),
+                    pid: g.process.as_ref().map(|p| p.pid),
+                    vcpus: guest::ops(&g.spec).vcpus(),
+                    max_mem: common.memory.map_or(0, |m| m.bytes()),
+                    // Asked below, without the lock.
+                    cur_mem: None,
+                    kind: g.spec.kind().to_string(),
+                    owner: describe_owner(common.owner.as_ref()),
+                    state: g.state,
+                    last_exit: g.last_exit.clone(),
+                    enabled: g.configured && common.enabled,
                     detached: Vec::new(),
                 }
             })
             .collect();
-        let containers: Vec<(String, Proc)> = inner
-            .vms
+        let running: Vec<(String, GuestSpec, Proc)> = chosen
             .iter()
-            .filter(|v| v.container.is_some())
-            .filter_map(|v| Some((v.spec.common.name.clone(), v.process.clone()?)))
+            .filter_map(|g| {
+                Some((
+                    g.spec.name().to_string(),
+                    g.spec.clone(),
+                    g.process.clone()?,
+                ))
+            })
             .collect();
         drop(inner);
-        for (name, p) in containers {
+        for (name, spec, p) in running {
             if let Some(st) = list.iter_mut().find(|st| st.name == name) {
-                st.cur_mem = p.memory();
+                st.cur_mem = guest::ops(&spec).memory_in_use(&p);
             }
         }
         // Netlink lookups, outside the lock.
@@ -924,39 +899,41 @@ impl Daemon {
         Ok(list)
     }
 
-    /// Checks that `peer` may act on the VM `target`.
-    fn authorize(&self, peer: &Peer, target: &str, what: &str) -> Result<(), String> {
+    /// Checks that `peer` may act on the guest `target`.
+    fn authorize(&self, peer: &Peer, target: &str, what: &str) -> Result<(), GuestError> {
         let mut inner = self.lock();
-        let vm = Self::find(&mut inner, target)?;
-        if peer.may_control(vm.spec.common.owner.as_ref()) {
+        let guest = Self::find(&mut inner, target)?;
+        let owner = guest.spec.common().owner.as_ref();
+        if peer.may_control(owner) {
             Ok(())
         } else {
-            Err(format!(
+            Err(GuestError::Denied(format!(
                 "{} may not {what} {} {}: it belongs to {}; ask root or its owner",
                 peer.describe(),
-                vm.kind(),
-                vm.spec.common.name,
-                describe_owner(vm.spec.common.owner.as_ref())
-            ))
+                guest.spec.kind(),
+                guest.spec.name(),
+                describe_owner(owner)
+            )))
         }
     }
 
-    fn require_root(peer: &Peer, what: &str) -> Result<(), String> {
+    fn require_root(peer: &Peer, what: &str) -> Result<(), GuestError> {
         if peer.is_root() {
             Ok(())
         } else {
-            Err(format!("only root may {what}"))
+            Err(GuestError::Denied(format!("only root may {what}")))
         }
     }
 
     /// `kapsel start`: a configured VM, with vmctl's overrides; an instance
     /// of one (`-t`); or a new VM described by the options (`-b`).
-    fn start(self: &Arc<Self>, peer: &Peer, req: &StartRequest) -> Result<String, String> {
+    fn start(self: &Arc<Self>, peer: &Peer, req: &StartRequest) -> Result<String, GuestError> {
+        let invalid = GuestError::Invalid;
         let mut inner = self.lock();
         let known = inner
-            .vms
+            .guests
             .iter()
-            .any(|v| v.spec.common.name == req.name || req.name.parse::<u32>().ok() == Some(v.id));
+            .any(|g| g.spec.name() == req.name || req.name.parse::<u32>().ok() == Some(g.id));
         let overrides = req.kernel.is_some()
             || !req.disks.is_empty()
             || req.memory.is_some()
@@ -965,41 +942,45 @@ impl Daemon {
             || req.switch.is_some()
             || req.cdrom.is_some();
         if req.cdrom.is_some() {
-            return Err("cdrom images are not supported yet; boot a kernel with -b".into());
+            return Err(invalid(
+                "cdrom images are not supported yet; boot a kernel with -b".into(),
+            ));
         }
         if let Some(template) = &req.template {
             if known {
-                return Err(format!(
-                    "{} {} exists; give the new instance another name",
-                    vm_kind_of(&inner, &req.name),
+                let kind = Self::find(&mut inner, &req.name)?.spec.kind();
+                return Err(invalid(format!(
+                    "{kind} {} exists; give the new instance another name",
                     req.name
-                ));
+                )));
             }
             kapsel_config::validate_name(&req.name)
-                .map_err(|e| format!("{e}: choose another name for the instance"))?;
+                .map_err(|e| invalid(format!("{e}: choose another name for the instance")))?;
+            if inner.config.container(template).is_some() {
+                return Err(invalid(format!(
+                    "{template} is a container; -t makes instances of VMs"
+                )));
+            }
             let parent = inner
                 .config
                 .effective_vm(template)
                 .or_else(|| {
                     inner
-                        .vms
+                        .guests
                         .iter()
-                        .find(|v| &v.spec.common.name == template)
-                        .map(|v| v.spec.clone())
+                        .find(|g| g.spec.name() == template)
+                        .and_then(|g| g.spec.as_vm().cloned())
                 })
-                .ok_or_else(|| format!("no VM named {template} to make an instance of"))?;
-            if inner.config.container(template).is_some() {
-                return Err(format!(
-                    "{template} is a container; -t makes instances of VMs"
-                ));
-            }
+                .ok_or_else(|| {
+                    GuestError::NotFound(format!("{template} (no VM to make an instance of)"))
+                })?;
             // The user files of a parent that is itself a user's instance
             // stay that user's in its instances.
             let parent_open_as = inner
-                .vms
+                .guests
                 .iter()
-                .find(|v| &v.spec.common.name == template && !v.configured)
-                .and_then(|v| v.open_as.clone());
+                .find(|g| g.spec.name() == template && !g.configured)
+                .and_then(|g| g.open_as.clone());
             let allow = parent.allow_instance.clone();
             if !peer.is_root() {
                 let permitted = allow
@@ -1008,10 +989,10 @@ impl Daemon {
                     .or(parent.common.owner.as_ref())
                     .is_some_and(|o| peer.is(o));
                 if !permitted {
-                    return Err(format!(
+                    return Err(GuestError::Denied(format!(
                         "{} may not make instances of vm {template}; its `allow instance` block must name you as owner",
                         peer.describe()
-                    ));
+                    )));
                 }
                 let a = allow.clone().unwrap_or_default();
                 let refused = [
@@ -1025,33 +1006,33 @@ impl Daemon {
                     ),
                 ];
                 if let Some((_, _, what)) = refused.iter().find(|(asked, ok, _)| *asked && !ok) {
-                    return Err(format!(
+                    return Err(GuestError::Invalid(format!(
                         "vm {template} does not allow instances to change `{what}`; add it to its `allow instance` block"
-                    ));
+                    )));
                 }
                 // vmd: an instance of an instance needs `instance` in the
                 // allow list the parent inherited.
                 if parent.instance_of.is_some() && !a.instance {
-                    return Err(format!(
+                    return Err(GuestError::Denied(format!(
                         "{} may not make instances of vm {template}: it is itself an instance and does not allow instances of its own; \
                          add `instance` to the `allow instance` block it inherits",
                         peer.describe()
-                    ));
+                    )));
                 }
                 let made = inner
-                    .vms
+                    .guests
                     .iter()
-                    .filter(|v| {
-                        !v.configured && v.open_as.as_ref().is_some_and(|u| u.uid == peer.uid)
+                    .filter(|g| {
+                        !g.configured && g.open_as.as_ref().is_some_and(|u| u.uid == peer.uid)
                     })
                     .count();
                 if made >= MAX_INSTANCES_PER_USER {
-                    return Err(format!(
+                    return Err(GuestError::Denied(format!(
                         "{} has {made} instances, the most one user may have; \
                          stopped ones are forgotten at the next `kapsel reload` (ask root), \
                          or start one of them again",
                         peer.describe()
-                    ));
+                    )));
                 }
             }
             let mut spec = parent;
@@ -1088,19 +1069,16 @@ impl Daemon {
             self.add_adhoc(&mut inner, spec, open_as);
         } else if !known {
             if req.kernel.is_none() && inner.removed.contains(&req.name) {
-                return Err(format!(
-                    "{} was removed from the configuration; declare it in vm.conf again and run `kapsel reload`",
-                    req.name
-                ));
+                return Err(GuestError::Removed(req.name.clone()));
             }
             Self::require_root(peer, "create VMs that vm.conf does not declare")?;
             kapsel_config::validate_name(&req.name)
-                .map_err(|e| format!("{e}: choose another name"))?;
+                .map_err(|e| invalid(format!("{e}: choose another name")))?;
             if req.kernel.is_none() {
-                return Err(format!(
+                return Err(GuestError::Invalid(format!(
                     "no VM named {} in the configuration; declare it in vm.conf or give a kernel with -b",
                     req.name
-                ));
+                )));
             }
             let mut spec = VmSpec::new(req.name.clone());
             spec.common.memory = Some(kapsel_config::DEFAULT_VM_MEMORY);
@@ -1112,20 +1090,18 @@ impl Daemon {
             self.authorize(peer, &req.name, "start")?;
             inner = self.lock();
             if overrides {
-                if Self::find(&mut inner, &req.name)?.container.is_some() {
-                    return Err(format!(
+                if Self::find(&mut inner, &req.name)?.spec.as_vm().is_none() {
+                    return Err(GuestError::Invalid(format!(
                         "{} is a container: start options (-b, -d, -m, -i, -L, -n, -r) are for VMs; change it in vm.conf",
                         req.name
-                    ));
+                    )));
                 }
                 if !peer.is_root() {
-                    return Err("only root may change a configured VM with start options; use -t to make an instance".into());
+                    return Err(GuestError::Denied("only root may change a configured VM with start options; use -t to make an instance".into()));
                 }
                 let vm = Self::find(&mut inner, &req.name)?;
-                if vm.state == VmState::Stopped {
-                    let mut spec = vm.spec.clone();
-                    apply_overrides(&mut spec, req)?;
-                    vm.spec = spec;
+                if let (VmState::Stopped, GuestSpec::Vm(spec)) = (vm.state, &mut vm.spec) {
+                    apply_overrides(spec, req)?;
                     // Root's -b replaces a user's kernel; root's disks
                     // are added after the user's, opened as root.
                     if let Some(user) = vm.open_as.as_mut().filter(|_| req.kernel.is_some()) {
@@ -1141,41 +1117,41 @@ impl Daemon {
     fn add_adhoc(&self, inner: &mut Inner, spec: VmSpec, open_as: Option<vmproc::OpenAs>) {
         let id = inner.next_id;
         inner.next_id += 1;
-        let mut vm = Vm::new(id, spec, None, false);
-        vm.open_as = open_as;
-        inner.vms.push(vm);
+        let mut guest = Guest::new(id, GuestSpec::Vm(spec), false);
+        guest.open_as = open_as;
+        inner.guests.push(guest);
     }
 
     /// Reads the configuration (and files added by `load`) again.
-    pub fn reload(self: &Arc<Self>) -> Result<String, String> {
+    pub fn reload(self: &Arc<Self>) -> Result<String, GuestError> {
         let loaded = self.lock().loaded.clone();
         let config = self.read_config(&loaded)?;
         let added = self.apply_config(config);
         self.reconcile_switches()?;
         let n = added.len();
         self.start_enabled(added);
-        Ok(format!("configuration reloaded; {n} new VM(s) started"))
+        Ok(format!("configuration reloaded; {n} new guest(s) started"))
     }
 
     /// vm.conf and `loaded`, read and checked as one configuration.
-    fn read_config(&self, loaded: &[PathBuf]) -> Result<Config, String> {
+    fn read_config(&self, loaded: &[PathBuf]) -> Result<Config, GuestError> {
         let paths: Vec<&std::path::Path> = std::iter::once(self.opts.config.as_path())
             .chain(loaded.iter().map(PathBuf::as_path))
             .collect();
-        load_configs(&paths, &self.opts.defines)
+        load_configs(&paths, &self.opts.defines).map_err(GuestError::Invalid)
     }
 
     /// `kapsel load FILE`: FILE is read and checked together with vm.conf
     /// and the files loaded before (so its VMs may use their switches and
     /// templates), and the whole takes effect as on a reload.
-    fn load(self: &Arc<Self>, path: &str) -> Result<String, String> {
+    fn load(self: &Arc<Self>, path: &str) -> Result<String, GuestError> {
         let path = PathBuf::from(path);
         let mut loaded = self.lock().loaded.clone();
         if loaded.contains(&path) {
-            return Err(format!(
+            return Err(GuestError::Invalid(format!(
                 "{} is loaded already; `kapsel reload` reads it again",
                 path.display()
-            ));
+            )));
         }
         loaded.push(path.clone());
         let config = self.read_config(&loaded)?;
@@ -1189,15 +1165,18 @@ impl Daemon {
         self.reconcile_switches()?;
         let n = added.len();
         self.start_enabled(added);
-        Ok(format!("loaded {}; {n} new VM(s) started", path.display()))
+        Ok(format!(
+            "loaded {}; {n} new guest(s) started",
+            path.display()
+        ))
     }
 
     fn running_names(&self) -> Vec<String> {
         self.lock()
-            .vms
+            .guests
             .iter()
-            .filter(|v| v.state != VmState::Stopped)
-            .map(|v| v.spec.common.name.clone())
+            .filter(|g| g.state != VmState::Stopped)
+            .map(|g| g.spec.name().to_string())
             .collect()
     }
 
@@ -1226,11 +1205,11 @@ impl Daemon {
         let mut inner = self.lock();
         loop {
             let todo: Vec<String> = inner
-                .vms
+                .guests
                 .iter()
                 .filter(|v| matches!(v.state, VmState::Running | VmState::Paused))
-                .filter(|v| !pressed.contains(&(v.spec.common.name.clone(), v.generation)))
-                .map(|v| v.spec.common.name.clone())
+                .filter(|v| !pressed.contains(&(v.spec.name().to_string(), v.generation)))
+                .map(|v| v.spec.name().to_string())
                 .collect();
             if !todo.is_empty() {
                 drop(inner);
@@ -1242,7 +1221,7 @@ impl Daemon {
                 inner = self.lock();
                 continue;
             }
-            if inner.vms.iter().all(|v| v.state == VmState::Stopped) {
+            if inner.guests.iter().all(|v| v.state == VmState::Stopped) {
                 break;
             }
             inner = self.changed.wait(inner).unwrap_or_else(|e| e.into_inner());
@@ -1338,14 +1317,14 @@ impl Daemon {
                     continue;
                 };
                 let users: Vec<String> = inner
-                    .vms
+                    .guests
                     .iter()
                     .filter(|v| {
                         v.net
                             .iter()
                             .any(|a| a.port.as_ref().is_some_and(|p| p.bridge == bridge))
                     })
-                    .map(|v| v.spec.common.name.clone())
+                    .map(|v| v.spec.name().to_string())
                     .collect();
                 if users.is_empty() {
                     inner
@@ -1382,13 +1361,13 @@ impl Daemon {
     /// The switch ports of the running guests.
     fn running_ports(&self) -> Vec<RunningPort> {
         self.lock()
-            .vms
+            .guests
             .iter()
             .filter(|v| v.process.is_some())
             .flat_map(|v| {
                 v.net.iter().filter_map(|a| {
                     Some(RunningPort {
-                        guest: v.spec.common.name.clone(),
+                        guest: v.spec.name().to_string(),
                         generation: v.generation,
                         kind: a.kind,
                         port: a.port.clone()?,
@@ -1430,11 +1409,11 @@ impl Daemon {
     /// which may reuse the name, cannot interleave.
     fn undo_if_stopped(&self, rp: &RunningPort) {
         let inner = self.lock();
-        let still = inner.vms.iter().any(|v| {
-            v.spec.common.name == rp.guest && v.generation == rp.generation && v.process.is_some()
+        let still = inner.guests.iter().any(|v| {
+            v.spec.name() == rp.guest && v.generation == rp.generation && v.process.is_some()
         });
         let reused = inner
-            .vms
+            .guests
             .iter()
             .any(|v| v.net.iter().any(|a| a.ifname == rp.port.ifname));
         if !still && !reused {
@@ -1487,33 +1466,85 @@ impl Daemon {
         }
     }
 
+    /// What the interfaces of a guest about to start need from the
+    /// configuration, taken under the state lock so that the host work
+    /// ([`Daemon::attach_one`]) runs without it. A switch the guest names
+    /// that is not there or disabled is an error here.
+    fn net_plan(inner: &Inner, spec: &GuestSpec) -> Result<NetPlan, GuestError> {
+        let common = spec.common();
+        let count = match spec {
+            GuestSpec::Vm(v) => v.interface_total(),
+            GuestSpec::Container(c) => c.common.interfaces.len(),
+        };
+        let mut interfaces = Vec::with_capacity(count);
+        for index in 0..count {
+            let ispec = common.interfaces.get(index).cloned().unwrap_or_default();
+            let err = |e: String| GuestError::Invalid(format!("{}: {e}", common.name));
+            let switch = match &ispec.switch {
+                Some(name) => match inner.config.switch(name) {
+                    Some(s) if s.enabled => Some(s.clone()),
+                    Some(_) => {
+                        return Err(err(format!(
+                            "switch \"{name}\" is disabled; enable it in vm.conf"
+                        )))
+                    }
+                    None => {
+                        return Err(err(format!("no switch \"{name}\"; declare it in vm.conf")))
+                    }
+                },
+                None => None,
+            };
+            interfaces.push((ispec, switch));
+        }
+        let g = &inner.config.globals;
+        Ok(NetPlan {
+            interfaces,
+            local_prefix: g.local_prefix,
+            local_inet6: g.local_inet6,
+        })
+    }
+
+    /// Sets up the `local interface` network (NAT and forwarding) unless
+    /// it is: once, outside the state lock.
+    fn ensure_local_network(&self, plan: &NetPlan) -> Result<(), String> {
+        let _one = self.local_setup.lock().unwrap_or_else(|e| e.into_inner());
+        if self.lock().local_network {
+            return Ok(());
+        }
+        net::LocalNetwork::ensure(plan.local_prefix, plan.local_inet6)
+            .map_err(|e| e.to_string())?;
+        self.lock().local_network = true;
+        Ok(())
+    }
+
     /// Creates the host side of every interface of a VM about to start:
     /// the open taps (with the guest MACs) for its process, and what to
-    /// release when it stops. On failure nothing is left behind.
+    /// release when it stops. On failure nothing is left behind. Runs
+    /// without the state lock.
     #[allow(clippy::type_complexity)]
     fn attach_interfaces(
         &self,
-        inner: &mut Inner,
-        spec: &VmSpec,
+        plan: &NetPlan,
+        name: &str,
         id: u32,
     ) -> Result<
         (
             Vec<(std::os::fd::OwnedFd, kapsel_config::MacAddr)>,
             Vec<Attachment>,
         ),
-        String,
+        GuestError,
     > {
         let mut taps = Vec::new();
         let mut attached: Vec<Attachment> = Vec::new();
-        for index in 0..spec.interface_total() {
-            match self.attach_one(inner, spec, id, index, None) {
+        for index in 0..plan.interfaces.len() {
+            match self.attach_one(plan, name, id, index, None) {
                 Ok((tap, a)) => {
                     taps.extend(tap);
                     attached.push(a);
                 }
                 Err(e) => {
                     for a in attached {
-                        a.release(&spec.common.name);
+                        a.release(name);
                     }
                     return Err(e);
                 }
@@ -1522,14 +1553,15 @@ impl Daemon {
         Ok((taps, attached))
     }
 
-    /// Sets up interface `index` of a guest: a new tap (returned open, with
-    /// the guest's MAC), or the host side `veth` of a container's pair, on
-    /// its switch or as a local interface with its DHCP server.
+    /// Sets up interface `index` of the guest `name`: a new tap (returned
+    /// open, with the guest's MAC), or the host side `veth` of a
+    /// container's pair, on its switch or as a local interface with its
+    /// DHCP server. Runs without the state lock.
     #[allow(clippy::type_complexity)]
     fn attach_one(
         &self,
-        inner: &mut Inner,
-        spec: &VmSpec,
+        plan: &NetPlan,
+        name: &str,
         id: u32,
         index: usize,
         veth: Option<&str>,
@@ -1538,37 +1570,23 @@ impl Daemon {
             Option<(std::os::fd::OwnedFd, kapsel_config::MacAddr)>,
             Attachment,
         ),
-        String,
+        GuestError,
     > {
-        let default = kapsel_config::InterfaceSpec::default();
-        let ispec = spec.common.interfaces.get(index).unwrap_or(&default);
-        let err = |e: String| format!("{}: {e}", spec.common.name);
-        let switch = match &ispec.switch {
-            Some(name) => match inner.config.switch(name) {
-                Some(s) if s.enabled => Some(s.clone()),
-                Some(_) => {
-                    return Err(err(format!(
-                        "switch \"{name}\" is disabled; enable it in vm.conf"
-                    )))
-                }
-                None => return Err(err(format!("no switch \"{name}\"; declare it in vm.conf"))),
-            },
-            None => None,
+        let err = |e: String| GuestError::Host(format!("{name}: {e}"));
+        let Some((ispec, switch)) = plan.interfaces.get(index) else {
+            return Err(err(format!("no interface {index}")));
         };
-        if ispec.local && !inner.local_network {
-            let g = &inner.config.globals;
-            net::LocalNetwork::ensure(g.local_prefix, g.local_inet6)
-                .map_err(|e| err(e.to_string()))?;
-            inner.local_network = true;
+        if ispec.local {
+            self.ensure_local_network(plan).map_err(err)?;
         }
         let dns = net::host_dns_servers(std::path::Path::new("/etc/resolv.conf"));
         let req = net::InterfaceRequest {
-            guest: &spec.common.name,
+            guest: name,
             guest_id: id,
             index: index as u32,
             spec: ispec,
             switch: switch.as_ref(),
-            local_prefix: inner.config.globals.local_prefix,
+            local_prefix: plan.local_prefix,
             dns: &dns,
         };
         let mut iface = match veth {
@@ -1585,12 +1603,7 @@ impl Daemon {
             }
         };
         let tap = iface.tap.take().map(|t| (t.into_fd(), iface.mac));
-        tracing::info!(
-            "{}: interface {} ({})",
-            spec.common.name,
-            iface.ifname,
-            iface.mac
-        );
+        tracing::info!("{name}: interface {} ({})", iface.ifname, iface.mac);
         let port = iface.port(ispec.up);
         Ok((
             tap,
@@ -1621,7 +1634,9 @@ impl Daemon {
         let gone = || client.is_some_and(crate::server::hung_up);
         match self.dispatch(peer, request, &gone) {
             Ok(message) => Response::Ok { message },
-            Err(message) => Response::Error { message },
+            Err(e) => Response::Error {
+                message: e.to_string(),
+            },
         }
     }
 
@@ -1630,8 +1645,8 @@ impl Daemon {
         peer: &Peer,
         request: Request,
         gone: &dyn Fn() -> bool,
-    ) -> Result<String, String> {
-        request.check()?;
+    ) -> Result<String, GuestError> {
+        request.check().map_err(GuestError::Invalid)?;
         match request {
             Request::Start(req) => self.start(peer, &req),
             Request::Stop {
@@ -1647,7 +1662,9 @@ impl Daemon {
                     targets
                 };
                 if targets.is_empty() && !all {
-                    return Err("name the VM to stop, or give -a for all".into());
+                    return Err(GuestError::Invalid(
+                        "name the VM to stop, or give -a for all".into(),
+                    ));
                 }
                 self.stop_many(peer, &targets, force, wait, gone)
             }
@@ -1690,36 +1707,31 @@ impl Daemon {
                         set(level);
                         Ok(format!("logging {level:?}").to_lowercase())
                     }
-                    None => Err("this daemon cannot change its log level".into()),
+                    None => Err(GuestError::Invalid(
+                        "this daemon cannot change its log level".into(),
+                    )),
                 }
             }
-            Request::Status { .. } | Request::Console { .. } | Request::Exec { .. } => {
-                Err("internal error: handled by the connection".into())
-            }
+            Request::Status { .. } | Request::Console { .. } | Request::Exec { .. } => Err(
+                GuestError::Host("internal error: handled by the connection".into()),
+            ),
         }
     }
 
     /// Pauses or unpauses a guest (see [`Daemon::act`]).
-    fn pause(&self, peer: &Peer, target: &str, pause: bool) -> Result<String, String> {
-        let (verb, from, to, act) = if pause {
-            ("pause", VmState::Running, VmState::Paused, Act::Pause)
+    fn pause(&self, peer: &Peer, target: &str, pause: bool) -> Result<String, GuestError> {
+        let (verb, event, act) = if pause {
+            ("pause", Event::Pause, Act::Pause)
         } else {
-            ("unpause", VmState::Paused, VmState::Running, Act::Resume)
+            ("unpause", Event::Resume, Act::Resume)
         };
         self.authorize(peer, target, verb)?;
         let mut inner = self.lock();
-        let vm = Self::find(&mut inner, target)?;
-        if vm.state != from {
-            return Err(format!(
-                "{} {} is {}, not {from}",
-                vm.kind(),
-                vm.spec.common.name,
-                vm.state
-            ));
-        }
-        Self::act(vm, act)?;
-        vm.state = to;
-        let said = format!("{verb}d {} {}", vm.kind(), vm.spec.common.name);
+        let guest = Self::find(&mut inner, target)?;
+        let to = guest::step(&guest.spec, guest.state, event)?;
+        Self::act(guest, act)?;
+        guest.state = to;
+        let said = format!("{verb}d {} {}", guest.spec.kind(), guest.spec.name());
         drop(inner);
         self.save_state();
         Ok(said)
@@ -1729,7 +1741,9 @@ impl Daemon {
     pub fn status_response(&self, target: Option<&str>) -> Response {
         match self.status(target) {
             Ok(vms) => Response::Status { vms },
-            Err(message) => Response::Error { message },
+            Err(e) => Response::Error {
+                message: e.to_string(),
+            },
         }
     }
 
@@ -1742,50 +1756,54 @@ impl Daemon {
         argv: &[String],
         tty: Option<(u16, u16)>,
         client: &UnixStream,
-    ) -> Result<(), String> {
+    ) -> Result<(), GuestError> {
         self.authorize(peer, target, "run commands in")?;
         if argv.is_empty() {
-            return Err("give the command to run: kapsel exec NAME -- CMD [ARG...]".into());
+            return Err(GuestError::Invalid(
+                "give the command to run: kapsel exec NAME -- CMD [ARG...]".into(),
+            ));
         }
         let mut inner = self.lock();
-        let vm = Self::find(&mut inner, target)?;
-        let name = vm.spec.common.name.clone();
-        let process = match (&vm.process, &vm.container) {
-            (Some(p), Some(_)) => p.clone(),
-            (None, Some(_)) => {
-                return Err(format!(
+        let guest = Self::find(&mut inner, target)?;
+        let name = guest.spec.name().to_string();
+        let process = match (&guest.process, guest.spec.kind()) {
+            (Some(p), GuestKind::Container) => p.clone(),
+            (None, GuestKind::Container) => {
+                return Err(GuestError::Invalid(format!(
                     "container {name} is not running; start it with `kapsel start {name}`"
-                ))
+                )))
             }
-            (_, None) => {
-                return Err(format!(
+            (_, GuestKind::Vm) => {
+                return Err(GuestError::Invalid(format!(
                     "{name} is a VM; `kapsel exec` runs commands in containers (use `kapsel console {name}`)"
-                ))
+                )))
             }
         };
         drop(inner);
-        process.exec(client, argv, tty)
+        process.exec(client, argv, tty).map_err(GuestError::Host)
     }
 
     /// Checks a console request: a running guest's console is its
     /// monitor's; a stopped guest's last output is the daemon's.
-    pub fn console_for(&self, peer: &Peer, target: &str) -> Result<ConsoleRoute, String> {
+    pub fn console_for(&self, peer: &Peer, target: &str) -> Result<ConsoleRoute, GuestError> {
         self.authorize(peer, target, "open the console of")?;
         let mut inner = self.lock();
-        let vm = Self::find(&mut inner, target)?;
-        if let Some(p) = &vm.process {
+        let guest = Self::find(&mut inner, target)?;
+        if let Some(p) = &guest.process {
             return Ok(ConsoleRoute::Monitor(p.clone()));
         }
-        vm.console.may_attach(peer.is_root())?;
-        if vm.console.history().is_empty() {
-            return Err(format!(
-                "{} {} is not running; start it with `kapsel start -c {}`",
-                vm.kind(),
-                vm.spec.common.name,
-                vm.spec.common.name
-            ));
+        guest
+            .console
+            .may_attach(peer.is_root())
+            .map_err(GuestError::Denied)?;
+        if guest.console.history().is_empty() {
+            let name = guest.spec.name();
+            return Err(GuestError::Invalid(format!(
+                "{} {name} is not running; start it with `kapsel start -c {name}`",
+                guest.spec.kind(),
+            )));
         }
-        Ok(ConsoleRoute::History(vm.console.clone()))
+        Ok(ConsoleRoute::History(guest.console.clone()))
     }
 
     /// The state file's contents now: the running guests and the host
@@ -1797,11 +1815,11 @@ impl Daemon {
             created_switches: inner.created_switches.clone(),
             local_network: inner.local_network,
             guests: inner
-                .vms
+                .guests
                 .iter()
-                .filter_map(|v| {
-                    let p = v.process.as_ref()?;
-                    let mut r = record_of(v, v.generation, &p.paths, &v.net);
+                .filter_map(|g| {
+                    let p = g.process.as_ref()?;
+                    let mut r = record_of(g, g.generation, &p.paths, &g.net);
                     r.pid = p.pid;
                     r.monitor_pid = p.monitor_pid;
                     Some(r)
@@ -1963,17 +1981,14 @@ impl Daemon {
                     }
                 }
                 let mut inner = self.lock();
-                if let Some(vm) = inner.vms.iter_mut().find(|v| v.spec.common.name == name) {
+                if let Some(vm) = inner.guests.iter_mut().find(|v| v.spec.name() == name) {
                     vm.last_exit = Some(note.reason);
                     vm.console = Console::ended_with(&history);
                 }
                 continue;
             };
-            let kind = if g.container.is_some() {
-                "container"
-            } else {
-                "vm"
-            };
+            let spec = g.guest_spec();
+            let kind = spec.kind();
             let handle = monitor::Handle {
                 name: name.clone(),
                 paths: g.paths.clone(),
@@ -1999,38 +2014,38 @@ impl Daemon {
                     port: i.port,
                 });
             }
-            let mut inner = self.lock();
-            let state = if paused { VmState::Paused } else { g.state };
-            let existing = inner.vms.iter().position(|v| v.spec.common.name == name);
-            let idx = match existing {
-                Some(i) => i,
-                None => {
-                    let mut vm = Vm::new(g.id, g.spec.clone(), g.container.clone(), false);
-                    vm.open_as = g.open_as.clone();
-                    // Declared when it started, gone from vm.conf now.
-                    vm.removed = g.configured;
-                    inner.vms.push(vm);
-                    inner.vms.len() - 1
-                }
-            };
             // A daemon killed between a container's start and its veth's
-            // attachment left it off its switch: attach it now.
-            let mut net = net;
-            if let Some(ct) = g
-                .container
-                .as_ref()
-                .filter(|c| !c.common.interfaces.is_empty())
-            {
-                if net.is_empty() {
-                    let view = container_view(ct);
+            // attachment left it off its switch: attach it now (netlink
+            // outside the state lock).
+            if let GuestSpec::Container(ct) = &spec {
+                if net.is_empty() && !ct.common.interfaces.is_empty() {
+                    let plan = Self::net_plan(&self.lock(), &spec);
                     let host = format!("kct{}-0", g.id);
-                    match self.attach_one(&mut inner, &view, g.id, 0, Some(&host)) {
+                    match plan.and_then(|p| self.attach_one(&p, &name, g.id, 0, Some(&host))) {
                         Ok((_, a)) => net.push(a),
                         Err(e) => tracing::warn!("container {name}: {e}"),
                     }
                 }
             }
-            let vm = &mut inner.vms[idx];
+            let state = match g.state {
+                _ if paused => VmState::Paused,
+                VmState::Stopped | VmState::Starting => VmState::Running,
+                s => s,
+            };
+            let mut inner = self.lock();
+            let existing = inner.guests.iter().position(|v| v.spec.name() == name);
+            let idx = match existing {
+                Some(i) => i,
+                None => {
+                    let mut guest = Guest::new(g.id, spec, false);
+                    guest.open_as = g.open_as.clone();
+                    // Declared when it started, gone from vm.conf now.
+                    guest.removed = g.configured;
+                    inner.guests.push(guest);
+                    inner.guests.len() - 1
+                }
+            };
+            let vm = &mut inner.guests[idx];
             vm.id = g.id;
             vm.generation = g.generation;
             vm.state = state;
@@ -2048,10 +2063,10 @@ impl Daemon {
         {
             let mut inner = self.lock();
             let mut seen = std::collections::HashSet::new();
-            let max = inner.vms.iter().map(|v| v.id).max().unwrap_or(0);
+            let max = inner.guests.iter().map(|v| v.id).max().unwrap_or(0);
             let mut next = inner.next_id.max(max + 1);
             let adopted: Vec<u32> = inner
-                .vms
+                .guests
                 .iter()
                 .filter(|v| v.process.is_some())
                 .map(|v| v.id)
@@ -2059,7 +2074,7 @@ impl Daemon {
             for id in &adopted {
                 seen.insert(*id);
             }
-            for vm in inner.vms.iter_mut().filter(|v| v.process.is_none()) {
+            for vm in inner.guests.iter_mut().filter(|v| v.process.is_none()) {
                 if !seen.insert(vm.id) {
                     vm.id = next;
                     next += 1;
@@ -2087,19 +2102,24 @@ fn interface_records(net: &[Attachment]) -> Vec<InterfaceRecord> {
         .collect()
 }
 
-/// The record of run `generation` of `vm` (pids not filled in).
-fn record_of(vm: &Vm, generation: u64, paths: &monitor::Paths, net: &[Attachment]) -> GuestRecord {
+/// The record of run `generation` of `guest` (pids not filled in).
+fn record_of(
+    guest: &Guest,
+    generation: u64,
+    paths: &monitor::Paths,
+    net: &[Attachment],
+) -> GuestRecord {
+    let (spec, container) = GuestRecord::spec_fields(&guest.spec);
     GuestRecord {
-        id: vm.id,
+        id: guest.id,
         generation,
-        configured: vm.configured,
-        spec: vm.spec.clone(),
-        container: vm.container.clone(),
-        open_as: vm.open_as.clone(),
-        state: if vm.state == VmState::Stopped {
-            VmState::Running
-        } else {
-            vm.state
+        configured: guest.configured,
+        spec,
+        container,
+        open_as: guest.open_as.clone(),
+        state: match guest.state {
+            VmState::Stopped | VmState::Starting => VmState::Running,
+            s => s,
         },
         pid: 0,
         monitor_pid: 0,
@@ -2189,47 +2209,12 @@ fn apply_overrides(spec: &mut VmSpec, req: &StartRequest) -> Result<(), String> 
     Ok(())
 }
 
-/// "vm" or "container" for the guest called `name`.
-fn vm_kind_of(inner: &Inner, name: &str) -> &'static str {
-    inner
-        .vms
-        .iter()
-        .find(|v| v.spec.common.name == name)
-        .map_or("vm", Vm::kind)
-}
-
-/// [`container_view`] of a container spec that is there.
-fn container_view_of(c: &Option<kapsel_config::ContainerSpec>) -> VmSpec {
-    c.as_ref()
-        .map(container_view)
-        .unwrap_or_else(|| VmSpec::new(""))
-}
-
-/// The settings a container shares with VMs, as a VmSpec: what status,
-/// owners and interfaces read.
-fn container_view(c: &kapsel_config::ContainerSpec) -> VmSpec {
-    let mut v = VmSpec::new(c.common.name.clone());
-    v.common.enabled = c.common.enabled;
-    v.common.owner = c.common.owner.clone();
-    v.common.memory = c.common.memory;
-    v.common.cpus = c.common.cpus;
-    v.common.interfaces = c.common.interfaces.clone();
-    v.common.span = c.common.span.clone();
-    v
-}
-
-impl Vm {
+impl Guest {
     /// A stopped guest, never run.
-    fn new(
-        id: u32,
-        spec: VmSpec,
-        container: Option<kapsel_config::ContainerSpec>,
-        configured: bool,
-    ) -> Vm {
-        Vm {
+    fn new(id: u32, spec: GuestSpec, configured: bool) -> Guest {
+        Guest {
             id,
             spec,
-            container,
             configured,
             state: VmState::Stopped,
             process: None,
@@ -2241,13 +2226,222 @@ impl Vm {
             removed: false,
         }
     }
+}
 
-    /// "vm" or "container", for messages.
-    fn kind(&self) -> &'static str {
-        if self.container.is_some() {
-            "container"
-        } else {
-            "vm"
+/// The daemon's request handling and guest states, without root and
+/// without starting anything real: the `kapsel` binary does not exist, so
+/// every start fails at the monitor's fork.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::guest::ErrorClass;
+
+    const CONF: &str = r#"
+vm "web" {
+	disable
+	owner 61001
+	memory 64M
+	boot "/nonexistent/kapsel-unit/bzImage"
+}
+container "db" {
+	disable
+	root "/nonexistent/kapsel-unit/db"
+}
+"#;
+
+    fn root() -> Peer {
+        Peer {
+            uid: 0,
+            gid: 0,
+            groups: vec![0],
+            name: Some("root".into()),
         }
+    }
+
+    fn user(uid: u32) -> Peer {
+        Peer {
+            uid,
+            gid: uid,
+            groups: vec![uid],
+            name: None,
+        }
+    }
+
+    struct Setup {
+        daemon: Arc<Daemon>,
+        dir: PathBuf,
+    }
+
+    impl Drop for Setup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn daemon(name: &str) -> Setup {
+        let dir =
+            std::env::temp_dir().join(format!("kapsel-daemon-unit-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("vm.conf");
+        std::fs::write(&config, CONF).unwrap();
+        let opts = Options {
+            config,
+            defines: Vec::new(),
+            socket: dir.join("kapsel.sock"),
+            state_dir: dir.join("state"),
+            kapsel: PathBuf::from("/nonexistent/kapsel-unit/kapsel"),
+            shutdown_timeout: Duration::from_secs(1),
+            set_log_level: None,
+            stop_guests: true,
+        };
+        Setup {
+            daemon: Daemon::new(opts).unwrap(),
+            dir,
+        }
+    }
+
+    fn state_of(d: &Daemon, name: &str) -> VmState {
+        Daemon::find(&mut d.lock(), name).unwrap().state
+    }
+
+    #[test]
+    fn a_failed_start_leaves_the_guest_stopped_and_startable_again() {
+        let s = daemon("failed-start");
+        for _ in 0..2 {
+            let err = s.daemon.start_vm("web").unwrap_err();
+            assert_eq!(err.class(), ErrorClass::Failed, "{err}");
+            assert!(
+                err.to_string().contains("/nonexistent/kapsel-unit/kapsel"),
+                "{err}"
+            );
+            assert_eq!(state_of(&s.daemon, "web"), VmState::Stopped);
+        }
+        // Nothing of a run was recorded.
+        assert!(Daemon::state_file(&s.daemon.lock()).guests.is_empty());
+    }
+
+    #[test]
+    fn requests_on_a_stopped_guest_name_its_state() {
+        let s = daemon("stopped");
+        let d = &s.daemon;
+        for (request, text) in [
+            (
+                Request::Stop {
+                    targets: vec!["web".into()],
+                    all: false,
+                    force: false,
+                    wait: false,
+                },
+                "vm web is not running",
+            ),
+            (
+                Request::Pause {
+                    target: "db".into(),
+                },
+                "container db is not running",
+            ),
+            (
+                Request::Unpause {
+                    target: "web".into(),
+                },
+                "vm web is not running",
+            ),
+            (
+                Request::Wait {
+                    target: "db".into(),
+                },
+                "container db is not running",
+            ),
+        ] {
+            let err = d.dispatch(&root(), request, &|| false).unwrap_err();
+            assert_eq!(err.to_string(), text);
+            assert_eq!(err.class(), ErrorClass::Conflict);
+        }
+    }
+
+    #[test]
+    fn a_starting_guest_refuses_a_second_start_and_a_stop() {
+        let s = daemon("starting");
+        let d = &s.daemon;
+        Daemon::find(&mut d.lock(), "web").unwrap().state = VmState::Starting;
+        let err = d.start_vm("web").unwrap_err();
+        assert_eq!(err.to_string(), "vm web is already starting");
+        let err = d.stop_vm("web", false).unwrap_err();
+        assert!(err.to_string().starts_with("vm web is starting"), "{err}");
+        // A reload keeps it (its start is under way), marked removed.
+        std::fs::write(&d.opts.config, "").unwrap();
+        d.reload().unwrap();
+        let mut inner = d.lock();
+        assert!(Daemon::find(&mut inner, "web").unwrap().removed);
+        assert!(matches!(
+            Daemon::find(&mut inner, "db"),
+            Err(GuestError::Removed(_))
+        ));
+    }
+
+    #[test]
+    fn owners_are_checked_before_the_state() {
+        let s = daemon("owners");
+        let d = &s.daemon;
+        let stop = |target: &str| Request::Stop {
+            targets: vec![target.into()],
+            all: false,
+            force: true,
+            wait: false,
+        };
+        // db is root's: another user learns that, not its state.
+        let err = d.dispatch(&user(61001), stop("db"), &|| false).unwrap_err();
+        assert_eq!(err.class(), ErrorClass::Denied, "{err}");
+        assert!(err.to_string().contains("belongs to root"), "{err}");
+        // web is 61001's: its state is the answer.
+        let err = d
+            .dispatch(&user(61001), stop("web"), &|| false)
+            .unwrap_err();
+        assert_eq!(err.class(), ErrorClass::Conflict, "{err}");
+        let err = d
+            .dispatch(&user(61002), stop("web"), &|| false)
+            .unwrap_err();
+        assert_eq!(err.class(), ErrorClass::Denied, "{err}");
+        let err = d
+            .dispatch(&user(61001), Request::Reload, &|| false)
+            .unwrap_err();
+        assert_eq!(err.to_string(), "only root may reload the configuration");
+    }
+
+    #[test]
+    fn each_kind_is_itself_in_status_and_requests() {
+        let s = daemon("kinds");
+        let d = &s.daemon;
+        let list = d.status(None).unwrap();
+        let web = list.iter().find(|g| g.name == "web").unwrap();
+        let db = list.iter().find(|g| g.name == "db").unwrap();
+        assert_eq!((web.kind.as_str(), web.vcpus), ("vm", 1));
+        assert_eq!(
+            (db.kind.as_str(), db.vcpus, db.max_mem),
+            ("container", 0, 0)
+        );
+        assert_ne!(web.id, db.id);
+        let start = |template: &str| {
+            Request::Start(StartRequest {
+                name: "copy".into(),
+                template: Some(template.into()),
+                ..StartRequest::default()
+            })
+        };
+        let err = d.dispatch(&root(), start("db"), &|| false).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "db is a container; -t makes instances of VMs"
+        );
+        let err = d
+            .dispatch(&root(), start("nothing"), &|| false)
+            .unwrap_err();
+        assert_eq!(err.class(), ErrorClass::NotFound, "{err}");
+        let err = d.status(Some("nothing")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "no VM or container named nothing; `kapsel status` lists them"
+        );
     }
 }

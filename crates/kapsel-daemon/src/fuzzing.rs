@@ -36,7 +36,7 @@ use crate::accounts::Peer;
 use crate::daemon::{Daemon, Options};
 use crate::proto::{self, Request, Response, VmState, PROTOCOL_VERSION};
 use crate::server::{self, Unreadable};
-use kapsel_config::{Config, ContainerSpec, Owner, VmSpec};
+use kapsel_config::{Config, GuestSpec, Owner};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -200,8 +200,7 @@ container "groupct" {
 #[derive(Debug, Clone, PartialEq)]
 struct Guest {
     id: u32,
-    spec: VmSpec,
-    container: Option<ContainerSpec>,
+    spec: GuestSpec,
     configured: bool,
     state: VmState,
     running: bool,
@@ -222,7 +221,7 @@ impl Snapshot {
         let id = target.parse::<u32>().ok();
         self.guests
             .iter()
-            .find(|g| g.spec.common.name == target || Some(g.id) == id)
+            .find(|g| g.spec.name() == target || Some(g.id) == id)
     }
 }
 
@@ -255,7 +254,7 @@ enum Expect {
 fn expect(before: &Snapshot, peer: &Peer, request: &Request) -> Expect {
     let on = |target: &str| match before.find(target) {
         None => Expect::Error,
-        Some(g) if !controls(peer, g.spec.common.owner.as_ref()) => Expect::Refusal,
+        Some(g) if !controls(peer, g.spec.common().owner.as_ref()) => Expect::Refusal,
         Some(_) => Expect::Any,
     };
     match request {
@@ -293,8 +292,8 @@ fn expect(before: &Snapshot, peer: &Peer, request: &Request) -> Expect {
                         before
                             .guests
                             .iter()
-                            .find(|g| &g.spec.common.name == template)
-                            .map(|g| g.spec.clone())
+                            .find(|g| g.spec.name() == template)
+                            .and_then(|g| g.spec.as_vm().cloned())
                     });
                     let Some(parent) = parent else {
                         return Expect::Error;
@@ -412,12 +411,11 @@ impl Harness {
             config: inner.config.clone(),
             loaded: inner.loaded.clone(),
             guests: inner
-                .vms
+                .guests
                 .iter()
                 .map(|v| Guest {
                     id: v.id,
                     spec: v.spec.clone(),
-                    container: v.container.clone(),
                     configured: v.configured,
                     state: v.state,
                     running: v.process.is_some(),
@@ -433,10 +431,10 @@ impl Harness {
         self.daemon.apply_config(self.baseline.clone());
         let mut inner = self.daemon.lock();
         assert!(
-            inner.vms.iter().all(|v| v.process.is_none()),
+            inner.guests.iter().all(|v| v.process.is_none()),
             "a guest runs: the harness must not start any"
         );
-        inner.next_id = inner.vms.iter().map(|v| v.id).max().unwrap_or(0) + 1;
+        inner.next_id = inner.guests.iter().map(|v| v.id).max().unwrap_or(0) + 1;
     }
 
     /// Runs one input's steps and checks every invariant (panics on a
@@ -484,7 +482,7 @@ impl Harness {
                         Ok(_) => Response::Ok {
                             message: String::new(),
                         },
-                        Err(m) => server::refusal(&peer, &m),
+                        Err(m) => server::refusal(&peer, &m.to_string()),
                     },
                     Request::Exec {
                         target, argv, tty, ..
@@ -501,7 +499,7 @@ impl Harness {
                             Ok(()) => Response::Ok {
                                 message: String::new(),
                             },
-                            Err(m) => server::refusal(&peer, &m),
+                            Err(m) => server::refusal(&peer, &m.to_string()),
                         }
                     }
                     request => server::answer(&self.daemon, &peer, request, None),
@@ -617,20 +615,15 @@ fn check_unprivileged_change(
         what()
     );
     for g in &before.guests {
-        let now = after
-            .guests
-            .iter()
-            .find(|a| a.spec.common.name == g.spec.common.name);
+        let now = after.guests.iter().find(|a| a.spec.name() == g.spec.name());
         let Some(now) = now else {
-            panic!("a non-root peer removed {}: {}", g.spec.common.name, what());
+            panic!("a non-root peer removed {}: {}", g.spec.name(), what());
         };
-        if controls(peer, g.spec.common.owner.as_ref()) {
+        if controls(peer, g.spec.common().owner.as_ref()) {
             assert!(
-                now.spec == g.spec
-                    && now.container == g.container
-                    && now.configured == g.configured,
+                now.spec == g.spec && now.configured == g.configured,
                 "a non-root peer changed the settings of {}: {}",
-                g.spec.common.name,
+                g.spec.name(),
                 what()
             );
         } else {
@@ -643,11 +636,7 @@ fn check_unprivileged_change(
         }
     }
     for g in &after.guests {
-        if before
-            .guests
-            .iter()
-            .any(|b| b.spec.common.name == g.spec.common.name)
-        {
+        if before.guests.iter().any(|b| b.spec.name() == g.spec.name()) {
             continue;
         }
         let template = match request {
@@ -656,16 +645,16 @@ fn check_unprivileged_change(
         };
         assert!(
             template.is_some()
-                && g.spec.instance_of.as_deref() == template
+                && g.spec.as_vm().and_then(|v| v.instance_of.as_deref()) == template
                 && !g.configured
-                && g.spec.common.owner
+                && g.spec.common().owner
                     == Some(Owner {
                         user: Some(peer.uid.to_string()),
                         group: None,
                     }),
             "a non-root peer made {} ({:?}): {}",
-            g.spec.common.name,
-            g.spec.common.owner,
+            g.spec.name(),
+            g.spec.common().owner,
             what()
         );
         assert_eq!(

@@ -15,6 +15,7 @@ pub mod daemon;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod guest;
 pub mod monitor;
 pub mod net;
 pub mod proto;

@@ -343,7 +343,7 @@ fn serve(daemon: &Arc<Daemon>, mut stream: UnixStream) {
                     tracing::debug!("console of {target:?}: {e}");
                 }
             }
-            Err(message) => reply(&mut stream, &refusal(&peer, &message)),
+            Err(message) => reply(&mut stream, &refusal(&peer, &message.to_string())),
         },
         Request::Exec {
             target,
@@ -354,7 +354,7 @@ fn serve(daemon: &Arc<Daemon>, mut stream: UnixStream) {
             // The container's monitor replies and relays the command.
             let tty = tty.then_some(winsize.unwrap_or((24, 80)));
             if let Err(message) = daemon.exec_in(&peer, &target, &argv, tty, &stream) {
-                reply(&mut stream, &refusal(&peer, &message));
+                reply(&mut stream, &refusal(&peer, &message.to_string()));
             }
         }
         request => {

@@ -71,6 +71,33 @@ pub struct GuestRecord {
     pub net: Vec<InterfaceRecord>,
 }
 
+impl GuestRecord {
+    /// The guest the record describes.
+    pub fn guest_spec(&self) -> kapsel_config::GuestSpec {
+        match &self.container {
+            Some(c) => kapsel_config::GuestSpec::Container(c.clone()),
+            None => kapsel_config::GuestSpec::Vm(self.spec.clone()),
+        }
+    }
+
+    /// `spec` and `container` of a record of `guest`. The record keeps
+    /// the first format's shape, a VM spec that holds a container's common
+    /// settings too, so that monitors started by older daemons (which
+    /// hand their records back at adoption) and newer ones read alike.
+    pub fn spec_fields(
+        guest: &kapsel_config::GuestSpec,
+    ) -> (kapsel_config::VmSpec, Option<kapsel_config::ContainerSpec>) {
+        match guest {
+            kapsel_config::GuestSpec::Vm(v) => (v.clone(), None),
+            kapsel_config::GuestSpec::Container(c) => {
+                let mut view = kapsel_config::VmSpec::new(c.common.name.clone());
+                view.common = c.common.clone();
+                (view, Some(c.clone()))
+            }
+        }
+    }
+}
+
 /// One host interface of a running guest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InterfaceRecord {

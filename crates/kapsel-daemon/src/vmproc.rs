@@ -631,6 +631,48 @@ pub fn resident_bytes(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
+impl crate::guest::GuestOps for VmSpec {
+    fn prepare(&self, _state_dir: &Path, _kapsel: &Path) -> Result<(), crate::guest::GuestError> {
+        // The VM process opens its files itself, with the right user's
+        // rights (`--open-as`).
+        Ok(())
+    }
+
+    fn interfaces_first(&self) -> bool {
+        true
+    }
+
+    fn launch(
+        &self,
+        ctx: crate::guest::LaunchContext,
+    ) -> Result<crate::guest::Launch, crate::guest::GuestError> {
+        let (args, fds, ready) = prepare(Launch {
+            spec: self,
+            shutdown_timeout: ctx.shutdown_timeout,
+            taps: ctx.taps,
+            open_as: ctx.open_as,
+        })?;
+        Ok(crate::guest::Launch {
+            guest: crate::monitor::GuestLaunch::Vm {
+                kapsel: ctx.kapsel.to_owned(),
+                args,
+                fds: fds.len() as u32,
+            },
+            fds,
+            ready: Some(ready),
+            veth: None,
+        })
+    }
+
+    fn vcpus(&self) -> u32 {
+        self.common.cpus.unwrap_or(kapsel_config::DEFAULT_VM_CPUS)
+    }
+
+    fn memory_in_use(&self, process: &crate::daemon::Proc) -> Option<u64> {
+        resident_bytes(process.pid)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

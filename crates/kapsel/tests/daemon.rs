@@ -1395,7 +1395,7 @@ fn load_log_and_reset() {
     let extra = d.dir.join("extra.conf");
     std::fs::write(&extra, idle_vm("loaded", "")).unwrap();
     let said = d.ok(&["load", extra.to_str().unwrap()]);
-    assert!(said.contains("1 new VM(s) started"), "{said}");
+    assert!(said.contains("1 new guest(s) started"), "{said}");
     d.wait_state("loaded", "running");
     // A name that exists already is refused, naming the file.
     let (code, _, err) = d.run(&["load", d.dir.join("vm.conf").to_str().unwrap()]);
