@@ -685,7 +685,7 @@ impl Daemon {
                 state: VmState::Stopped,
                 event: Event::Kill,
             }),
-            Some(p) => p.act(act).map_err(GuestError::Host),
+            Some(p) => p.act(act).map_err(GuestError::from),
         }
     }
 
@@ -1780,7 +1780,7 @@ impl Daemon {
             }
         };
         drop(inner);
-        process.exec(client, argv, tty).map_err(GuestError::Host)
+        process.exec(client, argv, tty).map_err(GuestError::from)
     }
 
     /// Checks a console request: a running guest's console is its
@@ -1957,6 +1957,15 @@ impl Daemon {
                         g.paths = paths.clone();
                         (g, paused)
                     })
+                }
+                Err(monitor::MonitorError::Protocol { what, .. }) => {
+                    // Its guest runs, under a monitor this daemon cannot
+                    // drive: leave both (and their interfaces) alone.
+                    tracing::error!(
+                        "{name}: its monitor answered {what}; it is left running unmanaged: \
+                         stop it with the Kapsel version that started it"
+                    );
+                    continue;
                 }
                 _ => None,
             };

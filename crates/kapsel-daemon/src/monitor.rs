@@ -473,6 +473,38 @@ impl Read for DeadlineRead<'_> {
     }
 }
 
+/// Why a request to a guest's monitor failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MonitorError {
+    /// The monitor cannot be reached or did not answer in time (it ended
+    /// with its guest, or hangs).
+    #[error("{name}: its monitor does not answer: {reason}")]
+    Unreachable {
+        /// The guest.
+        name: String,
+        /// What failed (connect, send, receive).
+        reason: String,
+    },
+    /// The monitor refused the request; its reason.
+    #[error("{0}")]
+    Refused(String),
+    /// The monitor answered something this daemon does not understand
+    /// (a monitor of another version).
+    #[error("{name}: its monitor answered {what}; is it of another Kapsel version?")]
+    Protocol {
+        /// The guest.
+        name: String,
+        /// The answer.
+        what: String,
+    },
+}
+
+impl From<MonitorError> for crate::guest::GuestError {
+    fn from(e: MonitorError) -> Self {
+        crate::guest::GuestError::Host(e.to_string())
+    }
+}
+
 impl Handle {
     fn connect(&self) -> std::io::Result<UnixStream> {
         let s = connect(&self.paths.socket)?;
@@ -480,39 +512,48 @@ impl Handle {
         Ok(s)
     }
 
-    fn ask(&self, req: &MonitorRequest, fd: Option<RawFd>) -> Result<MonitorReply, String> {
-        let what = |e: &dyn std::fmt::Display| format!("{}: its monitor: {e}", self.name);
-        let mut s = self.connect().map_err(|e| what(&e))?;
+    fn ask(&self, req: &MonitorRequest, fd: Option<RawFd>) -> Result<MonitorReply, MonitorError> {
+        let unreachable = |e: &dyn std::fmt::Display| MonitorError::Unreachable {
+            name: self.name.clone(),
+            reason: e.to_string(),
+        };
+        let mut s = self.connect().map_err(|e| unreachable(&e))?;
         match fd {
-            Some(fd) => send_with_fd(&s, req, fd).map_err(|e| what(&e))?,
-            None => proto::write_message(&mut s, req).map_err(|e| what(&e))?,
+            Some(fd) => send_with_fd(&s, req, fd).map_err(|e| unreachable(&e))?,
+            None => proto::write_message(&mut s, req).map_err(|e| unreachable(&e))?,
         }
-        let body =
-            proto::read_frame_by(&s, Instant::now() + REQUEST_TIMEOUT).map_err(|e| what(&e))?;
-        serde_json::from_slice(&body).map_err(|e| what(&e))
+        let body = proto::read_frame_by(&s, Instant::now() + REQUEST_TIMEOUT)
+            .map_err(|e| unreachable(&e))?;
+        serde_json::from_slice(&body).map_err(|e| MonitorError::Protocol {
+            name: self.name.clone(),
+            what: format!("a reply this daemon cannot read ({e})"),
+        })
     }
 
-    fn done(&self, req: &MonitorRequest, fd: Option<RawFd>) -> Result<(), String> {
+    fn done(&self, req: &MonitorRequest, fd: Option<RawFd>) -> Result<(), MonitorError> {
         match self.ask(req, fd)? {
             MonitorReply::Done => Ok(()),
-            MonitorReply::Error(e) => Err(e),
-            other => Err(format!("{}: its monitor answered {other:?}", self.name)),
+            MonitorReply::Error(e) => Err(MonitorError::Refused(e)),
+            other => Err(MonitorError::Protocol {
+                name: self.name.clone(),
+                what: format!("{other:?}"),
+            }),
         }
     }
 
     /// Asks the monitor who it is: its guest's pid and whether it is paused.
-    pub fn hello(&self) -> Result<MonitorReply, String> {
+    pub fn hello(&self) -> Result<MonitorReply, MonitorError> {
         self.ask(&MonitorRequest::Hello, None)
     }
 
     /// Does `act` to the guest.
-    pub fn act(&self, act: Act) -> Result<(), String> {
+    pub fn act(&self, act: Act) -> Result<(), MonitorError> {
         self.done(&MonitorRequest::Act(act), None)
     }
 
     /// Hands the client connection `client` to the monitor as a console
     /// viewer; the monitor replies to the client itself.
-    pub fn console(&self, client: &UnixStream, privileged: bool) -> Result<(), String> {
+    pub fn console(&self, client: &UnixStream, privileged: bool) -> Result<(), MonitorError> {
         self.done(
             &MonitorRequest::Console { privileged },
             Some(client.as_raw_fd()),
@@ -526,7 +567,7 @@ impl Handle {
         client: &UnixStream,
         argv: &[String],
         tty: Option<(u16, u16)>,
-    ) -> Result<(), String> {
+    ) -> Result<(), MonitorError> {
         self.done(
             &MonitorRequest::Exec {
                 argv: argv.to_vec(),
@@ -537,7 +578,7 @@ impl Handle {
     }
 
     /// Gives the monitor the daemon's record of its guest.
-    pub fn set_record(&self, record: crate::state::GuestRecord) -> Result<(), String> {
+    pub fn set_record(&self, record: crate::state::GuestRecord) -> Result<(), MonitorError> {
         self.done(&MonitorRequest::Record(Box::new(record)), None)
     }
 

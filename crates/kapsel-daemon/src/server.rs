@@ -328,7 +328,7 @@ fn serve(daemon: &Arc<Daemon>, mut stream: UnixStream) {
             // connection outlives this daemon.
             Ok(ConsoleRoute::Monitor(process)) => {
                 if let Err(message) = process.console(&stream, peer.is_root()) {
-                    reply(&mut stream, &refusal(&peer, &message));
+                    reply(&mut stream, &refusal(&peer, &message.to_string()));
                 }
             }
             Ok(ConsoleRoute::History(console)) => {
