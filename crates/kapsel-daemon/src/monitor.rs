@@ -23,7 +23,7 @@ use crate::proto::{self, Response};
 use crate::vmproc::{self, VmProcess};
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
@@ -370,35 +370,11 @@ fn read_line_within(r: &mut impl AsRawFd, timeout: Duration) -> Result<String, S
 fn send_with_fd(stream: &UnixStream, msg: &MonitorRequest, fd: RawFd) -> std::io::Result<()> {
     let mut frame = Vec::new();
     proto::write_message(&mut frame, msg).map_err(std::io::Error::other)?;
-    let mut iov = libc::iovec {
-        iov_base: frame.as_mut_ptr().cast(),
-        iov_len: frame.len(),
-    };
-    // SAFETY: CMSG_SPACE is a pure size computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
-    let mut control = vec![0u8; space];
-    // SAFETY: msghdr is plain old data; the pointers set below outlive the
-    // sendmsg call.
-    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
-    hdr.msg_iov = &mut iov;
-    hdr.msg_iovlen = 1;
-    hdr.msg_control = control.as_mut_ptr().cast();
-    hdr.msg_controllen = space as _;
-    // SAFETY: the control buffer holds one cmsg with room for one fd.
-    unsafe {
-        let cmsg = libc::CMSG_FIRSTHDR(&hdr);
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
-        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
-    }
-    // SAFETY: hdr points at live buffers; MSG_NOSIGNAL avoids SIGPIPE.
-    let n = unsafe { libc::sendmsg(stream.as_raw_fd(), &hdr, libc::MSG_NOSIGNAL) };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    // SAFETY: the caller's descriptor stays open for this call.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    let n = kapsel_host::fd::send_with_fds(stream.as_fd(), &frame, &[fd], 0)?;
     let mut s = stream;
-    s.write_all(&frame[n as usize..])
+    s.write_all(&frame[n..])
 }
 
 /// Receives one request frame and the descriptor sent with it, if any.
@@ -407,46 +383,14 @@ fn recv_with_fd(
     deadline: Instant,
 ) -> Result<(MonitorRequest, Option<OwnedFd>), String> {
     let mut buf = vec![0u8; 64 * 1024];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: CMSG_SPACE is a pure size computation.
-    let space = unsafe { libc::CMSG_SPACE(4 * std::mem::size_of::<RawFd>() as u32) } as usize;
-    let mut control = vec![0u8; space];
-    // SAFETY: msghdr is plain old data; its pointers outlive recvmsg.
-    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
-    hdr.msg_iov = &mut iov;
-    hdr.msg_iovlen = 1;
-    hdr.msg_control = control.as_mut_ptr().cast();
-    hdr.msg_controllen = space as _;
     let left = deadline.saturating_duration_since(Instant::now());
     stream
         .set_read_timeout(Some(left.max(Duration::from_millis(1))))
         .map_err(|e| e.to_string())?;
-    // SAFETY: hdr points at live buffers of the sizes given.
-    let n = unsafe { libc::recvmsg(stream.as_raw_fd(), &mut hdr, libc::MSG_CMSG_CLOEXEC) };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error().to_string());
-    }
-    let mut fds = Vec::new();
-    // SAFETY: walks the control messages the kernel wrote into `control`.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&hdr);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
-                let count = ((*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize)
-                    / std::mem::size_of::<RawFd>();
-                for i in 0..count {
-                    let fd = std::ptr::read_unaligned(data.add(i));
-                    fds.push(OwnedFd::from_raw_fd(fd));
-                }
-            }
-            cmsg = libc::CMSG_NXTHDR(&hdr, cmsg);
-        }
-    }
-    let got = &buf[..n as usize];
+    let got =
+        kapsel_host::fd::recv_with_fds(stream.as_fd(), &mut buf, 0).map_err(|e| e.to_string())?;
+    let (n, fds) = (got.len, got.fds);
+    let got = &buf[..n];
     // The rest of the frame, if it did not come in one piece.
     let mut reader = got.chain(DeadlineRead { stream, deadline });
     let body = proto::read_frame(&mut reader).map_err(|e| e.to_string())?;

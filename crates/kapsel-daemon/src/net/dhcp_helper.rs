@@ -152,49 +152,8 @@ pub fn send(conn: &OwnedFd, msg: &ToHelper, fd: Option<BorrowedFd<'_>>) -> io::R
             bytes.len()
         )));
     }
-    let mut iov = libc::iovec {
-        iov_base: bytes.as_ptr() as *mut libc::c_void,
-        iov_len: bytes.len(),
-    };
-    // Room for one descriptor, aligned for cmsghdr.
-    let mut cbuf = [0u64; 4];
-    // SAFETY: msghdr is plain old data; every field used is set below.
-    let mut msg_hdr: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg_hdr.msg_iov = &mut iov;
-    msg_hdr.msg_iovlen = 1;
-    if let Some(fd) = fd {
-        // SAFETY: CMSG_SPACE is a pure computation.
-        let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
-        msg_hdr.msg_control = cbuf.as_mut_ptr().cast();
-        msg_hdr.msg_controllen = space;
-        // SAFETY: the control buffer is `space` bytes (at most 32) and
-        // aligned; CMSG_FIRSTHDR of it is non-null and in bounds, and the
-        // data written is one descriptor, as CMSG_LEN says.
-        unsafe {
-            let c = libc::CMSG_FIRSTHDR(&msg_hdr);
-            (*c).cmsg_level = libc::SOL_SOCKET;
-            (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
-            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<RawFd>(), fd.as_raw_fd());
-        }
-    }
-    loop {
-        // SAFETY: msg_hdr points at live buffers for the call.
-        let n = unsafe {
-            libc::sendmsg(
-                conn.as_raw_fd(),
-                &msg_hdr,
-                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-            )
-        };
-        if n >= 0 {
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+    let fds: Vec<BorrowedFd<'_>> = fd.into_iter().collect();
+    kapsel_host::fd::send_with_fds(conn.as_fd(), &bytes, &fds, libc::MSG_DONTWAIT).map(|_| ())
 }
 
 /// One message received: the bytes and the descriptors that came with it.
@@ -208,52 +167,12 @@ struct Received {
 /// or with more descriptors than fit is an error.
 fn receive(conn: BorrowedFd<'_>) -> io::Result<Option<Received>> {
     let mut buf = vec![0u8; MAX_FRAME + 1];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // Room for four descriptors: enough to see that a record had too many.
-    let mut cbuf = [0u64; 8];
-    // SAFETY: CMSG_SPACE is a pure computation.
-    let room = unsafe { libc::CMSG_SPACE(4 * std::mem::size_of::<RawFd>() as u32) } as usize;
-    // SAFETY: msghdr is plain old data; every field used is set below.
-    let mut msg_hdr: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg_hdr.msg_iov = &mut iov;
-    msg_hdr.msg_iovlen = 1;
-    msg_hdr.msg_control = cbuf.as_mut_ptr().cast();
-    msg_hdr.msg_controllen = room.min(std::mem::size_of_val(&cbuf));
-    let n = loop {
-        // SAFETY: msg_hdr points at live buffers of the sizes given.
-        let n = unsafe { libc::recvmsg(conn.as_raw_fd(), &mut msg_hdr, libc::MSG_CMSG_CLOEXEC) };
-        if n >= 0 {
-            break n as usize;
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    };
-    let mut fds = Vec::new();
-    // SAFETY: the kernel filled msg_control up to msg_controllen; the
-    // CMSG_* walk stays inside it, and each SCM_RIGHTS payload holds
-    // (cmsg_len - CMSG_LEN(0)) / 4 descriptors now owned by this process.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&msg_hdr);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(c).cast::<RawFd>();
-                let len = (*c).cmsg_len - libc::CMSG_LEN(0) as usize;
-                for i in 0..len / std::mem::size_of::<RawFd>() {
-                    fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
-                }
-            }
-            c = libc::CMSG_NXTHDR(&msg_hdr, c);
-        }
-    }
-    if msg_hdr.msg_flags & libc::MSG_CTRUNC != 0 {
+    let got = kapsel_host::fd::recv_with_fds(conn, &mut buf, 0)?;
+    let (n, fds) = (got.len, got.fds);
+    if got.too_many_fds {
         return Err(io::Error::other("a message carried too many descriptors"));
     }
-    if msg_hdr.msg_flags & libc::MSG_TRUNC != 0 || n > MAX_FRAME {
+    if got.truncated || n > MAX_FRAME {
         return Err(io::Error::other(format!(
             "a message over the {MAX_FRAME}-byte limit"
         )));
@@ -1005,36 +924,9 @@ mod tests {
         assert!(receive(b.as_fd()).unwrap().is_none());
     }
 
-    /// Sends raw bytes with any number of descriptors.
+    /// Sends raw bytes with up to 16 descriptors.
     fn send_raw(conn: &OwnedFd, bytes: &[u8], fds: &[BorrowedFd<'_>]) {
-        let mut iov = libc::iovec {
-            iov_base: bytes.as_ptr() as *mut libc::c_void,
-            iov_len: bytes.len(),
-        };
-        let mut cbuf = [0u64; 16];
-        // SAFETY: msghdr is plain old data; the fields used are set below.
-        let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
-        hdr.msg_iov = &mut iov;
-        hdr.msg_iovlen = 1;
-        if !fds.is_empty() {
-            let len = (fds.len() * 4) as u32;
-            hdr.msg_control = cbuf.as_mut_ptr().cast();
-            // SAFETY: CMSG_SPACE is a pure computation.
-            hdr.msg_controllen = unsafe { libc::CMSG_SPACE(len) } as usize;
-            // SAFETY: the buffer holds CMSG_SPACE(len) for up to 16 fds.
-            unsafe {
-                let c = libc::CMSG_FIRSTHDR(&hdr);
-                (*c).cmsg_level = libc::SOL_SOCKET;
-                (*c).cmsg_type = libc::SCM_RIGHTS;
-                (*c).cmsg_len = libc::CMSG_LEN(len) as usize;
-                let data = libc::CMSG_DATA(c).cast::<RawFd>();
-                for (i, fd) in fds.iter().enumerate() {
-                    std::ptr::write_unaligned(data.add(i), fd.as_raw_fd());
-                }
-            }
-        }
-        // SAFETY: hdr points at live buffers.
-        assert!(unsafe { libc::sendmsg(conn.as_raw_fd(), &hdr, 0) } >= 0);
+        kapsel_host::fd::send_with_fds(conn.as_fd(), bytes, fds, 0).unwrap();
     }
 
     #[test]
