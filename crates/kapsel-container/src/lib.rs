@@ -17,9 +17,9 @@
 //! # Ok::<(), kapsel_container::Error>(())
 //! ```
 //!
-//! The sequence a start goes through, and how cgroup v1, v2 and hybrid
-//! hosts are handled, is described in [`child`] and [`cgroup`] (and in
-//! docs/ARCHITECTURE.md).
+//! The sequence a start goes through is described in `start/mod.rs` (the
+//! parent's phases) and [`child`] (the child's steps); how cgroup v1, v2
+//! and hybrid hosts are handled in [`cgroup`] (and in docs/ARCHITECTURE.md).
 
 #![deny(missing_docs)]
 
@@ -29,13 +29,17 @@ pub mod child;
 mod container;
 pub mod devices;
 mod error;
+mod exec;
 mod idmap;
 pub mod image;
 pub mod seccomp;
 mod spec;
+mod start;
+mod sys;
 
-pub use container::{exec_in, Container, ExecOptions, ExecProcess, ExitStatus};
+pub use container::{Container, ExitStatus};
 pub use error::{Error, Result};
+pub use exec::{exec_in, ExecOptions, ExecProcess};
 pub use spec::{
     check_name, resolve_init, ConsoleSpec, ContainerSpec, Extra, IdMap, MountSpec, Namespace, User,
     VethSpec, DEFAULT_PATH, MAX_NAME_LEN,

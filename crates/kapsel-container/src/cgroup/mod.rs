@@ -13,8 +13,13 @@
 //! the v2 hierarchy holds none of ours): `/sys/fs/cgroup/CTRL/kapsel/NAME`
 //! in each of the `memory`, `pids`, `cpu`, `freezer` and `devices`
 //! hierarchies that exist; the `devices` controller gets an allow-list.
+//!
+//! This file detects the layout and holds [`Cgroup`], which dispatches to
+//! `v2.rs` and `v1.rs` for what differs between the two.
 
-use crate::devices;
+mod v1;
+mod v2;
+
 use crate::error::{Error, Result};
 use std::fs;
 use std::io;
@@ -26,9 +31,6 @@ pub const PARENT: &str = "kapsel";
 /// The leaf that the processes of a delegated BASE move into (v2): see
 /// the module's documentation.
 pub const SUPERVISOR: &str = "supervisor";
-/// The extended attributes systemd sets to "1" on a cgroup it delegates
-/// (`trusted.` for system services, `user.` for a user's manager).
-const DELEGATE_XATTRS: [&std::ffi::CStr; 2] = [c"trusted.delegate", c"user.delegate"];
 /// The CFS period Kapsel uses for CPU limits, in microseconds.
 pub const CPU_PERIOD_US: u64 = 100_000;
 
@@ -106,7 +108,7 @@ impl CgroupMode {
             |dir: &Path| fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
         let mode = Self::from_mountinfo(&info, controllers);
         let own = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-        Ok(mode.in_delegated(&own, is_delegated, controllers))
+        Ok(mode.in_delegated(&own, v2::is_delegated, controllers))
     }
 
     /// On v2: the same layout with the base moved to the delegated group
@@ -337,72 +339,18 @@ impl Cgroup {
                 base,
                 controllers,
             } => {
-                let parent = base.join(parent_rel);
-                // A non-root group that hands controllers to its children
-                // may hold no process ("no internal processes"): those in
-                // a delegated base (this one among them) go to a leaf.
-                if base != root {
-                    leave_for_leaf(base)?;
-                }
-                let mut chain = vec![base.clone()];
-                for c in parent_rel.components() {
-                    let next = chain[chain.len() - 1].join(c);
-                    mkdir_parent(&next)?;
-                    chain.push(next);
-                }
-                // Controllers must be enabled in the base's and the
-                // parent's subtree_control, one by one: the kernel may
-                // refuse one (cpu, while a real-time task sits outside the
-                // root), which only matters when a limit needs it; memory
-                // and io are wanted for the usage figures (and a systemd
-                // container's own accounting) but not required.
-                let wanted = [
-                    (Controller::Memory.name(), limits.memory.is_some()),
-                    (Controller::Pids.name(), limits.pids.is_some()),
-                    (Controller::Cpu.name(), limits.cpus.is_some()),
-                    ("io", false),
-                ];
-                for (c, needed) in wanted {
-                    if !controllers.iter().any(|h| h == c) {
-                        continue;
-                    }
-                    for dir in &chain {
-                        let file = dir.join("cgroup.subtree_control");
-                        match write(&file, &format!("+{c}")) {
-                            Ok(()) => {}
-                            Err(e) if needed => return Err(e),
-                            Err(e) => {
-                                tracing::debug!("{e}: the container runs without {c}")
-                            }
-                        }
-                    }
-                }
-                let dir = parent.join(name);
-                mkdir_leaf(&dir, name)?;
+                let dir = v2::create_dir(root, base, controllers, parent_rel, name, limits)?;
                 self.dirs.push((Controller::Memory, dir));
             }
-            CgroupMode::Legacy { mounts, hybrid_v2 } => {
-                for (c, mount) in mounts {
-                    let parent = mount.join(parent_rel);
-                    fs::create_dir_all(&parent).map_err(|source| Error::Cgroup {
-                        path: parent.clone(),
-                        source,
-                    })?;
-                    let dir = parent.join(name);
-                    mkdir_leaf(&dir, name)?;
-                    self.dirs.push((*c, dir));
-                }
-                if let (true, Some(v2)) = (delegate, hybrid_v2) {
-                    let parent = v2.join(parent_rel);
-                    fs::create_dir_all(&parent).map_err(|source| Error::Cgroup {
-                        path: parent.clone(),
-                        source,
-                    })?;
-                    let dir = parent.join(name);
-                    mkdir_leaf(&dir, name)?;
-                    self.hybrid_v2 = Some(dir);
-                }
-            }
+            CgroupMode::Legacy { mounts, hybrid_v2 } => v1::create_dirs(
+                mounts,
+                hybrid_v2.as_deref(),
+                parent_rel,
+                name,
+                delegate,
+                &mut self.dirs,
+                &mut self.hybrid_v2,
+            )?,
         }
         Ok(())
     }
@@ -418,56 +366,14 @@ impl Cgroup {
     }
 
     fn apply(&self, limits: &Limits) -> Result<()> {
-        if let Some(bytes) = limits.memory {
-            let dir = self
-                .dir_of(Controller::Memory)
-                .ok_or_else(missing("memory"))?;
-            if self.unified {
-                write(&dir.join("memory.max"), &bytes.to_string())?;
-                // No swapping past the limit: the container is OOM-killed at it.
-                let swap = dir.join("memory.swap.max");
-                if swap.exists() {
-                    write(&swap, "0")?;
-                }
-            } else {
-                write(&dir.join("memory.limit_in_bytes"), &bytes.to_string())?;
-                let memsw = dir.join("memory.memsw.limit_in_bytes");
-                if memsw.exists() {
-                    write(&memsw, &bytes.to_string())?;
-                }
-            }
+        if !self.unified {
+            return v1::apply(|c| self.dir_of(c), limits);
         }
-        if let Some(n) = limits.pids {
-            let dir = self.dir_of(Controller::Pids).ok_or_else(missing("pids"))?;
-            write(&dir.join("pids.max"), &n.to_string())?;
-        }
-        if let Some(cpus) = limits.cpus {
-            let dir = self.dir_of(Controller::Cpu).ok_or_else(missing("cpu"))?;
-            let quota = ((cpus * CPU_PERIOD_US as f64) as u64).max(1000);
-            if self.unified {
-                write(&dir.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?;
-            } else {
-                write(&dir.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
-                write(&dir.join("cpu.cfs_quota_us"), &quota.to_string())?;
-            }
-        }
-        if self.unified {
-            // v2 has no devices controller: an eBPF filter does its work.
-            // A kernel without CONFIG_CGROUP_BPF cannot take it; the
-            // container then still has no device nodes it should not have,
-            // and no CAP_MKNOD to make one.
-            if let Some(dir) = self.dir_of(Controller::Devices) {
-                let attached = fs::File::open(dir).and_then(|d| devices::attach(&d));
-                if let Err(e) = attached {
-                    tracing::warn!("no device filter for {}: {e}", dir.display());
-                }
-            }
-        } else if let Some(dir) = self.dir_of(Controller::Devices) {
-            write(&dir.join("devices.deny"), "a")?;
-            for rule in devices::v1_rules() {
-                write(&dir.join("devices.allow"), &rule)?;
-            }
-        }
+        let dir = self
+            .dir_of(Controller::Memory)
+            .ok_or_else(missing("cgroup"))?;
+        v2::apply(dir, limits)?;
+        v2::attach_devices(dir);
         Ok(())
     }
 
@@ -491,39 +397,17 @@ impl Cgroup {
     }
 
     fn set_frozen(&self, frozen: bool) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(5);
         if self.unified {
             let dir = self
                 .dir_of(Controller::Freezer)
                 .ok_or_else(missing("cgroup"))?;
-            write(&dir.join("cgroup.freeze"), if frozen { "1" } else { "0" })?;
-            let want = if frozen { "frozen 1" } else { "frozen 0" };
-            let events = dir.join("cgroup.events");
-            while !read(&events)?.lines().any(|l| l == want) {
-                if Instant::now() > deadline {
-                    return Err(timeout(&events));
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
+            v2::set_frozen(dir, frozen)
         } else {
             let dir = self
                 .dir_of(Controller::Freezer)
                 .ok_or_else(missing("freezer"))?;
-            let state = dir.join("freezer.state");
-            let want = if frozen { "FROZEN" } else { "THAWED" };
-            loop {
-                // v1 may stop in FREEZING; writing again retries the stragglers.
-                write(&state, want)?;
-                if read(&state)?.trim() == want {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    return Err(timeout(&state));
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
+            v1::set_frozen(dir, frozen)
         }
-        Ok(())
     }
 
     /// Whether the container is frozen.
@@ -532,12 +416,10 @@ impl Cgroup {
             let dir = self
                 .dir_of(Controller::Freezer)
                 .ok_or_else(missing("cgroup"))?;
-            Ok(read(&dir.join("cgroup.events"))?
-                .lines()
-                .any(|l| l == "frozen 1"))
+            v2::is_frozen(dir)
         } else {
             match self.dir_of(Controller::Freezer) {
-                Some(dir) => Ok(read(&dir.join("freezer.state"))?.trim() != "THAWED"),
+                Some(dir) => v1::is_frozen(dir),
                 None => Ok(false),
             }
         }
@@ -550,9 +432,9 @@ impl Cgroup {
             .dir_of(Controller::Memory)
             .ok_or_else(missing("memory"))?;
         let file = dir.join(if self.unified {
-            "memory.current"
+            v2::MEMORY_USAGE
         } else {
-            "memory.usage_in_bytes"
+            v1::MEMORY_USAGE
         });
         read(&file)?.trim().parse().map_err(|_| Error::Cgroup {
             path: file,
@@ -566,10 +448,11 @@ impl Cgroup {
             .dir_of(Controller::Memory)
             .ok_or_else(missing("memory"))?;
         let (file, key) = if self.unified {
-            (dir.join("memory.events"), "oom_kill ")
+            v2::OOM_KILLS
         } else {
-            (dir.join("memory.oom_control"), "oom_kill ")
+            v1::OOM_KILLS
         };
+        let file = dir.join(file);
         Ok(read(&file)?
             .lines()
             .find_map(|l| l.strip_prefix(key))
@@ -689,61 +572,6 @@ fn remove_tree(dir: &Path, deadline: Instant) -> bool {
     }
 }
 
-/// Whether systemd delegated the cgroup directory `dir`
-/// ([`DELEGATE_XATTRS`] is "1").
-fn is_delegated(dir: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
-        return false;
-    };
-    DELEGATE_XATTRS.iter().any(|name| {
-        let mut value = [0u8; 8];
-        // SAFETY: getxattr reads two NUL-terminated strings and writes at
-        // most `value.len()` bytes into `value`.
-        let n = unsafe {
-            libc::getxattr(
-                path.as_ptr(),
-                name.as_ptr(),
-                value.as_mut_ptr().cast(),
-                value.len(),
-            )
-        };
-        n == 1 && value[0] == b'1'
-    })
-}
-
-/// Moves every process of the group `dir` into its leaf [`SUPERVISOR`]
-/// (made if missing), so that `dir` may enable controllers for its
-/// children. Nothing to do when it holds none. A process forked while
-/// the others move is caught by the next round (of a few).
-fn leave_for_leaf(dir: &Path) -> Result<()> {
-    let procs = dir.join("cgroup.procs");
-    let leaf = dir.join(SUPERVISOR);
-    for _ in 0..10 {
-        let pids = read(&procs)?;
-        if pids.trim().is_empty() {
-            return Ok(());
-        }
-        mkdir_parent(&leaf)?;
-        for pid in pids.split_whitespace() {
-            match write(&leaf.join("cgroup.procs"), pid) {
-                Ok(()) => {}
-                // Gone meanwhile.
-                Err(Error::Cgroup { source, .. }) if source.raw_os_error() == Some(libc::ESRCH) => {
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        tracing::info!(
-            "moved the processes of the delegated cgroup {} into {}",
-            dir.display(),
-            leaf.display()
-        );
-    }
-    // Still not empty: enabling a controller below reports EBUSY.
-    Ok(())
-}
-
 fn missing(what: &'static str) -> impl Fn() -> Error {
     move || Error::Cgroup {
         path: PathBuf::from(what),
@@ -825,6 +653,7 @@ fn mkdir_leaf(dir: &Path, name: &str) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use super::v2::leave_for_leaf;
     use super::*;
 
     const HYBRID: &str = "\
