@@ -1622,6 +1622,13 @@ impl Daemon {
         self.handle_for(peer, request, None)
     }
 
+    /// Does one request of `peer` that needs no connection (not status,
+    /// console or exec) and waits for nobody's hang-up: for callers that
+    /// want the typed error (the HTTPS API maps its class to a status).
+    pub fn request(self: &Arc<Self>, peer: &Peer, request: Request) -> Result<String, GuestError> {
+        self.dispatch(peer, request, &|| false)
+    }
+
     /// Answers one request from `peer` on the connection `client`: a
     /// request that waits (`wait`, `stop -w`) gives up when the client
     /// hangs up, so that it holds nothing for nobody.
