@@ -290,6 +290,26 @@ impl BootDevice {
     }
 }
 
+/// `firmware bios|uefi`: what a VM without a `boot` kernel boots through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Firmware {
+    /// A PC BIOS (SeaBIOS): disks with an MBR boot loader.
+    Bios,
+    /// UEFI (OVMF): disks with an EFI system partition.
+    Uefi,
+}
+
+impl Firmware {
+    /// The vm.conf keyword.
+    pub fn keyword(self) -> &'static str {
+        match self {
+            Firmware::Bios => "bios",
+            Firmware::Uefi => "uefi",
+        }
+    }
+}
+
 /// `format raw|qcow2` of a disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum DiskFormat {
@@ -545,6 +565,10 @@ pub struct VmSpec {
     pub boot: Option<PathBuf>,
     /// `boot device cdrom|disk|net`.
     pub boot_device: Option<BootDevice>,
+    /// `firmware bios|uefi` (Kapsel): what a VM without `boot` boots
+    /// through; `None` is BIOS.
+    #[serde(default)]
+    pub firmware: Option<Firmware>,
     /// `initrd PATH` (Kapsel).
     pub initrd: Option<PathBuf>,
     /// `cmdline "..."` (Kapsel): the kernel command line.
@@ -571,6 +595,7 @@ impl VmSpec {
             instance_of: None,
             boot: None,
             boot_device: None,
+            firmware: None,
             initrd: None,
             cmdline: None,
             cdrom: None,
@@ -764,6 +789,7 @@ fn inherit(parent: &VmSpec, child: &VmSpec) -> VmSpec {
         instance_of: child.instance_of.clone(),
         boot: child.boot.clone().or_else(|| parent.boot.clone()),
         boot_device: child.boot_device.or(parent.boot_device),
+        firmware: child.firmware.or(parent.firmware),
         initrd: child.initrd.clone().or_else(|| parent.initrd.clone()),
         cmdline: child.cmdline.clone().or_else(|| parent.cmdline.clone()),
         cdrom: child.cdrom.clone().or_else(|| parent.cdrom.clone()),

@@ -29,6 +29,7 @@ const VM_KEYWORDS: &[&str] = &[
     "disable",
     "disk",
     "enable",
+    "firmware",
     "initrd",
     "interface",
     "interfaces",
@@ -1198,7 +1199,7 @@ impl Parser<'_, '_, '_> {
         if st.container && !CONTAINER_KEYWORDS.contains(&kw) {
             if VM_KEYWORDS.contains(&kw) {
                 let help = match kw {
-                    "boot" | "initrd" | "cmdline" | "cdrom" | "disk" => format!(
+                    "boot" | "initrd" | "cmdline" | "cdrom" | "disk" | "firmware" => format!(
                         "a container runs on the host kernel: give its files with `root PATH` or `image PATH`; containers take: {}",
                         CONTAINER_KEYWORDS.join(", ")
                     ),
@@ -1333,6 +1334,16 @@ impl Parser<'_, '_, '_> {
                     "\"kernel\" is the old name of \"boot\"",
                     Some("write: boot PATH".into()),
                 );
+            }
+            "firmware" => {
+                self.once(st, "firmware", pos)?;
+                let fw = match self.peek_word() {
+                    Some("bios") => Firmware::Bios,
+                    Some("uefi") => Firmware::Uefi,
+                    _ => return Err(self.unexpected("a firmware: bios or uefi", None)),
+                };
+                self.next();
+                st.vm.firmware = Some(fw);
             }
             "initrd" => {
                 self.once(st, "initrd", pos)?;

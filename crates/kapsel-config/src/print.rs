@@ -164,6 +164,9 @@ fn print_vm(out: &mut String, vm: &VmSpec) {
     if let Some(d) = vm.boot_device {
         let _ = writeln!(out, "\tboot device {}", d.keyword());
     }
+    if let Some(f) = vm.firmware {
+        let _ = writeln!(out, "\tfirmware {}", f.keyword());
+    }
     if let Some(i) = &vm.initrd {
         let _ = writeln!(out, "\tinitrd {}", quote_path(i));
     }

@@ -244,10 +244,11 @@ fn instances(ctx: &mut Ctx) {
                 fix("instance"),
             ));
         }
-        let rules: [(&str, &str, bool); 11] = [
+        let rules: [(&str, &str, bool); 12] = [
             ("memory", "memory", allow.memory),
             ("cpus", "cpus", allow.cpus),
             ("boot", "boot", allow.boot),
+            ("firmware", "boot", allow.boot),
             ("boot device", "boot", allow.boot),
             ("initrd", "boot", allow.boot),
             ("cmdline", "boot", allow.boot),
@@ -302,21 +303,37 @@ fn boot_devices(ctx: &mut Ctx) {
     let mut errors = Vec::new();
     let index = vm_index(&ctx.config);
     for (vm, notes) in ctx.config.vms.iter().zip(ctx.vm_notes.iter()) {
-        // Reported where `boot device` is written, not on every instance.
-        let Some(loc) = notes.stmt("boot device").cloned() else {
-            continue;
-        };
         let Some(eff) = ctx
             .config
             .effective_with(&vm.common.name, |n| index.get(n).copied())
         else {
             continue;
         };
-        if eff.boot_device == Some(BootDevice::Cdrom) && eff.cdrom.is_none() {
+        // Reported where `boot device` is written, not on every instance.
+        if let Some(loc) = notes.stmt("boot device") {
+            if eff.boot_device == Some(BootDevice::Cdrom) && eff.cdrom.is_none() {
+                errors.push((
+                    loc.clone(),
+                    format!("vm \"{}\" boots from a cdrom but has none", vm.common.name),
+                    Some("add the image: cdrom \"/path/to/install.iso\"".to_string()),
+                ));
+            }
+        }
+        // Where `firmware` or `boot` is written (an instance may inherit
+        // one and set the other).
+        let at = notes.stmt("firmware").or_else(|| notes.stmt("boot"));
+        if let (Some(fw), Some(_), Some(loc)) = (eff.firmware, &eff.boot, at) {
             errors.push((
-                loc,
-                format!("vm \"{}\" boots from a cdrom but has none", vm.common.name),
-                Some("add the image: cdrom \"/path/to/install.iso\"".to_string()),
+                loc.clone(),
+                format!(
+                    "vm \"{}\" has both a kernel (`boot`) and `firmware {}`: a VM boots one of them",
+                    vm.common.name,
+                    fw.keyword()
+                ),
+                Some(
+                    "remove `boot` to boot its disks through the firmware, or `firmware` to boot the kernel"
+                        .to_string(),
+                ),
             ));
         }
     }

@@ -968,3 +968,37 @@ fn value_types_are_strict() {
     assert!("a b".parse::<Owner>().is_err());
     assert_eq!(":g".parse::<Owner>().unwrap().user, None);
 }
+
+#[test]
+fn firmware_chooses_what_a_vm_without_a_kernel_boots() {
+    let c = parse(
+        "vm \"a\" {\n\tfirmware uefi\n\tdisk \"/d.qcow2\"\n}\nvm \"b\" {\n\tdisk \"/e\"\n}\n",
+    );
+    assert_eq!(c.vms[0].firmware, Some(Firmware::Uefi));
+    assert_eq!(c.vms[1].firmware, None);
+    // Instances inherit it.
+    let c = parse(
+        "vm \"t\" {\n\tfirmware bios\n\tallow instance { boot }\n}\nvm \"t\" instance \"i\" {\n}\n",
+    );
+    assert_eq!(c.effective_vm("i").unwrap().firmware, Some(Firmware::Bios));
+    // It prints back.
+    assert!(c.to_vm_conf().contains("\tfirmware bios\n"));
+    let e = errors("vm \"a\" {\n\tfirmware efi\n}\n");
+    assert!(
+        e.contains("vm.conf:2:11: expected a firmware: bios or uefi"),
+        "{e}"
+    );
+    let e = errors("vm \"a\" {\n\tboot \"/k\"\n\tfirmware bios\n}\n");
+    assert!(
+        e.contains("vm.conf:3:2: vm \"a\" has both a kernel (`boot`) and `firmware bios`"),
+        "{e}"
+    );
+    let e = errors("container \"c\" {\n\tfirmware bios\n}\n");
+    assert!(
+        e.contains("\"firmware\" is not supported in a container block"),
+        "{e}"
+    );
+    // An instance may change it only where `boot` is allowed.
+    let e = errors("vm \"t\" {\n\tallow instance { memory }\n}\nvm \"t\" instance \"i\" {\n\tfirmware uefi\n}\n");
+    assert!(e.contains("firmware"), "{e}");
+}
