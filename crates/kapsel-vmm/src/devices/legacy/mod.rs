@@ -3,6 +3,7 @@
 
 pub mod acpi_pm;
 pub mod cmos;
+pub mod fw_cfg;
 pub mod i8042;
 pub mod pvpanic;
 pub mod serial;
