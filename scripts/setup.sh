@@ -9,12 +9,15 @@
 #   crun (peers in bench/container.py), debootstrap (the Debian root of the systemd container
 #   test, made once into /var/cache/kapsel-test), attr (setfattr: the nested cgroup2 scenario
 #   marks a cgroup delegated as systemd does), podman with conmon, netavark and aardvark-dns (the
-#   real client of kapsel-oci's tests: crates/kapsel-oci/tests/podman.rs).
+#   real client of kapsel-oci's tests: crates/kapsel-oci/tests/podman.rs), seabios (the BIOS
+#   `kapsel run` boots disks through without --kernel) and ovmf (UEFI, next), grub-pc-bin,
+#   grub-common, xorriso and mtools (the GRUB disk of the nested firmware scenarios).
 set -euo pipefail
 
 PACKAGES=(gcc libc6-dev make qemu-system-x86 qemu-utils busybox-static kmod cpio xz-utils zstd lz4
           iproute2 nftables ca-certificates runc crun debootstrap attr
-          podman conmon netavark aardvark-dns)
+          podman conmon netavark aardvark-dns
+          seabios ovmf grub-pc-bin grub-common xorriso mtools)
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then

@@ -267,6 +267,7 @@ pub fn vm_config(
         kernel_as_user: open_as.is_some_and(|u| u.kernel),
         initrd_as_user: open_as.is_some_and(|u| u.initrd) && spec.initrd.is_some(),
         ready_fd: Some(READY_FD),
+        firmware: None,
     };
     cfg.check().map_err(|e| format!("vm {name}: {e}"))?;
     Ok(cfg)

@@ -83,11 +83,20 @@ pub struct NetConfig {
     pub mac: Option<[u8; 6]>,
 }
 
+/// Firmware a VM boots through instead of a kernel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Firmware {
+    /// A PC BIOS image (SeaBIOS), mapped to end at 4 GiB.
+    Bios(PathBuf),
+}
+
 /// A complete description of one VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VmConfig {
     /// Kernel image: a Linux bzImage, or an ELF with a PVH entry note.
+    /// Empty when the VM boots through [`VmConfig::firmware`].
     pub kernel: PathBuf,
     /// Optional initial ramdisk.
     pub initrd: Option<PathBuf>,
@@ -131,6 +140,12 @@ pub struct VmConfig {
     /// process writes one byte and which it closes once every resource is
     /// open: the supervisor then knows the VM could start.
     pub ready_fd: Option<i32>,
+    /// Boot through this firmware, from the disks, instead of loading a
+    /// kernel (`kernel` is then empty, and `initrd` and `cmdline` unused).
+    /// Left out of the document when absent, so that a direct-boot
+    /// configuration reads the same as before firmware boot existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<Firmware>,
 }
 
 impl VmConfig {
@@ -156,6 +171,16 @@ impl VmConfig {
             kernel_as_user: false,
             initrd_as_user: false,
             ready_fd: None,
+            firmware: None,
+        }
+    }
+
+    /// A VM that boots through `firmware` from its disks, with the
+    /// defaults of [`VmConfig::new`].
+    pub fn with_firmware(firmware: Firmware) -> Self {
+        VmConfig {
+            firmware: Some(firmware),
+            ..VmConfig::new("")
         }
     }
 }
@@ -282,6 +307,24 @@ impl VmConfig {
     /// Checks what the command line's parsers check, for a configuration
     /// that did not come through them.
     pub fn check(&self) -> Result<(), String> {
+        match &self.firmware {
+            Some(_)
+                if !self.kernel.as_os_str().is_empty()
+                    || self.initrd.is_some()
+                    || self.kernel_as_user
+                    || self.initrd_as_user =>
+            {
+                return Err(
+                    "a VM boots either a kernel or its firmware: give no kernel and no initrd \
+                     with firmware"
+                        .into(),
+                )
+            }
+            None if self.kernel.as_os_str().is_empty() => {
+                return Err("no kernel and no firmware: give one of them".into())
+            }
+            _ => {}
+        }
         if self.open_as.is_none()
             && (self.kernel_as_user || self.initrd_as_user || self.disks.iter().any(|d| d.as_user))
         {
@@ -471,5 +514,29 @@ mod tests {
             mac: Some([1, 0, 0, 0, 0, 0]),
         };
         assert!(cfg.check().unwrap_err().contains("multicast"));
+    }
+
+    #[test]
+    fn firmware_boot_round_trips_and_excludes_a_kernel() {
+        let cfg = VmConfig::with_firmware(Firmware::Bios("/usr/share/seabios/x.bin".into()));
+        cfg.check().unwrap();
+        let json = String::from_utf8(cfg.to_json()).unwrap();
+        assert!(json.contains("\"firmware\":{\"bios\":\"/usr/share/seabios/x.bin\"}"));
+        assert_eq!(VmConfig::from_json(json.as_bytes(), "x").unwrap(), cfg);
+        // A direct boot's document has no firmware field at all.
+        let plain = String::from_utf8(VmConfig::new("/k").to_json()).unwrap();
+        assert!(!plain.contains("firmware"));
+        let mut both = cfg.clone();
+        both.kernel = "/k".into();
+        assert!(both
+            .check()
+            .unwrap_err()
+            .contains("either a kernel or its firmware"));
+        let mut neither = VmConfig::new("");
+        neither.firmware = None;
+        assert!(neither
+            .check()
+            .unwrap_err()
+            .contains("no kernel and no firmware"));
     }
 }

@@ -43,6 +43,24 @@ pub enum Error {
         /// What is wrong with it.
         detail: String,
     },
+    /// The firmware image is not where it was looked for.
+    #[error("firmware {path} is missing; install Debian's {package} package (apt install {package}), or give another build with {option} PATH")]
+    FirmwareMissing {
+        /// The path looked at.
+        path: PathBuf,
+        /// The Debian package that ships it.
+        package: &'static str,
+        /// The option that names another image.
+        option: &'static str,
+    },
+    /// The firmware image cannot be used.
+    #[error("firmware {path}: {detail}")]
+    BadFirmware {
+        /// The image's path.
+        path: PathBuf,
+        /// What is wrong with it.
+        detail: String,
+    },
     /// The initrd does not fit into guest memory.
     #[error("initrd {path} ({size} bytes) does not fit in guest memory below {limit:#x} next to the kernel; give the VM more memory (--memory)")]
     InitrdTooLarge {
@@ -83,6 +101,8 @@ impl Error {
             Error::KvmUnavailable { .. }
             | Error::File { .. }
             | Error::BadKernel { .. }
+            | Error::FirmwareMissing { .. }
+            | Error::BadFirmware { .. }
             | Error::InitrdTooLarge { .. }
             | Error::InvalidConfig(_) => 2,
             _ => 1,

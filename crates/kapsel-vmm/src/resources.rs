@@ -80,10 +80,12 @@ pub struct OpenNet {
 pub struct Resources {
     /// /dev/kvm.
     pub kvm: Kvm,
-    /// The kernel image.
-    pub kernel: BootFile,
+    /// The kernel image (None for a firmware boot).
+    pub kernel: Option<BootFile>,
     /// The initrd.
     pub initrd: Option<BootFile>,
+    /// The firmware image, for a boot without a kernel.
+    pub firmware: Option<crate::arch::x86_64::firmware::FirmwareImage>,
     /// virtio-blk images, in order.
     pub disks: Vec<OpenDisk>,
     /// virtio-net taps, in order.
@@ -102,9 +104,19 @@ impl Resources {
         let nets = cfg.nets.iter().map(open_net).collect::<Result<_>>()?;
         let kvm = crate::vm::open_kvm()?;
         crate::vm::validate(cfg, &kvm)?;
-        let kernel = open_as(cfg, cfg.kernel_as_user, "kernel", || {
-            BootFile::open("kernel", &cfg.kernel)
-        })?;
+        let firmware = match &cfg.firmware {
+            Some(crate::config::Firmware::Bios(path)) => Some(
+                crate::arch::x86_64::firmware::FirmwareImage::open(path, "--bios")?,
+            ),
+            None => None,
+        };
+        let kernel = if firmware.is_some() {
+            None
+        } else {
+            Some(open_as(cfg, cfg.kernel_as_user, "kernel", || {
+                BootFile::open("kernel", &cfg.kernel)
+            })?)
+        };
         let initrd = cfg
             .initrd
             .as_deref()
@@ -128,6 +140,7 @@ impl Resources {
             kvm,
             kernel,
             initrd,
+            firmware,
             disks,
             nets,
             console,

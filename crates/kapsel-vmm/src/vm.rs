@@ -1,19 +1,22 @@
 //! Building a VM from a [`VmConfig`] and running it to its end.
 
 use crate::arch::x86_64::boot::{self, BootSpec};
-use crate::arch::x86_64::{acpi, cpuid, layout};
+use crate::arch::x86_64::{acpi, cpuid, firmware, layout};
 use crate::bus::{Bus, SharedDevice};
 use crate::config::{OnReboot, VmConfig, MIN_MEMORY};
 use crate::console::{Console, EscapeState, InputTarget};
 use crate::control::{self, FrameBuffer, Reply, ReplyFrame, Request, RunState, VmStatus};
 use crate::devices::legacy::acpi_pm::{AcpiPm, ACPI_PM_BASE, ACPI_PM_PORT_COUNT};
 use crate::devices::legacy::cmos::{Cmos, CMOS_PORT_COUNT};
+use crate::devices::legacy::debugcon::{DebugCon, DEBUGCON_PORT};
+use crate::devices::legacy::fw_cfg::{FW_CFG_PORT, FW_CFG_PORT_COUNT};
 use crate::devices::legacy::i8042::{I8042, I8042_PORT_COUNT};
+use crate::devices::legacy::port92::{Port92, PORT92};
 use crate::devices::legacy::pvpanic::PvPanic;
 use crate::devices::legacy::serial::{SerialDevice, SERIAL_PORT_COUNT};
 use crate::devices::legacy::IrqTrigger;
 use crate::devices::pci::bus::{
-    PciBus, PciConfigIo, PciConfigMmio, PciMmioWindow, PciWindow, PCI_CONFIG_IO_PORT,
+    PciAddress, PciBus, PciConfigIo, PciConfigMmio, PciMmioWindow, PciWindow, PCI_CONFIG_IO_PORT,
     PCI_CONFIG_IO_PORT_COUNT,
 };
 use crate::devices::pci::msix::InterruptSink;
@@ -292,17 +295,30 @@ fn confine() -> Result<Arc<Filters>> {
     Ok(Arc::new(filters))
 }
 
+/// What [`add_pci`] built.
+struct PciParts {
+    /// The devices the I/O thread serves.
+    io_devices: Vec<IoDevice>,
+    /// The virtio console's input, if there is one.
+    hvc_input: Option<ConsoleInput>,
+    /// Where the disks sit, in order.
+    disks: Vec<PciAddress>,
+}
+
 /// The PCI host bridge with the virtio devices of `cfg`, reachable through
 /// the configuration ports, ECAM and the 32-bit BAR window; returns the
-/// devices for the I/O thread.
+/// devices for the I/O thread. With `firmware`, the reset control register
+/// at 0xCF9 works and a second BAR window covers the rest of the 32-bit
+/// hole, where the firmware moves the BARs.
 fn add_pci(
     cfg: &VmConfig,
     res: &Resources,
     vm: &Arc<VmFd>,
     mem: &memory::GuestMem,
-    pio: &mut Bus,
-    mmio: &mut Bus,
-) -> Result<(Vec<IoDevice>, Option<ConsoleInput>)> {
+    buses: (&mut Bus, &mut Bus),
+    firmware: Option<&Arc<ExitSignal>>,
+) -> Result<PciParts> {
+    let (pio, mmio) = buses;
     let window = PciWindow {
         base: layout::PCI_MMIO32_START,
         size: layout::PCI_MMIO32_SIZE,
@@ -332,13 +348,18 @@ fn add_pci(
         devices.push(Box::new(hvc));
     }
     let mut io_devices = Vec::new();
-    for device in devices {
+    let mut disks = Vec::new();
+    let disk_count = res.disks.len();
+    for (i, device) in devices.into_iter().enumerate() {
         let mut pci_dev =
             VirtioPciDevice::new(device, mem.clone(), sink.clone()).map_err(|e| pci_err(&e))?;
         let doorbells = Arc::new(QueueDoorbells::new(vm.clone(), pci_dev.queue_count())?);
         pci_dev.set_notify_registrar(doorbells.clone());
         let pci_dev = Arc::new(Mutex::new(pci_dev));
-        pci.add_device(pci_dev.clone()).map_err(|e| pci_err(&e))?;
+        let addr = pci.add_device(pci_dev.clone()).map_err(|e| pci_err(&e))?;
+        if i < disk_count {
+            disks.push(addr);
+        }
         io_devices.push(IoDevice {
             device: pci_dev,
             doorbells,
@@ -346,10 +367,14 @@ fn add_pci(
     }
     let pci = Arc::new(pci);
     let bus_err = |e: crate::bus::BusError| Error::Memory(format!("PCI address map: {e}"));
+    let mut config_io = PciConfigIo::new(pci.clone());
+    if let Some(exit) = firmware {
+        config_io = config_io.with_reset_control(exit.clone());
+    }
     pio.insert(
         u64::from(PCI_CONFIG_IO_PORT),
         PCI_CONFIG_IO_PORT_COUNT,
-        Arc::new(Mutex::new(PciConfigIo::new(pci.clone()))),
+        Arc::new(Mutex::new(config_io)),
     )
     .map_err(bus_err)?;
     mmio.insert(
@@ -361,10 +386,23 @@ fn add_pci(
     mmio.insert(
         window.base,
         window.size,
-        Arc::new(Mutex::new(PciMmioWindow::new(pci, window.base))),
+        Arc::new(Mutex::new(PciMmioWindow::new(pci.clone(), window.base))),
     )
     .map_err(bus_err)?;
-    Ok((io_devices, hvc_input))
+    if firmware.is_some() {
+        let (base, size) = firmware::PCI_WINDOWS[1];
+        mmio.insert(
+            base,
+            size,
+            Arc::new(Mutex::new(PciMmioWindow::new(pci, base))),
+        )
+        .map_err(bus_err)?;
+    }
+    Ok(PciParts {
+        io_devices,
+        hvc_input,
+        disks,
+    })
 }
 
 /// One running instance of the machine, from power-on to its exit.
@@ -378,6 +416,8 @@ struct Machine {
     gate: Arc<vcpu::PauseGate>,
     threads: Vec<JoinHandle<()>>,
     io_thread: IoThread,
+    /// The firmware image's read-only mapping, kept as long as the VM.
+    _rom: Option<firmware::RomMapping>,
     /// Last, so that it is dropped after everything that may hold a clone
     /// of it (the devices of the I/O thread and the buses).
     mem: memory::GuestRam,
@@ -416,9 +456,18 @@ fn build(res: &Resources, cfg: &VmConfig, filters: Option<&Arc<Filters>>) -> Res
         kvm.create_vm()
             .map_err(|e| Error::kvm("KVM_CREATE_VM", e))?,
     );
-    vm.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
+    // A firmware image may reach down to 16 MiB below 4 GiB: KVM's pages
+    // then go below it.
+    let (identity_map, tss) = match res.firmware {
+        Some(_) => (
+            firmware::KVM_IDENTITY_MAP_ADDRESS,
+            firmware::KVM_TSS_ADDRESS,
+        ),
+        None => (KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS),
+    };
+    vm.set_identity_map_address(identity_map)
         .map_err(|e| Error::kvm("KVM_SET_IDENTITY_MAP_ADDR", e))?;
-    vm.set_tss_address(KVM_TSS_ADDRESS)
+    vm.set_tss_address(tss)
         .map_err(|e| Error::kvm("KVM_SET_TSS_ADDR", e))?;
     vm.create_irq_chip()
         .map_err(|e| Error::kvm("KVM_CREATE_IRQCHIP", e))?;
@@ -431,17 +480,42 @@ fn build(res: &Resources, cfg: &VmConfig, filters: Option<&Arc<Filters>>) -> Res
 
     let mem = memory::create(cfg.memory)?;
     memory::register(&vm, &mem)?;
-    let rsdp = acpi::write_tables(&mem, cfg.cpus)?;
-    let entry = boot::load(
-        &mem,
-        &BootSpec {
-            kernel: &res.kernel,
-            initrd: res.initrd.as_ref(),
-            cmdline: &cfg.cmdline,
-            memory: cfg.memory,
-            rsdp,
-        },
-    )?;
+    let (entry, rom) =
+        match (&res.firmware, &res.kernel) {
+            (Some(image), _) => {
+                // vCPU 0 starts at the reset vector, as KVM creates it; the
+                // firmware builds the tables it hands the OS from fw_cfg.
+                firmware::load_isa_copy(&mem, image)?;
+                if !kvm.check_extension(Cap::ReadonlyMem) {
+                    return Err(Error::KvmUnsupported(
+                        "read-only memory slots (KVM_CAP_READONLY_MEM), needed for the firmware \
+                     image"
+                            .into(),
+                    ));
+                }
+                let slot = layout::ram_ranges(cfg.memory).len() as u32;
+                (None, Some(firmware::map_rom(&vm, slot, image)?))
+            }
+            (None, Some(kernel)) => {
+                let rsdp = acpi::write_tables(&mem, cfg.cpus)?;
+                let entry = boot::load(
+                    &mem,
+                    &BootSpec {
+                        kernel,
+                        initrd: res.initrd.as_ref(),
+                        cmdline: &cfg.cmdline,
+                        memory: cfg.memory,
+                        rsdp,
+                    },
+                )?;
+                (Some(entry), None)
+            }
+            (None, None) => return Err(Error::InvalidConfig(
+                "no kernel and no firmware to boot: give --kernel PATH, or --disk PATH to boot \
+                 through the firmware"
+                    .into(),
+            )),
+        };
 
     let exit = Arc::new(ExitSignal::new().map_err(|e| Error::io("creating an eventfd", e))?);
     let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(|e| Error::io("creating an eventfd", e))?;
@@ -453,6 +527,7 @@ fn build(res: &Resources, cfg: &VmConfig, filters: Option<&Arc<Filters>>) -> Res
     )));
 
     let mut pio = Bus::new();
+    let cmos = Arc::new(Mutex::new(Cmos::new()));
     let devices: [(u16, u64, SharedDevice); 5] = [
         (layout::COM1_PORT, SERIAL_PORT_COUNT, serial.clone()),
         (
@@ -460,11 +535,7 @@ fn build(res: &Resources, cfg: &VmConfig, filters: Option<&Arc<Filters>>) -> Res
             I8042_PORT_COUNT,
             Arc::new(Mutex::new(I8042::new(exit.clone()))),
         ),
-        (
-            layout::CMOS_PORT,
-            CMOS_PORT_COUNT,
-            Arc::new(Mutex::new(Cmos::new())),
-        ),
+        (layout::CMOS_PORT, CMOS_PORT_COUNT, cmos.clone()),
         (
             ACPI_PM_BASE,
             ACPI_PM_PORT_COUNT,
@@ -481,7 +552,12 @@ fn build(res: &Resources, cfg: &VmConfig, filters: Option<&Arc<Filters>>) -> Res
             .map_err(|e| Error::Memory(format!("port map: {e}")))?;
     }
     let mut mmio = Bus::new();
-    let (io_devices, hvc_input) = add_pci(cfg, res, &vm, &mem, &mut pio, &mut mmio)?;
+    let fw_exit = res.firmware.as_ref().map(|_| &exit);
+    let pci = add_pci(cfg, res, &vm, &mem, (&mut pio, &mut mmio), fw_exit)?;
+    let (io_devices, hvc_input) = (pci.io_devices, pci.hvc_input);
+    if let Some(image) = &res.firmware {
+        add_firmware_devices(cfg, image, &mem, &exit, &cmos, &pci.disks, &mut pio)?;
+    }
     let power_button =
         EventFd::new(EFD_NONBLOCK).map_err(|e| Error::io("creating an eventfd", e))?;
     vm.register_irqfd(&power_button, layout::GED_GSI)
@@ -497,7 +573,7 @@ fn build(res: &Resources, cfg: &VmConfig, filters: Option<&Arc<Filters>>) -> Res
     let mut vcpus = Vec::with_capacity(cfg.cpus.into());
     for id in 0..cfg.cpus {
         let vcpu = Vcpu::new(&vm, id)?;
-        let boot = (id == 0).then_some((&*mem, entry));
+        let boot = entry.filter(|_| id == 0).map(|e| (&*mem, e));
         vcpu.configure(&supported, cfg.cpus, host, &cfg.hide_cpuid, boot)?;
         vcpus.push(vcpu);
     }
@@ -521,6 +597,7 @@ fn build(res: &Resources, cfg: &VmConfig, filters: Option<&Arc<Filters>>) -> Res
         gate,
         threads: Vec::new(),
         io_thread,
+        _rom: rom,
         mem,
     };
     for vcpu in vcpus {
@@ -549,6 +626,43 @@ fn build(res: &Resources, cfg: &VmConfig, filters: Option<&Arc<Filters>>) -> Res
         }
     }
     Ok(machine)
+}
+
+/// The devices only a firmware boot has: fw_cfg, port 0x92, the debug
+/// port, and the CMOS memory-size bytes.
+fn add_firmware_devices(
+    cfg: &VmConfig,
+    image: &firmware::FirmwareImage,
+    mem: &memory::GuestMem,
+    exit: &Arc<ExitSignal>,
+    cmos: &Arc<Mutex<Cmos>>,
+    disks: &[PciAddress],
+    pio: &mut Bus,
+) -> Result<()> {
+    let low = layout::low_ram_end(cfg.memory);
+    cmos.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .set_memory_fields(low, cfg.memory - low, cfg.cpus);
+    let fw_cfg = firmware::fw_cfg(
+        mem.clone(),
+        &firmware::MachineInfo {
+            memory: cfg.memory,
+            cpus: cfg.cpus,
+            disks,
+            image_size: image.bytes.len() as u64,
+        },
+    )?;
+    let debug = tracing::enabled!(tracing::Level::DEBUG);
+    let devices: [(u16, u64, SharedDevice); 3] = [
+        (FW_CFG_PORT, FW_CFG_PORT_COUNT, Arc::new(Mutex::new(fw_cfg))),
+        (PORT92, 1, Arc::new(Mutex::new(Port92::new(exit.clone())))),
+        (DEBUGCON_PORT, 1, Arc::new(Mutex::new(DebugCon::new(debug)))),
+    ];
+    for (port, count, dev) in devices {
+        pio.insert(u64::from(port), count, dev)
+            .map_err(|e| Error::Memory(format!("port map: {e}")))?;
+    }
+    Ok(())
 }
 
 impl Machine {

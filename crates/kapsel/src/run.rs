@@ -1,7 +1,7 @@
 //! `kapsel run`: boot one VM in the foreground.
 
 use clap::{Args, ValueEnum};
-use kapsel_vmm::config::{DiskConfig, NetConfig, TapSource};
+use kapsel_vmm::config::{DiskConfig, Firmware, NetConfig, TapSource};
 use kapsel_vmm::control::EndReport;
 use kapsel_vmm::devices::virtio::block::CacheMode;
 use kapsel_vmm::user_files::UserCredentials;
@@ -11,8 +11,10 @@ use std::path::PathBuf;
 
 /// Every option that describes the VM: the configuration from
 /// `--config-fd` replaces them all.
-const VM_OPTIONS: [&str; 18] = [
+const VM_OPTIONS: [&str; 20] = [
     "kernel",
+    "firmware",
+    "bios",
     "initrd",
     "cmdline",
     "memory",
@@ -36,8 +38,16 @@ const VM_OPTIONS: [&str; 18] = [
 #[derive(Args, Debug)]
 pub struct RunArgs {
     /// Kernel: a Linux bzImage, or an ELF (vmlinux or other) with a PVH entry note.
-    #[arg(long, value_name = "PATH", required_unless_present = "config_fd")]
+    /// Without it the VM boots through its firmware from the first disk.
+    #[arg(long, value_name = "PATH")]
     pub kernel: Option<PathBuf>,
+    /// The firmware a VM without --kernel boots through: bios (SeaBIOS).
+    #[arg(long, value_enum, value_name = "KIND", conflicts_with = "kernel")]
+    pub firmware: Option<FirmwareArg>,
+    /// The BIOS image for --firmware bios [default: /usr/share/seabios/bios-microvm.bin,
+    /// from Debian's seabios package].
+    #[arg(long, value_name = "PATH", conflicts_with = "kernel")]
+    pub bios: Option<PathBuf>,
     /// Initial ramdisk.
     #[arg(long, value_name = "PATH")]
     pub initrd: Option<PathBuf>,
@@ -115,6 +125,13 @@ pub struct RunArgs {
     /// on the inherited descriptor N (a pipe) before exiting.
     #[arg(long, value_name = "N")]
     pub exit_fd: Option<i32>,
+}
+
+/// `--firmware` values.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FirmwareArg {
+    /// SeaBIOS, a PC BIOS: boots MBR and GPT disks with a BIOS boot loader.
+    Bios,
 }
 
 /// `--on-reboot` values.
@@ -248,11 +265,34 @@ fn config(args: RunArgs) -> Result<VmConfig, String> {
     if let Some(fd) = args.config_fd {
         return VmConfig::from_fd(fd);
     }
-    let kernel = args
-        .kernel
-        .ok_or("give the kernel: --kernel PATH (or the configuration: --config-fd N)")?;
+    let (kernel, firmware) = match args.kernel {
+        Some(kernel) => (kernel, None),
+        None if args.disks.is_empty() => {
+            return Err(
+                "give a kernel (--kernel PATH), or a disk to boot from through the \
+                        firmware (--disk PATH) (or the configuration: --config-fd N)"
+                    .into(),
+            )
+        }
+        None => {
+            // The only kind so far; --firmware bios says it explicitly.
+            let FirmwareArg::Bios = args.firmware.unwrap_or(FirmwareArg::Bios);
+            let bios = args
+                .bios
+                .unwrap_or_else(|| kapsel_vmm::arch::x86_64::firmware::DEFAULT_BIOS.into());
+            (PathBuf::new(), Some(Firmware::Bios(bios)))
+        }
+    };
+    if firmware.is_some() && args.initrd.is_some() {
+        return Err(
+            "--initrd goes with --kernel; a firmware boot loads what the disk's boot \
+                    loader loads"
+                .into(),
+        );
+    }
     let cfg = VmConfig {
         kernel,
+        firmware,
         initrd: args.initrd,
         cmdline: args.cmdline,
         memory: args.memory,

@@ -15,8 +15,20 @@ const KAPSEL: &str = env!("CARGO_BIN_EXE_kapsel");
 
 /// The scenarios tests/nested/job.sh runs, in order; each test checks one.
 const SCENARIOS: &[&str] = &[
-    "cpus1", "cpus2", "cpus4", "reboot", "restart", "panic", "vmlinux", "virtio", "net", "button",
-    "daemon", "cgroup2",
+    "cpus1",
+    "cpus2",
+    "cpus4",
+    "reboot",
+    "restart",
+    "panic",
+    "vmlinux",
+    "virtio",
+    "net",
+    "button",
+    "daemon",
+    "cgroup2",
+    "bios",
+    "biosqcow2",
 ];
 const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 
@@ -45,6 +57,7 @@ fn run_testbed() -> Results {
     let _ = std::fs::remove_dir_all(&out);
     let vmlinux = repo.join(".testbed/l1-vmlinux");
     let images = make_qcow2_images(&out)?;
+    make_grub_disk(&repo, &images)?;
     let build = Command::new(repo.join("scripts/testbed/build.sh"))
         .status()
         .map_err(|e| format!("scripts/testbed/build.sh: {e}"))?;
@@ -80,8 +93,23 @@ fn run_testbed() -> Results {
             "{}:files/overlay.qcow2",
             images.join("overlay.qcow2").display()
         ))
+        .arg("--add")
+        .arg(format!(
+            "{}:files/grub.img",
+            images.join("grub.img").display()
+        ))
+        .arg("--add")
+        .arg(format!(
+            "{}:files/grub.qcow2",
+            images.join("grub.qcow2").display()
+        ))
+        .arg("--add")
+        .arg(format!("{SEABIOS}:files/bios-microvm.bin"))
         .arg("--env")
-        .arg(format!("KAPSEL_SCENARIOS={}", SCENARIOS.join(" ")))
+        .arg(format!(
+            "KAPSEL_SCENARIOS={}",
+            std::env::var("KAPSEL_NESTED_ONLY").unwrap_or_else(|_| SCENARIOS.join(" "))
+        ))
         .arg("--out")
         .arg(&out)
         .arg("--timeout")
@@ -144,6 +172,67 @@ fn make_qcow2_images(out: &Path) -> Result<PathBuf, String> {
         return Err(format!("qemu-img create failed: {status}"));
     }
     Ok(dir)
+}
+
+/// Debian's SeaBIOS, shipped into L1 for the firmware scenarios.
+const SEABIOS: &str = "/usr/share/seabios/bios-microvm.bin";
+
+/// A disk with its own boot loader for the firmware scenarios: GRUB for
+/// BIOS (grub-mkrescue's hybrid image, whose MBR boots from a hard disk)
+/// with a serial-only menu that boots the testbed's L2 kernel and initrd
+/// at once; and the same disk as qcow2. Made from Debian's grub-pc-bin,
+/// grub-common, xorriso and mtools (scripts/setup.sh installs them).
+fn make_grub_disk(repo: &Path, dir: &Path) -> Result<(), String> {
+    let tree = dir.join("grub-tree");
+    let boot = tree.join("boot");
+    std::fs::create_dir_all(boot.join("grub")).map_err(|e| e.to_string())?;
+    for (from, to) in [("l2-vmlinuz", "vmlinuz"), ("l2-initrd.cpio", "initrd")] {
+        std::fs::copy(repo.join(".testbed").join(from), boot.join(to))
+            .map_err(|e| format!(".testbed/{from}: {e} (scripts/testbed/build.sh makes it)"))?;
+    }
+    std::fs::write(
+        boot.join("grub/grub.cfg"),
+        "serial --unit=0 --speed=115200\n\
+         terminal_input serial\n\
+         terminal_output serial\n\
+         set timeout=0\n\
+         menuentry kapsel {\n\
+         \techo KAPSEL-GRUB-UP\n\
+         \tlinux /boot/vmlinuz console=ttyS0 quiet mitigations=off\n\
+         \tinitrd /boot/initrd\n\
+         }\n",
+    )
+    .map_err(|e| e.to_string())?;
+    let out = Command::new("grub-mkrescue")
+        .arg("-o")
+        .arg(dir.join("grub.img"))
+        .arg(&tree)
+        .output()
+        .map_err(|e| format!("grub-mkrescue (Debian: grub-common, grub-pc-bin, xorriso): {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "grub-mkrescue failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let status = Command::new("qemu-img")
+        .args([
+            "convert",
+            "-q",
+            "-f",
+            "raw",
+            "-O",
+            "qcow2",
+            "grub.img",
+            "grub.qcow2",
+        ])
+        .current_dir(dir)
+        .status()
+        .map_err(|e| format!("qemu-img (Debian: qemu-utils): {e}"))?;
+    if !status.success() {
+        return Err(format!("qemu-img convert failed: {status}"));
+    }
+    Ok(())
 }
 
 /// Runs the testbed once per test process; None when it should not run.
@@ -664,4 +753,28 @@ fn containers_on_a_pure_cgroup_v2_host() {
         ctx()
     );
     expect("ROOT_LEFT", "");
+}
+
+/// A disk with its own boot loader boots through SeaBIOS (no --kernel):
+/// the firmware's and GRUB's output reach the serial console, GRUB loads
+/// Linux from the disk through the firmware's virtio-blk driver, the guest
+/// reaches userspace and powers off.
+fn check_bios(name: &str) {
+    let Some(s) = scenario(name) else { return };
+    assert_eq!(s.exit, 0, "{name}: kapsel failed: {}\n{}", s.err, s.log);
+    for want in ["SeaBIOS (version", "KAPSEL-GRUB-UP", "KAPSEL-GUEST-UP"] {
+        assert!(s.log.contains(want), "{name}: no {want} in\n{}", s.log);
+    }
+    let nproc: u32 = marker(&s.log, "KAPSEL-NPROC=").unwrap().parse().unwrap();
+    assert_eq!(nproc, 2, "{name}: both vCPUs came up through the firmware");
+}
+
+#[test]
+fn a_grub_disk_boots_through_seabios() {
+    check_bios("bios");
+}
+
+#[test]
+fn a_grub_qcow2_disk_boots_through_seabios() {
+    check_bios("biosqcow2");
 }

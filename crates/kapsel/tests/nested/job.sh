@@ -354,7 +354,7 @@ EOS
 
 K="--kernel $KAPSEL_L2_KERNEL --initrd $KAPSEL_L2_INITRD"
 # The list comes from SCENARIOS in nested_linux.rs; the default runs all.
-for scenario in ${KAPSEL_SCENARIOS:-cpus1 cpus2 cpus4 reboot restart panic vmlinux virtio net button daemon cgroup2}; do
+for scenario in ${KAPSEL_SCENARIOS:-cpus1 cpus2 cpus4 reboot restart panic vmlinux virtio net button daemon cgroup2 bios biosqcow2}; do
     case $scenario in
     cpus1) boot cpus1 0 $K --cpus 1 --memory 256M --cmdline "$BASE" ;;
     cpus2) boot cpus2 0 $K --cpus 2 --memory 512M --cmdline "$BASE" ;;
@@ -417,6 +417,11 @@ for scenario in ${KAPSEL_SCENARIOS:-cpus1 cpus2 cpus4 reboot restart panic vmlin
         kill $server 2>/dev/null || true
         rm -rf /tmp/www
         ;;
+    # A disk with its own boot loader, through SeaBIOS (no --kernel).
+    bios) boot bios 0 --disk /mnt/files/grub.img,format=raw,ro --bios /mnt/files/bios-microvm.bin \
+        --cpus 2 --memory 256M ;;
+    biosqcow2) boot biosqcow2 0 --disk /mnt/files/grub.qcow2,ro \
+        --bios /mnt/files/bios-microvm.bin --cpus 2 --memory 256M ;;
     daemon) daemon_scenario ;;
     cgroup2) cgroup2_scenario ;;
     cgroup2-rooted) cgroup2_rooted ;;

@@ -55,20 +55,28 @@ fn device_aml(path: &str, hid: &dyn Aml, resources: Vec<&dyn Aml>, out: &mut Vec
 }
 
 /// PCI host bridge 0 (PCI Express, ECAM from the MCFG table): bus 0, the
-/// configuration ports, all other I/O ports, and the 32-bit BAR window.
-fn pci_host_bridge_aml(out: &mut Vec<u8>) {
+/// configuration ports, all other I/O ports, and the 32-bit BAR windows
+/// `(start, size)`.
+fn pci_host_bridge_aml(windows: &[(u64, u64)], out: &mut Vec<u8>) {
     let bus = aml::AddressSpace::<u16>::new_bus_number(0, 0);
     let cfg_ports = aml::IO::new(0xcf8, 0xcf8, 1, 8);
     let io_low = aml::AddressSpace::<u16>::new_io(0, 0xcf7, None);
     let io_high = aml::AddressSpace::<u16>::new_io(0xd00, 0xffff, None);
-    let mmio32 = aml::AddressSpace::<u32>::new_memory(
-        aml::AddressSpaceCacheable::NotCacheable,
-        true,
-        PCI_MMIO32_START as u32,
-        (PCI_MMIO32_START + PCI_MMIO32_SIZE - 1) as u32,
-        None,
-    );
-    let crs = aml::ResourceTemplate::new(vec![&bus, &cfg_ports, &io_low, &io_high, &mmio32]);
+    let mmio32: Vec<_> = windows
+        .iter()
+        .map(|&(start, size)| {
+            aml::AddressSpace::<u32>::new_memory(
+                aml::AddressSpaceCacheable::NotCacheable,
+                true,
+                start as u32,
+                (start + size - 1) as u32,
+                None,
+            )
+        })
+        .collect();
+    let mut resources: Vec<&dyn Aml> = vec![&bus, &cfg_ports, &io_low, &io_high];
+    resources.extend(mmio32.iter().map(|w| w as &dyn Aml));
+    let crs = aml::ResourceTemplate::new(resources);
     let hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0A08"));
     let cid = aml::Name::new("_CID".into(), &aml::EISAName::new("PNP0A03"));
     let seg = aml::Name::new("_SEG".into(), &aml::ZERO);
@@ -106,8 +114,16 @@ fn mcfg() -> Vec<u8> {
     bytes_of(&mcfg)
 }
 
-/// The DSDT's AML body.
+/// The 32-bit PCI windows of a direct kernel boot: the VMM places BARs.
+pub const DIRECT_PCI_WINDOWS: [(u64, u64); 1] = [(PCI_MMIO32_START, PCI_MMIO32_SIZE)];
+
+/// The DSDT's AML body for a direct kernel boot.
 pub fn dsdt_aml() -> Vec<u8> {
+    dsdt_aml_with(&DIRECT_PCI_WINDOWS)
+}
+
+/// The DSDT's AML body, with the PCI host bridge decoding `windows`.
+pub fn dsdt_aml_with(windows: &[(u64, u64)]) -> Vec<u8> {
     let mut body = Vec::new();
     device_aml(
         "_SB_.COM1",
@@ -133,7 +149,7 @@ pub fn dsdt_aml() -> Vec<u8> {
         vec![&aml::IO::new(PVPANIC_PORT, PVPANIC_PORT, 1, 1)],
         &mut body,
     );
-    pci_host_bridge_aml(&mut body);
+    pci_host_bridge_aml(windows, &mut body);
     power_button_aml(&mut body);
     let s5_type = S5_SLEEP_TYPE;
     let s5_package = aml::Package::new(vec![&s5_type, &s5_type]);
@@ -171,9 +187,9 @@ fn madt(cpus: u8) -> Vec<u8> {
     bytes_of(&madt)
 }
 
-fn dsdt() -> Vec<u8> {
+fn dsdt(windows: &[(u64, u64)]) -> Vec<u8> {
     let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
-    dsdt.append_slice(&dsdt_aml());
+    dsdt.append_slice(&dsdt_aml_with(windows));
     dsdt.as_slice().to_vec()
 }
 
@@ -181,15 +197,21 @@ fn align16(addr: u64) -> u64 {
     (addr + 15) & !15
 }
 
-/// Writes all tables for a VM with `cpus` vCPUs into the ACPI area and
-/// returns the RSDP's address.
-pub fn write_tables(mem: &GuestMem, cpus: u8) -> Result<u64> {
-    let rsdp_addr = ACPI_START;
+/// Where each table of [`layout_tables`] sits.
+struct Layout {
+    /// `(address, bytes)` of RSDP, XSDT, FADT, DSDT, MADT, MCFG, in order.
+    tables: Vec<(u64, Vec<u8>)>,
+}
+
+/// Lays the tables out one after the other from `base` (the RSDP first),
+/// with every pointer holding the absolute address of its target.
+fn layout_tables(base: u64, cpus: u8, windows: &[(u64, u64)]) -> Layout {
+    let rsdp_addr = base;
     let xsdt_addr = align16(rsdp_addr + Rsdp::len() as u64);
     // The XSDT lists three tables: header plus three 8-byte pointers.
     let fadt_addr = align16(xsdt_addr + 36 + 24);
     let dsdt_addr = align16(fadt_addr + acpi_tables::fadt::FADT::len() as u64);
-    let dsdt = dsdt();
+    let dsdt = dsdt(windows);
     let madt_addr = align16(dsdt_addr + dsdt.len() as u64);
     let madt = madt(cpus);
     let mcfg_addr = align16(madt_addr + madt.len() as u64);
@@ -197,15 +219,23 @@ pub fn write_tables(mem: &GuestMem, cpus: u8) -> Result<u64> {
     xsdt.add_entry(fadt_addr);
     xsdt.add_entry(madt_addr);
     xsdt.add_entry(mcfg_addr);
-    let tables = [
-        (rsdp_addr, bytes_of(&Rsdp::new(OEM_ID, xsdt_addr))),
-        (xsdt_addr, bytes_of(&xsdt)),
-        (fadt_addr, fadt(dsdt_addr)),
-        (dsdt_addr, dsdt),
-        (madt_addr, madt),
-        (mcfg_addr, mcfg()),
-    ];
-    for (addr, bytes) in &tables {
+    Layout {
+        tables: vec![
+            (rsdp_addr, bytes_of(&Rsdp::new(OEM_ID, xsdt_addr))),
+            (xsdt_addr, bytes_of(&xsdt)),
+            (fadt_addr, fadt(dsdt_addr)),
+            (dsdt_addr, dsdt),
+            (madt_addr, madt),
+            (mcfg_addr, mcfg()),
+        ],
+    }
+}
+
+/// Writes all tables for a VM with `cpus` vCPUs into the ACPI area and
+/// returns the RSDP's address.
+pub fn write_tables(mem: &GuestMem, cpus: u8) -> Result<u64> {
+    let layout = layout_tables(ACPI_START, cpus, &DIRECT_PCI_WINDOWS);
+    for (addr, bytes) in &layout.tables {
         if addr + bytes.len() as u64 > ACPI_END {
             return Err(Error::InvalidConfig(format!(
                 "ACPI tables for {cpus} vCPUs do not fit below {ACPI_END:#x}"
@@ -214,7 +244,85 @@ pub fn write_tables(mem: &GuestMem, cpus: u8) -> Result<u64> {
         mem.write_slice(bytes, GuestAddress(*addr))
             .map_err(|e| Error::Memory(format!("ACPI tables: {e}")))?;
     }
-    Ok(rsdp_addr)
+    Ok(ACPI_START)
+}
+
+/// The fw_cfg file that holds every table but the RSDP.
+pub const TABLES_FILE: &str = "etc/acpi/tables";
+/// The fw_cfg file that holds the RSDP.
+pub const RSDP_FILE: &str = "etc/acpi/rsdp";
+/// The fw_cfg file that holds the linker/loader script.
+pub const LOADER_FILE: &str = "etc/table-loader";
+
+/// The same tables for a firmware boot, handed over through fw_cfg: the
+/// firmware allocates both blobs, relocates the pointers and fixes the
+/// checksums as the loader script says, the way QEMU hands its tables to
+/// SeaBIOS and OVMF.
+pub struct FirmwareTables {
+    /// `etc/acpi/rsdp`.
+    pub rsdp: Vec<u8>,
+    /// `etc/acpi/tables`: XSDT, FADT, DSDT, MADT, MCFG.
+    pub tables: Vec<u8>,
+    /// `etc/table-loader`.
+    pub loader: Vec<u8>,
+}
+
+/// Builds [`FirmwareTables`] for `cpus` vCPUs and a host bridge decoding
+/// the 32-bit PCI `windows` (the firmware places BARs there).
+pub fn firmware_tables(cpus: u8, windows: &[(u64, u64)]) -> FirmwareTables {
+    use crate::devices::legacy::fw_cfg::loader::{Script, ZONE_FSEG, ZONE_HIGH};
+    // Laid out from address 0, every pointer is an offset into the tables
+    // blob; the loader adds the blob's address. The RSDP, at offset 0, is
+    // cut out into its own file and its bytes in the blob stay zero.
+    let layout = layout_tables(0, cpus, windows);
+    let end = layout
+        .tables
+        .iter()
+        .map(|(a, b)| *a as usize + b.len())
+        .max()
+        .unwrap_or(0);
+    let mut tables = vec![0u8; end];
+    let mut rsdp = Vec::new();
+    for (i, (addr, bytes)) in layout.tables.iter().enumerate() {
+        if i == 0 {
+            rsdp = bytes.clone();
+        } else {
+            tables[*addr as usize..*addr as usize + bytes.len()].copy_from_slice(bytes);
+        }
+    }
+    let mut s = Script::default();
+    s.allocate(RSDP_FILE, 16, ZONE_FSEG);
+    s.allocate(TABLES_FILE, 64, ZONE_HIGH);
+    // RSDP.XsdtAddress.
+    s.add_pointer(RSDP_FILE, TABLES_FILE, 24, 8);
+    let (xsdt_addr, xsdt) = &layout.tables[1];
+    for entry in (36..xsdt.len()).step_by(8) {
+        s.add_pointer(
+            TABLES_FILE,
+            TABLES_FILE,
+            (*xsdt_addr as usize + entry) as u32,
+            8,
+        );
+    }
+    // FADT.X_DSDT.
+    let fadt_addr = layout.tables[2].0 as u32;
+    s.add_pointer(TABLES_FILE, TABLES_FILE, fadt_addr + 140, 8);
+    for (addr, bytes) in &layout.tables[1..] {
+        s.add_checksum(
+            TABLES_FILE,
+            *addr as u32 + 9,
+            *addr as u32,
+            bytes.len() as u32,
+        );
+    }
+    // The RSDP's checksum over its first 20 bytes, then the extended one.
+    s.add_checksum(RSDP_FILE, 8, 0, 20);
+    s.add_checksum(RSDP_FILE, 32, 0, rsdp.len() as u32);
+    FirmwareTables {
+        rsdp,
+        tables,
+        loader: s.into_bytes(),
+    }
 }
 
 #[cfg(test)]
@@ -322,5 +430,92 @@ mod tests {
     fn many_cpus_fit() {
         let mem = memory::create(64 << 20).unwrap();
         assert!(write_tables(&mem, 255).is_ok());
+    }
+
+    /// Runs a linker/loader script the way SeaBIOS's romfile_loader does,
+    /// on two blobs placed at `rsdp_at` and `tables_at`.
+    fn run_loader(t: &FirmwareTables, rsdp_at: u64, tables_at: u64) -> (Vec<u8>, Vec<u8>) {
+        let mut rsdp = t.rsdp.clone();
+        let mut tables = t.tables.clone();
+        let name = |b: &[u8]| {
+            let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+            String::from_utf8(b[..end].to_vec()).unwrap()
+        };
+        let le32 = |b: &[u8]| u32::from_le_bytes(b[0..4].try_into().unwrap()) as usize;
+        assert_eq!(t.loader.len() % 128, 0);
+        for e in t.loader.chunks(128) {
+            match le32(e) {
+                1 => {}
+                2 => {
+                    let (dest, src) = (name(&e[4..60]), name(&e[60..116]));
+                    let base = if src == TABLES_FILE {
+                        tables_at
+                    } else {
+                        rsdp_at
+                    };
+                    let blob = if dest == TABLES_FILE {
+                        &mut tables
+                    } else {
+                        &mut rsdp
+                    };
+                    let off = le32(&e[116..]);
+                    assert_eq!(e[120], 8);
+                    let v = u64_at(blob, off) + base;
+                    blob[off..off + 8].copy_from_slice(&v.to_le_bytes());
+                }
+                3 => {
+                    let file = name(&e[4..60]);
+                    let blob = if file == TABLES_FILE {
+                        &mut tables
+                    } else {
+                        &mut rsdp
+                    };
+                    let (off, start, len) = (le32(&e[60..]), le32(&e[64..]), le32(&e[68..]));
+                    let sum = blob[start..start + len]
+                        .iter()
+                        .fold(0u8, |a, b| a.wrapping_add(*b));
+                    blob[off] = blob[off].wrapping_sub(sum);
+                }
+                c => panic!("unknown command {c}"),
+            }
+        }
+        (rsdp, tables)
+    }
+
+    #[test]
+    fn firmware_tables_relocate_to_valid_tables() {
+        let windows = [(0xc000_0000, 0x2000_0000), (0xe010_0000, 0x1eb0_0000)];
+        let t = firmware_tables(2, &windows);
+        let (rsdp_at, tables_at) = (0xf5a40u64, 0x7ffe_0000u64);
+        let (rsdp, tables) = run_loader(&t, rsdp_at, tables_at);
+        assert_eq!(&rsdp[0..8], b"RSD PTR ");
+        assert!(checksum_ok(&rsdp[0..20]));
+        assert!(checksum_ok(&rsdp));
+        let at = |addr: u64| {
+            let off = (addr - tables_at) as usize;
+            let len = u32::from_le_bytes(tables[off + 4..off + 8].try_into().unwrap()) as usize;
+            tables[off..off + len].to_vec()
+        };
+        let xsdt = at(u64_at(&rsdp, 24));
+        assert_eq!(&xsdt[0..4], b"XSDT");
+        assert!(checksum_ok(&xsdt));
+        let sigs: Vec<Vec<u8>> = (36..xsdt.len())
+            .step_by(8)
+            .map(|o| {
+                let table = at(u64_at(&xsdt, o));
+                assert!(checksum_ok(&table));
+                table[0..4].to_vec()
+            })
+            .collect();
+        assert_eq!(
+            sigs,
+            vec![b"FACP".to_vec(), b"APIC".to_vec(), b"MCFG".to_vec()]
+        );
+        let fadt = at(u64_at(&xsdt, 36));
+        let dsdt = at(u64_at(&fadt, 140));
+        assert_eq!(&dsdt[0..4], b"DSDT");
+        assert!(checksum_ok(&dsdt));
+        // The blob carries no second RSDP for an OS to stumble on.
+        assert!(!tables.windows(8).any(|w| w == b"RSD PTR "));
     }
 }

@@ -3,5 +3,6 @@
 pub mod acpi;
 pub mod boot;
 pub mod cpuid;
+pub mod firmware;
 pub mod layout;
 pub mod regs;

@@ -236,6 +236,40 @@ impl Cmos {
     }
 }
 
+/// Base memory in KiB (0x15 low, 0x16 high): 640.
+const REG_BASE_MEM: usize = 0x15;
+/// Extended memory above 1 MiB in KiB, up to 63 MiB (0x17/0x18, and the
+/// copy at 0x30/0x31).
+const REG_EXT_MEM: usize = 0x17;
+const REG_EXT_MEM2: usize = 0x30;
+/// Memory above 16 MiB and below 4 GiB in 64 KiB units (0x34 low, 0x35 high).
+const REG_MEM_ABOVE_16M: usize = 0x34;
+/// Memory above 4 GiB in 64 KiB units (0x5b, 0x5c, 0x5d).
+const REG_MEM_ABOVE_4G: usize = 0x5b;
+/// vCPUs minus one (QEMU's CMOS_BIOS_SMP_COUNT, read by SeaBIOS).
+const REG_SMP_COUNT: usize = 0x5f;
+
+impl Cmos {
+    /// Fills the memory-size and CPU-count bytes a PC BIOS reads from the
+    /// CMOS, as QEMU's `pc_cmos_init` does: `low` bytes of RAM below the
+    /// 4 GiB hole, `high` bytes above 4 GiB.
+    pub fn set_memory_fields(&mut self, low: u64, high: u64, cpus: u8) {
+        let mut put16 = |reg: usize, v: u64| {
+            let v = v.min(0xffff) as u16;
+            self.ram[reg..reg + 2].copy_from_slice(&v.to_le_bytes());
+        };
+        put16(REG_BASE_MEM, 640);
+        let ext_kib = (low.saturating_sub(1 << 20) >> 10).min(0xfc00);
+        put16(REG_EXT_MEM, ext_kib);
+        put16(REG_EXT_MEM2, ext_kib);
+        put16(REG_MEM_ABOVE_16M, low.saturating_sub(16 << 20) >> 16);
+        let above_4g = (high >> 16).min(0xff_ffff) as u32;
+        self.ram[REG_MEM_ABOVE_4G..REG_MEM_ABOVE_4G + 3]
+            .copy_from_slice(&above_4g.to_le_bytes()[..3]);
+        self.ram[REG_SMP_COUNT] = cpus.saturating_sub(1);
+    }
+}
+
 impl Default for Cmos {
     fn default() -> Self {
         Self::new()
@@ -352,5 +386,37 @@ mod tests {
         c.write(1, &[]);
         set(&mut c, REG_DAY, 0xff); // nonsense BCD is clamped, not a crash
         let _ = reg(&mut c, REG_DAY);
+    }
+
+    #[test]
+    fn memory_fields_follow_qemu() {
+        let mut c = Cmos::with_clock(|| 0);
+        c.set_memory_fields(3 << 30, 5 << 30, 4);
+        let mut read = |reg: u8| {
+            c.write(0, &[reg]);
+            let mut b = [0u8];
+            c.read(1, &mut b);
+            b[0]
+        };
+        assert_eq!((read(0x15), read(0x16)), (0x80, 0x02));
+        assert_eq!((read(0x30), read(0x31)), (0x00, 0xfc));
+        assert_eq!((read(0x17), read(0x18)), (0x00, 0xfc));
+        // 3 GiB - 16 MiB in 64 KiB units: 0xbf00.
+        assert_eq!((read(0x34), read(0x35)), (0x00, 0xbf));
+        // 5 GiB in 64 KiB units: 0x014000.
+        assert_eq!((read(0x5b), read(0x5c), read(0x5d)), (0x00, 0x40, 0x01));
+        assert_eq!(read(0x5f), 3);
+        let mut small = Cmos::with_clock(|| 0);
+        small.set_memory_fields(8 << 20, 0, 1);
+        small.write(0, &[0x34]);
+        let mut b = [0u8];
+        small.read(1, &mut b);
+        assert_eq!(b[0], 0);
+        small.write(0, &[0x30]);
+        small.read(1, &mut b);
+        assert_eq!(b[0], 0x00);
+        small.write(0, &[0x31]);
+        small.read(1, &mut b);
+        assert_eq!(b[0], 0x1c);
     }
 }

@@ -269,12 +269,24 @@ fn valid_config_access(register: u64, len: usize) -> bool {
 pub struct PciConfigIo {
     bus: Arc<PciBus>,
     address: u32,
+    reset: Option<(Arc<crate::exit::ExitSignal>, u8)>,
 }
 
 impl PciConfigIo {
     /// Serves `bus` through the type-1 ports.
     pub fn new(bus: Arc<PciBus>) -> Self {
-        PciConfigIo { bus, address: 0 }
+        PciConfigIo {
+            bus,
+            address: 0,
+            reset: None,
+        }
+    }
+
+    /// Also decodes the reset control register at 0xCF9 (firmware boots),
+    /// resetting the VM through `exit`.
+    pub fn with_reset_control(mut self, exit: Arc<crate::exit::ExitSignal>) -> Self {
+        self.reset = Some((exit, 0));
+        self
     }
 
     fn target(&self, offset: u64, len: usize) -> Option<(PciAddress, u64)> {
@@ -300,6 +312,10 @@ impl PciConfigIo {
 
 impl BusDevice for PciConfigIo {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if let (RESET_CONTROL_OFFSET, 1, Some((_, value))) = (offset, data.len(), &self.reset) {
+            data[0] = *value;
+            return;
+        }
         if offset == 0 && data.len() == 4 {
             data.copy_from_slice(&self.address.to_le_bytes());
             return;
@@ -311,6 +327,13 @@ impl BusDevice for PciConfigIo {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
+        if let (RESET_CONTROL_OFFSET, &[v], Some((exit, value))) = (offset, data, &mut self.reset) {
+            *value = v & RESET_CONTROL_MASK;
+            if v & RESET_CONTROL_RESET_CPU != 0 {
+                exit.raise(crate::exit::VmExit::Reset);
+            }
+            return;
+        }
         if offset == 0 && data.len() == 4 {
             let mut b = [0u8; 4];
             b.copy_from_slice(data);
@@ -322,6 +345,14 @@ impl BusDevice for PciConfigIo {
         }
     }
 }
+
+/// The PIIX3/ICH reset control register inside the type-1 ports (0xCF9):
+/// bit 2 set resets the machine (bit 1 chooses hard over soft reset; both
+/// are one reset here). SeaBIOS's `pci_reboot` and OVMF's `ResetCold` use
+/// it.
+const RESET_CONTROL_OFFSET: u64 = 1;
+const RESET_CONTROL_RESET_CPU: u8 = 1 << 2;
+const RESET_CONTROL_MASK: u8 = 0x0e;
 
 /// ECAM (PCI Express enhanced configuration access): an MMIO device of up
 /// to [`ECAM_SIZE`] bytes; offset = bus << 20 | device << 15 | function << 12
@@ -667,6 +698,28 @@ mod tests {
         )
         .is_err());
         assert!(PciBus::new(MEM32, Some(PciWindow { base: 0, size: 0 })).is_err());
+    }
+
+    #[test]
+    fn reset_control_resets_only_when_enabled() {
+        let (bus, addr) = bus_with(Scratch::new(BarKind::Memory32, 0x1000));
+        let exit = Arc::new(crate::exit::ExitSignal::new().unwrap());
+        let mut io = PciConfigIo::new(bus).with_reset_control(exit.clone());
+        io.write(0, &cf8(addr, 0));
+        // SeaBIOS's pci_reboot: read, set bit 1, then bits 1 and 2.
+        let mut b = [0u8];
+        io.read(1, &mut b);
+        assert_eq!(b[0], 0);
+        io.write(1, &[b[0] | 2]);
+        io.read(1, &mut b);
+        assert_eq!(b[0], 2);
+        assert!(!exit.is_raised());
+        // The address register is untouched by byte accesses.
+        let mut v = [0u8; 4];
+        io.read(0, &mut v);
+        assert_eq!(v, cf8(addr, 0));
+        io.write(1, &[6]);
+        assert_eq!(exit.reason(), Some(crate::exit::VmExit::Reset));
     }
 
     #[test]

@@ -699,7 +699,19 @@ impl PciDevice for VirtioPciDevice {
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
+        let decoded_before = (self.config.bar_address(0), self.config.memory_enabled());
         self.config.write(offset, data);
+        let decoded = (self.config.bar_address(0), self.config.memory_enabled());
+        // The guest (firmware, then the OS) may move BAR0 or turn decoding
+        // off while the queues run: the doorbells follow the BAR.
+        if decoded != decoded_before && self.status & STATUS_DRIVER_OK != 0 {
+            if let Some(registrar) = &self.registrar {
+                registrar.detach_all();
+            }
+            if decoded.1 {
+                self.attach_doorbells();
+            }
+        }
         let cap = self.msix_cap as u64;
         if offset < cap + 4 && offset.saturating_add(data.len() as u64) > cap + 2 {
             let mut msix = self
@@ -1058,6 +1070,23 @@ mod tests {
         d.dev.notify_queue(0);
         assert_eq!(used_entry(&d.mem, &vq, 0), (0, 16));
         d.dev.notify_queue(7); // no such queue: ignored
+                               // Moving BAR0 moves the doorbells; turning decoding off drops them.
+        d.dev.write_config(
+            0x04,
+            &crate::devices::pci::config::COMMAND_MEMORY_SPACE.to_le_bytes(),
+        );
+        d.dev.write_config(0x10, &0xfeb0_0000u32.to_le_bytes());
+        assert_eq!(
+            *doorbells.0.lock().unwrap(),
+            vec![(0, 0xfeb0_0000 + NOTIFY_CFG_OFFSET)]
+        );
+        d.dev.write_config(0x04, &0u16.to_le_bytes());
+        assert!(doorbells.0.lock().unwrap().is_empty());
+        d.dev.write_config(
+            0x04,
+            &crate::devices::pci::config::COMMAND_MEMORY_SPACE.to_le_bytes(),
+        );
+        assert_eq!(doorbells.0.lock().unwrap().len(), 1);
         d.set_status(0);
         assert!(doorbells.0.lock().unwrap().is_empty());
     }
