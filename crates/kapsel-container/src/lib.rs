@@ -37,6 +37,7 @@ mod spec;
 mod start;
 mod sys;
 
+pub use cgroup::{Resources, Stats};
 pub use container::{Container, ExitStatus};
 pub use error::{Error, Result};
 pub use exec::{exec_in, ExecOptions, ExecProcess};

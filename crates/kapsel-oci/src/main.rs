@@ -10,6 +10,8 @@
 //! lets the init execute the process.
 
 mod config;
+mod default_spec;
+mod resources;
 mod state;
 
 use clap::{Parser, Subcommand};
@@ -46,8 +48,10 @@ struct Cli {
     /// Log debug lines as well.
     #[arg(long, global = true)]
     debug: bool,
-    /// Accepted for compatibility (true, false or auto); kapsel-oci needs root.
-    #[arg(long, global = true)]
+    /// true, false or auto; kapsel-oci runs containers as root only (for
+    /// `spec`, a bare --rootless writes the rootless variant).
+    #[arg(long, global = true, num_args = 0..=1, default_missing_value = "true",
+          value_parser = ["true", "false", "auto"])]
     rootless: Option<String>,
     /// Print the version.
     #[arg(short = 'v', long)]
@@ -119,7 +123,7 @@ enum Cmd {
         #[arg(short = 'f', long, default_value = "table")]
         format: String,
         id: String,
-        #[arg(trailing_var_arg = true)]
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         ps_args: Vec<String>,
     },
     /// List the containers under --root.
@@ -131,6 +135,34 @@ enum Cmd {
     },
     /// What this runtime supports (runtime-spec features JSON).
     Features,
+    /// Freeze every process of a running container.
+    Pause { id: String },
+    /// Thaw a paused container.
+    Resume { id: String },
+    /// Change a running container's limits.
+    Update {
+        #[command(flatten)]
+        args: resources::UpdateArgs,
+        id: String,
+    },
+    /// Print the container's figures (--stats: once) and OOM events.
+    Events {
+        /// Print the figures once and exit.
+        #[arg(long)]
+        stats: bool,
+        /// How often to print the figures.
+        #[arg(long, default_value = "5s")]
+        interval: String,
+        id: String,
+    },
+    /// Write a default config.json (runc's) into the bundle.
+    /// (`--rootless`: for a container of an unprivileged user, with a user
+    /// namespace.)
+    Spec {
+        /// The bundle directory.
+        #[arg(short = 'b', long, default_value = ".")]
+        bundle: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -224,6 +256,8 @@ fn fail<T>(msg: impl Into<String>) -> Result<T, Fail> {
 }
 
 struct Ctx {
+    /// --rootless true (or bare).
+    rootless: bool,
     root: PathBuf,
     log: Log,
     systemd_cgroup: bool,
@@ -271,10 +305,12 @@ fn main() {
         log.error("no command given; see kapsel-oci --help");
         std::process::exit(1);
     };
-    if cli.rootless.as_deref() == Some("true") {
+    let rootless = cli.rootless.as_deref() == Some("true");
+    if rootless && !matches!(cmd, Cmd::Spec { .. }) {
         log.warn("--rootless true: kapsel-oci runs containers as root only");
     }
     let ctx = Ctx {
+        rootless,
         root: cli.root,
         log,
         systemd_cgroup: cli.systemd_cgroup,
@@ -300,7 +336,9 @@ fn run_cmd(ctx: &Ctx, cmd: Cmd) -> Result<i32, Fail> {
             let rec = existing(ctx, &id)?;
             match rec.status(&ctx.root) {
                 Status::Created => start(ctx, &rec).map(|()| 0),
-                Status::Running => fail("cannot start an already running container"),
+                Status::Running | Status::Paused => {
+                    fail("cannot start an already running container")
+                }
                 Status::Stopped => fail("cannot start a container that has stopped"),
             }
         }
@@ -324,6 +362,10 @@ fn run_cmd(ctx: &Ctx, cmd: Cmd) -> Result<i32, Fail> {
                 // SAFETY: kill(2) with integer arguments.
                 unsafe { libc::kill(pid, sig) };
             }
+            // A frozen task acts on SIGKILL only once thawed (cgroup v1).
+            if sig == libc::SIGKILL && rec.status(&ctx.root) == Status::Paused {
+                resources::cgroup_of(&rec)?.thaw()?;
+            }
             Ok(0)
         }
         Cmd::Delete { force, id } => {
@@ -336,9 +378,10 @@ fn run_cmd(ctx: &Ctx, cmd: Cmd) -> Result<i32, Fail> {
                 return fail(format!("container {id} does not exist"));
             };
             let status = rec.status(&ctx.root);
-            if status == Status::Running && !force {
+            if matches!(status, Status::Running | Status::Paused) && !force {
                 return fail(format!(
-                    "cannot delete container {id} that is not stopped: running (stop it, or use --force)"
+                    "cannot delete container {id} that is not stopped: {} (stop it, or use --force)",
+                    status.as_str()
                 ));
             }
             destroy(ctx, &rec)?;
@@ -353,20 +396,13 @@ fn run_cmd(ctx: &Ctx, cmd: Cmd) -> Result<i32, Fail> {
         Cmd::Ps {
             format,
             id,
-            ps_args: _,
+            ps_args,
         } => {
             let rec = existing(ctx, &id)?;
             let pids = cgroup_pids(&rec);
             match format.as_str() {
                 "json" => println!("{}", serde_json::to_string(&pids)?),
-                "table" => {
-                    println!("PID   CMD");
-                    for p in pids {
-                        let comm =
-                            fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
-                        println!("{p:<5} {}", comm.trim());
-                    }
-                }
+                "table" => ps_table(&pids, &ps_args)?,
                 other => return fail(format!("ps --format {other}: use table or json")),
             }
             Ok(0)
@@ -410,7 +446,133 @@ fn run_cmd(ctx: &Ctx, cmd: Cmd) -> Result<i32, Fail> {
             println!("{}", serde_json::to_string_pretty(&features())?);
             Ok(0)
         }
+        Cmd::Pause { id } => {
+            let rec = existing(ctx, &id)?;
+            match rec.status(&ctx.root) {
+                Status::Running => {}
+                Status::Paused => return Ok(0),
+                _ => return fail("container not running"),
+            }
+            resources::cgroup_of(&rec)?.freeze()?;
+            Ok(0)
+        }
+        Cmd::Resume { id } => {
+            let rec = existing(ctx, &id)?;
+            if rec.status(&ctx.root) != Status::Paused {
+                return fail("container not paused");
+            }
+            resources::cgroup_of(&rec)?.thaw()?;
+            Ok(0)
+        }
+        Cmd::Update { args, id } => {
+            let rec = existing(ctx, &id)?;
+            if rec.status(&ctx.root) == Status::Stopped {
+                return fail("container not running");
+            }
+            let res = resources::requested(&args)?;
+            resources::cgroup_of(&rec)?.update(&res)?;
+            Ok(0)
+        }
+        Cmd::Events {
+            stats,
+            interval,
+            id,
+        } => events(ctx, &id, stats, &interval),
+        Cmd::Spec { bundle } => {
+            let rootless = ctx.rootless;
+            let path = bundle.join("config.json");
+            if path.exists() {
+                return fail("File config.json exists. Remove it first");
+            }
+            // SAFETY: getuid and getgid have no preconditions.
+            let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+            let text =
+                serde_json::to_string_pretty(&default_spec::default_spec(rootless, uid, gid))?;
+            fs::write(&path, text + "\n").map_err(|e| Fail(format!("{}: {e}", path.display())))?;
+            Ok(0)
+        }
     }
+}
+
+/// `ps --format table`: the host's `ps` (with `ps_args`, default `-ef`),
+/// its header and the lines of the container's processes (as runc).
+fn ps_table(pids: &[i32], ps_args: &[String]) -> Result<(), Fail> {
+    let args: Vec<String> = if ps_args.is_empty() {
+        vec!["-ef".into()]
+    } else {
+        ps_args.to_vec()
+    };
+    let out = std::process::Command::new("ps")
+        .args(&args)
+        .output()
+        .map_err(|e| {
+            Fail(format!(
+                "running ps {}: {e}; install procps",
+                args.join(" ")
+            ))
+        })?;
+    if !out.status.success() {
+        return fail(format!(
+            "ps {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let header = lines.next().unwrap_or_default();
+    let Some(col) = header.split_whitespace().position(|h| h == "PID") else {
+        return fail("couldn't find PID field in ps output");
+    };
+    println!("{header}");
+    for line in lines {
+        let pid = line
+            .split_whitespace()
+            .nth(col)
+            .and_then(|p| p.parse::<i32>().ok());
+        if pid.is_some_and(|p| pids.contains(&p)) {
+            println!("{line}");
+        }
+    }
+    Ok(())
+}
+
+/// `events`: the figures once (`--stats`), or every `interval` with an
+/// `oom` event whenever the container's OOM-kill count grows, until the
+/// container stops (as runc).
+fn events(ctx: &Ctx, id: &str, once: bool, interval: &str) -> Result<i32, Fail> {
+    let rec = existing(ctx, id)?;
+    if rec.status(&ctx.root) == Status::Stopped {
+        return fail("container not running");
+    }
+    let every = resources::parse_duration(interval)?;
+    let cg = resources::cgroup_of(&rec)?;
+    let event = |kind: &str, data: Option<serde_json::Value>| {
+        let mut e = serde_json::json!({"type": kind, "id": id});
+        if let Some(d) = data {
+            e["data"] = d;
+        }
+        println!("{e}");
+    };
+    if once {
+        event("stats", Some(resources::stats_json(&cg.stats())));
+        return Ok(0);
+    }
+    let mut ooms = cg.oom_kills().unwrap_or(0);
+    let mut next = Instant::now();
+    while rec.alive() {
+        let now_ooms = cg.oom_kills().unwrap_or(ooms);
+        if now_ooms > ooms {
+            event("oom", None);
+            ooms = now_ooms;
+        }
+        if Instant::now() >= next {
+            event("stats", Some(resources::stats_json(&cg.stats())));
+            next = Instant::now() + every;
+        }
+        std::thread::sleep(every.min(Duration::from_millis(200)));
+    }
+    Ok(0)
 }
 
 fn features() -> serde_json::Value {
@@ -680,6 +842,9 @@ fn forward_signals(pid: i32) {
 /// Kills what is left of the container and removes its cgroup and state.
 fn destroy(ctx: &Ctx, rec: &Record) -> Result<(), Fail> {
     if rec.alive() {
+        if let Ok(cg) = resources::cgroup_of(rec) {
+            let _ = cg.thaw();
+        }
         let _ = signal_init(rec, libc::SIGKILL);
         let deadline = Instant::now() + Duration::from_secs(10);
         while rec.alive() && Instant::now() < deadline {

@@ -37,6 +37,7 @@ pub struct Record {
 pub enum Status {
     Created,
     Running,
+    Paused,
     Stopped,
 }
 
@@ -45,6 +46,7 @@ impl Status {
         match self {
             Status::Created => "created",
             Status::Running => "running",
+            Status::Paused => "paused",
             Status::Stopped => "stopped",
         }
     }
@@ -112,9 +114,21 @@ impl Record {
             Status::Stopped
         } else if fifo(root, &self.id).exists() {
             Status::Created
+        } else if self.frozen() {
+            Status::Paused
         } else {
             Status::Running
         }
+    }
+
+    /// Whether the container's freezer holds it (`pause`).
+    fn frozen(&self) -> bool {
+        let Ok(mode) = kapsel_container::cgroup::CgroupMode::detect() else {
+            return false;
+        };
+        kapsel_container::cgroup::Cgroup::open(&mode, &self.cgroups)
+            .is_frozen()
+            .unwrap_or(false)
     }
 
     /// The OCI state JSON (with runc's `rootfs`, `created` and `owner`).
