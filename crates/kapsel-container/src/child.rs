@@ -74,6 +74,8 @@ pub(crate) const STEPS: &[&str] = &[
     "making a configured path read-only",      // 34
     "remounting the root read-only",           // 35
     "setting a resource limit (rlimit)",       // 36
+    "telling the parent the root is ready (for its hooks)", // 37
+    "setting a sysctl of the container's namespaces (its /proc/sys file)", // 38
 ];
 
 /// A mount of the configuration, prepared for the child.
@@ -233,6 +235,12 @@ pub(crate) struct ChildPlan {
     pub user: Option<(u32, u32, Vec<libc::gid_t>)>,
     /// `/proc/self/fd/N` of the start FIFO (an O_PATH descriptor).
     pub start_fifo: Option<CString>,
+    /// Stop before pivot_root until the parent's hooks ran (see
+    /// [`crate::Container::start_hooked`]).
+    pub hook_sync: bool,
+    /// Sysctls: the file below the root (`proc/sys/...`) and the value,
+    /// written after /proc is mounted.
+    pub sysctls: Vec<(CString, CString)>,
 }
 
 /// Ends the child after the parent has stopped listening: a message on
@@ -426,6 +434,23 @@ pub(crate) fn run(plan: &ChildPlan) -> ! {
         let hard = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
         if !mount(Some(b"proc\0"), b"proc\0", Some(b"proc\0"), hard, None) {
             fail(plan, 8);
+        }
+        // Sysctls of the container's own namespaces, through its fresh
+        // /proc (the caller checked each is namespaced).
+        for (file, value) in &plan.sysctls {
+            let fd = libc::open(
+                file.as_ptr(),
+                libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+            );
+            if fd < 0 {
+                fail(plan, 38);
+            }
+            let bytes = value.as_bytes();
+            let n = libc::write(fd, bytes.as_ptr().cast(), bytes.len());
+            if n != bytes.len() as isize {
+                fail(plan, 38);
+            }
+            libc::close(fd);
         }
         if !mount(
             Some(b"sysfs\0"),
@@ -679,6 +704,16 @@ pub(crate) fn run(plan: &ChildPlan) -> ! {
             ) {
                 fail(plan, 18);
             }
+        }
+        if plan.hook_sync {
+            // The root is mounted: the parent runs its hooks (OCI
+            // prestart, createRuntime, createContainer) now, before
+            // pivot_root, and answers with a byte (end of file: it gave up).
+            let ready = 1u8;
+            if libc::write(plan.go_read, (&ready as *const u8).cast(), 1) != 1 {
+                fail(plan, 37);
+            }
+            wait_for_parent(plan.go_read);
         }
         if plan.readonly_root
             && !mount(

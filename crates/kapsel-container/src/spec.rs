@@ -160,6 +160,10 @@ pub struct Extra {
     pub start_fifo: Option<PathBuf>,
     /// The init's `oom_score_adj`.
     pub oom_score_adj: Option<i32>,
+    /// Sysctls written in the container's own namespaces (dotted name,
+    /// value); the caller makes sure each is namespaced (`net.*` with a
+    /// network namespace of its own, IPC ones, `kernel.hostname`...).
+    pub sysctls: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

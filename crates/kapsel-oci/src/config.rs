@@ -121,6 +121,7 @@ pub struct Translated {
     pub rootfs: PathBuf,
     pub annotations: serde_json::Map<String, serde_json::Value>,
     pub terminal: bool,
+    pub hooks: crate::hooks::Hooks,
 }
 
 /// Loads `bundle/config.json`.
@@ -267,23 +268,12 @@ pub fn translate(
     if spec.domainname().as_ref().is_some_and(|d| !d.is_empty()) {
         warn("domainname ignored".into());
     }
-    if let Some(hooks) = spec.hooks() {
-        let any = serde_json::to_value(hooks)
-            .ok()
-            .and_then(|v| {
-                v.as_object().map(|o| {
-                    o.values()
-                        .any(|l| l.as_array().is_some_and(|a| !a.is_empty()))
-                })
-            })
-            .unwrap_or(false);
-        if any {
-            return refuse(
-                "config.json hooks are not supported by kapsel-oci yet; remove them (podman: \
-                 --hooks-dir with no hooks) or use runc",
-            );
-        }
-    }
+    let hooks = crate::hooks::Hooks::from_spec(
+        spec.hooks()
+            .as_ref()
+            .and_then(|h| serde_json::to_value(h).ok()),
+    )
+    .map_err(Refused)?;
     for m in spec.mounts().iter().flatten() {
         mount(m, &mut c.extra.mounts, &mut warn)?;
     }
@@ -429,8 +419,44 @@ pub fn translate(
     if linux.devices().as_ref().is_some_and(|d| !d.is_empty()) {
         warn("linux.devices ignored: the container gets Kapsel's fixed set of device nodes".into());
     }
-    if linux.sysctl().as_ref().is_some_and(|s| !s.is_empty()) {
-        warn("linux.sysctl ignored".into());
+    for (name, value) in linux.sysctl().iter().flatten() {
+        // As runc: only sysctls of a namespace the container has of its own.
+        let own = |ns: Namespace| !c.extra.host_namespaces.contains(&ns);
+        let ipc = [
+            "kernel.msgmax",
+            "kernel.msgmnb",
+            "kernel.msgmni",
+            "kernel.sem",
+            "kernel.shmall",
+            "kernel.shmmax",
+            "kernel.shmmni",
+            "kernel.shm_rmid_forced",
+        ];
+        let needs = if ipc.contains(&name.as_str()) || name.starts_with("fs.mqueue.") {
+            Some((Namespace::Ipc, "ipc"))
+        } else if name.starts_with("net.") {
+            Some((Namespace::Net, "network"))
+        } else if name == "kernel.hostname" || name == "kernel.domainname" {
+            Some((Namespace::Uts, "uts"))
+        } else {
+            None
+        };
+        match needs {
+            Some((ns, _)) if own(ns) => {}
+            Some((_, kind)) => {
+                return refuse(format!(
+                    "linux.sysctl: {name} needs a {kind} namespace of the container's own (it \
+                     would change the host's); add the namespace or remove the sysctl"
+                ))
+            }
+            None => {
+                return refuse(format!(
+                    "linux.sysctl: {name} is not in a separate kernel namespace (it would \
+                     change the whole host); remove it"
+                ))
+            }
+        }
+        c.extra.sysctls.push((name.clone(), value.clone()));
     }
     if let Some(sc) = linux.seccomp() {
         if sc.listener_path().is_some() {
@@ -460,6 +486,7 @@ pub fn translate(
         .and_then(|v| v.as_object().cloned())
         .unwrap_or_default();
     Ok(Translated {
+        hooks,
         terminal: c.console == ConsoleSpec::Pty,
         spec: c,
         warnings,

@@ -11,6 +11,7 @@
 
 mod config;
 mod default_spec;
+mod hooks;
 mod resources;
 mod state;
 
@@ -579,7 +580,8 @@ fn features() -> serde_json::Value {
     serde_json::json!({
         "ociVersionMin": "1.0.0",
         "ociVersionMax": state::OCI_VERSION,
-        "hooks": [],
+        "hooks": ["prestart", "createRuntime", "createContainer", "startContainer",
+            "poststart", "poststop"],
         "mountOptions": ["ro", "rw", "nosuid", "suid", "nodev", "dev", "noexec", "exec",
             "bind", "rbind", "sync", "dirsync", "noatime", "nodiratime", "strictatime",
             "relatime", "private", "rprivate", "slave", "rslave", "shared", "rshared",
@@ -715,7 +717,21 @@ fn create_in(
     spec.extra.start_fifo = Some(fifo);
     ctx.log
         .debug(&format!("creating {} from {}", a.id, bundle.display()));
-    let mut c = Container::start(&spec)?;
+    let mode = kapsel_container::cgroup::CgroupMode::detect()?;
+    let hooks = t.hooks;
+    let mut c = if hooks.at_create() {
+        // Once the namespaces exist and the root is mounted, before
+        // pivot_root (see hooks.rs).
+        let mut run_hooks = |pid: i32| -> Result<(), String> {
+            let st = state::hook_state(&a.id, "creating", pid, bundle, &t.annotations);
+            hooks::run_all("prestart", &hooks.prestart, &st, None)?;
+            hooks::run_all("createRuntime", &hooks.create_runtime, &st, None)?;
+            hooks::run_all("createContainer", &hooks.create_container, &st, Some(pid))
+        };
+        Container::start_hooked(&spec, &mode, Some(&mut run_hooks))?
+    } else {
+        Container::start_in(&spec, &mode)?
+    };
     if spec.console == ConsoleSpec::Pty {
         let master = c.take_console();
         if let (Some(master), Some(sock)) = (master, &a.console_socket) {
@@ -738,6 +754,7 @@ fn create_in(
         capabilities: spec.capabilities.0,
         no_new_privs: spec.no_new_privs,
         seccomp: spec.seccomp,
+        hooks,
     };
     state::save(&ctx.root, &rec)?;
     if let Some(p) = &a.pid_file {
@@ -747,9 +764,33 @@ fn create_in(
     Ok(c)
 }
 
+/// `start`: the startContainer hooks, the release, the poststart hooks.
+fn start(ctx: &Ctx, rec: &Record) -> Result<(), Fail> {
+    // A failing hook ends the container (runc).
+    let ended = |e: String| {
+        let _ = signal_init(rec, libc::SIGKILL);
+        Fail(e)
+    };
+    hooks::run_all(
+        "startContainer",
+        &rec.hooks.start_container,
+        &rec.hook_state("created"),
+        Some(rec.pid),
+    )
+    .map_err(ended)?;
+    release(ctx, rec)?;
+    hooks::run_all(
+        "poststart",
+        &rec.hooks.poststart,
+        &rec.hook_state("running"),
+        None,
+    )
+    .map_err(ended)
+}
+
 /// Lets the created init run: opens the FIFO it waits on for reading and
 /// takes its byte.
-fn start(ctx: &Ctx, rec: &Record) -> Result<(), Fail> {
+fn release(ctx: &Ctx, rec: &Record) -> Result<(), Fail> {
     let fifo = state::fifo(&ctx.root, &rec.id);
     let f = fs::OpenOptions::new()
         .read(true)
@@ -802,6 +843,7 @@ fn run(ctx: &Ctx, a: &CreateArgs, detach: bool, keep: bool) -> Result<i32, Fail>
     if !keep {
         c.cleanup()?;
         let _ = fs::remove_dir_all(state::dir(&ctx.root, &a.id));
+        poststop(ctx, &rec);
     } else {
         c.detach();
     }
@@ -876,7 +918,21 @@ fn destroy(ctx: &Ctx, rec: &Record) -> Result<(), Fail> {
         }
     }
     fs::remove_dir_all(state::dir(&ctx.root, &rec.id))
-        .map_err(|e| Fail(format!("removing the state of {}: {e}", rec.id)))
+        .map_err(|e| Fail(format!("removing the state of {}: {e}", rec.id)))?;
+    poststop(ctx, rec);
+    Ok(())
+}
+
+/// The poststop hooks; a failure is a warning (runc).
+fn poststop(ctx: &Ctx, rec: &Record) {
+    if let Err(e) = hooks::run_all(
+        "poststop",
+        &rec.hooks.poststop,
+        &rec.hook_state("stopped"),
+        None,
+    ) {
+        ctx.log.warn(&e);
+    }
 }
 
 /// Removes a cgroup directory and the groups below it.

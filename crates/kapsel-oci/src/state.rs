@@ -30,6 +30,10 @@ pub struct Record {
     pub capabilities: u64,
     pub no_new_privs: bool,
     pub seccomp: bool,
+    /// config.json's hooks, for `start` (startContainer, poststart) and
+    /// `delete` (poststop).
+    #[serde(default)]
+    pub hooks: crate::hooks::Hooks,
 }
 
 /// A container's status, as `state` reports it.
@@ -131,6 +135,12 @@ impl Record {
             .unwrap_or(false)
     }
 
+    /// The state a hook reads on its standard input (runtime-spec's
+    /// `state`, with `status` as the hook's moment has it).
+    pub fn hook_state(&self, status: &str) -> serde_json::Value {
+        hook_state(&self.id, status, self.pid, &self.bundle, &self.annotations)
+    }
+
     /// The OCI state JSON (with runc's `rootfs`, `created` and `owner`).
     pub fn state_json(&self, root: &Path) -> serde_json::Value {
         let status = self.status(root);
@@ -149,6 +159,27 @@ impl Record {
         }
         v
     }
+}
+
+/// The state a hook reads, for a container not yet recorded.
+pub fn hook_state(
+    id: &str,
+    status: &str,
+    pid: i32,
+    bundle: &Path,
+    annotations: &serde_json::Map<String, serde_json::Value>,
+) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "ociVersion": OCI_VERSION,
+        "id": id,
+        "status": status,
+        "pid": pid,
+        "bundle": bundle,
+    });
+    if !annotations.is_empty() {
+        v["annotations"] = serde_json::Value::Object(annotations.clone());
+    }
+    v
 }
 
 /// Now as RFC 3339 in UTC with nanoseconds (as Go's time.RFC3339Nano).

@@ -240,7 +240,8 @@ fn refused_fields_and_json_errors() {
     let b = Bundle::new("refuse", &["true"]);
     let log = b.dir.join("log.json");
     let mut c = config(&["true"]);
-    c["hooks"] = json!({"prestart": [{"path": "/bin/true"}]});
+    // A hook that is refused: its path is relative.
+    c["hooks"] = json!({"prestart": [{"path": "bin/true"}]});
     b.write(&c);
     let out = b.oci(&[
         "--log",

@@ -44,6 +44,20 @@ impl Container {
     /// [`Container::start`] with the cgroup layout given: a daemon detects
     /// it once ([`CgroupMode::detect`]) instead of at every start.
     pub fn start_in(spec: &ContainerSpec, mode: &CgroupMode) -> Result<Container> {
+        Self::start_hooked(spec, mode, None)
+    }
+
+    /// [`Container::start_in`] that stops the child once its root is
+    /// mounted, before `pivot_root` (the host's root still visible in its
+    /// mount namespace), and calls `hook` with the init's host PID: the
+    /// moment of the OCI `prestart`, `createRuntime` and `createContainer`
+    /// hooks. An `Err` from `hook` ends the start ([`Error::Hook`]) and
+    /// removes everything.
+    pub fn start_hooked(
+        spec: &ContainerSpec,
+        mode: &CgroupMode,
+        hook: Option<&mut dyn FnMut(i32) -> std::result::Result<(), String>>,
+    ) -> Result<Container> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             return Err(Error::Invalid(
@@ -94,6 +108,7 @@ impl Container {
             },
         )?;
         let extra = plan::prepare_extra(spec, &root, &mut plan)?;
+        plan.hook_sync = hook.is_some();
 
         let mut cgroup = create_cgroup(spec, &mode, systemd)?;
         // v1: the child moves itself in through these (see
@@ -146,7 +161,7 @@ impl Container {
         // From here on a failure drops `c`, which kills the child and
         // removes the cgroup and the veth.
         let move_into_cgroup = !cloned.born_in_cgroup && plan.cgroup_tasks.is_empty();
-        parent::finish(&mut c, spec, move_into_cgroup, go_write, err_read)?;
+        parent::finish(&mut c, spec, move_into_cgroup, go_write, err_read, hook)?;
         drop(plan);
         tracing::debug!("container {} started, init pid {}", c.name, c.pid);
         Ok(c)

@@ -129,6 +129,8 @@ pub(super) fn build(spec: &ContainerSpec, inp: &PlanInputs<'_>) -> Result<ChildP
             .as_ref()
             .map(|u| (u.uid, u.gid, u.groups.clone())),
         start_fifo: None,
+        hook_sync: false,
+        sysctls: Vec::new(),
     })
 }
 
@@ -190,6 +192,16 @@ pub(super) fn prepare_extra(
         let r = p.trim_start_matches('/');
         cstring(if r.is_empty() { b"." } else { r.as_bytes() })
     };
+    for (name, value) in &extra.sysctls {
+        if name.is_empty() || name.contains("..") || name.contains('/') {
+            return Err(Error::Invalid(format!(
+                "sysctl \"{name}\": give a dotted name such as net.ipv4.ip_forward"
+            )));
+        }
+        let file = format!("proc/sys/{}", name.replace('.', "/"));
+        plan.sysctls
+            .push((cstring(file.as_bytes())?, cstring(value.as_bytes())?));
+    }
     for p in &extra.masked_paths {
         plan.masked_extra.push(rel(p)?);
     }

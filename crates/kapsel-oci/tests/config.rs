@@ -1,0 +1,205 @@
+//! config.json areas through kapsel-oci's command line: hooks (every
+//! kind, in order, with the state on standard input, in the right
+//! namespaces, with runc's failure semantics and timeouts) and sysctls.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// A host hook that appends its kind to `order` and saves its standard
+/// input as `DIR/KIND.json`.
+fn host_hook(dir: &Path, kind: &str, extra: &str) -> Value {
+    let d = dir.display();
+    json!({
+        "path": "/bin/sh",
+        "args": ["sh", "-c", format!("echo {kind} >> {d}/order; cat > {d}/{kind}.json; {extra}")],
+        "env": ["HOOKVAR=from-config"]
+    })
+}
+
+fn read_json(p: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
+        .unwrap()
+}
+
+#[test]
+fn hooks_run_in_order_with_the_state_in_their_namespaces() {
+    if skip() {
+        return;
+    }
+    let b = Bundle::new("hooks", &["sleep", "1000"]);
+    let d = b.dir.display().to_string();
+    let mut cfg = config(&["sleep", "1000"]);
+    cfg["annotations"] = json!({"org.test": "yes"});
+    cfg["hooks"] = json!({
+        "prestart": [host_hook(&b.dir, "prestart", &format!("echo $HOOKVAR > {d}/env"))],
+        "createRuntime": [host_hook(&b.dir, "createRuntime", "")],
+        // In the container's namespaces, before pivot_root: the host's
+        // /bin/sh and paths, the container's hostname and network.
+        "createContainer": [host_hook(&b.dir, "createContainer",
+            &format!("hostname > {d}/cc.hostname; readlink /proc/self/ns/net > {d}/cc.net"))],
+        // After pivot_root: the container's /bin/sh, a file in its root.
+        "startContainer": [{"path": "/bin/sh",
+            "args": ["sh", "-c", "cat > /start.json; hostname > /start.hostname"]}],
+        "poststart": [host_hook(&b.dir, "poststart", "")],
+        "poststop": [host_hook(&b.dir, "poststop", "")]
+    });
+    b.write(&cfg);
+    let id = id("hooks");
+    b.ok(&["create", "--bundle", b.path(), &id]);
+    let pid = b.state(&id)["pid"].as_i64().unwrap();
+    let order = || std::fs::read_to_string(b.dir.join("order")).unwrap_or_default();
+    assert_eq!(order(), "prestart\ncreateRuntime\ncreateContainer\n");
+    for kind in ["prestart", "createRuntime", "createContainer"] {
+        let s = read_json(&b.dir.join(format!("{kind}.json")));
+        assert_eq!(s["status"], "creating", "{kind}: {s}");
+        assert_eq!(s["pid"], pid, "{kind}: {s}");
+        assert_eq!(s["id"], id.as_str());
+        assert_eq!(s["bundle"], b.path());
+        assert_eq!(s["annotations"]["org.test"], "yes");
+        assert!(s["ociVersion"].is_string());
+    }
+    assert_eq!(
+        std::fs::read_to_string(b.dir.join("env")).unwrap(),
+        "from-config\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(b.dir.join("cc.hostname")).unwrap(),
+        "ocitest\n"
+    );
+    let container_net = std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(b.dir.join("cc.net"))
+            .unwrap()
+            .trim(),
+        container_net.to_str().unwrap()
+    );
+
+    b.ok(&["start", &id]);
+    assert_eq!(
+        order(),
+        "prestart\ncreateRuntime\ncreateContainer\npoststart\n"
+    );
+    let s = read_json(&b.dir.join("rootfs/start.json"));
+    assert_eq!(s["status"], "created", "{s}");
+    assert_eq!(
+        std::fs::read_to_string(b.dir.join("rootfs/start.hostname")).unwrap(),
+        "ocitest\n"
+    );
+    assert_eq!(
+        read_json(&b.dir.join("poststart.json"))["status"],
+        "running"
+    );
+    b.ok(&["kill", &id, "KILL"]);
+    assert!(eventually(|| b.state(&id)["status"] == "stopped"));
+    b.ok(&["delete", &id]);
+    assert!(order().ends_with("poststart\npoststop\n"), "{}", order());
+    assert_eq!(read_json(&b.dir.join("poststop.json"))["status"], "stopped");
+}
+
+fn cgroup_gone(id: &str) -> bool {
+    [
+        "/sys/fs/cgroup/memory",
+        "/sys/fs/cgroup/pids",
+        "/sys/fs/cgroup",
+    ]
+    .iter()
+    .all(|top| !Path::new(top).join("kapsel-oci").join(id).exists())
+}
+
+#[test]
+fn failing_hooks_fail_as_with_runc() {
+    if skip() {
+        return;
+    }
+    let b = Bundle::new("hookfail", &["sleep", "1000"]);
+    let fail = |code: i32| json!({"path": "/bin/sh", "args": ["sh", "-c", format!("echo oops >&2; exit {code}")]});
+
+    // createRuntime fails: create fails, nothing is left.
+    let mut cfg = config(&["sleep", "1000"]);
+    cfg["hooks"] = json!({"createRuntime": [fail(3)]});
+    b.write(&cfg);
+    let id1 = id("hookfail1");
+    let out = b.oci(&["create", "--bundle", b.path(), &id1]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("createRuntime") && err.contains("oops"),
+        "{err}"
+    );
+    assert!(String::from_utf8_lossy(&b.oci(&["state", &id1]).stderr).contains("does not exist"));
+    assert!(cgroup_gone(&id1));
+
+    // A hook past its timeout is killed and fails the create.
+    cfg["hooks"] =
+        json!({"prestart": [{"path": "/bin/sleep", "args": ["sleep", "30"], "timeout": 1}]});
+    b.write(&cfg);
+    let t = Instant::now();
+    let out = b.oci(&["create", "--bundle", b.path(), &id("hookfail2")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(t.elapsed() < Duration::from_secs(10));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("timeout"));
+
+    // poststart fails: start fails and the container is stopped.
+    cfg["hooks"] = json!({"poststart": [fail(4)], "poststop": [fail(5)]});
+    b.write(&cfg);
+    let id3 = id("hookfail3");
+    b.ok(&["create", "--bundle", b.path(), &id3]);
+    let out = b.oci(&["start", &id3]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("poststart"));
+    assert!(eventually(|| b.state(&id3)["status"] == "stopped"));
+    // poststop fails: a warning only; delete succeeds.
+    b.ok(&["delete", &id3]);
+    assert!(cgroup_gone(&id3));
+
+    // A relative hook path is refused.
+    cfg["hooks"] = json!({"prestart": [{"path": "bin/true"}]});
+    b.write(&cfg);
+    let out = b.oci(&["create", "--bundle", b.path(), &id("hookfail4")]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not absolute"));
+}
+
+#[test]
+fn sysctls_of_the_containers_namespaces_are_set() {
+    if skip() {
+        return;
+    }
+    let host_shmmni = std::fs::read_to_string("/proc/sys/kernel/shmmni").unwrap();
+    let b = Bundle::new("sysctl", &["true"]);
+    let mut cfg = config(&[
+        "sh",
+        "-c",
+        "cat /proc/sys/net/ipv4/ip_forward /proc/sys/kernel/shmmni",
+    ]);
+    cfg["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": "1", "kernel.shmmni": "1234"});
+    b.write(&cfg);
+    let out = b.oci(&["run", &id("sysctl"), "--bundle", b.path()]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1\n1234\n");
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/kernel/shmmni").unwrap(),
+        host_shmmni
+    );
+    // Host-wide sysctls, and namespaced ones of a namespace shared with
+    // the host, are refused.
+    cfg["linux"]["sysctl"] = json!({"kernel.pid_max": "4000"});
+    b.write(&cfg);
+    let out = b.oci(&["run", &id("sysctl2"), "--bundle", b.path()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("kernel.pid_max"));
+    cfg["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": "1"});
+    cfg["linux"]["namespaces"] = json!([{"type": "pid"}, {"type": "mount"}, {"type": "ipc"}]);
+    b.write(&cfg);
+    let out = b.oci(&["run", &id("sysctl3"), "--bundle", b.path()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("network namespace"));
+}
