@@ -44,7 +44,7 @@ pub struct UpdateArgs {
     /// CPU shares (relative weight).
     #[arg(long = "cpu-share")]
     pub cpu_share: Option<String>,
-    /// Maximum number of tasks (0 or -1: none).
+    /// Maximum number of tasks (-1: none; 0: unchanged).
     #[arg(long = "pids-limit", allow_hyphen_values = true)]
     pub pids_limit: Option<String>,
     /// Refused (not supported): cpusets, real-time, block I/O, Intel RDT.
@@ -162,7 +162,8 @@ pub fn requested(a: &UpdateArgs) -> Result<Resources, Fail> {
             Some(u64::try_from(n).map_err(|_| Fail("--cpu-share must be positive".into()))?);
     }
     if let Some(s) = &a.pids_limit {
-        r.pids = Some(parse_int("pids-limit", s)?);
+        // 0 leaves the limit as it is (runc); -1 removes it.
+        r.pids = Some(parse_int("pids-limit", s)?).filter(|&n| n != 0);
     }
     Ok(r)
 }
@@ -180,18 +181,20 @@ pub fn from_json(v: &Value, r: &mut Resources) -> Result<(), Fail> {
                 .ok_or_else(|| Fail(format!("resources{path}: give a number"))),
         }
     };
-    r.memory = num(v, "/memory/limit")?.or(r.memory);
-    r.memory_swap = num(v, "/memory/swap")?.or(r.memory_swap);
-    r.memory_reservation = num(v, "/memory/reservation")?.or(r.memory_reservation);
-    r.cpu_quota = num(v, "/cpu/quota")?.or(r.cpu_quota);
+    // 0 is "not set" (runc; containerd's shim and Docker send every field).
+    let set = |n: Option<i64>| n.filter(|&n| n != 0);
+    r.memory = set(num(v, "/memory/limit")?).or(r.memory);
+    r.memory_swap = set(num(v, "/memory/swap")?).or(r.memory_swap);
+    r.memory_reservation = set(num(v, "/memory/reservation")?).or(r.memory_reservation);
+    r.cpu_quota = set(num(v, "/cpu/quota")?).or(r.cpu_quota);
     if let Some(p) = num(v, "/cpu/period")?.filter(|&p| p > 0) {
         r.cpu_period = Some(p as u64);
     }
     if let Some(s) = num(v, "/cpu/shares")?.filter(|&s| s > 0) {
         r.cpu_shares = Some(s as u64);
     }
-    r.pids = num(v, "/pids/limit")?.or(r.pids);
-    let set = |p: &str| {
+    r.pids = set(num(v, "/pids/limit")?).or(r.pids);
+    let given = |p: &str| {
         v.pointer(p).is_some_and(|x| match x {
             Value::Null => false,
             Value::String(s) => !s.is_empty(),
@@ -214,7 +217,7 @@ pub fn from_json(v: &Value, r: &mut Resources) -> Result<(), Fail> {
         "/memory/kernel",
         "/memory/kernelTCP",
     ] {
-        if set(p) {
+        if given(p) {
             return Err(Fail(format!(
                 "update: resources{p} is not supported by kapsel-oci; remove it (memory limit, \
                  swap and reservation, cpu quota, period and shares, pids limit are)"
@@ -358,5 +361,10 @@ mod tests {
         assert!(from_json(&v, &mut r).is_err());
         let v = json!({"cpu": {"cpus": ""}, "blockIO": {}});
         assert!(from_json(&v, &mut r).is_ok());
+        // Zeroes, as containerd's shim sends them, change nothing.
+        let mut z = Resources::default();
+        let v = json!({"memory": {"limit": 0, "swap": 0}, "cpu": {"quota": 0, "period": 0, "shares": 0}, "pids": {"limit": 0}});
+        from_json(&v, &mut z).ok().unwrap();
+        assert_eq!(z, Resources::default());
     }
 }
