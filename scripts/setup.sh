@@ -10,12 +10,13 @@
 #   test, made once into /var/cache/kapsel-test), attr (setfattr: the nested cgroup2 scenario
 #   marks a cgroup delegated as systemd does), podman with conmon, netavark and aardvark-dns,
 #   containerd and docker.io (the real clients of kapsel-oci's tests: crates/kapsel-oci/tests/
-#   podman.rs and clients.rs; each test runs its own private daemon).
+#   podman.rs and clients.rs; each test runs its own private daemon), libseccomp-dev and
+#   pkg-config (kapsel-oci compiles config.json's seccomp profile with libseccomp, as runc does).
 set -euo pipefail
 
 PACKAGES=(gcc libc6-dev make qemu-system-x86 qemu-utils busybox-static kmod cpio xz-utils zstd lz4
           iproute2 nftables ca-certificates runc crun debootstrap attr
-          podman conmon netavark aardvark-dns containerd docker.io)
+          podman conmon netavark aardvark-dns containerd docker.io libseccomp-dev pkg-config)
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then

@@ -200,6 +200,8 @@ pub(crate) struct ChildPlan {
     pub die_with_parent: bool,
     /// The seccomp programs, installed in order (empty: none).
     pub seccomp: Vec<BpfProgram>,
+    /// seccomp(2) flags for them (0: installed with prctl).
+    pub seccomp_flags: u32,
     pub user_ns: bool,
     /// The parent sends an idmapped copy of the root with its byte; it is
     /// mounted instead of binding the root onto itself (see [`crate::idmap`]).
@@ -805,12 +807,21 @@ pub(crate) fn run(plan: &ChildPlan) -> ! {
                 len: prog.len() as u16,
                 filter: prog.as_ptr() as *mut libc::sock_filter,
             };
-            if libc::prctl(
-                libc::PR_SET_SECCOMP,
-                libc::SECCOMP_MODE_FILTER,
-                &fprog as *const libc::sock_fprog,
-            ) != 0
-            {
+            let r = if plan.seccomp_flags != 0 {
+                libc::syscall(
+                    libc::SYS_seccomp,
+                    libc::SECCOMP_SET_MODE_FILTER,
+                    plan.seccomp_flags,
+                    &fprog as *const libc::sock_fprog,
+                )
+            } else {
+                libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &fprog as *const libc::sock_fprog,
+                ) as libc::c_long
+            };
+            if r != 0 {
                 fail(plan, 25);
             }
         }

@@ -304,6 +304,7 @@ impl Container {
                 keep_caps: self.keep_caps,
                 no_new_privs: self.no_new_privs,
                 seccomp: self.seccomp,
+                seccomp_bpf: None,
                 stdio: stdio.map(|fd| fd.as_raw_fd()),
                 cgroup_files: self.exec_cgroup_files(),
             },

@@ -164,6 +164,12 @@ pub struct Extra {
     /// value); the caller makes sure each is namespaced (`net.*` with a
     /// network namespace of its own, IPC ones, `kernel.hostname`...).
     pub sysctls: Vec<(String, String)>,
+    /// A seccomp program of the caller (raw BPF as seccomp_export_bpf(3)
+    /// writes it, 8 bytes an instruction), installed instead of Kapsel's
+    /// profile ([`ContainerSpec::seccomp`] is then ignored).
+    pub seccomp_bpf: Option<Vec<u8>>,
+    /// seccomp(2) filter flags for it (`SECCOMP_FILTER_FLAG_*`).
+    pub seccomp_flags: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

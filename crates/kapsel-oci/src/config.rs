@@ -458,18 +458,19 @@ pub fn translate(
         }
         c.extra.sysctls.push((name.clone(), value.clone()));
     }
+    // Only config.json's profile, as runc: none when it has none.
+    c.seccomp = false;
     if let Some(sc) = linux.seccomp() {
-        if sc.listener_path().is_some() {
-            return refuse("linux.seccomp.listenerPath is not supported; remove it");
+        let v = serde_json::to_value(sc).map_err(|e| Refused(format!("linux.seccomp: {e}")))?;
+        let compiled = crate::seccomp::compile(&v)?;
+        if !compiled.unknown.is_empty() {
+            warn(format!(
+                "linux.seccomp: system calls unknown on this host's architectures skipped: {}",
+                compiled.unknown.join(", ")
+            ));
         }
-        warn(
-            "linux.seccomp: the profile of config.json is not used; Kapsel's default profile \
-             applies instead"
-                .into(),
-        );
-        c.seccomp = true;
-    } else {
-        c.seccomp = false;
+        c.extra.seccomp_bpf = Some(compiled.bpf);
+        c.extra.seccomp_flags = compiled.flags;
     }
     c.extra.masked_paths = linux.masked_paths().clone().unwrap_or_default();
     c.extra.readonly_paths = linux.readonly_paths().clone().unwrap_or_default();

@@ -13,6 +13,7 @@ mod config;
 mod default_spec;
 mod hooks;
 mod resources;
+mod seccomp;
 mod state;
 
 use clap::{Parser, Subcommand};
@@ -590,15 +591,36 @@ fn features() -> serde_json::Value {
             "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"],
             "capabilities": config::cap_names(CapSet(u64::MAX)),
             "cgroup": {"v1": true, "v2": true, "systemd": false, "systemdUser": false, "rdma": false},
-            "seccomp": {"enabled": false},
+            "seccomp": {
+                "enabled": true,
+                "actions": ["SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO", "SCMP_ACT_KILL",
+                    "SCMP_ACT_KILL_PROCESS", "SCMP_ACT_KILL_THREAD", "SCMP_ACT_LOG",
+                    "SCMP_ACT_TRACE", "SCMP_ACT_TRAP"],
+                "operators": ["SCMP_CMP_EQ", "SCMP_CMP_GE", "SCMP_CMP_GT", "SCMP_CMP_LE",
+                    "SCMP_CMP_LT", "SCMP_CMP_MASKED_EQ", "SCMP_CMP_NE"],
+                "archs": ["SCMP_ARCH_X86", "SCMP_ARCH_X86_64", "SCMP_ARCH_X32",
+                    "SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"],
+                "knownFlags": ["SECCOMP_FILTER_FLAG_TSYNC", "SECCOMP_FILTER_FLAG_LOG",
+                    "SECCOMP_FILTER_FLAG_SPEC_ALLOW"],
+                "supportedFlags": ["SECCOMP_FILTER_FLAG_TSYNC", "SECCOMP_FILTER_FLAG_LOG",
+                    "SECCOMP_FILTER_FLAG_SPEC_ALLOW"]
+            },
             "apparmor": {"enabled": false},
             "selinux": {"enabled": false},
             "mountExtensions": {"idmap": {"enabled": false}}
         },
         "annotations": {
-            "org.kapsel.seccomp": "Kapsel's built-in profile; config.json's profile is not used"
+            "io.github.seccomp.libseccomp.version": libseccomp_version()
         }
     })
+}
+
+/// The libseccomp version in use, as runc reports it in `features`.
+fn libseccomp_version() -> String {
+    match libseccomp::ScmpVersion::current() {
+        Ok(v) => format!("{}.{}.{}", v.major, v.minor, v.micro),
+        Err(_) => "unknown".into(),
+    }
 }
 
 fn check_id(id: &str) -> Result<(), Fail> {
@@ -756,6 +778,10 @@ fn create_in(
         seccomp: spec.seccomp,
         hooks,
     };
+    if let Some(bpf) = &spec.extra.seccomp_bpf {
+        // For exec: the same program.
+        state::write_atomic(&state::dir(&ctx.root, &a.id).join("seccomp.bpf"), bpf)?;
+    }
     state::save(&ctx.root, &rec)?;
     if let Some(p) = &a.pid_file {
         state::write_atomic(p, pid.to_string().as_bytes())
@@ -1142,6 +1168,7 @@ fn exec(ctx: &Ctx, a: &ExecArgs) -> Result<i32, Fail> {
         keep_caps: container_caps,
         no_new_privs: rec.no_new_privs || a.no_new_privs,
         seccomp: rec.seccomp,
+        seccomp_bpf: fs::read(state::dir(&ctx.root, &rec.id).join("seccomp.bpf")).ok(),
         stdio: None,
         cgroup_files: rec.cgroups.iter().map(|d| d.join("cgroup.procs")).collect(),
     };

@@ -363,6 +363,42 @@ fn version_and_features() {
         .as_array()
         .unwrap()
         .contains(&json!("pid")));
+    // What this runtime honours, as runc reports it.
+    assert_eq!(
+        f["hooks"],
+        json!([
+            "prestart",
+            "createRuntime",
+            "createContainer",
+            "startContainer",
+            "poststart",
+            "poststop"
+        ])
+    );
+    let sc = &f["linux"]["seccomp"];
+    assert_eq!(sc["enabled"], true);
+    for a in [
+        "SCMP_ACT_ALLOW",
+        "SCMP_ACT_ERRNO",
+        "SCMP_ACT_KILL_PROCESS",
+        "SCMP_ACT_TRAP",
+        "SCMP_ACT_LOG",
+    ] {
+        assert!(sc["actions"].as_array().unwrap().contains(&json!(a)), "{a}");
+    }
+    assert!(sc["operators"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("SCMP_CMP_MASKED_EQ")));
+    assert!(sc["archs"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("SCMP_ARCH_X86_64")));
+    assert_eq!(f["linux"]["cgroup"]["v1"], true);
+    assert!(f["annotations"]["io.github.seccomp.libseccomp.version"]
+        .as_str()
+        .unwrap()
+        .starts_with("2."));
 }
 
 #[test]

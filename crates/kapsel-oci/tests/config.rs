@@ -203,3 +203,83 @@ fn sysctls_of_the_containers_namespaces_are_set() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("network namespace"));
 }
+
+#[test]
+fn seccomp_profile_of_config_json_is_enforced() {
+    if skip() {
+        return;
+    }
+    let b = Bundle::new("seccomp", &["true"]);
+    let script = "\
+        mkdir /a 2>&1; \
+        rmdir /bin 2>&1; \
+        kill -USR1 $$ 2>&1; kill -USR2 $$ 2>&1; kill -0 $$ && echo kill0-ok; \
+        pwd; \
+        grep Seccomp: /proc/self/status; \
+        (hostname killed) ; echo kill=$?; \
+        (chroot / true) ; echo trap=$?";
+    let mut cfg = config(&["sh", "-c", script]);
+    let caps = json!(["CAP_SYS_ADMIN", "CAP_SYS_CHROOT", "CAP_KILL"]);
+    for set in ["bounding", "effective", "permitted"] {
+        cfg["process"]["capabilities"][set] = caps.clone();
+    }
+    cfg["linux"]["seccomp"] = json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+        "syscalls": [
+            // ERRNO with errnoRet (95: EOPNOTSUPP), and without (EPERM).
+            {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 95},
+            {"names": ["rmdir", "unlinkat"], "action": "SCMP_ACT_ERRNO"},
+            // Two conditions on one argument (separate rules, as runc),
+            // one of them MASKED_EQ: kill(_, SIGUSR1) and kill(_, SIGUSR2).
+            {"names": ["kill"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13, "args": [
+                {"index": 1, "value": 10, "op": "SCMP_CMP_EQ"},
+                {"index": 1, "value": 255, "valueTwo": 12, "op": "SCMP_CMP_MASKED_EQ"}]},
+            {"names": ["getcwd"], "action": "SCMP_ACT_LOG"},
+            {"names": ["sethostname"], "action": "SCMP_ACT_KILL_PROCESS"},
+            {"names": ["chroot"], "action": "SCMP_ACT_TRAP"},
+            {"names": ["no_such_call_anywhere"], "action": "SCMP_ACT_ERRNO"}
+        ]
+    });
+    b.write(&cfg);
+    let id = id("seccomp");
+    let out = b.oci(&["run", &id, "--bundle", b.path()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{text}{err}");
+    assert!(
+        text.contains("mkdir: can't create directory '/a': Operation not supported"),
+        "{text}"
+    );
+    assert!(text.contains("Operation not permitted"), "{text}");
+    assert_eq!(text.matches("Permission denied").count(), 2, "{text}");
+    assert!(text.contains("kill0-ok"), "{text}");
+    assert!(text.contains("\n/\n"), "{text}");
+    assert!(text.contains("Seccomp:\t2"), "{text}");
+    // KILL_PROCESS and TRAP end the process with SIGSYS (31).
+    assert!(text.contains("kill=159"), "{text}");
+    assert!(text.contains("trap=159"), "{text}");
+    // The unknown name is a warning, as with runc.
+    assert!(err.contains("no_such_call_anywhere"), "{err}");
+
+    // exec takes the container's profile.
+    let mut cfg2 = cfg.clone();
+    cfg2["process"]["args"] = json!(["sleep", "1000"]);
+    b.write(&cfg2);
+    let id2 = format!("{id}-x");
+    b.ok(&["run", "-d", "--bundle", b.path(), &id2]);
+    let out = b.oci(&["exec", &id2, "mkdir", "/b"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Operation not supported"));
+    b.ok(&["delete", "--force", &id2]);
+
+    // What kapsel-oci cannot do is refused by name.
+    cfg["linux"]["seccomp"]["listenerPath"] = json!("/run/agent.sock");
+    b.write(&cfg);
+    let out = b.oci(&["run", &format!("{id}-3"), "--bundle", b.path()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("listenerPath"));
+    cfg["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_BOGUS"});
+    b.write(&cfg);
+    let out = b.oci(&["run", &format!("{id}-4"), "--bundle", b.path()]);
+    assert_eq!(out.status.code(), Some(1));
+}

@@ -37,7 +37,11 @@ impl Podman {
             println!("SKIP: {BUSYBOX} missing (apt-get install busybox-static)");
             return None;
         }
-        let dir = std::env::temp_dir().join(format!("kapsel-oci-podman-{}", std::process::id()));
+        // One directory (storage, run root) per test: they run in parallel.
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("kapsel-oci-podman-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let root = dir.join("rootfs");
         std::fs::create_dir_all(root.join("bin")).unwrap();
@@ -197,4 +201,80 @@ fn podman_runs_with_kapsel_oci() {
     );
     // kapsel-oci's state went with it.
     assert!(!Path::new("/run/kapsel-oci").join(&id).exists());
+}
+
+#[test]
+fn podmans_seccomp_profiles_pause_and_limits_work_with_kapsel_oci() {
+    let Some(p) = Podman::new() else {
+        return;
+    };
+    // Podman's default profile (containers-common's seccomp.json, turned
+    // into config.json's linux.seccomp) loads, and the container runs.
+    let out = p.run(&["--rm"], &["grep", "Seccomp:", "/proc/self/status"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "Seccomp:\t2");
+    // A profile of the user's: its errno comes back.
+    let profile = p.dir.join("profile.json");
+    std::fs::write(
+        &profile,
+        r#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+            {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 95}]}"#,
+    )
+    .unwrap();
+    let opt = format!("seccomp={}", profile.display());
+    let out = p.run(&["--rm", "--security-opt", &opt], &["mkdir", "/x"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Operation not supported"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = p.run(
+        &["--rm", "--security-opt", "seccomp=unconfined"],
+        &["grep", "Seccomp:", "/proc/self/status"],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "Seccomp:\t0");
+
+    // Limits reach the cgroup; pause and unpause.
+    let out = p.run(
+        &["-d", "--memory", "64m", "--pids-limit", "50"],
+        &["sleep", "1000"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let v1 = Path::new("/sys/fs/cgroup/memory/libpod_parent")
+        .join(format!("libpod-{id}"))
+        .join("memory.limit_in_bytes");
+    if v1.exists() {
+        assert_eq!(
+            std::fs::read_to_string(&v1).unwrap().trim(),
+            (64u64 << 20).to_string()
+        );
+    }
+    let out = p.podman(&["pause", &id]);
+    assert!(
+        out.status.success(),
+        "podman pause: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = p.podman(&["inspect", "--format", "{{.State.Status}}", &id]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "paused");
+    let out = p.podman(&["unpause", &id]);
+    assert!(
+        out.status.success(),
+        "podman unpause: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = p.podman(&["inspect", "--format", "{{.State.Status}}", &id]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "running");
+    let out = p.podman(&["rm", "--force", &id]);
+    assert!(out.status.success());
 }

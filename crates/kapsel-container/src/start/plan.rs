@@ -85,11 +85,12 @@ pub(super) fn build(spec: &ContainerSpec, inp: &PlanInputs<'_>) -> Result<ChildP
         last_cap: caps::last_cap(),
         no_new_privs: spec.no_new_privs,
         die_with_parent: spec.die_with_parent,
-        seccomp: if spec.seccomp {
-            seccomp::profile(inp.keep_caps)?
-        } else {
-            Vec::new()
+        seccomp: match &spec.extra.seccomp_bpf {
+            Some(bpf) => vec![seccomp::program_from_bpf(bpf)?],
+            None if spec.seccomp => seccomp::profile(inp.keep_caps)?,
+            None => Vec::new(),
         },
+        seccomp_flags: spec.extra.seccomp_flags,
         user_ns: spec.user_map.is_some(),
         idmap_root: spec.idmap_root,
         cgroup2: match (inp.systemd, inp.mode.is_unified()) {
