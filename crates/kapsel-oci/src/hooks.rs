@@ -9,8 +9,8 @@
 //!   (its mount namespace still shows the host's root: the path is the
 //!   host's);
 //! - `startContainer`: during `start`, before the process is executed, in
-//!   the container's namespaces (after `pivot_root`: the path is the
-//!   container's);
+//!   the container (after `pivot_root`: the path is the container's),
+//!   confined as its process: its cgroup, capabilities, user, seccomp;
 //! - `poststart`: after the process started, before `start` returns;
 //! - `poststop`: after `delete` removed the container.
 //!
@@ -117,6 +117,105 @@ pub fn run_all(kind: &str, list: &[Hook], state: &Value, ns_of: Option<i32>) -> 
             .map_err(|e| format!("error running {kind} hook #{i} ({}): {e}", h.path.display()))?;
     }
     Ok(())
+}
+
+/// Runs the hooks `list` inside the container whose init is `pid`, with
+/// the confinement `base` (as an `exec`): the state on standard input,
+/// standard output and error collected for the error message. A hook's
+/// `args[0]` is not its argv[0] here: the path is.
+pub fn run_all_confined(
+    kind: &str,
+    list: &[Hook],
+    state: &Value,
+    pid: i32,
+    base: &kapsel_container::ExecOptions,
+) -> Result<(), String> {
+    for (i, h) in list.iter().enumerate() {
+        run_confined(h, state, pid, base)
+            .map_err(|e| format!("error running {kind} hook #{i} ({}): {e}", h.path.display()))?;
+    }
+    Ok(())
+}
+
+fn run_confined(
+    h: &Hook,
+    state: &Value,
+    pid: i32,
+    base: &kapsel_container::ExecOptions,
+) -> Result<(), String> {
+    use std::os::unix::net::UnixStream;
+    let (mut ours, theirs) = UnixStream::pair().map_err(|e| e.to_string())?;
+    let mut opts = base.clone();
+    opts.argv = std::iter::once(h.path.to_string_lossy().into_owned())
+        .chain(h.args.iter().flatten().skip(1).cloned())
+        .collect();
+    opts.env = h.env.clone().unwrap_or_default();
+    opts.stdio = Some(theirs.as_raw_fd());
+    let p = kapsel_container::exec_in(pid, &opts).map_err(|e| e.to_string())?;
+    drop(theirs);
+    let outer = p.pid();
+    // SAFETY: signal(2) with constant dispositions, restored below (a
+    // hook that does not read its input gives EPIPE, not SIGPIPE).
+    let old = unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    let _ = ours.write_all(state.to_string().as_bytes());
+    // SAFETY: as above.
+    unsafe { libc::signal(libc::SIGPIPE, old) };
+    let _ = ours.shutdown(std::net::Shutdown::Write);
+    let reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = (&mut ours).take(64 << 10).read_to_end(&mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    });
+    let deadline = h
+        .timeout
+        .map(|t| Instant::now() + Duration::from_secs(t as u64));
+    let status = loop {
+        let mut st = 0;
+        // SAFETY: waitpid on our own child, into a local.
+        let r = unsafe { libc::waitpid(outer, &mut st, libc::WNOHANG) };
+        if r == outer {
+            break st;
+        }
+        if r < 0 {
+            return Err(format!(
+                "waiting for the hook: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        if deadline.is_some_and(|d| Instant::now() > d) {
+            // The hook is the child of the process exec_in forked (which
+            // entered the PID namespace): kill both.
+            let inner = std::fs::read_to_string(format!("/proc/{outer}/task/{outer}/children"))
+                .unwrap_or_default();
+            for p in inner
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+            {
+                // SAFETY: kill(2) with integer arguments.
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
+            // SAFETY: as above; then reap it.
+            unsafe {
+                libc::kill(outer, libc::SIGKILL);
+                libc::waitpid(outer, &mut st, 0);
+            }
+            return Err(format!(
+                "hook ran past specified timeout of {}s",
+                h.timeout.unwrap_or(0)
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let output = reader.join().unwrap_or_default();
+    let code = if libc::WIFSIGNALED(status) {
+        128 + libc::WTERMSIG(status)
+    } else {
+        libc::WEXITSTATUS(status)
+    };
+    if code == 0 {
+        return Ok(());
+    }
+    Err(format!("exit status: {code}, output: {}", output.trim()))
 }
 
 /// The namespaces of `pid` that differ from ours, user first (it grants

@@ -777,6 +777,11 @@ fn create_in(
         no_new_privs: spec.no_new_privs,
         seccomp: spec.seccomp,
         hooks,
+        user: spec
+            .extra
+            .user
+            .as_ref()
+            .map(|u| (u.uid, u.gid, u.groups.clone())),
     };
     if let Some(bpf) = &spec.extra.seccomp_bpf {
         // For exec: the same program.
@@ -797,11 +802,14 @@ fn start(ctx: &Ctx, rec: &Record) -> Result<(), Fail> {
         let _ = signal_init(rec, libc::SIGKILL);
         Fail(e)
     };
-    hooks::run_all(
+    // In the container, with its process's confinement (runc runs them
+    // in its init just before the exec): the hook's binary is the image's.
+    hooks::run_all_confined(
         "startContainer",
         &rec.hooks.start_container,
         &rec.hook_state("created"),
-        Some(rec.pid),
+        rec.pid,
+        &confinement(ctx, rec),
     )
     .map_err(ended)?;
     release(ctx, rec)?;
@@ -1150,6 +1158,29 @@ fn open_pty() -> Result<(fs::File, fs::File), Fail> {
     Ok((master, slave))
 }
 
+/// What a process joining the container gets: its cgroup, the init's
+/// capabilities, no_new_privs, seccomp program and user (runc's `exec`
+/// defaults to the container's process user too).
+fn confinement(ctx: &Ctx, rec: &Record) -> ExecOptions {
+    ExecOptions {
+        argv: Vec::new(),
+        env: Vec::new(),
+        cwd: None,
+        user: rec.user.as_ref().map(|(uid, gid, groups)| User {
+            uid: *uid,
+            gid: *gid,
+            groups: groups.clone(),
+        }),
+        root: PathBuf::from(format!("/proc/{}/root", rec.pid)),
+        keep_caps: CapSet(rec.capabilities),
+        no_new_privs: rec.no_new_privs,
+        seccomp: rec.seccomp,
+        seccomp_bpf: fs::read(state::dir(&ctx.root, &rec.id).join("seccomp.bpf")).ok(),
+        stdio: None,
+        cgroup_files: rec.cgroups.iter().map(|d| d.join("cgroup.procs")).collect(),
+    }
+}
+
 fn exec(ctx: &Ctx, a: &ExecArgs) -> Result<i32, Fail> {
     let rec = existing(ctx, &a.id)?;
     if rec.status(&ctx.root) == Status::Stopped {
@@ -1159,19 +1190,11 @@ fn exec(ctx: &Ctx, a: &ExecArgs) -> Result<i32, Fail> {
         return fail("--preserve-fds is not supported by kapsel-oci yet");
     }
     let container_caps = CapSet(rec.capabilities);
-    let mut opts = ExecOptions {
-        argv: a.command.clone(),
-        env: a.env.clone(),
-        cwd: a.cwd.clone(),
-        user: None,
-        root: PathBuf::from(format!("/proc/{}/root", rec.pid)),
-        keep_caps: container_caps,
-        no_new_privs: rec.no_new_privs || a.no_new_privs,
-        seccomp: rec.seccomp,
-        seccomp_bpf: fs::read(state::dir(&ctx.root, &rec.id).join("seccomp.bpf")).ok(),
-        stdio: None,
-        cgroup_files: rec.cgroups.iter().map(|d| d.join("cgroup.procs")).collect(),
-    };
+    let mut opts = confinement(ctx, &rec);
+    opts.argv = a.command.clone();
+    opts.env = a.env.clone();
+    opts.cwd = a.cwd.clone();
+    opts.no_new_privs |= a.no_new_privs;
     let mut tty = a.tty;
     if let Some(p) = &a.process {
         let text = fs::read_to_string(p)

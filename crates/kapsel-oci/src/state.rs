@@ -34,6 +34,9 @@ pub struct Record {
     /// `delete` (poststop).
     #[serde(default)]
     pub hooks: crate::hooks::Hooks,
+    /// The process user (uid, gid, groups), for `exec` and startContainer.
+    #[serde(default)]
+    pub user: Option<(u32, u32, Vec<u32>)>,
 }
 
 /// A container's status, as `state` reports it.

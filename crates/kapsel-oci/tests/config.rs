@@ -42,8 +42,10 @@ fn hooks_run_in_order_with_the_state_in_their_namespaces() {
         "createContainer": [host_hook(&b.dir, "createContainer",
             &format!("hostname > {d}/cc.hostname; readlink /proc/self/ns/net > {d}/cc.net"))],
         // After pivot_root: the container's /bin/sh, a file in its root.
+        // Confined as the container's process: its capabilities, cgroup.
         "startContainer": [{"path": "/bin/sh",
-            "args": ["sh", "-c", "cat > /start.json; hostname > /start.hostname"]}],
+            "args": ["sh", "-c", "cat > /start.json; hostname > /start.hostname; \
+                grep CapEff /proc/self/status > /start.caps; cat /proc/self/cgroup > /start.cgroup"]}],
         "poststart": [host_hook(&b.dir, "poststart", "")],
         "poststop": [host_hook(&b.dir, "poststop", "")]
     });
