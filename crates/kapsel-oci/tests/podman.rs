@@ -77,7 +77,18 @@ impl Podman {
         // Output in files: a detached container's conmon holds pipes open.
         let out_path = self.dir.join("podman.out");
         let err_path = self.dir.join("podman.err");
+        // The containers podman makes itself (a pod's infra) get the
+        // lower rlimits too (see the module's documentation).
+        let conf = self.dir.join("containers.conf");
+        if !conf.exists() {
+            std::fs::write(
+                &conf,
+                "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=4096:4096\"]\n",
+            )
+            .unwrap();
+        }
         let status = Command::new("podman")
+            .env("CONTAINERS_CONF", &conf)
             .arg("--root")
             .arg(self.dir.join("storage"))
             .arg("--runroot")
@@ -276,5 +287,69 @@ fn podmans_seccomp_profiles_pause_and_limits_work_with_kapsel_oci() {
     let out = p.podman(&["inspect", "--format", "{{.State.Status}}", &id]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "running");
     let out = p.podman(&["rm", "--force", &id]);
+    assert!(out.status.success());
+}
+
+#[test]
+fn a_pod_of_two_containers_shares_its_infra_containers_namespaces() {
+    let Some(p) = Podman::new() else {
+        return;
+    };
+    // The infra container is podman's own pause image (catatonit), built
+    // locally: no registry.
+    let out = p.podman(&["pod", "create", "--name", "kapsel-pod"]);
+    assert!(
+        out.status.success(),
+        "podman pod create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = p.podman(&["run", "-d", "--pod", "kapsel-pod", IMAGE, "sleep", "1000"]);
+    assert!(
+        out.status.success(),
+        "podman run --pod: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let out = p.podman(&[
+        "run",
+        "--rm",
+        "--pod",
+        "kapsel-pod",
+        IMAGE,
+        "sh",
+        "-c",
+        "readlink /proc/self/ns/net; readlink /proc/self/ns/uts; hostname",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let second = String::from_utf8_lossy(&out.stdout).into_owned();
+    let pid = p.podman(&["inspect", "--format", "{{.State.Pid}}", &first]);
+    let pid = String::from_utf8_lossy(&pid.stdout).trim().to_string();
+    let ns = |kind: &str| {
+        std::fs::read_link(format!("/proc/{pid}/ns/{kind}"))
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    };
+    let lines: Vec<&str> = second.lines().collect();
+    assert_eq!(lines.len(), 3, "{second}");
+    assert_eq!(
+        lines[0],
+        ns("net"),
+        "the two containers' network namespaces differ"
+    );
+    assert_eq!(lines[1], ns("uts"));
+    assert_eq!(lines[2], "kapsel-pod");
+    // Not the host's.
+    assert_ne!(
+        std::fs::read_link("/proc/self/ns/net")
+            .unwrap()
+            .to_string_lossy(),
+        lines[0]
+    );
+    let out = p.podman(&["pod", "rm", "--force", "kapsel-pod"]);
     assert!(out.status.success());
 }
