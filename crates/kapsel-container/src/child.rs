@@ -202,6 +202,8 @@ pub(crate) struct ChildPlan {
     pub seccomp: Vec<BpfProgram>,
     /// seccomp(2) flags for them (0: installed with prctl).
     pub seccomp_flags: u32,
+    /// Descriptors 3.. 3 + N - 1 stay open across the exec.
+    pub preserve_fds: u32,
     pub user_ns: bool,
     /// The parent sends an idmapped copy of the root with its byte; it is
     /// mounted instead of binding the root onto itself (see [`crate::idmap`]).
@@ -773,10 +775,13 @@ pub(crate) fn run(plan: &ChildPlan) -> ! {
         }
         // Nothing of the caller's leaks into the container: every other
         // descriptor closes on exec (the error pipe too, which is the
-        // parent's success signal).
+        // parent's success signal), but those it asked to pass on.
+        for fd in 3..3 + plan.preserve_fds {
+            libc::fcntl(fd as RawFd, libc::F_SETFD, 0);
+        }
         libc::syscall(
             libc::SYS_close_range,
-            3u32,
+            3u32 + plan.preserve_fds,
             u32::MAX,
             libc::CLOSE_RANGE_CLOEXEC,
         );

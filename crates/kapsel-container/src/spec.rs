@@ -170,6 +170,10 @@ pub struct Extra {
     pub seccomp_bpf: Option<Vec<u8>>,
     /// seccomp(2) filter flags for it (`SECCOMP_FILTER_FLAG_*`).
     pub seccomp_flags: u32,
+    /// Descriptors 3 to 3 + N - 1 of the caller stay open in the init
+    /// (OCI `--preserve-fds`, systemd socket activation); every other one
+    /// above 2 closes on exec.
+    pub preserve_fds: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -75,7 +75,7 @@ struct CreateArgs {
     /// An AF_UNIX socket that receives the terminal's master (process.terminal).
     #[arg(long = "console-socket")]
     console_socket: Option<PathBuf>,
-    /// Pass N more descriptors (from 3); only 0 is supported.
+    /// Pass N more descriptors (3 to 3 + N - 1) to the process.
     #[arg(long = "preserve-fds", default_value_t = 0)]
     preserve_fds: u32,
     /// Accepted; kapsel-oci always uses pivot_root.
@@ -669,11 +669,7 @@ fn existing(ctx: &Ctx, id: &str) -> Result<Record, Fail> {
 /// detach (create, run -d) or wait for (run).
 fn create(ctx: &Ctx, a: &CreateArgs) -> Result<Container, Fail> {
     check_id(&a.id)?;
-    if a.preserve_fds > 0 {
-        return fail(
-            "--preserve-fds is not supported by kapsel-oci yet; pass no extra descriptors",
-        );
-    }
+    check_preserved(a.preserve_fds)?;
     let bundle = fs::canonicalize(&a.bundle)
         .map_err(|e| Fail(format!("bundle {}: {e}", a.bundle.display())))?;
     let spec = config::load(&bundle).map_err(|e| Fail(e.0))?;
@@ -737,6 +733,7 @@ fn create_in(
     }
     let mut spec = t.spec;
     spec.extra.start_fifo = Some(fifo);
+    spec.extra.preserve_fds = a.preserve_fds;
     ctx.log
         .debug(&format!("creating {} from {}", a.id, bundle.display()));
     let mode = kapsel_container::cgroup::CgroupMode::detect()?;
@@ -1158,6 +1155,23 @@ fn open_pty() -> Result<(fs::File, fs::File), Fail> {
     Ok((master, slave))
 }
 
+/// `--preserve-fds N`: descriptors 3 to 3 + N - 1 must be open.
+fn check_preserved(n: u32) -> Result<(), Fail> {
+    for fd in 3..3 + n.min(65536) as RawFd {
+        // SAFETY: F_GETFD on a descriptor number; no memory is touched.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            return fail(format!(
+                "--preserve-fds {n}: descriptor {fd} is not open; pass that many descriptors \
+                 from 3 on"
+            ));
+        }
+    }
+    if n > 65536 {
+        return fail(format!("--preserve-fds {n}: too many descriptors"));
+    }
+    Ok(())
+}
+
 /// What a process joining the container gets: its cgroup, the init's
 /// capabilities, no_new_privs, seccomp program and user (runc's `exec`
 /// defaults to the container's process user too).
@@ -1186,8 +1200,10 @@ fn exec(ctx: &Ctx, a: &ExecArgs) -> Result<i32, Fail> {
     if rec.status(&ctx.root) == Status::Stopped {
         return fail("cannot exec in a stopped container");
     }
-    if a.preserve_fds > 0 {
-        return fail("--preserve-fds is not supported by kapsel-oci yet");
+    check_preserved(a.preserve_fds)?;
+    for fd in 3..3 + a.preserve_fds as RawFd {
+        // SAFETY: fcntl(2) on a descriptor number the caller passed on.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
     }
     let container_caps = CapSet(rec.capabilities);
     let mut opts = confinement(ctx, &rec);

@@ -321,3 +321,74 @@ fn spec_writes_runcs_default_config_and_it_runs() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "kapsel\n");
 }
+
+#[test]
+fn preserve_fds_passes_descriptors_to_the_process() {
+    if skip() {
+        return;
+    }
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let b = Bundle::new("fds", &["true"]);
+    b.write(&config(&[
+        "sh",
+        "-c",
+        "cat <&3; cat <&4; ls /proc/self/fd | wc -l",
+    ]));
+    let f3 = b.dir.join("three");
+    let f4 = b.dir.join("four");
+    std::fs::write(&f3, "from three\n").unwrap();
+    std::fs::write(&f4, "from four\n").unwrap();
+    let run = |n: &str, id: &str| {
+        let three = std::fs::File::open(&f3).unwrap();
+        let four = std::fs::File::open(&f4).unwrap();
+        let (a, c) = (three.as_raw_fd(), four.as_raw_fd());
+        let mut cmd = Command::new(KAPSEL_OCI);
+        cmd.arg("--root")
+            .arg(&b.state)
+            .args(["run", "--preserve-fds", n, "--bundle", b.path(), id])
+            .stdin(Stdio::null());
+        // SAFETY: dup2 in the forked child before exec, on descriptors
+        // open in the parent.
+        unsafe {
+            cmd.pre_exec(move || {
+                // Out of the way first: either may already be 3 or 4
+                // (and close on exec).
+                let (x, y) = (
+                    libc::fcntl(a, libc::F_DUPFD, 100),
+                    libc::fcntl(c, libc::F_DUPFD, 100),
+                );
+                if x < 0 || y < 0 || libc::dup2(x, 3) < 0 || libc::dup2(y, 4) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd.output().unwrap()
+    };
+    let out = run("2", &id("fds"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // 0, 1, 2, 3, 4 and the one ls opens for the directory.
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "from three\nfrom four\n6\n"
+    );
+    // Without --preserve-fds nothing of the caller's reaches the process.
+    let out = run("0", &id("fds0"));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("from"));
+    // Descriptors that are not there are named.
+    let out = b.oci(&[
+        "run",
+        "--preserve-fds",
+        "40",
+        "--bundle",
+        b.path(),
+        &id("fds40"),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not open"));
+}

@@ -91,6 +91,7 @@ pub(super) fn build(spec: &ContainerSpec, inp: &PlanInputs<'_>) -> Result<ChildP
             None => Vec::new(),
         },
         seccomp_flags: spec.extra.seccomp_flags,
+        preserve_fds: spec.extra.preserve_fds,
         user_ns: spec.user_map.is_some(),
         idmap_root: spec.idmap_root,
         cgroup2: match (inp.systemd, inp.mode.is_unified()) {
