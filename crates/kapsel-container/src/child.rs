@@ -76,7 +76,23 @@ pub(crate) const STEPS: &[&str] = &[
     "setting a resource limit (rlimit)",       // 36
     "telling the parent the root is ready (for its hooks)", // 37
     "setting a sysctl of the container's namespaces (its /proc/sys file)", // 38
+    "creating a device node of the configuration (linux.devices)", // 39
 ];
+
+/// A device node of the configuration, prepared for the child.
+pub(crate) struct ChildDevice {
+    /// Relative to the root (`dev/fuse`).
+    pub target: CString,
+    /// The host's node of the same path, bound where mknod is refused.
+    pub host: CString,
+    /// Directories to make first (`dev/net` for `dev/net/tun`).
+    pub parents: Vec<CString>,
+    /// File type and permission bits.
+    pub mode: libc::mode_t,
+    pub dev: libc::dev_t,
+    pub uid: u32,
+    pub gid: u32,
+}
 
 /// A mount of the configuration, prepared for the child.
 pub(crate) struct ChildMount {
@@ -204,6 +220,8 @@ pub(crate) struct ChildPlan {
     pub seccomp_flags: u32,
     /// Descriptors 3.. 3 + N - 1 stay open across the exec.
     pub preserve_fds: u32,
+    /// Device nodes of the configuration.
+    pub devices: Vec<ChildDevice>,
     pub user_ns: bool,
     /// The parent sends an idmapped copy of the root with its byte; it is
     /// mounted instead of binding the root onto itself (see [`crate::idmap`]).
@@ -512,6 +530,44 @@ pub(crate) fn run(plan: &ChildPlan) -> ! {
                 if !mount(Some(HOST_DEVICES[i]), name, None, libc::MS_BIND, None) {
                     fail(plan, 12);
                 }
+            }
+        }
+        for d in &plan.devices {
+            for p in &d.parents {
+                libc::mkdir(p.as_ptr(), 0o755);
+            }
+            if libc::mknod(d.target.as_ptr(), d.mode, d.dev) == 0 {
+                if libc::lchown(d.target.as_ptr(), d.uid, d.gid) != 0 {
+                    fail(plan, 39);
+                }
+                continue;
+            }
+            match errno() {
+                // One of Kapsel's own (null, zero, ...): it stays.
+                libc::EEXIST => {}
+                // A user namespace: bind the host's node of that path.
+                libc::EPERM if d.mode & libc::S_IFMT != libc::S_IFIFO => {
+                    let fd = libc::open(
+                        d.target.as_ptr(),
+                        libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
+                        0o666,
+                    );
+                    if fd < 0 {
+                        fail(plan, 39);
+                    }
+                    libc::close(fd);
+                    if libc::mount(
+                        d.host.as_ptr(),
+                        d.target.as_ptr(),
+                        ptr::null(),
+                        libc::MS_BIND,
+                        ptr::null(),
+                    ) != 0
+                    {
+                        fail(plan, 39);
+                    }
+                }
+                _ => fail(plan, 39),
             }
         }
         libc::mkdir(cstr(b"dev/pts\0"), 0o755);

@@ -88,6 +88,26 @@ pub struct User {
     pub groups: Vec<u32>,
 }
 
+/// A device node of the container (OCI `linux.devices`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceNode {
+    /// Below /dev, absolute (`/dev/fuse`); the host's node of that path is
+    /// bound instead where mknod is refused (a user namespace).
+    pub path: String,
+    /// `c` (character), `b` (block) or `p` (FIFO).
+    pub kind: char,
+    /// Major number.
+    pub major: u32,
+    /// Minor number.
+    pub minor: u32,
+    /// Permission bits.
+    pub mode: u32,
+    /// Owner in the container.
+    pub uid: u32,
+    /// Group in the container.
+    pub gid: u32,
+}
+
 /// A namespace kind a container may share with the host or join.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Namespace {
@@ -170,6 +190,9 @@ pub struct Extra {
     pub seccomp_bpf: Option<Vec<u8>>,
     /// seccomp(2) filter flags for it (`SECCOMP_FILTER_FLAG_*`).
     pub seccomp_flags: u32,
+    /// Device nodes made in the container's /dev besides Kapsel's own
+    /// (OCI `linux.devices`), and allowed by its device cgroup.
+    pub devices: Vec<DeviceNode>,
     /// Descriptors 3 to 3 + N - 1 of the caller stay open in the init
     /// (OCI `--preserve-fds`, systemd socket activation); every other one
     /// above 2 closes on exec.

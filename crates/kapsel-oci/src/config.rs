@@ -416,8 +416,26 @@ pub fn translate(
             warn("linux.resources blockIO, hugepageLimits, network and unified ignored".into());
         }
     }
-    if linux.devices().as_ref().is_some_and(|d| !d.is_empty()) {
-        warn("linux.devices ignored: the container gets Kapsel's fixed set of device nodes".into());
+    for d in linux.devices().iter().flatten() {
+        let path = d.path().to_string_lossy().into_owned();
+        let kind = serde_json::to_value(d.typ())
+            .ok()
+            .and_then(|v| v.as_str().and_then(|s| s.chars().next()))
+            .unwrap_or('?');
+        if !path.starts_with("/dev/") || path.split('/').any(|c| c == "..") {
+            return refuse(format!(
+                "linux.devices: {path}: kapsel-oci makes device nodes below /dev only; move it there"
+            ));
+        }
+        c.extra.devices.push(kapsel_container::DeviceNode {
+            path,
+            kind,
+            major: d.major() as u32,
+            minor: d.minor() as u32,
+            mode: d.file_mode().unwrap_or(0o666),
+            uid: d.uid().unwrap_or(0),
+            gid: d.gid().unwrap_or(0),
+        });
     }
     for (name, value) in linux.sysctl().iter().flatten() {
         // As runc: only sysctls of a namespace the container has of its own.

@@ -285,3 +285,57 @@ fn seccomp_profile_of_config_json_is_enforced() {
     let out = b.oci(&["run", &format!("{id}-4"), "--bundle", b.path()]);
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn linux_devices_are_made_and_allowed() {
+    if skip() {
+        return;
+    }
+    if !Path::new("/dev/kvm").exists() {
+        println!("SKIP: no /dev/kvm on this host to hand to a container");
+        return;
+    }
+    let b = Bundle::new("devices", &["true"]);
+    let script = "\
+        stat -c '%n %F %a %u:%g %t:%T' /dev/kvm /dev/nested/null /dev/pipe; \
+        head -c 0 /dev/kvm && echo kvm-opened; \
+        echo x > /dev/nested/null && echo null-written";
+    let mut cfg = config(&["sh", "-c", script]);
+    cfg["linux"]["devices"] = json!([
+        {"path": "/dev/kvm", "type": "c", "major": 10, "minor": 232, "fileMode": 432, "uid": 0, "gid": 0},
+        {"path": "/dev/nested/null", "type": "c", "major": 1, "minor": 3, "fileMode": 438, "uid": 1000, "gid": 100},
+        {"path": "/dev/pipe", "type": "p", "major": 0, "minor": 0, "fileMode": 420}
+    ]);
+    b.write(&cfg);
+    let out = b.oci(&["run", &id("devices"), "--bundle", b.path()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("/dev/kvm character special file 660 0:0 a:e8"),
+        "{text}"
+    );
+    assert!(
+        text.contains("/dev/nested/null character special file 666 1000:100 1:3"),
+        "{text}"
+    );
+    assert!(text.contains("/dev/pipe fifo 644 0:0"), "{text}");
+    // Listed, so the device cgroup lets it be opened.
+    assert!(text.contains("kvm-opened"), "{text}");
+    assert!(text.contains("null-written"), "{text}");
+
+    // Without the entry: no node, and Kapsel's device cgroup denies it.
+    b.write(&config(&["sh", "-c", "ls /dev/kvm 2>&1; echo done"]));
+    let out = b.oci(&["run", &id("devices2"), "--bundle", b.path()]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("No such file"));
+
+    cfg["linux"]["devices"] = json!([{"path": "/etc/evil", "type": "c", "major": 1, "minor": 3}]);
+    b.write(&cfg);
+    let out = b.oci(&["run", &id("devices3"), "--bundle", b.path()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("below /dev"));
+}

@@ -378,6 +378,18 @@ impl Cgroup {
         limits: &Limits,
         delegate: bool,
     ) -> Result<Cgroup> {
+        Self::create_allowing(mode, path, limits, delegate, &[])
+    }
+
+    /// [`Cgroup::create_at`] whose device filter also allows `devices`
+    /// (an OCI configuration's `linux.devices`).
+    pub fn create_allowing(
+        mode: &CgroupMode,
+        path: &Path,
+        limits: &Limits,
+        delegate: bool,
+        devices: &[crate::devices::AllowedDevice],
+    ) -> Result<Cgroup> {
         let rel: PathBuf = path
             .components()
             .filter(|c| matches!(c, std::path::Component::Normal(_)))
@@ -405,7 +417,7 @@ impl Cgroup {
         };
         let made = cg
             .create_dirs(mode, &parent_rel, &name, limits, delegate)
-            .and_then(|()| cg.apply(limits));
+            .and_then(|()| cg.apply(limits, devices));
         match made {
             Ok(()) => Ok(cg),
             Err(e) => {
@@ -455,15 +467,15 @@ impl Cgroup {
             .map(|(_, d)| d.as_path())
     }
 
-    fn apply(&self, limits: &Limits) -> Result<()> {
+    fn apply(&self, limits: &Limits, devices: &[crate::devices::AllowedDevice]) -> Result<()> {
         if !self.unified {
-            return v1::apply(|c| self.dir_of(c), limits);
+            return v1::apply(|c| self.dir_of(c), limits, devices);
         }
         let dir = self
             .dir_of(Controller::Memory)
             .ok_or_else(missing("cgroup"))?;
         v2::apply(dir, limits)?;
-        v2::attach_devices(dir);
+        v2::attach_devices(dir, devices);
         Ok(())
     }
 

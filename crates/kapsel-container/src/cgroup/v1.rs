@@ -75,10 +75,13 @@ pub(super) fn apply_cpus(dir: &Path, cpus: f64) -> Result<()> {
     write(&dir.join("cpu.cfs_quota_us"), &quota.to_string())
 }
 
-/// Denies every device, then allows Kapsel's list.
-pub(super) fn apply_devices(dir: &Path) -> Result<()> {
+/// Denies every device, then allows Kapsel's list and `extra`.
+pub(super) fn apply_devices(dir: &Path, extra: &[devices::AllowedDevice]) -> Result<()> {
     write(&dir.join("devices.deny"), "a")?;
-    for rule in devices::v1_rules() {
+    for rule in devices::v1_rules()
+        .into_iter()
+        .chain(devices::v1_rules_for(extra))
+    {
         write(&dir.join("devices.allow"), &rule)?;
     }
     Ok(())
@@ -88,6 +91,7 @@ pub(super) fn apply_devices(dir: &Path) -> Result<()> {
 pub(super) fn apply<'a>(
     dir_of: impl Fn(Controller) -> Option<&'a Path>,
     limits: &Limits,
+    allowed: &[devices::AllowedDevice],
 ) -> Result<()> {
     if let Some(bytes) = limits.memory {
         apply_memory(
@@ -103,7 +107,7 @@ pub(super) fn apply<'a>(
         apply_cpus(dir_of(Controller::Cpu).ok_or_else(missing("cpu"))?, cpus)?;
     }
     if let Some(dir) = dir_of(Controller::Devices) {
-        apply_devices(dir)?;
+        apply_devices(dir, allowed)?;
     }
     Ok(())
 }

@@ -97,8 +97,8 @@ pub(super) fn apply(dir: &Path, limits: &Limits) -> Result<()> {
 /// program does its work. A kernel without CONFIG_CGROUP_BPF cannot take
 /// it; the container then still has no device nodes it should not have,
 /// and no CAP_MKNOD to make one.
-pub(super) fn attach_devices(dir: &Path) {
-    let attached = fs::File::open(dir).and_then(|d| devices::attach(&d));
+pub(super) fn attach_devices(dir: &Path, extra: &[devices::AllowedDevice]) {
+    let attached = fs::File::open(dir).and_then(|d| devices::attach_with(&d, extra));
     if let Err(e) = attached {
         tracing::warn!("no device filter for {}: {e}", dir.display());
     }

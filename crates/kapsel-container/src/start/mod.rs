@@ -177,10 +177,27 @@ fn create_cgroup(spec: &ContainerSpec, mode: &CgroupMode, systemd: bool) -> Resu
         cpus: spec.cpus,
         pids: spec.pids,
     };
-    let mut cgroup = match &spec.extra.cgroup_path {
-        Some(path) => Cgroup::create_at(mode, path, &limits, systemd)?,
-        None => Cgroup::create(mode, &spec.name, &limits, systemd)?,
+    // The configuration's device nodes are allowed too (FIFOs need no rule).
+    let allowed: Vec<crate::devices::AllowedDevice> = spec
+        .extra
+        .devices
+        .iter()
+        .filter(|d| d.kind != 'p')
+        .map(|d| crate::devices::AllowedDevice {
+            major: d.major,
+            minor: Some(d.minor),
+            block: d.kind == 'b',
+        })
+        .collect();
+    let default_path;
+    let path = match &spec.extra.cgroup_path {
+        Some(path) => path,
+        None => {
+            default_path = std::path::Path::new(crate::cgroup::PARENT).join(&spec.name);
+            &default_path
+        }
     };
+    let mut cgroup = Cgroup::create_allowing(mode, path, &limits, systemd, &allowed)?;
     if let Some(map) = &spec.user_map {
         // The cgroup2 tree belongs to the container's root.
         if let Err(e) = cgroup.delegate_to(map.host_uid, map.host_gid) {

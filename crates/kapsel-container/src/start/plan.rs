@@ -92,6 +92,7 @@ pub(super) fn build(spec: &ContainerSpec, inp: &PlanInputs<'_>) -> Result<ChildP
         },
         seccomp_flags: spec.extra.seccomp_flags,
         preserve_fds: spec.extra.preserve_fds,
+        devices: Vec::new(),
         user_ns: spec.user_map.is_some(),
         idmap_root: spec.idmap_root,
         cgroup2: match (inp.systemd, inp.mode.is_unified()) {
@@ -194,6 +195,49 @@ pub(super) fn prepare_extra(
         let r = p.trim_start_matches('/');
         cstring(if r.is_empty() { b"." } else { r.as_bytes() })
     };
+    for d in &extra.devices {
+        let rel = d.path.trim_start_matches('/');
+        let p = Path::new(rel);
+        let bad = !p.starts_with("dev")
+            || p == Path::new("dev")
+            || p.components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)));
+        if bad {
+            return Err(Error::Invalid(format!(
+                "device {}: give a path below /dev without \"..\"",
+                d.path
+            )));
+        }
+        let kind = match d.kind {
+            'c' | 'u' => libc::S_IFCHR,
+            'b' => libc::S_IFBLK,
+            'p' => libc::S_IFIFO,
+            other => {
+                return Err(Error::Invalid(format!(
+                    "device {}: type {other} is not c, b, u or p",
+                    d.path
+                )))
+            }
+        };
+        let parents = p
+            .ancestors()
+            .skip(1)
+            .filter(|a| a.components().count() > 1)
+            .map(|a| cstring(a.as_os_str().as_bytes()))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .rev()
+            .collect();
+        plan.devices.push(child::ChildDevice {
+            target: cstring(rel.as_bytes())?,
+            host: cstring(format!("/{rel}").as_bytes())?,
+            parents,
+            mode: kind | (d.mode & 0o7777),
+            dev: libc::makedev(d.major, d.minor),
+            uid: d.uid,
+            gid: d.gid,
+        });
+    }
     for (name, value) in &extra.sysctls {
         if name.is_empty() || name.contains("..") || name.contains('/') {
             return Err(Error::Invalid(format!(
