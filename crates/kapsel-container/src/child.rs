@@ -77,6 +77,7 @@ pub(crate) const STEPS: &[&str] = &[
     "telling the parent the root is ready (for its hooks)", // 37
     "setting a sysctl of the container's namespaces (its /proc/sys file)", // 38
     "creating a device node of the configuration (linux.devices)", // 39
+    "setting the propagation of the root (rootfsPropagation)", // 40
 ];
 
 /// A device node of the configuration, prepared for the child.
@@ -222,6 +223,9 @@ pub(crate) struct ChildPlan {
     pub preserve_fds: u32,
     /// Device nodes of the configuration.
     pub devices: Vec<ChildDevice>,
+    /// Propagation flags of `/` before the mounts, and of the root after
+    /// pivot_root (0: none); see [`crate::Extra::root_propagation`].
+    pub root_propagation: (libc::c_ulong, libc::c_ulong),
     pub user_ns: bool,
     /// The parent sends an idmapped copy of the root with its byte; it is
     /// mounted instead of binding the root onto itself (see [`crate::idmap`]).
@@ -412,7 +416,7 @@ pub(crate) fn run(plan: &ChildPlan) -> ! {
         if plan.set_hostname && libc::sethostname(h.as_ptr().cast(), h.len()) != 0 {
             fail(plan, 3);
         }
-        if !mount(None, b"/\0", None, libc::MS_REC | libc::MS_PRIVATE, None) {
+        if !mount(None, b"/\0", None, plan.root_propagation.0, None) {
             fail(plan, 4);
         }
         let root = plan.root.as_bytes_with_nul();
@@ -796,6 +800,10 @@ pub(crate) fn run(plan: &ChildPlan) -> ! {
         }
         if libc::chdir(cstr(b"/\0")) != 0 {
             fail(plan, 20);
+        }
+        if plan.root_propagation.1 != 0 && !mount(None, b"/\0", None, plan.root_propagation.1, None)
+        {
+            fail(plan, 40);
         }
         if libc::chdir(plan.cwd.as_ptr()) != 0 {
             fail(plan, 30);

@@ -190,6 +190,14 @@ pub struct Extra {
     pub seccomp_bpf: Option<Vec<u8>>,
     /// seccomp(2) filter flags for it (`SECCOMP_FILTER_FLAG_*`).
     pub seccomp_flags: u32,
+    /// Propagation of the container's mounts from the host (OCI
+    /// `linux.rootfsPropagation`): the flags the mount namespace's `/` gets
+    /// before anything is mounted (`MS_SLAVE | MS_REC`: mounts the host
+    /// makes below a bind mount reach the container, runc's default), and
+    /// those its root gets after `pivot_root` (`MS_SHARED`,
+    /// `MS_UNBINDABLE`, with `MS_REC`), or 0. `None`: Kapsel's own,
+    /// `MS_PRIVATE | MS_REC` (nothing of the host's reaches the container).
+    pub root_propagation: Option<(libc::c_ulong, libc::c_ulong)>,
     /// Device nodes made in the container's /dev besides Kapsel's own
     /// (OCI `linux.devices`), and allowed by its device cgroup.
     pub devices: Vec<DeviceNode>,

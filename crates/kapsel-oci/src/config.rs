@@ -416,6 +416,27 @@ pub fn translate(
             warn("linux.resources blockIO, hugepageLimits, network and unified ignored".into());
         }
     }
+    // As runc: the mount namespace's / is made rslave (mounts the host
+    // makes later reach the container's bind mounts), or what
+    // rootfsPropagation says; shared and unbindable are set on the root
+    // after pivot_root (pivot_root refuses a shared one).
+    let slave = libc::MS_REC | libc::MS_SLAVE;
+    c.extra.root_propagation = Some(match linux.rootfs_propagation().as_deref() {
+        None | Some("") | Some("rslave") => (slave, 0),
+        Some("slave") => (libc::MS_SLAVE, 0),
+        Some("private") => (libc::MS_PRIVATE, 0),
+        Some("rprivate") => (libc::MS_REC | libc::MS_PRIVATE, 0),
+        Some("shared") => (slave, libc::MS_SHARED),
+        Some("rshared") => (slave, libc::MS_REC | libc::MS_SHARED),
+        Some("unbindable") => (slave, libc::MS_UNBINDABLE),
+        Some("runbindable") => (slave, libc::MS_REC | libc::MS_UNBINDABLE),
+        Some(other) => {
+            return refuse(format!(
+                "linux.rootfsPropagation \"{other}\" is not one of private, rprivate, slave, \
+                 rslave, shared, rshared, unbindable, runbindable"
+            ))
+        }
+    });
     for d in linux.devices().iter().flatten() {
         let path = d.path().to_string_lossy().into_owned();
         let kind = serde_json::to_value(d.typ())

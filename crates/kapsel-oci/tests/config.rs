@@ -339,3 +339,55 @@ fn linux_devices_are_made_and_allowed() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("below /dev"));
 }
+
+fn sh(cmd: &str) {
+    let st = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .status()
+        .unwrap();
+    assert!(st.success(), "{cmd}");
+}
+
+#[test]
+fn host_mounts_reach_a_bind_mount_by_rootfs_propagation() {
+    if skip() {
+        return;
+    }
+    let b = Bundle::new("propagation", &["sleep", "1000"]);
+    let shared = b.dir.join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    let s = shared.display();
+    sh(&format!(
+        "mount -t tmpfs kapsel-test {s} && mount --make-rshared {s}"
+    ));
+    let mut cfg = config(&["sleep", "1000"]);
+    cfg["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"destination": "/mnt", "type": "bind", "source": s.to_string(), "options": ["rbind", "rslave"]}));
+    let mut seen = Vec::new();
+    for (i, prop) in [None, Some("rprivate")].into_iter().enumerate() {
+        if let Some(p) = prop {
+            cfg["linux"]["rootfsPropagation"] = json!(p);
+        }
+        b.write(&cfg);
+        let id = format!("{}-{i}", id("propagation"));
+        b.ok(&["run", "-d", "--bundle", b.path(), &id]);
+        // A mount the host makes after the container started.
+        let sub = shared.join(format!("sub{i}"));
+        std::fs::create_dir_all(&sub).unwrap();
+        sh(&format!(
+            "mount -t tmpfs kapsel-test {} && touch {}/file",
+            sub.display(),
+            sub.display()
+        ));
+        let out = b.oci(&["exec", &id, "ls", &format!("/mnt/sub{i}")]);
+        seen.push(String::from_utf8_lossy(&out.stdout).contains("file"));
+        b.ok(&["delete", "--force", &id]);
+        sh(&format!("umount {}", sub.display()));
+    }
+    sh(&format!("umount -l {s}"));
+    // runc's default (rslave) lets it in; rprivate keeps it out.
+    assert_eq!(seen, vec![true, false]);
+}

@@ -93,6 +93,10 @@ pub(super) fn build(spec: &ContainerSpec, inp: &PlanInputs<'_>) -> Result<ChildP
         seccomp_flags: spec.extra.seccomp_flags,
         preserve_fds: spec.extra.preserve_fds,
         devices: Vec::new(),
+        root_propagation: spec
+            .extra
+            .root_propagation
+            .unwrap_or((libc::MS_REC | libc::MS_PRIVATE, 0)),
         user_ns: spec.user_map.is_some(),
         idmap_root: spec.idmap_root,
         cgroup2: match (inp.systemd, inp.mode.is_unified()) {
