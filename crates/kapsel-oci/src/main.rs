@@ -731,6 +731,11 @@ fn create_in(
             io::Error::last_os_error()
         ));
     }
+    // 0622 whatever the umask (as runc): a container root mapped to
+    // another host id (a user namespace) writes to it through its
+    // descriptor; the 0700 state directory keeps everyone else out.
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&fifo, fs::Permissions::from_mode(0o622))?;
     let mut spec = t.spec;
     spec.extra.start_fifo = Some(fifo);
     spec.extra.preserve_fds = a.preserve_fds;

@@ -391,3 +391,51 @@ fn host_mounts_reach_a_bind_mount_by_rootfs_propagation() {
     // runc's default (rslave) lets it in; rprivate keeps it out.
     assert_eq!(seen, vec![true, false]);
 }
+
+/// config() with a user namespace mapping container ids 0..65536 to host
+/// ids 100000.. (the root is idmapped: its files are host root's).
+fn userns_config(args: &[&str]) -> Value {
+    let mut cfg = config(args);
+    cfg["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "user"}));
+    cfg["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    cfg["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    cfg
+}
+
+#[test]
+fn a_user_namespace_container_runs_as_its_mapped_root() {
+    if skip() {
+        return;
+    }
+    let b = Bundle::new("userns", &["true"]);
+    b.write(&userns_config(&["sleep", "1000"]));
+    let id = id("userns");
+    // create + start: the init, already host uid 100000, must reach the
+    // start FIFO in the root-only state directory.
+    b.ok(&["create", "--bundle", b.path(), &id]);
+    b.ok(&["start", &id]);
+    let pid = b.state(&id)["pid"].as_i64().unwrap();
+    assert!(eventually(|| std::fs::read_to_string(format!(
+        "/proc/{pid}/status"
+    ))
+    .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:\t100000\t")))));
+    let out = b.oci(&[
+        "exec",
+        &id,
+        "sh",
+        "-c",
+        "id -u; cat /proc/self/uid_map; stat -c %u /bin/busybox",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let words: Vec<&str> = text.split_whitespace().collect();
+    assert_eq!(words, ["0", "0", "100000", "65536", "0"], "{text}");
+    b.ok(&["delete", "--force", &id]);
+}
