@@ -122,6 +122,7 @@ pub struct Translated {
     pub annotations: serde_json::Map<String, serde_json::Value>,
     pub terminal: bool,
     pub hooks: crate::hooks::Hooks,
+    pub idmap_mounts: Vec<IdmapMount>,
 }
 
 /// Loads `bundle/config.json`.
@@ -274,8 +275,9 @@ pub fn translate(
             .and_then(|h| serde_json::to_value(h).ok()),
     )
     .map_err(Refused)?;
+    let mut idmap_mounts = Vec::new();
     for m in spec.mounts().iter().flatten() {
-        mount(m, &mut c.extra.mounts, &mut warn)?;
+        mount(m, &mut c.extra.mounts, &mut idmap_mounts, &mut warn)?;
     }
     let Some(linux) = spec.linux() else {
         return refuse("config.json has no linux section; kapsel-oci runs Linux containers");
@@ -362,6 +364,12 @@ pub fn translate(
         }
     } else if linux.uid_mappings().as_ref().is_some_and(|m| !m.is_empty()) {
         return refuse("linux.uidMappings without a user namespace; add {\"type\":\"user\"}");
+    }
+    if !user_ns && !idmap_mounts.is_empty() {
+        return refuse(
+            "mounts: an idmap mount maps to the container's user namespace, and it has none; \
+             add {\"type\":\"user\"} with uidMappings and gidMappings, or drop idmap",
+        );
     }
     let cgroup = match linux.cgroups_path().as_ref() {
         Some(p) if systemd_cgroup && p.to_string_lossy().contains(':') => {
@@ -527,6 +535,7 @@ pub fn translate(
         .unwrap_or_default();
     Ok(Translated {
         hooks,
+        idmap_mounts,
         terminal: c.console == ConsoleSpec::Pty,
         spec: c,
         warnings,
@@ -555,9 +564,22 @@ const PROVIDED: &[(&str, &[&str])] = &[
     ("/sys/fs/cgroup", &["cgroup", "cgroup2"]),
 ];
 
+/// A bind mount of config.json with the `idmap` or `ridmap` option: its
+/// source is mounted again, idmapped to the container's user namespace,
+/// over the plain bind mount (see idmap.rs).
+#[derive(Debug, Clone)]
+pub struct IdmapMount {
+    pub source: String,
+    pub destination: String,
+    /// `ridmap`, or `idmap` with `rbind`: the mounts below too.
+    pub recursive: bool,
+    pub readonly: bool,
+}
+
 fn mount(
     m: &oci_spec::runtime::Mount,
     out: &mut Vec<MountSpec>,
+    idmaps: &mut Vec<IdmapMount>,
     warn: &mut impl FnMut(String),
 ) -> Result<(), Refused> {
     let dest = m.destination().to_string_lossy().into_owned();
@@ -575,6 +597,7 @@ fn mount(
     let mut propagation: libc::c_ulong = 0;
     let mut data = Vec::new();
     let mut bind = typ == "bind";
+    let mut idmap = None;
     for o in &options {
         match o.as_str() {
             "bind" => bind = true,
@@ -605,13 +628,13 @@ fn mount(
             "tmpcopyup" | "notmpcopyup" | "copy-symlink" | "z" | "Z" => {
                 warn(format!("mount {dest}: option {o} ignored"));
             }
-            "idmap" | "ridmap" => {
+            "idmap" => idmap = Some(false),
+            "ridmap" => idmap = Some(true),
+            other if other.starts_with("idmap=") || other.starts_with("ridmap=") => {
                 return refuse(format!(
-                    "mount {dest}: idmapped mounts of config.json are not supported yet; remove {o}"
+                    "mount {dest}: {other}: mappings of a mount's own are not supported; \
+                     use idmap (the container's user namespace mapping)"
                 ))
-            }
-            other if other.starts_with("idmap=") => {
-                return refuse(format!("mount {dest}: {other} is not supported; remove it"))
             }
             other => data.push(other.to_string()),
         }
@@ -621,6 +644,19 @@ fn mount(
         .as_ref()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| typ.clone());
+    if let Some(recursive) = idmap {
+        if !bind {
+            return refuse(format!(
+                "mount {dest}: idmap applies to bind mounts only; make it a bind mount"
+            ));
+        }
+        idmaps.push(IdmapMount {
+            source: source.clone(),
+            destination: dest.clone(),
+            recursive: recursive || flags & libc::MS_REC != 0,
+            readonly: flags & libc::MS_RDONLY != 0,
+        });
+    }
     if bind {
         flags |= libc::MS_BIND;
         if !data.is_empty() {

@@ -12,6 +12,7 @@
 mod config;
 mod default_spec;
 mod hooks;
+mod idmap;
 mod resources;
 mod seccomp;
 mod state;
@@ -607,7 +608,7 @@ fn features() -> serde_json::Value {
             },
             "apparmor": {"enabled": false},
             "selinux": {"enabled": false},
-            "mountExtensions": {"idmap": {"enabled": false}}
+            "mountExtensions": {"idmap": {"enabled": true}}
         },
         "annotations": {
             "io.github.seccomp.libseccomp.version": libseccomp_version()
@@ -743,10 +744,15 @@ fn create_in(
         .debug(&format!("creating {} from {}", a.id, bundle.display()));
     let mode = kapsel_container::cgroup::CgroupMode::detect()?;
     let hooks = t.hooks;
-    let mut c = if hooks.at_create() {
+    let idmaps = t.idmap_mounts;
+    let mut c = if hooks.at_create() || !idmaps.is_empty() {
         // Once the namespaces exist and the root is mounted, before
-        // pivot_root (see hooks.rs).
+        // pivot_root (see hooks.rs, idmap.rs): the idmapped mounts, then
+        // the hooks (runc: the mounts are made before prestart).
         let mut run_hooks = |pid: i32| -> Result<(), String> {
+            if !idmaps.is_empty() {
+                idmap::mount_all(pid, &t.rootfs, &idmaps)?;
+            }
             let st = state::hook_state(&a.id, "creating", pid, bundle, &t.annotations);
             hooks::run_all("prestart", &hooks.prestart, &st, None)?;
             hooks::run_all("createRuntime", &hooks.create_runtime, &st, None)?;

@@ -395,6 +395,8 @@ fn version_and_features() {
         .unwrap()
         .contains(&json!("SCMP_ARCH_X86_64")));
     assert_eq!(f["linux"]["cgroup"]["v1"], true);
+    // containerd's shim refuses idmap mounts unless this says so.
+    assert_eq!(f["linux"]["mountExtensions"]["idmap"]["enabled"], true);
     assert!(f["annotations"]["io.github.seccomp.libseccomp.version"]
         .as_str()
         .unwrap()

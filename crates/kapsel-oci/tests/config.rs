@@ -439,3 +439,52 @@ fn a_user_namespace_container_runs_as_its_mapped_root() {
     assert_eq!(words, ["0", "0", "100000", "65536", "0"], "{text}");
     b.ok(&["delete", "--force", &id]);
 }
+
+#[test]
+fn idmap_bind_mounts_show_host_ids_as_the_containers() {
+    if skip() {
+        return;
+    }
+    let b = Bundle::new("idmap", &["true"]);
+    let data = b.dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("roots"), "r").unwrap();
+    std::fs::write(data.join("users"), "u").unwrap();
+    std::os::unix::fs::chown(data.join("users"), Some(1000), Some(1000)).unwrap();
+    let script = "stat -c '%n %u' /idmapped/roots /idmapped/users /plain/roots; \
+                  touch /idmapped/made && echo made";
+    let mut cfg = userns_config(&["sh", "-c", script]);
+    let src = data.display().to_string();
+    let mounts = cfg["mounts"].as_array_mut().unwrap();
+    mounts.push(json!({"destination": "/idmapped", "type": "bind", "source": src, "options": ["bind", "idmap"]}));
+    mounts
+        .push(json!({"destination": "/plain", "type": "bind", "source": src, "options": ["bind"]}));
+    b.write(&cfg);
+    let out = b.oci(&["run", &id("idmap"), "--bundle", b.path()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Through the idmapped mount host ids 0 and 1000 are the container's
+    // 0 and 1000; through the plain one host root is unmapped (65534).
+    assert!(text.contains("/idmapped/roots 0\n"), "{text}");
+    assert!(text.contains("/idmapped/users 1000\n"), "{text}");
+    assert!(text.contains("/plain/roots 65534\n"), "{text}");
+    assert!(text.contains("made"), "{text}");
+    // The container's root writes as host root through it.
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(data.join("made")).unwrap().uid(), 0);
+
+    // idmap needs a user namespace.
+    let mut cfg = config(&["true"]);
+    cfg["mounts"].as_array_mut().unwrap().push(
+        json!({"destination": "/idmapped", "type": "bind", "source": src, "options": ["bind", "idmap"]}),
+    );
+    b.write(&cfg);
+    let out = b.oci(&["run", &id("idmap2"), "--bundle", b.path()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("user namespace"));
+}
