@@ -78,7 +78,36 @@ pub(crate) const STEPS: &[&str] = &[
     "setting a sysctl of the container's namespaces (its /proc/sys file)", // 38
     "creating a device node of the configuration (linux.devices)", // 39
     "setting the propagation of the root (rootfsPropagation)", // 40
+    "sending the seccomp notification descriptor to the parent", // 41
 ];
+
+/// seccomp(2)'s flag for a filter with a notification descriptor.
+pub(crate) const SECCOMP_FILTER_FLAG_NEW_LISTENER: u32 = 1 << 3;
+
+/// Sends `fd` with one byte over the socket `sock` (SCM_RIGHTS).
+fn send_fd(sock: RawFd, fd: RawFd) -> bool {
+    let byte = 1u8;
+    let mut iov = libc::iovec {
+        iov_base: (&byte as *const u8) as *mut libc::c_void,
+        iov_len: 1,
+    };
+    let mut control = [0u64; 4];
+    // SAFETY: a zeroed msghdr is valid; it points at locals that outlive
+    // the call; the CMSG macros stay within `control`.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) as usize;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
+        ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
+        libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) == 1
+    }
+}
 
 /// A device node of the configuration, prepared for the child.
 pub(crate) struct ChildDevice {
@@ -890,8 +919,16 @@ pub(crate) fn run(plan: &ChildPlan) -> ! {
                     &fprog as *const libc::sock_fprog,
                 ) as libc::c_long
             };
-            if r != 0 {
+            if r < 0 || (r > 0 && plan.seccomp_flags & SECCOMP_FILTER_FLAG_NEW_LISTENER == 0) {
                 fail(plan, 25);
+            }
+            if r > 0 {
+                // The filter's notification descriptor (a seccomp agent's):
+                // to the parent, which hands it on.
+                if !send_fd(plan.go_read, r as RawFd) {
+                    fail(plan, 41);
+                }
+                libc::close(r as RawFd);
             }
         }
         if let Some(fifo) = &plan.start_fifo {

@@ -66,6 +66,9 @@ pub struct Container {
     pub(crate) no_new_privs: bool,
     pub(crate) seccomp: bool,
     pub(crate) cleaned: bool,
+    /// The seccomp filter's notification descriptor, with
+    /// [`crate::Extra::seccomp_listener`].
+    pub(crate) seccomp_listener: Option<OwnedFd>,
 }
 
 /// Deletes link `name`; a link that is already gone is not an error.
@@ -120,6 +123,12 @@ impl Container {
     /// before [`Container::detach`]).
     pub fn take_console(&mut self) -> Option<File> {
         self.console.take()
+    }
+
+    /// Takes the seccomp filter's notification descriptor (for a seccomp
+    /// agent), with [`crate::Extra::seccomp_listener`].
+    pub fn take_seccomp_listener(&mut self) -> Option<OwnedFd> {
+        self.seccomp_listener.take()
     }
 
     /// The signal [`Container::stop`] sends first.

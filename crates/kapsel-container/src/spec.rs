@@ -190,6 +190,11 @@ pub struct Extra {
     pub seccomp_bpf: Option<Vec<u8>>,
     /// seccomp(2) filter flags for it (`SECCOMP_FILTER_FLAG_*`).
     pub seccomp_flags: u32,
+    /// The program has `SECCOMP_RET_USER_NOTIF` rules: it is installed
+    /// with a notification descriptor, which the started container hands
+    /// out ([`crate::Container::take_seccomp_listener`]) for a seccomp
+    /// agent.
+    pub seccomp_listener: bool,
     /// Propagation of the container's mounts from the host (OCI
     /// `linux.rootfsPropagation`): the flags the mount namespace's `/` gets
     /// before anything is mounted (`MS_SLAVE | MS_REC`: mounts the host

@@ -123,6 +123,8 @@ pub struct Translated {
     pub terminal: bool,
     pub hooks: crate::hooks::Hooks,
     pub idmap_mounts: Vec<IdmapMount>,
+    /// linux.seccomp's listenerPath and listenerMetadata, when it notifies.
+    pub seccomp_agent: Option<(String, String)>,
 }
 
 /// Loads `bundle/config.json`.
@@ -507,6 +509,7 @@ pub fn translate(
     }
     // Only config.json's profile, as runc: none when it has none.
     c.seccomp = false;
+    let mut seccomp_agent = None;
     if let Some(sc) = linux.seccomp() {
         let v = serde_json::to_value(sc).map_err(|e| Refused(format!("linux.seccomp: {e}")))?;
         let compiled = crate::seccomp::compile(&v)?;
@@ -518,6 +521,8 @@ pub fn translate(
         }
         c.extra.seccomp_bpf = Some(compiled.bpf);
         c.extra.seccomp_flags = compiled.flags;
+        c.extra.seccomp_listener = compiled.listener.is_some();
+        seccomp_agent = compiled.listener;
     }
     c.extra.masked_paths = linux.masked_paths().clone().unwrap_or_default();
     c.extra.readonly_paths = linux.readonly_paths().clone().unwrap_or_default();
@@ -536,6 +541,7 @@ pub fn translate(
     Ok(Translated {
         hooks,
         idmap_mounts,
+        seccomp_agent,
         terminal: c.console == ConsoleSpec::Pty,
         spec: c,
         warnings,

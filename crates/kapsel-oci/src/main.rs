@@ -23,7 +23,7 @@ use kapsel_container::{exec_in, ConsoleSpec, Container, ExecOptions, User};
 use state::{Record, Status};
 use std::fs;
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -596,7 +596,7 @@ fn features() -> serde_json::Value {
                 "enabled": true,
                 "actions": ["SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO", "SCMP_ACT_KILL",
                     "SCMP_ACT_KILL_PROCESS", "SCMP_ACT_KILL_THREAD", "SCMP_ACT_LOG",
-                    "SCMP_ACT_TRACE", "SCMP_ACT_TRAP"],
+                    "SCMP_ACT_NOTIFY", "SCMP_ACT_TRACE", "SCMP_ACT_TRAP"],
                 "operators": ["SCMP_CMP_EQ", "SCMP_CMP_GE", "SCMP_CMP_GT", "SCMP_CMP_LE",
                     "SCMP_CMP_LT", "SCMP_CMP_MASKED_EQ", "SCMP_CMP_NE"],
                 "archs": ["SCMP_ARCH_X86", "SCMP_ARCH_X86_64", "SCMP_ARCH_X32",
@@ -762,6 +762,13 @@ fn create_in(
     } else {
         Container::start_in(&spec, &mode)?
     };
+    if let Some((path, metadata)) = &t.seccomp_agent {
+        let Some(fd) = c.take_seccomp_listener() else {
+            return fail("the container's seccomp filter gave no notification descriptor");
+        };
+        let st = state::hook_state(&a.id, "creating", c.pid(), bundle, &t.annotations);
+        seccomp::send_to_agent(path, metadata, &st, c.pid(), fd.as_fd()).map_err(Fail)?;
+    }
     if spec.console == ConsoleSpec::Pty {
         let master = c.take_console();
         if let (Some(master), Some(sock)) = (master, &a.console_socket) {

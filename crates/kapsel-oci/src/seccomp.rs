@@ -1,8 +1,9 @@
 //! config.json's `linux.seccomp` compiled to BPF with libseccomp (as runc
 //! and crun do): every action (`SCMP_ACT_ALLOW`, `ERRNO` with its
 //! `errnoRet`, `KILL`/`KILL_THREAD`, `KILL_PROCESS`, `TRAP`, `TRACE`,
-//! `LOG`), the architectures, argument filters with every operator, and
-//! the filter flags. The program is installed by kapsel-container in
+//! `LOG`, `NOTIFY` to a seccomp agent on `listenerPath`), the
+//! architectures, argument filters with every operator, and the filter
+//! flags. The program is installed by kapsel-container in
 //! place of Kapsel's own profile, and kept in the state for `exec`.
 
 use crate::config::Refused;
@@ -26,6 +27,9 @@ pub struct Compiled {
     /// Rule names libseccomp does not know on these architectures (runc
     /// skips them too), for a warning.
     pub unknown: Vec<String>,
+    /// Rules answer SCMP_ACT_NOTIFY: the agent on `listenerPath` gets the
+    /// notification descriptor, with `listenerMetadata`.
+    pub listener: Option<(String, String)>,
 }
 
 fn refuse<T>(msg: impl Into<String>) -> Result<T, Refused> {
@@ -52,12 +56,7 @@ fn action(name: &str, errno: Option<i64>, what: &str) -> Result<ScmpAction, Refu
         // runc gives TRACE the errno value as its message.
         "SCMP_ACT_TRACE" => ScmpAction::Trace(errno as u16),
         "SCMP_ACT_LOG" => ScmpAction::Log,
-        "SCMP_ACT_NOTIFY" => {
-            return refuse(format!(
-                "{what}: SCMP_ACT_NOTIFY (a seccomp agent on listenerPath) is not supported by \
-                 kapsel-oci; use another action"
-            ))
-        }
+        "SCMP_ACT_NOTIFY" => ScmpAction::Notify,
         other => return refuse(format!("{what}: unknown action \"{other}\"")),
     })
 }
@@ -68,16 +67,36 @@ fn lib_err(what: &str, e: impl std::fmt::Display) -> Refused {
 
 /// Compiles `linux.seccomp` (as JSON).
 pub fn compile(sc: &Value) -> Result<Compiled, Refused> {
-    if sc
+    let listener_path = sc
         .get("listenerPath")
         .and_then(Value::as_str)
-        .is_some_and(|p| !p.is_empty())
-    {
+        .filter(|p| !p.is_empty());
+    let notifies = |v: &Value| v.get("action").and_then(Value::as_str) == Some("SCMP_ACT_NOTIFY");
+    if sc.get("defaultAction").and_then(Value::as_str) == Some("SCMP_ACT_NOTIFY") {
         return refuse(
-            "linux.seccomp.listenerPath is not supported by kapsel-oci (no seccomp agent); \
-             remove it",
+            "linux.seccomp.defaultAction SCMP_ACT_NOTIFY would stop the container's own start \
+             at the agent; notify chosen calls instead",
         );
     }
+    let any_notify = sc
+        .get("syscalls")
+        .and_then(Value::as_array)
+        .is_some_and(|r| r.iter().any(notifies));
+    if any_notify && listener_path.is_none() {
+        return refuse(
+            "linux.seccomp: SCMP_ACT_NOTIFY needs a listenerPath (the seccomp agent's socket); \
+             add one",
+        );
+    }
+    let listener = listener_path.filter(|_| any_notify).map(|p| {
+        (
+            p.to_string(),
+            sc.get("listenerMetadata")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+        )
+    });
     let default_name = sc
         .get("defaultAction")
         .and_then(Value::as_str)
@@ -210,6 +229,7 @@ pub fn compile(sc: &Value) -> Result<Compiled, Refused> {
         bpf,
         flags,
         unknown,
+        listener,
     })
 }
 
@@ -226,4 +246,56 @@ fn tempfile() -> Result<std::fs::File, Refused> {
     }
     // SAFETY: a new descriptor we own.
     Ok(unsafe { std::fs::File::from_raw_fd(fd) })
+}
+
+/// Hands the notification descriptor `fd` to the seccomp agent listening
+/// on `path`, as runc does: one message, the runtime-spec
+/// `containerProcessState` JSON (`fds: ["seccompFd"]`, the process's pid,
+/// `listenerMetadata`, the container's state) with the descriptor in
+/// SCM_RIGHTS.
+pub fn send_to_agent(
+    path: &str,
+    metadata: &str,
+    state: &Value,
+    pid: i32,
+    fd: std::os::fd::BorrowedFd<'_>,
+) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let sock = std::os::unix::net::UnixStream::connect(path)
+        .map_err(|e| format!("seccomp agent {path}: {e}"))?;
+    let msg = serde_json::json!({
+        "ociVersion": crate::state::OCI_VERSION,
+        "fds": ["seccompFd"],
+        "pid": pid,
+        "metadata": metadata,
+        "state": state,
+    })
+    .to_string();
+    let mut iov = libc::iovec {
+        iov_base: msg.as_ptr() as *mut libc::c_void,
+        iov_len: msg.len(),
+    };
+    let mut control = [0u64; 4];
+    // SAFETY: a zeroed msghdr is valid; it points at locals that outlive
+    // the call; the CMSG macros stay within `control`.
+    let r = unsafe {
+        let mut m: libc::msghdr = std::mem::zeroed();
+        m.msg_iov = &mut iov;
+        m.msg_iovlen = 1;
+        m.msg_control = control.as_mut_ptr().cast();
+        m.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) as usize;
+        let cmsg = libc::CMSG_FIRSTHDR(&m);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>(), fd.as_raw_fd());
+        libc::sendmsg(sock.as_raw_fd(), &m, libc::MSG_NOSIGNAL)
+    };
+    if r < 0 || r as usize != msg.len() {
+        return Err(format!(
+            "seccomp agent {path}: sending the notification descriptor: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
 }

@@ -276,7 +276,10 @@ fn seccomp_profile_of_config_json_is_enforced() {
     b.ok(&["delete", "--force", &id2]);
 
     // What kapsel-oci cannot do is refused by name.
-    cfg["linux"]["seccomp"]["listenerPath"] = json!("/run/agent.sock");
+    cfg["linux"]["seccomp"]["syscalls"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"names": ["getpid"], "action": "SCMP_ACT_NOTIFY"}));
     b.write(&cfg);
     let out = b.oci(&["run", &format!("{id}-3"), "--bundle", b.path()]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("listenerPath"));
@@ -487,4 +490,115 @@ fn idmap_bind_mounts_show_host_ids_as_the_containers() {
     let out = b.oci(&["run", &id("idmap2"), "--bundle", b.path()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("user namespace"));
+}
+
+/// `struct seccomp_notif` and `struct seccomp_notif_resp` (linux/seccomp.h).
+#[repr(C)]
+#[derive(Default)]
+struct Notif {
+    id: u64,
+    pid: u32,
+    flags: u32,
+    nr: i32,
+    arch: u32,
+    ip: u64,
+    args: [u64; 6],
+}
+#[repr(C)]
+struct NotifResp {
+    id: u64,
+    val: i64,
+    error: i32,
+    flags: u32,
+}
+const SECCOMP_IOCTL_NOTIF_RECV: libc::c_ulong = 0xc050_2100;
+const SECCOMP_IOCTL_NOTIF_SEND: libc::c_ulong = 0xc018_2101;
+
+/// A seccomp agent: takes runc's message with the notification descriptor
+/// on `listener`, then answers every notified call with EOPNOTSUPP;
+/// returns the message and how many calls it answered.
+fn agent(listener: std::os::unix::net::UnixListener) -> (Value, u32) {
+    use std::os::fd::AsRawFd;
+    let (conn, _) = listener.accept().unwrap();
+    let mut buf = vec![0u8; 8192];
+    let mut control = [0u64; 8];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: recvmsg into locals that outlive the call.
+    let (n, fd) = unsafe {
+        let mut m: libc::msghdr = std::mem::zeroed();
+        m.msg_iov = &mut iov;
+        m.msg_iovlen = 1;
+        m.msg_control = control.as_mut_ptr().cast();
+        m.msg_controllen = std::mem::size_of_val(&control);
+        let n = libc::recvmsg(conn.as_raw_fd(), &mut m, 0);
+        let cmsg = libc::CMSG_FIRSTHDR(&m);
+        assert!(!cmsg.is_null(), "no descriptor from the runtime");
+        (
+            n,
+            std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>()),
+        )
+    };
+    let msg: Value = serde_json::from_slice(&buf[..n as usize]).unwrap();
+    let mut answered = 0;
+    loop {
+        let mut req = Notif::default();
+        // SAFETY: the ioctl writes a seccomp_notif into `req`.
+        if unsafe { libc::ioctl(fd, SECCOMP_IOCTL_NOTIF_RECV, &mut req) } != 0 {
+            break; // the filter's last process is gone
+        }
+        let resp = NotifResp {
+            id: req.id,
+            val: 0,
+            error: -libc::EOPNOTSUPP,
+            flags: 0,
+        };
+        // SAFETY: the ioctl reads a seccomp_notif_resp.
+        if unsafe { libc::ioctl(fd, SECCOMP_IOCTL_NOTIF_SEND, &resp) } == 0 {
+            answered += 1;
+        }
+    }
+    // SAFETY: our descriptor from SCM_RIGHTS.
+    unsafe { libc::close(fd) };
+    (msg, answered)
+}
+
+#[test]
+fn scmp_act_notify_goes_to_the_seccomp_agent() {
+    if skip() {
+        return;
+    }
+    let b = Bundle::new("notify", &["true"]);
+    let sock = b.dir.join("agent.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let agent = std::thread::spawn(move || agent(listener));
+    let mut cfg = config(&["sh", "-c", "mkdir /a 2>&1; mkdir /b 2>&1; echo done"]);
+    cfg["linux"]["seccomp"] = json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "listenerPath": sock.display().to_string(),
+        "listenerMetadata": "kapsel-test",
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_NOTIFY"}]
+    });
+    b.write(&cfg);
+    let id = id("notify");
+    let out = b.oci(&["run", &id, "--bundle", b.path()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (msg, answered) = agent.join().unwrap();
+    // The agent's answer came back to the process.
+    assert_eq!(text.matches("Operation not supported").count(), 2, "{text}");
+    assert_eq!(answered, 2);
+    // runc's containerProcessState.
+    assert_eq!(msg["fds"], json!(["seccompFd"]));
+    assert_eq!(msg["metadata"], "kapsel-test");
+    assert_eq!(msg["state"]["id"], id.as_str());
+    assert!(msg["pid"].as_i64().unwrap() > 0);
+    assert!(!b.dir.join("rootfs/a").exists());
 }

@@ -157,11 +157,21 @@ impl Container {
             no_new_privs: spec.no_new_privs,
             seccomp: spec.seccomp,
             cleaned: false,
+            seccomp_listener: None,
         };
         // From here on a failure drops `c`, which kills the child and
         // removes the cgroup and the veth.
         let move_into_cgroup = !cloned.born_in_cgroup && plan.cgroup_tasks.is_empty();
-        parent::finish(&mut c, spec, move_into_cgroup, go_write, err_read, hook)?;
+        let listener = spec.extra.seccomp_listener && spec.extra.seccomp_bpf.is_some();
+        parent::finish(
+            &mut c,
+            spec,
+            move_into_cgroup,
+            go_write,
+            err_read,
+            hook,
+            listener,
+        )?;
         drop(plan);
         tracing::debug!("container {} started, init pid {}", c.name, c.pid);
         Ok(c)

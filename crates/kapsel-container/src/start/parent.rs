@@ -39,6 +39,7 @@ pub(super) fn finish(
     go_write: OwnedFd,
     err_read: OwnedFd,
     hook: Option<&mut dyn FnMut(i32) -> std::result::Result<(), String>>,
+    listener: bool,
 ) -> Result<()> {
     if let Some(adj) = spec.extra.oom_score_adj {
         std::fs::write(format!("/proc/{}/oom_score_adj", c.pid), adj.to_string()).map_err(
@@ -90,6 +91,11 @@ pub(super) fn finish(
                 source,
             })?;
         }
+    }
+    if listener {
+        // The child sends its seccomp notification descriptor once the
+        // filter is in (end of file: it failed before; its report follows).
+        c.seccomp_listener = crate::sys::recv_fd(&go_write);
     }
     drop(go_write);
     let mut report = [0u8; 8];

@@ -90,7 +90,12 @@ pub(super) fn build(spec: &ContainerSpec, inp: &PlanInputs<'_>) -> Result<ChildP
             None if spec.seccomp => seccomp::profile(inp.keep_caps)?,
             None => Vec::new(),
         },
-        seccomp_flags: spec.extra.seccomp_flags,
+        seccomp_flags: spec.extra.seccomp_flags
+            | if spec.extra.seccomp_listener && spec.extra.seccomp_bpf.is_some() {
+                child::SECCOMP_FILTER_FLAG_NEW_LISTENER
+            } else {
+                0
+            },
         preserve_fds: spec.extra.preserve_fds,
         devices: Vec::new(),
         root_propagation: spec
