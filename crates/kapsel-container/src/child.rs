@@ -507,13 +507,34 @@ pub(crate) fn run(plan: &ChildPlan) -> ! {
             }
             libc::close(fd);
         }
-        if !mount(
-            Some(b"sysfs\0"),
-            b"sys\0",
-            Some(b"sysfs\0"),
-            hard | libc::MS_RDONLY,
-            None,
-        ) {
+        // A user namespace may mount sysfs only with a network namespace
+        // of its own; sharing the host's, it gets the host's /sys bound
+        // read-only instead (as runc does).
+        let sys_bound = plan.user_ns
+            && !plan.new_net
+            && mount(
+                Some(b"/sys\0"),
+                b"sys\0",
+                None,
+                libc::MS_BIND | libc::MS_REC,
+                None,
+            )
+            && mount(
+                None,
+                b"sys\0",
+                None,
+                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | hard,
+                None,
+            );
+        if !sys_bound
+            && !mount(
+                Some(b"sysfs\0"),
+                b"sys\0",
+                Some(b"sysfs\0"),
+                hard | libc::MS_RDONLY,
+                None,
+            )
+        {
             fail(plan, 9);
         }
         let cgroup_flags = match plan.cgroup2 {

@@ -602,3 +602,27 @@ fn scmp_act_notify_goes_to_the_seccomp_agent() {
     assert!(msg["pid"].as_i64().unwrap() > 0);
     assert!(!b.dir.join("rootfs/a").exists());
 }
+
+#[test]
+fn a_user_namespace_sharing_the_hosts_network_gets_sys_bound() {
+    if skip() {
+        return;
+    }
+    // As `runc spec --rootless` writes it: a user namespace, no network
+    // namespace of its own (sysfs cannot be mounted there).
+    let b = Bundle::new("userns-net", &["true"]);
+    let mut cfg = userns_config(&["sh", "-c", "id -u; ls /sys/class/net | grep -c ."]);
+    cfg["linux"]["namespaces"] = json!([{"type": "pid"}, {"type": "ipc"}, {"type": "uts"},
+        {"type": "mount"}, {"type": "user"}]);
+    b.write(&cfg);
+    let out = b.oci(&["run", &id("userns-net"), "--bundle", b.path()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let host_links = std::fs::read_dir("/sys/class/net").unwrap().count();
+    assert_eq!(text, format!("0\n{host_links}\n"));
+}
