@@ -268,9 +268,9 @@ pub fn translate(
         // As runc: a new UTS namespace keeps the host's name.
         None => Some(host_name()),
     };
-    if spec.domainname().as_ref().is_some_and(|d| !d.is_empty()) {
-        warn("domainname ignored".into());
-    }
+    // The domain name goes in as the sysctl kernel.domainname (below,
+    // where a UTS namespace of the container's own is checked).
+    let domainname = spec.domainname().clone().filter(|d| !d.is_empty());
     let hooks = crate::hooks::Hooks::from_spec(
         spec.hooks()
             .as_ref()
@@ -468,7 +468,13 @@ pub fn translate(
             gid: d.gid().unwrap_or(0),
         });
     }
-    for (name, value) in linux.sysctl().iter().flatten() {
+    let domain = domainname.map(|d| ("kernel.domainname".to_string(), d));
+    for (name, value) in linux
+        .sysctl()
+        .iter()
+        .flatten()
+        .chain(domain.iter().map(|(k, v)| (k, v)))
+    {
         // As runc: only sysctls of a namespace the container has of its own.
         let own = |ns: Namespace| !c.extra.host_namespaces.contains(&ns);
         let ipc = [

@@ -175,9 +175,11 @@ fn sysctls_of_the_containers_namespaces_are_set() {
     let mut cfg = config(&[
         "sh",
         "-c",
-        "cat /proc/sys/net/ipv4/ip_forward /proc/sys/kernel/shmmni",
+        "cat /proc/sys/net/ipv4/ip_forward /proc/sys/kernel/shmmni /proc/sys/kernel/domainname",
     ]);
     cfg["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": "1", "kernel.shmmni": "1234"});
+    // config.json's domainname, in the container's UTS namespace.
+    cfg["domainname"] = json!("kapsel.test");
     b.write(&cfg);
     let out = b.oci(&["run", &id("sysctl"), "--bundle", b.path()]);
     assert_eq!(
@@ -186,13 +188,17 @@ fn sysctls_of_the_containers_namespaces_are_set() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "1\n1234\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "1\n1234\nkapsel.test\n"
+    );
     assert_eq!(
         std::fs::read_to_string("/proc/sys/kernel/shmmni").unwrap(),
         host_shmmni
     );
     // Host-wide sysctls, and namespaced ones of a namespace shared with
     // the host, are refused.
+    cfg["domainname"] = json!("");
     cfg["linux"]["sysctl"] = json!({"kernel.pid_max": "4000"});
     b.write(&cfg);
     let out = b.oci(&["run", &id("sysctl2"), "--bundle", b.path()]);
