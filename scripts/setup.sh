@@ -8,15 +8,17 @@
 #   networking, and its network-namespace tests; busybox's udhcpc is their DHCP client), runc and
 #   crun (peers in bench/container.py), debootstrap (the Debian root of the systemd container
 #   test, made once into /var/cache/kapsel-test), attr (setfattr: the nested cgroup2 scenario
-#   marks a cgroup delegated as systemd does), podman with conmon, netavark and aardvark-dns (the
-#   real client of kapsel-oci's tests: crates/kapsel-oci/tests/podman.rs), seabios (the BIOS
-#   `kapsel run` boots disks through without --kernel) and ovmf (UEFI, next), grub-pc-bin,
-#   grub-common, xorriso and mtools (the GRUB disk of the nested firmware scenarios).
+#   marks a cgroup delegated as systemd does), podman with conmon, netavark and aardvark-dns,
+#   containerd and docker.io (the real clients of kapsel-oci's tests: crates/kapsel-oci/tests/
+#   podman.rs and clients.rs; each test runs its own private daemon), libseccomp-dev and
+#   pkg-config (kapsel-oci compiles config.json's seccomp profile with libseccomp, as runc does),
+#   seabios (the BIOS `kapsel run` boots disks through without --kernel) and ovmf (UEFI, next),
+#   grub-pc-bin, grub-common, xorriso and mtools (the GRUB disk of the nested firmware scenarios).
 set -euo pipefail
 
 PACKAGES=(gcc libc6-dev make qemu-system-x86 qemu-utils busybox-static kmod cpio xz-utils zstd lz4
           iproute2 nftables ca-certificates runc crun debootstrap attr
-          podman conmon netavark aardvark-dns
+          podman conmon netavark aardvark-dns containerd docker.io libseccomp-dev pkg-config
           seabios ovmf grub-pc-bin grub-common xorriso mtools)
 
 SUDO=""

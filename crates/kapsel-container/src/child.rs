@@ -74,7 +74,55 @@ pub(crate) const STEPS: &[&str] = &[
     "making a configured path read-only",      // 34
     "remounting the root read-only",           // 35
     "setting a resource limit (rlimit)",       // 36
+    "telling the parent the root is ready (for its hooks)", // 37
+    "setting a sysctl of the container's namespaces (its /proc/sys file)", // 38
+    "creating a device node of the configuration (linux.devices)", // 39
+    "setting the propagation of the root (rootfsPropagation)", // 40
+    "sending the seccomp notification descriptor to the parent", // 41
 ];
+
+/// seccomp(2)'s flag for a filter with a notification descriptor.
+pub(crate) const SECCOMP_FILTER_FLAG_NEW_LISTENER: u32 = 1 << 3;
+
+/// Sends `fd` with one byte over the socket `sock` (SCM_RIGHTS).
+fn send_fd(sock: RawFd, fd: RawFd) -> bool {
+    let byte = 1u8;
+    let mut iov = libc::iovec {
+        iov_base: (&byte as *const u8) as *mut libc::c_void,
+        iov_len: 1,
+    };
+    let mut control = [0u64; 4];
+    // SAFETY: a zeroed msghdr is valid; it points at locals that outlive
+    // the call; the CMSG macros stay within `control`.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) as usize;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
+        ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
+        libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) == 1
+    }
+}
+
+/// A device node of the configuration, prepared for the child.
+pub(crate) struct ChildDevice {
+    /// Relative to the root (`dev/fuse`).
+    pub target: CString,
+    /// The host's node of the same path, bound where mknod is refused.
+    pub host: CString,
+    /// Directories to make first (`dev/net` for `dev/net/tun`).
+    pub parents: Vec<CString>,
+    /// File type and permission bits.
+    pub mode: libc::mode_t,
+    pub dev: libc::dev_t,
+    pub uid: u32,
+    pub gid: u32,
+}
 
 /// A mount of the configuration, prepared for the child.
 pub(crate) struct ChildMount {
@@ -198,6 +246,15 @@ pub(crate) struct ChildPlan {
     pub die_with_parent: bool,
     /// The seccomp programs, installed in order (empty: none).
     pub seccomp: Vec<BpfProgram>,
+    /// seccomp(2) flags for them (0: installed with prctl).
+    pub seccomp_flags: u32,
+    /// Descriptors 3.. 3 + N - 1 stay open across the exec.
+    pub preserve_fds: u32,
+    /// Device nodes of the configuration.
+    pub devices: Vec<ChildDevice>,
+    /// Propagation flags of `/` before the mounts, and of the root after
+    /// pivot_root (0: none); see [`crate::Extra::root_propagation`].
+    pub root_propagation: (libc::c_ulong, libc::c_ulong),
     pub user_ns: bool,
     /// The parent sends an idmapped copy of the root with its byte; it is
     /// mounted instead of binding the root onto itself (see [`crate::idmap`]).
@@ -233,6 +290,12 @@ pub(crate) struct ChildPlan {
     pub user: Option<(u32, u32, Vec<libc::gid_t>)>,
     /// `/proc/self/fd/N` of the start FIFO (an O_PATH descriptor).
     pub start_fifo: Option<CString>,
+    /// Stop before pivot_root until the parent's hooks ran (see
+    /// [`crate::Container::start_hooked`]).
+    pub hook_sync: bool,
+    /// Sysctls: the file below the root (`proc/sys/...`) and the value,
+    /// written after /proc is mounted.
+    pub sysctls: Vec<(CString, CString)>,
 }
 
 /// Ends the child after the parent has stopped listening: a message on
@@ -382,7 +445,7 @@ pub(crate) fn run(plan: &ChildPlan) -> ! {
         if plan.set_hostname && libc::sethostname(h.as_ptr().cast(), h.len()) != 0 {
             fail(plan, 3);
         }
-        if !mount(None, b"/\0", None, libc::MS_REC | libc::MS_PRIVATE, None) {
+        if !mount(None, b"/\0", None, plan.root_propagation.0, None) {
             fail(plan, 4);
         }
         let root = plan.root.as_bytes_with_nul();
@@ -427,13 +490,51 @@ pub(crate) fn run(plan: &ChildPlan) -> ! {
         if !mount(Some(b"proc\0"), b"proc\0", Some(b"proc\0"), hard, None) {
             fail(plan, 8);
         }
-        if !mount(
-            Some(b"sysfs\0"),
-            b"sys\0",
-            Some(b"sysfs\0"),
-            hard | libc::MS_RDONLY,
-            None,
-        ) {
+        // Sysctls of the container's own namespaces, through its fresh
+        // /proc (the caller checked each is namespaced).
+        for (file, value) in &plan.sysctls {
+            let fd = libc::open(
+                file.as_ptr(),
+                libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+            );
+            if fd < 0 {
+                fail(plan, 38);
+            }
+            let bytes = value.as_bytes();
+            let n = libc::write(fd, bytes.as_ptr().cast(), bytes.len());
+            if n != bytes.len() as isize {
+                fail(plan, 38);
+            }
+            libc::close(fd);
+        }
+        // A user namespace may mount sysfs only with a network namespace
+        // of its own; sharing the host's, it gets the host's /sys bound
+        // read-only instead (as runc does).
+        let sys_bound = plan.user_ns
+            && !plan.new_net
+            && mount(
+                Some(b"/sys\0"),
+                b"sys\0",
+                None,
+                libc::MS_BIND | libc::MS_REC,
+                None,
+            )
+            && mount(
+                None,
+                b"sys\0",
+                None,
+                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | hard,
+                None,
+            );
+        if !sys_bound
+            && !mount(
+                Some(b"sysfs\0"),
+                b"sys\0",
+                Some(b"sysfs\0"),
+                hard | libc::MS_RDONLY,
+                None,
+            )
+        {
             fail(plan, 9);
         }
         let cgroup_flags = match plan.cgroup2 {
@@ -483,6 +584,44 @@ pub(crate) fn run(plan: &ChildPlan) -> ! {
                 if !mount(Some(HOST_DEVICES[i]), name, None, libc::MS_BIND, None) {
                     fail(plan, 12);
                 }
+            }
+        }
+        for d in &plan.devices {
+            for p in &d.parents {
+                libc::mkdir(p.as_ptr(), 0o755);
+            }
+            if libc::mknod(d.target.as_ptr(), d.mode, d.dev) == 0 {
+                if libc::lchown(d.target.as_ptr(), d.uid, d.gid) != 0 {
+                    fail(plan, 39);
+                }
+                continue;
+            }
+            match errno() {
+                // One of Kapsel's own (null, zero, ...): it stays.
+                libc::EEXIST => {}
+                // A user namespace: bind the host's node of that path.
+                libc::EPERM if d.mode & libc::S_IFMT != libc::S_IFIFO => {
+                    let fd = libc::open(
+                        d.target.as_ptr(),
+                        libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
+                        0o666,
+                    );
+                    if fd < 0 {
+                        fail(plan, 39);
+                    }
+                    libc::close(fd);
+                    if libc::mount(
+                        d.host.as_ptr(),
+                        d.target.as_ptr(),
+                        ptr::null(),
+                        libc::MS_BIND,
+                        ptr::null(),
+                    ) != 0
+                    {
+                        fail(plan, 39);
+                    }
+                }
+                _ => fail(plan, 39),
             }
         }
         libc::mkdir(cstr(b"dev/pts\0"), 0o755);
@@ -680,6 +819,16 @@ pub(crate) fn run(plan: &ChildPlan) -> ! {
                 fail(plan, 18);
             }
         }
+        if plan.hook_sync {
+            // The root is mounted: the parent runs its hooks (OCI
+            // prestart, createRuntime, createContainer) now, before
+            // pivot_root, and answers with a byte (end of file: it gave up).
+            let ready = 1u8;
+            if libc::write(plan.go_read, (&ready as *const u8).cast(), 1) != 1 {
+                fail(plan, 37);
+            }
+            wait_for_parent(plan.go_read);
+        }
         if plan.readonly_root
             && !mount(
                 None,
@@ -701,6 +850,10 @@ pub(crate) fn run(plan: &ChildPlan) -> ! {
         }
         if libc::chdir(cstr(b"/\0")) != 0 {
             fail(plan, 20);
+        }
+        if plan.root_propagation.1 != 0 && !mount(None, b"/\0", None, plan.root_propagation.1, None)
+        {
+            fail(plan, 40);
         }
         if libc::chdir(plan.cwd.as_ptr()) != 0 {
             fail(plan, 30);
@@ -736,10 +889,13 @@ pub(crate) fn run(plan: &ChildPlan) -> ! {
         }
         // Nothing of the caller's leaks into the container: every other
         // descriptor closes on exec (the error pipe too, which is the
-        // parent's success signal).
+        // parent's success signal), but those it asked to pass on.
+        for fd in 3..3 + plan.preserve_fds {
+            libc::fcntl(fd as RawFd, libc::F_SETFD, 0);
+        }
         libc::syscall(
             libc::SYS_close_range,
-            3u32,
+            3u32 + plan.preserve_fds,
             u32::MAX,
             libc::CLOSE_RANGE_CLOEXEC,
         );
@@ -770,13 +926,30 @@ pub(crate) fn run(plan: &ChildPlan) -> ! {
                 len: prog.len() as u16,
                 filter: prog.as_ptr() as *mut libc::sock_filter,
             };
-            if libc::prctl(
-                libc::PR_SET_SECCOMP,
-                libc::SECCOMP_MODE_FILTER,
-                &fprog as *const libc::sock_fprog,
-            ) != 0
-            {
+            let r = if plan.seccomp_flags != 0 {
+                libc::syscall(
+                    libc::SYS_seccomp,
+                    libc::SECCOMP_SET_MODE_FILTER,
+                    plan.seccomp_flags,
+                    &fprog as *const libc::sock_fprog,
+                )
+            } else {
+                libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &fprog as *const libc::sock_fprog,
+                ) as libc::c_long
+            };
+            if r < 0 || (r > 0 && plan.seccomp_flags & SECCOMP_FILTER_FLAG_NEW_LISTENER == 0) {
                 fail(plan, 25);
+            }
+            if r > 0 {
+                // The filter's notification descriptor (a seccomp agent's):
+                // to the parent, which hands it on.
+                if !send_fd(plan.go_read, r as RawFd) {
+                    fail(plan, 41);
+                }
+                libc::close(r as RawFd);
             }
         }
         if let Some(fifo) = &plan.start_fifo {

@@ -66,6 +66,9 @@ pub struct Container {
     pub(crate) no_new_privs: bool,
     pub(crate) seccomp: bool,
     pub(crate) cleaned: bool,
+    /// The seccomp filter's notification descriptor, with
+    /// [`crate::Extra::seccomp_listener`].
+    pub(crate) seccomp_listener: Option<OwnedFd>,
 }
 
 /// Deletes link `name`; a link that is already gone is not an error.
@@ -120,6 +123,12 @@ impl Container {
     /// before [`Container::detach`]).
     pub fn take_console(&mut self) -> Option<File> {
         self.console.take()
+    }
+
+    /// Takes the seccomp filter's notification descriptor (for a seccomp
+    /// agent), with [`crate::Extra::seccomp_listener`].
+    pub fn take_seccomp_listener(&mut self) -> Option<OwnedFd> {
+        self.seccomp_listener.take()
     }
 
     /// The signal [`Container::stop`] sends first.
@@ -304,6 +313,7 @@ impl Container {
                 keep_caps: self.keep_caps,
                 no_new_privs: self.no_new_privs,
                 seccomp: self.seccomp,
+                seccomp_bpf: None,
                 stdio: stdio.map(|fd| fd.as_raw_fd()),
                 cgroup_files: self.exec_cgroup_files(),
             },

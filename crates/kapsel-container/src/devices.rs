@@ -8,19 +8,22 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-/// A character device (or all minors of a major) a container may use.
+/// A device (or all minors of a major) a container may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AllowedDevice {
     /// Major number.
     pub major: u32,
     /// Minor number; `None` is every minor.
     pub minor: Option<u32>,
+    /// A block device (else a character device).
+    pub block: bool,
 }
 
 const fn dev(major: u32, minor: u32) -> AllowedDevice {
     AllowedDevice {
         major,
         minor: Some(minor),
+        block: false,
     }
 }
 
@@ -38,16 +41,24 @@ pub const ALLOWED: &[AllowedDevice] = &[
     AllowedDevice {
         major: 136,
         minor: None,
+        block: false,
     }, // pty slaves
 ];
 
 /// The v1 `devices.allow` lines for [`ALLOWED`].
 pub fn v1_rules() -> Vec<String> {
-    ALLOWED
-        .iter()
-        .map(|d| match d.minor {
-            Some(m) => format!("c {}:{m} rwm", d.major),
-            None => format!("c {}:* rwm", d.major),
+    v1_rules_for(ALLOWED)
+}
+
+/// The v1 `devices.allow` lines for `list`.
+pub fn v1_rules_for(list: &[AllowedDevice]) -> Vec<String> {
+    list.iter()
+        .map(|d| {
+            let t = if d.block { 'b' } else { 'c' };
+            match d.minor {
+                Some(m) => format!("{t} {}:{m} rwm", d.major),
+                None => format!("{t} {}:* rwm", d.major),
+            }
         })
         .collect()
 }
@@ -58,7 +69,8 @@ const BPF_ALU64_AND_K: u8 = 0x57; // BPF_ALU64 | BPF_AND | BPF_K
 const BPF_ALU64_MOV_K: u8 = 0xb7; // BPF_ALU64 | BPF_MOV | BPF_K
 const BPF_JMP_JNE_K: u8 = 0x55; // BPF_JMP | BPF_JNE | BPF_K
 const BPF_JMP_EXIT: u8 = 0x95; // BPF_JMP | BPF_EXIT
-/// `bpf_cgroup_dev_ctx.access_type` low half: a character device.
+/// `bpf_cgroup_dev_ctx.access_type` low half: a block or character device.
+const BPF_DEVCG_DEV_BLOCK: i32 = 1;
 const BPF_DEVCG_DEV_CHAR: i32 = 2;
 /// bpf(2) commands, program and attach types.
 const BPF_PROG_LOAD: libc::c_long = 5;
@@ -105,7 +117,12 @@ pub fn program(allowed: &[AllowedDevice]) -> Vec<BpfInsn> {
     for d in allowed {
         // Instructions after each test up to the next rule: the jump skips them.
         let rest: i16 = if d.minor.is_some() { 4 } else { 3 };
-        p.push(insn(BPF_JMP_JNE_K, 2, 0, rest, BPF_DEVCG_DEV_CHAR));
+        let kind = if d.block {
+            BPF_DEVCG_DEV_BLOCK
+        } else {
+            BPF_DEVCG_DEV_CHAR
+        };
+        p.push(insn(BPF_JMP_JNE_K, 2, 0, rest, kind));
         p.push(insn(BPF_JMP_JNE_K, 4, 0, rest - 1, d.major as i32));
         if let Some(minor) = d.minor {
             p.push(insn(BPF_JMP_JNE_K, 5, 0, 2, minor as i32));
@@ -136,7 +153,14 @@ fn bpf(cmd: libc::c_long, attr: &mut [u8; 128]) -> io::Result<libc::c_long> {
 /// systemd init could not apply its services' `DeviceAllow=` and
 /// `PrivateDevices=` in its delegated tree.
 pub fn attach(cgroup: &impl AsRawFd) -> io::Result<()> {
-    let prog = program(ALLOWED);
+    attach_with(cgroup, &[])
+}
+
+/// [`attach`] with `extra` allowed besides [`ALLOWED`] (an OCI
+/// configuration's `linux.devices`).
+pub fn attach_with(cgroup: &impl AsRawFd, extra: &[AllowedDevice]) -> io::Result<()> {
+    let all: Vec<AllowedDevice> = ALLOWED.iter().chain(extra).copied().collect();
+    let prog = program(&all);
     let license = b"Apache-2.0\0";
     let mut attr = [0u8; 128];
     attr[0..4].copy_from_slice(&BPF_PROG_TYPE_CGROUP_DEVICE.to_ne_bytes());

@@ -46,6 +46,9 @@ pub enum Error {
         /// The OS error.
         source: io::Error,
     },
+    /// A hook of the caller (OCI hooks) failed; the container is gone.
+    #[error("{0}")]
+    Hook(String),
     /// The operation needs a running container but it has exited.
     #[error("the container has exited")]
     Exited,

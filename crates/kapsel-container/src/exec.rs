@@ -72,6 +72,9 @@ pub struct ExecOptions {
     pub no_new_privs: bool,
     /// Install Kapsel's seccomp profile.
     pub seccomp: bool,
+    /// Install this program (raw BPF, see [`crate::Extra::seccomp_bpf`])
+    /// instead of Kapsel's profile.
+    pub seccomp_bpf: Option<Vec<u8>>,
     /// Standard input, output and error; `None` is the caller's.
     pub stdio: Option<RawFd>,
     /// The cgroup files the process writes "0" to (`cgroup.procs` or `tasks`).
@@ -139,10 +142,10 @@ pub fn exec_in(pid: i32, opts: &ExecOptions) -> Result<ExecProcess> {
         })?;
     let keep = opts.keep_caps;
     let last = caps::last_cap();
-    let progs = if opts.seccomp {
-        seccomp::profile(keep)?
-    } else {
-        Vec::new()
+    let progs = match &opts.seccomp_bpf {
+        Some(bpf) => vec![seccomp::program_from_bpf(bpf)?],
+        None if opts.seccomp => seccomp::profile(keep)?,
+        None => Vec::new(),
     };
     let fprogs: Vec<libc::sock_fprog> = progs
         .iter()

@@ -37,12 +37,13 @@ mod spec;
 mod start;
 mod sys;
 
+pub use cgroup::{Resources, Stats};
 pub use container::{Container, ExitStatus};
 pub use error::{Error, Result};
 pub use exec::{exec_in, ExecOptions, ExecProcess};
 pub use spec::{
-    check_name, resolve_init, ConsoleSpec, ContainerSpec, Extra, IdMap, MountSpec, Namespace, User,
-    VethSpec, DEFAULT_PATH, MAX_NAME_LEN,
+    check_name, resolve_init, ConsoleSpec, ContainerSpec, DeviceNode, Extra, IdMap, MountSpec,
+    Namespace, User, VethSpec, DEFAULT_PATH, MAX_NAME_LEN,
 };
 
 // The daemon keeps containers in its state and drives them from any thread.

@@ -121,6 +121,26 @@ pub fn profile(keep: CapSet) -> Result<Vec<BpfProgram>> {
     Ok(vec![denylist(sys_admin)?, abi_program(sys_admin)])
 }
 
+/// A program given as raw BPF (seccomp_export_bpf(3)'s output: each
+/// instruction 8 bytes, code, jt, jf, k in host order).
+pub fn program_from_bpf(bytes: &[u8]) -> Result<BpfProgram> {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(8) || bytes.len() / 8 > u16::MAX as usize {
+        return Err(seccomp_err(format!(
+            "a BPF program of {} bytes is not whole instructions of 8 bytes (at most 65535)",
+            bytes.len()
+        )));
+    }
+    Ok(bytes
+        .chunks_exact(8)
+        .map(|c| sock_filter {
+            code: u16::from_ne_bytes([c[0], c[1]]),
+            jt: c[2],
+            jf: c[3],
+            k: u32::from_ne_bytes([c[4], c[5], c[6], c[7]]),
+        })
+        .collect())
+}
+
 fn seccomp_err(e: impl std::fmt::Display) -> Error {
     Error::Seccomp(e.to_string())
 }

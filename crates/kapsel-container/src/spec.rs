@@ -88,6 +88,26 @@ pub struct User {
     pub groups: Vec<u32>,
 }
 
+/// A device node of the container (OCI `linux.devices`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceNode {
+    /// Below /dev, absolute (`/dev/fuse`); the host's node of that path is
+    /// bound instead where mknod is refused (a user namespace).
+    pub path: String,
+    /// `c` (character), `b` (block) or `p` (FIFO).
+    pub kind: char,
+    /// Major number.
+    pub major: u32,
+    /// Minor number.
+    pub minor: u32,
+    /// Permission bits.
+    pub mode: u32,
+    /// Owner in the container.
+    pub uid: u32,
+    /// Group in the container.
+    pub gid: u32,
+}
+
 /// A namespace kind a container may share with the host or join.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Namespace {
@@ -160,6 +180,36 @@ pub struct Extra {
     pub start_fifo: Option<PathBuf>,
     /// The init's `oom_score_adj`.
     pub oom_score_adj: Option<i32>,
+    /// Sysctls written in the container's own namespaces (dotted name,
+    /// value); the caller makes sure each is namespaced (`net.*` with a
+    /// network namespace of its own, IPC ones, `kernel.hostname`...).
+    pub sysctls: Vec<(String, String)>,
+    /// A seccomp program of the caller (raw BPF as seccomp_export_bpf(3)
+    /// writes it, 8 bytes an instruction), installed instead of Kapsel's
+    /// profile ([`ContainerSpec::seccomp`] is then ignored).
+    pub seccomp_bpf: Option<Vec<u8>>,
+    /// seccomp(2) filter flags for it (`SECCOMP_FILTER_FLAG_*`).
+    pub seccomp_flags: u32,
+    /// The program has `SECCOMP_RET_USER_NOTIF` rules: it is installed
+    /// with a notification descriptor, which the started container hands
+    /// out ([`crate::Container::take_seccomp_listener`]) for a seccomp
+    /// agent.
+    pub seccomp_listener: bool,
+    /// Propagation of the container's mounts from the host (OCI
+    /// `linux.rootfsPropagation`): the flags the mount namespace's `/` gets
+    /// before anything is mounted (`MS_SLAVE | MS_REC`: mounts the host
+    /// makes below a bind mount reach the container, runc's default), and
+    /// those its root gets after `pivot_root` (`MS_SHARED`,
+    /// `MS_UNBINDABLE`, with `MS_REC`), or 0. `None`: Kapsel's own,
+    /// `MS_PRIVATE | MS_REC` (nothing of the host's reaches the container).
+    pub root_propagation: Option<(libc::c_ulong, libc::c_ulong)>,
+    /// Device nodes made in the container's /dev besides Kapsel's own
+    /// (OCI `linux.devices`), and allowed by its device cgroup.
+    pub devices: Vec<DeviceNode>,
+    /// Descriptors 3 to 3 + N - 1 of the caller stay open in the init
+    /// (OCI `--preserve-fds`, systemd socket activation); every other one
+    /// above 2 closes on exec.
+    pub preserve_fds: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -121,6 +121,10 @@ pub struct Translated {
     pub rootfs: PathBuf,
     pub annotations: serde_json::Map<String, serde_json::Value>,
     pub terminal: bool,
+    pub hooks: crate::hooks::Hooks,
+    pub idmap_mounts: Vec<IdmapMount>,
+    /// linux.seccomp's listenerPath and listenerMetadata, when it notifies.
+    pub seccomp_agent: Option<(String, String)>,
 }
 
 /// Loads `bundle/config.json`.
@@ -264,28 +268,18 @@ pub fn translate(
         // As runc: a new UTS namespace keeps the host's name.
         None => Some(host_name()),
     };
-    if spec.domainname().as_ref().is_some_and(|d| !d.is_empty()) {
-        warn("domainname ignored".into());
-    }
-    if let Some(hooks) = spec.hooks() {
-        let any = serde_json::to_value(hooks)
-            .ok()
-            .and_then(|v| {
-                v.as_object().map(|o| {
-                    o.values()
-                        .any(|l| l.as_array().is_some_and(|a| !a.is_empty()))
-                })
-            })
-            .unwrap_or(false);
-        if any {
-            return refuse(
-                "config.json hooks are not supported by kapsel-oci yet; remove them (podman: \
-                 --hooks-dir with no hooks) or use runc",
-            );
-        }
-    }
+    // The domain name goes in as the sysctl kernel.domainname (below,
+    // where a UTS namespace of the container's own is checked).
+    let domainname = spec.domainname().clone().filter(|d| !d.is_empty());
+    let hooks = crate::hooks::Hooks::from_spec(
+        spec.hooks()
+            .as_ref()
+            .and_then(|h| serde_json::to_value(h).ok()),
+    )
+    .map_err(Refused)?;
+    let mut idmap_mounts = Vec::new();
     for m in spec.mounts().iter().flatten() {
-        mount(m, &mut c.extra.mounts, &mut warn)?;
+        mount(m, &mut c.extra.mounts, &mut idmap_mounts, &mut warn)?;
     }
     let Some(linux) = spec.linux() else {
         return refuse("config.json has no linux section; kapsel-oci runs Linux containers");
@@ -373,6 +367,12 @@ pub fn translate(
     } else if linux.uid_mappings().as_ref().is_some_and(|m| !m.is_empty()) {
         return refuse("linux.uidMappings without a user namespace; add {\"type\":\"user\"}");
     }
+    if !user_ns && !idmap_mounts.is_empty() {
+        return refuse(
+            "mounts: an idmap mount maps to the container's user namespace, and it has none; \
+             add {\"type\":\"user\"} with uidMappings and gidMappings, or drop idmap",
+        );
+    }
     let cgroup = match linux.cgroups_path().as_ref() {
         Some(p) if systemd_cgroup && p.to_string_lossy().contains(':') => {
             let s = p.to_string_lossy();
@@ -426,24 +426,109 @@ pub fn translate(
             warn("linux.resources blockIO, hugepageLimits, network and unified ignored".into());
         }
     }
-    if linux.devices().as_ref().is_some_and(|d| !d.is_empty()) {
-        warn("linux.devices ignored: the container gets Kapsel's fixed set of device nodes".into());
-    }
-    if linux.sysctl().as_ref().is_some_and(|s| !s.is_empty()) {
-        warn("linux.sysctl ignored".into());
-    }
-    if let Some(sc) = linux.seccomp() {
-        if sc.listener_path().is_some() {
-            return refuse("linux.seccomp.listenerPath is not supported; remove it");
+    // As runc: the mount namespace's / is made rslave (mounts the host
+    // makes later reach the container's bind mounts), or what
+    // rootfsPropagation says; shared and unbindable are set on the root
+    // after pivot_root (pivot_root refuses a shared one).
+    let slave = libc::MS_REC | libc::MS_SLAVE;
+    c.extra.root_propagation = Some(match linux.rootfs_propagation().as_deref() {
+        None | Some("") | Some("rslave") => (slave, 0),
+        Some("slave") => (libc::MS_SLAVE, 0),
+        Some("private") => (libc::MS_PRIVATE, 0),
+        Some("rprivate") => (libc::MS_REC | libc::MS_PRIVATE, 0),
+        Some("shared") => (slave, libc::MS_SHARED),
+        Some("rshared") => (slave, libc::MS_REC | libc::MS_SHARED),
+        Some("unbindable") => (slave, libc::MS_UNBINDABLE),
+        Some("runbindable") => (slave, libc::MS_REC | libc::MS_UNBINDABLE),
+        Some(other) => {
+            return refuse(format!(
+                "linux.rootfsPropagation \"{other}\" is not one of private, rprivate, slave, \
+                 rslave, shared, rshared, unbindable, runbindable"
+            ))
         }
-        warn(
-            "linux.seccomp: the profile of config.json is not used; Kapsel's default profile \
-             applies instead"
-                .into(),
-        );
-        c.seccomp = true;
-    } else {
-        c.seccomp = false;
+    });
+    for d in linux.devices().iter().flatten() {
+        let path = d.path().to_string_lossy().into_owned();
+        let kind = serde_json::to_value(d.typ())
+            .ok()
+            .and_then(|v| v.as_str().and_then(|s| s.chars().next()))
+            .unwrap_or('?');
+        if !path.starts_with("/dev/") || path.split('/').any(|c| c == "..") {
+            return refuse(format!(
+                "linux.devices: {path}: kapsel-oci makes device nodes below /dev only; move it there"
+            ));
+        }
+        c.extra.devices.push(kapsel_container::DeviceNode {
+            path,
+            kind,
+            major: d.major() as u32,
+            minor: d.minor() as u32,
+            mode: d.file_mode().unwrap_or(0o666),
+            uid: d.uid().unwrap_or(0),
+            gid: d.gid().unwrap_or(0),
+        });
+    }
+    let domain = domainname.map(|d| ("kernel.domainname".to_string(), d));
+    for (name, value) in linux
+        .sysctl()
+        .iter()
+        .flatten()
+        .chain(domain.iter().map(|(k, v)| (k, v)))
+    {
+        // As runc: only sysctls of a namespace the container has of its own.
+        let own = |ns: Namespace| !c.extra.host_namespaces.contains(&ns);
+        let ipc = [
+            "kernel.msgmax",
+            "kernel.msgmnb",
+            "kernel.msgmni",
+            "kernel.sem",
+            "kernel.shmall",
+            "kernel.shmmax",
+            "kernel.shmmni",
+            "kernel.shm_rmid_forced",
+        ];
+        let needs = if ipc.contains(&name.as_str()) || name.starts_with("fs.mqueue.") {
+            Some((Namespace::Ipc, "ipc"))
+        } else if name.starts_with("net.") {
+            Some((Namespace::Net, "network"))
+        } else if name == "kernel.hostname" || name == "kernel.domainname" {
+            Some((Namespace::Uts, "uts"))
+        } else {
+            None
+        };
+        match needs {
+            Some((ns, _)) if own(ns) => {}
+            Some((_, kind)) => {
+                return refuse(format!(
+                    "linux.sysctl: {name} needs a {kind} namespace of the container's own (it \
+                     would change the host's); add the namespace or remove the sysctl"
+                ))
+            }
+            None => {
+                return refuse(format!(
+                    "linux.sysctl: {name} is not in a separate kernel namespace (it would \
+                     change the whole host); remove it"
+                ))
+            }
+        }
+        c.extra.sysctls.push((name.clone(), value.clone()));
+    }
+    // Only config.json's profile, as runc: none when it has none.
+    c.seccomp = false;
+    let mut seccomp_agent = None;
+    if let Some(sc) = linux.seccomp() {
+        let v = serde_json::to_value(sc).map_err(|e| Refused(format!("linux.seccomp: {e}")))?;
+        let compiled = crate::seccomp::compile(&v)?;
+        if !compiled.unknown.is_empty() {
+            warn(format!(
+                "linux.seccomp: system calls unknown on this host's architectures skipped: {}",
+                compiled.unknown.join(", ")
+            ));
+        }
+        c.extra.seccomp_bpf = Some(compiled.bpf);
+        c.extra.seccomp_flags = compiled.flags;
+        c.extra.seccomp_listener = compiled.listener.is_some();
+        seccomp_agent = compiled.listener;
     }
     c.extra.masked_paths = linux.masked_paths().clone().unwrap_or_default();
     c.extra.readonly_paths = linux.readonly_paths().clone().unwrap_or_default();
@@ -460,6 +545,9 @@ pub fn translate(
         .and_then(|v| v.as_object().cloned())
         .unwrap_or_default();
     Ok(Translated {
+        hooks,
+        idmap_mounts,
+        seccomp_agent,
         terminal: c.console == ConsoleSpec::Pty,
         spec: c,
         warnings,
@@ -488,9 +576,22 @@ const PROVIDED: &[(&str, &[&str])] = &[
     ("/sys/fs/cgroup", &["cgroup", "cgroup2"]),
 ];
 
+/// A bind mount of config.json with the `idmap` or `ridmap` option: its
+/// source is mounted again, idmapped to the container's user namespace,
+/// over the plain bind mount (see idmap.rs).
+#[derive(Debug, Clone)]
+pub struct IdmapMount {
+    pub source: String,
+    pub destination: String,
+    /// `ridmap`, or `idmap` with `rbind`: the mounts below too.
+    pub recursive: bool,
+    pub readonly: bool,
+}
+
 fn mount(
     m: &oci_spec::runtime::Mount,
     out: &mut Vec<MountSpec>,
+    idmaps: &mut Vec<IdmapMount>,
     warn: &mut impl FnMut(String),
 ) -> Result<(), Refused> {
     let dest = m.destination().to_string_lossy().into_owned();
@@ -508,6 +609,7 @@ fn mount(
     let mut propagation: libc::c_ulong = 0;
     let mut data = Vec::new();
     let mut bind = typ == "bind";
+    let mut idmap = None;
     for o in &options {
         match o.as_str() {
             "bind" => bind = true,
@@ -538,13 +640,13 @@ fn mount(
             "tmpcopyup" | "notmpcopyup" | "copy-symlink" | "z" | "Z" => {
                 warn(format!("mount {dest}: option {o} ignored"));
             }
-            "idmap" | "ridmap" => {
+            "idmap" => idmap = Some(false),
+            "ridmap" => idmap = Some(true),
+            other if other.starts_with("idmap=") || other.starts_with("ridmap=") => {
                 return refuse(format!(
-                    "mount {dest}: idmapped mounts of config.json are not supported yet; remove {o}"
+                    "mount {dest}: {other}: mappings of a mount's own are not supported; \
+                     use idmap (the container's user namespace mapping)"
                 ))
-            }
-            other if other.starts_with("idmap=") => {
-                return refuse(format!("mount {dest}: {other} is not supported; remove it"))
             }
             other => data.push(other.to_string()),
         }
@@ -554,6 +656,19 @@ fn mount(
         .as_ref()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| typ.clone());
+    if let Some(recursive) = idmap {
+        if !bind {
+            return refuse(format!(
+                "mount {dest}: idmap applies to bind mounts only; make it a bind mount"
+            ));
+        }
+        idmaps.push(IdmapMount {
+            source: source.clone(),
+            destination: dest.clone(),
+            recursive: recursive || flags & libc::MS_REC != 0,
+            readonly: flags & libc::MS_RDONLY != 0,
+        });
+    }
     if bind {
         flags |= libc::MS_BIND;
         if !data.is_empty() {

@@ -10,6 +10,11 @@
 //! lets the init execute the process.
 
 mod config;
+mod default_spec;
+mod hooks;
+mod idmap;
+mod resources;
+mod seccomp;
 mod state;
 
 use clap::{Parser, Subcommand};
@@ -18,7 +23,7 @@ use kapsel_container::{exec_in, ConsoleSpec, Container, ExecOptions, User};
 use state::{Record, Status};
 use std::fs;
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -46,8 +51,10 @@ struct Cli {
     /// Log debug lines as well.
     #[arg(long, global = true)]
     debug: bool,
-    /// Accepted for compatibility (true, false or auto); kapsel-oci needs root.
-    #[arg(long, global = true)]
+    /// true, false or auto; kapsel-oci runs containers as root only (for
+    /// `spec`, a bare --rootless writes the rootless variant).
+    #[arg(long, global = true, num_args = 0..=1, default_missing_value = "true",
+          value_parser = ["true", "false", "auto"])]
     rootless: Option<String>,
     /// Print the version.
     #[arg(short = 'v', long)]
@@ -69,7 +76,7 @@ struct CreateArgs {
     /// An AF_UNIX socket that receives the terminal's master (process.terminal).
     #[arg(long = "console-socket")]
     console_socket: Option<PathBuf>,
-    /// Pass N more descriptors (from 3); only 0 is supported.
+    /// Pass N more descriptors (3 to 3 + N - 1) to the process.
     #[arg(long = "preserve-fds", default_value_t = 0)]
     preserve_fds: u32,
     /// Accepted; kapsel-oci always uses pivot_root.
@@ -119,7 +126,7 @@ enum Cmd {
         #[arg(short = 'f', long, default_value = "table")]
         format: String,
         id: String,
-        #[arg(trailing_var_arg = true)]
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         ps_args: Vec<String>,
     },
     /// List the containers under --root.
@@ -131,6 +138,34 @@ enum Cmd {
     },
     /// What this runtime supports (runtime-spec features JSON).
     Features,
+    /// Freeze every process of a running container.
+    Pause { id: String },
+    /// Thaw a paused container.
+    Resume { id: String },
+    /// Change a running container's limits.
+    Update {
+        #[command(flatten)]
+        args: resources::UpdateArgs,
+        id: String,
+    },
+    /// Print the container's figures (--stats: once) and OOM events.
+    Events {
+        /// Print the figures once and exit.
+        #[arg(long)]
+        stats: bool,
+        /// How often to print the figures.
+        #[arg(long, default_value = "5s")]
+        interval: String,
+        id: String,
+    },
+    /// Write a default config.json (runc's) into the bundle.
+    /// (`--rootless`: for a container of an unprivileged user, with a user
+    /// namespace.)
+    Spec {
+        /// The bundle directory.
+        #[arg(short = 'b', long, default_value = ".")]
+        bundle: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -224,6 +259,8 @@ fn fail<T>(msg: impl Into<String>) -> Result<T, Fail> {
 }
 
 struct Ctx {
+    /// --rootless true (or bare).
+    rootless: bool,
     root: PathBuf,
     log: Log,
     systemd_cgroup: bool,
@@ -271,10 +308,12 @@ fn main() {
         log.error("no command given; see kapsel-oci --help");
         std::process::exit(1);
     };
-    if cli.rootless.as_deref() == Some("true") {
+    let rootless = cli.rootless.as_deref() == Some("true");
+    if rootless && !matches!(cmd, Cmd::Spec { .. }) {
         log.warn("--rootless true: kapsel-oci runs containers as root only");
     }
     let ctx = Ctx {
+        rootless,
         root: cli.root,
         log,
         systemd_cgroup: cli.systemd_cgroup,
@@ -300,7 +339,9 @@ fn run_cmd(ctx: &Ctx, cmd: Cmd) -> Result<i32, Fail> {
             let rec = existing(ctx, &id)?;
             match rec.status(&ctx.root) {
                 Status::Created => start(ctx, &rec).map(|()| 0),
-                Status::Running => fail("cannot start an already running container"),
+                Status::Running | Status::Paused => {
+                    fail("cannot start an already running container")
+                }
                 Status::Stopped => fail("cannot start a container that has stopped"),
             }
         }
@@ -324,6 +365,10 @@ fn run_cmd(ctx: &Ctx, cmd: Cmd) -> Result<i32, Fail> {
                 // SAFETY: kill(2) with integer arguments.
                 unsafe { libc::kill(pid, sig) };
             }
+            // A frozen task acts on SIGKILL only once thawed (cgroup v1).
+            if sig == libc::SIGKILL && rec.status(&ctx.root) == Status::Paused {
+                resources::cgroup_of(&rec)?.thaw()?;
+            }
             Ok(0)
         }
         Cmd::Delete { force, id } => {
@@ -336,9 +381,10 @@ fn run_cmd(ctx: &Ctx, cmd: Cmd) -> Result<i32, Fail> {
                 return fail(format!("container {id} does not exist"));
             };
             let status = rec.status(&ctx.root);
-            if status == Status::Running && !force {
+            if matches!(status, Status::Running | Status::Paused) && !force {
                 return fail(format!(
-                    "cannot delete container {id} that is not stopped: running (stop it, or use --force)"
+                    "cannot delete container {id} that is not stopped: {} (stop it, or use --force)",
+                    status.as_str()
                 ));
             }
             destroy(ctx, &rec)?;
@@ -353,20 +399,13 @@ fn run_cmd(ctx: &Ctx, cmd: Cmd) -> Result<i32, Fail> {
         Cmd::Ps {
             format,
             id,
-            ps_args: _,
+            ps_args,
         } => {
             let rec = existing(ctx, &id)?;
             let pids = cgroup_pids(&rec);
             match format.as_str() {
                 "json" => println!("{}", serde_json::to_string(&pids)?),
-                "table" => {
-                    println!("PID   CMD");
-                    for p in pids {
-                        let comm =
-                            fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
-                        println!("{p:<5} {}", comm.trim());
-                    }
-                }
+                "table" => ps_table(&pids, &ps_args)?,
                 other => return fail(format!("ps --format {other}: use table or json")),
             }
             Ok(0)
@@ -410,14 +449,141 @@ fn run_cmd(ctx: &Ctx, cmd: Cmd) -> Result<i32, Fail> {
             println!("{}", serde_json::to_string_pretty(&features())?);
             Ok(0)
         }
+        Cmd::Pause { id } => {
+            let rec = existing(ctx, &id)?;
+            match rec.status(&ctx.root) {
+                Status::Running => {}
+                Status::Paused => return Ok(0),
+                _ => return fail("container not running"),
+            }
+            resources::cgroup_of(&rec)?.freeze()?;
+            Ok(0)
+        }
+        Cmd::Resume { id } => {
+            let rec = existing(ctx, &id)?;
+            if rec.status(&ctx.root) != Status::Paused {
+                return fail("container not paused");
+            }
+            resources::cgroup_of(&rec)?.thaw()?;
+            Ok(0)
+        }
+        Cmd::Update { args, id } => {
+            let rec = existing(ctx, &id)?;
+            if rec.status(&ctx.root) == Status::Stopped {
+                return fail("container not running");
+            }
+            let res = resources::requested(&args)?;
+            resources::cgroup_of(&rec)?.update(&res)?;
+            Ok(0)
+        }
+        Cmd::Events {
+            stats,
+            interval,
+            id,
+        } => events(ctx, &id, stats, &interval),
+        Cmd::Spec { bundle } => {
+            let rootless = ctx.rootless;
+            let path = bundle.join("config.json");
+            if path.exists() {
+                return fail("File config.json exists. Remove it first");
+            }
+            // SAFETY: getuid and getgid have no preconditions.
+            let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+            let text =
+                serde_json::to_string_pretty(&default_spec::default_spec(rootless, uid, gid))?;
+            fs::write(&path, text + "\n").map_err(|e| Fail(format!("{}: {e}", path.display())))?;
+            Ok(0)
+        }
     }
+}
+
+/// `ps --format table`: the host's `ps` (with `ps_args`, default `-ef`),
+/// its header and the lines of the container's processes (as runc).
+fn ps_table(pids: &[i32], ps_args: &[String]) -> Result<(), Fail> {
+    let args: Vec<String> = if ps_args.is_empty() {
+        vec!["-ef".into()]
+    } else {
+        ps_args.to_vec()
+    };
+    let out = std::process::Command::new("ps")
+        .args(&args)
+        .output()
+        .map_err(|e| {
+            Fail(format!(
+                "running ps {}: {e}; install procps",
+                args.join(" ")
+            ))
+        })?;
+    if !out.status.success() {
+        return fail(format!(
+            "ps {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let header = lines.next().unwrap_or_default();
+    let Some(col) = header.split_whitespace().position(|h| h == "PID") else {
+        return fail("couldn't find PID field in ps output");
+    };
+    println!("{header}");
+    for line in lines {
+        let pid = line
+            .split_whitespace()
+            .nth(col)
+            .and_then(|p| p.parse::<i32>().ok());
+        if pid.is_some_and(|p| pids.contains(&p)) {
+            println!("{line}");
+        }
+    }
+    Ok(())
+}
+
+/// `events`: the figures once (`--stats`), or every `interval` with an
+/// `oom` event whenever the container's OOM-kill count grows, until the
+/// container stops (as runc).
+fn events(ctx: &Ctx, id: &str, once: bool, interval: &str) -> Result<i32, Fail> {
+    let rec = existing(ctx, id)?;
+    if rec.status(&ctx.root) == Status::Stopped {
+        return fail("container not running");
+    }
+    let every = resources::parse_duration(interval)?;
+    let cg = resources::cgroup_of(&rec)?;
+    let event = |kind: &str, data: Option<serde_json::Value>| {
+        let mut e = serde_json::json!({"type": kind, "id": id});
+        if let Some(d) = data {
+            e["data"] = d;
+        }
+        println!("{e}");
+    };
+    if once {
+        event("stats", Some(resources::stats_json(&cg.stats())));
+        return Ok(0);
+    }
+    let mut ooms = cg.oom_kills().unwrap_or(0);
+    let mut next = Instant::now();
+    while rec.alive() {
+        let now_ooms = cg.oom_kills().unwrap_or(ooms);
+        if now_ooms > ooms {
+            event("oom", None);
+            ooms = now_ooms;
+        }
+        if Instant::now() >= next {
+            event("stats", Some(resources::stats_json(&cg.stats())));
+            next = Instant::now() + every;
+        }
+        std::thread::sleep(every.min(Duration::from_millis(200)));
+    }
+    Ok(0)
 }
 
 fn features() -> serde_json::Value {
     serde_json::json!({
         "ociVersionMin": "1.0.0",
         "ociVersionMax": state::OCI_VERSION,
-        "hooks": [],
+        "hooks": ["prestart", "createRuntime", "createContainer", "startContainer",
+            "poststart", "poststop"],
         "mountOptions": ["ro", "rw", "nosuid", "suid", "nodev", "dev", "noexec", "exec",
             "bind", "rbind", "sync", "dirsync", "noatime", "nodiratime", "strictatime",
             "relatime", "private", "rprivate", "slave", "rslave", "shared", "rshared",
@@ -426,15 +592,36 @@ fn features() -> serde_json::Value {
             "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"],
             "capabilities": config::cap_names(CapSet(u64::MAX)),
             "cgroup": {"v1": true, "v2": true, "systemd": false, "systemdUser": false, "rdma": false},
-            "seccomp": {"enabled": false},
+            "seccomp": {
+                "enabled": true,
+                "actions": ["SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO", "SCMP_ACT_KILL",
+                    "SCMP_ACT_KILL_PROCESS", "SCMP_ACT_KILL_THREAD", "SCMP_ACT_LOG",
+                    "SCMP_ACT_NOTIFY", "SCMP_ACT_TRACE", "SCMP_ACT_TRAP"],
+                "operators": ["SCMP_CMP_EQ", "SCMP_CMP_GE", "SCMP_CMP_GT", "SCMP_CMP_LE",
+                    "SCMP_CMP_LT", "SCMP_CMP_MASKED_EQ", "SCMP_CMP_NE"],
+                "archs": ["SCMP_ARCH_X86", "SCMP_ARCH_X86_64", "SCMP_ARCH_X32",
+                    "SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"],
+                "knownFlags": ["SECCOMP_FILTER_FLAG_TSYNC", "SECCOMP_FILTER_FLAG_LOG",
+                    "SECCOMP_FILTER_FLAG_SPEC_ALLOW"],
+                "supportedFlags": ["SECCOMP_FILTER_FLAG_TSYNC", "SECCOMP_FILTER_FLAG_LOG",
+                    "SECCOMP_FILTER_FLAG_SPEC_ALLOW"]
+            },
             "apparmor": {"enabled": false},
             "selinux": {"enabled": false},
-            "mountExtensions": {"idmap": {"enabled": false}}
+            "mountExtensions": {"idmap": {"enabled": true}}
         },
         "annotations": {
-            "org.kapsel.seccomp": "Kapsel's built-in profile; config.json's profile is not used"
+            "io.github.seccomp.libseccomp.version": libseccomp_version()
         }
     })
+}
+
+/// The libseccomp version in use, as runc reports it in `features`.
+fn libseccomp_version() -> String {
+    match libseccomp::ScmpVersion::current() {
+        Ok(v) => format!("{}.{}.{}", v.major, v.minor, v.micro),
+        Err(_) => "unknown".into(),
+    }
 }
 
 fn check_id(id: &str) -> Result<(), Fail> {
@@ -483,11 +670,7 @@ fn existing(ctx: &Ctx, id: &str) -> Result<Record, Fail> {
 /// detach (create, run -d) or wait for (run).
 fn create(ctx: &Ctx, a: &CreateArgs) -> Result<Container, Fail> {
     check_id(&a.id)?;
-    if a.preserve_fds > 0 {
-        return fail(
-            "--preserve-fds is not supported by kapsel-oci yet; pass no extra descriptors",
-        );
-    }
+    check_preserved(a.preserve_fds)?;
     let bundle = fs::canonicalize(&a.bundle)
         .map_err(|e| Fail(format!("bundle {}: {e}", a.bundle.display())))?;
     let spec = config::load(&bundle).map_err(|e| Fail(e.0))?;
@@ -549,11 +732,43 @@ fn create_in(
             io::Error::last_os_error()
         ));
     }
+    // 0622 whatever the umask (as runc): a container root mapped to
+    // another host id (a user namespace) writes to it through its
+    // descriptor; the 0700 state directory keeps everyone else out.
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&fifo, fs::Permissions::from_mode(0o622))?;
     let mut spec = t.spec;
     spec.extra.start_fifo = Some(fifo);
+    spec.extra.preserve_fds = a.preserve_fds;
     ctx.log
         .debug(&format!("creating {} from {}", a.id, bundle.display()));
-    let mut c = Container::start(&spec)?;
+    let mode = kapsel_container::cgroup::CgroupMode::detect()?;
+    let hooks = t.hooks;
+    let idmaps = t.idmap_mounts;
+    let mut c = if hooks.at_create() || !idmaps.is_empty() {
+        // Once the namespaces exist and the root is mounted, before
+        // pivot_root (see hooks.rs, idmap.rs): the idmapped mounts, then
+        // the hooks (runc: the mounts are made before prestart).
+        let mut run_hooks = |pid: i32| -> Result<(), String> {
+            if !idmaps.is_empty() {
+                idmap::mount_all(pid, &t.rootfs, &idmaps)?;
+            }
+            let st = state::hook_state(&a.id, "creating", pid, bundle, &t.annotations);
+            hooks::run_all("prestart", &hooks.prestart, &st, None)?;
+            hooks::run_all("createRuntime", &hooks.create_runtime, &st, None)?;
+            hooks::run_all("createContainer", &hooks.create_container, &st, Some(pid))
+        };
+        Container::start_hooked(&spec, &mode, Some(&mut run_hooks))?
+    } else {
+        Container::start_in(&spec, &mode)?
+    };
+    if let Some((path, metadata)) = &t.seccomp_agent {
+        let Some(fd) = c.take_seccomp_listener() else {
+            return fail("the container's seccomp filter gave no notification descriptor");
+        };
+        let st = state::hook_state(&a.id, "creating", c.pid(), bundle, &t.annotations);
+        seccomp::send_to_agent(path, metadata, &st, c.pid(), fd.as_fd()).map_err(Fail)?;
+    }
     if spec.console == ConsoleSpec::Pty {
         let master = c.take_console();
         if let (Some(master), Some(sock)) = (master, &a.console_socket) {
@@ -576,7 +791,17 @@ fn create_in(
         capabilities: spec.capabilities.0,
         no_new_privs: spec.no_new_privs,
         seccomp: spec.seccomp,
+        hooks,
+        user: spec
+            .extra
+            .user
+            .as_ref()
+            .map(|u| (u.uid, u.gid, u.groups.clone())),
     };
+    if let Some(bpf) = &spec.extra.seccomp_bpf {
+        // For exec: the same program.
+        state::write_atomic(&state::dir(&ctx.root, &a.id).join("seccomp.bpf"), bpf)?;
+    }
     state::save(&ctx.root, &rec)?;
     if let Some(p) = &a.pid_file {
         state::write_atomic(p, pid.to_string().as_bytes())
@@ -585,9 +810,36 @@ fn create_in(
     Ok(c)
 }
 
+/// `start`: the startContainer hooks, the release, the poststart hooks.
+fn start(ctx: &Ctx, rec: &Record) -> Result<(), Fail> {
+    // A failing hook ends the container (runc).
+    let ended = |e: String| {
+        let _ = signal_init(rec, libc::SIGKILL);
+        Fail(e)
+    };
+    // In the container, with its process's confinement (runc runs them
+    // in its init just before the exec): the hook's binary is the image's.
+    hooks::run_all_confined(
+        "startContainer",
+        &rec.hooks.start_container,
+        &rec.hook_state("created"),
+        rec.pid,
+        &confinement(ctx, rec),
+    )
+    .map_err(ended)?;
+    release(ctx, rec)?;
+    hooks::run_all(
+        "poststart",
+        &rec.hooks.poststart,
+        &rec.hook_state("running"),
+        None,
+    )
+    .map_err(ended)
+}
+
 /// Lets the created init run: opens the FIFO it waits on for reading and
 /// takes its byte.
-fn start(ctx: &Ctx, rec: &Record) -> Result<(), Fail> {
+fn release(ctx: &Ctx, rec: &Record) -> Result<(), Fail> {
     let fifo = state::fifo(&ctx.root, &rec.id);
     let f = fs::OpenOptions::new()
         .read(true)
@@ -640,6 +892,7 @@ fn run(ctx: &Ctx, a: &CreateArgs, detach: bool, keep: bool) -> Result<i32, Fail>
     if !keep {
         c.cleanup()?;
         let _ = fs::remove_dir_all(state::dir(&ctx.root, &a.id));
+        poststop(ctx, &rec);
     } else {
         c.detach();
     }
@@ -680,6 +933,9 @@ fn forward_signals(pid: i32) {
 /// Kills what is left of the container and removes its cgroup and state.
 fn destroy(ctx: &Ctx, rec: &Record) -> Result<(), Fail> {
     if rec.alive() {
+        if let Ok(cg) = resources::cgroup_of(rec) {
+            let _ = cg.thaw();
+        }
         let _ = signal_init(rec, libc::SIGKILL);
         let deadline = Instant::now() + Duration::from_secs(10);
         while rec.alive() && Instant::now() < deadline {
@@ -711,7 +967,21 @@ fn destroy(ctx: &Ctx, rec: &Record) -> Result<(), Fail> {
         }
     }
     fs::remove_dir_all(state::dir(&ctx.root, &rec.id))
-        .map_err(|e| Fail(format!("removing the state of {}: {e}", rec.id)))
+        .map_err(|e| Fail(format!("removing the state of {}: {e}", rec.id)))?;
+    poststop(ctx, rec);
+    Ok(())
+}
+
+/// The poststop hooks; a failure is a warning (runc).
+fn poststop(ctx: &Ctx, rec: &Record) {
+    if let Err(e) = hooks::run_all(
+        "poststop",
+        &rec.hooks.poststop,
+        &rec.hook_state("stopped"),
+        None,
+    ) {
+        ctx.log.warn(&e);
+    }
 }
 
 /// Removes a cgroup directory and the groups below it.
@@ -903,27 +1173,62 @@ fn open_pty() -> Result<(fs::File, fs::File), Fail> {
     Ok((master, slave))
 }
 
+/// `--preserve-fds N`: descriptors 3 to 3 + N - 1 must be open.
+fn check_preserved(n: u32) -> Result<(), Fail> {
+    for fd in 3..3 + n.min(65536) as RawFd {
+        // SAFETY: F_GETFD on a descriptor number; no memory is touched.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            return fail(format!(
+                "--preserve-fds {n}: descriptor {fd} is not open; pass that many descriptors \
+                 from 3 on"
+            ));
+        }
+    }
+    if n > 65536 {
+        return fail(format!("--preserve-fds {n}: too many descriptors"));
+    }
+    Ok(())
+}
+
+/// What a process joining the container gets: its cgroup, the init's
+/// capabilities, no_new_privs, seccomp program and user (runc's `exec`
+/// defaults to the container's process user too).
+fn confinement(ctx: &Ctx, rec: &Record) -> ExecOptions {
+    ExecOptions {
+        argv: Vec::new(),
+        env: Vec::new(),
+        cwd: None,
+        user: rec.user.as_ref().map(|(uid, gid, groups)| User {
+            uid: *uid,
+            gid: *gid,
+            groups: groups.clone(),
+        }),
+        root: PathBuf::from(format!("/proc/{}/root", rec.pid)),
+        keep_caps: CapSet(rec.capabilities),
+        no_new_privs: rec.no_new_privs,
+        seccomp: rec.seccomp,
+        seccomp_bpf: fs::read(state::dir(&ctx.root, &rec.id).join("seccomp.bpf")).ok(),
+        stdio: None,
+        cgroup_files: rec.cgroups.iter().map(|d| d.join("cgroup.procs")).collect(),
+    }
+}
+
 fn exec(ctx: &Ctx, a: &ExecArgs) -> Result<i32, Fail> {
     let rec = existing(ctx, &a.id)?;
     if rec.status(&ctx.root) == Status::Stopped {
         return fail("cannot exec in a stopped container");
     }
-    if a.preserve_fds > 0 {
-        return fail("--preserve-fds is not supported by kapsel-oci yet");
+    check_preserved(a.preserve_fds)?;
+    for fd in 3..3 + a.preserve_fds as RawFd {
+        // SAFETY: fcntl(2) on a descriptor number the caller passed on.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
     }
     let container_caps = CapSet(rec.capabilities);
-    let mut opts = ExecOptions {
-        argv: a.command.clone(),
-        env: a.env.clone(),
-        cwd: a.cwd.clone(),
-        user: None,
-        root: PathBuf::from(format!("/proc/{}/root", rec.pid)),
-        keep_caps: container_caps,
-        no_new_privs: rec.no_new_privs || a.no_new_privs,
-        seccomp: rec.seccomp,
-        stdio: None,
-        cgroup_files: rec.cgroups.iter().map(|d| d.join("cgroup.procs")).collect(),
-    };
+    let mut opts = confinement(ctx, &rec);
+    opts.argv = a.command.clone();
+    opts.env = a.env.clone();
+    opts.cwd = a.cwd.clone();
+    opts.no_new_privs |= a.no_new_privs;
     let mut tty = a.tty;
     if let Some(p) = &a.process {
         let text = fs::read_to_string(p)

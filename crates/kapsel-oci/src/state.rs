@@ -30,6 +30,13 @@ pub struct Record {
     pub capabilities: u64,
     pub no_new_privs: bool,
     pub seccomp: bool,
+    /// config.json's hooks, for `start` (startContainer, poststart) and
+    /// `delete` (poststop).
+    #[serde(default)]
+    pub hooks: crate::hooks::Hooks,
+    /// The process user (uid, gid, groups), for `exec` and startContainer.
+    #[serde(default)]
+    pub user: Option<(u32, u32, Vec<u32>)>,
 }
 
 /// A container's status, as `state` reports it.
@@ -37,6 +44,7 @@ pub struct Record {
 pub enum Status {
     Created,
     Running,
+    Paused,
     Stopped,
 }
 
@@ -45,6 +53,7 @@ impl Status {
         match self {
             Status::Created => "created",
             Status::Running => "running",
+            Status::Paused => "paused",
             Status::Stopped => "stopped",
         }
     }
@@ -112,9 +121,27 @@ impl Record {
             Status::Stopped
         } else if fifo(root, &self.id).exists() {
             Status::Created
+        } else if self.frozen() {
+            Status::Paused
         } else {
             Status::Running
         }
+    }
+
+    /// Whether the container's freezer holds it (`pause`).
+    fn frozen(&self) -> bool {
+        let Ok(mode) = kapsel_container::cgroup::CgroupMode::detect() else {
+            return false;
+        };
+        kapsel_container::cgroup::Cgroup::open(&mode, &self.cgroups)
+            .is_frozen()
+            .unwrap_or(false)
+    }
+
+    /// The state a hook reads on its standard input (runtime-spec's
+    /// `state`, with `status` as the hook's moment has it).
+    pub fn hook_state(&self, status: &str) -> serde_json::Value {
+        hook_state(&self.id, status, self.pid, &self.bundle, &self.annotations)
     }
 
     /// The OCI state JSON (with runc's `rootfs`, `created` and `owner`).
@@ -135,6 +162,27 @@ impl Record {
         }
         v
     }
+}
+
+/// The state a hook reads, for a container not yet recorded.
+pub fn hook_state(
+    id: &str,
+    status: &str,
+    pid: i32,
+    bundle: &Path,
+    annotations: &serde_json::Map<String, serde_json::Value>,
+) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "ociVersion": OCI_VERSION,
+        "id": id,
+        "status": status,
+        "pid": pid,
+        "bundle": bundle,
+    });
+    if !annotations.is_empty() {
+        v["annotations"] = serde_json::Value::Object(annotations.clone());
+    }
+    v
 }
 
 /// Now as RFC 3339 in UTC with nanoseconds (as Go's time.RFC3339Nano).

@@ -64,7 +64,12 @@ fn status_of_the_command_is_the_exit_status() {
             .and_then(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
             .and_then(|p| p.lines().next().and_then(|l| l.parse::<i32>().ok()))
     };
-    assert!(eventually(5, || init_pid().is_some()));
+    // The init is in its cgroup before it runs `sleep`: killed before the
+    // parent has released it, the start itself fails (exit 1), which is
+    // not what this checks.
+    assert!(eventually(5, || init_pid().is_some_and(|p| {
+        std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sleep")
+    })));
     // SAFETY: kill(2) on the container's init, found in its cgroup.
     unsafe { libc::kill(init_pid().unwrap(), libc::SIGKILL) };
     assert_eq!(child.wait().unwrap().code(), Some(128 + libc::SIGKILL));

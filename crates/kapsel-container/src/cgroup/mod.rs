@@ -47,15 +47,19 @@ pub enum Controller {
     Freezer,
     /// Device access (a controller on v1, an eBPF filter on v2).
     Devices,
+    /// CPU time used (a controller on v1, often mounted with `cpu`;
+    /// `cpu.stat` on v2).
+    Cpuacct,
 }
 
 impl Controller {
-    const ALL: [Controller; 5] = [
+    const ALL: [Controller; 6] = [
         Controller::Memory,
         Controller::Pids,
         Controller::Cpu,
         Controller::Freezer,
         Controller::Devices,
+        Controller::Cpuacct,
     ];
 
     /// The kernel's name of the controller.
@@ -66,6 +70,7 @@ impl Controller {
             Controller::Cpu => "cpu",
             Controller::Freezer => "freezer",
             Controller::Devices => "devices",
+            Controller::Cpuacct => "cpuacct",
         }
     }
 }
@@ -218,7 +223,7 @@ impl CgroupMode {
     pub fn has(&self, c: Controller) -> bool {
         match self {
             CgroupMode::Unified { controllers, .. } => match c {
-                Controller::Freezer | Controller::Devices => true,
+                Controller::Freezer | Controller::Devices | Controller::Cpuacct => true,
                 _ => controllers.iter().any(|n| n == c.name()),
             },
             CgroupMode::Legacy { mounts, .. } => mounts.iter().any(|(have, _)| *have == c),
@@ -250,6 +255,91 @@ pub struct Limits {
     pub cpus: Option<f64>,
     /// Tasks.
     pub pids: Option<u64>,
+}
+
+/// A change of a running container's limits (runc's `update`): `None`
+/// leaves a value as it is; -1 means no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Resources {
+    /// Bytes of memory.
+    pub memory: Option<i64>,
+    /// Bytes of memory plus swap (the OCI meaning).
+    pub memory_swap: Option<i64>,
+    /// Bytes of memory kept under pressure (v1 soft limit, v2 `memory.low`).
+    pub memory_reservation: Option<i64>,
+    /// CFS quota in microseconds per period.
+    pub cpu_quota: Option<i64>,
+    /// CFS period in microseconds.
+    pub cpu_period: Option<u64>,
+    /// Relative CPU weight, v1 shares (2..262144; v2 converts to a weight).
+    pub cpu_shares: Option<u64>,
+    /// Tasks.
+    pub pids: Option<i64>,
+}
+
+/// A container's figures, as runc's `events --stats` reports them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// CPU time, nanoseconds: total, user, kernel, and per CPU (v1).
+    pub cpu_total: u64,
+    /// User CPU time, nanoseconds.
+    pub cpu_user: u64,
+    /// Kernel CPU time, nanoseconds.
+    pub cpu_kernel: u64,
+    /// Per-CPU time, nanoseconds (v1 only).
+    pub cpu_percpu: Vec<u64>,
+    /// CFS periods, throttled periods, throttled time (ns).
+    pub throttling: (u64, u64, u64),
+    /// Memory used now, the most used, the limit (`u64::MAX`: none), the
+    /// times the limit was hit.
+    pub memory_usage: u64,
+    /// The most memory used (v1).
+    pub memory_max_usage: u64,
+    /// The memory limit (`u64::MAX`: none).
+    pub memory_limit: u64,
+    /// How often the limit was hit.
+    pub memory_failcnt: u64,
+    /// Page cache.
+    pub memory_cache: u64,
+    /// Swap used, and its limit (`u64::MAX`: none).
+    pub swap_usage: u64,
+    /// The swap limit.
+    pub swap_limit: u64,
+    /// `memory.stat`, as the kernel names its figures.
+    pub memory_raw: Vec<(String, u64)>,
+    /// Tasks now, and their limit (0: none).
+    pub pids_current: u64,
+    /// The task limit (0: none).
+    pub pids_limit: u64,
+}
+
+/// Reads a cgroup file holding one number ("max" reads as `u64::MAX`).
+fn read_u64(path: &Path) -> Option<u64> {
+    let s = fs::read_to_string(path).ok()?;
+    let s = s.trim();
+    if s == "max" {
+        return Some(u64::MAX);
+    }
+    s.parse().ok()
+}
+
+/// Reads a flat-keyed cgroup file (`memory.stat`, `cpu.stat`).
+fn read_keyed(path: &Path) -> Vec<(String, u64)> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            Some((k.to_string(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+fn key(list: &[(String, u64)], k: &str) -> u64 {
+    list.iter()
+        .find(|(n, _)| n == k)
+        .map(|(_, v)| *v)
+        .unwrap_or(0)
 }
 
 /// One container's cgroup (one directory on v2, one per hierarchy on v1).
@@ -288,6 +378,18 @@ impl Cgroup {
         limits: &Limits,
         delegate: bool,
     ) -> Result<Cgroup> {
+        Self::create_allowing(mode, path, limits, delegate, &[])
+    }
+
+    /// [`Cgroup::create_at`] whose device filter also allows `devices`
+    /// (an OCI configuration's `linux.devices`).
+    pub fn create_allowing(
+        mode: &CgroupMode,
+        path: &Path,
+        limits: &Limits,
+        delegate: bool,
+        devices: &[crate::devices::AllowedDevice],
+    ) -> Result<Cgroup> {
         let rel: PathBuf = path
             .components()
             .filter(|c| matches!(c, std::path::Component::Normal(_)))
@@ -315,7 +417,7 @@ impl Cgroup {
         };
         let made = cg
             .create_dirs(mode, &parent_rel, &name, limits, delegate)
-            .and_then(|()| cg.apply(limits));
+            .and_then(|()| cg.apply(limits, devices));
         match made {
             Ok(()) => Ok(cg),
             Err(e) => {
@@ -365,22 +467,22 @@ impl Cgroup {
             .map(|(_, d)| d.as_path())
     }
 
-    fn apply(&self, limits: &Limits) -> Result<()> {
+    fn apply(&self, limits: &Limits, devices: &[crate::devices::AllowedDevice]) -> Result<()> {
         if !self.unified {
-            return v1::apply(|c| self.dir_of(c), limits);
+            return v1::apply(|c| self.dir_of(c), limits, devices);
         }
         let dir = self
             .dir_of(Controller::Memory)
             .ok_or_else(missing("cgroup"))?;
         v2::apply(dir, limits)?;
-        v2::attach_devices(dir);
+        v2::attach_devices(dir, devices);
         Ok(())
     }
 
     /// Moves process `pid` into the cgroup (every hierarchy on v1).
     pub fn add(&self, pid: i32) -> Result<()> {
         let pid = pid.to_string();
-        for (_, dir) in &self.dirs {
+        for dir in self.unique_dirs() {
             write(&dir.join("cgroup.procs"), &pid)?;
         }
         Ok(())
@@ -480,9 +582,8 @@ impl Cgroup {
         if self.unified {
             Vec::new()
         } else {
-            self.dirs
-                .iter()
-                .map(|(_, d)| d.join("tasks"))
+            self.unique_dirs()
+                .map(|d| d.join("tasks"))
                 .chain(self.hybrid_v2.iter().map(|d| d.join("cgroup.procs")))
                 .collect()
         }
@@ -491,10 +592,76 @@ impl Cgroup {
     /// The cgroup's directories (one on v2; on a hybrid host with a
     /// delegated tree, its v2 directory last).
     pub fn paths(&self) -> impl Iterator<Item = &Path> {
+        self.unique_dirs().chain(self.hybrid_v2.as_deref())
+    }
+
+    /// The directories, each once: v1 controllers mounted together
+    /// (`cpu,cpuacct`) share one.
+    fn unique_dirs(&self) -> impl Iterator<Item = &Path> {
         self.dirs
             .iter()
-            .map(|(_, d)| d.as_path())
-            .chain(self.hybrid_v2.as_deref())
+            .enumerate()
+            .filter(|(i, (_, d))| !self.dirs[..*i].iter().any(|(_, e)| e == d))
+            .map(|(_, (_, d))| d.as_path())
+    }
+
+    /// The cgroup of an existing container from its directories (as
+    /// [`Cgroup::paths`] listed them), to freeze, update or read it from
+    /// another process (`kapsel-oci pause`). Directories that belong to
+    /// no hierarchy of `mode` are left out.
+    pub fn open(mode: &CgroupMode, paths: &[PathBuf]) -> Cgroup {
+        let mut cg = Cgroup {
+            unified: mode.is_unified(),
+            dirs: Vec::new(),
+            hybrid_v2: None,
+        };
+        match mode {
+            CgroupMode::Unified { .. } => {
+                if let Some(d) = paths.first() {
+                    cg.dirs.push((Controller::Memory, d.clone()));
+                }
+            }
+            CgroupMode::Legacy { mounts, hybrid_v2 } => {
+                for d in paths {
+                    let mut any = false;
+                    for (c, mount) in mounts {
+                        if d.starts_with(mount) {
+                            cg.dirs.push((*c, d.clone()));
+                            any = true;
+                        }
+                    }
+                    if !any && hybrid_v2.as_deref().is_some_and(|v2| d.starts_with(v2)) {
+                        cg.hybrid_v2 = Some(d.clone());
+                    }
+                }
+            }
+        }
+        cg
+    }
+
+    /// Changes the limits of the running container (`kapsel-oci
+    /// update`): only what `res` sets.
+    pub fn update(&self, res: &Resources) -> Result<()> {
+        if self.unified {
+            let dir = self
+                .dir_of(Controller::Memory)
+                .ok_or_else(missing("cgroup"))?;
+            v2::update(dir, res)
+        } else {
+            v1::update(|c| self.dir_of(c), res)
+        }
+    }
+
+    /// The container's figures now: CPU time, memory, tasks.
+    pub fn stats(&self) -> Stats {
+        if self.unified {
+            match self.dir_of(Controller::Memory) {
+                Some(dir) => v2::stats(dir),
+                None => Stats::default(),
+            }
+        } else {
+            v1::stats(|c| self.dir_of(c))
+        }
     }
 
     /// The container's directory in a cgroup2 hierarchy, if it has one:
@@ -659,6 +826,7 @@ mod tests {
     const HYBRID: &str = "\
 31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
 32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+33 31 0:30 / /sys/fs/cgroup/cpuacct rw,relatime - cgroup cgroup rw,cpuacct
 35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
 36 31 0:33 / /sys/fs/cgroup/devices rw,relatime - cgroup cgroup rw,devices
 37 31 0:34 / /sys/fs/cgroup/freezer rw,relatime - cgroup cgroup rw,freezer

@@ -4,7 +4,10 @@
 //! ([`crate::devices`]); a delegated BASE (systemd's `Delegate=yes`).
 
 use super::SUPERVISOR;
-use super::{mkdir_leaf, mkdir_parent, read, timeout, write, Controller, Limits, CPU_PERIOD_US};
+use super::{
+    key, mkdir_leaf, mkdir_parent, read, read_keyed, read_u64, timeout, write, Controller, Limits,
+    Resources, Stats, CPU_PERIOD_US,
+};
 use crate::devices;
 use crate::error::{Error, Result};
 use std::fs;
@@ -94,8 +97,8 @@ pub(super) fn apply(dir: &Path, limits: &Limits) -> Result<()> {
 /// program does its work. A kernel without CONFIG_CGROUP_BPF cannot take
 /// it; the container then still has no device nodes it should not have,
 /// and no CAP_MKNOD to make one.
-pub(super) fn attach_devices(dir: &Path) {
-    let attached = fs::File::open(dir).and_then(|d| devices::attach(&d));
+pub(super) fn attach_devices(dir: &Path, extra: &[devices::AllowedDevice]) {
+    let attached = fs::File::open(dir).and_then(|d| devices::attach_with(&d, extra));
     if let Err(e) = attached {
         tracing::warn!("no device filter for {}: {e}", dir.display());
     }
@@ -182,4 +185,88 @@ pub(super) fn leave_for_leaf(dir: &Path) -> Result<()> {
     }
     // Still not empty: enabling a controller below reports EBUSY.
     Ok(())
+}
+
+/// A v2 limit: -1 is "max".
+fn limit(v: i64) -> String {
+    if v < 0 {
+        "max".into()
+    } else {
+        v.to_string()
+    }
+}
+
+/// Changes the limits `res` sets (see [`Resources`]), in `dir`.
+pub(super) fn update(dir: &Path, res: &Resources) -> Result<()> {
+    if let Some(r) = res.memory_reservation {
+        write(&dir.join("memory.low"), &limit(r))?;
+    }
+    if let Some(m) = res.memory {
+        write(&dir.join("memory.max"), &limit(m))?;
+    }
+    if let Some(sw) = res.memory_swap {
+        // OCI gives memory + swap; v2 limits the swap alone.
+        let swap = dir.join("memory.swap.max");
+        if swap.exists() {
+            let mem = match res.memory {
+                Some(m) => m,
+                None => read_u64(&dir.join("memory.max"))
+                    .filter(|&v| v != u64::MAX)
+                    .map_or(-1, |v| v as i64),
+            };
+            let v = if sw < 0 || mem < 0 {
+                "max".into()
+            } else {
+                (sw - mem).max(0).to_string()
+            };
+            write(&swap, &v)?;
+        }
+    }
+    if res.cpu_quota.is_some() || res.cpu_period.is_some() {
+        let file = dir.join("cpu.max");
+        let now = read(&file).unwrap_or_else(|_| format!("max {CPU_PERIOD_US}"));
+        let mut parts = now.split_whitespace();
+        let quota = parts.next().unwrap_or("max").to_string();
+        let period = parts.next().unwrap_or("100000").to_string();
+        let quota = res.cpu_quota.map_or(quota, limit);
+        let period = res.cpu_period.map_or(period, |p| p.to_string());
+        write(&file, &format!("{quota} {period}"))?;
+    }
+    if let Some(shares) = res.cpu_shares {
+        // runc's conversion of v1 shares (2..262144) to a weight (1..10000).
+        let shares = shares.clamp(2, 262_144);
+        let weight = 1 + ((shares - 2) * 9999) / 262_142;
+        write(&dir.join("cpu.weight"), &weight.to_string())?;
+    }
+    if let Some(n) = res.pids {
+        write(&dir.join("pids.max"), &limit(if n == 0 { -1 } else { n }))?;
+    }
+    Ok(())
+}
+
+/// The figures of `dir`.
+pub(super) fn stats(dir: &Path) -> Stats {
+    let mut s = Stats::default();
+    let cpu = read_keyed(&dir.join("cpu.stat"));
+    s.cpu_total = key(&cpu, "usage_usec") * 1000;
+    s.cpu_user = key(&cpu, "user_usec") * 1000;
+    s.cpu_kernel = key(&cpu, "system_usec") * 1000;
+    s.throttling = (
+        key(&cpu, "nr_periods"),
+        key(&cpu, "nr_throttled"),
+        key(&cpu, "throttled_usec") * 1000,
+    );
+    s.memory_usage = read_u64(&dir.join("memory.current")).unwrap_or(0);
+    s.memory_max_usage = read_u64(&dir.join("memory.peak")).unwrap_or(0);
+    s.memory_limit = read_u64(&dir.join("memory.max")).unwrap_or(u64::MAX);
+    s.memory_failcnt = key(&read_keyed(&dir.join("memory.events")), "max");
+    s.memory_raw = read_keyed(&dir.join("memory.stat"));
+    s.memory_cache = key(&s.memory_raw, "file");
+    s.swap_usage = read_u64(&dir.join("memory.swap.current")).unwrap_or(0);
+    s.swap_limit = read_u64(&dir.join("memory.swap.max")).unwrap_or(u64::MAX);
+    s.pids_current = read_u64(&dir.join("pids.current")).unwrap_or(0);
+    s.pids_limit = read_u64(&dir.join("pids.max"))
+        .filter(|&v| v != u64::MAX)
+        .unwrap_or(0);
+    s
 }

@@ -44,6 +44,20 @@ impl Container {
     /// [`Container::start`] with the cgroup layout given: a daemon detects
     /// it once ([`CgroupMode::detect`]) instead of at every start.
     pub fn start_in(spec: &ContainerSpec, mode: &CgroupMode) -> Result<Container> {
+        Self::start_hooked(spec, mode, None)
+    }
+
+    /// [`Container::start_in`] that stops the child once its root is
+    /// mounted, before `pivot_root` (the host's root still visible in its
+    /// mount namespace), and calls `hook` with the init's host PID: the
+    /// moment of the OCI `prestart`, `createRuntime` and `createContainer`
+    /// hooks. An `Err` from `hook` ends the start ([`Error::Hook`]) and
+    /// removes everything.
+    pub fn start_hooked(
+        spec: &ContainerSpec,
+        mode: &CgroupMode,
+        hook: Option<&mut dyn FnMut(i32) -> std::result::Result<(), String>>,
+    ) -> Result<Container> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             return Err(Error::Invalid(
@@ -94,6 +108,7 @@ impl Container {
             },
         )?;
         let extra = plan::prepare_extra(spec, &root, &mut plan)?;
+        plan.hook_sync = hook.is_some();
 
         let mut cgroup = create_cgroup(spec, &mode, systemd)?;
         // v1: the child moves itself in through these (see
@@ -142,11 +157,21 @@ impl Container {
             no_new_privs: spec.no_new_privs,
             seccomp: spec.seccomp,
             cleaned: false,
+            seccomp_listener: None,
         };
         // From here on a failure drops `c`, which kills the child and
         // removes the cgroup and the veth.
         let move_into_cgroup = !cloned.born_in_cgroup && plan.cgroup_tasks.is_empty();
-        parent::finish(&mut c, spec, move_into_cgroup, go_write, err_read)?;
+        let listener = spec.extra.seccomp_listener && spec.extra.seccomp_bpf.is_some();
+        parent::finish(
+            &mut c,
+            spec,
+            move_into_cgroup,
+            go_write,
+            err_read,
+            hook,
+            listener,
+        )?;
         drop(plan);
         tracing::debug!("container {} started, init pid {}", c.name, c.pid);
         Ok(c)
@@ -162,10 +187,27 @@ fn create_cgroup(spec: &ContainerSpec, mode: &CgroupMode, systemd: bool) -> Resu
         cpus: spec.cpus,
         pids: spec.pids,
     };
-    let mut cgroup = match &spec.extra.cgroup_path {
-        Some(path) => Cgroup::create_at(mode, path, &limits, systemd)?,
-        None => Cgroup::create(mode, &spec.name, &limits, systemd)?,
+    // The configuration's device nodes are allowed too (FIFOs need no rule).
+    let allowed: Vec<crate::devices::AllowedDevice> = spec
+        .extra
+        .devices
+        .iter()
+        .filter(|d| d.kind != 'p')
+        .map(|d| crate::devices::AllowedDevice {
+            major: d.major,
+            minor: Some(d.minor),
+            block: d.kind == 'b',
+        })
+        .collect();
+    let default_path;
+    let path = match &spec.extra.cgroup_path {
+        Some(path) => path,
+        None => {
+            default_path = std::path::Path::new(crate::cgroup::PARENT).join(&spec.name);
+            &default_path
+        }
     };
+    let mut cgroup = Cgroup::create_allowing(mode, path, &limits, systemd, &allowed)?;
     if let Some(map) = &spec.user_map {
         // The cgroup2 tree belongs to the container's root.
         if let Err(e) = cgroup.delegate_to(map.host_uid, map.host_gid) {

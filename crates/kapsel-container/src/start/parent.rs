@@ -38,6 +38,8 @@ pub(super) fn finish(
     move_into_cgroup: bool,
     go_write: OwnedFd,
     err_read: OwnedFd,
+    hook: Option<&mut dyn FnMut(i32) -> std::result::Result<(), String>>,
+    listener: bool,
 ) -> Result<()> {
     if let Some(adj) = spec.extra.oom_score_adj {
         std::fs::write(format!("/proc/{}/oom_score_adj", c.pid), adj.to_string()).map_err(
@@ -78,6 +80,23 @@ pub(super) fn finish(
         }
     })?;
     drop(tree);
+    if let Some(hook) = hook {
+        // The child says when its root is mounted (end of file: it
+        // failed before; its report follows on the error pipe).
+        let mut ready = [0u8; 1];
+        if read_full(&go_write, &mut ready) == 1 {
+            hook(c.pid).map_err(Error::Hook)?;
+            idmap::release(go_write.as_raw_fd(), None).map_err(|source| Error::Os {
+                what: "letting the container's init continue after the hooks",
+                source,
+            })?;
+        }
+    }
+    if listener {
+        // The child sends its seccomp notification descriptor once the
+        // filter is in (end of file: it failed before; its report follows).
+        c.seccomp_listener = crate::sys::recv_fd(&go_write);
+    }
     drop(go_write);
     let mut report = [0u8; 8];
     let n = read_full(&err_read, &mut report);

@@ -85,11 +85,23 @@ pub(super) fn build(spec: &ContainerSpec, inp: &PlanInputs<'_>) -> Result<ChildP
         last_cap: caps::last_cap(),
         no_new_privs: spec.no_new_privs,
         die_with_parent: spec.die_with_parent,
-        seccomp: if spec.seccomp {
-            seccomp::profile(inp.keep_caps)?
-        } else {
-            Vec::new()
+        seccomp: match &spec.extra.seccomp_bpf {
+            Some(bpf) => vec![seccomp::program_from_bpf(bpf)?],
+            None if spec.seccomp => seccomp::profile(inp.keep_caps)?,
+            None => Vec::new(),
         },
+        seccomp_flags: spec.extra.seccomp_flags
+            | if spec.extra.seccomp_listener && spec.extra.seccomp_bpf.is_some() {
+                child::SECCOMP_FILTER_FLAG_NEW_LISTENER
+            } else {
+                0
+            },
+        preserve_fds: spec.extra.preserve_fds,
+        devices: Vec::new(),
+        root_propagation: spec
+            .extra
+            .root_propagation
+            .unwrap_or((libc::MS_REC | libc::MS_PRIVATE, 0)),
         user_ns: spec.user_map.is_some(),
         idmap_root: spec.idmap_root,
         cgroup2: match (inp.systemd, inp.mode.is_unified()) {
@@ -129,6 +141,8 @@ pub(super) fn build(spec: &ContainerSpec, inp: &PlanInputs<'_>) -> Result<ChildP
             .as_ref()
             .map(|u| (u.uid, u.gid, u.groups.clone())),
         start_fifo: None,
+        hook_sync: false,
+        sysctls: Vec::new(),
     })
 }
 
@@ -190,6 +204,59 @@ pub(super) fn prepare_extra(
         let r = p.trim_start_matches('/');
         cstring(if r.is_empty() { b"." } else { r.as_bytes() })
     };
+    for d in &extra.devices {
+        let rel = d.path.trim_start_matches('/');
+        let p = Path::new(rel);
+        let bad = !p.starts_with("dev")
+            || p == Path::new("dev")
+            || p.components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)));
+        if bad {
+            return Err(Error::Invalid(format!(
+                "device {}: give a path below /dev without \"..\"",
+                d.path
+            )));
+        }
+        let kind = match d.kind {
+            'c' | 'u' => libc::S_IFCHR,
+            'b' => libc::S_IFBLK,
+            'p' => libc::S_IFIFO,
+            other => {
+                return Err(Error::Invalid(format!(
+                    "device {}: type {other} is not c, b, u or p",
+                    d.path
+                )))
+            }
+        };
+        let parents = p
+            .ancestors()
+            .skip(1)
+            .filter(|a| a.components().count() > 1)
+            .map(|a| cstring(a.as_os_str().as_bytes()))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .rev()
+            .collect();
+        plan.devices.push(child::ChildDevice {
+            target: cstring(rel.as_bytes())?,
+            host: cstring(format!("/{rel}").as_bytes())?,
+            parents,
+            mode: kind | (d.mode & 0o7777),
+            dev: libc::makedev(d.major, d.minor),
+            uid: d.uid,
+            gid: d.gid,
+        });
+    }
+    for (name, value) in &extra.sysctls {
+        if name.is_empty() || name.contains("..") || name.contains('/') {
+            return Err(Error::Invalid(format!(
+                "sysctl \"{name}\": give a dotted name such as net.ipv4.ip_forward"
+            )));
+        }
+        let file = format!("proc/sys/{}", name.replace('.', "/"));
+        plan.sysctls
+            .push((cstring(file.as_bytes())?, cstring(value.as_bytes())?));
+    }
     for p in &extra.masked_paths {
         plan.masked_extra.push(rel(p)?);
     }
