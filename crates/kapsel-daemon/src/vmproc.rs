@@ -6,7 +6,7 @@
 //! report ([`EXIT_FD`]). Its console is a socket pair, its stderr goes to
 //! the VM's log (and is the reason shown only when no report came).
 
-use kapsel_config::{BootDevice, MacAddr, VmSpec};
+use kapsel_config::{BootDevice, Firmware, MacAddr, VmSpec};
 use kapsel_host::fd::pipe;
 use kapsel_vmm::config::{ConsoleSpec, DiskConfig, NetConfig, TapSource, VmConfig};
 use kapsel_vmm::control::{self, Client, EndReport, Reply, Request, VmStatus};
@@ -209,9 +209,30 @@ pub fn vm_config(
             "vm {name}: AMD SEV is not supported; remove `sev`/`seves`"
         ));
     }
-    let kernel = spec.boot.as_ref().ok_or_else(|| {
-        format!("vm {name} has no kernel: add `boot \"/path/to/vmlinuz\"` to it in vm.conf, or start it with -b")
-    })?;
+    // A kernel when `boot` names one (vm.conf cannot also say `firmware`;
+    // `start -b` replaces it), else the firmware from the disks.
+    let (kernel, firmware) = match (&spec.boot, spec.firmware.unwrap_or(Firmware::Bios)) {
+        (Some(kernel), _) => (kernel.clone(), None),
+        (None, Firmware::Uefi) => {
+            return Err(format!(
+                "vm {name}: UEFI firmware boot is not supported yet; use `firmware bios` \
+                 (SeaBIOS) or boot a kernel with `boot PATH`"
+            ))
+        }
+        (None, Firmware::Bios) if spec.disks.is_empty() => {
+            return Err(format!(
+                "vm {name} has no kernel and no disk to boot through the BIOS: add \
+                 `boot \"/path/to/vmlinuz\"`, or a `disk` with a boot loader, in vm.conf \
+                 (or start it with -b or -d)"
+            ))
+        }
+        (None, Firmware::Bios) => (
+            std::path::PathBuf::new(),
+            Some(kapsel_vmm::config::Firmware::Bios(
+                kapsel_vmm::arch::x86_64::firmware::DEFAULT_BIOS.into(),
+            )),
+        ),
+    };
     let mut disks = Vec::new();
     for (i, disk) in spec.disks.iter().enumerate() {
         let format = disk
@@ -241,7 +262,7 @@ pub fn vm_config(
         format!("vm {name}: {cpus} vCPUs are more than a VM can have; give at most 254")
     })?;
     let cfg = VmConfig {
-        kernel: kernel.clone(),
+        kernel,
         initrd: spec.initrd.clone(),
         cmdline: spec
             .cmdline
@@ -267,7 +288,7 @@ pub fn vm_config(
         kernel_as_user: open_as.is_some_and(|u| u.kernel),
         initrd_as_user: open_as.is_some_and(|u| u.initrd) && spec.initrd.is_some(),
         ready_fd: Some(READY_FD),
-        firmware: None,
+        firmware,
     };
     cfg.check().map_err(|e| format!("vm {name}: {e}"))?;
     Ok(cfg)

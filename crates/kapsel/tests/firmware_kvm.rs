@@ -52,7 +52,7 @@ fn boot_sector_disk(dir: &Path) -> PathBuf {
         0xbc, 0x00, 0x7c, // mov sp, 0x7c00
         0xfc, // cld
     ];
-    let mut call_print = |code: &mut Vec<u8>, msg: usize| {
+    let call_print = |code: &mut Vec<u8>, msg: usize| {
         code.push(0xbe); // mov si, msg
         code.extend_from_slice(&addr(msg));
         let after = code.len() + 3;
