@@ -200,6 +200,8 @@ fn a_boot_sector_boots_through_seabios_with_the_serial_console_as_screen() {
     if status.is_none() {
         let _ = child.kill();
     }
+    // Reaps the child in every case (std keeps a status try_wait saw).
+    let status = child.wait().ok().or(status);
     let out = reader.join().unwrap();
     let mut err = String::new();
     let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err);

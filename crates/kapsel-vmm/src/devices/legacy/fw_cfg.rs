@@ -102,6 +102,17 @@ pub enum FwCfgError {
     TooLarge(String),
 }
 
+/// Why a DMA request failed (the guest sees the error bit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DmaError {
+    /// The guest asked to write an item; none is writable.
+    #[error("fw_cfg items are read-only")]
+    Write,
+    /// The buffer is not all guest RAM, or wraps the address space.
+    #[error("DMA buffer outside guest RAM")]
+    OutsideRam,
+}
+
 /// One decoded `FWCfgDmaAccess`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DmaRequest {
@@ -244,7 +255,7 @@ impl FwCfg {
         let req = DmaRequest::parse(&raw);
         let control = match self.transfer(req) {
             Ok(()) => 0,
-            Err(()) => dma::ERROR,
+            Err(_) => dma::ERROR,
         };
         // A descriptor the guest placed across the end of RAM was read,
         // so it can be written back.
@@ -254,7 +265,7 @@ impl FwCfg {
     }
 
     /// Performs `req` on the device state and guest memory.
-    pub fn transfer(&mut self, req: DmaRequest) -> Result<(), ()> {
+    pub fn transfer(&mut self, req: DmaRequest) -> Result<(), DmaError> {
         if req.control & dma::SELECT != 0 {
             self.select((req.control >> 16) as u16);
         }
@@ -264,12 +275,14 @@ impl FwCfg {
         }
         if req.control & dma::WRITE != 0 {
             // No Kapsel item is writable (vmd refuses writes as well).
-            return Err(());
+            return Err(DmaError::Write);
         }
         let read = req.control & dma::READ != 0;
         let len = req.length as usize;
         if read {
-            req.address.checked_add(u64::from(req.length)).ok_or(())?;
+            req.address
+                .checked_add(u64::from(req.length))
+                .ok_or(DmaError::OutsideRam)?;
             // The whole buffer must be guest RAM, checked before anything is
             // written.
             if !self.mem.check_range(
@@ -277,7 +290,7 @@ impl FwCfg {
                 len,
                 vm_memory::Permissions::Write,
             ) {
-                return Err(());
+                return Err(DmaError::OutsideRam);
             }
         }
         let item_len = self.current().len();
@@ -288,7 +301,7 @@ impl FwCfg {
             let data = &self.current()[start..start + from_item];
             self.mem
                 .write_slice(data, GuestAddress(req.address))
-                .map_err(|_| ())?;
+                .map_err(|_| DmaError::OutsideRam)?;
             // Past the item's end the buffer is zero-filled, as QEMU does.
             let mut addr = req.address + from_item as u64;
             let mut left = len - from_item;
@@ -297,7 +310,7 @@ impl FwCfg {
                 let n = left.min(zeros.len());
                 self.mem
                     .write_slice(&zeros[..n], GuestAddress(addr))
-                    .map_err(|_| ())?;
+                    .map_err(|_| DmaError::OutsideRam)?;
                 addr += n as u64;
                 left -= n;
             }
