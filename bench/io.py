@@ -40,7 +40,7 @@ Every figure is the median of --runs runs, with the lowest and highest run
 beside it; the load average is printed before and after.
 
 Usage: bench/io.py [--runs N] [--image-mib M] [--rand N] [--seq-mib M]
-                   [--frames N] [--only blk|net]
+                   [--frames N] [--only blk|net] [--kapsel PATH]
 Needs: root (netns, tap), cargo, gcc, qemu-system-x86_64, /dev/kvm.
 """
 import argparse
@@ -64,10 +64,11 @@ BENCH_RE = re.compile(r"bench (\S+) requests=(\d+) qd=(\d+) bytes=(\d+) cycles=(
                       r"tsc-khz=(\d+) us=(\d+) .* kicks=(\d+)")
 
 
-def build():
+def build(kapsel=None):
     env = dict(os.environ, CARGO_TARGET_DIR=TARGET)
-    subprocess.run(["cargo", "build", "--release", "-q", "-p", "kapsel"], cwd=ROOT, check=True,
-                   env=env)
+    if not kapsel:
+        subprocess.run(["cargo", "build", "--release", "-q", "-p", "kapsel"], cwd=ROOT,
+                       check=True, env=env)
     out = subprocess.run(
         ["cargo", "build", "--release", "-q", "-p", "kapsel-testguest", "--message-format=json"],
         cwd=ROOT, check=True, capture_output=True, text=True, env=env).stdout
@@ -82,7 +83,7 @@ def build():
     os.makedirs(os.path.dirname(measure), exist_ok=True)
     subprocess.run(["gcc", "-O2", "-static", "-o", measure,
                     os.path.join(ROOT, "bench", "measure.c")], check=True)
-    return os.path.join(TARGET, "release", "kapsel"), guest, measure
+    return kapsel or os.path.join(TARGET, "release", "kapsel"), guest, measure
 
 
 def children_guest_s():
@@ -275,6 +276,7 @@ def main():
     ap.add_argument("--seq-mib", type=int, default=256, help="MiB per sequential run")
     ap.add_argument("--frames", type=int, default=50000, help="frames per network run")
     ap.add_argument("--only", choices=("blk", "net"))
+    ap.add_argument("--kapsel", help="a kapsel binary to measure instead of building one")
     ap.add_argument("--dir", default="/var/tmp", help="where the image file goes")
     ap.add_argument("--zram", action="store_true",
                     help="the image is a zram block device (RAM, 4 KiB sectors): no disk "
@@ -283,7 +285,10 @@ def main():
     qemu = shutil.which("qemu-system-x86_64")
     if not qemu:
         sys.exit("bench: qemu-system-x86_64 not found (apt-get install qemu-system-x86)")
-    kapsel, guest, measure = build()
+    kapsel, guest, measure = build(os.path.abspath(args.kapsel) if args.kapsel else None)
+    if args.only != "net" and not shutil.which("fio"):
+        print("bench: fio not found (apt-get install fio): the host's own random-read IOPS, "
+              "the reference for the IOPS target, will not be measured")
     load = os.getloadavg()
     print(f"io benchmark {time.strftime('%Y-%m-%d %H:%M')}, load average before "
           f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, {args.runs} runs each, alternating")
