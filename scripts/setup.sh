@@ -10,9 +10,11 @@
 #   test, made once into /var/cache/kapsel-test), attr (setfattr: the nested cgroup2 scenario
 #   marks a cgroup delegated as systemd does), podman with conmon, netavark and aardvark-dns (the
 #   real client of kapsel-oci's tests: crates/kapsel-oci/tests/podman.rs).
+#   libpam0g-dev and libclang-dev: kapsel-api checks realm `pam` passwords through libpam (pam-sys
+#   makes its bindings with bindgen, which needs libclang).
 set -euo pipefail
 
-PACKAGES=(gcc libc6-dev make qemu-system-x86 qemu-utils busybox-static kmod cpio xz-utils zstd lz4
+PACKAGES=(gcc libc6-dev make libpam0g-dev libclang-dev qemu-system-x86 qemu-utils busybox-static kmod cpio xz-utils zstd lz4
           iproute2 nftables ca-certificates runc crun debootstrap attr
           podman conmon netavark aardvark-dns)
 
