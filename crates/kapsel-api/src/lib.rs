@@ -19,6 +19,7 @@ pub mod guests;
 mod handlers;
 pub mod host;
 mod openapi;
+pub mod pin;
 pub mod server;
 pub mod store;
 pub mod ticket;
