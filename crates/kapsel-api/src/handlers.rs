@@ -456,13 +456,62 @@ fn not_token(c: &Caller) -> Result<(), ApiError> {
     }
 }
 
-/// The caller itself, or one holding `p` on /access.
-fn self_or(db: &Db, c: &Caller, userid: &str, p: Privilege) -> Result<(), ApiError> {
+/// The caller itself, or one holding `p` on /access who may manage the
+/// user (see [`may_manage`]).
+async fn self_or(st: &St, c: &Caller, userid: &str, p: Privilege) -> Result<(), ApiError> {
     if c.userid == userid {
-        Ok(())
-    } else {
-        require(db, c, "/access", p)
+        return Ok(());
     }
+    require(lock(&st.store).db(), c, "/access", p)?;
+    may_manage(st, c, userid).await
+}
+
+/// Whether the caller may act for `target` (set its password, TFA, tokens,
+/// disable or delete it): only if the caller holds at least every privilege
+/// `target` holds, on every path where `target` (or its token) has an ACL
+/// entry and on every guest it owns in vm.conf. Else User.Modify would be a
+/// way to become any Administrator: set their password, or make them a token.
+async fn may_manage(st: &St, c: &Caller, target: &str) -> Result<(), ApiError> {
+    if target == ROOT_USER {
+        return Err(ApiError::forbidden(
+            "root@pam is the host's root: it is managed on the host, not through the API",
+        ));
+    }
+    let owned: Vec<GuestSummary> = match target.strip_suffix("@pam") {
+        Some(name) => all_guests(st)
+            .await?
+            .into_iter()
+            .filter(|g| g.owner.as_deref() == Some(name))
+            .collect(),
+        None => Vec::new(),
+    };
+    let store = lock(&st.store);
+    let db = store.db();
+    let prefix = format!("{target}!");
+    let mut paths: Vec<(String, GuestFacts)> = db
+        .access
+        .acl
+        .iter()
+        .filter(|e| e.subject == target || e.subject.starts_with(&prefix))
+        .map(|e| (e.path.clone(), GuestFacts::default()))
+        .collect();
+    paths.extend(owned.iter().map(|g| {
+        (
+            format!("/guests/{}", g.name),
+            guest_facts(db, Some(g), &g.name),
+        )
+    }));
+    for (path, facts) in paths {
+        let theirs = db.access.privileges(target, false, &path, &facts);
+        let mine = privs_on(db, c, &path, &facts);
+        if !mine.contains(theirs) {
+            return Err(ApiError::forbidden(format!(
+                "{target} holds privileges on {path} that {} does not hold: only someone holding at least as much may manage {target}",
+                c.subject()
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn guest_facts(db: &Db, g: Option<&GuestSummary>, name: &str) -> GuestFacts {
@@ -954,8 +1003,9 @@ pub(crate) async fn users_change(
     Body_(ch): Body_<UserChange>,
 ) -> Result<Json<UserInfo>, ApiError> {
     check_comment(&ch.comment)?;
+    require(lock(&st.store).db(), &c, "/access", Privilege::UserModify)?;
+    may_manage(&st, &c, &userid).await?;
     let mut store = lock(&st.store);
-    require(store.db(), &c, "/access", Privilege::UserModify)?;
     let info = store.update(|db| {
         let u = db
             .users
@@ -985,8 +1035,9 @@ pub(crate) async fn users_delete(
     Authed(c): Authed,
     P(userid): P<String>,
 ) -> Result<StatusCode, ApiError> {
+    require(lock(&st.store).db(), &c, "/access", Privilege::UserModify)?;
+    may_manage(&st, &c, &userid).await?;
     let mut store = lock(&st.store);
-    require(store.db(), &c, "/access", Privilege::UserModify)?;
     store.update(|db| {
         db.users
             .remove(&userid)
@@ -1024,11 +1075,8 @@ pub(crate) async fn password(
             "realm pam passwords are the host's: change them with passwd(1)",
         ));
     }
-    {
-        let store = lock(&st.store);
-        self_or(store.db(), &c, &p.userid, Privilege::UserModify)?;
-        user_exists(store.db(), &p.userid)?;
-    }
+    self_or(&st, &c, &p.userid, Privilege::UserModify).await?;
+    user_exists(lock(&st.store).db(), &p.userid)?;
     check_password(&p.password)?;
     let h = hash(&st, p.password).await?;
     let now_ms = util::now_ms();
@@ -1113,8 +1161,8 @@ pub(crate) async fn tokens_list(
     Authed(c): Authed,
     P(userid): P<String>,
 ) -> Result<Json<Vec<TokenInfo>>, ApiError> {
+    self_or(&st, &c, &userid, Privilege::UserModify).await?;
     let store = lock(&st.store);
-    self_or(store.db(), &c, &userid, Privilege::UserModify)?;
     let u = store
         .db()
         .users
@@ -1156,8 +1204,8 @@ pub(crate) async fn tokens_add(
         n.comment.unwrap_or_default(),
     )
     .map_err(|e| ApiError::internal(format!("no randomness: {e}")))?;
+    self_or(&st, &c, &userid, Privilege::UserModify).await?;
     let mut store = lock(&st.store);
-    self_or(store.db(), &c, &userid, Privilege::UserModify)?;
     store.update(|db| {
         let u = db.users.get_mut(&userid).ok_or_else(|| {
             ApiError::not_found(format!("no user {userid} (root@pam cannot have tokens: add a user with the Administrator role)"))
@@ -1191,8 +1239,8 @@ pub(crate) async fn tokens_delete(
     Authed(c): Authed,
     P((userid, name)): P<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
+    self_or(&st, &c, &userid, Privilege::UserModify).await?;
     let mut store = lock(&st.store);
-    self_or(store.db(), &c, &userid, Privilege::UserModify)?;
     store.update(|db| {
         db.users
             .get_mut(&userid)
@@ -1252,7 +1300,9 @@ pub(crate) async fn tfa_get(
 ) -> Result<Json<TfaInfo>, ApiError> {
     let store = lock(&st.store);
     let db = store.db();
-    self_or(db, &c, &userid, Privilege::UserModify)?;
+    if c.userid != userid {
+        require(db, &c, "/access", Privilege::UserModify)?;
+    }
     let u = db
         .users
         .get(&userid)
@@ -1299,8 +1349,8 @@ pub(crate) async fn tfa_add(
     })?;
     let (codes, hashes) = totp::new_recovery_codes()
         .map_err(|e| ApiError::internal(format!("no randomness: {e}")))?;
+    self_or(&st, &c, &userid, Privilege::UserModify).await?;
     let mut store = lock(&st.store);
-    self_or(store.db(), &c, &userid, Privilege::UserModify)?;
     store.update(|db| {
         let u = db
             .users
@@ -1339,8 +1389,8 @@ pub(crate) async fn tfa_recovery(
     not_token(&c)?;
     let (codes, hashes) = totp::new_recovery_codes()
         .map_err(|e| ApiError::internal(format!("no randomness: {e}")))?;
+    self_or(&st, &c, &userid, Privilege::UserModify).await?;
     let mut store = lock(&st.store);
-    self_or(store.db(), &c, &userid, Privilege::UserModify)?;
     store.update(|db| {
         let t = db
             .users
@@ -1361,8 +1411,8 @@ pub(crate) async fn tfa_delete(
     P(userid): P<String>,
 ) -> Result<StatusCode, ApiError> {
     not_token(&c)?;
+    self_or(&st, &c, &userid, Privilege::UserModify).await?;
     let mut store = lock(&st.store);
-    self_or(store.db(), &c, &userid, Privilege::UserModify)?;
     store.update(|db| {
         let u = db
             .users

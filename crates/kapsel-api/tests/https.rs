@@ -234,6 +234,7 @@ async fn connect_from(source: IpAddr, to: SocketAddr) -> std::io::Result<TcpStre
 }
 
 /// Every error reply is `{code, message, field}`.
+#[track_caller]
 fn assert_error(r: &Resp, status: u16, code: &str) {
     assert_eq!(r.status, status, "{r:?}");
     assert_eq!(r.json["code"], code, "{r:?}");
@@ -1456,4 +1457,165 @@ impl WriteAllSync for std::process::ChildStdin {
         use std::io::Write;
         self.write_all(b).unwrap();
     }
+}
+
+/// User.Modify is not a way to become someone more privileged: a UserAdmin
+/// cannot set an Administrator's password, make them a token, or delete
+/// them, nor take over a host user's vm.conf guests; it can manage a user
+/// holding no more than itself. Grants cannot exceed the granter either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managing_users_and_acls_cannot_escalate() {
+    let mut ua = String::new();
+    let env = start(
+        Limits::default(),
+        vec![guest("bob-vm", Some("bob"))],
+        |db| {
+            add_user(db, "useradmin@kapsel", None, &[("/access", "UserAdmin")]);
+            ua = add_token(db, "useradmin@kapsel", "t", false, 0);
+            add_user(
+                db,
+                "boss@kapsel",
+                Some("boss-password"),
+                &[("/", "Administrator")],
+            );
+            add_user(db, "bob@pam", None, &[]);
+            add_user(db, "plain@kapsel", Some("plain-password"), &[]);
+        },
+    );
+    let c = &env.client;
+    let a = Auth::Token(&ua);
+    // The token may not change passwords at all; use a session.
+    env.server
+        .update_store(|db| {
+            db.users.get_mut("useradmin@kapsel").unwrap().password =
+                Some(auth::hash_password("ua-password").unwrap());
+            Ok::<_, StoreError>(())
+        })
+        .unwrap();
+    let s = c.login("useradmin@kapsel", "ua-password", None).await;
+    let (t, x) = (
+        s.json["ticket"].as_str().unwrap().to_string(),
+        s.json["csrf_token"].as_str().unwrap().to_string(),
+    );
+    let me = Auth::Cookie(&t, Some(&x));
+    let pw = |u: &str| Some(json!({"userid": u, "password": "taken-over-1"}));
+    assert_error(
+        &c.req("PUT", "/api/v1/access/password", me, pw("boss@kapsel"))
+            .await,
+        403,
+        "forbidden",
+    );
+    assert_error(
+        &c.req(
+            "POST",
+            "/api/v1/access/users/boss@kapsel/tokens",
+            me,
+            Some(json!({"name": "x"})),
+        )
+        .await,
+        403,
+        "forbidden",
+    );
+    assert_error(
+        &c.req("DELETE", "/api/v1/access/users/boss@kapsel", a, None)
+            .await,
+        403,
+        "forbidden",
+    );
+    assert_error(
+        &c.req(
+            "PUT",
+            "/api/v1/access/users/boss@kapsel",
+            a,
+            Some(json!({"enable": false})),
+        )
+        .await,
+        403,
+        "forbidden",
+    );
+    let r = c
+        .req(
+            "POST",
+            "/api/v1/access/users/bob@pam/tokens",
+            me,
+            Some(json!({"name": "x"})),
+        )
+        .await;
+    assert_error(&r, 403, "forbidden");
+    assert!(
+        r.json["message"]
+            .as_str()
+            .unwrap()
+            .contains("/guests/bob-vm"),
+        "{r:?}"
+    );
+    // A user holding nothing more: fine.
+    assert_eq!(
+        c.req("PUT", "/api/v1/access/password", me, pw("plain@kapsel"))
+            .await
+            .status,
+        204
+    );
+    let r = c
+        .req(
+            "POST",
+            "/api/v1/access/users/plain@kapsel/tokens",
+            me,
+            Some(json!({"name": "x"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let value = r.json["value"].as_str().unwrap().to_string();
+    assert_eq!(
+        c.req("GET", "/api/v1/access/whoami", Auth::Token(&value), None)
+            .await
+            .json["userid"],
+        "plain@kapsel"
+    );
+    // ACL grants: UserAdmin holds Permissions.Modify on /access but cannot
+    // grant Administrator there (more than it holds), nor anything on /.
+    let grant = |path: &str, role: &str| {
+        Some(json!({"path": path, "subject": "plain@kapsel", "role": role}))
+    };
+    assert_error(
+        &c.req(
+            "PUT",
+            "/api/v1/access/acl",
+            a,
+            grant("/access", "Administrator"),
+        )
+        .await,
+        403,
+        "forbidden",
+    );
+    assert_error(
+        &c.req("PUT", "/api/v1/access/acl", a, grant("/", "Auditor"))
+            .await,
+        403,
+        "forbidden",
+    );
+    assert_eq!(
+        c.req(
+            "PUT",
+            "/api/v1/access/acl",
+            a,
+            grant("/access", "UserAdmin")
+        )
+        .await
+        .status,
+        200
+    );
+    // root@pam is the host's.
+    assert_error(
+        &c.req("PUT", "/api/v1/access/password", me, pw("root@pam"))
+            .await,
+        400,
+        "invalid_field",
+    );
+    assert_error(
+        &c.req("DELETE", "/api/v1/access/users/root@pam", a, None)
+            .await,
+        403,
+        "forbidden",
+    );
 }
