@@ -15,6 +15,8 @@ pub mod access;
 pub mod audit;
 pub mod auth;
 mod error;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod guests;
 mod handlers;
 pub mod host;
