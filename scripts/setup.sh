@@ -14,9 +14,11 @@
 #   pkg-config (kapsel-oci compiles config.json's seccomp profile with libseccomp, as runc does),
 #   seabios (the BIOS `kapsel run` boots disks through without --kernel) and ovmf (UEFI, next),
 #   grub-pc-bin, grub-common, xorriso and mtools (the GRUB disk of the nested firmware scenarios).
+#   libpam0g-dev and libclang-dev: kapsel-api checks realm `pam` passwords through libpam (pam-sys
+#   makes its bindings with bindgen, which needs libclang).
 set -euo pipefail
 
-PACKAGES=(gcc libc6-dev make qemu-system-x86 qemu-utils busybox-static kmod cpio xz-utils zstd lz4
+PACKAGES=(gcc libc6-dev make libpam0g-dev libclang-dev qemu-system-x86 qemu-utils busybox-static kmod cpio xz-utils zstd lz4
           iproute2 nftables ca-certificates runc crun debootstrap attr
           podman conmon netavark aardvark-dns containerd docker.io libseccomp-dev pkg-config
           seabios ovmf grub-pc-bin grub-common xorriso mtools)

@@ -8,6 +8,7 @@
 #![deny(missing_docs)]
 
 pub mod accounts;
+pub mod api;
 pub mod client;
 pub mod console;
 pub mod ctproc;

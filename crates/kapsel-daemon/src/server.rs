@@ -412,6 +412,11 @@ const SWITCH_WATCH_INTERVAL: Duration = Duration::from_secs(5);
 /// Runs the daemon until SIGTERM or SIGINT: reads the configuration, binds
 /// the socket, starts the enabled VMs and serves requests.
 pub fn run(opts: Options) -> Result<(), DaemonError> {
+    run_with_api(opts, None)
+}
+
+/// [`run`], also serving the HTTPS API when `api` is given (`--listen`).
+pub fn run_with_api(opts: Options, api: Option<crate::api::ApiOptions>) -> Result<(), DaemonError> {
     let set = block_signals();
     let socket = opts.socket.clone();
     let daemon = Daemon::new(opts)?;
@@ -433,6 +438,7 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
             .spawn(move || Daemon::watch_switches(watched, SWITCH_WATCH_INTERVAL))
             .map_err(|e| DaemonError::Setup(format!("switch watch thread: {e}")))?;
     }
+    let _api = api.map(|a| crate::api::start(&daemon, a)).transpose()?;
     daemon.start_enabled(daemon.enabled_vms());
     let slots = Arc::new(Slots::default());
     for stream in listener.incoming() {

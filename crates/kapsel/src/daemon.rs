@@ -31,6 +31,17 @@ pub struct DaemonArgs {
     /// under their monitors and the next daemon adopts them.
     #[arg(long)]
     pub stop_guests: bool,
+    /// Serve the HTTPS management API on this address (docs/API.md); off
+    /// without it.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// The API's certificate chain (PEM); a self-signed one is made in
+    /// STATE_DIR/api otherwise.
+    #[arg(long, value_name = "FILE", requires_all = ["listen", "tls_key"])]
+    pub tls_cert: Option<PathBuf>,
+    /// The API's private key (PEM).
+    #[arg(long, value_name = "FILE", requires_all = ["listen", "tls_cert"])]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT; returns the exit code.
@@ -53,6 +64,11 @@ pub fn main(args: DaemonArgs, socket: PathBuf, logging: crate::Logging) -> u8 {
     } else {
         LogLevel::Brief
     });
+    let api = args.listen.map(|listen| kapsel_daemon::api::ApiOptions {
+        listen,
+        tls: args.tls_cert.clone().zip(args.tls_key.clone()),
+        state_dir: args.state_dir.clone(),
+    });
     let opts = Options {
         config: args.file,
         defines: args.defines,
@@ -63,7 +79,7 @@ pub fn main(args: DaemonArgs, socket: PathBuf, logging: crate::Logging) -> u8 {
         set_log_level: Some(Box::new(set)),
         stop_guests: args.stop_guests,
     };
-    match server::run(opts) {
+    match server::run_with_api(opts, api) {
         Ok(()) => 0,
         Err(e) => {
             eprint!("kapsel daemon: {e}");

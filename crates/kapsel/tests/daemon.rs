@@ -2264,3 +2264,91 @@ fn a_systemd_container_is_adopted_after_kill_9_and_powers_off_cleanly() {
         "its cgroup is left"
     );
 }
+
+/// A VM with only a disk (vmd's seed configuration has one) boots the
+/// disk through SeaBIOS, and its console is the screen: the boot
+/// sector's prompt comes out of `kapsel console`, a key typed there
+/// reaches int 16h, and the guest's power-off ends the VM with status 0.
+#[test]
+fn a_disk_only_vm_boots_through_seabios() {
+    use common::firmware;
+    if !kvm_usable() || !firmware::seabios_present() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("kapsel-fwd-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let disk = firmware::boot_sector_disk(&dir);
+    let name = format!("kt{}-fw", std::process::id());
+    if firmware::seabios_timer_may_stall() {
+        println!(
+            "SKIP: SeaBIOS's TSC timer is in its stalled half on this host now (see \
+             tests/common/firmware.rs); the firmware boot is checked in the nested testbed"
+        );
+        return;
+    }
+    let d = Kapseld::start(&format!(
+        "vm \"{name}\" {{\n\tmemory 64M\n\tdisk \"{}\" format raw\n}}\n",
+        disk.display()
+    ));
+    d.wait_state(&name, "running");
+    let mut console = d
+        .cmd(&["console", &name])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = console.stdin.take().unwrap();
+    let mut output = console.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = output.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut screen = String::new();
+    let mut wait_for = |want: &str, secs: u64| -> bool {
+        let until = Instant::now() + Duration::from_secs(secs);
+        while !screen.contains(want) {
+            let Some(left) = until.checked_duration_since(Instant::now()) else {
+                return false;
+            };
+            match rx.recv_timeout(left) {
+                Ok(bytes) => screen.push_str(&String::from_utf8_lossy(&bytes)),
+                Err(_) => return false,
+            }
+        }
+        true
+    };
+    // SeaBIOS runs at CPL 0, slow on this host's KVM (about 12 s).
+    let prompted = wait_for("KAPSEL-MBR: press a key", 120);
+    if !prompted && firmware::seabios_timer_may_stall() {
+        println!(
+            "SKIP: SeaBIOS's TSC timer is in its stalled half on this host (see \
+             tests/common/firmware.rs); the firmware boot is checked in the nested testbed"
+        );
+        let _ = console.kill();
+        d.ok(&["stop", "-f", &name]);
+        return;
+    }
+    assert!(prompted, "no prompt on the console: {screen}\n{}", d.log());
+    input.write_all(b"k").unwrap();
+    let echoed = wait_for("KAPSEL-MBR: got k", 60);
+    assert!(echoed, "the key did not reach the guest: {screen}");
+    assert!(screen.contains("Booting from Hard Disk"), "{screen}");
+    let until = Instant::now() + Duration::from_secs(60);
+    let vm = loop {
+        let vm = d.vm(&name);
+        if vm["state"] == "stopped" || Instant::now() > until {
+            break vm;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(vm["last_exit"], "powered off", "{vm}\n{}", d.log());
+    let _ = console.kill();
+    let _ = std::fs::remove_dir_all(&dir);
+}

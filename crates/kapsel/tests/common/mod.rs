@@ -2,6 +2,7 @@
 
 #![allow(dead_code)] // each test file uses its own part
 
+pub mod firmware;
 pub mod kapseld;
 
 /// Whether /dev/kvm can be used; prints the `SKIP:` line when not.

@@ -8,6 +8,7 @@ mod common;
 #[path = "../../../kapsel-container/tests/common/mod.rs"]
 mod ctcommon;
 
+mod api;
 mod containers;
 mod control;
 mod daemon_limits;
