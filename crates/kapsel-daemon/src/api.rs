@@ -18,6 +18,7 @@ use kapsel_api::{
 
 use crate::accounts::Peer;
 use crate::daemon::{Daemon, DaemonError};
+use crate::guest::ErrorClass;
 use crate::proto::{Request, Response, StartRequest, VmStatus};
 use crate::server;
 
@@ -101,11 +102,21 @@ impl Guests for DaemonGuests {
             GuestAction::Pause => Request::Pause { target },
             GuestAction::Unpause => Request::Unpause { target },
         };
-        match self.ask(request)? {
-            Response::Error { message } => Err(GuestError::Conflict(message)),
-            _ => self
+        let daemon = self
+            .0
+            .upgrade()
+            .ok_or_else(|| GuestError::Failed("kapseld is stopping".into()))?;
+        match daemon.request(&root(), request) {
+            Ok(_) => self
                 .get(name)
                 .ok_or_else(|| GuestError::NotFound(name.into())),
+            Err(e) => Err(match e.class() {
+                ErrorClass::NotFound => GuestError::NotFound(name.into()),
+                ErrorClass::Conflict | ErrorClass::Invalid | ErrorClass::Denied => {
+                    GuestError::Conflict(e.to_string())
+                }
+                ErrorClass::Failed => GuestError::Failed(e.to_string()),
+            }),
         }
     }
 }

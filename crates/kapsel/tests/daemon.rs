@@ -2332,6 +2332,7 @@ fn a_disk_only_vm_boots_through_seabios() {
              tests/common/firmware.rs); the firmware boot is checked in the nested testbed"
         );
         let _ = console.kill();
+        let _ = console.wait();
         d.ok(&["stop", "-f", &name]);
         return;
     }
@@ -2350,5 +2351,6 @@ fn a_disk_only_vm_boots_through_seabios() {
     };
     assert_eq!(vm["last_exit"], "powered off", "{vm}\n{}", d.log());
     let _ = console.kill();
+    let _ = console.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -122,4 +122,3 @@ pub fn seabios_timer_may_stall() -> bool {
     }
     ((tsc >> shift) as u32 as i32) < 0
 }
-
