@@ -57,13 +57,14 @@ fn run_testbed() -> Results {
     let _ = std::fs::remove_dir_all(&out);
     let vmlinux = repo.join(".testbed/l1-vmlinux");
     let images = make_qcow2_images(&out)?;
-    make_grub_disk(&repo, &images)?;
     let build = Command::new(repo.join("scripts/testbed/build.sh"))
         .status()
         .map_err(|e| format!("scripts/testbed/build.sh: {e}"))?;
     if !build.success() {
         return Err(format!("scripts/testbed/build.sh failed: {build}"));
     }
+    // After build.sh: the GRUB disk carries the testbed's L2 kernel.
+    make_grub_disk(&repo, &images)?;
     // kapseld's firewall and NAT rules go through nft (Debian: nftables).
     let nft = ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"]
         .into_iter()
