@@ -3,7 +3,7 @@
 use crate::error::{Error, Result};
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
 /// The parent's and the child's ends of a pipe.
 pub(crate) fn pipe() -> Result<(OwnedFd, OwnedFd)> {
@@ -63,42 +63,10 @@ pub(crate) fn read_full(fd: &OwnedFd, buf: &mut [u8]) -> usize {
 /// Receives one byte with a descriptor (SCM_RIGHTS) on `sock`; `None` at
 /// end of file or without a descriptor.
 pub(crate) fn recv_fd(sock: &OwnedFd) -> Option<OwnedFd> {
-    let mut byte = 0u8;
-    let mut control = [0u64; 4];
-    loop {
-        let mut iov = libc::iovec {
-            iov_base: (&mut byte as *mut u8).cast(),
-            iov_len: 1,
-        };
-        // SAFETY: a zeroed msghdr is valid; the buffers it points to are
-        // locals that outlive the call; recvmsg writes at most their sizes.
-        let (n, msg) = unsafe {
-            let mut msg: libc::msghdr = std::mem::zeroed();
-            msg.msg_iov = &mut iov;
-            msg.msg_iovlen = 1;
-            msg.msg_control = control.as_mut_ptr().cast();
-            msg.msg_controllen = std::mem::size_of_val(&control);
-            let n = libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC);
-            (n, msg)
-        };
-        if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-            continue;
-        }
-        if n != 1 {
-            return None;
-        }
-        // SAFETY: the kernel wrote the control data; the CMSG macros walk
-        // it within msg_controllen; a descriptor there is new and ours.
-        return unsafe {
-            let cmsg = libc::CMSG_FIRSTHDR(&msg);
-            if cmsg.is_null()
-                || (*cmsg).cmsg_level != libc::SOL_SOCKET
-                || (*cmsg).cmsg_type != libc::SCM_RIGHTS
-            {
-                return None;
-            }
-            let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>());
-            Some(OwnedFd::from_raw_fd(fd))
-        };
+    let mut byte = [0u8; 1];
+    let got = kapsel_host::fd::recv_with_fds(sock.as_fd(), &mut byte, 0).ok()?;
+    if got.len != 1 {
+        return None;
     }
+    got.fds.into_iter().next()
 }

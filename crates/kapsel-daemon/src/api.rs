@@ -80,13 +80,16 @@ impl Guests for DaemonGuests {
     }
 
     fn get(&self, name: &str) -> Option<GuestSummary> {
-        self.list().into_iter().find(|g| g.name == name)
+        // `status` of one target also matches ids: keep the name's.
+        let target = Some(name.to_string());
+        match self.ask(Request::Status { target }) {
+            Ok(Response::Status { vms }) => vms.into_iter().map(summary).find(|g| g.name == name),
+            _ => None,
+        }
     }
 
+    /// The daemon says when there is no such guest (its error's class).
     fn act(&self, name: &str, action: GuestAction) -> Result<GuestSummary, GuestError> {
-        if self.get(name).is_none() {
-            return Err(GuestError::NotFound(name.into()));
-        }
         let target = name.to_string();
         let request = match action {
             GuestAction::Start => Request::Start(StartRequest {

@@ -634,10 +634,6 @@ impl crate::guest::GuestOps for ContainerSpec {
     fn vcpus(&self) -> u32 {
         self.common.cpus.unwrap_or(0)
     }
-
-    fn memory_in_use(&self, process: &crate::daemon::Proc) -> Option<u64> {
-        process.memory()
-    }
 }
 
 #[cfg(test)]

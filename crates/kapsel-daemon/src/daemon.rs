@@ -874,24 +874,24 @@ impl Daemon {
                 }
             })
             .collect();
-        let running: Vec<(String, GuestSpec, Proc)> = chosen
+        let running: Vec<(String, GuestKind, Proc)> = chosen
             .iter()
-            .filter_map(|g| {
-                Some((
-                    g.spec.name().to_string(),
-                    g.spec.clone(),
-                    g.process.clone()?,
-                ))
-            })
+            .filter_map(|g| Some((g.spec.name().to_string(), g.spec.kind(), g.process.clone()?)))
             .collect();
         drop(inner);
-        for (name, spec, p) in running {
+        // A VM process's resident memory, a container's cgroup figure
+        // from its monitor: asked without the lock.
+        for (name, kind, p) in running {
             if let Some(st) = list.iter_mut().find(|st| st.name == name) {
-                st.cur_mem = guest::ops(&spec).memory_in_use(&p);
+                st.cur_mem = match kind {
+                    GuestKind::Vm => vmproc::resident_bytes(p.pid),
+                    GuestKind::Container => p.memory(),
+                };
             }
         }
-        // Netlink lookups, outside the lock.
-        for (guest, what) in self.detached_ports() {
+        // Netlink lookups, outside the lock: only for the guest asked about.
+        let only = target.and_then(|_| list.first().map(|st| st.name.clone()));
+        for (guest, what) in self.detached_ports(only.as_deref()) {
             if let Some(st) = list.iter_mut().find(|st| st.name == guest) {
                 st.detached.push(what);
             }
@@ -1424,11 +1424,13 @@ impl Daemon {
         drop(inner);
     }
 
-    /// Which running guests' interfaces are not ports of their bridges:
-    /// guest name -> `IFNAME (STATE)`, by netlink lookups outside the lock.
-    fn detached_ports(&self) -> Vec<(String, String)> {
+    /// Which running guests' interfaces (of the guest `only`, if given)
+    /// are not ports of their bridges: guest name -> `IFNAME (STATE)`, by
+    /// netlink lookups outside the lock.
+    fn detached_ports(&self, only: Option<&str>) -> Vec<(String, String)> {
         self.running_ports()
             .into_iter()
+            .filter(|rp| only.is_none_or(|n| rp.guest == n))
             .filter_map(|rp| match net::port_state(&rp.port) {
                 Ok(s @ (net::PortState::Detached | net::PortState::NoBridge)) => Some((
                     rp.guest,
@@ -1453,7 +1455,7 @@ impl Daemon {
             if d.lock().shutting_down {
                 return;
             }
-            let now = d.detached_ports();
+            let now = d.detached_ports(None);
             for (guest, what) in &now {
                 if !reported.contains(&(guest.clone(), what.clone())) {
                     tracing::warn!(

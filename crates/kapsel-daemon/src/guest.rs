@@ -218,10 +218,6 @@ pub trait GuestOps {
     /// The vCPUs shown in `status` (0: the host's, a container without a
     /// limit).
     fn vcpus(&self) -> u32;
-
-    /// Memory in use now, in bytes, asked without the state lock: a VM
-    /// process's resident memory, a container's cgroup figure.
-    fn memory_in_use(&self, process: &crate::daemon::Proc) -> Option<u64>;
 }
 
 /// The operations of `spec`'s kind.

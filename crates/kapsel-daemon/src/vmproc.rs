@@ -689,10 +689,6 @@ impl crate::guest::GuestOps for VmSpec {
     fn vcpus(&self) -> u32 {
         self.common.cpus.unwrap_or(kapsel_config::DEFAULT_VM_CPUS)
     }
-
-    fn memory_in_use(&self, process: &crate::daemon::Proc) -> Option<u64> {
-        resident_bytes(process.pid)
-    }
 }
 
 #[cfg(test)]

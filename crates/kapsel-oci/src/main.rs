@@ -23,7 +23,7 @@ use kapsel_container::{exec_in, ConsoleSpec, Container, ExecOptions, User};
 use state::{Record, Status};
 use std::fs;
 use std::io::{self, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -772,7 +772,7 @@ fn create_in(
     if spec.console == ConsoleSpec::Pty {
         let master = c.take_console();
         if let (Some(master), Some(sock)) = (master, &a.console_socket) {
-            send_console(sock, master.as_raw_fd())?;
+            send_console(sock, master.as_fd())?;
         }
     }
     let pid = c.pid();
@@ -1109,37 +1109,11 @@ fn parse_signal(s: &str) -> Result<i32, Fail> {
 /// Sends the terminal master `fd` to the AF_UNIX socket at `path`, as runc
 /// does: one message, the file's name as payload and the descriptor in
 /// SCM_RIGHTS.
-fn send_console(path: &Path, fd: RawFd) -> Result<(), Fail> {
+fn send_console(path: &Path, fd: BorrowedFd<'_>) -> Result<(), Fail> {
     let sock = std::os::unix::net::UnixStream::connect(path)
         .map_err(|e| Fail(format!("console socket {}: {e}", path.display())))?;
-    let name = b"/dev/ptmx";
-    let mut iov = libc::iovec {
-        iov_base: name.as_ptr() as *mut libc::c_void,
-        iov_len: name.len(),
-    };
-    let mut control = [0u64; 4];
-    // SAFETY: a zeroed msghdr is valid; it points at locals that outlive
-    // the call; the CMSG macros stay within `control`.
-    let r = unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) as usize;
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
-        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
-        libc::sendmsg(sock.as_raw_fd(), &msg, 0)
-    };
-    if r < 0 {
-        return fail(format!(
-            "sending the terminal to {}: {}",
-            path.display(),
-            io::Error::last_os_error()
-        ));
-    }
+    kapsel_host::fd::send_with_fds(sock.as_fd(), b"/dev/ptmx", &[fd], 0)
+        .map_err(|e| Fail(format!("sending the terminal to {}: {e}", path.display())))?;
     Ok(())
 }
 
@@ -1287,7 +1261,7 @@ fn exec(ctx: &Ctx, a: &ExecArgs) -> Result<i32, Fail> {
             return fail("exec with a terminal needs --console-socket (the master is sent there)");
         };
         let (master, slave) = open_pty()?;
-        send_console(sock, master.as_raw_fd())?;
+        send_console(sock, master.as_fd())?;
         Some(slave)
     } else {
         None

@@ -260,7 +260,7 @@ pub fn send_to_agent(
     pid: i32,
     fd: std::os::fd::BorrowedFd<'_>,
 ) -> Result<(), String> {
-    use std::os::fd::AsRawFd;
+    use std::os::fd::AsFd;
     let sock = std::os::unix::net::UnixStream::connect(path)
         .map_err(|e| format!("seccomp agent {path}: {e}"))?;
     let msg = serde_json::json!({
@@ -271,30 +271,12 @@ pub fn send_to_agent(
         "state": state,
     })
     .to_string();
-    let mut iov = libc::iovec {
-        iov_base: msg.as_ptr() as *mut libc::c_void,
-        iov_len: msg.len(),
-    };
-    let mut control = [0u64; 4];
-    // SAFETY: a zeroed msghdr is valid; it points at locals that outlive
-    // the call; the CMSG macros stay within `control`.
-    let r = unsafe {
-        let mut m: libc::msghdr = std::mem::zeroed();
-        m.msg_iov = &mut iov;
-        m.msg_iovlen = 1;
-        m.msg_control = control.as_mut_ptr().cast();
-        m.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) as usize;
-        let cmsg = libc::CMSG_FIRSTHDR(&m);
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as usize;
-        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>(), fd.as_raw_fd());
-        libc::sendmsg(sock.as_raw_fd(), &m, libc::MSG_NOSIGNAL)
-    };
-    if r < 0 || r as usize != msg.len() {
+    let sent = kapsel_host::fd::send_with_fds(sock.as_fd(), msg.as_bytes(), &[fd], 0)
+        .map_err(|e| format!("seccomp agent {path}: sending the notification descriptor: {e}"))?;
+    if sent != msg.len() {
         return Err(format!(
-            "seccomp agent {path}: sending the notification descriptor: {}",
-            std::io::Error::last_os_error()
+            "seccomp agent {path}: sending the notification descriptor: {sent} of {} bytes went",
+            msg.len()
         ));
     }
     Ok(())

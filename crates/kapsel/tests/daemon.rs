@@ -1196,6 +1196,32 @@ fn an_unprivileged_debian_container_boots_systemd_and_stops_cleanly() {
     debian_systemd_boots_and_stops(true);
 }
 
+/// Waits, until `until`, for systemd in the container `name` to say that
+/// multi-user.target is active: systemctl answers once systemd's private
+/// socket exists; until then it fails.
+fn wait_multi_user(d: &Kapseld, name: &str, until: Instant) {
+    loop {
+        let (code, out, _) = d.run(&[
+            "exec",
+            name,
+            "--",
+            "systemctl",
+            "is-active",
+            "multi-user.target",
+        ]);
+        if code == 0 && out.trim() == "active" {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "multi-user.target not active after 60 s ({out}):\n{}\n{}",
+            d.console_text(name, ""),
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn debian_systemd_boots_and_stops(unprivileged: bool) {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -1240,29 +1266,8 @@ fn debian_systemd_boots_and_stops(unprivileged: bool) {
     let d = Kapseld::start(&conf);
     let init = pid_of(&d.wait_state(&name, "running"));
 
-    // multi-user.target active: systemctl answers once systemd's private
-    // socket exists; until then it fails.
     let until = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (code, out, _) = d.run(&[
-            "exec",
-            &name,
-            "--",
-            "systemctl",
-            "is-active",
-            "multi-user.target",
-        ]);
-        if code == 0 && out.trim() == "active" {
-            break;
-        }
-        assert!(
-            Instant::now() < until,
-            "multi-user.target not active after 60 s ({out}):\n{}\n{}",
-            d.console_text(&name, ""),
-            d.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_multi_user(&d, &name, until);
     let booted = t0.elapsed();
     // systemd-analyze says "Bootup is not yet finished" (exit 1) while
     // jobs after multi-user.target still run, which a loaded machine
@@ -2217,22 +2222,7 @@ fn a_systemd_container_is_adopted_after_kill_9_and_powers_off_cleanly() {
     d.spawn_daemon(&[], &[]);
     let init = pid_of(&d.wait_state(&name, "running"));
     let active = |d: &Kapseld| {
-        let until = Instant::now() + Duration::from_secs(60);
-        loop {
-            let (code, out, _) = d.run(&[
-                "exec",
-                &name,
-                "--",
-                "systemctl",
-                "is-active",
-                "multi-user.target",
-            ]);
-            if code == 0 && out.trim() == "active" {
-                return;
-            }
-            assert!(Instant::now() < until, "not active: {out}\n{}", d.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_multi_user(d, &name, Instant::now() + Duration::from_secs(60));
     };
     active(&d);
     let mut child = d.child.take().unwrap();
